@@ -1,0 +1,62 @@
+"""Validation of `data.*` config values: one-line DataErrors naming the key, value and fix.
+
+Values are normalized (ints as int, floats as float) so that the config hash depends on what the
+values mean, not on whether a command line wrote `1` or `1.0`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from data.errors import DataError
+
+
+def check_keys(cfg: Mapping[str, Any], known: Iterable[str], source: str) -> None:
+    """Reject misspelled or missing keys: a typo must not silently fall back to a default."""
+    known = list(known)
+    unknown = [k for k in cfg if k not in known]
+    if unknown:
+        raise DataError(
+            f"data.{unknown[0]} is not an option of source '{source}' (options: "
+            f"{', '.join(known)}): remove it or fix its spelling"
+        )
+    missing = [k for k in known if k not in cfg]
+    if missing:
+        raise DataError(f"data.{missing[0]} is missing: set it in the data config")
+
+
+def check_int(cfg: Mapping[str, Any], key: str, minimum: int, maximum: int | None = None) -> int:
+    value = cfg[key]
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    if ok and value >= minimum and (maximum is None or value <= maximum):
+        return int(value)
+    bound = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
+    raise DataError(f"data.{key}={value!r} must be an integer {bound}: fix data.{key}")
+
+
+def check_float(cfg: Mapping[str, Any], key: str, minimum: float) -> float:
+    value = cfg[key]
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if ok and math.isfinite(value) and value >= minimum:
+        return float(value)
+    raise DataError(f"data.{key}={value!r} must be a finite number >= {minimum}: fix data.{key}")
+
+
+def check_name(cfg: Mapping[str, Any], key: str = "name") -> str:
+    """A dataset name becomes a directory under paths.data_dir, so it must be one plain name."""
+    value = cfg.get(key)
+    bad = (
+        not isinstance(value, str)
+        or not value
+        or value.startswith(".")
+        or any(c in value for c in "/\\\0")
+        or ".tmp-" in value
+        or ".old-" in value
+    )
+    if bad:
+        raise DataError(
+            f"data.{key}={value!r} is not a usable dataset name: use letters, digits, '-', '_'"
+        )
+    return value

@@ -1,0 +1,164 @@
+"""Batches from a TokenDataset: random training windows (resumable) and fixed evaluation windows.
+
+A window is seq_len + 1 consecutive tokens inside one shard; x is its first seq_len tokens and
+y the last seq_len, so y[i] is the token that follows x[i].
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from data.dataset import TokenDataset
+from data.errors import DataError
+
+
+def _to_device(windows: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, seq_len+1] int64 windows -> contiguous (x, y) on device, one host-to-device copy."""
+    buf = torch.from_numpy(windows)
+    if device.type == "cuda":
+        # Pinned memory lets the copy run asynchronously, overlapping the previous step's kernels.
+        buf = buf.pin_memory().to(device, non_blocking=True)
+    elif device.type != "cpu":
+        buf = buf.to(device)
+    # Contiguous so that callers can .view(-1) the targets for cross-entropy.
+    return buf[:, :-1].contiguous(), buf[:, 1:].contiguous()
+
+
+def _check_positive(**values: int) -> None:
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise DataError(f"{key}={value!r} must be a positive integer: fix {key}")
+
+
+class RandomWindows:
+    """Infinite stream of uniformly random training windows, deterministic in (seed, step).
+
+    Batch `step` is drawn with np.random.default_rng([seed, step]), so the stream is a pure function
+    of the seed: resuming only needs the step counter, and any batch can be recomputed alone.
+    Every window start inside a shard is equally likely; windows never cross a shard boundary.
+    """
+
+    def __init__(
+        self,
+        dataset: TokenDataset,
+        split: str,
+        batch_size: int,
+        seq_len: int,
+        seed: int,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        _check_positive(batch_size=batch_size, seq_len=seq_len)
+        if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+            raise DataError(f"seed={seed!r} must be a non-negative integer: fix the seed")
+        self.dataset = dataset
+        self.split = split
+        self.batch_size = int(batch_size)
+        self.seq_len = int(seq_len)
+        self.seed = int(seed)
+        self.device = torch.device(device)
+        self.step = 0
+        window = self.seq_len + 1
+        shards = [s for s in dataset.tokens(split) if len(s) >= window]
+        if not shards:
+            longest = max((len(s) for s in dataset.tokens(split)), default=0)
+            raise DataError(
+                f"split '{split}' of dataset '{dataset.name}' has no shard of at least "
+                f"seq_len+1={window} tokens (largest: {longest}): lower seq_len or prepare "
+                "more tokens"
+            )
+        self._shards = shards
+        # Window starts per shard; a global start index maps to (shard, offset) via the cumsum.
+        self._starts_cum = np.cumsum([len(s) - self.seq_len for s in shards])
+
+    def __iter__(self) -> RandomWindows:
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, self.step])
+        starts = rng.integers(0, int(self._starts_cum[-1]), size=self.batch_size)
+        shard_idx = np.searchsorted(self._starts_cum, starts, side="right")
+        offsets = starts - np.concatenate(([0], self._starts_cum[:-1]))[shard_idx]
+        window = self.seq_len + 1
+        out = np.empty((self.batch_size, window), dtype=np.int64)
+        for row, (s, o) in enumerate(zip(shard_idx.tolist(), offsets.tolist(), strict=True)):
+            out[row] = self._shards[s][o : o + window]
+        self.step += 1
+        return _to_device(out, self.device)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain JSON-able state; load_state_dict(state) continues the identical stream."""
+        return {
+            "step": self.step,
+            "seed": self.seed,
+            "split": self.split,
+            "batch_size": self.batch_size,
+            "seq_len": self.seq_len,
+            "dataset": self.dataset.name,
+            "config_hash": self.dataset.config_hash,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        mine = self.state_dict()
+        for key in ("seed", "split", "batch_size", "seq_len", "config_hash"):
+            if state.get(key) != mine[key]:
+                raise DataError(
+                    f"loader state was saved with {key}={state.get(key)!r} but this loader has "
+                    f"{key}={mine[key]!r}: resume with the same data and batch settings"
+                )
+        step = state.get("step")
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise DataError(
+                f"loader state has step={step!r}, not a non-negative integer: pass the dict "
+                "that state_dict() returned"
+            )
+        self.step = step
+
+
+def eval_windows(
+    dataset: TokenDataset,
+    split: str,
+    seq_len: int,
+    max_tokens: int,
+    batch_size: int,
+    device: str | torch.device = "cpu",
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Fixed evaluation batches: consecutive windows from the start of `split`, shard by shard.
+
+    Windows advance by seq_len, so targets never overlap and every token after the first of a
+    shard is a target once. At most max_tokens targets (whole windows only); every run on the same
+    dataset and seq_len therefore scores exactly the same tokens.
+    """
+    _check_positive(seq_len=seq_len, max_tokens=max_tokens, batch_size=batch_size)
+    if max_tokens < seq_len:
+        raise DataError(
+            f"max_tokens={max_tokens} is less than one window of seq_len={seq_len} target "
+            "tokens: raise max_tokens (eval tokens) or lower seq_len"
+        )
+    n_wanted = max_tokens // seq_len
+    pieces: list[np.ndarray] = []
+    n_have = 0
+    for shard in dataset.tokens(split):
+        if n_have == n_wanted:
+            break
+        n = min((len(shard) - 1) // seq_len, n_wanted - n_have) if len(shard) > 0 else 0
+        if n <= 0:
+            continue
+        # Strided view: window i starts at i*seq_len; copy only what is used.
+        view = np.lib.stride_tricks.sliding_window_view(shard[: n * seq_len + 1], seq_len + 1)
+        pieces.append(np.asarray(view[::seq_len][:n], dtype=np.int64))
+        n_have += n
+    if n_have == 0:
+        total = dataset.num_tokens(split)
+        raise DataError(
+            f"split '{split}' of dataset '{dataset.name}' has {total} tokens, fewer than one "
+            f"eval window of seq_len+1={seq_len + 1} in any shard: lower seq_len or prepare "
+            "more tokens"
+        )
+    windows = np.concatenate(pieces)
+    device = torch.device(device)
+    return [
+        _to_device(windows[i : i + batch_size], device) for i in range(0, len(windows), batch_size)
+    ]

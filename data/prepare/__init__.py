@@ -1,0 +1,199 @@
+"""Build a dataset's shards + manifest from a data config; the CLI is data/prepare/__main__.py.
+
+Builds into `<name>.tmp-<pid>` beside the target and renames it into place at the end, so a
+killed run leaves no manifest at the target and the next run starts cleanly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from data.config import check_int, check_keys, check_name
+from data.dataset import TokenDataset
+from data.errors import DataError
+from data.shards import (
+    MANIFEST,
+    ShardWriter,
+    canonical_hash,
+    fsync_dir,
+    make_manifest,
+    read_manifest,
+    write_manifest,
+    write_token_bytes,
+)
+from data.synthetic import SyntheticSource
+
+# Keys every data config has, whatever its source; each source lists its own `options`.
+GENERIC_KEYS = ("name", "source", "shard_tokens")
+
+
+class Source(Protocol):
+    """What prepare needs from a corpus + tokenizer; real corpora will implement this too."""
+
+    options: tuple[str, ...]
+    vocab_size: int
+    eot_id: int
+    config: dict[str, Any]  # the source's options, validated and normalized
+
+    def planned_tokens(self) -> dict[str, int]: ...
+    def chunks(self, split: str) -> Iterator[tuple[np.ndarray, int]]: ...
+    def tokenizer(self) -> dict[str, str]: ...
+    def token_bytes(self) -> np.ndarray | None: ...
+    def manifest_extra(self) -> dict[str, Any]: ...
+
+
+SOURCES: dict[str, Callable[[Mapping[str, Any]], Source]] = {"synthetic": SyntheticSource}
+
+Reporter = Callable[[str], None]
+
+
+def build_source(data_cfg: Mapping[str, Any]) -> tuple[Source, dict[str, Any]]:
+    """Validate a data config; returns the source and the normalized config that gets hashed."""
+    kind = data_cfg.get("source")
+    if kind not in SOURCES:
+        raise DataError(
+            f"data.source={kind!r} is not a known source (known: {', '.join(SOURCES)}): "
+            "fix data.source"
+        )
+    factory = SOURCES[kind]
+    check_keys(data_cfg, GENERIC_KEYS + factory.options, kind)  # type: ignore[attr-defined]
+    name = check_name(data_cfg)
+    shard_tokens = check_int(data_cfg, "shard_tokens", 1)
+    source = factory(data_cfg)
+    return source, {"name": name, "source": kind, **source.config, "shard_tokens": shard_tokens}
+
+
+def prepare(
+    data_cfg: Mapping[str, Any],
+    data_dir: Path,
+    force: bool = False,
+    *,
+    report: Reporter | None = None,
+    progress: Any = None,
+) -> Path:
+    """Build dataset `data_cfg['name']` under data_dir unless an identical one is there already.
+
+    Returns the dataset directory. Refuses (DataError) to replace a dataset built from another
+    config unless force. report receives one-line messages; progress is an optional, not yet
+    started rich Progress that shows one bar per split while shards are written.
+    """
+    say = report or (lambda _msg: None)
+    source, cfg = build_source(data_cfg)
+    data_dir = Path(data_dir)
+    target = data_dir / cfg["name"]
+    wanted = canonical_hash(cfg)
+    if not force and _existing_is_current(target, wanted):
+        say(f"{target} is already prepared from this config (hash {wanted[:12]}): nothing to do")
+        return target
+    data_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_builds(data_dir, cfg["name"], say)
+    tmp = data_dir / f"{cfg['name']}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        splits = _write_splits(source, tmp, cfg["shard_tokens"], progress)
+        arr = source.token_bytes()
+        token_bytes = write_token_bytes(tmp, arr, source.vocab_size) if arr is not None else None
+        manifest = make_manifest(
+            name=cfg["name"],
+            vocab_size=source.vocab_size,
+            eot_id=source.eot_id,
+            tokenizer=source.tokenizer(),
+            splits=splits,
+            source=cfg,
+            token_bytes=token_bytes,
+            extra=source.manifest_extra(),
+        )
+        write_manifest(tmp, manifest)
+        fsync_dir(tmp)
+        _move_into_place(tmp, target, wanted, force)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    say(f"wrote {target}")
+    return target
+
+
+def _existing_is_current(target: Path, wanted: str) -> bool:
+    """True when target holds a complete dataset built from the wanted config; DataError when it
+    holds anything else (never delete what the user did not ask us to replace)."""
+    if not target.exists():
+        return False
+    rebuild = "pass force=true to rebuild or set data.name=<another name>"
+    if not (target / MANIFEST).is_file():
+        if target.is_dir() and not any(target.iterdir()):
+            target.rmdir()
+            return False
+        raise DataError(f"{target} exists but holds no {MANIFEST} (not a dataset); {rebuild}")
+    if read_manifest(target).get("config_hash") != wanted:
+        raise DataError(f"{target} holds a dataset built from a different config; {rebuild}")
+    TokenDataset.open(target, verify=False)  # a truncated shard must not pass as "prepared"
+    return True
+
+
+def _write_splits(
+    source: Source, directory: Path, shard_tokens: int, progress: Any
+) -> dict[str, dict[str, Any]]:
+    splits = {}
+    with progress if progress is not None else contextlib.nullcontext():
+        for split, planned in source.planned_tokens().items():
+            task = progress.add_task(split, total=planned) if progress is not None else None
+            with ShardWriter(directory, split, source.vocab_size, shard_tokens) as writer:
+                for tokens, documents in source.chunks(split):
+                    writer.append(tokens, documents)
+                    if progress is not None:
+                        progress.advance(task, tokens.size)
+            splits[split] = writer.close()
+    return splits
+
+
+def _remove_stale_builds(data_dir: Path, name: str, say: Reporter) -> None:
+    """Delete build dirs of `name` left by killed runs (their pid is gone), keep live ones."""
+    for path in data_dir.glob(f"{glob.escape(name)}.*-*"):
+        kind, _, pid = path.name[len(name) + 1 :].partition("-")
+        if kind in ("tmp", "old") and pid.isdigit() and not _pid_alive(int(pid)):
+            say(f"removing {path}, left by an interrupted prepare")
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # our own leftover from an earlier call in this process
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _move_into_place(tmp: Path, target: Path, wanted: str, force: bool) -> None:
+    old = None
+    if force and target.exists():
+        # A directory cannot be os.replace'd over a non-empty one: park the old dataset first.
+        # A crash between the two renames leaves no target, which the next run rebuilds.
+        old = target.with_name(f"{target.name}.old-{os.getpid()}")
+        os.rename(target, old)
+    try:
+        os.rename(tmp, target)
+    except OSError as e:
+        # Another process finished the same dataset first: keep theirs if it is what we built.
+        if (target / MANIFEST).is_file() and read_manifest(target).get("config_hash") == wanted:
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        raise DataError(
+            f"{target} appeared while this prepare ran and holds something else ({e.strerror}); "
+            "pass force=true to replace it or set data.name=<another name>"
+        ) from e
+    fsync_dir(target.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,159 @@
+"""A GPT-2-style decoder: pre-LayerNorm blocks, causal SDPA attention, GELU MLP, GPT-2 init.
+
+Positions are rotary (applied to q and k) or a learned table; the output head is untied unless
+`tie_embeddings` shares the token-embedding weight. `models/counting.py` mirrors this layout.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.config import GPTConfig
+
+# The usual RoPE base (Su et al. 2021); contexts of a few thousand tokens give no reason to tune it.
+ROPE_BASE = 10_000.0
+
+Rope = tuple[torch.Tensor, torch.Tensor] | None  # (cos, sin) tables, None for learned positions
+
+
+def rope_tables(seq_len: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of shape [seq_len, head_dim // 2] for rotating channel pairs (i, i + half)."""
+    half = head_dim // 2
+    inv_freq = ROPE_BASE ** (-torch.arange(half, dtype=torch.float32) / half)
+    angles = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x [B, H, T, head_dim] by position; cos/sin are [T, head_dim // 2]."""
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.n_head = config.n_head
+        self.dropout = config.dropout
+        # one fused projection: a single matmul of d -> 3d, counted as such in counting.py
+        self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=config.bias)
+        self.out_proj = nn.Linear(config.d_model, config.d_model, bias=config.bias)
+        self.resid_drop = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, rope: Rope) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        y = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
+        )
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_drop(self.out_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        hidden = config.mlp_ratio * config.d_model
+        self.up = nn.Linear(config.d_model, hidden, bias=config.bias)
+        self.down = nn.Linear(hidden, config.d_model, bias=config.bias)
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.down(F.gelu(self.up(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.d_model, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.d_model, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, rope: Rope) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), rope)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    """Token ids [B, T] -> logits [B, T, vocab_size], or the float32 cross-entropy loss."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.d_model)
+        self.wpe = (
+            nn.Embedding(config.max_seq_len, config.d_model)
+            if config.positions == "learned"
+            else None
+        )
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.d_model, bias=config.bias)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=config.bias)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.wte.weight
+        if config.positions == "rope":
+            cos, sin = rope_tables(config.max_seq_len, config.head_dim)
+            # non-persistent: derived from the config, so not parameters and not in checkpoints
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        std = self.config.init_std
+        for module in self.modules():
+            if isinstance(module, nn.Linear | nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+        # GPT-2: each block adds two residual branches, so scale them to keep the stream's
+        # variance independent of depth
+        resid_std = std / math.sqrt(2 * self.config.n_layer)
+        for block in self.blocks:
+            nn.init.normal_(block.attn.out_proj.weight, mean=0.0, std=resid_std)
+            nn.init.normal_(block.mlp.down.weight, mean=0.0, std=resid_std)
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        reduction: str = "mean",
+    ) -> torch.Tensor:
+        if idx.dim() != 2:
+            raise ValueError(
+                f"idx has shape {tuple(idx.shape)}: pass token ids as [batch, seq_len]"
+            )
+        seq_len = idx.shape[1]
+        if seq_len > self.config.max_seq_len:
+            raise ValueError(
+                f"sequence length {seq_len} exceeds max_seq_len={self.config.max_seq_len}: "
+                "shorten the batch or raise max_seq_len"
+            )
+        x = self.wte(idx)
+        rope: Rope = None
+        if self.wpe is not None:
+            x = x + self.wpe(torch.arange(seq_len, device=idx.device))
+        else:
+            rope = (self.rope_cos[:seq_len], self.rope_sin[:seq_len])
+        x = self.drop(x)
+        for block in self.blocks:
+            x = block(x, rope)
+        logits = self.lm_head(self.ln_f(x))
+        if targets is None:
+            return logits
+        if reduction not in ("mean", "none"):
+            raise ValueError(f"reduction={reduction!r} is unknown: use 'mean' or 'none'")
+        # float32 so bf16/fp16 logits do not lose precision in the log-sum-exp
+        loss = F.cross_entropy(
+            logits.float().view(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction
+        )
+        return loss if reduction == "mean" else loss.view(targets.shape)

@@ -1,0 +1,113 @@
+"""Device, precision and peak-throughput facts for a run: where it trains and how MFU is judged.
+
+MFU needs the device's dense bf16 peak; an unknown device reports MFU as null, never a guess.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from sweep.errors import ConfigError
+
+# Dense (no sparsity) bf16 tensor-core peaks in FLOP/s from the vendors' data sheets. Matched by
+# substring of torch.cuda.get_device_name(), most specific first.
+PEAK_BF16_FLOPS = (
+    ("H100 PCIe", 756.0e12),
+    ("H100", 989.4e12),  # SXM5 / HBM3
+    ("H200", 989.4e12),
+    ("GH200", 989.4e12),
+    ("A100", 312.0e12),
+    ("L40S", 362.05e12),
+    ("L4", 121.0e12),
+    ("A10G", 70.0e12),
+    ("RTX 4090", 165.2e12),  # with fp32 accumulation, as PyTorch's bf16 matmuls use
+    ("RTX 3090", 71.0e12),
+    ("V100", 125.0e12),  # fp16: V100 has no bf16 tensor cores
+)
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """The resolved device and numerics of a run."""
+
+    device: torch.device
+    device_name: str
+    precision: str  # "bf16" (autocast) or "fp32"
+    compile: bool
+    peak_flops: float | None
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast on CUDA; a no-op context in float32."""
+        if self.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def synchronize(self) -> None:
+        """Wait for queued GPU work, so wall-clock timings mean something."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def mfu(self, flops_per_s: float) -> float | None:
+        """Model FLOPs utilisation against the device peak, or None when the peak is unknown."""
+        if not self.peak_flops:
+            return None
+        return flops_per_s / self.peak_flops
+
+
+def peak_flops_for(device_name: str) -> float | None:
+    """Dense bf16 peak of a known accelerator, else None (CPUs included)."""
+    for needle, peak in PEAK_BF16_FLOPS:
+        if needle in device_name:
+            return peak
+    return None
+
+
+def resolve_hardware(
+    device: str, precision: str, compile_: str | bool, peak_flops: float | None
+) -> Hardware:
+    """Validate `train.device/precision/compile/peak_flops` against what this machine has."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(
+            f"train.device={device!r} is not a device: use auto, cpu, cuda or cuda:N"
+        ) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"train.device={device!r} but this machine has no CUDA GPU: use train.device=cpu"
+        )
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(
+            f"train.device={device!r} is not supported: use auto, cpu, cuda or cuda:N"
+        )
+
+    if precision == "auto":
+        precision = "bf16" if dev.type == "cuda" else "fp32"
+    if precision not in ("bf16", "fp32"):
+        raise ConfigError(f"train.precision={precision!r} is unknown: use auto, bf16 or fp32")
+
+    if compile_ == "auto":
+        compile_ = dev.type == "cuda"
+    if not isinstance(compile_, bool):
+        raise ConfigError(f"train.compile={compile_!r} must be auto, true or false")
+
+    if dev.type == "cuda":
+        name = torch.cuda.get_device_name(dev)
+        # TF32 for any float32 matmul that autocast leaves behind (e.g. in the optimizer).
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    else:
+        name = "cpu"
+    if peak_flops is not None and (not isinstance(peak_flops, int | float) or peak_flops <= 0):
+        raise ConfigError(
+            f"train.peak_flops={peak_flops!r} must be a positive FLOP/s figure or null"
+        )
+    peak = float(peak_flops) if peak_flops else peak_flops_for(name)
+    return Hardware(
+        device=dev, device_name=name, precision=precision, compile=compile_, peak_flops=peak
+    )

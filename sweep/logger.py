@@ -1,0 +1,101 @@
+"""Where a run's progress goes besides its record: a rich progress bar and, optionally, wandb.
+
+wandb defaults to offline mode (no account, nothing on the network; `wandb sync` uploads later).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+class RunLogger:
+    """Console progress plus wandb, opened for one run and closed when it ends."""
+
+    def __init__(
+        self,
+        logging_cfg: Mapping[str, Any],
+        *,
+        run_dir: Path,
+        run_id: str,
+        total_steps: int,
+        config: Mapping[str, Any],
+    ) -> None:
+        self.console = Console()
+        self._progress: Progress | None = None
+        self._task = None
+        if logging_cfg["progress"]:
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}"),
+                TextColumn("{task.fields[tps]} tok/s"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=False,
+            )
+            self._task = self._progress.add_task(run_id, total=total_steps, loss="-", tps="-")
+            self._progress.start()
+        wandb_cfg = logging_cfg["wandb"]
+        self._wandb = None
+        if wandb_cfg["mode"] != "disabled":
+            import wandb  # imported lazily: it is slow to import and unused when disabled
+
+            self._wandb = wandb.init(
+                project=wandb_cfg["project"],
+                entity=wandb_cfg["entity"],
+                name=run_id,
+                dir=str(run_dir),
+                config=dict(config),
+                mode=wandb_cfg["mode"],
+            )
+
+    def step(self, step: int, loss: float | None = None, tokens_per_s: float | None = None) -> None:
+        """Advance the bar to `step` optimizer steps, refreshing loss and throughput when given."""
+        if self._progress is None:
+            return
+        fields: dict[str, str] = {}
+        if loss is not None:
+            fields["loss"] = f"{loss:.4f}"
+        if tokens_per_s is not None:
+            fields["tps"] = f"{tokens_per_s:,.0f}"
+        self._progress.update(self._task, completed=step, **fields)
+
+    def metrics(self, row: Mapping[str, Any]) -> None:
+        """Send one evaluation row to wandb."""
+        if self._wandb is not None:
+            self._wandb.log({k: v for k, v in row.items() if v is not None}, step=row["step"])
+
+    def print(self, message: str) -> None:
+        """A line on the console that does not tear the progress bar."""
+        self.console.print(message, highlight=False)
+
+    def close(self, summary: Mapping[str, Any] | None = None) -> None:
+        """Stop the bar and finish the wandb run (with the summary's scalars)."""
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+        if self._wandb is not None:
+            if summary:
+                for key, value in summary.items():
+                    if isinstance(value, int | float | str):
+                        self._wandb.summary[key] = value
+            self._wandb.finish(
+                exit_code=0 if not summary or summary.get("status") == "finished" else 1
+            )
+            self._wandb = None

@@ -1,0 +1,201 @@
+"""Turn a composed Hydra config into a validated run plan, before anything touches the disk.
+
+Every mistake a user can make (shape, budget, batch, device, data) surfaces here as one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from data import TokenDataset
+from models import (
+    FlopsPerToken,
+    GPTConfig,
+    ParamCounts,
+    count_params,
+    flops_per_token,
+    shape_for_params,
+)
+from sweep.budget import Budget, resolve_budget
+from sweep.errors import ConfigError
+from sweep.hardware import Hardware, resolve_hardware
+from sweep.records import config_hash
+from sweep.schedule import Schedule, build_schedule
+
+SHAPE_KEYS = ("n_layer", "d_model", "n_head")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]*$")
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Everything one run needs, resolved and checked."""
+
+    run_id: str
+    run_dir: Path
+    experiment: str
+    model_name: str
+    model: GPTConfig
+    params: ParamCounts
+    flops: FlopsPerToken
+    budget: Budget
+    seq_len: int
+    micro_batch_size: int
+    grad_accum: int
+    schedule: Schedule
+    hardware: Hardware
+    dataset: TokenDataset
+    config_hash: str
+    config: dict[str, Any]  # the resolved config plus the derived values, as written to config.yaml
+
+
+def _model_config(model_cfg: DictConfig, vocab_size: int, overrides: list[str]) -> GPTConfig:
+    name = model_cfg.get("name", "custom")
+    if model_cfg.get("vocab_size") not in (None, vocab_size):
+        raise ConfigError(
+            f"model.vocab_size={model_cfg.vocab_size} does not match the dataset's vocab_size="
+            f"{vocab_size}: leave model.vocab_size=null to take it from the data"
+        )
+    fields = {f.name for f in dataclasses.fields(GPTConfig)}
+    values = {k: v for k, v in OmegaConf.to_container(model_cfg).items() if k in fields}
+    values["vocab_size"] = vocab_size
+    target = model_cfg.get("target_params")
+    try:
+        if target is None:
+            return GPTConfig(**values)
+        pinned = [
+            o
+            for o in overrides
+            if o.split("=")[0].lstrip("+~") in {f"model.{k}" for k in SHAPE_KEYS}
+        ]
+        if pinned:
+            raise ConfigError(
+                f"model.target_params={target} chooses n_layer, d_model and n_head itself, but "
+                f"{', '.join(pinned)} was also given: drop one of them"
+            )
+        if not isinstance(target, int | float) or target <= 0:
+            raise ConfigError(f"model.target_params={target!r} must be a positive parameter count")
+        return shape_for_params(
+            float(target),
+            GPTConfig(**values),
+            aspect_ratio=model_cfg.aspect_ratio,
+            head_dim=model_cfg.head_dim,
+            min_heads=model_cfg.min_heads,
+        )
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"model {name}: {err}") from None
+
+
+def plan_run(cfg: DictConfig, overrides: list[str] | None = None) -> RunPlan:
+    """Validate `cfg` (a composed train config) and derive the run; writes nothing."""
+    overrides = overrides or []
+    experiment = str(cfg.experiment)
+    if not _SAFE_NAME.match(experiment):
+        raise ConfigError(
+            f"experiment={experiment!r} must be a plain directory name (letters, digits, . _ = -)"
+        )
+    dataset = TokenDataset.open(Path(cfg.paths.data_dir) / cfg.data.name)
+    model = _model_config(cfg.model, dataset.vocab_size, overrides)
+
+    train = cfg.train
+    seq_len, micro, batch_tokens = train.seq_len, train.micro_batch_size, train.batch_tokens
+    for key, value in (
+        ("seq_len", seq_len),
+        ("micro_batch_size", micro),
+        ("batch_tokens", batch_tokens),
+    ):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"train.{key}={value!r} must be a positive integer")
+    if seq_len > model.max_seq_len:
+        raise ConfigError(
+            f"train.seq_len={seq_len} exceeds the model's context model.max_seq_len="
+            f"{model.max_seq_len}: lower train.seq_len or raise model.max_seq_len"
+        )
+    if batch_tokens % (micro * seq_len):
+        raise ConfigError(
+            f"train.batch_tokens={batch_tokens} is not a multiple of train.micro_batch_size x "
+            f"train.seq_len = {micro * seq_len}: make it one (e.g. {micro * seq_len})"
+        )
+    for key in ("lr", "weight_decay", "beta1", "beta2", "eps"):
+        value = train[key]
+        if (
+            not isinstance(value, int | float)
+            or value < 0
+            or (key.startswith("beta") and value >= 1)
+        ):
+            raise ConfigError(f"train.{key}={value!r} is out of range")
+    if train.grad_clip is not None and (
+        not isinstance(train.grad_clip, int | float) or train.grad_clip <= 0
+    ):
+        raise ConfigError(f"train.grad_clip={train.grad_clip!r} must be positive or null")
+
+    params = count_params(model)
+    flops = flops_per_token(model, seq_len)
+    budget = resolve_budget(
+        cfg.budget,
+        non_embedding_params=params.non_embedding,
+        flops_per_token=flops.flops_exact,
+        batch_tokens=batch_tokens,
+    )
+    schedule = build_schedule(cfg.schedule, budget.steps)
+    hardware = resolve_hardware(train.device, train.precision, train.compile, train.peak_flops)
+    for key in ("tokens", "batch_size", "points"):
+        value = cfg.eval[key]
+        if not isinstance(value, int | float) or value < 1:
+            raise ConfigError(f"eval.{key}={value!r} must be a positive number")
+
+    # The run's identity is the science: shape, data, budget, optimisation and evaluation. Where
+    # and how fast it runs (device, precision, compile, micro-batching, logging) is not part of it.
+    identity = {
+        "model": dataclasses.asdict(model),
+        "data": {"name": dataset.name, "config_hash": dataset.manifest.get("config_hash")},
+        "tokens": budget.tokens,
+        "seed": cfg.seed,
+        "train": {
+            k: v
+            for k, v in OmegaConf.to_container(train).items()
+            if k not in ("micro_batch_size", "device", "precision", "compile", "peak_flops")
+        },
+        "schedule": OmegaConf.to_container(cfg.schedule),
+        "eval": OmegaConf.to_container(cfg.eval),
+    }
+    digest = config_hash(identity)
+    model_name = str(cfg.model.get("name", "custom"))
+    if cfg.model.get("target_params") is not None:
+        model_name = f"target{float(cfg.model.target_params):.3g}".replace("+", "")
+    run_id = f"{model_name}-{digest[:10]}"
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved["resolved"] = {
+        "run_id": run_id,
+        "config_hash": digest,
+        "model": dataclasses.asdict(model),
+        "budget": dataclasses.asdict(budget),
+        "grad_accum": batch_tokens // (micro * seq_len),
+        "device": str(hardware.device),
+        "precision": hardware.precision,
+    }
+    return RunPlan(
+        run_id=run_id,
+        run_dir=Path(cfg.paths.runs_dir) / experiment / run_id,
+        experiment=experiment,
+        model_name=model_name,
+        model=model,
+        params=params,
+        flops=flops,
+        budget=budget,
+        seq_len=seq_len,
+        micro_batch_size=micro,
+        grad_accum=batch_tokens // (micro * seq_len),
+        schedule=schedule,
+        hardware=hardware,
+        dataset=dataset,
+        config_hash=digest,
+        config=resolved,
+    )

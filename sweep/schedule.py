@@ -1,0 +1,73 @@
+"""Learning-rate schedules matched to a run's exact number of optimizer steps.
+
+Linear warmup, then cosine decay, a constant rate, or warmup-stable-decay (WSD, linear cooldown).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sweep.errors import ConfigError
+
+SCHEDULE_KINDS = ("cosine", "constant", "wsd")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """LR multiplier as a function of the optimizer step (0-based) over `total_steps`."""
+
+    kind: str
+    total_steps: int
+    warmup_steps: int
+    min_lr_ratio: float
+    cooldown_steps: int
+
+    def multiplier(self, step: int) -> float:
+        """Fraction of the peak LR to use for optimizer step `step`."""
+        if step < self.warmup_steps:
+            # (step + 1) so the first update is not wasted at LR 0.
+            return (step + 1) / self.warmup_steps
+        if self.kind == "constant":
+            return 1.0
+        if self.kind == "cosine":
+            span = max(self.total_steps - 1 - self.warmup_steps, 1)
+            progress = min((step - self.warmup_steps) / span, 1.0)
+            cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
+            return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * cosine
+        # wsd: hold the peak, then decay linearly to min_lr_ratio over the last cooldown_steps.
+        cooldown_start = self.total_steps - self.cooldown_steps
+        if step < cooldown_start:
+            return 1.0
+        progress = (step - cooldown_start + 1) / self.cooldown_steps
+        return 1.0 - (1.0 - self.min_lr_ratio) * progress
+
+
+def build_schedule(cfg: Mapping[str, Any], total_steps: int) -> Schedule:
+    """Validate the `schedule` config group and size it to the run."""
+    kind = cfg["kind"]
+    if kind not in SCHEDULE_KINDS:
+        raise ConfigError(
+            f"schedule.kind={kind!r} is unknown: use one of {', '.join(SCHEDULE_KINDS)}"
+        )
+    for key in ("warmup_fraction", "min_lr_ratio", "cooldown_fraction"):
+        value = cfg[key]
+        if not isinstance(value, int | float) or not 0 <= value <= 1:
+            raise ConfigError(f"schedule.{key}={value!r} must be a number between 0 and 1")
+    warmup_steps = max(1, round(cfg["warmup_fraction"] * total_steps))
+    cooldown_steps = max(1, round(cfg["cooldown_fraction"] * total_steps)) if kind == "wsd" else 0
+    if warmup_steps + cooldown_steps > total_steps:
+        raise ConfigError(
+            f"schedule: warmup ({warmup_steps}) plus cooldown ({cooldown_steps}) steps exceed the "
+            f"run's {total_steps} steps: lower schedule.warmup_fraction/cooldown_fraction "
+            "or raise the budget"
+        )
+    return Schedule(
+        kind=kind,
+        total_steps=total_steps,
+        warmup_steps=warmup_steps,
+        min_lr_ratio=float(cfg["min_lr_ratio"]),
+        cooldown_steps=cooldown_steps,
+    )

@@ -1,0 +1,135 @@
+"""Tests for data.loader: random training windows (uniform, deterministic, resumable) and the
+fixed evaluation windows. Shard i holds i*1000 + 0, 1, 2, ..., so a window shows where it came from.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from data import DataError, RandomWindows, TokenDataset, eval_windows
+from data.shards import ShardWriter, make_manifest, write_manifest
+
+SHARD_LENS = (100, 300, 5)  # the last is shorter than any window used here
+
+
+def build(root: Path, lens: tuple[int, ...] = SHARD_LENS) -> TokenDataset:
+    path = root / "ramp"
+    path.mkdir(parents=True)
+    splits = {}
+    for split in ("train", "val"):
+        writer = ShardWriter(path, split, vocab_size=4000, shard_tokens=max(lens))
+        for i, n in enumerate(lens):
+            writer.append(i * 1000 + np.arange(n))
+            writer.end_shard()
+        splits[split] = writer.close()
+    write_manifest(path, make_manifest(name="ramp", vocab_size=4000, eot_id=0,
+                                       tokenizer={"kind": "t", "hash": "h"}, splits=splits,
+                                       source={"name": "ramp"}))
+    return TokenDataset.open(path)
+
+
+@pytest.fixture
+def ds(tmp_path):
+    return build(tmp_path)
+
+
+def take(loader, n):
+    return [next(loader) for _ in range(n)]
+
+
+def test_windows_are_shifted_contiguous_runs_inside_one_shard(ds):
+    x, y = next(RandomWindows(ds, "train", batch_size=64, seq_len=10, seed=0))
+    assert x.shape == y.shape == (64, 10) and x.dtype == y.dtype == torch.int64
+    assert x.is_contiguous() and y.is_contiguous()
+    assert torch.equal(y[:, :-1], x[:, 1:])
+    assert torch.equal(y, x + 1)  # the ramp: every token is its predecessor + 1, no shard jump
+    assert (x[:, 0] // 1000 < 2).all()  # the 5-token shard cannot hold a window of 11
+
+
+def test_starts_are_uniform_over_all_valid_windows(ds):
+    loader = RandomWindows(ds, "train", batch_size=4000, seq_len=10, seed=3)
+    first = torch.cat([next(loader)[0][:, 0] for _ in range(5)]).numpy()
+    shard, offset = first // 1000, first % 1000
+    # 90 starts in shard 0 and 290 in shard 1: each start equally likely.
+    assert (shard == 0).mean() == pytest.approx(90 / 380, abs=0.015)
+    assert offset[shard == 0].min() == 0 and offset[shard == 0].max() == 89
+    assert offset[shard == 1].max() == 289
+    hist = np.bincount(offset[shard == 1], minlength=290)
+    expected = hist.sum() / 290
+    assert np.abs(hist - expected).max() < 6 * np.sqrt(expected)
+
+
+def test_same_seed_same_stream_other_seed_differs(ds):
+    a = take(RandomWindows(ds, "train", 8, 10, seed=7), 3)
+    b = take(RandomWindows(ds, "train", 8, 10, seed=7), 3)
+    c = take(RandomWindows(ds, "train", 8, 10, seed=8), 3)
+    assert all(torch.equal(p[0], q[0]) for p, q in zip(a, b, strict=True))
+    assert not all(torch.equal(p[0], q[0]) for p, q in zip(a, c, strict=True))
+
+
+def test_state_dict_resumes_the_exact_stream(ds):
+    loader = RandomWindows(ds, "train", 8, 10, seed=1)
+    take(loader, 3)
+    state = json.loads(json.dumps(loader.state_dict()))  # must survive a JSON round trip
+    expected = take(loader, 2)
+    resumed = RandomWindows(ds, "train", 8, 10, seed=1)
+    resumed.load_state_dict(state)
+    assert state["step"] == 3
+    for (x1, y1), (x2, y2) in zip(expected, take(resumed, 2), strict=True):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    with pytest.raises(DataError, match="saved with seq_len=10 but this loader has seq_len=12"):
+        RandomWindows(ds, "train", 8, 12, seed=1).load_state_dict(state)
+    with pytest.raises(DataError, match="step=-1"):
+        resumed.load_state_dict({**state, "step": -1})
+
+
+def test_too_short_split_and_bad_arguments(tmp_path, ds):
+    with pytest.raises(DataError, match=r"no shard of at least seq_len\+1=301 tokens \(largest: "
+                       r"300\): lower seq_len"):
+        RandomWindows(ds, "train", 4, 300, seed=0)
+    with pytest.raises(DataError, match="batch_size=0 must be a positive integer"):
+        RandomWindows(ds, "train", 0, 10, seed=0)
+    with pytest.raises(DataError, match="no split 'test'"):
+        RandomWindows(ds, "test", 4, 10, seed=0)
+
+
+def test_eval_windows_are_fixed_sequential_and_non_overlapping(ds):
+    batches = eval_windows(ds, "val", seq_len=10, max_tokens=250, batch_size=8)
+    assert [len(x) for x, _ in batches] == [8, 8, 8, 1]  # 250 // 10 = 25 windows
+    x = torch.cat([b[0] for b in batches])
+    y = torch.cat([b[1] for b in batches])
+    assert torch.equal(y, x + 1)
+    # Shard 0 (100 tokens) gives 9 windows: targets 1..90; then shard 1 from its start.
+    assert x[:, 0].tolist()[:10] == [0, 10, 20, 30, 40, 50, 60, 70, 80, 1000]
+    assert torch.equal(y[:9].flatten(), torch.arange(1, 91))
+    assert y.numel() == 250 and len(torch.unique(y)) == 250
+    again = eval_windows(ds, "val", seq_len=10, max_tokens=250, batch_size=5)
+    assert torch.equal(torch.cat([b[0] for b in again]), x)  # batching does not change tokens
+
+
+def test_eval_windows_stop_at_the_split_end_and_refuse_too_little(ds, tmp_path):
+    batches = eval_windows(ds, "val", seq_len=50, max_tokens=10**6, batch_size=100)
+    assert len(batches) == 1 and batches[0][0].shape == (1 + 5, 50)  # 99//50 + 299//50
+    with pytest.raises(DataError, match="max_tokens=5 is less than one window of seq_len=10"):
+        eval_windows(ds, "val", seq_len=10, max_tokens=5, batch_size=1)
+    tiny = build(tmp_path / "tiny", lens=(5, 4))
+    with pytest.raises(DataError, match=r"has 9 tokens, fewer than one eval window of seq_len\+1="
+                       r"11 in any shard"):
+        eval_windows(tiny, "val", seq_len=10, max_tokens=100, batch_size=1)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_batches_match_cpu(ds):
+    cpu = take(RandomWindows(ds, "train", 8, 10, seed=2), 2)
+    gpu = take(RandomWindows(ds, "train", 8, 10, seed=2, device="cuda"), 2)
+    for (xc, yc), (xg, yg) in zip(cpu, gpu, strict=True):
+        assert xg.is_cuda and yg.is_cuda and xg.is_contiguous()
+        assert torch.equal(xc, xg.cpu()) and torch.equal(yc, yg.cpu())
+    (xe, ye), *_ = eval_windows(ds, "val", 10, 100, 4, device="cuda")
+    assert xe.is_cuda and torch.equal(ye.cpu(), xe.cpu() + 1)

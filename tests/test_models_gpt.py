@@ -1,0 +1,199 @@
+"""Tests for models.gpt: shapes, loss, causality, tying, init statistics, rotary, training.
+
+Models here are tiny (d_model <= 128) so the whole file runs in a few seconds on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import torch
+
+from models import GPT, GPTConfig
+from models.gpt import apply_rope, rope_tables
+
+
+def make_config(**overrides: Any) -> GPTConfig:
+    fields: dict[str, Any] = dict(
+        n_layer=2,
+        d_model=64,
+        n_head=4,
+        vocab_size=101,
+        max_seq_len=32,
+        positions="rope",
+        tie_embeddings=False,
+        bias=False,
+        mlp_ratio=4,
+        dropout=0.0,
+        init_std=0.02,
+    )
+    fields.update(overrides)
+    return GPTConfig(**fields)
+
+
+def make_model(seed: int = 0, **overrides: Any) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(make_config(**overrides))
+
+
+BOTH_POSITIONS = pytest.mark.parametrize("positions", ["rope", "learned"])
+
+
+@BOTH_POSITIONS
+def test_logits_shape(positions: str) -> None:
+    model = make_model(positions=positions)
+    idx = torch.randint(0, 101, (3, 17))
+    logits = model(idx)
+    assert logits.shape == (3, 17, 101)
+    assert logits.dtype == torch.float32
+
+
+@BOTH_POSITIONS
+@pytest.mark.parametrize("tie", [False, True])
+def test_loss_at_init_is_log_vocab(positions: str, tie: bool) -> None:
+    vocab = 512
+    model = make_model(positions=positions, tie_embeddings=tie, vocab_size=vocab)
+    idx = torch.randint(0, vocab, (4, 32), generator=torch.Generator().manual_seed(1))
+    targets = torch.randint(0, vocab, (4, 32), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        loss = model(idx, targets)
+    assert loss.shape == ()
+    assert abs(loss.item() - math.log(vocab)) < 0.1
+
+
+def test_reduction_none_matches_mean() -> None:
+    model = make_model()
+    idx = torch.randint(0, 101, (2, 9))
+    targets = torch.randint(0, 101, (2, 9))
+    with torch.no_grad():
+        per_token = model(idx, targets, reduction="none")
+        mean = model(idx, targets)
+        logits = model(idx)
+    assert per_token.shape == (2, 9)
+    assert per_token.dtype == torch.float32
+    torch.testing.assert_close(per_token.mean(), mean)
+    # spot-check one position against the definition: -log softmax at the target
+    expected = -torch.log_softmax(logits[1, 4], dim=-1)[targets[1, 4]]
+    torch.testing.assert_close(per_token[1, 4], expected)
+
+
+def test_loss_is_float32_under_bf16_weights() -> None:
+    model = make_model().to(torch.bfloat16)
+    idx = torch.randint(0, 101, (2, 8))
+    with torch.no_grad():
+        assert model(idx).dtype == torch.bfloat16
+        loss = model(idx, idx)
+    assert loss.dtype == torch.float32
+    assert abs(loss.item() - math.log(101)) < 0.2
+
+
+def test_unknown_reduction_raises() -> None:
+    model = make_model()
+    idx = torch.randint(0, 101, (1, 4))
+    with pytest.raises(ValueError, match="reduction='sum'"):
+        model(idx, idx, reduction="sum")
+
+
+@BOTH_POSITIONS
+def test_causal_mask(positions: str) -> None:
+    model = make_model(positions=positions).eval()
+    idx = torch.randint(0, 101, (2, 20))
+    changed = idx.clone()
+    changed[:, 12] = (changed[:, 12] + 1) % 101
+    with torch.no_grad():
+        before, after = model(idx), model(changed)
+    torch.testing.assert_close(before[:, :12], after[:, :12], rtol=0, atol=1e-6)
+    assert (before[:, 12:] - after[:, 12:]).abs().max() > 1e-3
+
+
+def test_sequence_longer_than_context_raises() -> None:
+    model = make_model(max_seq_len=16)
+    with pytest.raises(ValueError) as err:
+        model(torch.zeros(1, 17, dtype=torch.long))
+    assert "17" in str(err.value)
+    assert "max_seq_len=16" in str(err.value)
+    assert model(torch.zeros(1, 16, dtype=torch.long)).shape == (1, 16, 101)
+
+
+def test_tie_embeddings_shares_storage() -> None:
+    tied = make_model(tie_embeddings=True)
+    assert tied.lm_head.weight is tied.wte.weight
+    assert tied.lm_head.weight.data_ptr() == tied.wte.weight.data_ptr()
+    untied = make_model(tie_embeddings=False)
+    assert untied.lm_head.weight.data_ptr() != untied.wte.weight.data_ptr()
+    # a parameter listed once, so the optimizer updates it once
+    vocab_by_dim = [p for p in tied.parameters() if p.shape == (101, 64)]
+    assert len(vocab_by_dim) == 1
+
+
+def test_rope_tables_are_buffers_not_parameters_or_state() -> None:
+    model = make_model(positions="rope", max_seq_len=32)
+    assert model.rope_cos.shape == (32, 8)  # head_dim 16 -> 8 rotation frequencies
+    names = {name for name, _ in model.named_parameters()}
+    assert not any("rope" in name for name in names)
+    assert not any("rope" in key for key in model.state_dict())
+    assert model.wpe is None
+    learned = make_model(positions="learned", max_seq_len=32)
+    assert learned.wpe is not None and learned.wpe.weight.shape == (32, 64)
+
+
+def test_rope_scores_depend_only_on_relative_offset() -> None:
+    cos, sin = rope_tables(64, 16)
+    q = torch.randn(16)
+    k = torch.randn(16)
+
+    def score(pos_q: int, pos_k: int) -> float:
+        rq = apply_rope(q.view(1, 1, 1, 16), cos[pos_q : pos_q + 1], sin[pos_q : pos_q + 1])
+        rk = apply_rope(k.view(1, 1, 1, 16), cos[pos_k : pos_k + 1], sin[pos_k : pos_k + 1])
+        return float((rq * rk).sum())
+
+    assert score(5, 2) == pytest.approx(score(40, 37), abs=1e-4)
+    assert score(0, 0) == pytest.approx(float(q @ k), abs=1e-5)  # position 0 is the identity
+    assert abs(score(5, 2) - score(5, 4)) > 1e-3
+
+
+def test_gpt2_init_statistics() -> None:
+    n_layer, std = 4, 0.02
+    model = make_model(n_layer=n_layer, d_model=128, n_head=4, bias=True, init_std=std)
+    resid_std = std / math.sqrt(2 * n_layer)
+    for block in model.blocks:
+        # 16k-64k samples each: the empirical std is within ~1% of the true one
+        assert block.attn.out_proj.weight.std().item() == pytest.approx(resid_std, rel=0.03)
+        assert block.mlp.down.weight.std().item() == pytest.approx(resid_std, rel=0.03)
+        assert block.attn.qkv.weight.std().item() == pytest.approx(std, rel=0.03)
+        assert block.mlp.up.weight.std().item() == pytest.approx(std, rel=0.03)
+        assert block.attn.qkv.bias.abs().max().item() == 0.0
+        assert block.mlp.down.bias.abs().max().item() == 0.0
+        assert torch.equal(block.ln_1.weight, torch.ones(128))
+    assert model.wte.weight.std().item() == pytest.approx(std, rel=0.03)
+    assert model.lm_head.weight.std().item() == pytest.approx(std, rel=0.03)
+
+
+def test_dropout_only_active_in_training() -> None:
+    model = make_model(dropout=0.5)
+    idx = torch.randint(0, 101, (2, 8))
+    with torch.no_grad():
+        model.eval()
+        torch.testing.assert_close(model(idx), model(idx), rtol=0, atol=0)
+        model.train()
+        assert (model(idx) - model(idx)).abs().max() > 1e-4
+
+
+@BOTH_POSITIONS
+def test_adamw_overfits_one_batch(positions: str) -> None:
+    model = make_model(positions=positions, vocab_size=64, max_seq_len=16)
+    gen = torch.Generator().manual_seed(3)
+    idx = torch.randint(0, 64, (4, 16), generator=gen)
+    targets = torch.randint(0, 64, (4, 16), generator=gen)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
+    losses = []
+    for _ in range(40):
+        loss = model(idx, targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[0] == pytest.approx(math.log(64), abs=0.1)
+    assert losses[-1] < 0.5  # random targets: only memorisation gets here

@@ -1,0 +1,54 @@
+"""Tests for sweep.schedule: warmup, cosine to 10%, constant and WSD over exactly a run's steps."""
+
+import math
+
+import pytest
+
+from sweep.errors import ConfigError
+from sweep.schedule import build_schedule
+
+CFG = {"kind": "cosine", "warmup_fraction": 0.1, "min_lr_ratio": 0.1, "cooldown_fraction": 0.2}
+
+
+def test_cosine_warms_up_then_ends_at_min_ratio():
+    s = build_schedule(CFG, total_steps=100)
+    assert s.warmup_steps == 10
+    assert s.multiplier(0) == pytest.approx(0.1)
+    assert s.multiplier(9) == pytest.approx(1.0)
+    assert s.multiplier(99) == pytest.approx(0.1)  # last step of the run sits at 10%
+    mid = 10 + (99 - 10) / 2
+    assert s.multiplier(int(mid)) == pytest.approx(
+        0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * ((int(mid) - 10) / 89)))
+    )
+    values = [s.multiplier(i) for i in range(10, 100)]
+    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
+
+
+def test_constant_holds_peak_after_warmup():
+    s = build_schedule({**CFG, "kind": "constant"}, total_steps=50)
+    assert [s.multiplier(i) for i in (5, 20, 49)] == [1.0, 1.0, 1.0]
+
+
+def test_wsd_decays_linearly_over_the_cooldown():
+    s = build_schedule({**CFG, "kind": "wsd"}, total_steps=100)
+    assert s.cooldown_steps == 20
+    assert s.multiplier(79) == 1.0
+    assert s.multiplier(80) == pytest.approx(1 - 0.9 / 20)
+    assert s.multiplier(99) == pytest.approx(0.1)
+
+
+def test_single_step_run_uses_peak_lr():
+    assert build_schedule(CFG, total_steps=1).multiplier(0) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        ({"kind": "linear"}, "schedule.kind='linear' is unknown"),
+        ({"warmup_fraction": 1.5}, "schedule.warmup_fraction=1.5"),
+        ({"kind": "wsd", "warmup_fraction": 0.6, "cooldown_fraction": 0.6}, "exceed"),
+    ],
+)
+def test_bad_schedules(change, needle):
+    with pytest.raises(ConfigError, match=needle):
+        build_schedule({**CFG, **change}, total_steps=10)
