@@ -29,7 +29,9 @@ def check_keys(cfg: Mapping[str, Any], known: Iterable[str], source: str) -> Non
 
 def check_int(cfg: Mapping[str, Any], key: str, minimum: int, maximum: int | None = None) -> int:
     value = cfg[key]
-    ok = isinstance(value, int) and not isinstance(value, bool)
+    # A command line's 2e6 arrives as a float; an integral float means the integer it writes.
+    integral = isinstance(value, float) and value.is_integer()
+    ok = (isinstance(value, int) and not isinstance(value, bool)) or integral
     if ok and value >= minimum and (maximum is None or value <= maximum):
         return int(value)
     bound = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"

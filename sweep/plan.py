@@ -25,6 +25,7 @@ from models import (
 from sweep.budget import Budget, resolve_budget
 from sweep.errors import ConfigError
 from sweep.hardware import Hardware, resolve_hardware
+from sweep.logger import WANDB_MODES
 from sweep.records import config_hash
 from sweep.schedule import Schedule, build_schedule
 
@@ -146,6 +147,11 @@ def plan_run(cfg: DictConfig, overrides: list[str] | None = None) -> RunPlan:
     )
     schedule = build_schedule(cfg.schedule, budget.steps)
     hardware = resolve_hardware(train.device, train.precision, train.compile, train.peak_flops)
+    wandb_mode = cfg.logging.wandb.mode
+    if wandb_mode not in WANDB_MODES:
+        raise ConfigError(
+            f"logging.wandb.mode={wandb_mode!r} is unknown: use one of {', '.join(WANDB_MODES)}"
+        )
     for key in ("tokens", "batch_size", "points"):
         value = cfg.eval[key]
         if not isinstance(value, int | float) or value < 1:

@@ -161,9 +161,9 @@ def test_cli_end_to_end(tmp_path):
     manifest = json.loads((path / MANIFEST).read_text())
     assert manifest["splits"]["train"]["tokens"] == 1550 * 129
     assert [s["tokens"] for s in manifest["splits"]["train"]["shards"]] == [100000, 99950]
-    assert manifest["source"]["n_facts"] == 2048 and manifest["source"]["train_tokens"] == 200000
+    assert manifest["source"]["n_facts"] == 512 and manifest["source"]["train_tokens"] == 200000
     rate = manifest["synthetic"]["entropy_rate_nats"]
-    assert rate == pytest.approx(0.6995, abs=1e-4)
+    assert rate == pytest.approx(0.5909, abs=1e-4)  # the default 512-fact corpus
     assert "wrote data_cache/synthetic" in first.stdout and f"{rate:.4f}" in first.stdout
     assert "199,950 tokens" in first.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data_cache"]  # no outputs/, .hydra, logs

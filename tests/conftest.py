@@ -1,0 +1,39 @@
+"""Shared fixtures: a small prepared synthetic dataset and a composed train config pointing at it.
+
+wandb is forced off for every test, so nothing ever tries the network.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
+
+from data import prepare
+
+os.environ["WANDB_MODE"] = "disabled"
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+# Small enough to build in well under a second, large enough for a few hundred training steps.
+TINY_DATA = {"train_tokens": 300_000, "val_tokens": 40_000}
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A root dir (as paths.root_dir) whose data_cache/synthetic holds a tiny prepared dataset."""
+    root = tmp_path_factory.mktemp("root")
+    data_cfg = OmegaConf.to_container(OmegaConf.load(CONFIGS / "data" / "synthetic.yaml"))
+    prepare({**data_cfg, **TINY_DATA}, root / "data_cache")
+    return root
+
+
+def compose_train(root: Path, *overrides: str) -> DictConfig:
+    """The train config as `python -m sweep.train` would compose it, rooted at `root`."""
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose(
+            "train",
+            overrides=[f"paths.root_dir={root}", "logging.wandb.mode=disabled",
+                       "logging.progress=false", *overrides],
+        )

@@ -1,0 +1,118 @@
+"""End-to-end tests of `python -m sweep.train`: the real CLI in a temporary directory.
+
+One run trains the smallest rung on the synthetic corpus and checks the whole run record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from models import GPT, GPTConfig
+from sweep.records import METRIC_KEYS
+from sweep.train import eval_steps
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def train_cli(root: Path, *overrides: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    return subprocess.run(
+        [sys.executable, "-m", "sweep.train", f"paths.root_dir={root}",
+         "logging.wandb.mode=disabled", *overrides],
+        cwd=root, env=env, capture_output=True, text=True, timeout=600,
+    )
+
+
+def test_eval_steps_are_log_spaced_with_both_ends():
+    assert eval_steps(100, 5) == [0, 1, 3, 10, 32, 100]
+    assert eval_steps(1, 8) == [0, 1]
+
+
+def test_one_run_end_to_end(synthetic_root):
+    result = train_cli(synthetic_root, "model=gpt_1m", "budget.tokens=3e4", "eval.points=4")
+    assert result.returncode == 0, result.stderr
+    runs = list((synthetic_root / "runs" / "default").iterdir())
+    assert len(runs) == 1
+    run_dir = runs[0]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml", "metrics.jsonl",
+                                                          "summary.json"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    manifest = json.loads((synthetic_root / "data_cache/synthetic/manifest.json").read_text())
+
+    # The budget: 3e4 tokens in whole 1024-token steps.
+    assert summary["status"] == "finished"
+    assert (summary["steps"], summary["tokens"]) == (29, 29 * 1024)
+    # Parameter counts in the record are PyTorch's own.
+    shape = config["resolved"]["model"]
+    model = GPT(GPTConfig(**shape))
+    assert summary["params"]["total"] == sum(p.numel() for p in model.parameters())
+    assert summary["params"]["non_embedding"] == 1_328_448
+    # The three FLOP totals are per-token counts times tokens.
+    per_token = summary["flops_per_token"]
+    for key in ("6nd", "6nd_total", "exact"):
+        assert summary[f"flops_{key}"] == per_token[key] * summary["tokens"]
+    assert per_token["6nd"] == 6 * 1_328_448
+    # metrics.jsonl: every key, one row per planned eval, cumulative counters.
+    assert [r["step"] for r in rows] == eval_steps(29, 4)
+    assert all(list(r) == list(METRIC_KEYS) for r in rows)
+    assert rows[-1]["flops_exact"] == summary["flops_exact"]
+    assert rows[-1]["val_loss"] == summary["val_loss"]
+    # It learned: from ~ln(512) to below the corpus's unigram entropy.
+    truth = manifest["synthetic"]
+    assert rows[0]["val_loss"] == pytest.approx(6.238, abs=0.1)
+    assert summary["val_loss"] < truth["unigram_entropy_nats"] - 1.0
+    assert summary["val_loss"] > truth["entropy_rate_nats"]
+    assert "entropy rate 0.5909" in result.stdout
+    assert summary["device"] == "cpu" and summary["precision"] == "fp32"
+    assert summary["dataset"]["config_hash"] == manifest["config_hash"]
+
+    # Relaunching the same config skips the finished run and leaves its record alone.
+    before = (run_dir / "summary.json").read_text()
+    again = train_cli(synthetic_root, "model=gpt_1m", "budget.tokens=3e4", "eval.points=4")
+    assert again.returncode == 0 and "already finished" in again.stdout
+    assert (run_dir / "summary.json").read_text() == before
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        (["model=gpt_3m", "model.n_head=3", "budget.tokens=2e5"], "n_head=3 does not divide"),
+        (["budget.tokens=-5"], "budget.tokens=-5 must be a positive"),
+        (["model=gpt_9m", "budget.tokens=2e5"], "unknown model preset model=gpt_9m"),
+        (["data=tinystories", "budget.tokens=2e5"], "unknown dataset data=tinystories"),
+    ],
+)
+def test_bad_overrides_exit_nonzero_with_one_line(tmp_path, synthetic_root, overrides, needle):
+    root = tmp_path / "fresh"
+    root.mkdir()
+    (root / "data_cache").symlink_to(synthetic_root / "data_cache")
+    result = train_cli(root, *overrides)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], result.stderr
+    assert not (root / "runs").exists()
+    assert sorted(p.name for p in root.iterdir()) == ["data_cache"]
+
+
+@pytest.mark.slow
+def test_demo_command_learns_toward_the_entropy_rate(tmp_path):
+    """The README's demo on the default synthetic corpus (about 40 s on 2 CPU cores)."""
+    env = {**os.environ, "WANDB_MODE": "disabled", "SCALING_ROOT": str(tmp_path)}
+    subprocess.run([sys.executable, "-m", "data.prepare", "data=synthetic"], cwd=tmp_path,
+                   env=env, check=True, capture_output=True)
+    result = train_cli(tmp_path, "model=gpt_1m", "data=synthetic", "budget.tokens=2e5")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(next((tmp_path / "runs").glob("default/*/summary.json")).read_text())
+    truth = json.loads((tmp_path / "data_cache/synthetic/manifest.json").read_text())["synthetic"]
+    assert summary["wall_time_s"] < 120
+    assert summary["val_loss"] < truth["unigram_entropy_nats"] - 3.0
+    assert summary["val_loss"] < 2.5 * truth["entropy_rate_nats"]
