@@ -116,3 +116,13 @@ def test_demo_command_learns_toward_the_entropy_rate(tmp_path):
     assert summary["wall_time_s"] < 120
     assert summary["val_loss"] < truth["unigram_entropy_nats"] - 3.0
     assert summary["val_loss"] < 2.5 * truth["entropy_rate_nats"]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_run_uses_bf16_and_records_mfu(synthetic_root):
+    result = train_cli(synthetic_root, "budget.tokens=3e4", "experiment=cuda", "train.device=cuda")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(next((synthetic_root / "runs/cuda").glob("*/summary.json")).read_text())
+    assert summary["status"] == "finished" and summary["precision"] == "bf16"
+    assert summary["val_loss"] < 4.0
