@@ -7,6 +7,7 @@ reader is data.dataset.TokenDataset. A manifest's presence means the dataset is 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from collections.abc import Mapping
@@ -119,16 +120,9 @@ def write_token_bytes(directory: Path, token_bytes: np.ndarray, vocab_size: int)
             f"of shape ({vocab_size},): fix the tokenizer export"
         )
     path = Path(directory) / TOKEN_BYTES_FILE
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, arr.astype("<i4"))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    np.save(buffer, arr.astype("<i4"))
+    atomic_write_bytes(path, buffer.getvalue())
     return {"file": TOKEN_BYTES_FILE, "sha256": sha256_file(path)}
 
 

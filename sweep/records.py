@@ -10,10 +10,11 @@ import json
 import math
 import os
 import subprocess
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from data.shards import atomic_write_bytes
 
 SCHEMA_VERSION = 1
 METRIC_KEYS = (
@@ -29,20 +30,6 @@ METRIC_KEYS = (
     "tokens_per_s",
     "mfu",
 )
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` via a temp file in the same directory, fsync, then rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _deep_finite(value: Any) -> Any:
@@ -103,7 +90,7 @@ class RunRecord:
     def start(self, config_yaml: str) -> None:
         """Create the directory and write config.yaml; a fresh start truncates old metrics."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.config_path, config_yaml)
+        atomic_write_bytes(self.config_path, config_yaml.encode())
         self.metrics_path.write_text("")
         self.summary_path.unlink(missing_ok=True)
 
@@ -121,4 +108,4 @@ class RunRecord:
         """Write summary.json atomically; its presence with status 'finished' marks a done run."""
         body = {"schema_version": SCHEMA_VERSION, **summary}
         text = json.dumps(_deep_finite(body), indent=2, allow_nan=False) + "\n"
-        write_atomic(self.summary_path, text)
+        atomic_write_bytes(self.summary_path, text.encode())

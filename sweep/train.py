@@ -152,20 +152,14 @@ def run(plan: RunPlan) -> dict[str, Any]:
     interval = max(1, int(cfg["logging"]["interval"]))
 
     record.start(OmegaConf.to_yaml(OmegaConf.create(cfg)))
-    logger = RunLogger(
-        cfg["logging"],
-        run_dir=plan.run_dir,
-        run_id=plan.run_id,
-        total_steps=total_steps,
-        config=cfg,
-    )
+    logger: RunLogger | None = None
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     wall_start = time.perf_counter()
     train_time_s = 0.0
     loss_sum = torch.zeros((), device=hw.device)  # summed on device: no host sync per step
     loss_steps = 0
+    done_steps = 0  # optimizer steps completed
     last = {"train_loss": None, "val_loss": None, "val_bpb": None}
-    status, error, step = "finished", None, 0
 
     def log_eval(step: int, lr: float, tokens_per_s: float | None) -> None:
         result = evaluate(model, val, hw, token_bytes)
@@ -187,7 +181,34 @@ def run(plan: RunPlan) -> dict[str, Any]:
         record.append_metrics(row)
         logger.metrics(row)
 
+    def finish(status: str, error: str | None) -> dict[str, Any]:
+        summary = _summary(
+            plan,
+            status,
+            tokens=done_steps * batch_tokens,
+            steps=done_steps,
+            **last,
+            error=error,
+            wall_time_s=time.perf_counter() - wall_start,
+            train_time_s=train_time_s,
+            tokens_per_s=(done_steps * batch_tokens / train_time_s) if train_time_s else None,
+            started_at=started_at,
+            finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        )
+        record.write_summary(summary)
+        if logger is not None:
+            logger.close(summary)
+        return summary
+
+    status, error = "finished", None
     try:
+        logger = RunLogger(
+            cfg["logging"],
+            run_dir=plan.run_dir,
+            run_id=plan.run_id,
+            total_steps=total_steps,
+            config=cfg,
+        )
         log_eval(0, 0.0, None)
         window_start, window_steps = time.perf_counter(), 0
         for step in range(1, total_steps + 1):
@@ -204,6 +225,7 @@ def run(plan: RunPlan) -> dict[str, Any]:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["train"]["grad_clip"])
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            done_steps = step
             loss_steps += 1
             window_steps += 1
             at_eval = step in evals_at
@@ -230,41 +252,17 @@ def run(plan: RunPlan) -> dict[str, Any]:
         if status == "finished" and not math.isfinite(last["val_loss"]):
             status, error = "diverged", "non-finite validation loss"
     except (KeyboardInterrupt, Exception) as exc:
-        status, error = "failed", f"{type(exc).__name__}: {exc}"
-        summary = _summary(
-            plan,
-            status,
-            tokens=(step - 1) * batch_tokens,
-            steps=step - 1,
-            error=error,
-            **last,
-            wall_time_s=time.perf_counter() - wall_start,
-            started_at=started_at,
-        )
-        record.write_summary(summary)
-        logger.close(summary)
+        # Record why the run stopped, then let the error surface with its traceback.
+        finish("failed", f"{type(exc).__name__}: {exc}")
         raise
 
-    done_steps = step if status == "finished" else step - 1
-    summary = _summary(
-        plan,
-        status,
-        tokens=done_steps * batch_tokens,
-        steps=done_steps,
-        train_loss=last["train_loss"],
-        val_loss=last["val_loss"],
-        val_bpb=last["val_bpb"],
-        error=error,
-        wall_time_s=time.perf_counter() - wall_start,
-        train_time_s=train_time_s,
-        tokens_per_s=(done_steps * batch_tokens / train_time_s) if train_time_s else None,
-        started_at=started_at,
-        finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
-    )
-    record.write_summary(summary)
-    logger.close(summary)
+    summary = finish(status, error)
     _report(plan, summary, logger)
     return summary
+
+
+def _fmt(value: float | None) -> str:
+    return "null" if value is None else f"{value:.4f}"
 
 
 def _report(plan: RunPlan, summary: dict[str, Any], logger: RunLogger) -> None:
@@ -272,7 +270,7 @@ def _report(plan: RunPlan, summary: dict[str, Any], logger: RunLogger) -> None:
     parts = [
         f"{plan.run_id}: {summary['status']} after {summary['tokens']:,} tokens "
         f"({summary['wall_time_s']:.1f} s)",
-        f"val_loss {summary['val_loss']:.4f} nats/token"
+        f"val_loss {_fmt(summary['val_loss'])} nats/token"
         + (f", {bpb:.4f} bits/byte" if bpb is not None else ""),
     ]
     truth = plan.dataset.manifest.get("synthetic")

@@ -11,24 +11,11 @@ from typing import Any
 import pytest
 
 from models import GPTConfig
+from tests.helpers import gpt_config
 
 
 def make_config(**overrides: Any) -> GPTConfig:
-    fields: dict[str, Any] = dict(
-        n_layer=2,
-        d_model=128,
-        n_head=4,
-        vocab_size=256,
-        max_seq_len=64,
-        positions="rope",
-        tie_embeddings=False,
-        bias=False,
-        mlp_ratio=4,
-        dropout=0.0,
-        init_std=0.02,
-    )
-    fields.update(overrides)
-    return GPTConfig(**fields)
+    return gpt_config(**{"d_model": 128, "vocab_size": 256, "max_seq_len": 64, **overrides})
 
 
 def test_valid_config_and_head_dim() -> None:

@@ -13,24 +13,11 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from models import GPT, GPTConfig, count_params, flops_per_token
+from tests.helpers import gpt_config
 
 
 def make_config(**overrides: Any) -> GPTConfig:
-    fields: dict[str, Any] = dict(
-        n_layer=2,
-        d_model=64,
-        n_head=4,
-        vocab_size=97,
-        max_seq_len=32,
-        positions="rope",
-        tie_embeddings=False,
-        bias=False,
-        mlp_ratio=4,
-        dropout=0.0,
-        init_std=0.02,
-    )
-    fields.update(overrides)
-    return GPTConfig(**fields)
+    return gpt_config(**{"vocab_size": 97, **overrides})
 
 
 VARIANTS = [

@@ -11,31 +11,14 @@ from typing import Any
 import pytest
 import torch
 
-from models import GPT, GPTConfig
+from models import GPT
 from models.gpt import apply_rope, rope_tables
-
-
-def make_config(**overrides: Any) -> GPTConfig:
-    fields: dict[str, Any] = dict(
-        n_layer=2,
-        d_model=64,
-        n_head=4,
-        vocab_size=101,
-        max_seq_len=32,
-        positions="rope",
-        tie_embeddings=False,
-        bias=False,
-        mlp_ratio=4,
-        dropout=0.0,
-        init_std=0.02,
-    )
-    fields.update(overrides)
-    return GPTConfig(**fields)
+from tests.helpers import gpt_config
 
 
 def make_model(seed: int = 0, **overrides: Any) -> GPT:
     torch.manual_seed(seed)
-    return GPT(make_config(**overrides))
+    return GPT(gpt_config(**overrides))
 
 
 BOTH_POSITIONS = pytest.mark.parametrize("positions", ["rope", "learned"])

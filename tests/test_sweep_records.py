@@ -4,20 +4,22 @@ import json
 
 import pytest
 
-from sweep.records import METRIC_KEYS, RunRecord, config_hash, write_atomic
+from sweep.records import METRIC_KEYS, RunRecord, config_hash
 
 
-def test_write_atomic_leaves_no_temp_file_on_failure(tmp_path, monkeypatch):
-    target = tmp_path / "summary.json"
-    write_atomic(target, "old")
+def test_failed_summary_write_keeps_the_old_one_and_no_temp_file(tmp_path, monkeypatch):
+    record = RunRecord(tmp_path)
+    record.write_summary({"status": "failed"})
+    target = record.summary_path
+    old = target.read_text()
 
     def boom(*_args):
         raise OSError("disk full")
 
     monkeypatch.setattr("os.replace", boom)
     with pytest.raises(OSError, match="disk full"):
-        write_atomic(target, "new")
-    assert target.read_text() == "old"
+        record.write_summary({"status": "finished"})
+    assert target.read_text() == old
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
 
 

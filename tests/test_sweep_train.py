@@ -126,3 +126,32 @@ def test_cuda_run_uses_bf16_and_records_mfu(synthetic_root):
     summary = json.loads(next((synthetic_root / "runs/cuda").glob("*/summary.json")).read_text())
     assert summary["status"] == "finished" and summary["precision"] == "bf16"
     assert summary["val_loss"] < 4.0
+
+
+def test_nan_loss_stops_the_run_as_diverged_and_keeps_its_record(synthetic_root, monkeypatch):
+    import sweep.train as train_module
+    from sweep.plan import plan_run
+    from tests.conftest import compose_train
+
+    class NaNAfterFirstStep(GPT):
+        calls = 0
+
+        def forward(self, idx, targets=None, reduction="mean"):
+            out = super().forward(idx, targets, reduction)
+            if self.training:
+                NaNAfterFirstStep.calls += 1
+                if NaNAfterFirstStep.calls > 3:
+                    return out * float("nan")
+            return out
+
+    monkeypatch.setattr(train_module, "GPT", NaNAfterFirstStep)
+    plan = plan_run(compose_train(synthetic_root, "budget.tokens=2e4", "experiment=nan",
+                                  "logging.interval=2"))
+    summary = train_module.run(plan)
+    assert summary["status"] == "diverged"
+    assert summary["error"] == "non-finite training loss by step 4"
+    saved = json.loads((plan.run_dir / "summary.json").read_text())
+    assert saved["status"] == "diverged" and saved["steps"] == 4
+    assert saved["train_loss"] is None  # NaN is recorded as null in strict JSON
+    rows = (plan.run_dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["step"] for r in rows] == [0, 1, 2]

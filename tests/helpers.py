@@ -1,0 +1,18 @@
+"""Plain helpers shared by several test modules (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from models import GPTConfig
+
+# A small valid model; tests override only what they are about. The YAML holds the real defaults.
+SMALL_GPT = dict(
+    n_layer=2, d_model=64, n_head=4, vocab_size=101, max_seq_len=32, positions="rope",
+    tie_embeddings=False, bias=False, mlp_ratio=4, dropout=0.0, init_std=0.02,
+)
+
+
+def gpt_config(**overrides: Any) -> GPTConfig:
+    """A GPTConfig built from SMALL_GPT with `overrides` applied."""
+    return GPTConfig(**{**SMALL_GPT, **overrides})
