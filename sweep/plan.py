@@ -102,6 +102,8 @@ def plan_run(cfg: DictConfig, overrides: list[str] | None = None) -> RunPlan:
         raise ConfigError(
             f"experiment={experiment!r} must be a plain directory name (letters, digits, . _ = -)"
         )
+    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool) or cfg.seed < 0:
+        raise ConfigError(f"seed={cfg.seed!r} must be a non-negative integer")
     dataset = TokenDataset.open(Path(cfg.paths.data_dir) / cfg.data.name)
     model = _model_config(cfg.model, dataset.vocab_size, overrides)
 

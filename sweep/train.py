@@ -297,10 +297,12 @@ def main(cfg: DictConfig) -> float | None:
     """Hydra task: plan (exit 2 with one line on a bad config), then train and record."""
     try:
         plan = plan_run(cfg, _task_overrides())
+        # run() builds the data loaders (which check the split against seq_len) before it
+        # writes anything, so their errors too leave no run directory behind.
+        summary = run(plan)
     except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    summary = run(plan)
     if summary["status"] != "finished":
         print(
             f"error: run {plan.run_id} {summary['status']}: {summary.get('error')}", file=sys.stderr

@@ -49,6 +49,7 @@ def test_target_params_picks_the_rule_shape(synthetic_root):
         (["budget.tokens=2e4", "experiment=a/b"], "experiment='a/b'"),
         (["budget.tokens=2e4", "schedule.kind=step"], "schedule.kind='step'"),
         (["budget.tokens=2e4", "train.lr=-1"], "train.lr=-1"),
+        (["budget.tokens=2e4", "seed=-1"], "seed=-1 must be a non-negative integer"),
         (["budget.tokens=2e4", "logging.wandb.mode=maybe"], "logging.wandb.mode='maybe'"),
     ],
 )
