@@ -47,6 +47,7 @@ class RunPlan:
     budget: Budget
     seq_len: int
     micro_batch_size: int
+    batch_tokens: int
     grad_accum: int
     schedule: Schedule
     hardware: Hardware
@@ -126,6 +127,7 @@ def plan_run(cfg: DictConfig, overrides: list[str] | None = None) -> RunPlan:
             f"train.batch_tokens={batch_tokens} is not a multiple of train.micro_batch_size x "
             f"train.seq_len = {micro * seq_len}: make it one (e.g. {micro * seq_len})"
         )
+    grad_accum = batch_tokens // (micro * seq_len)
     for key in ("lr", "weight_decay", "beta1", "beta2", "eps"):
         value = train[key]
         if (
@@ -185,7 +187,7 @@ def plan_run(cfg: DictConfig, overrides: list[str] | None = None) -> RunPlan:
         "config_hash": digest,
         "model": dataclasses.asdict(model),
         "budget": dataclasses.asdict(budget),
-        "grad_accum": batch_tokens // (micro * seq_len),
+        "grad_accum": grad_accum,
         "device": str(hardware.device),
         "precision": hardware.precision,
     }
@@ -200,7 +202,8 @@ def plan_run(cfg: DictConfig, overrides: list[str] | None = None) -> RunPlan:
         budget=budget,
         seq_len=seq_len,
         micro_batch_size=micro,
-        grad_accum=batch_tokens // (micro * seq_len),
+        batch_tokens=batch_tokens,
+        grad_accum=grad_accum,
         schedule=schedule,
         hardware=hardware,
         dataset=dataset,

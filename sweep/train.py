@@ -81,7 +81,7 @@ def _summary(plan: RunPlan, status: str, **fields: Any) -> dict[str, Any]:
         },
         "tokens": tokens,
         "steps": fields.pop("steps"),
-        "batch_tokens": plan.budget.tokens // plan.budget.steps,
+        "batch_tokens": plan.batch_tokens,
         "budget": {
             "kind": plan.budget.kind,
             "value": plan.budget.value,
@@ -147,7 +147,7 @@ def run(plan: RunPlan) -> dict[str, Any]:
         token_bytes = torch.as_tensor(plan.dataset.token_bytes, dtype=torch.int64, device=hw.device)
 
     total_steps = plan.budget.steps
-    batch_tokens = plan.budget.tokens // total_steps
+    batch_tokens = plan.batch_tokens
     evals_at = set(eval_steps(total_steps, cfg["eval"]["points"]))
     interval = max(1, int(cfg["logging"]["interval"]))
 
