@@ -1,0 +1,197 @@
+"""Chinchilla approach 3: L(N, D) = E + A / N^alpha + B / D^beta, fitted as in Hoffmann et al. 2022.
+
+log L = LSE(a - alpha log N, b - beta log D, e); summed Huber loss (delta 1e-3) of log-loss
+residuals; L-BFGS-B from the paper's grid of starts; bootstrap by resampling runs.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from sweep.fit.lbfgs import BatchObjective
+from sweep.fit.optimize import (
+    HUBER_DELTA,
+    Optimum,
+    bootstrap_weights,
+    distinct_optima,
+    lse_objective,
+    multistart,
+    percentile_ci,
+    refit_batch,
+)
+
+PARAMS = ("E", "A", "B", "alpha", "beta")
+# Bootstrap refits start from this many distinct optima of the full fit rather than the whole
+# grid: a resample moves the optimum within its basin, and the runners-up cover basin switches.
+REFIT_STARTS = 8
+# Problems stepped together per batch: bounds the (problems x 3 x runs) work arrays' memory.
+CHUNK = 2048
+
+
+def start_grid() -> np.ndarray:
+    """Hoffmann et al.'s starts, as rows of (a, b, e, alpha, beta): 6 x 6 x 5 x 5 x 5 = 4500."""
+    ab = np.arange(0.0, 25.0 + 1e-9, 5.0)
+    e = np.arange(-1.0, 1.0 + 1e-9, 0.5)
+    exponents = np.arange(0.0, 2.0 + 1e-9, 0.5)
+    return np.array(list(itertools.product(ab, ab, e, exponents, exponents)))
+
+
+def _design(n: np.ndarray, d: np.ndarray) -> np.ndarray:
+    # Coefficients of theta = (a, b, e, alpha, beta) in each of the three log-sum-exp terms.
+    ones, zeros = np.ones_like(n, dtype=float), np.zeros_like(n, dtype=float)
+    term_n = np.stack([ones, zeros, zeros, -np.log(n), zeros], axis=1)
+    term_d = np.stack([zeros, ones, zeros, zeros, -np.log(d)], axis=1)
+    term_e = np.stack([zeros, zeros, ones, zeros, zeros], axis=1)
+    return np.stack([term_n, term_d, term_e])
+
+
+@dataclass(frozen=True)
+class ChinchillaLaw:
+    """L(N, D) = E + A / N^alpha + B / D^beta and the compute-optimal split it implies."""
+
+    E: float
+    A: float
+    B: float
+    alpha: float
+    beta: float
+
+    @classmethod
+    def from_theta(cls, theta: np.ndarray) -> ChinchillaLaw:
+        a, b, e, alpha, beta = (float(v) for v in theta)
+        return cls(E=np.exp(e), A=np.exp(a), B=np.exp(b), alpha=alpha, beta=beta)
+
+    @property
+    def a(self) -> float:
+        """Exponent of N_opt in C."""
+        return self.beta / (self.alpha + self.beta)
+
+    @property
+    def b(self) -> float:
+        """Exponent of D_opt in C."""
+        return self.alpha / (self.alpha + self.beta)
+
+    def loss(self, n: Any, d: Any) -> np.ndarray:
+        n, d = np.asarray(n, dtype=float), np.asarray(d, dtype=float)
+        return self.E + self.A / n**self.alpha + self.B / d**self.beta
+
+    def optimal(self, compute: Any) -> tuple[np.ndarray, np.ndarray]:
+        """N_opt, D_opt minimising L under C = 6 N D (Hoffmann et al. eq. 4)."""
+        c = np.asarray(compute, dtype=float) / 6.0
+        g = (self.alpha * self.A / (self.beta * self.B)) ** (1.0 / (self.alpha + self.beta))
+        return g * c**self.a, c**self.b / g
+
+    def values(self) -> dict[str, float]:
+        return {"E": self.E, "A": self.A, "B": self.B, "alpha": self.alpha, "beta": self.beta,
+                "a": self.a, "b": self.b}
+
+
+def fit_law(
+    n: np.ndarray, d: np.ndarray, loss: np.ndarray, starts: np.ndarray | None = None,
+    delta: float = HUBER_DELTA,
+) -> tuple[ChinchillaLaw, list[Optimum]]:
+    """Best converged fit over the starts (default: the full grid) and every optimum found."""
+    fun = lse_objective(_design(n, d), np.log(loss), np.ones((1, len(n))), delta)
+    optima = multistart(fun, start_grid() if starts is None else starts)
+    if not optima:
+        raise FloatingPointError("approach 3: no start gave a finite objective")
+    return ChinchillaLaw.from_theta(optima[0].theta), optima
+
+
+def bootstrap_laws(
+    n: np.ndarray, d: np.ndarray, loss: np.ndarray, starts: np.ndarray, draws: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Refit on `draws` resamples of the runs; rows of (E, A, B, alpha, beta), one per draw.
+
+    A draw holding a single N or a single D cannot identify the law and is dropped (the report
+    gives the number of draws kept).
+    """
+    weights = bootstrap_weights(len(n), draws, rng)
+    sizes = np.array([len(np.unique(n[w > 0])) for w in weights])
+    lengths = np.array([len(np.unique(d[w > 0])) for w in weights])
+    weights = weights[(sizes > 1) & (lengths > 1)]
+    fun = lse_objective(_design(n, d), np.log(loss), weights)
+    per_chunk = max(1, CHUNK // len(starts))
+    thetas = []
+    for first in range(0, len(weights), per_chunk):
+        sets = np.arange(first, min(first + per_chunk, len(weights)))
+        chunk_fun = _rows_offset(fun, first)
+        theta, _ = refit_batch(chunk_fun, starts, len(sets))
+        thetas.append(theta)
+    if not thetas:
+        return np.zeros((0, len(PARAMS)))
+    theta = np.concatenate(thetas)
+    return np.column_stack([np.exp(theta[:, 2]), np.exp(theta[:, 0]), np.exp(theta[:, 1]),
+                            theta[:, 3], theta[:, 4]])
+
+
+def _rows_offset(fun: BatchObjective, first: int) -> BatchObjective:
+    # refit_batch numbers its data sets from 0; this chunk's sets start at `first`.
+    return lambda x, rows: fun(x, rows + first)
+
+
+@dataclass
+class Approach3:
+    """The fit, its provenance and its bootstrap distribution."""
+
+    law: ChinchillaLaw
+    objective: float
+    converged: bool
+    n_points: int
+    n_starts: int
+    n_converged: int
+    compute: list[float]
+    samples: np.ndarray = field(repr=False)  # (bootstrap, 5): E, A, B, alpha, beta per refit
+
+    def ci95(self) -> dict[str, list[float]]:
+        if len(self.samples) == 0:
+            return {}
+        cols = dict(zip(PARAMS, self.samples.T, strict=True))
+        cols["a"] = cols["beta"] / (cols["alpha"] + cols["beta"])
+        cols["b"] = cols["alpha"] / (cols["alpha"] + cols["beta"])
+        return {name: percentile_ci(values) for name, values in cols.items()}
+
+    def allocation(self) -> list[dict[str, Any]]:
+        """Compute-optimal N, D, tokens per parameter and loss at each C, with bootstrap CIs."""
+        laws = [ChinchillaLaw(*row) for row in self.samples]
+        rows = []
+        for c in self.compute:
+            n_opt, d_opt = (float(v) for v in self.law.optimal(c))
+            row: dict[str, Any] = {"C": c, "N_opt": n_opt, "D_opt": d_opt,
+                                   "tokens_per_param": d_opt / n_opt,
+                                   "L_opt": float(self.law.loss(n_opt, d_opt))}
+            if laws:
+                opts = np.array([law.optimal(c) for law in laws])
+                row["ci95"] = {"N_opt": percentile_ci(opts[:, 0]),
+                               "D_opt": percentile_ci(opts[:, 1]),
+                               "tokens_per_param": percentile_ci(opts[:, 1] / opts[:, 0])}
+            rows.append(row)
+        return rows
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.law.values(), "ci95": self.ci95(), "n_points": self.n_points,
+                "objective": self.objective, "converged": self.converged,
+                "starts": self.n_starts, "starts_converged": self.n_converged,
+                "bootstrap": len(self.samples), "huber_delta": HUBER_DELTA,
+                "allocation": self.allocation()}
+
+
+def fit_approach3(
+    n: np.ndarray, d: np.ndarray, loss: np.ndarray, *, bootstrap: int, seed: int,
+    compute: list[float],
+) -> Approach3:
+    """Fit on all runs from the full start grid, then `bootstrap` refits on resampled runs."""
+    n, d, loss = (np.asarray(v, dtype=float) for v in (n, d, loss))
+    law, optima = fit_law(n, d, loss)
+    starts = np.array([o.theta for o in distinct_optima(optima, REFIT_STARTS)])
+    samples = bootstrap_laws(n, d, loss, starts, bootstrap, np.random.default_rng(seed))
+    best = optima[0]
+    return Approach3(
+        law=law, objective=best.objective, converged=best.converged, n_points=len(n),
+        n_starts=len(start_grid()), n_converged=sum(o.converged for o in optima),
+        compute=list(compute), samples=samples,
+    )

@@ -1,0 +1,116 @@
+"""Numerical pieces every law shares: the Huber objective on log loss, multi-start L-BFGS,
+log-log regression and percentile intervals. numpy only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sweep.fit.lbfgs import BatchObjective, minimize_batch
+
+# Hoffmann et al. (2022) fit with delta = 1e-3 on log-loss residuals: small enough that the
+# objective is close to L1 on realistic (0.5-2 %) noise, so a few bad runs cannot drag the fit.
+HUBER_DELTA = 1e-3
+
+
+def lse_objective(
+    features: np.ndarray, log_loss: np.ndarray, weights: np.ndarray, delta: float = HUBER_DELTA
+) -> BatchObjective:
+    """Summed Huber loss of log L = logsumexp_k(features[k, i] @ theta) - log_loss[i].
+
+    Every law here is a log-sum-exp of terms linear in its parameters (a - alpha log N, e, ...),
+    so one (terms, points, params) array describes it and the gradient is exact. `weights` has a
+    row per data set (all ones for the fit itself, resample counts for each bootstrap draw).
+    """
+    terms, points, dim = features.shape
+    flat = features.reshape(terms * points, dim)
+
+    def fun(x: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        z = (x @ flat.T).reshape(len(x), terms, points)
+        top = z.max(axis=1, keepdims=True)
+        w = np.exp(z - top)
+        total = w.sum(axis=1)
+        residual = top[:, 0] + np.log(total) - log_loss
+        abs_r = np.abs(residual)
+        huber = np.where(abs_r <= delta, 0.5 * residual**2, delta * (abs_r - 0.5 * delta))
+        weight = weights[rows]
+        slope = weight * np.clip(residual, -delta, delta) / total
+        grad = (slope[:, None, :] * w).reshape(len(x), terms * points) @ flat
+        return (weight * huber).sum(axis=1), grad
+
+    return fun
+
+
+@dataclass(frozen=True)
+class Optimum:
+    """One local optimum of a multi-start search."""
+
+    theta: np.ndarray
+    objective: float
+    converged: bool
+
+
+def multistart(fun: BatchObjective, starts: np.ndarray) -> list[Optimum]:
+    """L-BFGS from every start on data set 0; all finite optima, best converged first."""
+    result = minimize_batch(fun, starts, np.zeros(len(starts), dtype=int))
+    found = [Optimum(x, float(f), bool(c))
+             for x, f, c in zip(result.x, result.f, result.converged, strict=True)
+             if np.isfinite(f) and np.all(np.isfinite(x))]
+    found.sort(key=lambda o: (not o.converged, o.objective))
+    return found
+
+
+def refit_batch(
+    fun: BatchObjective, starts: np.ndarray, sets: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Best optimum per data set when each of `sets` data sets starts from every row of starts.
+
+    Returns (sets, params) parameters and a (sets,) flag: did that set's best start converge.
+    """
+    rows = np.repeat(np.arange(sets), len(starts))
+    result = minimize_batch(fun, np.tile(starts, (sets, 1)), rows)
+    f = np.where(np.isfinite(result.f), result.f, np.inf).reshape(sets, len(starts))
+    best = f.argmin(axis=1)
+    pick = np.arange(sets) * len(starts) + best
+    return result.x[pick], result.converged[pick]
+
+
+def distinct_optima(optima: list[Optimum], count: int, decimals: int = 3) -> list[Optimum]:
+    """The best `count` optima that differ after rounding (distinct basins, best first)."""
+    seen: set[tuple[float, ...]] = set()
+    kept = []
+    for optimum in optima:
+        key = tuple(np.round(optimum.theta, decimals))
+        if key not in seen:
+            seen.add(key)
+            kept.append(optimum)
+        if len(kept) == count:
+            break
+    return kept
+
+
+def bootstrap_weights(points: int, draws: int, rng: np.random.Generator) -> np.ndarray:
+    """Resample counts: row j says how often each run appears in bootstrap draw j."""
+    picks = rng.integers(0, points, size=(draws, points))
+    counts = np.zeros((draws, points))
+    np.add.at(counts, (np.arange(draws)[:, None], picks), 1.0)
+    return counts
+
+
+def loglog_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Least-squares slope and intercept of log y on log x (y = exp(intercept) * x**slope)."""
+    slope, intercept = np.polyfit(np.log(x), np.log(y), 1)
+    return float(slope), float(intercept)
+
+
+def percentile_ci(samples: np.ndarray, level: float = 0.95) -> list[float]:
+    """Two-sided percentile interval of bootstrap samples (finite ones only)."""
+    samples = np.asarray(samples, dtype=float)
+    finite = samples[np.isfinite(samples)]
+    if finite.size == 0:
+        return [float("nan"), float("nan")]
+    tail = 50.0 * (1.0 - level)
+    lo, hi = np.percentile(finite, [tail, 100.0 - tail])
+    return [float(lo), float(hi)]
