@@ -1,0 +1,290 @@
+"""Collect run directories into one table: a row per finished run, or per eval point with curves.
+
+Reads only summary.json and metrics.jsonl with numpy and pandas: the fitter needs no torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import numbers
+import os
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from data.shards import atomic_write_bytes
+
+LEAD_COLUMNS = ("run_id", "experiment", "N", "N_total", "D", "C", "loss")  # always first
+CURVE_METRICS = (
+    "train_loss", "val_bpb", "lr", "flops_6nd_total", "flops_exact", "tokens_per_s", "mfu",
+)
+SUFFIXES = (".csv", ".parquet")
+
+
+class CollectError(ValueError):
+    """A runs directory or output path that cannot be collected as given (one line, exit code 2)."""
+
+
+@dataclass(frozen=True)
+class Collected:
+    """The table plus what was left out of it and why."""
+
+    table: pd.DataFrame
+    finished: int
+    unfinished: int
+    diverged: int
+    failed: int
+    unreadable: list[str]
+    duplicates: int
+
+    def describe(self) -> str:
+        """One line: how many runs made it in and how many were left out, by reason."""
+        line = (
+            f"{self.finished} runs collected; left out: {self.unfinished} unfinished, "
+            f"{self.diverged} diverged, {self.failed} failed"
+        )
+        if self.unreadable:
+            line += f", {len(self.unreadable)} unreadable"
+        if self.duplicates:
+            line += f", {self.duplicates} duplicates"
+        return line
+
+
+def _run_dirs(root: Path) -> Iterator[Path]:
+    for dirpath, dirnames, filenames in os.walk(root):
+        # Hidden folders and half-written temporaries are never runs.
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and ".tmp-" not in d)
+        if "summary.json" in filenames or "metrics.jsonl" in filenames:
+            yield Path(dirpath)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return value is not None and not isinstance(value, bool) and math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _flatten(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in record.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{name}_"))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _finished_at(summary: Mapping[str, Any]) -> float:
+    try:
+        return datetime.fromisoformat(str(summary["finished_at"])).timestamp()
+    except (KeyError, ValueError):
+        return -math.inf
+
+
+def _well_formed(summary: dict[str, Any]) -> bool:
+    # A summary from another schema (or hand-edited) is reported, not guessed at.
+    try:
+        if summary["status"] == "finished":
+            _summary_row(summary, "")
+    except (KeyError, TypeError):
+        return False
+    return True
+
+
+def _lead(summary: Mapping[str, Any], tokens: Any, flops: Any, loss: Any) -> dict[str, Any]:
+    return {
+        "run_id": summary["run_id"],
+        "experiment": summary["experiment"],
+        "N": summary["params"]["non_embedding"],
+        "N_total": summary["params"]["total"],
+        "D": tokens,
+        "C": flops,
+        "loss": loss,
+    }
+
+
+def _summary_row(summary: dict[str, Any], run_dir: str) -> dict[str, Any]:
+    lead = _lead(summary, summary["tokens"], summary["flops_6nd"], summary["val_loss"])
+    rest = {k: v for k, v in _flatten(summary).items() if k not in lead}
+    return {**lead, **rest, "run_dir": run_dir}
+
+
+def _curve_rows(
+    path: Path, summary: dict[str, Any], run_dir: str, unreadable: list[str]
+) -> list[dict[str, Any]]:
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        unreadable.append(str(path))
+        return []
+    rows, torn = [], False
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            point = json.loads(line)
+            keep = _finite(point["val_loss"]) and float(point["tokens"]) > 0
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            torn = True  # e.g. the last line of a run killed mid-write
+            continue
+        if not keep:
+            continue
+        rows.append({
+            **_lead(summary, point["tokens"], point.get("flops_6nd"), point["val_loss"]),
+            "step": point.get("step"),
+            **{key: point.get(key) for key in CURVE_METRICS},
+            "final_loss": summary["val_loss"],
+            "model_name": summary.get("model_name"),
+            "budget_kind": summary.get("budget", {}).get("kind"),
+            "budget_value": summary.get("budget", {}).get("value"),
+            "run_dir": run_dir,
+        })
+    if torn:
+        unreadable.append(str(path))
+    return rows
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
+
+
+def _tidy(rows: list[dict[str, Any]], sort_by: list[str]) -> pd.DataFrame:
+    table = pd.DataFrame.from_records(rows)
+    for column in table.columns:
+        values = table[column]
+        # FLOP totals pass 2**63 at the top of the ladder, where pandas would keep Python ints as
+        # objects: FLOP columns, such number columns and all-null columns become float64.
+        wide = column == "C" or column.startswith("flops") or values.dtype.kind in "Ou"
+        if wide and values.dropna().map(_is_number).all():
+            table[column] = values.astype(np.float64)
+    return table.sort_values(sort_by, kind="mergesort").reset_index(drop=True)
+
+
+def collect_runs(runs_dir: str | Path, curves: bool = False) -> Collected:
+    """Read every run under runs_dir (any depth); one row per finished run, or per eval point."""
+    root = Path(runs_dir)
+    if not root.exists():
+        raise CollectError(f"runs directory {root} does not exist: pass the folder sweep.train "
+                           "writes runs into (paths.runs_dir, ./runs by default)")
+    if not root.is_dir():
+        raise CollectError(f"{root} is not a directory: pass the runs folder, e.g. ./runs")
+    counts = {"unfinished": 0, "diverged": 0, "failed": 0}
+    unreadable: list[str] = []
+    kept: dict[tuple[str, str], tuple[dict[str, Any], Path]] = {}
+    duplicates = 0
+    for run_dir in _run_dirs(root):
+        path = run_dir / "summary.json"
+        if not path.exists():
+            counts["unfinished"] += 1
+            continue
+        summary = _read_json(path)
+        if summary is None or not _well_formed(summary):
+            unreadable.append(str(path))
+            continue
+        status = summary["status"]
+        # run_id hashes the science but not the experiment: one run may belong to two experiments.
+        key = (str(summary.get("experiment")), str(summary.get("run_id")))
+        if status != "finished":
+            counts["diverged" if status == "diverged" else "failed"] += 1
+        elif not _finite(summary["val_loss"]):
+            counts["diverged"] += 1
+        elif key in kept:
+            duplicates += 1
+            if _finished_at(summary) > _finished_at(kept[key][0]):
+                kept[key] = (summary, run_dir)
+        else:
+            kept[key] = (summary, run_dir)
+    if not kept:
+        raise CollectError(
+            f"no finished runs under {root} ({counts['unfinished']} unfinished, "
+            f"{counts['diverged']} diverged, {counts['failed']} failed, {len(unreadable)} "
+            "unreadable): sweep.train writes runs to <paths.runs_dir>/<experiment>/<run_id>/"
+        )
+    rows: list[dict[str, Any]] = []
+    for summary, run_dir in kept.values():
+        rel = run_dir.relative_to(root).as_posix()
+        if curves:
+            rows += _curve_rows(run_dir / "metrics.jsonl", summary, rel, unreadable)
+        else:
+            rows.append(_summary_row(summary, rel))
+    if not rows:
+        raise CollectError(f"{len(kept)} finished runs under {root}, but no metrics.jsonl line "
+                           "has a val_loss with tokens > 0: collect without --curves")
+    sort_by = ["experiment", "N", "run_id", "step"] if curves else ["experiment", "N", "D"]
+    return Collected(_tidy(rows, sort_by), len(kept), unreadable=unreadable,
+                     duplicates=duplicates, **counts)
+
+
+def _check_out(out: Path) -> None:
+    if out.suffix not in SUFFIXES:
+        raise CollectError(f"--out {out} must end in .csv or .parquet")
+    if out.suffix == ".parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise CollectError(f"--out {out} needs pyarrow: pip install pyarrow, "
+                               "or write a .csv instead") from None
+
+
+def write_table(table: pd.DataFrame, out: str | Path) -> None:
+    """Write the table as .csv or .parquet (by suffix) atomically, creating the parent folder."""
+    out = Path(out)
+    _check_out(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".csv":
+        atomic_write_bytes(out, table.to_csv(index=False).encode())
+        return
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    try:
+        table.to_parquet(tmp, index=False)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: collect RUNS_DIR into --out; prints one summary line, or one `error:` line (exit 2)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m sweep.collect", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("runs_dir", type=Path, help="folder holding <experiment>/<run_id>/ runs")
+    parser.add_argument("--out", type=Path, required=True, help="table to write: .csv or .parquet")
+    parser.add_argument("--curves", action="store_true", help="one row per eval point, not per run")
+    args = parser.parse_args(argv)
+    try:
+        _check_out(args.out)
+        collected = collect_runs(args.runs_dir, curves=args.curves)
+        for path in collected.unreadable:
+            print(f"warning: skipped unreadable {path}", file=sys.stderr)
+        try:
+            write_table(collected.table, args.out)
+        except OSError as exc:
+            raise CollectError(f"cannot write --out {args.out}: {exc}") from None
+    except CollectError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{collected.describe()} -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,237 @@
+"""Tests for sweep.collect: fake run directories in the record format, collected into tables.
+
+No training: each run is written by `make_run` with the fields sweep.train's summary holds.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from sweep.collect import CollectError, collect_runs, write_table
+
+REPO = Path(__file__).resolve().parent.parent
+STEPS = (0, 1, 2, 4, 8)  # eval steps written to metrics.jsonl; step 0 has tokens 0
+
+
+def make_run(root: Path, n: int, tokens: int, val_loss: float | None, status: str = "finished",
+             experiment: str = "exp", run_id: str | None = None, summary: bool = True,
+             finished_at: str = "2026-01-01T00:00:00+00:00", where: str | None = None) -> Path:
+    """Write config.yaml, metrics.jsonl and (if summary) summary.json for one fake run."""
+    run_id = run_id or f"n{n}-d{tokens}"
+    run_dir = root / (where or experiment) / run_id
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(f"experiment: {experiment}\nseed: 0\n")
+    total, per_token = n + 2 * 512 * 64, 6 * n
+    lines = []
+    for step in STEPS:
+        seen = tokens * step // STEPS[-1]
+        loss = None if val_loss is None else val_loss + 1.0 / (1 + step)
+        lines.append(json.dumps({
+            "step": step, "tokens": seen, "flops_6nd": per_token * seen,
+            "flops_6nd_total": 6 * total * seen, "flops_exact": 7 * total * seen,
+            "train_loss": None if step == 0 else 2.0 + loss if loss else None, "val_loss": loss,
+            "val_bpb": None, "lr": 1e-3, "tokens_per_s": None if step == 0 else 1e4, "mfu": None,
+        }))
+    (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    if summary:
+        record = {
+            "schema_version": 1, "status": status, "run_id": run_id, "experiment": experiment,
+            "model_name": run_id.split("-")[0],
+            "shape": {"n_layer": 2, "d_model": 64, "n_head": 4, "vocab_size": 512,
+                      "positions": "rope", "tie_embeddings": False},
+            "params": {"total": total, "embedding": 512 * 64, "position": 0, "head": 512 * 64,
+                       "non_embedding": n},
+            "tokens": tokens, "steps": STEPS[-1], "batch_tokens": tokens // STEPS[-1],
+            "budget": {"kind": "tokens", "value": float(tokens), "tokens": tokens},
+            "flops_per_token": {"6nd": per_token, "6nd_total": 6 * total, "exact": 7 * total},
+            "flops_6nd": per_token * tokens, "flops_6nd_total": 6 * total * tokens,
+            "flops_exact": 7 * total * tokens, "train_loss": 3.0, "val_loss": val_loss,
+            "val_bpb": None, "error": None if status == "finished" else "boom",
+            "wall_time_s": 12.5, "train_time_s": 10.0, "tokens_per_s": 1e4,
+            "started_at": "2026-01-01T00:00:00+00:00", "finished_at": finished_at,
+            "dataset": {"name": "synthetic", "config_hash": "ab", "tokenizer_hash": "cd"},
+            "device": "cpu", "precision": "fp32", "seed": 0, "config_hash": "ef",
+        }
+        (run_dir / "summary.json").write_text(json.dumps(record, indent=2))
+    return run_dir
+
+
+def summary_of(run_dir: Path) -> dict[str, Any]:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sweep.collect", *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_one_row_per_finished_run_with_summary_numbers(tmp_path: Path) -> None:
+    runs = [make_run(tmp_path, 2000, 40_000, 2.5), make_run(tmp_path, 1000, 80_000, 2.9),
+            make_run(tmp_path, 1000, 20_000, 3.4),
+            make_run(tmp_path, 500, 10_000, 3.9, experiment="base", where="nested/deeper")]
+    got = collect_runs(tmp_path)
+    table = got.table
+    assert list(table.columns[:7]) == ["run_id", "experiment", "N", "N_total", "D", "C", "loss"]
+    assert (got.finished, got.unfinished, got.diverged, got.failed) == (4, 0, 0, 0)
+    assert list(zip(table.experiment, table.N, table.D, strict=True)) == [
+        ("base", 500, 10_000), ("exp", 1000, 20_000), ("exp", 1000, 80_000),
+        ("exp", 2000, 40_000)]
+    for run_dir in runs:
+        s = summary_of(run_dir)
+        row = table.set_index("run_id").loc[s["run_id"]]
+        want = {
+            "experiment": s["experiment"], "N": s["params"]["non_embedding"],
+            "N_total": s["params"]["total"], "D": s["tokens"], "C": s["flops_6nd"],
+            "loss": s["val_loss"], "flops_per_token_6nd": s["flops_per_token"]["6nd"],
+            "flops_6nd_total": s["flops_6nd_total"], "params_total": s["params"]["total"],
+            "shape_n_layer": 2, "budget_kind": "tokens", "budget_value": s["tokens"],
+            "dataset_name": "synthetic", "wall_time_s": 12.5, "status": "finished",
+            "run_dir": run_dir.relative_to(tmp_path).as_posix(),
+        }
+        assert {key: row[key] for key in want} == want
+    assert got.describe() == "4 runs collected; left out: 0 unfinished, 0 diverged, 0 failed"
+
+
+def test_unfinished_diverged_failed_and_null_loss_are_left_out(tmp_path: Path) -> None:
+    make_run(tmp_path, 1000, 20_000, 3.0)
+    make_run(tmp_path, 1000, 40_000, 2.8, summary=False)  # killed: metrics but no summary
+    make_run(tmp_path, 2000, 20_000, None, status="diverged")
+    make_run(tmp_path, 2000, 40_000, None)  # 'finished' but the loss is null
+    make_run(tmp_path, 4000, 20_000, 2.0, status="failed")
+    got = collect_runs(tmp_path)
+    assert (got.finished, got.unfinished, got.diverged, got.failed) == (1, 1, 2, 1)
+    assert list(got.table.run_id) == ["n1000-d20000"]
+    assert got.describe() == "1 runs collected; left out: 1 unfinished, 2 diverged, 1 failed"
+
+
+def test_duplicate_run_keeps_latest_and_bad_json_is_reported(tmp_path: Path) -> None:
+    make_run(tmp_path, 1000, 20_000, 3.0, run_id="dup", where="a/exp",
+             finished_at="2026-01-02T00:00:00+00:00")
+    make_run(tmp_path, 1000, 20_000, 2.7, run_id="dup", where="b/exp",
+             finished_at="2026-01-03T00:00:00+00:00")
+    make_run(tmp_path, 1000, 20_000, 3.3, run_id="dup", where="c/exp",
+             finished_at="2026-01-01T00:00:00+00:00")
+    bad = make_run(tmp_path, 2000, 20_000, 2.0) / "summary.json"
+    bad.write_text('{"status": "finished", "run_id": ')
+    make_run(tmp_path / ".trash", 9, 9, 1.0)  # hidden and temporary folders are never runs
+    make_run(tmp_path, 9, 9, 1.0, run_id="x.tmp-123")
+    got = collect_runs(tmp_path)
+    assert got.duplicates == 2 and got.finished == 1
+    assert got.table.loss.tolist() == [2.7] and got.table.run_dir.tolist() == ["b/exp/dup"]
+    assert got.unreadable == [str(bad)]
+    assert got.describe().endswith("0 failed, 1 unreadable, 2 duplicates")
+
+
+def test_curves_one_row_per_eval_point_and_torn_line_skipped(tmp_path: Path) -> None:
+    small = make_run(tmp_path, 1000, 20_000, 3.0)
+    big = make_run(tmp_path, 2000, 40_000, 2.5)
+    make_run(tmp_path, 3000, 40_000, None, status="diverged")
+    with (big / "metrics.jsonl").open("a") as handle:
+        handle.write('{"step": 9, "tokens": 45')  # a crash mid-write
+    got = collect_runs(tmp_path, curves=True)
+    table = got.table
+    assert len(table) == 2 * (len(STEPS) - 1) and (table.D > 0).all()
+    assert got.unreadable == [str(big / "metrics.jsonl")]
+    extra = ["step", "train_loss", "val_bpb", "lr", "flops_6nd_total", "flops_exact",
+             "tokens_per_s", "mfu", "final_loss", "model_name", "budget_kind", "budget_value",
+             "run_dir"]
+    assert list(table.columns) == ["run_id", "experiment", "N", "N_total", "D", "C", "loss", *extra]
+    assert table.run_id.tolist() == ["n1000-d20000"] * 4 + ["n2000-d40000"] * 4
+    assert table.step.tolist() == [1, 2, 4, 8] * 2
+    lines = [json.loads(x) for x in (small / "metrics.jsonl").read_text().splitlines()][1:]
+    first = table[table.run_id == "n1000-d20000"]
+    assert first.D.tolist() == [x["tokens"] for x in lines]
+    assert first.C.tolist() == [x["flops_6nd"] for x in lines]
+    assert first.loss.tolist() == [x["val_loss"] for x in lines]
+    assert (first.final_loss == 3.0).all() and (first.budget_value == 20_000).all()
+
+
+def test_flop_counts_past_int64_become_floats(tmp_path: Path) -> None:
+    run_dir = make_run(tmp_path, 286_697_088, 5_733_941_760, 2.1)
+    summary = summary_of(run_dir)
+    summary["flops_exact"] = 2_201_200_000 * 5_733_941_760  # > 2**63
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    table = collect_runs(tmp_path).table
+    assert table.flops_exact.dtype == "float64" and table.C.dtype == "float64"
+    assert table.flops_exact[0] == pytest.approx(2_201_200_000 * 5_733_941_760)
+    write_table(table, tmp_path / "t.parquet")
+
+
+@pytest.mark.parametrize("name", ["table.csv", "table.parquet"])
+@pytest.mark.parametrize("curves", [False, True])
+def test_write_table_round_trips(tmp_path: Path, name: str, curves: bool) -> None:
+    pytest.importorskip("pyarrow")
+    for n in (1000, 2000):
+        make_run(tmp_path / "runs", n, 20 * n, 4.0 - n / 1000)
+    table = collect_runs(tmp_path / "runs", curves=curves).table
+    out = tmp_path / "new" / name
+    write_table(table, out)
+    back = pd.read_csv(out) if out.suffix == ".csv" else pd.read_parquet(out)
+    pd.testing.assert_frame_equal(back, table, check_dtype=False)
+    assert [p.name for p in out.parent.iterdir()] == [name]
+
+
+def test_cli_writes_table_and_reports_unreadable(tmp_path: Path) -> None:
+    make_run(tmp_path / "runs", 1000, 20_000, 3.0)
+    make_run(tmp_path / "runs", 2000, 20_000, 2.0, summary=False)
+    with (tmp_path / "runs/exp/n1000-d20000/metrics.jsonl").open("a") as handle:
+        handle.write("{torn")
+    out = tmp_path / "out" / "curves.csv"
+    done = cli(tmp_path / "runs", "--out", out, "--curves")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (
+        f"1 runs collected; left out: 1 unfinished, 0 diverged, 0 failed, 1 unreadable -> {out}")
+    assert done.stderr.strip() == (
+        f"warning: skipped unreadable {tmp_path / 'runs/exp/n1000-d20000/metrics.jsonl'}")
+    assert len(pd.read_csv(out)) == len(STEPS) - 1
+
+
+@pytest.mark.parametrize("case, expect", [
+    ("missing", "does not exist"), ("file", "is not a directory"),
+    ("unfinished", "no finished runs"), ("suffix", "must end in .csv or .parquet"),
+])
+def test_cli_errors_are_one_line_and_write_nothing(tmp_path: Path, case: str,
+                                                   expect: str) -> None:
+    runs = tmp_path / "runs"
+    make_run(runs, 1000, 20_000, 3.0, summary=case != "unfinished")
+    out = tmp_path / "out" / ("t.xlsx" if case == "suffix" else "t.csv")
+    target = {"missing": tmp_path / "nope", "file": runs / "exp/n1000-d20000/config.yaml"}
+    done = cli(target.get(case, runs), "--out", out)
+    assert done.returncode == 2 and done.stdout == ""
+    assert len(done.stderr.splitlines()) == 1 and done.stderr.startswith("error: ")
+    assert expect in done.stderr
+    if case == "unfinished":
+        assert "1 unfinished" in done.stderr and "sweep.train" in done.stderr
+    assert not out.exists() and not out.parent.exists()
+
+
+def test_parquet_without_pyarrow_is_a_clear_error(tmp_path: Path) -> None:
+    make_run(tmp_path / "runs", 1000, 20_000, 3.0)
+    out = tmp_path / "t.parquet"
+    code = ("import sys; sys.modules['pyarrow'] = None; from sweep.collect import main; "
+            f"sys.exit(main([{str(tmp_path / 'runs')!r}, '--out', {str(out)!r}]))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2 and "pip install pyarrow" in done.stderr
+    assert len(done.stderr.splitlines()) == 1 and not out.exists()
+
+
+def test_no_finished_runs_raises(tmp_path: Path) -> None:
+    make_run(tmp_path, 1000, 20_000, None, status="diverged")
+    with pytest.raises(CollectError, match="0 unfinished, 1 diverged, 0 failed"):
+        collect_runs(tmp_path)
+
+
+def test_import_needs_no_torch() -> None:
+    code = ("import sys\nfor name in ('torch', 'hydra', 'omegaconf', 'datasets', 'tokenizers'):\n"
+            "    sys.modules[name] = None\nimport sweep.collect\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
