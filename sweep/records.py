@@ -32,12 +32,12 @@ METRIC_KEYS = (
 )
 
 
-def _deep_finite(value: Any) -> Any:
-    # JSON has no NaN/inf; a diverged loss is recorded as null and the status says why.
+def json_safe(value: Any) -> Any:
+    """value with every NaN/inf replaced by None (JSON has neither; the status says why)."""
     if isinstance(value, Mapping):
-        return {k: _deep_finite(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_deep_finite(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
@@ -45,7 +45,7 @@ def _deep_finite(value: Any) -> Any:
 
 def dumps(record: Mapping[str, Any]) -> str:
     """Strict JSON (no NaN), keys in insertion order."""
-    return json.dumps(_deep_finite(record), allow_nan=False)
+    return json.dumps(json_safe(record), allow_nan=False)
 
 
 def config_hash(identity: Mapping[str, Any]) -> str:
@@ -107,5 +107,5 @@ class RunRecord:
     def write_summary(self, summary: Mapping[str, Any]) -> None:
         """Write summary.json atomically; its presence with status 'finished' marks a done run."""
         body = {"schema_version": SCHEMA_VERSION, **summary}
-        text = json.dumps(_deep_finite(body), indent=2, allow_nan=False) + "\n"
+        text = json.dumps(json_safe(body), indent=2, allow_nan=False) + "\n"
         atomic_write_bytes(self.summary_path, text.encode())

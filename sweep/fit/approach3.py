@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 
-from sweep.fit.lbfgs import BatchObjective
 from sweep.fit.optimize import (
     HUBER_DELTA,
     Optimum,
@@ -28,8 +27,6 @@ PARAMS = ("E", "A", "B", "alpha", "beta")
 # Bootstrap refits start from this many distinct optima of the full fit rather than the whole
 # grid: a resample moves the optimum within its basin, and the runners-up cover basin switches.
 REFIT_STARTS = 8
-# Problems stepped together per batch: bounds the (problems x 3 x runs) work arrays' memory.
-CHUNK = 2048
 
 
 def start_grid() -> np.ndarray:
@@ -115,23 +112,9 @@ def bootstrap_laws(
     lengths = np.array([len(np.unique(d[w > 0])) for w in weights])
     weights = weights[(sizes > 1) & (lengths > 1)]
     fun = lse_objective(_design(n, d), np.log(loss), weights)
-    per_chunk = max(1, CHUNK // len(starts))
-    thetas = []
-    for first in range(0, len(weights), per_chunk):
-        sets = np.arange(first, min(first + per_chunk, len(weights)))
-        chunk_fun = _rows_offset(fun, first)
-        theta, _ = refit_batch(chunk_fun, starts, len(sets))
-        thetas.append(theta)
-    if not thetas:
-        return np.zeros((0, len(PARAMS)))
-    theta = np.concatenate(thetas)
+    theta, _ = refit_batch(fun, starts, len(weights))
     return np.column_stack([np.exp(theta[:, 2]), np.exp(theta[:, 0]), np.exp(theta[:, 1]),
                             theta[:, 3], theta[:, 4]])
-
-
-def _rows_offset(fun: BatchObjective, first: int) -> BatchObjective:
-    # refit_batch numbers its data sets from 0; this chunk's sets start at `first`.
-    return lambda x, rows: fun(x, rows + first)
 
 
 @dataclass

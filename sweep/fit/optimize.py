@@ -22,7 +22,8 @@ def lse_objective(
 
     Every law here is a log-sum-exp of terms linear in its parameters (a - alpha log N, e, ...),
     so one (terms, points, params) array describes it and the gradient is exact. `weights` has a
-    row per data set (all ones for the fit itself, resample counts for each bootstrap draw).
+    row per data set (all ones for the fit itself, resample counts for each bootstrap draw);
+    `log_loss` is one row shared by all sets or a row per set (zero-weight entries are ignored).
     """
     terms, points, dim = features.shape
     flat = features.reshape(terms * points, dim)
@@ -32,7 +33,8 @@ def lse_objective(
         top = z.max(axis=1, keepdims=True)
         w = np.exp(z - top)
         total = w.sum(axis=1)
-        residual = top[:, 0] + np.log(total) - log_loss
+        target = log_loss if log_loss.ndim == 1 else log_loss[rows]
+        residual = top[:, 0] + np.log(total) - target
         abs_r = np.abs(residual)
         huber = np.where(abs_r <= delta, 0.5 * residual**2, delta * (abs_r - 0.5 * delta))
         weight = weights[rows]
@@ -62,6 +64,10 @@ def multistart(fun: BatchObjective, starts: np.ndarray) -> list[Optimum]:
     return found
 
 
+# Problems stepped together: bounds the (problems x terms x points) work arrays' memory.
+CHUNK = 2048
+
+
 def refit_batch(
     fun: BatchObjective, starts: np.ndarray, sets: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -69,12 +75,19 @@ def refit_batch(
 
     Returns (sets, params) parameters and a (sets,) flag: did that set's best start converge.
     """
-    rows = np.repeat(np.arange(sets), len(starts))
-    result = minimize_batch(fun, np.tile(starts, (sets, 1)), rows)
-    f = np.where(np.isfinite(result.f), result.f, np.inf).reshape(sets, len(starts))
-    best = f.argmin(axis=1)
-    pick = np.arange(sets) * len(starts) + best
-    return result.x[pick], result.converged[pick]
+    per_chunk = max(1, CHUNK // len(starts))
+    thetas, flags = [], []
+    for first in range(0, sets, per_chunk):
+        count = min(per_chunk, sets - first)
+        rows = np.repeat(np.arange(first, first + count), len(starts))
+        result = minimize_batch(fun, np.tile(starts, (count, 1)), rows)
+        f = np.where(np.isfinite(result.f), result.f, np.inf).reshape(count, len(starts))
+        pick = np.arange(count) * len(starts) + f.argmin(axis=1)
+        thetas.append(result.x[pick])
+        flags.append(result.converged[pick])
+    if not thetas:
+        return np.zeros((0, starts.shape[1])), np.zeros(0, dtype=bool)
+    return np.concatenate(thetas), np.concatenate(flags)
 
 
 def distinct_optima(optima: list[Optimum], count: int, decimals: int = 3) -> list[Optimum]:

@@ -1,0 +1,109 @@
+"""`python -m sweep.fit SOURCE --out REPORT_DIR`: fit every law the runs support and report it.
+
+SOURCE is a runs directory or a CSV/Parquet table; bad input exits 2 with one line and no output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from sweep.fit.analysis import FitOptions, fit_report
+from sweep.fit.report import check_out_dir, write_report
+from sweep.fit.table import Columns, TableError, load
+
+_DEFAULTS = FitOptions()
+_COLUMNS = Columns()
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m sweep.fit", description=__doc__.split("\n")[0])
+    p.add_argument("source", help="runs directory, or a .csv/.parquet table with a row per run "
+                                  "(or per eval point, with a run id column)")
+    p.add_argument("--out", required=True, help="report directory (replaced if it holds a report)")
+    p.add_argument("--n-col", default=_COLUMNS.N, help="parameters column (default: %(default)s)")
+    p.add_argument("--d-col", default=_COLUMNS.D, help="tokens column (default: %(default)s)")
+    p.add_argument("--c-col", default=_COLUMNS.C, help="FLOPs column (default: %(default)s)")
+    p.add_argument("--loss-col", default=_COLUMNS.loss, help="loss column (default: %(default)s)")
+    p.add_argument("--budget-col", default=None,
+                   help="IsoFLOP budget column (default: bin C in log space)")
+    p.add_argument("--run-col", default=_COLUMNS.run,
+                   help="run id column; repeated ids make a curves table (default: %(default)s)")
+    p.add_argument("--bootstrap", type=int, default=_DEFAULTS.bootstrap,
+                   help="bootstrap refits per method (default: %(default)s; 0 for no CIs)")
+    p.add_argument("--seed", type=int, default=_DEFAULTS.seed, help="bootstrap seed")
+    p.add_argument("--holdout-factor", type=float, default=_DEFAULTS.holdout_factor,
+                   help="extrapolation: fit on C <= max C / this (default: %(default)s)")
+    p.add_argument("--isoflop-window", type=float, default=_DEFAULTS.isoflop_window,
+                   help="approach 2 parabola window, decades of N each side of the minimum "
+                        "(default: %(default)s)")
+    p.add_argument("--include-edge", action="store_true",
+                   help="approach 2: use budgets whose minimum is at the grid edge")
+    p.add_argument("--compute", type=float, nargs="+", default=None,
+                   help="C values (FLOPs) for the compute-optimal table (default: around the data)")
+    return p
+
+
+def _options(args: argparse.Namespace) -> FitOptions:
+    if args.bootstrap < 0:
+        raise TableError(f"--bootstrap {args.bootstrap} is negative; give 0 (no CIs) or more "
+                         "(1000 is usual)")
+    if not args.holdout_factor > 1:
+        raise TableError(f"--holdout-factor {args.holdout_factor:g} must be > 1 (10 holds out "
+                         "runs with more than a tenth of the largest compute)")
+    if not args.isoflop_window > 0:
+        raise TableError(f"--isoflop-window {args.isoflop_window:g} must be > 0 decades")
+    if args.compute and min(args.compute) <= 0:
+        raise TableError(f"--compute {min(args.compute):g} must be > 0 FLOPs")
+    return FitOptions(bootstrap=args.bootstrap, seed=args.seed,
+                      holdout_factor=args.holdout_factor, isoflop_window=args.isoflop_window,
+                      include_edge=args.include_edge, compute=tuple(args.compute or ()))
+
+
+def _summary(report: dict) -> list[str]:
+    lines = []
+    if "approach3" in report:
+        s = report["approach3"]
+        lines.append(f"approach 3: E={s['E']:.4g} A={s['A']:.4g} B={s['B']:.4g} "
+                     f"alpha={s['alpha']:.4g} beta={s['beta']:.4g} -> a={s['a']:.3f} "
+                     f"b={s['b']:.3f}")
+    for name in ("approach2", "approach1"):
+        if name in report:
+            s = report[name]
+            ci = s["ci95"].get("a")
+            interval = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+            lines.append(f"{name.replace('approach', 'approach ')}: a={s['a']:.3f}{interval} "
+                         f"b={s['b']:.3f}")
+    if "extrapolation" in report:
+        s = report["extrapolation"]
+        lines.append(f"extrapolation: {s['n_held_out']} held-out runs, mean |error| "
+                     f"{100 * s['mean_abs_rel_error']:.2f} %")
+    lines += [f"skipped {k}: {v}" for k, v in report["skipped"].items()]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    start = time.perf_counter()
+    try:
+        options = _options(args)
+        out = Path(args.out)
+        check_out_dir(out)  # before minutes of fitting, not after
+        columns = Columns(N=args.n_col, D=args.d_col, C=args.c_col, loss=args.loss_col,
+                          budget=args.budget_col, run=args.run_col)
+        data = load(args.source, columns)
+        report = fit_report(data, options)
+        write_report(out, report, data.runs, data.curves)
+    except TableError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for line in _summary(report):
+        print(line)
+    print(f"report: {out / 'report.md'} ({time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""Run every method the data supports and gather their results into one report dict.
+
+A method the data cannot support is left out, with the reason under `skipped`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from sweep.fit.approach3 import fit_approach3
+from sweep.fit.envelope import (
+    REPORT_POINTS,
+    curve_grid,
+    fit_approach1,
+    frontier_runs,
+    lower_envelope,
+)
+from sweep.fit.extrapolate import extrapolation_check
+from sweep.fit.isoflop import fit_approach2
+from sweep.fit.kaplan import power_law_report
+from sweep.fit.optimize import bootstrap_weights
+from sweep.fit.table import FitData, log_clusters
+
+# Runs whose D agree to 1 % share a D for L(D) (step rounding makes "the same" D differ slightly).
+SAME_D_DECADES = 0.005
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """The fitter's knobs (the CLI's flags; defaults live here only)."""
+
+    bootstrap: int = 1000
+    seed: int = 0
+    holdout_factor: float = 10.0
+    isoflop_window: float = 0.75  # decades each side of the minimum; see isoflop.fit_budget
+    include_edge: bool = False
+    compute: tuple[float, ...] = ()  # C values for the allocation table; () = around the data
+
+
+def default_compute(c_max: float) -> tuple[float, ...]:
+    """Powers of ten from 100x below to 1000x above the largest run's compute."""
+    top = int(np.round(np.log10(c_max)))
+    return tuple(float(10.0**k) for k in range(top - 2, top + 4))
+
+
+def fit_report(data: FitData, options: FitOptions) -> dict[str, Any]:
+    """Every method's section, timings and notes; `data.runs` gains each run's budget."""
+    runs = data.runs
+    seeds = np.random.SeedSequence(options.seed).spawn(5)
+    report: dict[str, Any] = {
+        "source": data.source, "columns": asdict(data.columns), "n_runs": len(runs),
+        "n_curve_points": 0 if data.curves is None else len(data.curves),
+        "notes": list(data.notes), "options": asdict(options), "timings_s": {}, "skipped": {},
+    }
+
+    def record(name: str, section: dict[str, Any] | None, reason: str | None, t0: float) -> None:
+        report["timings_s"][name] = round(time.perf_counter() - t0, 3)
+        if section is None:
+            report["skipped"][name] = reason
+        else:
+            report[name] = section
+
+    t0 = time.perf_counter()
+    if runs["D"].nunique() < 2:
+        record("approach3", None, "every run has the same D; B and beta cannot be fitted", t0)
+    else:
+        fit = fit_approach3(runs["N"], runs["D"], runs["loss"], bootstrap=options.bootstrap,
+                            seed=int(seeds[0].generate_state(1)[0]),
+                            compute=list(options.compute or default_compute(runs["C"].max())))
+        record("approach3", fit.to_json(), None, t0)
+
+    t0 = time.perf_counter()
+    section, reason, budget = fit_approach2(
+        runs, window_decades=options.isoflop_window, include_edge=options.include_edge,
+        bootstrap=options.bootstrap, rng=np.random.default_rng(seeds[1]))
+    runs["budget"] = budget
+    record("approach2", section, reason, t0)
+
+    grid = None if data.curves is None else curve_grid(data.curves)
+    t0 = time.perf_counter()
+    if grid is None:
+        record("approach1", None, "needs per-eval-point curves: give a runs directory or a "
+               "table with several rows per run (sweep.collect --curves)", t0)
+    else:
+        section, reason = fit_approach1(grid, bootstrap=options.bootstrap,
+                                        rng=np.random.default_rng(seeds[2]))
+        record("approach1", section, reason, t0)
+
+    t0 = time.perf_counter()
+    record("kaplan", _kaplan(runs, grid, options.bootstrap, np.random.default_rng(seeds[3])),
+           None, t0)
+
+    t0 = time.perf_counter()
+    section, reason = extrapolation_check(runs, options.holdout_factor)
+    record("extrapolation", section, reason, t0)
+    return report
+
+
+def _best_per_group(groups: np.ndarray, loss: np.ndarray) -> np.ndarray:
+    # Index of the lowest-loss run in each group.
+    frame = pd.DataFrame({"g": groups, "loss": loss})
+    return frame.groupby("g")["loss"].idxmin().to_numpy()
+
+
+def _kaplan(runs: pd.DataFrame, grid: Any, draws: int, rng: np.random.Generator
+            ) -> dict[str, Any]:
+    n, d, c, loss = (runs[k].to_numpy(dtype=float) for k in ("N", "D", "C", "loss"))
+    out: dict[str, Any] = {}
+    for name, x, groups in (("N", n, n), ("D", d, log_clusters(d, SAME_D_DECADES))):
+        best = _best_per_group(groups, loss)
+        out[f"L_{name}"] = power_law_report(
+            x[best], loss[best], name=name, weights=np.ones(len(best)),
+            draw_weights=bootstrap_weights(len(best), draws, rng))
+    out["L_C"] = _kaplan_compute(c, loss, grid, draws, rng)
+    out["L_N"]["note"] = "best run per N"
+    out["L_D"]["note"] = "best run per D"
+    return out
+
+
+def _kaplan_compute(c: np.ndarray, loss: np.ndarray, grid: Any, draws: int,
+                    rng: np.random.Generator) -> dict[str, Any]:
+    if grid is None:
+        # Final points only: the frontier is the runs no cheaper run beats.
+        mask = frontier_runs(c, loss)
+        draw_w = np.zeros((draws, len(c)))
+        for j in range(draws):
+            picked = np.unique(rng.integers(0, len(c), len(c)))
+            draw_w[j, picked[frontier_runs(c[picked], loss[picked])]] = 1.0
+        section = power_law_report(c, loss, name="C", weights=mask.astype(float),
+                                   draw_weights=draw_w)
+        section["note"] = "frontier of final points (no curves)"
+        return section
+    env, _, defined = lower_envelope(grid)
+    cols = np.flatnonzero(defined > 0)
+    cols = cols[np.unique(np.linspace(0, len(cols) - 1, REPORT_POINTS).round().astype(int))]
+    draw_loss = np.empty((draws, len(cols)))
+    for j in range(draws):
+        picked = np.unique(rng.integers(0, len(grid.n), len(grid.n)))
+        draw_loss[j] = grid.loss[picked][:, cols].min(axis=0)
+    draw_w = np.isfinite(draw_loss).astype(float)
+    section = power_law_report(grid.c[cols], env[cols], name="C", weights=np.ones(len(cols)),
+                               draw_weights=draw_w, draw_loss=draw_loss)
+    section["note"] = "lower envelope of the learning curves"
+    return section

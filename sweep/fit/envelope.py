@@ -1,0 +1,105 @@
+"""Chinchilla approach 1 and the compute frontier: the lower envelope of loss over C.
+
+Each run's curve is interpolated onto one log-spaced C grid; the envelope at each C is the best
+run there. Bootstrap draws resample whole runs and recompute the envelope.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from sweep.fit.optimize import percentile_ci
+
+GRID_POINTS = 200
+# Report and plot this many envelope points; the fit uses the whole grid.
+REPORT_POINTS = 40
+
+
+@dataclass(frozen=True)
+class CurveGrid:
+    """Every run's loss and D interpolated at the grid's C (inf / nan where a run has no data)."""
+
+    c: np.ndarray  # (G,)
+    loss: np.ndarray  # (R, G)
+    d: np.ndarray  # (R, G)
+    n: np.ndarray  # (R,)
+
+
+def curve_grid(curves: pd.DataFrame, points: int = GRID_POINTS) -> CurveGrid:
+    """Interpolate each run's (log C, loss) and (log C, log D) curve onto a shared C grid."""
+    grid = np.geomspace(curves["C"].min(), curves["C"].max(), points)
+    log_grid = np.log(grid)
+    losses, ds, ns = [], [], []
+    for _, run in curves.groupby("run", sort=True):
+        run = run.sort_values("C")
+        lc = np.log(run["C"].to_numpy(dtype=float))
+        inside = (log_grid >= lc[0]) & (log_grid <= lc[-1])
+        loss = np.interp(log_grid, lc, run["loss"].to_numpy(dtype=float))
+        log_d = np.interp(log_grid, lc, np.log(run["D"].to_numpy(dtype=float)))
+        losses.append(np.where(inside, loss, np.inf))
+        ds.append(np.where(inside, np.exp(log_d), np.nan))
+        ns.append(float(run["N"].iloc[-1]))
+    return CurveGrid(c=grid, loss=np.array(losses), d=np.array(ds), n=np.array(ns))
+
+
+def lower_envelope(grid: CurveGrid, runs: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Envelope loss, the run attaining it, and how many runs are defined, at each grid C."""
+    loss = grid.loss if runs is None else grid.loss[runs]
+    index = np.arange(len(grid.n)) if runs is None else np.asarray(runs)
+    best = np.argmin(loss, axis=0)
+    return loss.min(axis=0), index[best], np.isfinite(loss).sum(axis=0)
+
+
+def _allocation(grid: CurveGrid, runs: np.ndarray | None) -> tuple[np.ndarray, ...] | None:
+    # Where two or more runs compete, the winner's N and its D at that C.
+    env, winner, defined = lower_envelope(grid, runs)
+    ok = defined >= 2
+    if ok.sum() < 2 or len(np.unique(grid.n[winner[ok]])) < 2:
+        return None
+    cols = np.flatnonzero(ok)
+    return grid.c[ok], grid.n[winner[ok]], grid.d[winner[ok], cols], env[ok]
+
+
+def _line(c: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    slope, intercept = np.polyfit(np.log(c), np.log(y), 1)
+    return {"slope": float(slope), "intercept": float(intercept)}
+
+
+def fit_approach1(grid: CurveGrid, *, bootstrap: int, rng: np.random.Generator
+                  ) -> tuple[dict[str, Any] | None, str | None]:
+    """N_opt ~ C^a and D_opt ~ C^b on the envelope; (section, None) or (None, reason)."""
+    main = _allocation(grid, None)
+    if main is None:
+        return None, ("the loss envelope is attained by a single model size wherever two runs "
+                      "overlap; approach 1 needs curves from several sizes that cross")
+    c, n_opt, d_opt, env = main
+    n_fit, d_fit = _line(c, n_opt), _line(c, d_opt)
+    samples = []
+    for _ in range(bootstrap):
+        runs = np.unique(rng.integers(0, len(grid.n), len(grid.n)))
+        alloc = _allocation(grid, runs)
+        if alloc is not None:
+            samples.append((_line(alloc[0], alloc[1])["slope"], _line(alloc[0], alloc[2])["slope"]))
+    s = np.array(samples).reshape(-1, 2)
+    keep = np.unique(np.linspace(0, len(c) - 1, REPORT_POINTS).round().astype(int))
+    points = [{"C": float(c[i]), "N_opt": float(n_opt[i]), "D_opt": float(d_opt[i]),
+               "loss": float(env[i])} for i in keep]
+    return {"a": n_fit["slope"], "b": d_fit["slope"],
+            "ci95": {"a": percentile_ci(s[:, 0]), "b": percentile_ci(s[:, 1])} if len(s) else {},
+            "N_fit": n_fit, "D_fit": d_fit, "bootstrap": len(s), "runs": len(grid.n),
+            "grid_points": int(len(c)), "points": points}, None
+
+
+def frontier_runs(c: np.ndarray, loss: np.ndarray) -> np.ndarray:
+    """Mask of runs on the compute frontier: lower loss than every run with less compute."""
+    order = np.argsort(c, kind="stable")
+    best = np.minimum.accumulate(loss[order])
+    on = np.concatenate([[True], loss[order][1:] < best[:-1]])
+    mask = np.zeros(len(c), dtype=bool)
+    mask[order[on]] = True
+    return mask

@@ -1,0 +1,41 @@
+"""Extrapolation check: fit approach 3 on the small-compute runs, predict the held-out large ones.
+
+A law that only interpolates is no use for planning a bigger run; this measures how far it carries.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from sweep.fit.approach3 import fit_law
+from sweep.fit.table import MIN_RUNS
+
+
+def extrapolation_check(runs: pd.DataFrame, holdout_factor: float
+                        ) -> tuple[dict[str, Any] | None, str | None]:
+    """Fit on runs with C <= max C / holdout_factor; relative errors on the rest."""
+    c, n, d, loss = (runs[k].to_numpy(dtype=float) for k in ("C", "N", "D", "loss"))
+    threshold = c.max() / holdout_factor
+    fit = c <= threshold
+    held = ~fit
+    if fit.sum() < MIN_RUNS or len(np.unique(n[fit])) < 2 or len(np.unique(d[fit])) < 2:
+        return None, (f"{fit.sum()} runs have C <= {threshold:.3g} (max C / {holdout_factor:g}); "
+                      f"fitting needs {MIN_RUNS} with two or more N and D: lower "
+                      "--holdout-factor or add small runs")
+    law, optima = fit_law(n[fit], d[fit], loss[fit])
+    predicted = law.loss(n, d)
+    rel = predicted / loss - 1.0
+    rows = [{"run": r, "N": float(a), "D": float(b), "C": float(x), "loss": float(y),
+             "predicted": float(p), "rel_error": float(e), "held_out": bool(h)}
+            for r, a, b, x, y, p, e, h in zip(runs["run"], n, d, c, loss, predicted, rel, held,
+                                              strict=True)]
+    return {"method": "approach3", "holdout_factor": holdout_factor, "threshold_C": threshold,
+            "n_fit": int(fit.sum()), "n_held_out": int(held.sum()), "law": law.values(),
+            "converged": optima[0].converged,
+            "mean_abs_rel_error": float(np.abs(rel[held]).mean()),
+            "max_abs_rel_error": float(np.abs(rel[held]).max()),
+            "mean_rel_error": float(rel[held].mean()),
+            "fit_mean_abs_rel_error": float(np.abs(rel[fit]).mean()), "runs": rows}, None

@@ -1,0 +1,126 @@
+"""Chinchilla approach 2: per compute budget, a parabola of loss in log N around the minimum.
+
+Budgets whose minimum sits at the edge of their grid are flagged and, by default, left out of the
+N_opt ~ C^a and D_opt ~ C^b fits; CIs come from resampling runs within each budget.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from sweep.fit.optimize import percentile_ci
+from sweep.fit.table import log_clusters
+
+# Runs whose C lie within this many decades of a neighbour share a budget when no budget column
+# is given: step rounding moves a run's C by well under 1 %, and IsoFLOP budgets sit >= 0.1 apart.
+BUDGET_GAP_DECADES = 0.05
+# A "budget" whose runs spread wider than this is not an IsoFLOP slice at all.
+BUDGET_MAX_SPAN_DECADES = 0.2
+MIN_SIZES = 3
+
+
+def assign_budgets(runs: pd.DataFrame) -> tuple[np.ndarray, str]:
+    """Budget C per run (NaN where a run belongs to no usable budget) and how it was found."""
+    if runs["budget"].notna().all():
+        return runs["budget"].to_numpy(dtype=float), "the budget column"
+    c = runs["C"].to_numpy(dtype=float)
+    ids = log_clusters(c, BUDGET_GAP_DECADES)
+    budget = np.full(len(c), np.nan)
+    for gid in np.unique(ids):
+        members = ids == gid
+        span = np.log10(c[members].max() / c[members].min())
+        if members.sum() >= MIN_SIZES and span <= BUDGET_MAX_SPAN_DECADES:
+            budget[members] = float(np.exp(np.log(c[members]).mean()))
+    return budget, f"C binned (runs within {BUDGET_GAP_DECADES} decades share a budget)"
+
+
+def fit_budget(n: np.ndarray, d: np.ndarray, loss: np.ndarray, window_decades: float
+               ) -> dict[str, Any] | str:
+    """Parabola of loss in ln N over the window around the empirical minimum, or a reason."""
+    if len(np.unique(n)) < MIN_SIZES:
+        return f"{len(np.unique(n))} model sizes; a parabola needs {MIN_SIZES}"
+    x, y = np.log(n), loss
+    k = int(np.argmin(y))
+    dist = np.abs(x - x[k])
+    inside = dist <= window_decades * np.log(10.0)
+    if len(np.unique(x[inside])) < MIN_SIZES:
+        # Too few sizes in the window: widen it to the nearest three distinct sizes.
+        nearest = np.sort(np.unique(dist))[:MIN_SIZES]
+        inside = dist <= nearest[-1]
+    p2, p1, p0 = np.polyfit(x[inside], y[inside], 2)
+    if p2 <= 0:
+        return "loss is not convex in log N around its minimum"
+    vertex = -p1 / (2.0 * p2)
+    edge = bool(x[k] in (x.min(), x.max()) or not x.min() < vertex < x.max())
+    slope, intercept = np.polyfit(x, np.log(d), 1)  # D along the budget, at the vertex
+    n_opt = float(np.exp(vertex))
+    d_opt = float(np.exp(intercept + slope * vertex))
+    return {"N_opt": n_opt, "D_opt": d_opt, "tokens_per_param": d_opt / n_opt,
+            "L_min": float(p0 + p1 * vertex + p2 * vertex**2), "edge": edge,
+            "points": int(len(x)), "window_points": int(inside.sum()),
+            "parabola": [float(p0), float(p1), float(p2)],
+            "window": [float(np.exp(x[inside].min())), float(np.exp(x[inside].max()))]}
+
+
+def _exponent(c: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    slope, intercept = np.polyfit(np.log(c), np.log(y), 1)
+    return {"slope": float(slope), "intercept": float(intercept)}
+
+
+def fit_approach2(
+    runs: pd.DataFrame, *, window_decades: float, include_edge: bool, bootstrap: int,
+    rng: np.random.Generator,
+) -> tuple[dict[str, Any] | None, str | None, np.ndarray]:
+    """(report section, None, budget per run) or (None, reason it cannot be fitted, budgets)."""
+    budget, how = assign_budgets(runs)
+    groups = [(c, np.flatnonzero(budget == c)) for c in np.unique(budget[np.isfinite(budget)])]
+    n, d, loss = (runs[k].to_numpy(dtype=float) for k in ("N", "D", "loss"))
+    budgets, skipped, used = [], {}, []
+    for c, idx in groups:
+        fit = fit_budget(n[idx], d[idx], loss[idx], window_decades)
+        if isinstance(fit, str):
+            skipped[f"{c:.3g}"] = fit
+            continue
+        fit["used"] = include_edge or not fit["edge"]
+        budgets.append({"C": float(c), **fit})
+        if fit["used"]:
+            used.append((c, idx))
+    if len(used) < 2:
+        edge = sum(b["edge"] for b in budgets)
+        return None, (f"{len(used)} usable budgets (found via {how}; {len(budgets)} fitted, "
+                      f"{edge} with the minimum at the grid edge); N_opt ~ C^a needs 2 or more: "
+                      "widen the size grids, add budgets, or pass --include-edge"), budget
+    c_used = np.array([c for c, _ in used])
+    fits = [b for b in budgets if b["used"]]
+    n_fit = _exponent(c_used, np.array([b["N_opt"] for b in fits]))
+    d_fit = _exponent(c_used, np.array([b["D_opt"] for b in fits]))
+    samples = _bootstrap(used, n, d, loss, window_decades, bootstrap, rng)
+    ci = {"a": percentile_ci(samples[:, 0]), "b": percentile_ci(samples[:, 1])} if len(
+        samples) else {}
+    return {"a": n_fit["slope"], "b": d_fit["slope"], "ci95": ci, "N_fit": n_fit,
+            "D_fit": d_fit, "bootstrap": len(samples), "window_decades": window_decades,
+            "include_edge": include_edge, "budgets_from": how, "budgets": budgets,
+            "budgets_skipped": skipped}, None, budget
+
+
+def _bootstrap(used: list[tuple[float, np.ndarray]], n: np.ndarray, d: np.ndarray,
+               loss: np.ndarray, window: float, draws: int, rng: np.random.Generator
+               ) -> np.ndarray:
+    # Resample runs within each budget, refit its parabola; a draw keeps the budgets that still fit.
+    out = []
+    for _ in range(draws):
+        cs, n_opt, d_opt = [], [], []
+        for c, idx in used:
+            pick = rng.choice(idx, size=len(idx), replace=True)
+            fit = fit_budget(n[pick], d[pick], loss[pick], window)
+            if not isinstance(fit, str):
+                cs.append(c)
+                n_opt.append(fit["N_opt"])
+                d_opt.append(fit["D_opt"])
+        if len(cs) >= 2:
+            out.append((_exponent(np.array(cs), np.array(n_opt))["slope"],
+                        _exponent(np.array(cs), np.array(d_opt))["slope"]))
+    return np.array(out).reshape(-1, 2)

@@ -1,0 +1,168 @@
+"""The report on disk: report.json, a Markdown summary and the plots, written as one directory.
+
+Everything goes into a temporary sibling first and is renamed into place, so a failed fit never
+leaves a half-written report (and an existing one survives until the new one is complete).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from sweep.fit.plots import write_plots
+from sweep.fit.table import TableError
+from sweep.records import json_safe
+
+
+def _g(value: Any, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    return f"{value:.{digits}g}" if isinstance(value, float | int) else str(value)
+
+
+def _ci(section: dict[str, Any], key: str) -> str:
+    lo_hi = section.get("ci95", {}).get(key)
+    return f"[{_g(lo_hi[0])}, {_g(lo_hi[1])}]" if lo_hi else "–"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(r) + " |" for r in rows), ""]
+
+
+def _approach3(s: dict[str, Any]) -> list[str]:
+    lines = ["## Approach 3: L(N, D) = E + A / N^alpha + B / D^beta", "",
+             f"{s['n_points']} runs; Huber (delta {s['huber_delta']:g}) on log loss, summed; "
+             f"L-BFGS from {s['starts']} grid starts ({s['starts_converged']} converged); best "
+             f"objective {s['objective']:.6g}; {s['bootstrap']} bootstrap refits.", ""]
+    lines += _table(["parameter", "value", "95% CI"],
+                    [[k, _g(s[k]), _ci(s, k)] for k in ("E", "A", "B", "alpha", "beta", "a", "b")])
+    lines += ["Compute-optimal allocation (C = 6 N D):", ""]
+    rows = [[_g(r["C"], 3), f"{_g(r['N_opt'])} {_ci(r, 'N_opt')}",
+             f"{_g(r['D_opt'])} {_ci(r, 'D_opt')}", f"{_g(r['tokens_per_param'], 3)} "
+             f"{_ci(r, 'tokens_per_param')}", _g(r["L_opt"])] for r in s["allocation"]]
+    return lines + _table(["C (FLOPs)", "N_opt", "D_opt", "tokens/param", "loss"], rows)
+
+
+def _approach2(s: dict[str, Any]) -> list[str]:
+    lines = ["## Approach 2: IsoFLOP parabolas", "",
+             f"N_opt ~ C^a with a = {_g(s['a'])} {_ci(s, 'a')}; D_opt ~ C^b with "
+             f"b = {_g(s['b'])} {_ci(s, 'b')} ({s['bootstrap']} bootstrap draws). Budgets from "
+             f"{s['budgets_from']}; parabola of loss in ln N within {s['window_decades']:g} "
+             "decades of each minimum; edge budgets "
+             f"{'included' if s['include_edge'] else 'left out'}.", ""]
+    rows = [[_g(b["C"], 3), _g(b["N_opt"]), _g(b["D_opt"]), _g(b["tokens_per_param"], 3),
+             _g(b["L_min"]), f"{b['window_points']}/{b['points']}",
+             "yes" if b["edge"] else "", "yes" if b["used"] else "no"] for b in s["budgets"]]
+    lines += _table(["C (FLOPs)", "N_opt", "D_opt", "tokens/param", "L_min", "window/points",
+                     "edge", "used"], rows)
+    for c, why in s.get("budgets_skipped", {}).items():
+        lines.append(f"- budget {c}: skipped, {why}")
+    return lines + [""] if s.get("budgets_skipped") else lines
+
+
+def _approach1(s: dict[str, Any]) -> list[str]:
+    return ["## Approach 1: lower envelope of the learning curves", "",
+            f"N_opt ~ C^a with a = {_g(s['a'])} {_ci(s, 'a')}; D_opt ~ C^b with b = {_g(s['b'])} "
+            f"{_ci(s, 'b')}; {s['runs']} runs, {s['grid_points']} C values where two or more "
+            f"runs compete, {s['bootstrap']} bootstrap draws over runs. Note: a point inside a "
+            "cosine schedule is not a finished run of that length, which biases this method.",
+            ""]
+
+
+def _kaplan(s: dict[str, Any]) -> list[str]:
+    lines = ["## Kaplan power laws: L(x) = E + (x_c / x)^alpha_x", ""]
+    rows = []
+    for law, x in (("L_N", "N"), ("L_D", "D"), ("L_C", "C")):
+        if law not in s:
+            continue
+        for key in ("with_offset", "without_offset"):
+            fit = s[law].get(key, {})
+            if "skipped" in fit:
+                rows.append([f"L({x}), {key.replace('_', ' ')}", "–", "–", "–", fit["skipped"]])
+                continue
+            rows.append([f"L({x}), {key.replace('_', ' ')}",
+                         f"{_g(fit.get('E'))} {_ci(fit, 'E')}" if "E" in fit else "0",
+                         f"{_g(fit[f'{x}_c'])} {_ci(fit, f'{x}_c')}",
+                         f"{_g(fit[f'alpha_{x}'])} {_ci(fit, f'alpha_{x}')}",
+                         f"rms log residual {_g(fit['rms_log_residual'], 3)}; {s[law]['note']}"])
+    return lines + _table(["law", "E", "x_c", "alpha", "notes"], rows)
+
+
+def _extrapolation(s: dict[str, Any]) -> list[str]:
+    lines = ["## Extrapolation check", "",
+             f"Approach 3 fitted on the {s['n_fit']} runs with C <= {_g(s['threshold_C'], 3)} "
+             f"(max C / {s['holdout_factor']:g}); on the {s['n_held_out']} held-out runs the "
+             f"mean |relative error| is {100 * s['mean_abs_rel_error']:.2f} % (max "
+             f"{100 * s['max_abs_rel_error']:.2f} %, mean signed {100 * s['mean_rel_error']:+.2f}"
+             f" %); in-sample {100 * s['fit_mean_abs_rel_error']:.2f} %.", ""]
+    rows = [[str(r["run"]), _g(r["N"]), _g(r["D"]), _g(r["C"], 3), _g(r["loss"]),
+             _g(r["predicted"]), f"{100 * r['rel_error']:+.2f} %"]
+            for r in s["runs"] if r["held_out"]]
+    return lines + _table(["run", "N", "D", "C", "loss", "predicted", "error"], rows)
+
+
+def render_markdown(report: dict[str, Any], plots: list[str]) -> str:
+    """The human-readable report: every fitted method, what was skipped and why, the plots."""
+    cols = report["columns"]
+    lines = ["# Scaling-law fit", "",
+             f"Source: `{report['source']}`: {report['n_runs']} runs, "
+             f"{report['n_curve_points']} eval points. Columns: "
+             + ", ".join(f"{k} = `{v}`" for k, v in cols.items() if v is not None) + ".", ""]
+    lines += [f"- {note}" for note in report["notes"]] + ([""] if report["notes"] else [])
+    for name, render in (("approach3", _approach3), ("approach2", _approach2),
+                         ("approach1", _approach1), ("kaplan", _kaplan),
+                         ("extrapolation", _extrapolation)):
+        if name in report:
+            lines += render(report[name])
+    if report["skipped"]:
+        lines += ["## Skipped", ""] + [f"- {k}: {v}" for k, v in report["skipped"].items()] + [""]
+    lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
+    timing = ", ".join(f"{k} {v:.1f} s" for k, v in report["timings_s"].items())
+    return "\n".join(lines + [f"Fit times: {timing}.", ""])
+
+
+def _plain(value: Any) -> Any:
+    # numpy scalars and arrays that slipped into a section.
+    return value.tolist() if hasattr(value, "tolist") else str(value)
+
+
+def check_out_dir(out: Path) -> None:
+    """Refuse an --out that holds something other than an earlier report."""
+    if out.exists() and (not out.is_dir() or (any(out.iterdir())
+                                              and not (out / "report.json").exists())):
+        raise TableError(f"--out {out} exists and is not a report directory; choose a new or "
+                         "empty directory (an earlier report there is replaced)")
+
+
+def write_report(out: Path, report: dict[str, Any], runs: pd.DataFrame,
+                 curves: pd.DataFrame | None) -> list[str]:
+    """Write report.json, report.md and the plots into `out` as a whole; returns the plots."""
+    out = Path(out)
+    check_out_dir(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir()
+        plots = write_plots(report, runs, curves, tmp)
+        text = json.dumps(json_safe(report), indent=2, allow_nan=False, default=_plain)
+        (tmp / "report.json").write_text(text + "\n")
+        (tmp / "report.md").write_text(render_markdown(report, plots))
+        if out.exists():
+            os.replace(out, old)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not out.exists():
+            os.replace(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return plots

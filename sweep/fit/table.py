@@ -1,0 +1,201 @@
+"""The fitter's input: a runs directory (via sweep.collect) or any CSV/Parquet table of runs.
+
+Maps the user's columns onto N, D, C, loss, derives the missing one of D and C, and refuses a
+table that cannot be fitted with one line naming the column, the rows and the fix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from sweep.collect import CollectError, collect_runs
+
+# Approach 3 has five parameters: fewer runs than that cannot determine it.
+MIN_RUNS = 5
+# C / (6 N D) is ~1 for 6ND FLOPs and up to ~10 for exact FLOPs of tiny models with big vocabs;
+# a spread or a level far beyond that means the rows mix units.
+MAX_RATIO_SPREAD = 100.0
+RATIO_RANGE = (1e-2, 1e2)
+
+
+class TableError(ValueError):
+    """A table the fitter cannot use as given (printed as one line, exit code 2)."""
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Which source column holds each quantity (the CLI's --n-col, --d-col, ...)."""
+
+    N: str = "N"
+    D: str = "D"
+    C: str = "C"
+    loss: str = "loss"
+    budget: str | None = None
+    run: str = "run_id"
+
+
+@dataclass
+class FitData:
+    """One row per run (`runs`) and, when the source has them, eval-point curves (`curves`).
+
+    Both have float columns N, D, C, loss and a string column run; runs also has budget
+    (the --budget-col value, NaN without one).
+    """
+
+    runs: pd.DataFrame
+    curves: pd.DataFrame | None
+    source: str
+    columns: Columns
+    notes: list[str] = field(default_factory=list)
+
+
+def _flag(quantity: str) -> str:
+    return {"N": "--n-col", "D": "--d-col", "C": "--c-col", "loss": "--loss-col",
+            "budget": "--budget-col", "run": "--run-col"}[quantity]
+
+
+def _read(source: Path) -> pd.DataFrame:
+    suffix = source.suffix.lower()
+    try:
+        if suffix == ".csv":
+            return pd.read_csv(source)
+        if suffix == ".parquet":
+            return pd.read_parquet(source)
+    except ImportError as exc:
+        raise TableError(f"reading {source} needs pyarrow ({exc}); pip install pyarrow, "
+                         "or save the table as .csv") from None
+    except (ValueError, OSError) as exc:
+        raise TableError(f"cannot read {source}: {str(exc).splitlines()[0]}") from None
+    raise TableError(f"SOURCE {source} is neither a runs directory nor a .csv/.parquet table")
+
+
+def _rows(mask: np.ndarray) -> str:
+    idx = np.flatnonzero(mask)
+    shown = ", ".join(str(i) for i in idx[:5])
+    return shown + (f" and {len(idx) - 5} more" if len(idx) > 5 else "")
+
+
+def _numeric(table: pd.DataFrame, name: str, quantity: str, where: str) -> np.ndarray:
+    if name not in table.columns:
+        have = ", ".join(map(str, table.columns[:12]))
+        raise TableError(f"column '{name}' (for {quantity}) is not in {where} (it has: {have}); "
+                         f"name the right one with {_flag(quantity)}")
+    values = pd.to_numeric(table[name], errors="coerce").to_numpy(dtype=float)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        raise TableError(f"column '{name}' has {bad.sum()} missing, infinite or non-numeric "
+                         f"values (rows {_rows(bad)}) in {where}; drop or fix those rows")
+    low = values <= 0
+    if low.any():
+        raise TableError(f"column '{name}' has {low.sum()} non-positive values (rows "
+                         f"{_rows(low)}, e.g. {values[low][0]:g}) in {where}; {quantity} must be "
+                         "> 0 for a log-scale fit")
+    return values
+
+
+def _canonical(table: pd.DataFrame, cols: Columns, where: str, notes: list[str]) -> pd.DataFrame:
+    n = _numeric(table, cols.N, "N", where)
+    loss = _numeric(table, cols.loss, "loss", where)
+    has_d, has_c = cols.D in table.columns, cols.C in table.columns
+    if not has_d and not has_c:
+        raise TableError(f"{where} has neither a D column '{cols.D}' nor a C column '{cols.C}'; "
+                         "name one with --d-col or --c-col")
+    d = _numeric(table, cols.D, "D", where) if has_d else None
+    c = _numeric(table, cols.C, "C", where) if has_c else None
+    if d is None:
+        d = c / (6.0 * n)
+        _note(notes, f"D derived as C / (6 N) (no column '{cols.D}')")
+    elif c is None:
+        c = 6.0 * n * d
+        _note(notes, f"C derived as 6 N D (no column '{cols.C}')")
+    else:
+        _check_units(n, d, c, cols, where)
+    out = pd.DataFrame({"N": n, "D": d, "C": c, "loss": loss})
+    out["run"] = (table[cols.run].astype(str).to_numpy() if cols.run in table.columns
+                  else [f"row{i}" for i in range(len(table))])
+    if cols.budget is not None:
+        if cols.budget not in table.columns:
+            raise TableError(f"column '{cols.budget}' (for budget) is not in {where}; name the "
+                             "right one with --budget-col, or leave it out to bin C")
+        out["budget"] = _numeric(table, cols.budget, "budget", where)
+    else:
+        out["budget"] = np.nan
+    return out
+
+
+def _note(notes: list[str], text: str) -> None:
+    if text not in notes:
+        notes.append(text)
+
+
+def _check_units(n: np.ndarray, d: np.ndarray, c: np.ndarray, cols: Columns, where: str) -> None:
+    ratio = c / (6.0 * n * d)
+    lo, hi = float(ratio.min()), float(ratio.max())
+    if hi / lo > MAX_RATIO_SPREAD:
+        raise TableError(
+            f"C / (6 N D) ranges from {lo:.3g} to {hi:.3g} across the rows of {where}: the "
+            f"columns '{cols.N}', '{cols.D}', '{cols.C}' mix units; give N in parameters, D in "
+            "tokens and C in FLOPs in every row")
+    median = float(np.median(ratio))
+    if not RATIO_RANGE[0] <= median <= RATIO_RANGE[1]:
+        raise TableError(
+            f"C / (6 N D) is about {median:.3g} in {where}: give N in parameters, D in tokens and "
+            f"C in FLOPs (not PF-days: 1 PF-day = 8.64e19 FLOPs), or drop '{cols.C}' to use 6ND")
+
+
+def load(source: str | Path, cols: Columns) -> FitData:
+    """Read and check a source; every problem is a TableError naming the fix."""
+    path = Path(source)
+    notes: list[str] = []
+    if not path.exists():
+        raise TableError(f"SOURCE {source} does not exist; give a runs directory or a "
+                         ".csv/.parquet table")
+    if path.is_dir():
+        try:
+            collected = collect_runs(path)
+        except CollectError as exc:
+            raise TableError(str(exc)) from None
+        notes.append(f"runs directory: {collected.describe()}")
+        runs = _canonical(collected.table, cols, f"runs under {path}", notes)
+        try:
+            curve_table = collect_runs(path, curves=True).table
+            curves = _canonical(curve_table, cols, f"curves under {path}", notes)
+        except CollectError:
+            curves = None
+    else:
+        table = _read(path)
+        if cols.run in table.columns and table[cols.run].duplicated().any():
+            # Several rows per run: a curves table; each run's last point is the run itself.
+            curves = _canonical(table, cols, str(path), notes)
+            runs = curves.sort_values("C").groupby("run", sort=False).tail(1)
+            runs = runs.sort_values(["N", "D"]).reset_index(drop=True)
+            notes.append(f"{len(runs)} runs with {len(curves)} eval points; each run's point "
+                         "at its largest C is its final loss")
+        else:
+            runs, curves = _canonical(table, cols, str(path), notes), None
+    _check_fittable(runs, str(path))
+    return FitData(runs=runs, curves=curves, source=str(path), columns=cols, notes=notes)
+
+
+def _check_fittable(runs: pd.DataFrame, where: str) -> None:
+    if len(runs) < MIN_RUNS:
+        raise TableError(f"{where} has {len(runs)} runs; approach 3 has 5 parameters, so a fit "
+                         f"needs at least {MIN_RUNS} runs (20 or more for useful intervals)")
+    sizes = runs["N"].nunique()
+    if sizes < 2:
+        raise TableError(f"every run in {where} has N = {runs['N'].iloc[0]:g}; a scaling law "
+                         "needs runs at two or more model sizes (four or more for a useful fit)")
+
+
+def log_clusters(values: np.ndarray, gap_decades: float) -> np.ndarray:
+    """Group ids for values that sit within gap_decades (in log10) of their sorted neighbour."""
+    order = np.argsort(values)
+    logs = np.log10(values[order])
+    starts = np.concatenate([[True], np.diff(logs) > gap_decades])
+    ids = np.empty(len(values), dtype=int)
+    ids[order] = np.cumsum(starts) - 1
+    return ids

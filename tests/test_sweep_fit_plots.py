@@ -1,0 +1,124 @@
+"""The fitter's plots: each report section yields its PNG, and partial reports never crash.
+
+The report is hand-built from the synthetic table's true law, not fitted (fast, no optimiser).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sweep.fit.plots import write_plots
+from sweep.fit.synthetic import EPOCH_LAW, isoflop_table
+
+ALL = ["isoflop.png", "loss_vs_compute.png", "optimal_allocation.png",
+       "approach3_contours.png", "extrapolation.png"]
+
+
+@pytest.fixture(scope="module")
+def tables() -> tuple[pd.DataFrame, pd.DataFrame]:
+    budgets = (1e16, 1e17, 1e18)
+    runs = isoflop_table(budgets=budgets, sizes_per_budget=7)
+    curves = isoflop_table(budgets=budgets, sizes_per_budget=7, curve_points=4)
+    return runs, curves.rename(columns={"run_id": "run"})
+
+
+def _fit(c: np.ndarray, v: np.ndarray) -> dict:
+    slope, intercept = np.polyfit(np.log(c), np.log(v), 1)
+    return {"slope": float(slope), "intercept": float(intercept)}
+
+
+def _report(runs: pd.DataFrame) -> dict:
+    law = EPOCH_LAW
+    budgets = []
+    for c, group in runs.groupby("budget"):
+        x = np.log(group["N"].to_numpy())
+        p2, p1, p0 = np.polyfit(x, group["loss"].to_numpy(), 2)
+        x_min = -p1 / (2 * p2)
+        n_opt = float(np.exp(x_min))
+        budgets.append({"C": float(c), "N_opt": n_opt, "D_opt": float(c) / (6 * n_opt),
+                        "L_min": float(p0 + p1 * x_min + p2 * x_min**2),
+                        "edge": bool(x_min >= x.max()), "used": True,
+                        "parabola": [float(p0), float(p1), float(p2)],
+                        "window": [float(group["N"].min()), float(group["N"].max())]})
+    budgets[-1]["edge"] = True  # one hollow edge budget, as a real sweep may have
+    cs = np.array([b["C"] for b in budgets])
+    n_fit = _fit(cs, np.array([b["N_opt"] for b in budgets]))
+    d_fit = _fit(cs, np.array([b["D_opt"] for b in budgets]))
+    best = runs.loc[runs.groupby("budget")["loss"].idxmin()]
+    allocation = []
+    for c in cs:
+        n_opt, d_opt = (float(v) for v in law.optimal(c))
+        allocation.append({"C": float(c), "N_opt": n_opt, "D_opt": d_opt,
+                           "tokens_per_param": d_opt / n_opt,
+                           "L_opt": float(law.loss(n_opt, d_opt)),
+                           "ci95": {"N_opt": [0.8 * n_opt, 1.25 * n_opt],
+                                    "D_opt": [0.8 * d_opt, 1.25 * d_opt]}})
+    predicted = law.loss(runs["N"], runs["D"])
+    largest = runs["budget"] == runs["budget"].max()
+    extrapolation = [{"N": n, "D": d, "C": c, "loss": loss, "predicted": float(p),
+                      "rel_error": float(p / loss - 1), "held_out": bool(h)}
+                     for n, d, c, loss, p, h in zip(runs["N"], runs["D"], runs["C"], runs["loss"],
+                                                    predicted, largest, strict=True)]
+    frontier = runs.groupby("budget")["loss"].min()
+    return {
+        "approach3": {**law.values(), "ci95": {"a": [0.49, 0.52]}, "allocation": allocation},
+        "approach2": {"a": n_fit["slope"], "b": d_fit["slope"],
+                      "ci95": {"a": [n_fit["slope"] - 0.02, n_fit["slope"] + 0.02]},
+                      "N_fit": n_fit, "D_fit": d_fit, "budgets": budgets},
+        "approach1": {"a": n_fit["slope"], "b": d_fit["slope"], "ci95": {},
+                      "N_fit": n_fit, "D_fit": d_fit,
+                      "points": [{"C": float(r.C), "N_opt": float(r.N), "D_opt": float(r.D),
+                                  "loss": float(r.loss)} for r in best.itertuples()]},
+        "kaplan": {"L_C": {"with_offset": {"E": 1.8, "C_c": 1.7e19, "alpha_C": 0.18},
+                           "without_offset": {"C_c": 7.5e23, "alpha_C": 0.095},
+                           "points": [{"C": float(c), "loss": float(v)}
+                                      for c, v in frontier.items()]}},
+        "extrapolation": {"mean_abs_rel_error": float(np.mean([abs(r["rel_error"]) for r in
+                                                                extrapolation if r["held_out"]])),
+                          "runs": extrapolation},
+        "skipped": {},
+    }
+
+
+def _check(names: list[str], expected: list[str], out: Path) -> None:
+    assert sorted(names) == sorted(expected)
+    assert sorted(p.name for p in out.iterdir()) == sorted(expected)  # no temporary files left
+    for name in names:
+        data = (out / name).read_bytes()
+        assert len(data) > 1000 and data.startswith(b"\x89PNG")
+
+
+def test_full_report_writes_every_plot(tables, tmp_path: Path) -> None:
+    runs, curves = tables
+    _check(write_plots(_report(runs), runs, curves, tmp_path), ALL, tmp_path)
+
+
+def test_approach3_only_without_curves(tables, tmp_path: Path) -> None:
+    runs, _ = tables
+    report = {"approach3": _report(runs)["approach3"],
+              "skipped": {"approach2": "no budgets", "approach1": "too few runs"}}
+    expected = ["loss_vs_compute.png", "optimal_allocation.png", "approach3_contours.png"]
+    _check(write_plots(report, runs, None, tmp_path), expected, tmp_path)
+
+
+def test_empty_report_writes_loss_vs_compute(tables, tmp_path: Path) -> None:
+    runs, curves = tables
+    report = {"skipped": {"approach3": "failed", "approach2": "no budgets"}}
+    _check(write_plots(report, runs, curves, tmp_path), ["loss_vs_compute.png"], tmp_path)
+
+
+def test_partial_sections_do_not_crash(tables, tmp_path: Path) -> None:
+    runs, _ = tables
+    runs = runs.assign(budget=np.nan)  # budgets could not be formed
+    report = {
+        "approach3": {"E": 1.8, "A": 400.0, "alpha": 0.3},  # incomplete law: drawn without it
+        "approach2": {"budgets": [{"C": 1e17, "edge": True}, {"parabola": [1, 2]}]},
+        "approach1": {"points": [{"C": 1e17}], "N_fit": {"slope": 0.5}},
+        "kaplan": {"L_N": {}, "L_C": {"without_offset": {"C_c": 1e4, "alpha_C": 0.05}}},
+        "extrapolation": {"runs": [{"loss": 3.0}]},
+    }
+    _check(write_plots(report, runs, None, tmp_path), ALL, tmp_path)
