@@ -91,6 +91,7 @@ def fit_law(
     delta: float = HUBER_DELTA,
 ) -> tuple[ChinchillaLaw, list[Optimum]]:
     """Best converged fit over the starts (default: the full grid) and every optimum found."""
+    n, d, loss = (np.asarray(v, dtype=float) for v in (n, d, loss))
     fun = lse_objective(_design(n, d), np.log(loss), np.ones((1, len(n))), delta)
     optima = multistart(fun, start_grid() if starts is None else starts)
     if not optima:

@@ -16,10 +16,15 @@ from sweep.fit.table import MIN_RUNS
 
 def extrapolation_check(runs: pd.DataFrame, holdout_factor: float
                         ) -> tuple[dict[str, Any] | None, str | None]:
-    """Fit on runs with C <= max C / holdout_factor; relative errors on the rest."""
+    """Fit on runs with C <= max C / holdout_factor; relative errors on the rest.
+
+    Runs are compared by their IsoFLOP budget where they have one, so a run whose C rounds a
+    hair above its budget is not held out alone.
+    """
     c, n, d, loss = (runs[k].to_numpy(dtype=float) for k in ("C", "N", "D", "loss"))
-    threshold = c.max() / holdout_factor
-    fit = c <= threshold
+    scale = np.where(np.isfinite(runs["budget"].to_numpy(dtype=float)), runs["budget"], c)
+    threshold = scale.max() / holdout_factor
+    fit = scale <= threshold * (1.0 + 1e-9)
     held = ~fit
     if fit.sum() < MIN_RUNS or len(np.unique(n[fit])) < 2 or len(np.unique(d[fit])) < 2:
         return None, (f"{fit.sum()} runs have C <= {threshold:.3g} (max C / {holdout_factor:g}); "

@@ -29,6 +29,8 @@ OFFSET_STARTS = np.array(list(itertools.product(_E, _C, _ALPHA)))
 MIN_POINTS = {False: 3, True: 4}
 # Bootstrap refits start from the main fit's best distinct optima, not the whole grid.
 REFIT_STARTS = 8
+# Above this rms log residual (~5 % in loss) the points are not one power law: say so.
+POOR_FIT_RMS = 0.05
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,11 @@ def power_law_report(
             entry = {"E": law.E, **entry}
             ci["E"] = percentile_ci(np.array([s.E for s in samples]))
         residual = np.log(law.loss(x[used])) - log_loss[used]
+        rms = float(np.sqrt(np.mean(residual**2)))
         out[key] = {**entry, "ci95": ci if samples else {}, "bootstrap": len(samples),
-                    "rms_log_residual": float(np.sqrt(np.mean(residual**2)))}
+                    "rms_log_residual": rms}
+        if rms > POOR_FIT_RMS:
+            out[key]["warning"] = (f"poor fit (rms log residual {rms:.3f}): these points do not "
+                                   f"follow one power law in {name}; L({name}) needs runs not "
+                                   "limited by the other resource")
     return out

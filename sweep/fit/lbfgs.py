@@ -80,7 +80,9 @@ def minimize_batch(
         decrease = f[acc] - f_new[ok]
         x[acc], f[acc], g[acc] = x_new[ok], f_new[ok], g_new[ok]
         sy = np.einsum("bp,bp->b", s, y)
-        keep = sy > 1e-12 * np.linalg.norm(s, axis=1) * np.linalg.norm(y, axis=1)
+        # Curvature pairs that are not clearly positive (or would overflow 1/sy) are skipped.
+        keep = (sy > 1e-12 * np.linalg.norm(s, axis=1) * np.linalg.norm(y, axis=1)) & (
+            sy > 1e-200)
         i = slot[acc]
         s_hist[acc, i] = s
         y_hist[acc, i] = y
@@ -109,7 +111,7 @@ def _two_loop(g: np.ndarray, s: np.ndarray, y: np.ndarray, rho: np.ndarray,
     newest = np.argmax(rho != 0, axis=1)
     s_new, y_new = s[np.arange(batch), newest], y[np.arange(batch), newest]
     yy = np.einsum("bp,bp->b", y_new, y_new)
-    has = rho[np.arange(batch), newest] != 0
+    has = (rho[np.arange(batch), newest] != 0) & (yy > 0)
     gamma = np.where(has, np.einsum("bp,bp->b", s_new, y_new) / np.where(has, yy, 1.0), 1.0)
     r = gamma[:, None] * q
     for k in reversed(range(MEMORY)):

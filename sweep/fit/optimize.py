@@ -29,18 +29,21 @@ def lse_objective(
     flat = features.reshape(terms * points, dim)
 
     def fun(x: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        z = (x @ flat.T).reshape(len(x), terms, points)
-        top = z.max(axis=1, keepdims=True)
-        w = np.exp(z - top)
-        total = w.sum(axis=1)
-        target = log_loss if log_loss.ndim == 1 else log_loss[rows]
-        residual = top[:, 0] + np.log(total) - target
-        abs_r = np.abs(residual)
-        huber = np.where(abs_r <= delta, 0.5 * residual**2, delta * (abs_r - 0.5 * delta))
-        weight = weights[rows]
-        slope = weight * np.clip(residual, -delta, delta) / total
-        grad = (slope[:, None, :] * w).reshape(len(x), terms * points) @ flat
-        return (weight * huber).sum(axis=1), grad
+        # A line search may try wild points; they come out non-finite and are rejected there.
+        with np.errstate(over="ignore", invalid="ignore"):
+            z = (x @ flat.T).reshape(len(x), terms, points)
+            top = z.max(axis=1, keepdims=True)
+            w = np.exp(z - top)
+            total = w.sum(axis=1)
+            target = log_loss if log_loss.ndim == 1 else log_loss[rows]
+            residual = top[:, 0] + np.log(total) - target
+            abs_r = np.abs(residual)
+            inner = np.minimum(abs_r, delta)
+            huber = inner * (abs_r - 0.5 * inner)  # 0.5 r^2 inside delta, linear outside
+            weight = weights[rows]
+            slope = weight * np.clip(residual, -delta, delta) / total
+            grad = (slope[:, None, :] * w).reshape(len(x), terms * points) @ flat
+            return (weight * huber).sum(axis=1), grad
 
     return fun
 

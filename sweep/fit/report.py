@@ -91,7 +91,8 @@ def _kaplan(s: dict[str, Any]) -> list[str]:
                          f"{_g(fit.get('E'))} {_ci(fit, 'E')}" if "E" in fit else "0",
                          f"{_g(fit[f'{x}_c'])} {_ci(fit, f'{x}_c')}",
                          f"{_g(fit[f'alpha_{x}'])} {_ci(fit, f'alpha_{x}')}",
-                         f"rms log residual {_g(fit['rms_log_residual'], 3)}; {s[law]['note']}"])
+                         f"rms log residual {_g(fit['rms_log_residual'], 3)}; {s[law]['note']}"
+                         + ("; **poor fit**" if "warning" in fit else "")])
     return lines + _table(["law", "E", "x_c", "alpha", "notes"], rows)
 
 

@@ -1,0 +1,56 @@
+"""Approach 1 and the compute frontier: envelope bookkeeping and the exponent it recovers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sweep.fit.envelope import curve_grid, fit_approach1, frontier_runs, lower_envelope
+from sweep.fit.synthetic import EPOCH_LAW, isoflop_table
+
+
+def _curves(rows: list[tuple[str, float, float, float]]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=["run", "N", "C", "loss"])
+    frame["D"] = frame["C"] / (6 * frame["N"])
+    return frame
+
+
+def test_envelope_picks_the_lower_curve_where_runs_overlap():
+    curves = _curves([("small", 1e6, 1e12, 4.0), ("small", 1e6, 1e14, 3.0),
+                      ("big", 1e8, 1e13, 3.8), ("big", 1e8, 1e15, 2.0)])
+    grid = curve_grid(curves, points=5)  # C = 1e12, 1e12.75, 1e13.5, 1e14.25, 1e15
+    env, winner, defined = lower_envelope(grid)
+    names = sorted(curves["run"].unique())  # runs are ordered by name: big, small
+    assert list(defined) == [1, 1, 2, 1, 1]
+    # At 10^13.5 (interpolated in log C) big is at 3.8 - 0.25 * 1.8 = 3.35, small at 3.25.
+    assert [names[w] for w in winner] == ["small", "small", "small", "big", "big"]
+    assert env[2] == pytest.approx(3.25)
+    assert env[3] == pytest.approx(3.8 - 0.625 * 1.8)
+    assert np.isinf(grid.loss[names.index("small"), -1])
+
+
+def test_frontier_keeps_runs_no_cheaper_run_beats():
+    c = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    loss = np.array([5.0, 4.0, 4.5, 3.0, 3.0])
+    assert list(frontier_runs(c, loss)) == [True, True, False, True, False]
+
+
+def test_approach1_recovers_the_exponent_from_curves():
+    curves = isoflop_table(EPOCH_LAW, sizes_per_budget=9, noise=0.0, curve_points=12)
+    curves = curves.rename(columns={"run_id": "run"})
+    section, reason = fit_approach1(curve_grid(curves), bootstrap=100,
+                                    rng=np.random.default_rng(0))
+    assert reason is None
+    assert section["a"] == pytest.approx(EPOCH_LAW.a, abs=0.05)
+    lo, hi = section["ci95"]["a"]
+    assert lo <= section["a"] <= hi
+    assert section["bootstrap"] > 50
+
+
+def test_one_size_everywhere_is_a_reason_not_a_fit():
+    curves = _curves([("a", 1e6, 1e12, 4.0), ("a", 1e6, 1e14, 3.0),
+                      ("b", 1e6, 1e12, 4.1), ("b", 1e6, 1e14, 3.1)])
+    section, reason = fit_approach1(curve_grid(curves), bootstrap=0,
+                                    rng=np.random.default_rng(0))
+    assert section is None and "single model size" in reason

@@ -1,0 +1,37 @@
+"""Extrapolation check: held-out runs are the large budgets, and a true law predicts them."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sweep.fit.extrapolate import extrapolation_check
+from sweep.fit.synthetic import EPOCH_LAW, isoflop_table
+
+
+def _runs(noise: float):
+    runs = isoflop_table(EPOCH_LAW, noise=noise, seed=4).rename(columns={"run_id": "run"})
+    runs["C"] *= 1.001  # step rounding lifts C a hair above the budget
+    return runs
+
+
+def test_holds_out_budgets_above_a_tenth_of_the_largest():
+    section, reason = extrapolation_check(_runs(0.01), holdout_factor=10)
+    assert reason is None
+    held = {r["run"].split("-")[0] for r in section["runs"] if r["held_out"]}
+    assert held == {"c3e+18", "c1e+19"}
+    assert section["n_fit"] == 5 * 9 and section["n_held_out"] == 2 * 9
+    # 1 % noise: a law fitted three decades below predicts the held-out runs to ~1 %.
+    assert section["mean_abs_rel_error"] < 0.02
+    assert abs(section["mean_rel_error"]) < 0.02
+
+
+def test_exact_data_extrapolates_exactly():
+    section, _ = extrapolation_check(_runs(0.0), holdout_factor=10)
+    assert section["max_abs_rel_error"] < 1e-4
+
+
+def test_too_few_small_runs_is_a_reason():
+    runs = _runs(0.01)
+    runs["budget"] = np.nan
+    section, reason = extrapolation_check(runs, holdout_factor=1e4)
+    assert section is None and "--holdout-factor" in reason

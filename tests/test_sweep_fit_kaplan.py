@@ -1,0 +1,44 @@
+"""Kaplan power laws: exact recovery on clean data, covering intervals on noisy data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sweep.fit.kaplan import power_law_report
+from sweep.fit.optimize import bootstrap_weights
+
+
+def test_without_offset_is_exact_on_a_pure_power_law():
+    n = np.geomspace(1e6, 3e8, 9)
+    loss = (8.8e13 / n) ** 0.076
+    out = power_law_report(n, loss, name="N", weights=np.ones(9), draw_weights=np.zeros((0, 9)))
+    fit = out["without_offset"]
+    assert fit["alpha_N"] == pytest.approx(0.076, rel=1e-9)
+    assert fit["N_c"] == pytest.approx(8.8e13, rel=1e-6)
+    assert fit["rms_log_residual"] < 1e-12
+
+
+def test_with_offset_recovers_the_law_and_covers_it():
+    rng = np.random.default_rng(0)
+    n = np.geomspace(1e6, 3e8, 12)
+    loss = (1.7 + (5e6 / n) ** 0.5) * np.exp(0.005 * rng.standard_normal(12))
+    out = power_law_report(n, loss, name="N", weights=np.ones(12),
+                           draw_weights=bootstrap_weights(12, 300, rng))
+    fit = out["with_offset"]
+    assert fit["E"] == pytest.approx(1.7, rel=0.03)
+    assert fit["alpha_N"] == pytest.approx(0.5, rel=0.1)
+    for name, truth in (("E", 1.7), ("N_c", 5e6), ("alpha_N", 0.5)):
+        lo, hi = fit["ci95"][name]
+        assert lo < truth < hi, name
+    # Without the offset the same points bend away from a line: a worse, flatter fit.
+    assert out["without_offset"]["rms_log_residual"] > 3 * fit["rms_log_residual"]
+    assert out["without_offset"]["alpha_N"] < 0.5
+
+
+def test_too_few_points_are_skipped_with_a_reason():
+    n = np.array([1e6, 1e7, 1e8])
+    out = power_law_report(n, 2 + 1 / n**0.3, name="N", weights=np.ones(3),
+                           draw_weights=np.zeros((0, 3)))
+    assert "needs 4 distinct N" in out["with_offset"]["skipped"]
+    assert "alpha_N" in out["without_offset"]

@@ -1,0 +1,63 @@
+"""The batched L-BFGS: same optima as scipy, problems independent of their batch-mates."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.optimize import minimize, rosen, rosen_der
+
+from sweep.fit.lbfgs import minimize_batch
+
+
+def _rosenbrock(x: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return np.array([rosen(v) for v in x]), np.array([rosen_der(v) for v in x])
+
+
+def test_rosenbrock_from_many_starts_reaches_the_minimum():
+    starts = np.random.default_rng(0).uniform(-2, 2, size=(16, 2))  # 2-D: one minimum
+    result = minimize_batch(_rosenbrock, starts)
+    assert result.converged.all()
+    np.testing.assert_allclose(result.x, 1.0, atol=1e-6)
+    assert result.f.max() < 1e-12
+
+
+def test_matches_scipy_on_a_convex_quadratic_batch():
+    rng = np.random.default_rng(1)
+    mats = [m @ m.T + np.eye(3) for m in rng.normal(size=(5, 3, 3))]
+    targets = rng.normal(size=(5, 3))
+
+    def fun(x: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        diff = x - targets[rows]
+        grads = np.stack([mats[r] @ d for r, d in zip(rows, diff, strict=True)])
+        return 0.5 * np.einsum("bp,bp->b", diff, grads), grads
+
+    result = minimize_batch(fun, np.zeros((5, 3)))
+    for j in range(5):
+        ref = minimize(lambda v, j=j: (0.5 * (v - targets[j]) @ mats[j] @ (v - targets[j]),
+                                       mats[j] @ (v - targets[j])), np.zeros(3), jac=True,
+                       method="L-BFGS-B", options={"gtol": 1e-12, "ftol": 1e-15})
+        np.testing.assert_allclose(result.x[j], ref.x, atol=1e-7)
+    np.testing.assert_allclose(result.x, targets, atol=1e-8)
+
+
+def test_a_problem_that_cannot_descend_stops_unconverged_without_stalling_others():
+    def fun(x: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        f = np.sum((x - 3.0) ** 2, axis=1)
+        g = 2 * (x - 3.0)
+        bad = rows == 1  # a wrong gradient: no step along -g ever lowers f
+        g[bad] = -g[bad]
+        return f, g
+
+    result = minimize_batch(fun, np.zeros((3, 2)))
+    assert list(result.converged) == [True, False, True]
+    np.testing.assert_allclose(result.x[[0, 2]], 3.0, atol=1e-8)
+    assert result.iterations.max() < 100
+
+
+@pytest.mark.parametrize("dim", [1, 5])
+def test_a_start_at_the_minimum_takes_no_step(dim):
+    def fun(x: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return np.sum(x**2, axis=1), 2 * x
+
+    result = minimize_batch(fun, np.zeros((2, dim)))
+    assert result.converged.all() and (result.iterations == 0).all()
