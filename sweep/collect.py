@@ -5,7 +5,6 @@ Reads only summary.json and metrics.jsonl with numpy and pandas: the fitter need
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import numbers
@@ -21,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from data.shards import atomic_write_bytes
+from sweep.errors import OneLineParser
 
 LEAD_COLUMNS = ("run_id", "experiment", "N", "N_total", "D", "C", "loss")  # always first
 CURVE_METRICS = (
@@ -263,7 +263,7 @@ def write_table(table: pd.DataFrame, out: str | Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: collect RUNS_DIR into --out; prints one summary line, or one `error:` line (exit 2)."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m sweep.collect", description=__doc__.splitlines()[0]
     )
     parser.add_argument("runs_dir", type=Path, help="folder holding <experiment>/<run_id>/ runs")

@@ -1,8 +1,20 @@
-"""The one exception type for mistakes a user can make in a run's config.
+"""Mistakes a user can make: the config error type, and an argparse that reports in one line.
 
-Its message is a single line that names the offending value and says how to fix it.
+Each message is a single line that names the offending value and says how to fix it.
 """
+
+import argparse
+import sys
+from typing import NoReturn
 
 
 class ConfigError(ValueError):
     """A config value that cannot be trained as given (printed as one line, exit code 2)."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one `error:` line (exit 2), like every other mistake."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message}; see {self.prog} --help", file=sys.stderr)
+        sys.exit(2)

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from sweep.errors import OneLineParser
 from sweep.fit.analysis import FitOptions, fit_report
 from sweep.fit.report import check_out_dir, write_report
 from sweep.fit.table import Columns, TableError, load
@@ -19,7 +20,7 @@ _COLUMNS = Columns()
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m sweep.fit", description=__doc__.split("\n")[0])
+    p = OneLineParser(prog="python -m sweep.fit", description=__doc__.split("\n")[0])
     p.add_argument("source", help="runs directory, or a .csv/.parquet table with a row per run "
                                   "(or per eval point, with a run id column)")
     p.add_argument("--out", required=True, help="report directory (replaced if it holds a report)")
@@ -30,7 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-col", default=None,
                    help="IsoFLOP budget column (default: bin C in log space)")
     p.add_argument("--run-col", default=_COLUMNS.run,
-                   help="run id column; repeated ids make a curves table (default: %(default)s)")
+                   help="run id column; repeated ids make a curves table (default: run_id, "
+                        "if present)")
     p.add_argument("--bootstrap", type=int, default=_DEFAULTS.bootstrap,
                    help="bootstrap refits per method (default: %(default)s; 0 for no CIs)")
     p.add_argument("--seed", type=int, default=_DEFAULTS.seed, help="bootstrap seed")

@@ -36,13 +36,15 @@ def minimize_batch(
     *,
     ftol: float = 1e-15,
     gtol: float = 1e-10,
-    max_iter: int = 3000,
+    max_iter: int = 1000,
 ) -> BatchResult:
     """Minimise every problem from its start x0[j] with L-BFGS and a backtracking line search.
 
     A problem stops when its largest gradient component is below gtol, or when an accepted step
     lowers f by no more than ftol * max(|f|, 1) (scipy's L-BFGS-B criteria); one whose line search
-    finds no decrease stops as not converged unless its gradient is already small.
+    finds no decrease stops as not converged unless its gradient is already small. max_iter cuts
+    off starts stranded on a plateau (a term switched off), which crawl for thousands of steps
+    towards optima far worse than the best; it has never changed the best optimum in our tests.
     """
     x = np.array(x0, dtype=float)
     batch, dim = x.shape

@@ -145,7 +145,7 @@ def check_out_dir(out: Path) -> None:
 def write_report(out: Path, report: dict[str, Any], runs: pd.DataFrame,
                  curves: pd.DataFrame | None) -> list[str]:
     """Write report.json, report.md and the plots into `out` as a whole; returns the plots."""
-    out = Path(out)
+    out = Path(out).resolve()  # "." has no name to build the temporary sibling from
     check_out_dir(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"

@@ -35,7 +35,11 @@ class Columns:
     C: str = "C"
     loss: str = "loss"
     budget: str | None = None
-    run: str = "run_id"
+    run: str | None = None  # None: use a `run_id` column if the table has one
+
+    @property
+    def run_column(self) -> str:
+        return self.run or "run_id"
 
 
 @dataclass
@@ -108,6 +112,10 @@ def _canonical(table: pd.DataFrame, cols: Columns, where: str, notes: list[str])
     c = _numeric(table, cols.C, "C", where) if has_c else None
     if d is None:
         d = c / (6.0 * n)
+        if d.min() < 1.0:
+            raise TableError(f"D = C / (6 N) comes out at {d.min():.3g} tokens in {where}: give "
+                             f"'{cols.C}' in FLOPs (not PF-days: 1 PF-day = 8.64e19 FLOPs) and "
+                             f"'{cols.N}' in parameters")
         _note(notes, f"D derived as C / (6 N) (no column '{cols.D}')")
     elif c is None:
         c = 6.0 * n * d
@@ -115,7 +123,7 @@ def _canonical(table: pd.DataFrame, cols: Columns, where: str, notes: list[str])
     else:
         _check_units(n, d, c, cols, where)
     out = pd.DataFrame({"N": n, "D": d, "C": c, "loss": loss})
-    out["run"] = (table[cols.run].astype(str).to_numpy() if cols.run in table.columns
+    out["run"] = (table[cols.run_column].astype(str).to_numpy() if cols.run_column in table.columns
                   else [f"row{i}" for i in range(len(table))])
     if cols.budget is not None:
         if cols.budget not in table.columns:
@@ -134,6 +142,8 @@ def _note(notes: list[str], text: str) -> None:
 
 def _check_units(n: np.ndarray, d: np.ndarray, c: np.ndarray, cols: Columns, where: str) -> None:
     ratio = c / (6.0 * n * d)
+    if ratio.size == 0:
+        return  # an empty table: _check_fittable refuses it ("0 runs")
     lo, hi = float(ratio.min()), float(ratio.max())
     if hi / lo > MAX_RATIO_SPREAD:
         raise TableError(
@@ -164,13 +174,23 @@ def load(source: str | Path, cols: Columns) -> FitData:
         try:
             curve_table = collect_runs(path, curves=True).table
             curves = _canonical(curve_table, cols, f"curves under {path}", notes)
-        except CollectError:
+        except (CollectError, TableError) as exc:
+            # The per-run table is sound; only the curve methods lose their input.
+            notes.append(f"curves left out: {exc}")
             curves = None
     else:
         table = _read(path)
-        if cols.run in table.columns and table[cols.run].duplicated().any():
+        if cols.run is not None and cols.run not in table.columns:
+            raise TableError(f"--run-col '{cols.run}' is not a column of {path}; name the run id "
+                             "column, or leave --run-col out for a table with a row per run")
+        if cols.run_column in table.columns and table[cols.run_column].duplicated().any():
             # Several rows per run: a curves table; each run's last point is the run itself.
             curves = _canonical(table, cols, str(path), notes)
+            sizes = curves.groupby("run")["N"].nunique()
+            if (sizes > 1).any():
+                raise TableError(f"run id '{sizes[sizes > 1].index[0]}' in column "
+                                 f"'{cols.run_column}' has rows with different N; --run-col "
+                                 "must name a column that is unique per run")
             runs = curves.sort_values("C").groupby("run", sort=False).tail(1)
             runs = runs.sort_values(["N", "D"]).reset_index(drop=True)
             notes.append(f"{len(runs)} runs with {len(curves)} eval points; each run's point "

@@ -1,0 +1,304 @@
+"""End-to-end tests of `python -m sweep.fit`: a fitted report on a synthetic sweep, and clean exits.
+
+Two full fits run at once in one module fixture (each takes tens of seconds: approach 3 and the
+extrapolation check each search the 4500-start grid); every other test reads their results.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from sweep.fit.synthetic import EPOCH_LAW, isoflop_table
+
+REPO = Path(__file__).resolve().parent.parent
+# One BLAS thread per process: the two fits below run side by side.
+ENV = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1",
+       "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+PLOTS = {"isoflop.png", "loss_vs_compute.png", "optimal_allocation.png",
+         "approach3_contours.png", "extrapolation.png"}
+SECTIONS = ("approach1", "approach2", "approach3", "kaplan", "extrapolation")
+# The fitter with every training-side dependency made unimportable.
+TORCH_FREE = """
+import runpy, sys
+for name in ("torch", "hydra", "omegaconf", "datasets", "tokenizers", "wandb"):
+    sys.modules[name] = None
+sys.argv = ["sweep.fit", *sys.argv[1:]]
+runpy.run_module("sweep.fit", run_name="__main__", alter_sys=True)
+"""
+FIT_TIMEOUT_S = 600
+
+
+def strict_json(text: str) -> Any:
+    def refuse(constant: str) -> Any:
+        raise ValueError(f"report.json holds {constant}, which is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def fit_cli(*args: object, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sweep.fit", *map(str, args)], cwd=REPO,
+                          env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+@dataclass
+class Fit:
+    rc: int
+    stdout: str
+    stderr: str
+    out: Path
+    source: Path
+
+    def report(self) -> dict[str, Any]:
+        return strict_json((self.out / "report.json").read_text())
+
+
+@dataclass
+class Fits:
+    curves: Fit  # the curves table, bootstrap 30, budgets from the budget column
+    final: Fit  # its final points only, torch-free, into a directory holding a stale report
+    stale_mtime: float
+
+
+@pytest.fixture(scope="module")
+def fits(tmp_path_factory: pytest.TempPathFactory) -> Fits:
+    root = tmp_path_factory.mktemp("fit")
+    table = isoflop_table(budgets=(1e16, 1e17, 1e18, 1e19), sizes_per_budget=7, curve_points=4,
+                          noise=0.005, seed=1)
+    curves_csv = root / "curves.csv"
+    table.to_csv(curves_csv, index=False)
+    final_csv = root / "final.csv"
+    table.loc[table.groupby("run_id")["C"].idxmax()].to_csv(final_csv, index=False)
+
+    # An earlier report in the second fit's --out: it must be replaced as a whole.
+    out_final = root / "again" / "report"
+    out_final.mkdir(parents=True)
+    (out_final / "report.json").write_text('{"stale": true}\n')
+    (out_final / "report.md").write_text("# stale\n")
+    (out_final / "stale.png").write_bytes(b"not a plot")
+    stale_mtime = time.time() - 3600
+    os.utime(out_final / "report.json", (stale_mtime, stale_mtime))
+
+    out_curves = root / "report"
+    jobs = {
+        "curves": (subprocess.Popen(
+            [sys.executable, "-m", "sweep.fit", str(curves_csv), "--out", str(out_curves),
+             "--bootstrap", "30", "--budget-col", "budget"],
+            cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+            out_curves, curves_csv),
+        "final": (subprocess.Popen(
+            [sys.executable, "-c", TORCH_FREE, str(final_csv), "--out", str(out_final),
+             "--bootstrap", "5", "--budget-col", "budget"],
+            cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+            out_final, final_csv),
+    }
+    done = {}
+    for name, (proc, out, source) in jobs.items():
+        try:
+            stdout, stderr = proc.communicate(timeout=FIT_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            for other, _, _ in jobs.values():
+                other.kill()
+            raise
+        done[name] = Fit(proc.returncode, stdout, stderr, out, source)
+    return Fits(curves=done["curves"], final=done["final"], stale_mtime=stale_mtime)
+
+
+def ci95_entries(tree: Any, path: str = "") -> list[tuple[str, Any]]:
+    """(path, value) of every entry of every ci95 dict anywhere in the report."""
+    found = []
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            if key == "ci95":
+                assert isinstance(value, dict), path
+                found += [(f"{path}.ci95.{k}", v) for k, v in value.items()]
+            else:
+                found += ci95_entries(value, f"{path}.{key}")
+    elif isinstance(tree, list):
+        for i, value in enumerate(tree):
+            found += ci95_entries(value, f"{path}[{i}]")
+    return found
+
+
+# --- the full fit on a curves table ------------------------------------------------------------
+
+
+def test_curves_fit_writes_the_whole_report(fits: Fits) -> None:
+    fit = fits.curves
+    assert fit.rc == 0, fit.stderr
+    assert {p.name for p in fit.out.iterdir()} == PLOTS | {"report.json", "report.md"}
+    for name in PLOTS:
+        assert (fit.out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    markdown = (fit.out / "report.md").read_text()
+    for name in PLOTS:
+        assert f"![{name}]({name})" in markdown
+    assert "## Approach 3" in markdown and "## Extrapolation check" in markdown
+    assert "## Skipped" not in markdown
+
+
+def test_curves_fit_report_json_is_strict_and_complete(fits: Fits) -> None:
+    report = fits.curves.report()
+    for key in (*SECTIONS, "skipped"):
+        assert key in report, key
+    assert report["skipped"] == {}
+    assert report["n_runs"] == 28 and report["n_curve_points"] == 112
+    assert report["source"] == str(fits.curves.source)
+    assert report["options"]["bootstrap"] == 30
+    assert report["columns"]["budget"] == "budget"
+
+
+def test_curves_fit_recovers_the_true_law(fits: Fits) -> None:
+    report = fits.curves.report()
+    a3 = report["approach3"]
+    assert abs(a3["alpha"] - EPOCH_LAW.alpha) < 0.05
+    assert abs(a3["beta"] - EPOCH_LAW.beta) < 0.05
+    assert abs(a3["a"] - EPOCH_LAW.a) < 0.03 and abs(a3["b"] - EPOCH_LAW.b) < 0.03
+    assert abs(a3["E"] - EPOCH_LAW.E) < 0.1
+    assert a3["n_points"] == 28 and a3["bootstrap"] == 30 and a3["converged"]
+    assert abs(report["approach2"]["a"] - EPOCH_LAW.a) < 0.05
+    assert report["approach2"]["budgets_from"] == "the budget column"
+    assert abs(report["approach1"]["a"] - EPOCH_LAW.a) < 0.1
+    # Fitted on the budgets up to 1e18, the seven runs at 1e19 are predicted to within 2 %.
+    extrapolation = report["extrapolation"]
+    assert (extrapolation["n_fit"], extrapolation["n_held_out"]) == (21, 7)
+    assert extrapolation["mean_abs_rel_error"] < 0.02
+
+
+def test_curves_fit_every_ci95_is_an_ordered_pair(fits: Fits) -> None:
+    report = fits.curves.report()
+    entries = ci95_entries(report)
+    names = {path for path, _ in entries}
+    for key in ("E", "A", "B", "alpha", "beta", "a", "b"):
+        assert f".approach3.ci95.{key}" in names
+    assert ".approach2.ci95.a" in names and ".approach1.ci95.a" in names
+    assert len(entries) > 30
+    for path, value in entries:
+        assert isinstance(value, list) and len(value) == 2, (path, value)
+        lo, hi = value
+        assert isinstance(lo, float | int) and isinstance(hi, float | int), (path, value)
+        assert math.isfinite(lo) and math.isfinite(hi) and lo <= hi, (path, value)
+    lo, hi = report["approach3"]["ci95"]["a"]
+    assert lo <= report["approach3"]["a"] <= hi
+
+
+def test_curves_fit_prints_a_summary(fits: Fits) -> None:
+    lines = fits.curves.stdout.splitlines()
+    assert lines[0].startswith("approach 3: E=")
+    assert any(line.startswith("approach 2: a=") for line in lines)
+    assert any(line.startswith("approach 1: a=") for line in lines)
+    assert any(line.startswith("extrapolation: 7 held-out runs") for line in lines)
+    assert lines[-1].startswith(f"report: {fits.curves.out / 'report.md'} (")
+    assert not any(line.startswith("skipped") for line in lines)
+
+
+# --- final points only, torch-free, over an earlier report -------------------------------------
+
+
+def test_fit_runs_without_torch_or_hydra(fits: Fits) -> None:
+    assert fits.final.rc == 0, fits.final.stderr
+    assert "approach 3: E=" in fits.final.stdout
+
+
+def test_table_without_curves_skips_approach1_and_says_why(fits: Fits) -> None:
+    assert fits.final.rc == 0, fits.final.stderr
+    report = fits.final.report()
+    assert "approach1" not in report
+    assert list(report["skipped"]) == ["approach1"]
+    assert "needs per-eval-point curves" in report["skipped"]["approach1"]
+    for key in ("approach2", "approach3", "kaplan", "extrapolation"):
+        assert key in report, key
+    assert report["n_runs"] == 28 and report["n_curve_points"] == 0
+    assert "skipped approach1: needs per-eval-point curves" in fits.final.stdout
+    assert "## Skipped" in (fits.final.out / "report.md").read_text()
+
+
+def test_rerun_replaces_the_earlier_report_whole(fits: Fits) -> None:
+    out = fits.final.out
+    assert fits.final.rc == 0, fits.final.stderr
+    assert {p.name for p in out.iterdir()} == PLOTS | {"report.json", "report.md"}
+    assert "stale" not in fits.final.report()
+    assert (out / "report.md").read_text() != "# stale\n"
+    assert (out / "report.json").stat().st_mtime > fits.stale_mtime + 1800
+    assert [p.name for p in out.parent.iterdir()] == ["report"]  # no .tmp- or .old- left
+
+
+# --- bad input: exit 2, one line, nothing written ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def good_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("good") / "runs.csv"
+    isoflop_table(budgets=(1e17, 1e18, 1e19), sizes_per_budget=5).to_csv(path, index=False)
+    return path
+
+
+def refused(args: list[object], out: Path) -> str:
+    result = fit_cli(*args, "--out", out)
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert result.stdout == ""
+    return lines[0]
+
+
+def test_nan_table_exits_2_and_writes_nothing(tmp_path: Path, good_csv: Path) -> None:
+    table = pd.read_csv(good_csv)
+    table.loc[6, "loss"] = float("nan")
+    source = tmp_path / "nan.csv"
+    table.to_csv(source, index=False)
+    line = refused([source], tmp_path / "out" / "report")
+    assert "'loss'" in line and "rows 6)" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_header_only_table_exits_2(tmp_path: Path) -> None:
+    source = tmp_path / "empty.csv"
+    source.write_text("run_id,N,D,C,loss\n")
+    assert "has 0 runs" in refused([source], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("flags", "says"), [
+    (["--holdout-factor", "1"], "--holdout-factor 1 must be > 1"),
+    (["--bootstrap", "-1"], "--bootstrap -1 is negative"),
+    (["--isoflop-window", "0"], "--isoflop-window 0 must be > 0"),
+    (["--compute", "1e20", "0"], "--compute 0 must be > 0"),
+])
+def test_bad_option_exits_2_and_writes_nothing(tmp_path: Path, good_csv: Path,
+                                               flags: list[str], says: str) -> None:
+    assert says in refused([good_csv, *flags], tmp_path / "out" / "report")
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_source_exits_2_and_writes_nothing(tmp_path: Path) -> None:
+    line = refused([tmp_path / "nowhere.csv"], tmp_path / "out")
+    assert "does not exist" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_out_that_is_not_a_report_is_left_untouched(tmp_path: Path, good_csv: Path) -> None:
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine\n")
+    line = refused([good_csv], out)
+    assert f"--out {out} exists and is not a report directory" in line
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    assert (out / "notes.txt").read_text() == "mine\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results"]
+
+
+def test_out_that_is_a_file_is_left_untouched(tmp_path: Path, good_csv: Path) -> None:
+    out = tmp_path / "report"
+    out.write_text("a file\n")
+    assert "is not a report directory" in refused([good_csv], out)
+    assert out.read_text() == "a file\n"

@@ -1,0 +1,350 @@
+"""Tests for sweep.fit.table: loading, mapping and refusing tables of runs.
+
+Tables are drawn from sweep.fit.synthetic and written to tmp_path as CSV or Parquet; every bad
+table must raise a TableError of one line that names the column or value and the fix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sweep.fit.synthetic import isoflop_table
+from sweep.fit.table import MIN_RUNS, Columns, FitData, TableError, load
+from tests.test_sweep_collect import make_run
+
+# Three budgets of five sizes: 15 runs, small enough to read in milliseconds.
+BUDGETS = (1e17, 1e18, 1e19)
+PF_DAY_FLOPS = 8.64e19
+
+
+def small_table(**kwargs: object) -> pd.DataFrame:
+    return isoflop_table(budgets=BUDGETS, sizes_per_budget=5, seed=3, **kwargs)  # type: ignore[arg-type]
+
+
+def write(table: pd.DataFrame, path: Path) -> Path:
+    if path.suffix == ".parquet":
+        table.to_parquet(path, index=False)
+    else:
+        table.to_csv(path, index=False)
+    return path
+
+
+def refused(path: Path, cols: Columns | None = None) -> str:
+    """The TableError message load() raises for path; it must be a single line."""
+    with pytest.raises(TableError) as info:
+        load(path, cols or Columns())
+    message = str(info.value)
+    assert "\n" not in message, message
+    return message
+
+
+# --- tables that load --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_good_table_loads_float_columns_run_ids_and_no_budget(tmp_path: Path, suffix: str) -> None:
+    table = small_table()
+    data = load(write(table, tmp_path / f"runs{suffix}"), Columns())
+    assert isinstance(data, FitData)
+    assert data.curves is None and data.notes == []
+    runs = data.runs
+    assert len(runs) == 15
+    for col in ("N", "D", "C", "loss"):
+        assert runs[col].dtype == np.float64, col
+        np.testing.assert_allclose(runs[col].to_numpy(), table[col].to_numpy(), rtol=1e-12)
+    assert list(runs["run"]) == list(table["run_id"])
+    assert runs["budget"].isna().all()
+    assert data.source == str(tmp_path / f"runs{suffix}")
+
+
+def test_budget_column_gives_numbers(tmp_path: Path) -> None:
+    table = small_table()
+    data = load(write(table, tmp_path / "runs.csv"), Columns(budget="budget"))
+    assert data.runs["budget"].dtype == np.float64
+    np.testing.assert_array_equal(data.runs["budget"].to_numpy(), table["budget"].to_numpy())
+    assert sorted(set(data.runs["budget"])) == list(BUDGETS)
+
+
+def test_renamed_columns_map_through_columns(tmp_path: Path) -> None:
+    table = small_table()
+    renamed = table.rename(columns={"N": "params", "D": "tokens", "C": "flops",
+                                    "loss": "val_loss", "run_id": "name", "budget": "iso"})
+    cols = Columns(N="params", D="tokens", C="flops", loss="val_loss", run="name", budget="iso")
+    data = load(write(renamed, tmp_path / "paper.csv"), cols)
+    for col in ("N", "D", "C", "loss"):
+        np.testing.assert_allclose(data.runs[col].to_numpy(), table[col].to_numpy(), rtol=1e-12)
+    assert list(data.runs["run"]) == list(table["run_id"])
+    np.testing.assert_array_equal(data.runs["budget"].to_numpy(), table["budget"].to_numpy())
+    assert data.columns == cols
+    # Without the mapping the same file is refused, naming the flag.
+    assert "--n-col" in refused(tmp_path / "paper.csv")
+
+
+def test_missing_run_column_gives_row_ids(tmp_path: Path) -> None:
+    data = load(write(small_table().drop(columns=["run_id"]), tmp_path / "t.csv"), Columns())
+    assert list(data.runs["run"]) == [f"row{i}" for i in range(15)]
+
+
+def test_d_derived_from_c_exactly_with_a_note(tmp_path: Path) -> None:
+    table = small_table()
+    data = load(write(table.drop(columns=["D"]), tmp_path / "t.csv"), Columns())
+    n, c = table["N"].to_numpy(), table["C"].to_numpy()
+    np.testing.assert_array_equal(data.runs["D"].to_numpy(), c / (6.0 * n))
+    np.testing.assert_array_equal(data.runs["C"].to_numpy(), c)
+    assert len(data.notes) == 1 and "D derived as C / (6 N)" in data.notes[0]
+
+
+def test_c_derived_as_6nd_exactly_with_a_note(tmp_path: Path) -> None:
+    table = small_table()
+    data = load(write(table.drop(columns=["C"]), tmp_path / "t.csv"), Columns())
+    n, d = table["N"].to_numpy(), table["D"].to_numpy()
+    np.testing.assert_array_equal(data.runs["C"].to_numpy(), 6.0 * n * d)
+    assert len(data.notes) == 1 and "C derived as 6 N D" in data.notes[0]
+
+
+def test_exact_flops_a_few_times_6nd_are_accepted(tmp_path: Path) -> None:
+    # C / 6ND of 1-10 is what flops_exact gives for small models: not a unit mistake.
+    table = small_table()
+    table["C"] = table["C"] * np.linspace(1.0, 8.0, len(table))
+    data = load(write(table, tmp_path / "t.csv"), Columns())
+    np.testing.assert_allclose(data.runs["C"].to_numpy(), table["C"].to_numpy(), rtol=1e-12)
+
+
+def test_curves_table_gives_all_points_and_each_runs_largest_c_row(tmp_path: Path) -> None:
+    table = small_table(curve_points=4)
+    assert len(table) == 60
+    data = load(write(table, tmp_path / "curves.csv"), Columns(budget="budget"))
+    assert data.curves is not None
+    assert len(data.curves) == 60
+    np.testing.assert_allclose(np.sort(data.curves["loss"].to_numpy()),
+                               np.sort(table["loss"].to_numpy()), rtol=1e-12)
+    runs = data.runs
+    assert len(runs) == 15 and runs["run"].is_unique
+    final = table.loc[table.groupby("run_id")["C"].idxmax()].set_index("run_id")
+    got = runs.set_index("run")
+    assert set(got.index) == set(final.index)
+    for col in ("N", "D", "C", "loss", "budget"):
+        np.testing.assert_allclose(got[col].to_numpy(), final.loc[got.index, col].to_numpy(),
+                                   rtol=1e-12, err_msg=col)
+    # The final point is not the first or a middle one: its loss is each run's lowest.
+    lowest = table.groupby("run_id")["loss"].min()
+    np.testing.assert_allclose(got["loss"].to_numpy(), lowest.loc[got.index].to_numpy())
+    assert any("15 runs with 60 eval points" in note for note in data.notes)
+
+
+def test_runs_directory_gives_runs_curves_and_a_note(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    grid = [(1000, 20_000, 3.2), (2000, 20_000, 3.0), (4000, 20_000, 2.9),
+            (1000, 80_000, 3.0), (2000, 80_000, 2.7), (4000, 80_000, 2.5)]
+    for n, tokens, loss in grid:
+        make_run(root, n, tokens, loss)
+    make_run(root, 8000, 20_000, None, status="diverged")  # left out, and counted in the note
+    data = load(root, Columns())
+    assert data.notes[0].startswith("runs directory:")
+    assert "6 runs collected" in data.notes[0] and "1 diverged" in data.notes[0]
+    runs = data.runs.sort_values(["N", "D"]).reset_index(drop=True)
+    want = sorted(grid)
+    np.testing.assert_array_equal(runs["N"].to_numpy(), [n for n, _, _ in want])
+    np.testing.assert_array_equal(runs["D"].to_numpy(), [t for _, t, _ in want])
+    np.testing.assert_array_equal(runs["C"].to_numpy(), [6.0 * n * t for n, t, _ in want])
+    np.testing.assert_array_equal(runs["loss"].to_numpy(), [x for _, _, x in want])
+    assert list(runs["run"]) == [f"n{n}-d{t}" for n, t, _ in want]
+    # make_run writes eval steps 0, 1, 2, 4, 8; step 0 (no tokens yet) is not a point.
+    assert data.curves is not None and len(data.curves) == 6 * 4
+    assert data.curves.groupby("run").size().eq(4).all()
+    np.testing.assert_allclose(data.curves["C"].to_numpy(),
+                               6.0 * data.curves["N"] * data.curves["D"], rtol=1e-12)
+
+
+def test_runs_directory_without_finished_runs_is_refused(tmp_path: Path) -> None:
+    make_run(tmp_path, 1000, 20_000, None, status="diverged")
+    assert "no finished runs" in refused(tmp_path)
+
+
+# --- tables that are refused -------------------------------------------------------------------
+
+
+def test_nan_loss_names_column_and_row(tmp_path: Path) -> None:
+    table = small_table()
+    table.loc[3, "loss"] = np.nan
+    message = refused(write(table, tmp_path / "t.csv"))
+    assert "'loss'" in message and "rows 3)" in message and "drop or fix" in message
+
+
+def test_many_bad_rows_are_counted_and_shown_in_part(tmp_path: Path) -> None:
+    table = small_table()
+    table.loc[2:9, "loss"] = np.inf
+    message = refused(write(table, tmp_path / "t.parquet"))
+    assert "8 missing" in message and "rows 2, 3, 4, 5, 6 and 3 more" in message
+
+
+def test_non_numeric_n_names_column_and_row(tmp_path: Path) -> None:
+    table = small_table().astype({"N": object})
+    table.loc[2, "N"] = "about 1e6"
+    message = refused(write(table, tmp_path / "t.csv"))
+    assert "'N'" in message and "non-numeric" in message and "rows 2)" in message
+
+
+def test_non_positive_d_names_value_and_log_scale(tmp_path: Path) -> None:
+    table = small_table().drop(columns=["C"])
+    table.loc[4, "D"] = -5.0
+    message = refused(write(table, tmp_path / "t.csv"))
+    assert "'D'" in message and "non-positive" in message and "rows 4" in message
+    assert "e.g. -5" in message and "> 0" in message
+
+
+def test_zero_loss_is_refused(tmp_path: Path) -> None:
+    table = small_table()
+    table.loc[0, "loss"] = 0.0
+    message = refused(write(table, tmp_path / "t.csv"))
+    assert "'loss'" in message and "non-positive" in message and "rows 0" in message
+
+
+def test_fewer_than_min_runs_is_refused(tmp_path: Path) -> None:
+    table = small_table().iloc[: MIN_RUNS - 1]
+    message = refused(write(table, tmp_path / "t.csv"))
+    assert f"has {MIN_RUNS - 1} runs" in message and f"at least {MIN_RUNS}" in message
+
+
+def test_exactly_min_runs_loads(tmp_path: Path) -> None:
+    table = small_table().iloc[:MIN_RUNS]
+    assert len(load(write(table, tmp_path / "t.csv"), Columns()).runs) == MIN_RUNS
+
+
+def test_curves_table_counts_runs_not_points(tmp_path: Path) -> None:
+    # 4 runs of 4 points each: 16 rows but only 4 runs.
+    table = small_table(curve_points=4)
+    table = table[table["run_id"].isin(table["run_id"].unique()[:4])]
+    assert "has 4 runs" in refused(write(table, tmp_path / "t.csv"))
+
+
+def test_header_only_table_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("run_id,N,D,C,loss\n")
+    assert "has 0 runs" in refused(path)
+
+
+def test_one_model_size_is_refused(tmp_path: Path) -> None:
+    table = small_table()
+    table["N"] = 1e6
+    table["C"] = 6.0 * table["N"] * table["D"]
+    message = refused(write(table, tmp_path / "t.csv"))
+    assert "N = 1e+06" in message and "two or more model sizes" in message
+
+
+@pytest.mark.parametrize(("field", "name", "flag"), [
+    ("N", "params", "--n-col"), ("loss", "val_loss", "--loss-col")])
+def test_missing_mapped_column_names_it_and_the_flag(tmp_path: Path, field: str, name: str,
+                                                     flag: str) -> None:
+    message = refused(write(small_table(), tmp_path / "t.csv"), Columns(**{field: name}))
+    assert f"column '{name}' (for {field})" in message and flag in message
+    assert "it has: run_id, N, D, C, loss, budget" in message
+
+
+@pytest.mark.parametrize(("field", "name", "other"), [("D", "tokens", "C"), ("C", "flops", "D")])
+def test_missing_mapped_d_or_c_is_derived_or_refused(tmp_path: Path, field: str, name: str,
+                                                     other: str) -> None:
+    # With the other one there, a mis-named D or C is derived from it (and says so) ...
+    data = load(write(small_table(), tmp_path / "t.csv"), Columns(**{field: name}))
+    assert data.notes == [f"{field} derived as " + ("C / (6 N)" if field == "D" else "6 N D")
+                          + f" (no column '{name}')"]
+    # ... without it, the message names the column asked for and both flags.
+    table = small_table().drop(columns=[other])
+    message = refused(write(table, tmp_path / "t2.csv"), Columns(**{field: name}))
+    assert f"'{name}'" in message and "--d-col or --c-col" in message
+
+
+def test_neither_d_nor_c_is_refused(tmp_path: Path) -> None:
+    message = refused(write(small_table().drop(columns=["D", "C"]), tmp_path / "t.csv"))
+    assert "neither a D column 'D' nor a C column 'C'" in message
+    assert "--d-col or --c-col" in message
+
+
+def test_n_in_millions_in_half_the_rows_is_mixed_units(tmp_path: Path) -> None:
+    table = small_table()
+    half = table.index % 2 == 0
+    table.loc[half, "N"] = table.loc[half, "N"] / 1e6
+    message = refused(write(table, tmp_path / "t.csv"))
+    assert "mix units" in message and "'N', 'D', 'C'" in message
+    assert "N in parameters, D in tokens and C in FLOPs" in message
+
+
+def test_c_in_pf_days_is_named(tmp_path: Path) -> None:
+    table = small_table()
+    table["C"] = table["C"] / PF_DAY_FLOPS
+    message = refused(write(table, tmp_path / "t.csv"))
+    assert "PF-days" in message and "1.16e-20" in message and "drop 'C'" in message
+
+
+@pytest.mark.parametrize(("name", "content"), [
+    ("empty.csv", b""),
+    ("binary.csv", b"\xff\xfe\x00\x01garbage\x00\x9c"),
+    ("ragged.csv", b"N,D,C,loss\n1,2,3,4\n1,2,3,4,5,6,7\n"),
+    ("text.parquet", b"N,D,C,loss\n1,2,3,4\n"),
+    ("empty.parquet", b""),
+])
+def test_unreadable_file_is_refused(tmp_path: Path, name: str, content: bytes) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    message = refused(path)
+    assert message.startswith(f"cannot read {path}: ") and len(message) > len(str(path)) + 15
+
+
+def test_wrong_suffix_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "runs.txt"
+    small_table().to_csv(path, index=False)
+    message = refused(path)
+    assert str(path) in message and "neither a runs directory nor a .csv/.parquet" in message
+
+
+def test_missing_source_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "nowhere.csv"
+    message = refused(path)
+    assert f"SOURCE {path} does not exist" in message and "runs directory" in message
+
+
+def test_missing_budget_column_names_it_and_the_flag(tmp_path: Path) -> None:
+    message = refused(write(small_table(), tmp_path / "t.csv"), Columns(budget="isoflop"))
+    assert "'isoflop' (for budget)" in message and "--budget-col" in message
+
+
+def test_non_positive_budget_is_refused(tmp_path: Path) -> None:
+    table = small_table()
+    table.loc[1, "budget"] = 0.0
+    message = refused(write(table, tmp_path / "t.csv"), Columns(budget="budget"))
+    assert "'budget'" in message and "non-positive" in message and "rows 1" in message
+
+
+def test_named_run_column_that_is_absent_is_refused(tmp_path: Path) -> None:
+    message = refused(write(small_table(curve_points=3), tmp_path / "c.csv"), Columns(run="run"))
+    assert "--run-col 'run'" in message
+
+
+def test_run_id_shared_by_different_sizes_is_refused(tmp_path: Path) -> None:
+    table = small_table()
+    table["run_id"] = [f"rung{i % 5}" for i in range(len(table))]  # a model name, not a run id
+    table["N"] = table["N"] * (1 + np.arange(len(table)) / 100)  # ...on different sizes
+    message = refused(write(table, tmp_path / "t.csv"))
+    assert "different N" in message and "--run-col" in message
+
+
+def test_derived_d_below_one_token_names_pf_days(tmp_path: Path) -> None:
+    table = small_table().drop(columns=["D"])
+    table["C"] = table["C"] / PF_DAY_FLOPS
+    assert "PF-day" in refused(write(table, tmp_path / "t.csv"))
+
+
+def test_runs_directory_with_bad_curves_keeps_the_runs(tmp_path: Path) -> None:
+    for i in range(6):
+        run_dir = make_run(tmp_path / "runs", 1000 * (i + 1), 20_000 * (1 + i % 2), 4.0 - 0.1 * i)
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+        # An older record without FLOP counts in its metrics: no usable curve points.
+        (run_dir / "metrics.jsonl").write_text("\n".join(
+            line.replace('"flops_6nd"', '"flops_old"') for line in lines) + "\n")
+    data = load(tmp_path / "runs", Columns())
+    assert len(data.runs) == 6 and data.curves is None
+    assert any(note.startswith("curves left out:") for note in data.notes)
