@@ -66,8 +66,10 @@ def fit_report(data: FitData, options: FitOptions) -> dict[str, Any]:
             report[name] = section
 
     t0 = time.perf_counter()
-    if runs["D"].nunique() < 2:
-        record("approach3", None, "every run has the same D; B and beta cannot be fitted", t0)
+    sizes, lengths = runs["N"].nunique(), runs["D"].nunique()
+    if min(sizes, lengths) < 3:
+        record("approach3", None, f"{sizes} distinct N and {lengths} distinct D; each term "
+               "A/N^alpha and B/D^beta needs 3 or more values to be identified", t0)
     else:
         fit = fit_approach3(runs["N"], runs["D"], runs["loss"], bootstrap=options.bootstrap,
                             seed=int(seeds[0].generate_state(1)[0]),

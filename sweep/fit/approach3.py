@@ -59,7 +59,8 @@ class ChinchillaLaw:
     @classmethod
     def from_theta(cls, theta: np.ndarray) -> ChinchillaLaw:
         a, b, e, alpha, beta = (float(v) for v in theta)
-        return cls(E=np.exp(e), A=np.exp(a), B=np.exp(b), alpha=alpha, beta=beta)
+        with np.errstate(over="ignore"):  # a switched-off term has A = inf; the report flags it
+            return cls(E=np.exp(e), A=np.exp(a), B=np.exp(b), alpha=alpha, beta=beta)
 
     @property
     def a(self) -> float:
@@ -114,8 +115,9 @@ def bootstrap_laws(
     weights = weights[(sizes > 1) & (lengths > 1)]
     fun = lse_objective(_design(n, d), np.log(loss), weights)
     theta, _ = refit_batch(fun, starts, len(weights))
-    return np.column_stack([np.exp(theta[:, 2]), np.exp(theta[:, 0]), np.exp(theta[:, 1]),
-                            theta[:, 3], theta[:, 4]])
+    with np.errstate(over="ignore"):
+        return np.column_stack([np.exp(theta[:, 2]), np.exp(theta[:, 0]), np.exp(theta[:, 1]),
+                                theta[:, 3], theta[:, 4]])
 
 
 @dataclass
@@ -156,8 +158,19 @@ class Approach3:
             rows.append(row)
         return rows
 
+    def warning(self) -> str | None:
+        """Why the fit should not be trusted, when a term has run off to an extreme."""
+        values = self.law.values()
+        if not all(np.isfinite(v) for v in values.values()) or max(self.law.alpha,
+                                                                      self.law.beta) > 3:
+            return ("degenerate fit: a term ran off (exponent > 3 or infinite coefficient); "
+                    "the runs do not span enough N and D to identify the law")
+        return None
+
     def to_json(self) -> dict[str, Any]:
-        return {**self.law.values(), "ci95": self.ci95(), "n_points": self.n_points,
+        warning = self.warning()
+        return {**self.law.values(), **({"warning": warning} if warning else {}),
+                "ci95": self.ci95(), "n_points": self.n_points,
                 "objective": self.objective, "converged": self.converged,
                 "starts": self.n_starts, "starts_converged": self.n_converged,
                 "bootstrap": len(self.samples), "huber_delta": HUBER_DELTA,

@@ -26,9 +26,9 @@ def extrapolation_check(runs: pd.DataFrame, holdout_factor: float
     threshold = scale.max() / holdout_factor
     fit = scale <= threshold * (1.0 + 1e-9)
     held = ~fit
-    if fit.sum() < MIN_RUNS or len(np.unique(n[fit])) < 2 or len(np.unique(d[fit])) < 2:
+    if fit.sum() < MIN_RUNS or len(np.unique(n[fit])) < 3 or len(np.unique(d[fit])) < 3:
         return None, (f"{fit.sum()} runs have C <= {threshold:.3g} (max C / {holdout_factor:g}); "
-                      f"fitting needs {MIN_RUNS} with two or more N and D: lower "
+                      f"fitting needs {MIN_RUNS} with three or more N and D: lower "
                       "--holdout-factor or add small runs")
     law, optima = fit_law(n[fit], d[fit], loss[fit])
     predicted = law.loss(n, d)

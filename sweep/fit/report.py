@@ -41,6 +41,8 @@ def _approach3(s: dict[str, Any]) -> list[str]:
              f"{s['n_points']} runs; Huber (delta {s['huber_delta']:g}) on log loss, summed; "
              f"L-BFGS from {s['starts']} grid starts ({s['starts_converged']} converged); best "
              f"objective {s['objective']:.6g}; {s['bootstrap']} bootstrap refits.", ""]
+    if "warning" in s:
+        lines += [f"**Warning: {s['warning']}.**", ""]
     lines += _table(["parameter", "value", "95% CI"],
                     [[k, _g(s[k]), _ci(s, k)] for k in ("E", "A", "B", "alpha", "beta", "a", "b")])
     lines += ["Compute-optimal allocation (C = 6 N D):", ""]
