@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize
 
-from sweep.fit.approach3 import ChinchillaLaw, _design, fit_approach3, fit_law, start_grid
+from sweep.fit.approach3 import (
+    Approach3,
+    ChinchillaLaw,
+    _design,
+    fit_approach3,
+    fit_law,
+    start_grid,
+)
 from sweep.fit.optimize import lse_objective
 from sweep.fit.synthetic import EPOCH_LAW, isoflop_table
 
@@ -99,3 +106,14 @@ def test_exact_data_is_fitted_exactly():
     assert optima[0].objective < 1e-12
     for name, value in EPOCH_LAW.values().items():
         assert law.values()[name] == pytest.approx(value, rel=1e-4)
+
+
+def test_a_term_that_runs_off_is_flagged():
+    # Two sizes only: the N term can switch itself off (alpha -> large, A -> inf).
+    law = ChinchillaLaw(E=0.0, A=float("inf"), B=3606.0, alpha=168.9, beta=0.66)
+    fit = Approach3(law=law, objective=0.0, converged=True, n_points=6, n_starts=1,
+                    n_converged=1, compute=[], samples=np.zeros((0, 5)))
+    assert "degenerate" in fit.to_json()["warning"]
+    good = Approach3(law=EPOCH_LAW, objective=0.0, converged=True, n_points=6, n_starts=1,
+                     n_converged=1, compute=[], samples=np.zeros((0, 5)))
+    assert "warning" not in good.to_json()
