@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sweep.fit.optimize import percentile_ci
+from sweep.fit.optimize import loglog_fit, percentile_ci
 
 GRID_POINTS = 200
 # Report and plot this many envelope points; the fit uses the whole grid.
@@ -65,11 +65,6 @@ def _allocation(grid: CurveGrid, runs: np.ndarray | None) -> tuple[np.ndarray, .
     return grid.c[ok], grid.n[winner[ok]], grid.d[winner[ok], cols], env[ok]
 
 
-def _line(c: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    slope, intercept = np.polyfit(np.log(c), np.log(y), 1)
-    return {"slope": float(slope), "intercept": float(intercept)}
-
-
 def fit_approach1(grid: CurveGrid, *, bootstrap: int, rng: np.random.Generator
                   ) -> tuple[dict[str, Any] | None, str | None]:
     """N_opt ~ C^a and D_opt ~ C^b on the envelope; (section, None) or (None, reason)."""
@@ -78,13 +73,15 @@ def fit_approach1(grid: CurveGrid, *, bootstrap: int, rng: np.random.Generator
         return None, ("the loss envelope is attained by a single model size wherever two runs "
                       "overlap; approach 1 needs curves from several sizes that cross")
     c, n_opt, d_opt, env = main
-    n_fit, d_fit = _line(c, n_opt), _line(c, d_opt)
+    n_fit, d_fit = loglog_fit(c, n_opt), loglog_fit(c, d_opt)
     samples = []
     for _ in range(bootstrap):
         runs = np.unique(rng.integers(0, len(grid.n), len(grid.n)))
         alloc = _allocation(grid, runs)
         if alloc is not None:
-            samples.append((_line(alloc[0], alloc[1])["slope"], _line(alloc[0], alloc[2])["slope"]))
+            c_draw, n_draw, d_draw = alloc[:3]
+            samples.append((loglog_fit(c_draw, n_draw)["slope"],
+                            loglog_fit(c_draw, d_draw)["slope"]))
     s = np.array(samples).reshape(-1, 2)
     keep = np.unique(np.linspace(0, len(c) - 1, REPORT_POINTS).round().astype(int))
     points = [{"C": float(c[i]), "N_opt": float(n_opt[i]), "D_opt": float(d_opt[i]),

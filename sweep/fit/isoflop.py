@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sweep.fit.optimize import percentile_ci
+from sweep.fit.optimize import loglog_fit, percentile_ci
 from sweep.fit.table import log_clusters
 
 # Runs whose C lie within this many decades of a neighbour share a budget when no budget column
@@ -65,11 +65,6 @@ def fit_budget(n: np.ndarray, d: np.ndarray, loss: np.ndarray, window_decades: f
             "window": [float(np.exp(x[inside].min())), float(np.exp(x[inside].max()))]}
 
 
-def _exponent(c: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    slope, intercept = np.polyfit(np.log(c), np.log(y), 1)
-    return {"slope": float(slope), "intercept": float(intercept)}
-
-
 def fit_approach2(
     runs: pd.DataFrame, *, window_decades: float, include_edge: bool, bootstrap: int,
     rng: np.random.Generator,
@@ -95,8 +90,8 @@ def fit_approach2(
                       "widen the size grids, add budgets, or pass --include-edge"), budget
     c_used = np.array([c for c, _ in used])
     fits = [b for b in budgets if b["used"]]
-    n_fit = _exponent(c_used, np.array([b["N_opt"] for b in fits]))
-    d_fit = _exponent(c_used, np.array([b["D_opt"] for b in fits]))
+    n_fit = loglog_fit(c_used, np.array([b["N_opt"] for b in fits]))
+    d_fit = loglog_fit(c_used, np.array([b["D_opt"] for b in fits]))
     samples = _bootstrap(used, n, d, loss, window_decades, bootstrap, rng)
     ci = {"a": percentile_ci(samples[:, 0]), "b": percentile_ci(samples[:, 1])} if len(
         samples) else {}
@@ -121,6 +116,6 @@ def _bootstrap(used: list[tuple[float, np.ndarray]], n: np.ndarray, d: np.ndarra
                 n_opt.append(fit["N_opt"])
                 d_opt.append(fit["D_opt"])
         if len(cs) >= 2:
-            out.append((_exponent(np.array(cs), np.array(n_opt))["slope"],
-                        _exponent(np.array(cs), np.array(d_opt))["slope"]))
+            out.append((loglog_fit(np.array(cs), np.array(n_opt))["slope"],
+                        loglog_fit(np.array(cs), np.array(d_opt))["slope"]))
     return np.array(out).reshape(-1, 2)

@@ -115,10 +115,10 @@ def bootstrap_weights(points: int, draws: int, rng: np.random.Generator) -> np.n
     return counts
 
 
-def loglog_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+def loglog_fit(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
     """Least-squares slope and intercept of log y on log x (y = exp(intercept) * x**slope)."""
     slope, intercept = np.polyfit(np.log(x), np.log(y), 1)
-    return float(slope), float(intercept)
+    return {"slope": float(slope), "intercept": float(intercept)}
 
 
 def percentile_ci(samples: np.ndarray, level: float = 0.95) -> list[float]:
