@@ -62,3 +62,36 @@ def check_name(cfg: Mapping[str, Any], key: str = "name") -> str:
             f"data.{key}={value!r} is not a usable dataset name: use letters, digits, '-', '_'"
         )
     return value
+
+
+def check_str(cfg: Mapping[str, Any], key: str, optional: bool = False) -> str | None:
+    value = cfg[key]
+    if (value is None and optional) or (isinstance(value, str) and value):
+        return value
+    what = "a non-empty string or null" if optional else "a non-empty string"
+    raise DataError(f"data.{key}={value!r} must be {what}: fix data.{key}")
+
+
+def check_bool(cfg: Mapping[str, Any], key: str) -> bool:
+    value = cfg[key]
+    if isinstance(value, bool):
+        return value
+    raise DataError(f"data.{key}={value!r} must be true or false: fix data.{key}")
+
+
+def check_choice(cfg: Mapping[str, Any], key: str, choices: Iterable[str]) -> str:
+    value, choices = cfg[key], list(choices)
+    if value in choices:
+        return value
+    raise DataError(f"data.{key}={value!r} must be one of {', '.join(choices)}: fix data.{key}")
+
+
+def check_fraction(cfg: Mapping[str, Any], key: str) -> float:
+    """A fraction strictly inside (0, 1)."""
+    value = cfg[key]
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if ok and 0.0 < value < 1.0:
+        return float(value)
+    raise DataError(
+        f"data.{key}={value!r} must be a number strictly between 0 and 1: fix data.{key}"
+    )

@@ -63,6 +63,10 @@ class TokenDataset:
             raise DataError(f"{path / MANIFEST} lists no splits: {rebuild}")
         for file, tokens, sha256 in shards:
             _check_file("shard", path / file, tokens * dtype.itemsize, sha256, verify, rebuild)
+        tokenizer = manifest.get("tokenizer") or {}
+        if tokenizer.get("file"):  # text corpora ship their tokenizer.json, hashed
+            _check_file("tokenizer", path / tokenizer["file"], None, tokenizer.get("hash", ""),
+                        verify, rebuild)
         token_bytes = None
         if manifest.get("token_bytes"):
             entry = manifest["token_bytes"]

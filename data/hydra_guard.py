@@ -16,8 +16,9 @@ _CHOICE = re.compile(r"^[+~]{0,2}(?P<group>[A-Za-z_][\w/]*)=(?P<value>[\w.,/-]*)
 
 
 def available(group: str, config_dir: Path = CONFIG_DIR) -> list[str]:
-    """The options of a config group: the YAML files in configs/<group>/."""
-    return sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
+    """The options of a config group: the YAML files in configs/<group>/, except fragments that
+    other files include (names starting with `_`)."""
+    return sorted(p.stem for p in (config_dir / group).glob("*.yaml") if not p.stem.startswith("_"))
 
 
 def unknown_choice(

@@ -180,22 +180,31 @@ class SyntheticSource:
         # tiny last shard that no training window fits in.
         return max(1, self.split_tokens[split] // self.process.doc_tokens)
 
-    def planned_tokens(self) -> dict[str, int]:
+    def planned_tokens(self) -> dict[str, int | None]:
         return {s: self.split_docs(s) * self.process.doc_tokens for s in SPLIT_STREAMS}
 
-    def chunks(self, split: str) -> Iterator[tuple[np.ndarray, int]]:
-        """(tokens, documents) chunks of `split`, in order."""
+    def setup(self, say: Any) -> None:
+        """Nothing to learn: the vocabulary is the config's."""
+
+    def chunks(self) -> Iterator[tuple[str, np.ndarray, int, int | None]]:
+        """(split, tokens, documents, bytes) chunks: all of train, then all of val."""
         doc_tokens = self.process.doc_tokens
         chunk_docs = max(1, _CHUNK_TOKENS // doc_tokens)
-        stream, n_docs = SPLIT_STREAMS[split], self.split_docs(split)
-        for chunk in self.process.documents(stream, n_docs, chunk_docs):
-            yield chunk, chunk.size // doc_tokens
+        for split, stream in SPLIT_STREAMS.items():
+            for chunk in self.process.documents(stream, self.split_docs(split), chunk_docs):
+                yield split, chunk, chunk.size // doc_tokens, None
+
+    def tokenizer_spec(self) -> dict[str, Any]:
+        return {"vocab_size": self.vocab_size}
 
     def tokenizer(self) -> dict[str, str]:
         # Token ids carry no text, so the vocabulary is fully described by its size and EOT id.
         desc = {"kind": "synthetic", "vocab_size": self.vocab_size, "eot_id": self.eot_id}
         digest = hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()
-        return {"kind": "synthetic", "hash": digest}
+        return {"kind": "synthetic", "hash": digest, "spec": self.tokenizer_spec()}
+
+    def files(self) -> dict[str, bytes]:
+        return {}
 
     def token_bytes(self) -> np.ndarray | None:
         return None  # synthetic tokens are not text: bits-per-byte is undefined

@@ -14,6 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from data import TokenDataset
+from data.prepare import check_tokenizer
 from models import (
     FlopsPerToken,
     GPTConfig,
@@ -106,6 +107,7 @@ def plan_run(cfg: DictConfig, overrides: list[str] | None = None) -> RunPlan:
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool) or cfg.seed < 0:
         raise ConfigError(f"seed={cfg.seed!r} must be a non-negative integer")
     dataset = TokenDataset.open(Path(cfg.paths.data_dir) / cfg.data.name)
+    check_tokenizer(dataset, OmegaConf.to_container(cfg.data, resolve=True))  # type: ignore[arg-type]
     model = _model_config(cfg.model, dataset.vocab_size, overrides)
 
     train = cfg.train

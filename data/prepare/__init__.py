@@ -22,37 +22,50 @@ from data.errors import DataError
 from data.shards import (
     MANIFEST,
     ShardWriter,
+    atomic_write_bytes,
     canonical_hash,
     fsync_dir,
     make_manifest,
+    prepare_command,
     read_manifest,
     write_manifest,
     write_token_bytes,
 )
 from data.synthetic import SyntheticSource
+from data.text_source import HubSource, LocalSource, StdlibSource
 
 # Keys every data config has, whatever its source; each source lists its own `options`.
 GENERIC_KEYS = ("name", "source", "shard_tokens")
 
 
+Reporter = Callable[[str], None]
+
+
 class Source(Protocol):
-    """What prepare needs from a corpus + tokenizer; real corpora will implement this too."""
+    """What prepare needs from a corpus + tokenizer (data.synthetic, data.text_source)."""
 
     options: tuple[str, ...]
-    vocab_size: int
-    eot_id: int
+    vocab_size: int  # valid after setup()
+    eot_id: int  # valid after setup()
     config: dict[str, Any]  # the source's options, validated and normalized
 
-    def planned_tokens(self) -> dict[str, int]: ...
-    def chunks(self, split: str) -> Iterator[tuple[np.ndarray, int]]: ...
-    def tokenizer(self) -> dict[str, str]: ...
+    def tokenizer_spec(self) -> dict[str, Any]: ...  # config values that decide the tokenizer
+    def planned_tokens(self) -> dict[str, int | None]: ...  # per split; None = unknown
+    def setup(self, say: Reporter) -> None: ...  # load or learn the tokenizer
+    def chunks(self) -> Iterator[tuple[str, np.ndarray, int, int | None]]: ...  # split, tokens,
+    # documents, bytes of text (None where tokens are not text)
+    def tokenizer(self) -> dict[str, Any]: ...  # the manifest's tokenizer entry
+    def files(self) -> dict[str, bytes]: ...  # extra files for the dataset dir (tokenizer.json)
     def token_bytes(self) -> np.ndarray | None: ...
     def manifest_extra(self) -> dict[str, Any]: ...
 
 
-SOURCES: dict[str, Callable[[Mapping[str, Any]], Source]] = {"synthetic": SyntheticSource}
-
-Reporter = Callable[[str], None]
+SOURCES: dict[str, Callable[[Mapping[str, Any]], Source]] = {
+    "synthetic": SyntheticSource,
+    "hub": HubSource,
+    "local": LocalSource,
+    "stdlib": StdlibSource,
+}
 
 
 def build_source(data_cfg: Mapping[str, Any]) -> tuple[Source, dict[str, Any]]:
@@ -69,6 +82,33 @@ def build_source(data_cfg: Mapping[str, Any]) -> tuple[Source, dict[str, Any]]:
     shard_tokens = check_int(data_cfg, "shard_tokens", 1)
     source = factory(data_cfg)
     return source, {"name": name, "source": kind, **source.config, "shard_tokens": shard_tokens}
+
+
+def check_tokenizer(dataset: TokenDataset, data_cfg: Mapping[str, Any]) -> None:
+    """Refuse (DataError) a prepared dataset whose tokenizer is not the one data_cfg asks for.
+
+    Only what decides the tokenizer is compared (vocab size, end-of-text token, the tokenizer file
+    or the BPE's training sample), so a run may still override, say, data.train_tokens.
+    """
+    source, _ = build_source(data_cfg)
+    entry = dataset.manifest.get("tokenizer") or {}
+    # Manifests from before tokenizer specs recorded only the vocabulary size.
+    have = entry.get("spec") or {"vocab_size": dataset.vocab_size}
+    where = f"dataset '{dataset.name}' at {dataset.path}"
+    for key, wanted in source.tokenizer_spec().items():
+        if have.get(key) == wanted:
+            continue
+        if key == "tokenizer_sha256":
+            raise DataError(
+                f"data.tokenizer_path={data_cfg.get('tokenizer_path')!r} is not the tokenizer "
+                f"{where} was built with (sha256 {str(wanted)[:12]} vs {str(have.get(key))[:12]}):"
+                f" rebuild it with {prepare_command(dataset.name, force=True)}"
+            )
+        raise DataError(
+            f"{where} was tokenized with data.{key}={have.get(key)!r}, but this config has "
+            f"data.{key}={wanted!r}: drop the override, or prepare this config under another "
+            "name (python -m data.prepare data=<config> data.name=<new name> ...) and train on it"
+        )
 
 
 def prepare(
@@ -99,7 +139,10 @@ def prepare(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
+        source.setup(say)
         splits = _write_splits(source, tmp, cfg["shard_tokens"], progress)
+        for file, payload in source.files().items():
+            atomic_write_bytes(tmp / file, payload)
         arr = source.token_bytes()
         token_bytes = write_token_bytes(tmp, arr, source.vocab_size) if arr is not None else None
         manifest = make_manifest(
@@ -142,16 +185,31 @@ def _existing_is_current(target: Path, wanted: str) -> bool:
 def _write_splits(
     source: Source, directory: Path, shard_tokens: int, progress: Any
 ) -> dict[str, dict[str, Any]]:
-    splits = {}
-    with progress if progress is not None else contextlib.nullcontext():
-        for split, planned in source.planned_tokens().items():
-            task = progress.add_task(split, total=planned) if progress is not None else None
-            with ShardWriter(directory, split, source.vocab_size, shard_tokens) as writer:
-                for tokens, documents in source.chunks(split):
-                    writer.append(tokens, documents)
-                    if progress is not None:
-                        progress.advance(task, tokens.size)
-            splits[split] = writer.close()
+    """Stream the source's chunks into one ShardWriter per split, all open at once (a text
+    corpus interleaves train and val documents)."""
+    planned = source.planned_tokens()
+    writers = {s: ShardWriter(directory, s, source.vocab_size, shard_tokens) for s in planned}
+    tasks: dict[str, Any] = {}
+    try:
+        with progress if progress is not None else contextlib.nullcontext():
+            if progress is not None:
+                tasks = {s: progress.add_task(s, total=n) for s, n in planned.items()}
+            for split, tokens, documents, n_bytes in source.chunks():
+                writers[split].append(tokens, documents, n_bytes)
+                if progress is not None:
+                    progress.advance(tasks[split], tokens.size)
+    except BaseException:
+        for writer in writers.values():
+            writer.abort()
+        raise
+    splits = {s: w.close() for s, w in writers.items()}
+    for split, entry in splits.items():
+        if not entry["tokens"]:
+            total = sum(e["documents"] for e in splits.values())
+            raise DataError(
+                f"split '{split}' got no documents out of {total}: add documents or change "
+                "data.val_fraction"
+            )
     return splits
 
 

@@ -1,0 +1,163 @@
+"""Tokenizers for text corpora: train a byte-level BPE or load a tokenizer.json (`tokenizers`).
+
+`tokenizers` is imported inside functions: reading manifests and the synthetic corpus need none of
+it. Encoding runs in Rust on all cores (encode_batch releases the GIL and fans out over Rayon).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from data.errors import DataError
+from data.shards import dtype_for_vocab
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int, eot_token: str) -> Tokenizer:
+    """A byte-level BPE learned from texts: 256 byte tokens, eot_token, then merges up to size.
+
+    Byte-level means every string encodes (no unknown token) and every token has an exact byte
+    length, which makes bits per byte exact.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    # The 256 byte symbols plus EOT must fit, and one merge makes it a BPE at all.
+    if vocab_size < 258:
+        raise DataError(
+            f"data.vocab_size={vocab_size} is too small for a byte-level BPE (256 bytes + "
+            "end-of-text + merges): use at least 258, e.g. 8192"
+        )
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[eot_token],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return tokenizer
+
+
+def tokenizer_from_bytes(payload: bytes, origin: str) -> Tokenizer:
+    """Parse a tokenizer.json; origin names the file in the error."""
+    from tokenizers import Tokenizer
+
+    try:
+        return Tokenizer.from_str(payload.decode("utf-8"))
+    except Exception as e:  # tokenizers raises a bare Exception, decode a UnicodeDecodeError
+        raise DataError(
+            f"{origin} is not a readable tokenizer.json ({str(e).splitlines()[0][:120]}): point "
+            "data.tokenizer_path at a file saved by the `tokenizers` library"
+        ) from None
+
+
+def read_tokenizer_file(path: str | Path) -> bytes:
+    """The bytes of a user's tokenizer.json, or a one-line DataError naming the path."""
+    path = Path(path).expanduser()
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise DataError(
+            f"data.tokenizer_path={str(path)!r} cannot be read ({e.strerror or e}): fix the path "
+            "or set data.tokenizer_path=null to train a BPE"
+        ) from None
+
+
+def to_bytes(tokenizer: Tokenizer) -> bytes:
+    """The tokenizer.json payload that goes into a dataset directory and is hashed."""
+    return tokenizer.to_str(pretty=False).encode("utf-8")
+
+
+def payload_hash(payload: bytes) -> str:
+    return hashlib.sha256(payload).hexdigest()
+
+
+def eot_id(tokenizer: Tokenizer, eot_token: str, origin: str) -> int:
+    token_id = tokenizer.token_to_id(eot_token)
+    if token_id is None:
+        raise DataError(
+            f"{origin} has no token {eot_token!r}: set data.eot_token to the tokenizer's "
+            "end-of-text token"
+        )
+    return int(token_id)
+
+
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-level alphabet, inverted: each printable stand-in char -> the byte it means."""
+    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    chars = list(printable)
+    n = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(printable, chars, strict=True)}
+
+
+def _is_byte_level(spec: dict[str, Any]) -> bool:
+    def has_byte_level(node: Any) -> bool:
+        if not isinstance(node, dict):
+            return False
+        if node.get("type") == "ByteLevel":
+            return True
+        return any(has_byte_level(n) for n in node.get("pretokenizers", []) or [])
+
+    model = spec.get("model") or {}
+    return model.get("type") == "BPE" and has_byte_level(spec.get("pre_tokenizer"))
+
+
+def token_byte_lengths(tokenizer: Tokenizer) -> np.ndarray | None:
+    """Each token id's length in UTF-8 bytes (0 for special tokens), or None if not byte-level.
+
+    For a byte-level BPE the bytes of a text's tokens are the text's bytes, so summing these over
+    scored tokens gives the exact byte count for bits per byte. Other tokenizers (normalizers,
+    SentencePiece metaspace) do not map tokens to bytes exactly, and get no bits per byte.
+    """
+    spec = json.loads(tokenizer.to_str())
+    if spec.get("normalizer") is not None or not _is_byte_level(spec):
+        return None
+    decoder = _byte_decoder()
+    lengths = np.zeros(tokenizer.get_vocab_size(with_added_tokens=True), dtype=np.int64)
+    specials = {t["id"] for t in spec.get("added_tokens", []) if t.get("special")}
+    for token, token_id in tokenizer.get_vocab(with_added_tokens=True).items():
+        if token_id in specials:
+            continue
+        if all(c in decoder for c in token):
+            lengths[token_id] = len(token)  # one stand-in char per byte
+        else:
+            lengths[token_id] = len(token.encode("utf-8"))  # a plain added (non-special) token
+    return lengths
+
+
+class Encoder:
+    """Documents -> one flat token array with eot_id after every document."""
+
+    def __init__(self, tokenizer: Tokenizer, eot_id: int) -> None:
+        self.tokenizer = tokenizer
+        self.eot_id = eot_id
+        self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+        self.dtype = dtype_for_vocab(self.vocab_size)
+        # encode_batch_fast skips character offsets we never use (tokenizers >= 0.20).
+        self._encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
+
+    def encode(self, documents: Sequence[str]) -> np.ndarray:
+        encodings = self._encode(list(documents), add_special_tokens=False)
+        ids = [e.ids for e in encodings]
+        total = sum(map(len, ids)) + len(ids)
+        eot = [self.eot_id]
+        pieces = itertools.chain.from_iterable(zip(ids, itertools.repeat(eot)))
+        return np.fromiter(itertools.chain.from_iterable(pieces), dtype=self.dtype, count=total)
