@@ -80,7 +80,7 @@ def test_val_split_is_identical_whatever_the_train_size(tmp_path):
         ({"n_facts": 10**9}, "exceeds the 15752961 distinct facts"),
         ({"shard_tokens": 0}, "data.shard_tokens=0 must be an integer >= 1"),
         ({"val_tokens": -1}, "data.val_tokens=-1 must be"),
-        ({"source": "web"}, "data.source='web' is not a known source (known: synthetic)"),
+        ({"source": "web"}, "data.source='web' is not a known source (known: synthetic, hub,"),
         ({"name": "../x"}, "data.name='../x' is not a usable dataset name"),
         ({"n_fact": 3}, "data.n_fact is not an option of source 'synthetic'"),
     ],
@@ -95,8 +95,8 @@ def test_bad_config_raises_before_touching_disk(tmp_path, overrides, message):
 def test_interrupted_build_leaves_nothing_and_stale_builds_are_cleaned(tmp_path, monkeypatch):
     original = SyntheticSource.chunks
 
-    def dies_midway(self, split):
-        yield next(original(self, split))
+    def dies_midway(self):
+        yield next(original(self))
         raise KeyboardInterrupt
 
     monkeypatch.setattr(SyntheticSource, "chunks", dies_midway)

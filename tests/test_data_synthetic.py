@@ -112,17 +112,17 @@ def test_output_does_not_depend_on_chunking_or_split_sizes(default_process):
     assert np.array_equal(whole[: 300 * 129], generate(default_process, 300))  # prefix-stable
     small = SyntheticSource(config(train_tokens=1_000))
     large = SyntheticSource(config(train_tokens=100_000))
-    val_small = np.concatenate([c for c, _ in small.chunks("val")])
-    val_large = np.concatenate([c for c, _ in large.chunks("val")])
+    val_small = np.concatenate([c for s, c, _, _ in small.chunks() if s == "val"])
+    val_large = np.concatenate([c for s, c, _, _ in large.chunks() if s == "val"])
     assert np.array_equal(val_small, val_large)
-    train = np.concatenate([c for c, _ in small.chunks("train")])
+    train = np.concatenate([c for s, c, _, _ in small.chunks() if s == "train"])
     assert not np.array_equal(train[: val_small.size], val_small)
 
 
 def test_split_sizes_round_down_to_whole_documents():
     source = SyntheticSource(config(train_tokens=1000, val_tokens=5))
     assert source.planned_tokens() == {"train": 7 * 129, "val": 129}  # at least one document
-    chunks = list(source.chunks("train"))
+    chunks = [(c, d) for s, c, d, _ in source.chunks() if s == "train"]
     assert sum(c.size for c, _ in chunks) == 7 * 129 and sum(d for _, d in chunks) == 7
 
 

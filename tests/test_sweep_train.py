@@ -88,7 +88,8 @@ def test_one_run_end_to_end(synthetic_root):
         (["model=gpt_3m", "model.n_head=3", "budget.tokens=2e5"], "n_head=3 does not divide"),
         (["budget.tokens=-5"], "budget.tokens=-5 must be a positive"),
         (["model=gpt_9m", "budget.tokens=2e5"], "unknown model preset model=gpt_9m"),
-        (["data=tinystories", "budget.tokens=2e5"], "unknown dataset data=tinystories"),
+        (["data=wikitext", "budget.tokens=2e5"], "unknown dataset data=wikitext"),
+        (["data=tinystories", "budget.tokens=2e5"], "dataset 'tinystories' is not prepared"),
     ],
 )
 def test_bad_overrides_exit_nonzero_with_one_line(tmp_path, synthetic_root, overrides, needle):
