@@ -2,17 +2,34 @@
 
 Opening fails loudly (DataError naming the file and the fix) on anything that would otherwise
 train silently on wrong data: not prepared, foreign format, truncated or corrupted shards.
+Checksums already verified are remembered in VERIFIED_CACHE, keyed by each file's stat.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from data.errors import DataError
-from data.shards import MANIFEST, dtype_for_vocab, prepare_command, read_manifest, sha256_file
+from data.shards import (
+    MANIFEST,
+    atomic_write_bytes,
+    dtype_for_vocab,
+    prepare_command,
+    read_manifest,
+    sha256_file,
+)
+
+# Hashing a 20 GB corpus takes ~20 s per run start. After a file verifies, its stat and sha256 go
+# here; a later open re-hashes only files whose stat changed. Not in the manifest, never written
+# by prepare: a rebuilt dataset is a new directory, and a missing or unreadable cache costs only
+# the hashing it would have saved.
+VERIFIED_CACHE = ".verified.json"
 
 
 class TokenDataset:
@@ -34,7 +51,7 @@ class TokenDataset:
 
     @classmethod
     def open(cls, path: str | Path, verify: bool = True) -> TokenDataset:
-        """Open a dataset directory; verify=True also checks every shard's sha256."""
+        """Open a dataset directory; verify=True also checks every shard's sha256 (cached)."""
         path = Path(path)
         rebuild = f"rebuild it with {prepare_command(path.name, force=True)}"
         if not (path / MANIFEST).is_file():
@@ -61,22 +78,23 @@ class TokenDataset:
             )
         if not manifest["splits"]:
             raise DataError(f"{path / MANIFEST} lists no splits: {rebuild}")
+        checker = _FileChecker(path, verify, rebuild)
         for file, tokens, sha256 in shards:
-            _check_file("shard", path / file, tokens * dtype.itemsize, sha256, verify, rebuild)
+            checker.check("shard", file, tokens * dtype.itemsize, sha256)
         tokenizer = manifest.get("tokenizer") or {}
         if tokenizer.get("file"):  # text corpora ship their tokenizer.json, hashed
-            _check_file("tokenizer", path / tokenizer["file"], None, tokenizer.get("hash", ""),
-                        verify, rebuild)
+            checker.check("tokenizer", tokenizer["file"], None, tokenizer.get("hash", ""))
         token_bytes = None
         if manifest.get("token_bytes"):
             entry = manifest["token_bytes"]
             file = path / entry["file"]
-            _check_file("token_bytes", file, None, entry["sha256"], verify, rebuild)
+            checker.check("token_bytes", entry["file"], None, entry["sha256"])
             token_bytes = np.load(file, allow_pickle=False)
             if token_bytes.shape != (vocab_size,):
                 raise DataError(
                     f"{file} has shape {token_bytes.shape}, expected ({vocab_size},): {rebuild}"
                 )
+        checker.save()
         return cls(path, manifest, token_bytes)
 
     @property
@@ -112,16 +130,62 @@ class TokenDataset:
         return f"TokenDataset({str(self.path)!r}, vocab_size={self.vocab_size}, {counts})"
 
 
-def _check_file(
-    kind: str, file: Path, size_bytes: int | None, sha256: str, verify: bool, rebuild: str
-) -> None:
-    if not file.is_file():
-        raise DataError(f"{kind} {file} is missing: {rebuild}")
-    actual = file.stat().st_size
-    if size_bytes is not None and actual != size_bytes:
-        raise DataError(
-            f"{kind} {file} is truncated or overwritten: {actual} bytes on disk, the manifest "
-            f"says {size_bytes}: {rebuild}"
-        )
-    if verify and sha256_file(file) != sha256:
-        raise DataError(f"{kind} {file} is corrupted (sha256 mismatch): {rebuild}")
+class _FileChecker:
+    """Size checks always; sha256 checks when verify, skipping files the cache vouches for."""
+
+    def __init__(self, path: Path, verify: bool, rebuild: str) -> None:
+        self.path, self.verify, self.rebuild = path, verify, rebuild
+        self.cached = _read_cache(path / VERIFIED_CACHE) if verify else {}
+        self.verified: dict[str, dict[str, Any]] = {}
+
+    def check(self, kind: str, name: str, size_bytes: int | None, sha256: str) -> None:
+        file = self.path / name
+        if not file.is_file():
+            raise DataError(f"{kind} {file} is missing: {self.rebuild}")
+        before = file.stat()
+        if size_bytes is not None and before.st_size != size_bytes:
+            raise DataError(
+                f"{kind} {file} is truncated or overwritten: {before.st_size} bytes on disk, the "
+                f"manifest says {size_bytes}: {self.rebuild}"
+            )
+        if not self.verify:
+            return
+        entry = {**_stat_key(before), "sha256": sha256}
+        if self.cached.get(name) == entry:
+            self.verified[name] = entry
+            return
+        if sha256_file(file) != sha256:
+            raise DataError(f"{kind} {file} is corrupted (sha256 mismatch): {self.rebuild}")
+        # A file written to while it was hashed may not hold what was hashed: do not vouch for it.
+        if _stat_key(file.stat()) == _stat_key(before):
+            self.verified[name] = entry
+
+    def save(self) -> None:
+        """Rewrite the cache when it changed; entries of files not in this manifest are dropped."""
+        if not self.verify or self.verified == self.cached:
+            return
+        payload = json.dumps({"files": self.verified}, indent=1, sort_keys=True) + "\n"
+        # A read-only dataset directory (shared or mounted) just verifies every time. Atomic: a
+        # run opening the dataset meanwhile reads the old cache or the new one, whole.
+        with contextlib.suppress(OSError):
+            atomic_write_bytes(self.path / VERIFIED_CACHE, payload.encode())
+
+
+def _stat_key(st: os.stat_result) -> dict[str, int]:
+    # Any write changes mtime or at least ctime (which, unlike mtime, cannot be set back by hand);
+    # a copy or rebuild gets a new inode. A size-preserving in-place edit is thus re-hashed.
+    return {
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "ctime_ns": st.st_ctime_ns,
+        "ino": st.st_ino,
+    }
+
+
+def _read_cache(file: Path) -> dict[str, dict[str, Any]]:
+    """The cache's entries, or none when it is missing, unreadable or malformed."""
+    try:
+        files = json.loads(file.read_bytes())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return files if isinstance(files, dict) else {}

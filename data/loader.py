@@ -1,4 +1,5 @@
-"""Batches from a TokenDataset: random training windows (resumable) and fixed evaluation windows.
+"""Batches from a TokenDataset: training windows (random or sequential, resumable) and fixed
+evaluation windows.
 
 A window is seq_len + 1 consecutive tokens inside one shard; x is its first seq_len tokens and
 y the last seq_len, so y[i] is the token that follows x[i].
@@ -6,7 +7,7 @@ y the last seq_len, so y[i] is the token that follows x[i].
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -33,13 +34,15 @@ def _check_positive(**values: int) -> None:
             raise DataError(f"{key}={value!r} must be a positive integer: fix {key}")
 
 
-class RandomWindows:
-    """Infinite stream of uniformly random training windows, deterministic in (seed, step).
+class TrainWindows:
+    """Infinite, resumable stream of training windows; subclasses choose which windows a step gets.
 
-    Batch `step` is drawn with np.random.default_rng([seed, step]), so the stream is a pure function
-    of the seed: resuming only needs the step counter, and any batch can be recomputed alone.
-    Every window start inside a shard is equally likely; windows never cross a shard boundary.
+    A subclass says how many windows a shard holds and where each starts, and which global window
+    indices (counted through the split's shards in order) batch `step` takes. That choice is a
+    pure function of (seed, step), so resuming only needs the step counter.
     """
+
+    order: ClassVar[str]
 
     def __init__(
         self,
@@ -60,27 +63,38 @@ class RandomWindows:
         self.seed = int(seed)
         self.device = torch.device(device)
         self.step = 0
-        window = self.seq_len + 1
-        shards = [s for s in dataset.tokens(split) if len(s) >= window]
+        counts = [(s, self._windows_in(len(s))) for s in dataset.tokens(split)]
+        shards = [(s, n) for s, n in counts if n > 0]
         if not shards:
             longest = max((len(s) for s in dataset.tokens(split)), default=0)
             raise DataError(
                 f"split '{split}' of dataset '{dataset.name}' has no shard of at least "
-                f"seq_len+1={window} tokens (largest: {longest}): lower seq_len or prepare "
-                "more tokens"
+                f"seq_len+1={self.seq_len + 1} tokens (largest: {longest}): lower seq_len or "
+                "prepare more tokens"
             )
-        self._shards = shards
-        # Window starts per shard; a global start index maps to (shard, offset) via the cumsum.
-        self._starts_cum = np.cumsum([len(s) - self.seq_len for s in shards])
+        self._shards = [s for s, _ in shards]
+        # A global window index maps to (shard, index in shard) via the cumulative counts.
+        self._windows_cum = np.cumsum([n for _, n in shards])
+        self.num_windows = int(self._windows_cum[-1])
 
-    def __iter__(self) -> RandomWindows:
+    def _windows_in(self, shard_tokens: int) -> int:
+        raise NotImplementedError
+
+    def _offsets(self, index_in_shard: np.ndarray) -> np.ndarray:
+        """Where window i of a shard starts in it."""
+        raise NotImplementedError
+
+    def _indices(self, step: int) -> np.ndarray:
+        """Global indices of the windows of batch `step`, each in [0, num_windows)."""
+        raise NotImplementedError
+
+    def __iter__(self) -> TrainWindows:
         return self
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        rng = np.random.default_rng([self.seed, self.step])
-        starts = rng.integers(0, int(self._starts_cum[-1]), size=self.batch_size)
-        shard_idx = np.searchsorted(self._starts_cum, starts, side="right")
-        offsets = starts - np.concatenate(([0], self._starts_cum[:-1]))[shard_idx]
+        index = self._indices(self.step)
+        shard_idx = np.searchsorted(self._windows_cum, index, side="right")
+        offsets = self._offsets(index - np.concatenate(([0], self._windows_cum[:-1]))[shard_idx])
         window = self.seq_len + 1
         out = np.empty((self.batch_size, window), dtype=np.int64)
         for row, (s, o) in enumerate(zip(shard_idx.tolist(), offsets.tolist(), strict=True)):
@@ -91,6 +105,7 @@ class RandomWindows:
     def state_dict(self) -> dict[str, Any]:
         """Plain JSON-able state; load_state_dict(state) continues the identical stream."""
         return {
+            "order": self.order,
             "step": self.step,
             "seed": self.seed,
             "split": self.split,
@@ -102,7 +117,9 @@ class RandomWindows:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         mine = self.state_dict()
-        for key in ("seed", "split", "batch_size", "seq_len", "config_hash"):
+        # States saved before window orders existed have no "order"; they were all random.
+        state = {"order": "random", **state}
+        for key in ("order", "seed", "split", "batch_size", "seq_len", "config_hash"):
             if state.get(key) != mine[key]:
                 raise DataError(
                     f"loader state was saved with {key}={state.get(key)!r} but this loader has "
@@ -115,6 +132,71 @@ class RandomWindows:
                 "that state_dict() returned"
             )
         self.step = step
+
+
+class RandomWindows(TrainWindows):
+    """Uniformly random training windows, deterministic in (seed, step).
+
+    Batch `step` is drawn with np.random.default_rng([seed, step]), so any batch can be recomputed
+    alone. Every window start inside a shard is equally likely; windows never cross a shard
+    boundary.
+    """
+
+    order = "random"
+
+    def _windows_in(self, shard_tokens: int) -> int:
+        return max(shard_tokens - self.seq_len, 0)
+
+    def _offsets(self, index_in_shard: np.ndarray) -> np.ndarray:
+        return index_in_shard  # any token may start a window
+
+    def _indices(self, step: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, step])
+        return rng.integers(0, self.num_windows, size=self.batch_size)
+
+
+class SequentialWindows(TrainWindows):
+    """The split front to back: windows advance by seq_len inside each shard, as eval_windows.
+
+    Batch `step` holds windows [step*B, (step+1)*B) of that sequence modulo its length, so the
+    stream wraps into a new epoch (same order) when it runs out. Consecutive windows share one
+    token (the last target of one is the first input of the next); a shard's tail too short for
+    another window is skipped. The seed plays no part in the order.
+    """
+
+    order = "sequential"
+
+    def _windows_in(self, shard_tokens: int) -> int:
+        return max(shard_tokens - 1, 0) // self.seq_len
+
+    def _offsets(self, index_in_shard: np.ndarray) -> np.ndarray:
+        return index_in_shard * self.seq_len
+
+    def _indices(self, step: int) -> np.ndarray:
+        first = step * self.batch_size
+        return np.arange(first, first + self.batch_size, dtype=np.int64) % self.num_windows
+
+
+TRAIN_WINDOW_ORDERS: dict[str, type[TrainWindows]] = {
+    cls.order: cls for cls in (RandomWindows, SequentialWindows)
+}
+
+
+def train_windows(
+    order: str,
+    dataset: TokenDataset,
+    split: str,
+    batch_size: int,
+    seq_len: int,
+    seed: int,
+    device: str | torch.device = "cpu",
+) -> TrainWindows:
+    """The training-window stream of the given order (`train.windows`): random | sequential."""
+    if order not in TRAIN_WINDOW_ORDERS:
+        raise DataError(
+            f"window order {order!r} is unknown: use one of {', '.join(TRAIN_WINDOW_ORDERS)}"
+        )
+    return TRAIN_WINDOW_ORDERS[order](dataset, split, batch_size, seq_len, seed, device)
 
 
 def eval_windows(

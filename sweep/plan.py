@@ -14,6 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from data import TokenDataset
+from data.loader import TRAIN_WINDOW_ORDERS
 from data.prepare import check_tokenizer
 from models import (
     FlopsPerToken,
@@ -142,6 +143,11 @@ def plan_run(cfg: DictConfig, overrides: list[str] | None = None) -> RunPlan:
         not isinstance(train.grad_clip, int | float) or train.grad_clip <= 0
     ):
         raise ConfigError(f"train.grad_clip={train.grad_clip!r} must be positive or null")
+    if train.windows not in TRAIN_WINDOW_ORDERS:
+        raise ConfigError(
+            f"train.windows={train.windows!r} is unknown: use one of "
+            f"{', '.join(TRAIN_WINDOW_ORDERS)}"
+        )
 
     params = count_params(model)
     flops = flops_per_token(model, seq_len)
@@ -165,16 +171,21 @@ def plan_run(cfg: DictConfig, overrides: list[str] | None = None) -> RunPlan:
 
     # The run's identity is the science: shape, data, budget, optimisation and evaluation. Where
     # and how fast it runs (device, precision, compile, micro-batching, logging) is not part of it.
+    train_identity = {
+        k: v
+        for k, v in OmegaConf.to_container(train).items()
+        if k not in ("micro_batch_size", "device", "precision", "compile", "peak_flops")
+    }
+    # Every run from before train.windows existed read random windows: leaving that default out
+    # keeps their run ids, so relaunching an older sweep still finds its finished runs.
+    if train_identity.get("windows") == "random":
+        del train_identity["windows"]
     identity = {
         "model": dataclasses.asdict(model),
         "data": {"name": dataset.name, "config_hash": dataset.manifest.get("config_hash")},
         "tokens": budget.tokens,
         "seed": cfg.seed,
-        "train": {
-            k: v
-            for k, v in OmegaConf.to_container(train).items()
-            if k not in ("micro_batch_size", "device", "precision", "compile", "peak_flops")
-        },
+        "train": train_identity,
         "schedule": OmegaConf.to_container(cfg.schedule),
         "eval": OmegaConf.to_container(cfg.eval),
     }

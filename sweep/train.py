@@ -16,8 +16,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from data import DataError, RandomWindows, eval_windows
+from data import DataError, eval_windows
 from data.hydra_guard import unknown_choice
+from data.loader import train_windows
 from models import GPT
 from sweep.errors import ConfigError
 from sweep.evaluate import evaluate
@@ -126,7 +127,8 @@ def run(plan: RunPlan) -> dict[str, Any]:
     step_model = torch.compile(model) if hw.compile else model
     optimizer = build_optimizer(model, plan, OmegaConf.create(cfg["train"]))
     base_lr = cfg["train"]["lr"]
-    batches = RandomWindows(
+    batches = train_windows(
+        cfg["train"]["windows"],
         plan.dataset,
         "train",
         plan.micro_batch_size,

@@ -7,12 +7,16 @@ error must name the file and the rebuild command.
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import data.dataset
 from data import DataError, TokenDataset
+from data.dataset import VERIFIED_CACHE
 from data.shards import MANIFEST, ShardWriter, make_manifest, write_manifest, write_token_bytes
 
 
@@ -105,3 +109,113 @@ def test_unknown_split_and_malformed_manifest(tmp_path):
     (path / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(DataError, match="version 99"):
         TokenDataset.open(path)
+
+
+@pytest.fixture
+def hashed(monkeypatch):
+    """Names of the files TokenDataset.open hashes, in order."""
+    calls: list[str] = []
+    real = data.dataset.sha256_file
+
+    def counting(path):
+        calls.append(Path(path).name)
+        return real(path)
+
+    monkeypatch.setattr(data.dataset, "sha256_file", counting)
+    return calls
+
+
+def test_verified_files_are_not_hashed_again(tmp_path, hashed):
+    path = build_toy(tmp_path, token_bytes=True)
+    files = ["train_00000.bin", "train_00001.bin", "train_00002.bin", "val_00000.bin",
+             "token_bytes.npy"]
+    TokenDataset.open(path)
+    assert hashed == files
+    cache = json.loads((path / VERIFIED_CACHE).read_text())["files"]
+    assert sorted(cache) == sorted(files)
+    manifest = json.loads((path / MANIFEST).read_text())
+    assert cache["val_00000.bin"]["sha256"] == manifest["splits"]["val"]["shards"][0]["sha256"]
+    assert cache["val_00000.bin"]["size"] == 14
+    assert VERIFIED_CACHE not in (path / MANIFEST).read_text()
+    hashed.clear()
+    ds = TokenDataset.open(path)
+    assert hashed == [] and ds.num_tokens("train") == 25
+    # verify=False neither hashes nor touches the cache.
+    before = (path / VERIFIED_CACHE).stat().st_mtime_ns
+    TokenDataset.open(path, verify=False)
+    assert hashed == [] and (path / VERIFIED_CACHE).stat().st_mtime_ns == before
+
+
+def test_same_size_corruption_after_a_verified_open_is_caught(tmp_path, hashed):
+    path = build_toy(tmp_path)
+    TokenDataset.open(path)
+    shard = path / "train_00001.bin"
+    st = shard.stat()
+    time.sleep(0.05)  # file clocks tick every few ms: let the write's ctime differ from the cached
+    with open(shard, "r+b") as f:  # in place: same inode, same size
+        f.seek(4)
+        f.write(b"\xff\xff")
+    os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    assert shard.stat().st_size == st.st_size and shard.stat().st_ino == st.st_ino
+    hashed.clear()
+    with pytest.raises(DataError, match=r"train_00001.bin is corrupted \(sha256 mismatch\)"):
+        TokenDataset.open(path)
+    assert hashed == ["train_00001.bin"]  # train_00000.bin, untouched, is still vouched for
+    # Setting the mtime back by hand does not hide the edit: the ctime moved on with the write.
+    os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with pytest.raises(DataError, match="train_00001.bin is corrupted"):
+        TokenDataset.open(path)
+
+
+def test_any_stat_change_rehashes_and_a_rebuilt_file_is_cached_anew(tmp_path, hashed, monkeypatch):
+    path = build_toy(tmp_path)
+    TokenDataset.open(path)
+    shard = path / "val_00000.bin"
+    # Same bytes, new inode (as a copy or a restore from backup): re-hashed, then cached again.
+    copy = path / "copy.tmp"
+    copy.write_bytes(shard.read_bytes())
+    os.replace(copy, shard)
+    hashed.clear()
+    TokenDataset.open(path)
+    assert hashed == ["val_00000.bin"]
+    hashed.clear()
+    TokenDataset.open(path)
+    assert hashed == []
+    # A file that changes while it is hashed verifies (its bytes were right) but is not cached.
+    counting = data.dataset.sha256_file
+
+    def written_meanwhile(file):
+        digest = counting(file)
+        os.utime(file, ns=(0, file.stat().st_mtime_ns + 1))
+        return digest
+
+    monkeypatch.setattr(data.dataset, "sha256_file", written_meanwhile)
+    (path / VERIFIED_CACHE).unlink()
+    hashed.clear()
+    TokenDataset.open(path)
+    assert len(hashed) == 4 and not (path / VERIFIED_CACHE).exists()
+
+
+def test_a_bad_or_unwritable_cache_only_costs_hashing(tmp_path, hashed, monkeypatch):
+    path = build_toy(tmp_path)
+    (path / VERIFIED_CACHE).write_text("{not json")
+    TokenDataset.open(path)
+    assert len(hashed) == 4 and json.loads((path / VERIFIED_CACHE).read_text())["files"]
+    # A cache vouching for another checksum (a rebuilt manifest, a forged entry) is not trusted.
+    cache = json.loads((path / VERIFIED_CACHE).read_text())
+    cache["files"]["train_00000.bin"]["sha256"] = "0" * 64
+    (path / VERIFIED_CACHE).write_text(json.dumps(cache))
+    hashed.clear()
+    TokenDataset.open(path)
+    assert hashed == ["train_00000.bin"]
+    # A read-only dataset directory (a shared mount; chmod would not stop a test run as root, so
+    # the write fails here as it would there): opening works and verifies every time.
+    def read_only(file, payload):
+        raise PermissionError(13, "Read-only file system", str(file))
+
+    (path / VERIFIED_CACHE).unlink()
+    monkeypatch.setattr(data.dataset, "atomic_write_bytes", read_only)
+    hashed.clear()
+    TokenDataset.open(path)
+    TokenDataset.open(path)
+    assert len(hashed) == 8 and not (path / VERIFIED_CACHE).exists()

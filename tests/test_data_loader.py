@@ -1,5 +1,6 @@
-"""Tests for data.loader: random training windows (uniform, deterministic, resumable) and the
-fixed evaluation windows. Shard i holds i*1000 + 0, 1, 2, ..., so a window shows where it came from.
+"""Tests for data.loader: random and sequential training windows (deterministic, resumable) and
+the fixed evaluation windows. Shard i holds i*1000 + 0, 1, 2, ..., so a window shows where it came
+from.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from data import DataError, RandomWindows, TokenDataset, eval_windows
+from data.loader import SequentialWindows, train_windows
 from data.shards import ShardWriter, make_manifest, write_manifest
 
 SHARD_LENS = (100, 300, 5)  # the last is shorter than any window used here
@@ -98,6 +100,73 @@ def test_too_short_split_and_bad_arguments(tmp_path, ds):
         RandomWindows(ds, "test", 4, 10, seed=0)
 
 
+def test_sequential_reads_the_split_once_an_epoch_in_order_then_wraps(ds):
+    # Shard 0 (100 tokens) holds 9 windows of 11 advancing by 10, shard 1 (300) 29, shard 2 none.
+    loader = train_windows("sequential", ds, "train", batch_size=4, seq_len=10, seed=0)
+    assert isinstance(loader, SequentialWindows) and loader.num_windows == 38
+    batches = take(loader, 19)  # 76 windows: two epochs exactly
+    x = torch.cat([b[0] for b in batches])
+    y = torch.cat([b[1] for b in batches])
+    assert torch.equal(y, x + 1)  # no window crosses a shard boundary (shard i starts at i*1000)
+    assert torch.equal(x[:38], x[38:])  # the second epoch repeats the first in the same order
+    starts = x[:38, 0].tolist()
+    assert starts == [*range(0, 90, 10), *range(1000, 1290, 10)]
+    # Every token of a usable shard is read once an epoch, in order, bar the tail that cannot fill
+    # a window; a window after a shard's first repeats only its predecessor's last token.
+    read = torch.cat([x[:38], y[:38, -1:]], dim=1).tolist()
+    once = [t for row, s in zip(read, starts, strict=True) for t in (row[1:] if s % 1000 else row)]
+    assert once == [*range(0, 91), *range(1000, 1291)]
+    # Batch 9 takes windows 36, 37 (the split's last two) and 0, 1 of the next epoch.
+    assert batches[9][0][:, 0].tolist() == [1270, 1280, 0, 10]
+
+
+def test_sequential_is_a_function_of_the_step_and_resumes(ds):
+    loader = train_windows("sequential", ds, "train", 8, 10, seed=3)
+    take(loader, 5)
+    state = json.loads(json.dumps(loader.state_dict()))
+    assert (state["order"], state["step"]) == ("sequential", 5)
+    expected = take(loader, 3)
+    resumed = train_windows("sequential", ds, "train", 8, 10, seed=3)
+    resumed.load_state_dict(state)
+    for (x1, y1), (x2, y2) in zip(expected, take(resumed, 3), strict=True):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    # Batch 5 alone (a fresh loader set to step 5) is windows 40..47, i.e. 2..9 of epoch two.
+    fresh = train_windows("sequential", ds, "train", 8, 10, seed=3)
+    fresh.step = 5
+    assert next(fresh)[0][:, 0].tolist() == [20, 30, 40, 50, 60, 70, 80, 1000]
+    # A state from the other order is refused in one line, both ways round.
+    with pytest.raises(DataError, match="saved with order='sequential' but this loader has "
+                       "order='random'") as err:
+        train_windows("random", ds, "train", 8, 10, seed=3).load_state_dict(state)
+    assert "\n" not in str(err.value)
+    random_state = RandomWindows(ds, "train", 8, 10, seed=3).state_dict()
+    with pytest.raises(DataError, match="saved with order='random' but this loader has "
+                       "order='sequential'"):
+        resumed.load_state_dict(random_state)
+    # A state saved before orders existed was random: it still resumes a random loader.
+    legacy = {k: v for k, v in random_state.items() if k != "order"}
+    RandomWindows(ds, "train", 8, 10, seed=3).load_state_dict(legacy)
+    with pytest.raises(DataError, match="order='random'"):
+        resumed.load_state_dict(legacy)
+
+
+def test_sequential_refuses_too_short_split_and_unknown_order(ds):
+    with pytest.raises(DataError, match=r"no shard of at least seq_len\+1=301 tokens"):
+        train_windows("sequential", ds, "train", 4, 300, seed=0)
+    # 300 tokens hold one window of seq_len 299 (and 299 tokens none, as eval_windows counts).
+    assert train_windows("sequential", ds, "train", 4, 299, seed=0).num_windows == 1
+    with pytest.raises(DataError, match="window order 'shuffled' is unknown: use one of random, "
+                       "sequential"):
+        train_windows("shuffled", ds, "train", 4, 10, seed=0)
+
+
+def test_sequential_matches_the_eval_windows_of_the_same_split(ds):
+    # Same tiling rule as eval_windows: the first epoch is exactly the eval windows of the split.
+    seq = torch.cat([b[0] for b in take(train_windows("sequential", ds, "val", 38, 10, 0), 1)])
+    evals = torch.cat([b[0] for b in eval_windows(ds, "val", 10, 10**6, 64)])
+    assert torch.equal(seq, evals)
+
+
 def test_eval_windows_are_fixed_sequential_and_non_overlapping(ds):
     batches = eval_windows(ds, "val", seq_len=10, max_tokens=250, batch_size=8)
     assert [len(x) for x, _ in batches] == [8, 8, 8, 1]  # 250 // 10 = 25 windows
@@ -126,10 +195,11 @@ def test_eval_windows_stop_at_the_split_end_and_refuse_too_little(ds, tmp_path):
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_batches_match_cpu(ds):
-    cpu = take(RandomWindows(ds, "train", 8, 10, seed=2), 2)
-    gpu = take(RandomWindows(ds, "train", 8, 10, seed=2, device="cuda"), 2)
-    for (xc, yc), (xg, yg) in zip(cpu, gpu, strict=True):
-        assert xg.is_cuda and yg.is_cuda and xg.is_contiguous()
-        assert torch.equal(xc, xg.cpu()) and torch.equal(yc, yg.cpu())
+    for order in ("random", "sequential"):
+        cpu = take(train_windows(order, ds, "train", 8, 10, seed=2), 2)
+        gpu = take(train_windows(order, ds, "train", 8, 10, seed=2, device="cuda"), 2)
+        for (xc, yc), (xg, yg) in zip(cpu, gpu, strict=True):
+            assert xg.is_cuda and yg.is_cuda and xg.is_contiguous()
+            assert torch.equal(xc, xg.cpu()) and torch.equal(yc, yg.cpu())
     (xe, ye), *_ = eval_windows(ds, "val", 10, 100, 4, device="cuda")
     assert xe.is_cuda and torch.equal(ye.cpu(), xe.cpu() + 1)

@@ -30,6 +30,18 @@ def test_identity_ignores_how_a_run_is_executed(synthetic_root):
     assert same.grad_accum == 2
 
 
+def test_window_order_is_part_of_the_identity_and_the_default_keeps_old_ids(synthetic_root):
+    default = plan_run(compose_train(synthetic_root, "budget.tokens=2e4"))
+    random = plan_run(compose_train(synthetic_root, "budget.tokens=2e4", "train.windows=random"))
+    sequential = plan_run(compose_train(synthetic_root, "budget.tokens=2e4",
+                                        "train.windows=sequential"))
+    assert default.config["train"]["windows"] == "random"
+    assert sequential.config["train"]["windows"] == "sequential"  # written to config.yaml
+    assert default.run_id == random.run_id != sequential.run_id
+    # The id this config had before train.windows existed: relaunched sweeps find their runs.
+    assert default.run_id == "gpt_1m-8d043b87d8"
+
+
 def test_target_params_picks_the_rule_shape(synthetic_root):
     plan = plan_run(compose_train(synthetic_root, "model.target_params=5e6", "budget.tokens=2e4"))
     assert (plan.model.n_layer, plan.model.d_model, plan.model.n_head) == (5, 320, 5)
@@ -51,6 +63,8 @@ def test_target_params_picks_the_rule_shape(synthetic_root):
         (["budget.tokens=2e4", "train.lr=-1"], "train.lr=-1"),
         (["budget.tokens=2e4", "seed=-1"], "seed=-1 must be a non-negative integer"),
         (["budget.tokens=2e4", "logging.wandb.mode=maybe"], "logging.wandb.mode='maybe'"),
+        (["budget.tokens=2e4", "train.windows=shuffled"],
+         "train.windows='shuffled' is unknown: use one of random, sequential"),
     ],
 )
 def test_bad_configs_fail_in_one_line(synthetic_root, overrides, needle):

@@ -156,3 +156,35 @@ def test_nan_loss_stops_the_run_as_diverged_and_keeps_its_record(synthetic_root,
     assert saved["train_loss"] is None  # NaN is recorded as null in strict JSON
     rows = (plan.run_dir / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["step"] for r in rows] == [0, 1, 2]
+
+
+def test_sequential_windows_train_on_the_split_in_order(synthetic_root, monkeypatch):
+    import data.loader
+    import sweep.train as train_module
+    from sweep.plan import plan_run
+    from tests.conftest import compose_train
+
+    loaders = []
+
+    def recording(*args, **kwargs):
+        loaders.append(data.loader.train_windows(*args, **kwargs))
+        return loaders[-1]
+
+    monkeypatch.setattr(train_module, "train_windows", recording)
+    plan = plan_run(compose_train(synthetic_root, "budget.tokens=8192", "train.windows=sequential",
+                                  "train.micro_batch_size=4", "experiment=sequential",
+                                  "eval.points=2", "eval.tokens=4096"))
+    summary = train_module.run(plan)
+    assert summary["status"] == "finished" and summary["steps"] == 8
+    assert yaml.safe_load((plan.run_dir / "config.yaml").read_text())["train"]["windows"] == (
+        "sequential")
+    (loader,) = loaders
+    # 8 steps x 2 micro-batches x 4 windows of 128 tokens: the first 64 windows of the split.
+    assert loader.order == "sequential" and loader.step == 16
+    train = plan.dataset.tokens("train")[0]
+    loader.step = 0
+    x, y = next(loader)
+    assert x[:, 0].tolist() == [int(train[i * 128]) for i in range(4)]
+    assert y[-1].tolist() == train[3 * 128 + 1 : 4 * 128 + 1].tolist()
+    first = json.loads((plan.run_dir / "metrics.jsonl").read_text().splitlines()[0])
+    assert summary["val_loss"] < first["val_loss"] - 0.5  # it learned from those windows
