@@ -109,15 +109,19 @@ def _byte_decoder() -> dict[str, int]:
 
 
 def _is_byte_level(spec: dict[str, Any]) -> bool:
-    def has_byte_level(node: Any) -> bool:
+    def byte_levels(node: Any) -> list[dict[str, Any]]:
         if not isinstance(node, dict):
-            return False
+            return []
         if node.get("type") == "ByteLevel":
-            return True
-        return any(has_byte_level(n) for n in node.get("pretokenizers", []) or [])
+            return [node]
+        return [b for n in node.get("pretokenizers", []) or [] for b in byte_levels(n)]
 
     model = spec.get("model") or {}
-    return model.get("type") == "BPE" and has_byte_level(spec.get("pre_tokenizer"))
+    found = byte_levels(spec.get("pre_tokenizer"))
+    # add_prefix_space puts a space before each text that is not in it: one byte too many.
+    return model.get("type") == "BPE" and bool(found) and not any(
+        b.get("add_prefix_space") for b in found
+    )
 
 
 def token_byte_lengths(tokenizer: Tokenizer) -> np.ndarray | None:
@@ -132,14 +136,17 @@ def token_byte_lengths(tokenizer: Tokenizer) -> np.ndarray | None:
         return None
     decoder = _byte_decoder()
     lengths = np.zeros(tokenizer.get_vocab_size(with_added_tokens=True), dtype=np.int64)
-    specials = {t["id"] for t in spec.get("added_tokens", []) if t.get("special")}
+    added = {t["id"]: t for t in spec.get("added_tokens", [])}
     for token, token_id in tokenizer.get_vocab(with_added_tokens=True).items():
-        if token_id in specials:
-            continue
-        if all(c in decoder for c in token):
+        if token_id in added:
+            # Added tokens match raw text, not stand-in chars ('é' is 2 bytes, not byte 0xE9);
+            # special ones never come from text (Encoder encodes their strings as text).
+            special = added[token_id].get("special")
+            lengths[token_id] = 0 if special else len(token.encode("utf-8"))
+        elif all(c in decoder for c in token):
             lengths[token_id] = len(token)  # one stand-in char per byte
         else:
-            lengths[token_id] = len(token.encode("utf-8"))  # a plain added (non-special) token
+            lengths[token_id] = len(token.encode("utf-8"))
     return lengths
 
 
@@ -151,6 +158,10 @@ class Encoder:
         self.eot_id = eot_id
         self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
         self.dtype = dtype_for_vocab(self.vocab_size)
+        # A document's text is data: a literal "<|endoftext|>" in it must encode as its bytes, not
+        # as the EOT id (a false document boundary, and tokens whose bytes miss from bits/byte).
+        if hasattr(tokenizer, "encode_special_tokens"):  # tokenizers >= 0.15.1
+            tokenizer.encode_special_tokens = True
         # encode_batch_fast skips character offsets we never use (tokenizers >= 0.20).
         self._encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
 
