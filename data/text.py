@@ -84,7 +84,8 @@ def local_files(path: str, fmt: str) -> tuple[str, list[str]]:
     fmt is `auto` (from the suffixes, which must agree) or a builder name that reads every file.
     """
     p = Path(path).expanduser()
-    if any(c in path for c in "*?["):
+    # An existing path is taken literally, even one with glob characters ('corpus [v2]').
+    if not p.exists() and any(c in path for c in "*?["):
         files = [f for f in glob.glob(str(p), recursive=True) if Path(f).is_file()]
     elif p.is_dir():
         files = [
@@ -123,10 +124,14 @@ def stdlib_files(suffixes: Sequence[str], include_tests: bool) -> list[str]:
     skip = {"site-packages", "dist-packages", "__pycache__"}
     if not include_tests:
         skip |= {"test", "tests", "idle_test"}
-    files = [
-        str(f) for f in root.rglob("*")
-        if f.suffix in suffixes and f.is_file() and not skip & set(f.relative_to(root).parts)
-    ]
+    files: list[str] = []
+    # Prune while walking: site-packages often holds most of the files under the stdlib root.
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in skip]
+        files += [
+            os.path.join(folder, n) for n in names
+            if os.path.splitext(n)[1] in suffixes and os.path.isfile(os.path.join(folder, n))
+        ]
     if not files:
         raise DataError(
             f"found no {', '.join(suffixes)} files under the standard library at {root}: "
