@@ -36,6 +36,8 @@ from data.text_source import HubSource, LocalSource, StdlibSource
 
 # Keys every data config has, whatever its source; each source lists its own `options`.
 GENERIC_KEYS = ("name", "source", "shard_tokens")
+# Options that decide a text dataset's tokenizer: check_tokenizer compares, never fills them.
+_TOKENIZER_OPTIONS = ("vocab_size", "tokenizer_path", "eot_token", "tokenizer_train_bytes")
 
 
 Reporter = Callable[[str], None]
@@ -90,6 +92,15 @@ def check_tokenizer(dataset: TokenDataset, data_cfg: Mapping[str, Any]) -> None:
     Only what decides the tokenizer is compared (vocab size, end-of-text token, the tokenizer file
     or the BPE's training sample), so a run may still override, say, data.train_tokens.
     """
+    # A run reads shards, not the corpus: where the corpus came from (data.path) need not be given
+    # again, so an option left null takes the value the dataset was built with. The options that
+    # decide the tokenizer are compared below, never filled in.
+    built = dataset.manifest.get("source") or {}
+    if built.get("source") == data_cfg.get("source"):
+        data_cfg = {
+            k: built.get(k) if v is None and k not in _TOKENIZER_OPTIONS else v
+            for k, v in data_cfg.items()
+        }
     source, _ = build_source(data_cfg)
     entry = dataset.manifest.get("tokenizer") or {}
     # Manifests from before tokenizer specs recorded only the vocabulary size.
