@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import glob
 import os
-import socket
 import sysconfig
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.error import HTTPError
+from urllib.parse import quote
+from urllib.request import Request, urlopen
 
 from data.errors import DataError
 
@@ -34,8 +35,12 @@ def _first_line(error: BaseException) -> str:
 
 
 def check_hub_reachable(dataset: str, timeout_s: float = HUB_PROBE_TIMEOUT_S) -> None:
-    """Fail in about timeout_s, naming the fix, when the hub (or HF_ENDPOINT) cannot be reached."""
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    """Fail in about timeout_s, naming the fix, when the hub (or HF_ENDPOINT) does not answer.
+
+    One HTTP HEAD of the dataset's API page: any answer means the hub is there (a 404 means the
+    dataset is not); no answer in time, a refused connection or an unknown host means offline.
+    """
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
     fix = (
         f"to stream data.dataset={dataset!r}: download its files on a connected machine and use "
         "data=local data.path=<folder of .parquet/.jsonl/.txt> (or data.dataset=<local copy of "
@@ -44,24 +49,30 @@ def check_hub_reachable(dataset: str, timeout_s: float = HUB_PROBE_TIMEOUT_S) ->
     for var in _OFFLINE_VARS:
         if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
             raise DataError(f"{var} is set, so the Hugging Face hub is off limits {fix}")
-    url = urlparse(endpoint)
-    host, port = url.hostname or endpoint, url.port or (80 if url.scheme == "http" else 443)
-    outcome: list[BaseException | None] = []
+    url = f"{endpoint}/api/datasets/{quote(dataset, safe='/')}"
+    outcome: list[BaseException | int] = []
 
     def probe() -> None:
         try:
-            socket.create_connection((host, port), timeout=timeout_s).close()
-            outcome.append(None)
-        except OSError as e:
+            with urlopen(Request(url, method="HEAD"), timeout=timeout_s) as response:
+                outcome.append(response.status)
+        except HTTPError as e:  # an answer, if not a welcome one
+            outcome.append(e.code)
+        except Exception as e:  # URLError, timeouts, http.client's InvalidURL for a bad endpoint
             outcome.append(e)
 
-    # getaddrinfo has no timeout of its own, so the probe runs in a thread we stop waiting for.
+    # Name resolution has no timeout of its own, so the probe runs in a thread we stop waiting for.
     thread = threading.Thread(target=probe, daemon=True)
     thread.start()
     thread.join(timeout_s)
-    if not outcome or outcome[0] is not None:
+    if not outcome or isinstance(outcome[0], BaseException):
         reason = _first_line(outcome[0]) if outcome else f"no answer in {timeout_s:g} s"
         raise DataError(f"cannot reach the Hugging Face hub at {endpoint} ({reason}) {fix}")
+    if outcome[0] == 404:
+        raise DataError(
+            f"the hub at {endpoint} has no dataset {dataset!r}: fix data.dataset (a hub name "
+            "such as roneneldan/TinyStories, or a local folder)"
+        )
 
 
 def is_local(dataset: str) -> bool:

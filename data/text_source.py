@@ -22,7 +22,7 @@ from data.config import (
     check_str,
 )
 from data.errors import DataError
-from data.tokenizer import TOKENIZER_FILE
+from data.tokenizer import TOKENIZER_FILE, check_bpe_vocab
 
 SPLITS = ("train", "val")
 # Options every text source has, after its own; the comments live in configs/data/_text.yaml.
@@ -78,6 +78,8 @@ class TextSource:
                 "data.vocab_size=null needs data.tokenizer_path: set data.vocab_size (e.g. 8192) "
                 "to train a BPE, or point data.tokenizer_path at a tokenizer.json"
             )
+        else:
+            check_bpe_vocab(vocab_size)  # before any disk work, not after reading the corpus
         self.config = {**own, **common}
         self.vocab_size = vocab_size or 0  # the tokenizer's real size, once setup() has run
         self.eot_id = -1
@@ -138,6 +140,10 @@ class TextSource:
         self.vocab_size = size
         self.eot_id = tk.eot_id(tok, self.config["eot_token"], origin)
         self._token_bytes = tk.token_byte_lengths(tok)
+        if self._token_bytes is not None:
+            # EOT marks a boundary, it is no text: even a tokenizer that does not flag it special
+            # must not count its bytes, or bits per byte would be inflated.
+            self._token_bytes[self.eot_id] = 0
 
     def _capped(self) -> Iterator[list[str]]:
         cap, seen = self.config["max_documents"], 0
@@ -153,7 +159,7 @@ class TextSource:
         for batch in self._capped():
             docs = [d for d in batch if not is_val(d.encode("utf-8", "replace"), fraction)]
             yield docs
-            self._trained_bytes += sum(map(len, docs))  # characters: close enough for a budget
+            self._trained_bytes += sum(len(d.encode("utf-8", "replace")) for d in docs)
             if self._trained_bytes >= budget:
                 return
 

@@ -22,6 +22,16 @@ if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
 TOKENIZER_FILE = "tokenizer.json"
+# The 256 byte symbols plus EOT must fit, and one merge makes it a BPE at all.
+MIN_BPE_VOCAB = 258
+
+
+def check_bpe_vocab(vocab_size: int) -> None:
+    if vocab_size < MIN_BPE_VOCAB:
+        raise DataError(
+            f"data.vocab_size={vocab_size} is too small for a byte-level BPE (256 bytes + "
+            f"end-of-text + merges): use at least {MIN_BPE_VOCAB}, e.g. 8192"
+        )
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int, eot_token: str) -> Tokenizer:
@@ -32,12 +42,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int, eot_token: str) -> Tokenize
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    # The 256 byte symbols plus EOT must fit, and one merge makes it a BPE at all.
-    if vocab_size < 258:
-        raise DataError(
-            f"data.vocab_size={vocab_size} is too small for a byte-level BPE (256 bytes + "
-            "end-of-text + merges): use at least 258, e.g. 8192"
-        )
+    check_bpe_vocab(vocab_size)
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()

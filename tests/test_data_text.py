@@ -5,6 +5,7 @@ offline failure of the hub probe, and the standard library's file list.
 from __future__ import annotations
 
 import gzip
+import http.server
 import json
 import socket
 import sys
@@ -17,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import data.text
 from data import DataError
 from data.text import check_hub_reachable, local_files, stdlib_files, stream_documents
 
@@ -246,33 +248,71 @@ def test_unreachable_endpoint_fails_fast_naming_the_fix(monkeypatch, endpoint):
     assert "data=local data.path=" in message and "\n" not in message
 
 
-def test_a_listening_endpoint_passes(monkeypatch):
-    # A listening socket completes the TCP handshake, so the probe passes (and returns fast).
+class FakeHub(http.server.BaseHTTPRequestHandler):
+    """Answers HEAD /api/datasets/<name>: 200 for known/name, 404 for anything else."""
+
+    def do_HEAD(self):  # noqa: N802 (the http.server API)
+        self.send_response(200 if self.path == "/api/datasets/known/name" else 404)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    server = http.server.HTTPServer(("127.0.0.1", 0), FakeHub)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}/")
+    yield
+    server.shutdown()
+    server.server_close()
+
+
+def test_an_answering_hub_passes_and_a_missing_dataset_is_named(fake_hub):
+    check_hub_reachable("known/name", timeout_s=2.0)  # answered 200: no error
+    with pytest.raises(DataError, match=r"^the hub at http://127.0.0.1:\d+ has no dataset "
+                       r"'nope/x': fix data.dataset"):
+        check_hub_reachable("nope/x", timeout_s=2.0)
+
+
+def test_a_silent_listener_is_not_a_hub(monkeypatch):
+    # TCP accepts but no HTTP answer comes (a captive firewall): offline, not reachable.
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen(1)
         monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
-        check_hub_reachable("x", timeout_s=2.0)  # reachable: no error
+        start = time.monotonic()
+        with pytest.raises(DataError, match=r"cannot reach the Hugging Face hub"):
+            check_hub_reachable("x", timeout_s=0.5)
+        assert time.monotonic() - start < 2
 
 
-def test_endpoint_default_port_follows_the_scheme(monkeypatch):
+def test_probe_asks_the_endpoints_dataset_api(monkeypatch):
     seen = []
 
-    def fake_connect(address, timeout):
-        seen.append((address, timeout))
+    def fake_urlopen(request, timeout):
+        seen.append((request.full_url, request.get_method(), timeout))
         raise OSError("nope")
 
-    monkeypatch.setattr(socket, "create_connection", fake_connect)
-    for endpoint, port in (("https://hub.example", 443), ("http://hub.example", 80),
-                           ("http://hub.example:8080/prefix", 8080)):
-        monkeypatch.setenv("HF_ENDPOINT", endpoint)
-        with pytest.raises(DataError, match=r"\(OSError: nope\)"):
-            check_hub_reachable("x", timeout_s=1.5)
-        assert seen[-1] == (("hub.example", port), 1.5)
+    monkeypatch.setattr(data.text, "urlopen", fake_urlopen)
+    monkeypatch.setenv("HF_ENDPOINT", "http://hub.example:8080/prefix/")
+    with pytest.raises(DataError, match=r"at http://hub.example:8080/prefix \(OSError: nope\)"):
+        check_hub_reachable("a b/c", timeout_s=1.5)
+    assert seen[-1] == ("http://hub.example:8080/prefix/api/datasets/a%20b/c", "HEAD", 1.5)
     monkeypatch.delenv("HF_ENDPOINT")
     with pytest.raises(DataError, match=r"at https://huggingface.co \(OSError: nope\)"):
         check_hub_reachable("x")
-    assert seen[-1][0] == ("huggingface.co", 443)
+    assert seen[-1][0] == "https://huggingface.co/api/datasets/x"
+
+
+def test_a_malformed_endpoint_is_a_one_line_error(monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", "http://hub.example:port")
+    with pytest.raises(DataError, match=r"cannot reach the Hugging Face hub at http://hub.example"
+                       r":port \(InvalidURL: nonnumeric port") as err:
+        check_hub_reachable("x", timeout_s=1.0)
+    assert "\n" not in str(err.value)
 
 
 def test_a_hanging_probe_gives_up_after_the_timeout(monkeypatch):
@@ -283,7 +323,7 @@ def test_a_hanging_probe_gives_up_after_the_timeout(monkeypatch):
         release.wait(10)
         raise OSError("released")
 
-    monkeypatch.setattr(socket, "create_connection", hangs)
+    monkeypatch.setattr(data.text, "urlopen", hangs)
     start = time.monotonic()
     try:
         with pytest.raises(DataError, match=r"\(no answer in 0.3 s\)"):

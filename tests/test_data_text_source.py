@@ -170,7 +170,7 @@ def test_local_source_end_to_end(tmp_path, corpora, kind):
     assert manifest["corpus"]["files"] == {"txt": 200, "jsonl": 2, "parquet": 2}[kind]
     assert manifest["source"]["path"] == str(corpora[kind])
     assert manifest["tokenizer"]["trained_on_bytes"] == sum(
-        len(d) for d in DOCS if not is_val(d.encode(), VAL_FRACTION))
+        len(d.encode()) for d in DOCS if not is_val(d.encode(), VAL_FRACTION))
     assert messages[0].startswith("training a byte-level BPE of 300 tokens")
     assert messages[-1] == f"wrote {path}"
 
@@ -548,3 +548,27 @@ def test_train_cli_refuses_a_tokenizer_mismatch(tmp_path, corpora):
                                "data.vocab_size=512")
     assert not (tmp_path / "runs").exists()
 
+
+
+def test_too_small_bpe_vocabulary_is_refused_before_reading_anything(tmp_path, corpora):
+    cfg = data_config("local", path=str(corpora["txt"]), vocab_size=257)
+    with pytest.raises(DataError, match=r"^data.vocab_size=257 is too small .* at least 258"):
+        prepare(cfg, tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_eot_counts_no_bytes_even_when_not_flagged_special(tmp_path, corpora):
+    # A tokenizer.json whose end-of-text is a plain added token (not special).
+    from tokenizers import AddedToken
+
+    from data.tokenizer import train_bpe
+
+    tok = train_bpe(iter(DOCS), 300, "<|endoftext|>")
+    tok.add_tokens([AddedToken("<|end|>", special=False)])
+    file = tmp_path / "plain_eot.json"
+    file.write_text(tok.to_str())
+    cfg = data_config("local", path=str(corpora["txt"]), tokenizer_path=str(file),
+                      vocab_size=None, eot_token="<|end|>")
+    ds = TokenDataset.open(prepare(cfg, tmp_path / "cache"))
+    assert ds.token_bytes[ds.eot_id] == 0 and ds.eot_id == 300
+    assert ds.token_bytes[tok.token_to_id("a")] == 1  # an ordinary byte token keeps its byte
