@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from data import text
+from data import tokenizer as tk
 from data.config import (
     check_bool,
     check_choice,
@@ -22,7 +23,6 @@ from data.config import (
     check_str,
 )
 from data.errors import DataError
-from data.tokenizer import TOKENIZER_FILE, check_bpe_vocab
 
 SPLITS = ("train", "val")
 # Options every text source has, after its own; the comments live in configs/data/_text.yaml.
@@ -68,18 +68,16 @@ class TextSource:
         }
         self._tokenizer_payload: bytes | None = None
         if path is not None:
-            from data.tokenizer import payload_hash, read_tokenizer_file
-
             # The file's hash is part of the config: a changed file is a different dataset.
-            self._tokenizer_payload = read_tokenizer_file(path)
-            common["tokenizer_sha256"] = payload_hash(self._tokenizer_payload)
+            self._tokenizer_payload = tk.read_tokenizer_file(path)
+            common["tokenizer_sha256"] = tk.payload_hash(self._tokenizer_payload)
         elif vocab_size is None:
             raise DataError(
                 "data.vocab_size=null needs data.tokenizer_path: set data.vocab_size (e.g. 8192) "
                 "to train a BPE, or point data.tokenizer_path at a tokenizer.json"
             )
         else:
-            check_bpe_vocab(vocab_size)  # before any disk work, not after reading the corpus
+            tk.check_bpe_vocab(vocab_size)  # before any disk work, not after reading the corpus
         self.config = {**own, **common}
         self.vocab_size = vocab_size or 0  # the tokenizer's real size, once setup() has run
         self.eot_id = -1
@@ -112,8 +110,6 @@ class TextSource:
 
     def setup(self, say: Any) -> None:
         """Load the configured tokenizer.json, or train a BPE on the first train documents."""
-        from data import tokenizer as tk
-
         if self._tokenizer_payload is not None:
             origin = f"data.tokenizer_path={self.config['tokenizer_path']!r}"
             tok = tk.tokenizer_from_bytes(self._tokenizer_payload, origin)
@@ -157,20 +153,27 @@ class TextSource:
     def _train_sample(self, budget: int) -> Iterator[list[str]]:
         fraction = self.config["val_fraction"]
         for batch in self._capped():
-            docs = [d for d in batch if not is_val(d.encode("utf-8", "replace"), fraction)]
-            yield docs
-            self._trained_bytes += sum(len(d.encode("utf-8", "replace")) for d in docs)
+            train = [
+                (d, len(b)) for d in batch
+                if not is_val(b := d.encode("utf-8", "replace"), fraction)
+            ]
+            yield [d for d, _ in train]
+            self._trained_bytes += sum(n for _, n in train)
             if self._trained_bytes >= budget:
                 return
 
     def chunks(self) -> Iterator[tuple[str, np.ndarray, int, int]]:
         """(split, tokens, documents, bytes) chunks, each at most ~batch_bytes of text."""
-        from data.tokenizer import Encoder
-
-        encoder = Encoder(self._tokenizer, self.eot_id)
+        encoder = tk.Encoder(self._tokenizer, self.eot_id)
         fraction, limit = self.config["val_fraction"], self.config["batch_bytes"]
         pending: dict[str, list[str]] = {s: [] for s in SPLITS}
         pending_bytes = dict.fromkeys(SPLITS, 0)
+
+        def flush(split: str) -> tuple[str, np.ndarray, int, int]:
+            docs, n_bytes = pending[split], pending_bytes[split]
+            pending[split], pending_bytes[split] = [], 0
+            return split, encoder.encode(docs), len(docs), n_bytes
+
         for batch in self._capped():
             for doc in batch:
                 raw = doc.encode("utf-8", "replace")
@@ -179,21 +182,16 @@ class TextSource:
                 pending_bytes[split] += len(raw)
                 self._documents_read += 1
                 if pending_bytes[split] >= limit:
-                    yield split, encoder.encode(pending[split]), len(pending[split]), \
-                        pending_bytes[split]
-                    pending[split], pending_bytes[split] = [], 0
+                    yield flush(split)
         for split in SPLITS:
             if pending[split]:
-                yield split, encoder.encode(pending[split]), len(pending[split]), \
-                    pending_bytes[split]
+                yield flush(split)
 
     def tokenizer(self) -> dict[str, Any]:
-        from data.tokenizer import payload_hash
-
         return {
             "kind": "file" if self.config["tokenizer_path"] else "byte-level-bpe",
-            "file": TOKENIZER_FILE,
-            "hash": payload_hash(self._payload),
+            "file": tk.TOKENIZER_FILE,
+            "hash": tk.payload_hash(self._payload),
             "vocab_size": self.vocab_size,
             "eot_token": self.config["eot_token"],
             "trained_on_bytes": self._trained_bytes or None,
@@ -201,7 +199,7 @@ class TextSource:
         }
 
     def files(self) -> dict[str, bytes]:
-        return {TOKENIZER_FILE: self._payload}
+        return {tk.TOKENIZER_FILE: self._payload}
 
     def token_bytes(self) -> np.ndarray | None:
         return self._token_bytes
