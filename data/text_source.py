@@ -51,6 +51,7 @@ class TextSource:
 
     kind_options: tuple[str, ...] = ()
     options: tuple[str, ...] = TEXT_OPTIONS
+    _files: int | None = None  # how many files documents() found, where the source has files
 
     def __init__(self, cfg: Mapping[str, Any]) -> None:
         own = self._validate(cfg)
@@ -96,7 +97,7 @@ class TextSource:
 
     def describe(self) -> dict[str, Any]:
         """Facts about the corpus for the manifest (files, versions)."""
-        return {}
+        return {} if self._files is None else {"files": self._files}
 
     # --- the Source protocol ------------------------------------------------------------------
     def tokenizer_spec(self) -> dict[str, Any]:
@@ -272,9 +273,6 @@ class LocalSource(TextSource):
             batch_docs=_READ_DOCS, origin=f"data.path={c['path']!r}", **extra,
         )
 
-    def describe(self) -> dict[str, Any]:
-        return {"files": getattr(self, "_files", None)}
-
 
 class StdlibSource(TextSource):
     """This Python's standard library: its source, docstrings and pydoc's help topics."""
@@ -304,5 +302,5 @@ class StdlibSource(TextSource):
         )
 
     def describe(self) -> dict[str, Any]:
-        return {"files": getattr(self, "_files", None), "python": platform.python_version()}
+        return {**super().describe(), "python": platform.python_version()}
 
