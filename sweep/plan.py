@@ -47,6 +47,7 @@ class RunPlan:
     params: ParamCounts
     flops: FlopsPerToken
     budget: Budget
+    lr: float  # peak learning rate
     seq_len: int
     micro_batch_size: int
     batch_tokens: int
@@ -100,10 +101,11 @@ def _model_config(model_cfg: DictConfig, vocab_size: int, overrides: list[str]) 
 def plan_run(cfg: DictConfig, overrides: list[str] | None = None) -> RunPlan:
     """Validate `cfg` (a composed train config) and derive the run; writes nothing."""
     overrides = overrides or []
-    experiment = str(cfg.experiment)
+    experiment = str(cfg.experiment_name)
     if not _SAFE_NAME.match(experiment):
         raise ConfigError(
-            f"experiment={experiment!r} must be a plain directory name (letters, digits, . _ = -)"
+            f"experiment_name={experiment!r} must be a plain directory name "
+            "(letters, digits, . _ = -)"
         )
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool) or cfg.seed < 0:
         raise ConfigError(f"seed={cfg.seed!r} must be a non-negative integer")
@@ -213,6 +215,7 @@ def plan_run(cfg: DictConfig, overrides: list[str] | None = None) -> RunPlan:
         params=params,
         flops=flops,
         budget=budget,
+        lr=float(train.lr),
         seq_len=seq_len,
         micro_batch_size=micro,
         batch_tokens=batch_tokens,

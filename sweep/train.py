@@ -126,12 +126,14 @@ def run(plan: RunPlan) -> dict[str, Any]:
     model = GPT(plan.model).to(hw.device)
     step_model = torch.compile(model) if hw.compile else model
     optimizer = build_optimizer(model, plan, OmegaConf.create(cfg["train"]))
-    base_lr = cfg["train"]["lr"]
+    base_lr = plan.lr
+    # The loader draws a whole optimizer step's batch, which the loop splits into micro-batches:
+    # the windows a step sees depend on the step alone, never on the micro-batch size.
     batches = train_windows(
         cfg["train"]["windows"],
         plan.dataset,
         "train",
-        plan.micro_batch_size,
+        plan.batch_tokens // plan.seq_len,
         plan.seq_len,
         seed=cfg["seed"],
         device=hw.device,
@@ -217,8 +219,8 @@ def run(plan: RunPlan) -> dict[str, Any]:
             lr = base_lr * plan.schedule.multiplier(step - 1)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            for _ in range(plan.grad_accum):
-                x, y = next(batches)
+            xs, ys = next(batches)
+            for x, y in zip(xs.chunk(plan.grad_accum), ys.chunk(plan.grad_accum), strict=True):
                 with hw.autocast():
                     loss = step_model(x, y) / plan.grad_accum
                 loss.backward()

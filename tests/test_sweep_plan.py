@@ -23,7 +23,7 @@ def test_plan_resolves_shape_budget_and_identity(synthetic_root):
 def test_identity_ignores_how_a_run_is_executed(synthetic_root):
     base = plan_run(compose_train(synthetic_root, "budget.tokens=2e4"))
     same = plan_run(compose_train(synthetic_root, "budget.tokens=20000", "train.micro_batch_size=4",
-                                  "logging.interval=3", "experiment=other"))
+                                  "logging.interval=3", "experiment_name=other"))
     other = plan_run(compose_train(synthetic_root, "budget.tokens=2e4", "seed=1"))
     assert base.config_hash == same.config_hash
     assert base.config_hash != other.config_hash
@@ -58,7 +58,7 @@ def test_target_params_picks_the_rule_shape(synthetic_root):
         (["budget.tokens=2e4", "train.batch_tokens=1000"], "not a multiple of"),
         (["budget.tokens=2e4", "model.vocab_size=1000"], "model.vocab_size=1000 does not match"),
         (["budget.tokens=2e4", "data.name=nope"], "not prepared"),
-        (["budget.tokens=2e4", "experiment=a/b"], "experiment='a/b'"),
+        (["budget.tokens=2e4", "experiment_name=a/b"], "experiment_name='a/b'"),
         (["budget.tokens=2e4", "schedule.kind=step"], "schedule.kind='step'"),
         (["budget.tokens=2e4", "train.lr=-1"], "train.lr=-1"),
         (["budget.tokens=2e4", "seed=-1"], "seed=-1 must be a non-negative integer"),

@@ -144,7 +144,8 @@ def test_synthetic_demo_learns_toward_the_entropy_rate(tmp_path):
 @pytest.mark.cuda
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_run_uses_bf16_and_records_mfu(synthetic_root):
-    result = train_cli(synthetic_root, "budget.tokens=3e4", "experiment=cuda", "train.device=cuda")
+    result = train_cli(synthetic_root, "budget.tokens=3e4", "experiment_name=cuda",
+                       "train.device=cuda")
     assert result.returncode == 0, result.stderr
     summary = json.loads(next((synthetic_root / "runs/cuda").glob("*/summary.json")).read_text())
     assert summary["status"] == "finished" and summary["precision"] == "bf16"
@@ -168,7 +169,7 @@ def test_nan_loss_stops_the_run_as_diverged_and_keeps_its_record(synthetic_root,
             return out
 
     monkeypatch.setattr(train_module, "GPT", NaNAfterFirstStep)
-    plan = plan_run(compose_train(synthetic_root, "budget.tokens=2e4", "experiment=nan",
+    plan = plan_run(compose_train(synthetic_root, "budget.tokens=2e4", "experiment_name=nan",
                                   "logging.interval=2"))
     summary = train_module.run(plan)
     assert summary["status"] == "diverged"
@@ -194,19 +195,20 @@ def test_sequential_windows_train_on_the_split_in_order(synthetic_root, monkeypa
 
     monkeypatch.setattr(train_module, "train_windows", recording)
     plan = plan_run(compose_train(synthetic_root, "budget.tokens=8192", "train.windows=sequential",
-                                  "train.micro_batch_size=4", "experiment=sequential",
+                                  "train.micro_batch_size=4", "experiment_name=sequential",
                                   "eval.points=2", "eval.tokens=4096"))
     summary = train_module.run(plan)
     assert summary["status"] == "finished" and summary["steps"] == 8
     assert yaml.safe_load((plan.run_dir / "config.yaml").read_text())["train"]["windows"] == (
         "sequential")
     (loader,) = loaders
-    # 8 steps x 2 micro-batches x 4 windows of 128 tokens: the first 64 windows of the split.
-    assert loader.order == "sequential" and loader.step == 16
+    # 8 steps x 8 windows of 128 tokens (two micro-batches of 4 each): the first 64 windows of
+    # the split. The loader serves whole optimizer steps, so its position is the step count.
+    assert loader.order == "sequential" and loader.step == 8 and loader.batch_size == 8
     train = plan.dataset.tokens("train")[0]
     loader.step = 0
     x, y = next(loader)
-    assert x[:, 0].tolist() == [int(train[i * 128]) for i in range(4)]
-    assert y[-1].tolist() == train[3 * 128 + 1 : 4 * 128 + 1].tolist()
+    assert x[:, 0].tolist() == [int(train[i * 128]) for i in range(8)]
+    assert y[-1].tolist() == train[7 * 128 + 1 : 8 * 128 + 1].tolist()
     first = json.loads((plan.run_dir / "metrics.jsonl").read_text().splitlines()[0])
     assert summary["val_loss"] < first["val_loss"] - 0.5  # it learned from those windows
