@@ -18,6 +18,9 @@ os.environ["WANDB_MODE"] = "disabled"
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 # Small enough to build in well under a second, large enough for a few hundred training steps.
 TINY_DATA = {"train_tokens": 300_000, "val_tokens": 40_000}
+# Training tests assert exact step counts and learning progress: they pin the hyperparameters the
+# per-size rules would otherwise choose. Tests of the rules themselves override these with null.
+FIXED_HPARAMS = ("train.lr=3e-3", "train.batch_tokens=1024", "schedule.warmup_fraction=0.05")
 
 
 @pytest.fixture(scope="session")
@@ -35,5 +38,5 @@ def compose_train(root: Path, *overrides: str) -> DictConfig:
         return compose(
             "train",
             overrides=[f"paths.root_dir={root}", "logging.wandb.mode=disabled",
-                       "logging.progress=false", *overrides],
+                       "logging.progress=false", *FIXED_HPARAMS, *overrides],
         )

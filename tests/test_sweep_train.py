@@ -19,6 +19,7 @@ from data import TokenDataset
 from models import GPT, GPTConfig
 from sweep.records import METRIC_KEYS
 from sweep.train import eval_steps
+from tests.conftest import FIXED_HPARAMS
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -27,7 +28,7 @@ def train_cli(root: Path, *overrides: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "disabled"}
     return subprocess.run(
         [sys.executable, "-m", "sweep.train", f"paths.root_dir={root}",
-         "logging.wandb.mode=disabled", *overrides],
+         "logging.wandb.mode=disabled", *FIXED_HPARAMS, *overrides],
         cwd=root, env=env, capture_output=True, text=True, timeout=600,
     )
 
