@@ -1,0 +1,70 @@
+"""The `scaling` sweeper: Hydra's basic grid expansion, plus a planning pass before any launch.
+
+Every grid point is planned first (a bad one stops the sweep before anything trains), the table
+of runs and actions is printed, and only the points left to train or resume go to the launcher.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobStatus
+
+
+class ScalingSweeper(BasicSweeper):
+    """BasicSweeper whose sweep() plans, filters and reports the grid (see sweep.grid)."""
+
+    def sweep(self, arguments: list[str]) -> Any:
+        # Imported here: Hydra imports every plugin module on each start, and torch is slow.
+        from sweep.grid import GridError, describe_failures, format_plan, plan_grid, write_manifest
+
+        assert self.config is not None and self.launcher is not None
+        assert self.hydra_context is not None
+        params = self._parse_config()
+        params.extend(arguments)
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        jobs = [list(job) for batch in self.split_arguments(parser.parse_overrides(params), None)
+                for job in batch]
+        loader = self.hydra_context.config_loader
+        task_overrides = list(self.config.hydra.overrides.task)
+        experiment = str(self.config.experiment_name)
+        try:
+            configs = [loader.load_sweep_config(self.config, job) for job in jobs]
+            points = plan_grid(jobs, configs, task_overrides)
+        except GridError as err:
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+        print(format_plan(experiment, points), flush=True)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        write_manifest(sweep_dir, experiment, points)
+        todo = [list(p.overrides) for p in points if p.action != "skip"]
+        if self.config.launch.dry_run or not todo:
+            print("dry run: nothing launched" if todo else "nothing to train", flush=True)
+            return []
+
+        start = time.perf_counter()
+        size = self.max_batch_size or len(todo)
+        returns = []
+        for first in range(0, len(todo), size):
+            returns.append(self.launcher.launch(todo[first : first + size], initial_job_idx=first))
+        # A job that raised is recorded, not re-raised: the other runs of the sweep went on.
+        failures = [
+            (r.overrides, r._return_value)
+            for batch in returns
+            for r in batch
+            if r.status == JobStatus.FAILED
+        ]
+        print(
+            f"sweep {experiment}: {len(todo) - len(failures)} of {len(todo)} launched runs ended "
+            f"in {time.perf_counter() - start:.0f} s; status: python -m sweep.status {sweep_dir}",
+            flush=True,
+        )
+        if failures:
+            print(f"error: {describe_failures(failures)}", file=sys.stderr)
+            raise SystemExit(1)
+        return returns

@@ -1,0 +1,235 @@
+"""Plan a whole sweep before any of it trains: each grid point's run, and whether to train,
+resume or skip it (finished, diverged, failed, running elsewhere, or outside the D/N range).
+
+The Hydra sweeper (hydra_plugins/scaling_sweeper) composes the points; this module decides.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from data import DataError
+from data.shards import atomic_write_bytes
+from sweep.errors import ConfigError
+from sweep.plan import RunPlan, plan_run
+from sweep.state import read_run_state
+
+MANIFEST = "sweep.json"  # in the sweep directory: the grid as last planned, for sweep.status
+ACTIONS = ("train", "resume", "skip")
+
+
+class GridError(ConfigError):
+    """A grid point that cannot be planned, reported before any point trains."""
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    """One point of the grid: its run, its coordinates (N, D, C) and what the sweep does."""
+
+    index: int
+    overrides: tuple[str, ...]
+    run_id: str
+    run_dir: str
+    model: str
+    N: int  # non-embedding parameters
+    D: int  # tokens
+    C: float  # 6 N D
+    lr: float
+    batch_tokens: int
+    action: str  # train | resume | skip
+    reason: str
+
+    @property
+    def tokens_per_param(self) -> float:
+        return self.D / self.N
+
+
+def check_launch(launch: Mapping[str, Any]) -> tuple[float | None, float | None]:
+    """Validate the `launch` section; returns the (min, max) tokens-per-parameter bounds."""
+    for key in ("rerun_failed", "dry_run"):
+        if not isinstance(launch[key], bool):
+            raise GridError(f"launch.{key}={launch[key]!r} must be true or false")
+    bounds = launch["tokens_per_param"]
+    lo, hi = bounds["min"], bounds["max"]
+    for key, value in (("min", lo), ("max", hi)):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float) or not value > 0
+        ):
+            raise GridError(
+                f"launch.tokens_per_param.{key}={value!r} must be a positive number or null"
+            )
+    if lo is not None and hi is not None and lo > hi:
+        raise GridError(
+            f"launch.tokens_per_param.min={lo} exceeds launch.tokens_per_param.max={hi}: "
+            "swap them"
+        )
+    return lo, hi
+
+
+def _range_reason(tokens_per_param: float, lo: float | None, hi: float | None) -> str | None:
+    if lo is not None and tokens_per_param < lo:
+        return f"D/N={tokens_per_param:.3g} is below launch.tokens_per_param.min={lo:g}"
+    if hi is not None and tokens_per_param > hi:
+        return f"D/N={tokens_per_param:.3g} is above launch.tokens_per_param.max={hi:g}"
+    return None
+
+
+def decide(run_dir: Path, rerun_failed: bool) -> tuple[str, str]:
+    """What relaunching a sweep does with the run in `run_dir`, and why."""
+    state = read_run_state(run_dir)
+    step = state.checkpoint_step
+    if state.state == "finished":
+        loss = (state.summary or {}).get("val_loss")
+        return "skip", "finished" + (f", val_loss {loss:.4f}" if isinstance(loss, float) else "")
+    if state.state == "diverged":
+        return "skip", "diverged: kept (a rerun repeats it; delete its directory to retrain)"
+    if state.state == "running":
+        return "skip", "running in another process"
+    if state.state == "failed":
+        error = (state.summary or {}).get("error") or "unknown error"
+        if not rerun_failed:
+            return "skip", f"failed ({error}): launch.rerun_failed=true retrains it"
+        if step is not None:
+            return "resume", f"rerun of a failed run, from step {step}"
+        return "train", "rerun of a failed run"
+    if state.state == "interrupted":
+        if step is not None:
+            return "resume", f"interrupted: resumes from step {step}"
+        return "train", "interrupted before its first checkpoint: starts again"
+    return "train", ""
+
+
+def plan_grid(
+    jobs: Sequence[Sequence[str]], configs: Sequence[DictConfig], task_overrides: Sequence[str]
+) -> list[GridPoint]:
+    """Plan every grid point (jobs[i] overrides composed into configs[i]); raise GridError with
+    the first bad point, naming it, before anything is written or trained."""
+    if not configs:
+        raise GridError("the sweep has no grid points: set hydra.sweeper.params")
+    launch = OmegaConf.to_container(configs[0].launch)
+    lo, hi = check_launch(launch)
+    plans: list[RunPlan] = []
+    errors: list[str] = []
+    for i, (overrides, cfg) in enumerate(zip(jobs, configs, strict=True)):
+        try:
+            plans.append(plan_run(cfg, [*task_overrides, *overrides]))
+        except (ConfigError, DataError) as err:
+            errors.append(f"grid point #{i} ({' '.join(overrides)}): {err}")
+    if errors:
+        more = f" (and {len(errors) - 1} more bad points)" if len(errors) > 1 else ""
+        raise GridError(errors[0] + more)
+
+    points: list[GridPoint] = []
+    first_of: dict[str, int] = {}
+    for i, (overrides, plan) in enumerate(zip(jobs, plans, strict=True)):
+        n, d = plan.params.non_embedding, plan.budget.tokens
+        out_of_range = _range_reason(d / n, lo, hi)
+        if out_of_range:
+            action, reason = "skip", out_of_range
+        elif plan.run_id in first_of:
+            action, reason = "skip", f"same run as grid point #{first_of[plan.run_id]}"
+        else:
+            first_of[plan.run_id] = i
+            action, reason = decide(plan.run_dir, launch["rerun_failed"])
+        points.append(
+            GridPoint(
+                index=i,
+                overrides=tuple(overrides),
+                run_id=plan.run_id,
+                run_dir=str(plan.run_dir),
+                model=plan.model_name,
+                N=n,
+                D=d,
+                C=plan.flops.flops_6nd * d,
+                lr=plan.lr,
+                batch_tokens=plan.batch_tokens,
+                action=action,
+                reason=reason,
+            )
+        )
+    return points
+
+
+def _si(value: float) -> str:
+    for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g}{suffix}"
+    return f"{value:.3g}"
+
+
+def format_plan(experiment: str, points: Sequence[GridPoint]) -> str:
+    """The table printed before a sweep trains: every point, its numbers and its action."""
+    header = ("#", "run", "N", "D", "C", "D/N", "lr", "batch", "action")
+    rows = [
+        (
+            str(p.index),
+            p.run_id,
+            _si(p.N),
+            _si(p.D),
+            f"{p.C:.2e}",
+            f"{p.tokens_per_param:.3g}",
+            f"{p.lr:.2e}",
+            str(p.batch_tokens),
+            p.action + (f" ({p.reason})" if p.reason else ""),
+        )
+        for p in points
+    ]
+    widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header) - 1)]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
+        for row in [header, *rows]
+    ]
+    counts = {a: sum(p.action == a for p in points) for a in ACTIONS}
+    lines.append(
+        f"sweep {experiment}: {len(points)} grid points: {counts['train']} to train, "
+        f"{counts['resume']} to resume, {counts['skip']} skipped"
+    )
+    return "\n".join(lines)
+
+
+def write_manifest(sweep_dir: Path, experiment: str, points: Sequence[GridPoint]) -> Path:
+    """Record the planned grid (atomically) so `sweep.status` can list points not yet started."""
+    body = {
+        "experiment": experiment,
+        "planned_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "points": [{**asdict(p), "overrides": list(p.overrides)} for p in points],
+    }
+    path = sweep_dir / MANIFEST
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, (json.dumps(body, indent=1) + "\n").encode())
+    return path
+
+
+def read_manifest(sweep_dir: Path) -> list[dict[str, Any]]:
+    """The grid points of the last planned sweep in `sweep_dir` ([] when there is none)."""
+    try:
+        body = json.loads((sweep_dir / MANIFEST).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return []
+    points = body.get("points") if isinstance(body, dict) else None
+    return [p for p in points if isinstance(p, dict)] if isinstance(points, list) else []
+
+
+def describe_failures(failures: Sequence[tuple[Sequence[str], BaseException]]) -> str:
+    """One line for the runs of a sweep that did not finish, naming the first and its reason."""
+    overrides, error = failures[0]
+    more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+    message = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return f"{len(failures)} run(s) did not finish: {' '.join(overrides)}: {message}{more}"
+
+
+def finite_or_none(value: Any) -> float | None:
+    """value as a float when it is a finite number, else None."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
