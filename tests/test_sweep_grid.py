@@ -1,0 +1,152 @@
+"""Sweeps: experiment configs, grid expansion and planning through the real Hydra sweeper, relaunch
+decisions (skip finished, resume interrupted, rerun failed on request) and the D/N range filter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from data.hydra_guard import available
+from sweep.grid import GridError, check_launch, decide, read_manifest
+from tests.conftest import CONFIGS, FIXED_HPARAMS
+
+REPO = Path(__file__).resolve().parent.parent
+EXPERIMENTS = available("experiment")
+SMALL = ("logging.wandb.mode=disabled", "logging.progress=false", "eval.tokens=4096",
+         "eval.points=2", *FIXED_HPARAMS)
+
+
+def sweep_cli(root: Path, *overrides: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    return subprocess.run(
+        [sys.executable, "-m", "sweep.train", f"paths.root_dir={root}", *SMALL, *overrides],
+        cwd=root, env=env, capture_output=True, text=True, timeout=600,
+    )
+
+
+def hydra_node(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose("train", overrides=list(overrides), return_hydra_config=True)
+
+
+def test_every_experiment_is_a_stable_multirun_grid():
+    assert {"smoke", "isoflop", "horizons", "kaplan", "ladder_300m"} <= set(EXPERIMENTS)
+    for name in EXPERIMENTS:
+        text = (CONFIGS / "experiment" / f"{name}.yaml").read_text()
+        assert text.startswith("# @package _global_"), name
+        cfg = hydra_node(f"experiment={name}", "paths.root_dir=/r")
+        assert cfg.experiment_name == name
+        assert cfg.hydra.mode.name == "MULTIRUN"
+        # The sweep folder is the experiment's runs folder: no timestamp, so a relaunch finds it.
+        assert cfg.hydra.sweep.dir == f"/r/runs/{name}"
+        assert cfg.hydra.sweeper._target_.endswith("ScalingSweeper")
+        assert cfg.hydra.sweeper.params, name
+
+
+def test_smoke_grid_is_small_rungs_on_stdlib():
+    cfg = hydra_node("experiment=smoke")
+    assert cfg.data.name == "stdlib"
+    models = cfg.hydra.sweeper.params.model.split(",")
+    budgets = str(cfg.hydra.sweeper.params["budget.tokens"]).split(",")
+    assert models == ["gpt_1m", "gpt_3m", "gpt_6m"] and len(budgets) == 3
+
+
+@pytest.mark.parametrize(
+    ("launch", "message"),
+    [
+        ({"rerun_failed": "yes", "dry_run": False}, "launch.rerun_failed='yes' must be true"),
+        ({"tokens_per_param": {"min": 0, "max": None}}, "launch.tokens_per_param.min=0"),
+        ({"tokens_per_param": {"min": 50, "max": 5}}, "min=50 exceeds"),
+    ],
+)
+def test_launch_section_is_checked(launch, message):
+    base = {"rerun_failed": False, "dry_run": False, "tokens_per_param": {"min": None, "max": None}}
+    with pytest.raises(GridError, match=message):
+        check_launch({**base, **launch})
+
+
+def test_dry_run_expands_the_grid_and_skips_out_of_range_points_first(synthetic_root):
+    # An IsoFLOP grid: 3 sizes x 2 budgets, D/N bounded to [5, 200].
+    result = sweep_cli(
+        synthetic_root, "-m", "experiment_name=iso", "model=base,gpt_1m,gpt_3m",
+        "budget.flops=1e12,1e13", "launch.tokens_per_param.min=5",
+        "launch.tokens_per_param.max=200", "launch.dry_run=true",
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:3] == ["#", "run", "N"]
+    rows = lines[1:7]
+    assert [r.split()[0] for r in rows] == ["0", "1", "2", "3", "4", "5"]
+    assert sum("skip (D/N=" in r for r in rows) >= 1
+    assert "sweep iso: 6 grid points:" in result.stdout and "dry run: nothing launched" in (
+        result.stdout)
+    sweep_dir = synthetic_root / "runs" / "iso"
+    points = read_manifest(sweep_dir)
+    assert len(points) == 6
+    for p in points:
+        ratio = p["D"] / p["N"]
+        assert (p["action"] == "skip") == (not 5 <= ratio <= 200), p
+        assert p["C"] == pytest.approx(6 * p["N"] * p["D"])
+    # Nothing trained: the folder holds the plan only.
+    assert sorted(x.name for x in sweep_dir.iterdir()) == ["sweep.json"]
+
+
+def test_a_bad_grid_point_stops_the_sweep_before_anything_trains(synthetic_root):
+    result = sweep_cli(synthetic_root, "-m", "experiment_name=bad", "model=base",
+                       "budget.tokens=8192,10")
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: grid point #1 (") and "budget.tokens=10" in line
+    assert not (synthetic_root / "runs" / "bad").exists()
+
+
+def test_sweep_trains_then_relaunch_skips_everything(synthetic_root):
+    args = ("-m", "experiment_name=twice", "model=base", "budget.tokens=8192,12288")
+    first = sweep_cli(synthetic_root, *args)
+    assert first.returncode == 0, first.stderr
+    assert "2 to train" in first.stdout
+    summaries = sorted((synthetic_root / "runs/twice").glob("*/summary.json"))
+    assert [json.loads(p.read_text())["status"] for p in summaries] == ["finished"] * 2
+    again = sweep_cli(synthetic_root, *args)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("skip (finished, val_loss") == 2
+    assert "0 to train, 0 to resume, 2 skipped" in again.stdout
+    assert "nothing to train" in again.stdout
+    status = subprocess.run([sys.executable, "-m", "sweep.status", "runs/twice"],
+                            cwd=synthetic_root, capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.splitlines()[-1] == "runs/twice: 2 runs: 2 finished"
+
+
+def _write_summary(run_dir: Path, status: str, error: str | None = None) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "summary.json").write_text(json.dumps(
+        {"status": status, "val_loss": 3.25, "error": error}))
+
+
+def test_decide_by_run_state(tmp_path):
+    assert decide(tmp_path / "new", rerun_failed=False) == ("train", "")
+    _write_summary(tmp_path / "done", "finished")
+    assert decide(tmp_path / "done", False) == ("skip", "finished, val_loss 3.2500")
+    _write_summary(tmp_path / "nan", "diverged", "non-finite training loss by step 7")
+    assert decide(tmp_path / "nan", True)[0] == "skip"
+    _write_summary(tmp_path / "bad", "failed", "RuntimeError: boom")
+    action, reason = decide(tmp_path / "bad", rerun_failed=False)
+    assert action == "skip" and "RuntimeError: boom" in reason and "rerun_failed=true" in reason
+    assert decide(tmp_path / "bad", rerun_failed=True) == ("train", "rerun of a failed run")
+    (tmp_path / "bad" / "checkpoint-00000040.pt").write_bytes(b"x")
+    assert decide(tmp_path / "bad", True) == ("resume", "rerun of a failed run, from step 40")
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    (killed / "metrics.jsonl").write_text('{"step": 0}\n{"step": 1')  # torn: killed mid-line
+    assert decide(killed, False) == (
+        "train", "interrupted before its first checkpoint: starts again")
+    (killed / "checkpoint-00000012.pt").write_bytes(b"x")
+    assert decide(killed, False) == ("resume", "interrupted: resumes from step 12")

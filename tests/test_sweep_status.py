@@ -1,0 +1,81 @@
+"""sweep.status: every run of a sweep by state (from run directories and the sweep's plan), with
+N, D, C, loss and progress, and one-line errors for a bad directory.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sweep.grid import MANIFEST
+from sweep.status import main, sweep_status
+
+
+def _run(sweep: Path, run_id: str, *, summary: dict | None = None, evals: int = 0,
+         checkpoint: int | None = None, steps: int = 100) -> Path:
+    run_dir = sweep / run_id
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(f"resolved:\n  budget:\n    steps: {steps}\n")
+    rows = [{"step": 10 * i, "val_loss": 5.0 - i} for i in range(evals)]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if summary is not None:
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+    if checkpoint is not None:
+        (run_dir / f"checkpoint-{checkpoint:08d}.pt").write_bytes(b"x")
+    return run_dir
+
+
+def _finished(n: int, d: int, loss: float, status: str = "finished", error: str | None = None):
+    return {"status": status, "params": {"non_embedding": n}, "tokens": d,
+            "flops_6nd": 6 * n * d, "val_loss": loss, "steps": 100, "error": error}
+
+
+def test_status_rows_by_state(tmp_path):
+    sweep = tmp_path / "runs" / "exp"
+    _run(sweep, "a-done", summary=_finished(1000, 20_000, 3.5))
+    _run(sweep, "b-nan", summary=_finished(2000, 20_000, float("nan"), "diverged",
+                                            "non-finite training loss by step 9"))
+    _run(sweep, "c-killed", evals=3, checkpoint=25)
+    _run(sweep, "d-early", evals=1)
+    (sweep / ".submitit").mkdir()  # launcher logs are not runs
+    planned = [
+        {"run_id": "c-killed", "N": 4000, "D": 8000, "C": 1.92e8, "action": "train"},
+        {"run_id": "e-pending", "N": 8000, "D": 16000, "C": 7.68e8, "action": "train"},
+        {"run_id": "f-far", "N": 16000, "D": 1e7, "C": 9.6e11, "action": "skip",
+         "reason": "D/N=625 is above launch.tokens_per_param.max=250"},
+    ]
+    (sweep / MANIFEST).write_text(json.dumps({"points": planned}))
+
+    rows = {r.run_id: r for r in sweep_status(sweep)}
+    assert [r.state for r in sweep_status(sweep)] == [
+        "diverged", "interrupted", "interrupted", "new", "finished", "skipped"]
+    assert (rows["a-done"].N, rows["a-done"].D, rows["a-done"].C) == (1000, 20_000, 1.2e8)
+    assert rows["a-done"].loss == 3.5 and rows["b-nan"].loss is None
+    assert rows["b-nan"].note == "non-finite training loss by step 9"
+    # An interrupted run: its latest eval's loss, the newer of eval and checkpoint steps.
+    killed = rows["c-killed"]
+    assert (killed.N, killed.loss, killed.step, killed.steps) == (4000, 3.0, 25, 100)
+    assert killed.note == "resumes from step 25"
+    assert rows["d-early"].note == "no checkpoint: restarts"
+    assert rows["e-pending"].note == "not started"
+    assert rows["f-far"].note.startswith("D/N=625")
+
+
+def test_cli_table_and_json(tmp_path, capsys):
+    sweep = tmp_path / "exp"
+    _run(sweep, "a-done", summary=_finished(1000, 20_000, 3.5))
+    assert main([str(sweep)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["state", "run", "N", "D", "C", "loss", "steps", "note"]
+    assert out[1].split() == ["finished", "a-done", "1,000", "20,000", "1.200e+08", "3.5000",
+                              "100/100"]
+    assert out[-1] == f"{sweep}: 1 runs: 1 finished"
+    assert main([str(sweep), "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["state"] == "finished" and row["C"] == 1.2e8
+
+
+def test_missing_directory_is_one_line(tmp_path, capsys):
+    assert main([str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not exist" in err[0] and "runs/smoke" in err[0]
