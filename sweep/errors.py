@@ -12,6 +12,14 @@ class ConfigError(ValueError):
     """A config value that cannot be trained as given (printed as one line, exit code 2)."""
 
 
+class RunFailed(Exception):
+    """One run of a sweep could not finish (bad config or data, failed, diverged): one line.
+
+    Raised instead of SystemExit inside a Hydra multirun, whose launcher records an Exception
+    for that job and goes on with the next one, but lets SystemExit end the whole sweep.
+    """
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse whose usage errors are one `error:` line (exit 2), like every other mistake."""
 

@@ -9,12 +9,18 @@ import hashlib
 import json
 import math
 import os
+import platform
 import subprocess
 from collections.abc import Mapping
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from data.shards import atomic_write_bytes
+from sweep.errors import ConfigError
+
+if TYPE_CHECKING:
+    from sweep.plan import RunPlan
 
 SCHEMA_VERSION = 1
 METRIC_KEYS = (
@@ -71,6 +77,76 @@ def code_version() -> str:
     return out.stdout.strip() or "unknown"
 
 
+def _version(package: str) -> str:
+    # From the installed metadata: this module must not import torch (the fitter reads records).
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def build_summary(plan: RunPlan, status: str, **fields: Any) -> dict[str, Any]:
+    """summary.json's body: the plan's facts around the outcome in `fields` (tokens, steps,
+    losses, times, ...)."""
+    m = plan.model
+    tokens = fields.pop("tokens")
+    return {
+        "status": status,
+        "run_id": plan.run_id,
+        "experiment": plan.experiment,
+        "model_name": plan.model_name,
+        "shape": {
+            "n_layer": m.n_layer,
+            "d_model": m.d_model,
+            "n_head": m.n_head,
+            "head_dim": m.head_dim,
+            "vocab_size": m.vocab_size,
+            "seq_len": plan.seq_len,
+            "max_seq_len": m.max_seq_len,
+            "positions": m.positions,
+            "tie_embeddings": m.tie_embeddings,
+            "bias": m.bias,
+            "mlp_ratio": m.mlp_ratio,
+        },
+        "params": {
+            "total": plan.params.total,
+            "embedding": plan.params.embedding,
+            "position": plan.params.position,
+            "head": plan.params.head,
+            "non_embedding": plan.params.non_embedding,
+        },
+        "tokens": tokens,
+        "steps": fields.pop("steps"),
+        "batch_tokens": plan.batch_tokens,
+        "budget": {
+            "kind": plan.budget.kind,
+            "value": plan.budget.value,
+            "tokens": plan.budget.tokens,
+        },
+        "flops_per_token": {
+            "6nd": plan.flops.flops_6nd,
+            "6nd_total": plan.flops.flops_6nd_total,
+            "exact": plan.flops.flops_exact,
+        },
+        "flops_6nd": plan.flops.flops_6nd * tokens,
+        "flops_6nd_total": plan.flops.flops_6nd_total * tokens,
+        "flops_exact": plan.flops.flops_exact * tokens,
+        **fields,
+        "dataset": {
+            "name": plan.dataset.name,
+            "config_hash": plan.dataset.manifest.get("config_hash"),
+            "tokenizer_hash": plan.dataset.manifest.get("tokenizer", {}).get("hash"),
+        },
+        "device": plan.hardware.device_name,
+        "precision": plan.hardware.precision,
+        "seed": plan.config["seed"],
+        "config_hash": plan.config_hash,
+        "code_version": code_version(),
+        "torch_version": _version("torch"),
+        "python_version": platform.python_version(),
+    }
+
+
 class RunRecord:
     """Writes one run's directory: the resolved config, one metrics line per eval, the summary."""
 
@@ -93,6 +169,38 @@ class RunRecord:
         atomic_write_bytes(self.config_path, config_yaml.encode())
         self.metrics_path.write_text("")
         self.summary_path.unlink(missing_ok=True)
+
+    def resume(self, config_yaml: str, step: int) -> int:
+        """Continue the run from its checkpoint after `step`: rewrite config.yaml, cut metrics back
+        to the rows with step <= `step`, drop the old summary; returns how many rows remain.
+
+        A torn last line (a crash mid-append) is dropped; the file is rewritten atomically.
+        """
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            text = self.metrics_path.read_text()
+        except FileNotFoundError:
+            text = ""
+        lines = text.split("\n")
+        # Only the last line can be torn, and it then lacks its newline (or is not yet JSON).
+        last = lines.pop()  # "" when the file ends with a newline
+        kept = []
+        for number, line in enumerate(lines, start=1):
+            try:
+                row_step = json.loads(line)["step"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                if number == len(lines) and not last:
+                    break
+                raise ConfigError(
+                    f"{self.metrics_path} line {number} is not a metrics row: delete "
+                    f"{self.run_dir} to retrain the run"
+                ) from None
+            if row_step <= step:
+                kept.append(line + "\n")
+        atomic_write_bytes(self.config_path, config_yaml.encode())
+        atomic_write_bytes(self.metrics_path, "".join(kept).encode())
+        self.summary_path.unlink(missing_ok=True)
+        return len(kept)
 
     def append_metrics(self, row: Mapping[str, Any]) -> None:
         """Append one evaluation point; flushed and fsynced so a crash loses at most this line."""

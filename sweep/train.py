@@ -1,16 +1,16 @@
 """Train one run and record it: `python -m sweep.train model=gpt_1m budget.tokens=2e5`.
 
-The loop follows the plan exactly (steps, schedule, evals) and writes DESIGN.md's run record.
+The loop follows the plan (steps, schedule, evals), checkpoints, and resumes bit for bit.
 """
 
 from __future__ import annotations
 
 import math
-import platform
+import signal
 import sys
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -18,13 +18,24 @@ from omegaconf import DictConfig, OmegaConf
 
 from data import DataError, eval_windows
 from data.hydra_guard import unknown_choice
-from data.loader import train_windows
+from data.loader import TrainWindows, train_windows
 from models import GPT
-from sweep.errors import ConfigError
+from sweep.checkpoint import (
+    CheckpointPolicy,
+    LoopState,
+    checkpoint_policy,
+    checkpoint_step,
+    latest_checkpoint,
+    remove_stale_temps,
+    resume_training_state,
+    save_training_state,
+)
+from sweep.errors import ConfigError, RunFailed
 from sweep.evaluate import evaluate
+from sweep.lock import RunLock, Terminated, sigterm_interrupts
 from sweep.logger import RunLogger
 from sweep.plan import RunPlan, plan_run
-from sweep.records import RunRecord, code_version
+from sweep.records import RunRecord, build_summary
 
 
 def eval_steps(total_steps: int, points: int) -> list[int]:
@@ -45,79 +56,42 @@ def build_optimizer(
     ]
     return torch.optim.AdamW(
         groups,
-        lr=train_cfg.lr,
+        lr=plan.lr,
         betas=(train_cfg.beta1, train_cfg.beta2),
         eps=train_cfg.eps,
         fused=plan.hardware.device.type == "cuda",
     )
 
 
-def _summary(plan: RunPlan, status: str, **fields: Any) -> dict[str, Any]:
-    m = plan.model
-    tokens = fields.pop("tokens")
-    return {
-        "status": status,
-        "run_id": plan.run_id,
-        "experiment": plan.experiment,
-        "model_name": plan.model_name,
-        "shape": {
-            "n_layer": m.n_layer,
-            "d_model": m.d_model,
-            "n_head": m.n_head,
-            "head_dim": m.head_dim,
-            "vocab_size": m.vocab_size,
-            "seq_len": plan.seq_len,
-            "max_seq_len": m.max_seq_len,
-            "positions": m.positions,
-            "tie_embeddings": m.tie_embeddings,
-            "bias": m.bias,
-            "mlp_ratio": m.mlp_ratio,
-        },
-        "params": {
-            "total": plan.params.total,
-            "embedding": plan.params.embedding,
-            "position": plan.params.position,
-            "head": plan.params.head,
-            "non_embedding": plan.params.non_embedding,
-        },
-        "tokens": tokens,
-        "steps": fields.pop("steps"),
-        "batch_tokens": plan.batch_tokens,
-        "budget": {
-            "kind": plan.budget.kind,
-            "value": plan.budget.value,
-            "tokens": plan.budget.tokens,
-        },
-        "flops_per_token": {
-            "6nd": plan.flops.flops_6nd,
-            "6nd_total": plan.flops.flops_6nd_total,
-            "exact": plan.flops.flops_exact,
-        },
-        "flops_6nd": plan.flops.flops_6nd * tokens,
-        "flops_6nd_total": plan.flops.flops_6nd_total * tokens,
-        "flops_exact": plan.flops.flops_exact * tokens,
-        **fields,
-        "dataset": {
-            "name": plan.dataset.name,
-            "config_hash": plan.dataset.manifest.get("config_hash"),
-            "tokenizer_hash": plan.dataset.manifest.get("tokenizer", {}).get("hash"),
-        },
-        "device": plan.hardware.device_name,
-        "precision": plan.hardware.precision,
-        "seed": plan.config["seed"],
-        "config_hash": plan.config_hash,
-        "code_version": code_version(),
-        "torch_version": torch.__version__,
-        "python_version": platform.python_version(),
-    }
-
-
-def run(plan: RunPlan) -> dict[str, Any]:
-    """Train the planned run to the end of its budget, writing its record; returns the summary."""
-    record = RunRecord(plan.run_dir)
-    previous = record.read_summary()
-    if previous and previous.get("status") == "finished":
+def _skip(plan: RunPlan, previous: dict[str, Any] | None, rerun_failed: bool) -> bool:
+    """Whether an earlier attempt's summary settles the run (printing why it is not retrained)."""
+    status = (previous or {}).get("status")
+    if status == "finished":
         print(f"{plan.run_id}: already finished (val_loss={previous.get('val_loss')}), skipping")
+    elif status == "diverged":
+        print(
+            f"{plan.run_id}: diverged before ({previous.get('error')}); kept and skipped, since "
+            f"rerunning gives the same non-finite loss: delete {plan.run_dir} to retrain it"
+        )
+    elif status == "failed" and not rerun_failed:
+        print(
+            f"{plan.run_id}: failed before ({previous.get('error')}); skipped: "
+            "launch.rerun_failed=true retrains it from its last checkpoint"
+        )
+    else:
+        return False
+    return True
+
+
+def run(plan: RunPlan, rerun_failed: bool = False) -> dict[str, Any]:
+    """Train the planned run to the end of its budget, writing its record; returns the summary.
+
+    A finished or diverged run is skipped, a failed one too unless `rerun_failed`; otherwise the
+    run continues from its newest checkpoint when it has one.
+    """
+    policy = checkpoint_policy(plan.config.get("checkpoint"))
+    record = RunRecord(plan.run_dir)
+    if _skip(plan, previous := record.read_summary(), rerun_failed):
         return previous
 
     cfg = plan.config
@@ -126,7 +100,6 @@ def run(plan: RunPlan) -> dict[str, Any]:
     model = GPT(plan.model).to(hw.device)
     step_model = torch.compile(model) if hw.compile else model
     optimizer = build_optimizer(model, plan, OmegaConf.create(cfg["train"]))
-    base_lr = plan.lr
     # The loader draws a whole optimizer step's batch, which the loop splits into micro-batches:
     # the windows a step sees depend on the step alone, never on the micro-batch size.
     batches = train_windows(
@@ -146,24 +119,55 @@ def run(plan: RunPlan) -> dict[str, Any]:
         int(cfg["eval"]["batch_size"]),
         device=hw.device,
     )
+    # Everything above only reads, so a config or data error leaves no run directory behind.
+    with sigterm_interrupts(), RunLock(plan.run_dir):
+        # Another process may have ended the run while this one was building.
+        if _skip(plan, previous := record.read_summary(), rerun_failed):
+            return previous
+        config_yaml = OmegaConf.to_yaml(OmegaConf.create(cfg))
+        newest = latest_checkpoint(plan.run_dir)
+        if newest is None:
+            remove_stale_temps(plan.run_dir)
+            record.start(config_yaml)
+            loop = LoopState.fresh(hw.device)
+        else:
+            loop = resume_training_state(
+                newest,
+                run_id=plan.run_id,
+                config_hash=plan.config_hash,
+                model=model,
+                optimizer=optimizer,
+                loader=batches,
+                device=hw.device,
+            )
+            record.resume(config_yaml, loop.step)
+            print(f"{plan.run_id}: resuming from {newest.name} (resume {loop.resumes})")
+        return _train(plan, policy, record, model, step_model, optimizer, batches, val, loop)
+
+
+def _train(
+    plan: RunPlan,
+    policy: CheckpointPolicy,
+    record: RunRecord,
+    model: GPT,
+    step_model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: TrainWindows,
+    val: list[tuple[torch.Tensor, torch.Tensor]],
+    loop: LoopState,
+) -> dict[str, Any]:
+    cfg = plan.config
+    hw = plan.hardware
     token_bytes = None
     if plan.dataset.token_bytes is not None:
         token_bytes = torch.as_tensor(plan.dataset.token_bytes, dtype=torch.int64, device=hw.device)
-
     total_steps = plan.budget.steps
     batch_tokens = plan.batch_tokens
     evals_at = set(eval_steps(total_steps, cfg["eval"]["points"]))
     interval = max(1, int(cfg["logging"]["interval"]))
-
-    record.start(OmegaConf.to_yaml(OmegaConf.create(cfg)))
     logger: RunLogger | None = None
-    started_at = datetime.now(UTC).isoformat(timespec="seconds")
     wall_start = time.perf_counter()
-    train_time_s = 0.0
-    loss_sum = torch.zeros((), device=hw.device)  # summed on device: no host sync per step
-    loss_steps = 0
-    done_steps = 0  # optimizer steps completed
-    last = {"train_loss": None, "val_loss": None, "val_bpb": None}
+    last = loop.last
 
     def log_eval(step: int, lr: float, tokens_per_s: float | None) -> None:
         result = evaluate(model, val, hw, token_bytes)
@@ -185,18 +189,33 @@ def run(plan: RunPlan) -> dict[str, Any]:
         record.append_metrics(row)
         logger.metrics(row)
 
+    def checkpoint() -> None:
+        save_training_state(
+            plan.run_dir,
+            policy.keep,
+            run_id=plan.run_id,
+            config_hash=plan.config_hash,
+            model=model,
+            optimizer=optimizer,
+            loader=batches,
+            loop=loop,
+            wall_time_s=loop.wall_before_s + time.perf_counter() - wall_start,
+        )
+
     def finish(status: str, error: str | None) -> dict[str, Any]:
-        summary = _summary(
+        tokens = loop.step * batch_tokens
+        summary = build_summary(
             plan,
             status,
-            tokens=done_steps * batch_tokens,
-            steps=done_steps,
+            tokens=tokens,
+            steps=loop.step,
             **last,
             error=error,
-            wall_time_s=time.perf_counter() - wall_start,
-            train_time_s=train_time_s,
-            tokens_per_s=(done_steps * batch_tokens / train_time_s) if train_time_s else None,
-            started_at=started_at,
+            resumes=loop.resumes,
+            wall_time_s=loop.wall_before_s + time.perf_counter() - wall_start,
+            train_time_s=loop.train_time_s,
+            tokens_per_s=(tokens / loop.train_time_s) if loop.train_time_s else None,
+            started_at=loop.started_at,
             finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
         )
         record.write_summary(summary)
@@ -213,10 +232,14 @@ def run(plan: RunPlan) -> dict[str, Any]:
             total_steps=total_steps,
             config=cfg,
         )
-        log_eval(0, 0.0, None)
-        window_start, window_steps = time.perf_counter(), 0
-        for step in range(1, total_steps + 1):
-            lr = base_lr * plan.schedule.multiplier(step - 1)
+        if loop.step == 0:
+            log_eval(0, 0.0, None)
+        saved_at_train_s = loop.train_time_s
+        # mark: where unaccounted training time starts; window: where the throughput window does.
+        mark = window_start = time.perf_counter()
+        window_steps = 0
+        for step in range(loop.step + 1, total_steps + 1):
+            lr = plan.lr * plan.schedule.multiplier(step - 1)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             xs, ys = next(batches)
@@ -224,39 +247,63 @@ def run(plan: RunPlan) -> dict[str, Any]:
                 with hw.autocast():
                     loss = step_model(x, y) / plan.grad_accum
                 loss.backward()
-                loss_sum += loss.detach()
+                loop.loss_sum += loss.detach()
             if cfg["train"]["grad_clip"] is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["train"]["grad_clip"])
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            done_steps = step
-            loss_steps += 1
+            loop.step = step
+            loop.loss_steps += 1
             window_steps += 1
             at_eval = step in evals_at
             if not (at_eval or step % interval == 0):
                 continue
             # Reading the loss syncs the GPU, so it happens only every `interval` steps.
             hw.synchronize()
-            elapsed = time.perf_counter() - window_start
-            tokens_per_s = window_steps * batch_tokens / elapsed
-            train_loss = loss_sum.item() / loss_steps
+            now = time.perf_counter()
+            loop.train_time_s += now - mark
+            mark = now
+            tokens_per_s = window_steps * batch_tokens / (now - window_start)
+            train_loss = loop.loss_sum.item() / loop.loss_steps
             logger.step(step, train_loss, tokens_per_s)
             if not math.isfinite(train_loss):
                 last["train_loss"] = train_loss
                 status, error = "diverged", f"non-finite training loss by step {step}"
                 break
+            paused = False
             if at_eval:
-                train_time_s += elapsed
                 last["train_loss"] = train_loss
-                loss_sum.zero_()
-                loss_steps = 0
+                loop.loss_sum.zero_()
+                loop.loss_steps = 0
                 log_eval(step, lr, tokens_per_s)
-                # Evaluation time is not training time: the throughput window restarts after it.
-                window_start, window_steps = time.perf_counter(), 0
+                paused = True
+            if step == total_steps or policy.due(loop.train_time_s, saved_at_train_s):
+                checkpoint()
+                saved_at_train_s = loop.train_time_s
+                paused = True
+            if paused:
+                # Evaluations and checkpoint writes are not training time: the throughput
+                # window restarts after them.
+                mark = window_start = time.perf_counter()
+                window_steps = 0
         if status == "finished" and not math.isfinite(last["val_loss"]):
             status, error = "diverged", "non-finite validation loss"
-    except (KeyboardInterrupt, Exception) as exc:
-        # Record why the run stopped, then let the error surface with its traceback.
+    except KeyboardInterrupt:
+        # Ctrl-C or SIGTERM: no summary, so the run stays resumable from its last checkpoint.
+        newest = latest_checkpoint(plan.run_dir)
+        print(
+            f"{plan.run_id}: interrupted after step {loop.step}; "
+            + (
+                f"rerun to resume from step {checkpoint_step(newest)}"
+                if newest
+                else "no checkpoint yet, a rerun starts it afresh"
+            )
+        )
+        if logger is not None:
+            logger.close({"status": "interrupted"})
+        raise
+    except Exception as exc:
+        # Record why the run stopped (its checkpoints stay), then let the error surface.
         finish("failed", f"{type(exc).__name__}: {exc}")
         raise
 
@@ -297,21 +344,49 @@ def _task_overrides() -> list[str]:
         return []
 
 
+def _multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    try:
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:  # not running under Hydra
+        return False
+
+
 def main(cfg: DictConfig) -> float | None:
-    """Hydra task: plan (exit 2 with one line on a bad config), then train and record."""
+    """Hydra task: plan, then train and record; returns the final val_loss.
+
+    A bad config or data exits 2 with one line, a failed or diverged run exits 1; inside a
+    multirun both raise RunFailed instead, so that the sweep goes on with its other runs.
+    """
+    multirun = _multirun()
+
+    def stop(message: str, code: int, cause: BaseException | None = None) -> NoReturn:
+        if multirun:
+            raise RunFailed(message) from cause
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(code)
+
     try:
         plan = plan_run(cfg, _task_overrides())
         # run() builds the data loaders (which check the split against seq_len) before it
         # writes anything, so their errors too leave no run directory behind.
-        summary = run(plan)
+        summary = run(plan, rerun_failed=bool(cfg.launch.rerun_failed))
     except (ConfigError, DataError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        stop(str(err), 2)
+    except KeyboardInterrupt as err:
+        # Ends the whole sweep too (SystemExit passes Hydra's launcher): the user or the
+        # scheduler wants this process gone. The run resumes from its last checkpoint.
+        signum = err.signum if isinstance(err, Terminated) else signal.SIGINT
+        print(f"error: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+        raise SystemExit(128 + signum) from None
+    except Exception as err:
+        if not multirun:
+            raise  # the traceback; run() has recorded the failure in summary.json
+        stop(f"run failed: {type(err).__name__}: {err}", 1, err)
     if summary["status"] != "finished":
-        print(
-            f"error: run {plan.run_id} {summary['status']}: {summary.get('error')}", file=sys.stderr
-        )
-        raise SystemExit(1)
+        stop(f"run {plan.run_id} {summary['status']}: {summary.get('error')}", 1)
     return summary["val_loss"]
 
 

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from sweep.errors import ConfigError
 from sweep.records import METRIC_KEYS, RunRecord, config_hash
 
 
@@ -58,3 +59,40 @@ def test_config_hash_ignores_key_order():
         {"b": {"d": 3, "c": 2}, "a": 1}
     )
     assert config_hash({"a": 1}) != config_hash({"a": 2})
+
+
+def _row(step: int) -> dict:
+    return {key: step for key in METRIC_KEYS}
+
+
+def test_resume_keeps_rows_up_to_the_checkpoint_and_drops_a_torn_line(tmp_path):
+    record = RunRecord(tmp_path / "run")
+    record.start("a: 1\n")
+    for step in (0, 1, 3, 7):
+        record.append_metrics(_row(step))
+    kept_bytes = record.metrics_path.read_text().splitlines(keepends=True)[:3]
+    with record.metrics_path.open("a") as handle:
+        handle.write('{"step": 9, "tok')  # a crash mid-append
+    record.write_summary({"status": "failed"})
+    assert record.resume("a: 2\n", step=5) == 3
+    # The kept rows are the same bytes; the file ends with a whole line; the summary is gone.
+    assert record.metrics_path.read_text() == "".join(kept_bytes)
+    assert record.config_path.read_text() == "a: 2\n"
+    assert record.read_summary() is None
+    assert sorted(p.name for p in record.run_dir.iterdir()) == ["config.yaml", "metrics.jsonl"]
+    # Resuming again at the same step changes nothing; appends continue after the last row.
+    assert record.resume("a: 2\n", step=5) == 3
+    record.append_metrics(_row(8))
+    assert [json.loads(line)["step"] for line in record.metrics_path.read_text().splitlines()] == [
+        0, 1, 3, 8]
+
+
+def test_resume_refuses_a_corrupt_row_before_the_last(tmp_path):
+    record = RunRecord(tmp_path / "run")
+    record.start("a: 1\n")
+    record.append_metrics(_row(0))
+    with record.metrics_path.open("a") as handle:
+        handle.write("garbage\n")
+    record.append_metrics(_row(1))
+    with pytest.raises(ConfigError, match=r"metrics.jsonl line 2 is not a metrics row: delete"):
+        record.resume("a: 1\n", step=1)

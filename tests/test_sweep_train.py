@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,13 +16,40 @@ import numpy as np
 import pytest
 import yaml
 
+import sweep.train as train_module
 from data import TokenDataset
+from data.loader import RandomWindows
 from models import GPT, GPTConfig
-from sweep.records import METRIC_KEYS
+from sweep.checkpoint import list_checkpoints
+from sweep.errors import RunFailed
+from sweep.lock import RunLocked, is_locked
+from sweep.plan import plan_run
+from sweep.records import METRIC_KEYS, RunRecord
 from sweep.train import eval_steps
-from tests.conftest import FIXED_HPARAMS
+from tests.conftest import CONFIGS, FIXED_HPARAMS, compose_train
 
 REPO = Path(__file__).resolve().parent.parent
+# A one-layer model and 12 steps of 1024 tokens: evals at 0, 1, 3, 12; loss syncs (and, with
+# interval_s=0, checkpoints) every 2 steps.
+TINY = ("model=base", "model.n_layer=1", "model.d_model=64", "model.n_head=2",
+        "budget.tokens=12288", "eval.tokens=4096", "eval.points=3", "logging.interval=2",
+        "checkpoint.interval_s=0")
+
+
+def tiny_cfg(root: Path, experiment: str, *overrides: str):
+    return compose_train(root, *TINY, f"experiment_name={experiment}", *overrides)
+
+
+def on_loader_step(monkeypatch: pytest.MonkeyPatch, step: int, action) -> None:
+    """Call `action()` (which raises) when the training loader is asked for batch `step`."""
+    original = RandomWindows.__next__
+
+    def next_or_act(self):
+        if self.step == step:
+            action()
+        return original(self)
+
+    monkeypatch.setattr(RandomWindows, "__next__", next_or_act)
 
 
 def train_cli(root: Path, *overrides: str) -> subprocess.CompletedProcess:
@@ -44,8 +72,9 @@ def test_one_run_end_to_end(synthetic_root):
     runs = list((synthetic_root / "runs" / "default").iterdir())
     assert len(runs) == 1
     run_dir = runs[0]
-    assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml", "metrics.jsonl",
-                                                          "summary.json"]
+    # The lock file stays (unlocked); the end of the run is always checkpointed.
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        ".lock", "checkpoint-00000029.pt", "config.yaml", "metrics.jsonl", "summary.json"]
     summary = json.loads((run_dir / "summary.json").read_text())
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -54,6 +83,9 @@ def test_one_run_end_to_end(synthetic_root):
     # The budget: 3e4 tokens in whole 1024-token steps.
     assert summary["status"] == "finished"
     assert (summary["steps"], summary["tokens"]) == (29, 29 * 1024)
+    assert summary["resumes"] == 0 and not is_locked(run_dir)
+    assert 0 < summary["train_time_s"] < summary["wall_time_s"]
+    assert summary["tokens_per_s"] == summary["tokens"] / summary["train_time_s"]
     # Parameter counts in the record are PyTorch's own.
     shape = config["resolved"]["model"]
     model = GPT(GPTConfig(**shape))
@@ -153,11 +185,9 @@ def test_cuda_run_uses_bf16_and_records_mfu(synthetic_root):
     assert summary["val_loss"] < 4.0
 
 
-def test_nan_loss_stops_the_run_as_diverged_and_keeps_its_record(synthetic_root, monkeypatch):
-    import sweep.train as train_module
-    from sweep.plan import plan_run
-    from tests.conftest import compose_train
-
+def test_nan_loss_stops_the_run_as_diverged_and_keeps_its_record(
+    synthetic_root, monkeypatch, capsys
+):
     class NaNAfterFirstStep(GPT):
         calls = 0
 
@@ -180,14 +210,15 @@ def test_nan_loss_stops_the_run_as_diverged_and_keeps_its_record(synthetic_root,
     assert saved["train_loss"] is None  # NaN is recorded as null in strict JSON
     rows = (plan.run_dir / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["step"] for r in rows] == [0, 1, 2]
+    # Diverged is kept: rerunning gives the same NaN, so a relaunch skips it.
+    monkeypatch.setattr(train_module, "GPT", GPT)
+    assert train_module.run(plan, rerun_failed=True) == saved
+    assert "diverged before (non-finite training loss by step 4); kept and skipped" in (
+        capsys.readouterr().out)
 
 
 def test_sequential_windows_train_on_the_split_in_order(synthetic_root, monkeypatch):
     import data.loader
-    import sweep.train as train_module
-    from sweep.plan import plan_run
-    from tests.conftest import compose_train
-
     loaders = []
 
     def recording(*args, **kwargs):
@@ -213,3 +244,121 @@ def test_sequential_windows_train_on_the_split_in_order(synthetic_root, monkeypa
     assert y[-1].tolist() == train[7 * 128 + 1 : 8 * 128 + 1].tolist()
     first = json.loads((plan.run_dir / "metrics.jsonl").read_text().splitlines()[0])
     assert summary["val_loss"] < first["val_loss"] - 0.5  # it learned from those windows
+
+
+def test_failed_run_is_kept_and_only_retrained_when_asked(synthetic_root, monkeypatch, capsys):
+    plan = plan_run(tiny_cfg(synthetic_root, "failed"))
+
+    def fail():
+        raise RuntimeError("disk on fire")
+
+    with monkeypatch.context() as m:
+        on_loader_step(m, 7, fail)  # during step 8, after the checkpoint at step 6
+        with pytest.raises(RuntimeError, match="disk on fire"):
+            train_module.run(plan)
+    failed = RunRecord(plan.run_dir).read_summary()
+    assert failed["status"] == "failed" and failed["error"] == "RuntimeError: disk on fire"
+    assert failed["steps"] == 7 and not is_locked(plan.run_dir)
+    assert [p.name for p in list_checkpoints(plan.run_dir)] == ["checkpoint-00000006.pt"]
+
+    capsys.readouterr()
+    assert train_module.run(plan) == failed
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and "failed before (RuntimeError: disk on fire)" in out[0]
+    assert "launch.rerun_failed=true" in out[0]
+
+    # main() hands launch.rerun_failed to run(): it resumes from the checkpoint at step 6.
+    val_loss = train_module.main(tiny_cfg(synthetic_root, "failed", "launch.rerun_failed=true"))
+    assert "resuming from checkpoint-00000006.pt (resume 1)" in capsys.readouterr().out
+    summary = RunRecord(plan.run_dir).read_summary()
+    assert summary["status"] == "finished" and summary["val_loss"] == val_loss
+    assert summary["resumes"] == 1 and summary["steps"] == 12 and summary["error"] is None
+    rows = (plan.run_dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["step"] for r in rows] == [0, 1, 3, 12]
+
+    # Finished: skipped, its record untouched.
+    before = {p.name: p.read_bytes() for p in plan.run_dir.iterdir()}
+    assert train_module.run(plan, rerun_failed=True)["finished_at"] == summary["finished_at"]
+    assert "already finished" in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in plan.run_dir.iterdir()} == before
+
+
+@pytest.mark.parametrize(("how", "code"), [("ctrl-c", 130), ("sigterm", 143)])
+def test_interruption_leaves_the_run_resumable_not_failed(
+    synthetic_root, monkeypatch, capsys, how, code
+):
+    cfg = tiny_cfg(synthetic_root, f"interrupted-{how}")
+    plan = plan_run(cfg)
+
+    def interrupt():
+        if how == "sigterm":  # what SLURM sends at preemption or the time limit
+            os.kill(os.getpid(), signal.SIGTERM)
+        raise KeyboardInterrupt
+
+    handler = signal.getsignal(signal.SIGTERM)
+    with monkeypatch.context() as m:
+        on_loader_step(m, 5, interrupt)  # during step 6, after the checkpoint at step 4
+        with pytest.raises(SystemExit) as exit_:
+            train_module.main(cfg)
+    assert exit_.value.code == code
+    assert signal.getsignal(signal.SIGTERM) is handler
+    captured = capsys.readouterr()
+    assert "interrupted after step 5; rerun to resume from step 4" in captured.out
+    assert captured.err.strip().count("\n") == 0 and "interrupted" in captured.err
+    assert not (plan.run_dir / "summary.json").exists() and not is_locked(plan.run_dir)
+    assert [p.name for p in list_checkpoints(plan.run_dir)] == ["checkpoint-00000004.pt"]
+
+
+def test_run_refuses_a_run_another_process_trains(synthetic_root):
+    plan = plan_run(tiny_cfg(synthetic_root, "locked"))
+    hold = "import sys\nfrom sweep.lock import RunLock\nwith RunLock(sys.argv[1]):\n" \
+           "    print('locked', flush=True)\n    sys.stdin.read()\n"
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(plan.run_dir)], cwd=REPO,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunLocked, match=f"pid {holder.pid} on "):
+            train_module.run(plan)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert [p.name for p in plan.run_dir.iterdir()] == [".lock"]  # nothing written
+
+
+def _ended_run(root: Path, experiment: str, status: str):
+    cfg = tiny_cfg(root, experiment)
+    plan = plan_run(cfg)
+    RunRecord(plan.run_dir).start("")
+    RunRecord(plan.run_dir).write_summary({"status": status, "error": f"it {status}"})
+    return cfg, plan
+
+
+def test_main_raises_run_failed_inside_a_multirun(synthetic_root, capsys):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    bad = tiny_cfg(synthetic_root, "multirun", "budget.tokens=-5")
+    failed, failed_plan = _ended_run(synthetic_root, "mr-failed", "failed")
+    diverged, diverged_plan = _ended_run(synthetic_root, "mr-diverged", "diverged")
+    # One job of a sweep: SystemExit would end every later job, so a bad run raises RunFailed.
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        hydra_cfg = compose("train", return_hydra_config=True)
+    hydra_cfg.hydra.mode = RunMode.MULTIRUN
+    HydraConfig.instance().set_config(hydra_cfg)
+    try:
+        with pytest.raises(RunFailed, match="budget.tokens=-5 must be a positive"):
+            train_module.main(bad)
+        with pytest.raises(RunFailed, match=f"run {failed_plan.run_id} failed: it failed"):
+            train_module.main(failed)
+        with pytest.raises(RunFailed, match="diverged: it diverged"):
+            train_module.main(diverged)
+    finally:
+        HydraConfig.instance().cfg = None
+    # A single run keeps its exit codes: 2 for a config error, 1 for a run that did not finish.
+    for cfg, code in ((bad, 2), (failed, 1), (diverged, 1)):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_:
+            train_module.main(cfg)
+        assert exit_.value.code == code
+        assert capsys.readouterr().err.startswith("error: ")

@@ -1,0 +1,136 @@
+"""Who trains a run: an exclusive flock on run_dir/.lock while it does; SIGTERM as an interruption.
+
+The kernel drops an flock when its process exits, however it exits, so a dead owner never holds it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+
+from sweep.errors import ConfigError
+
+LOCK_NAME = ".lock"
+# is_locked() holds a shared lock for microseconds while it probes; a trainer starting in that
+# instant retries briefly instead of reporting the prober as the holder.
+_ACQUIRE_TRIES = 5
+_RETRY_S = 0.02
+
+
+class RunLocked(ConfigError):
+    """Another live process holds the run's lock (printed as one line, exit code 2)."""
+
+
+def _holder(path: Path) -> str:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        text = ""
+    host, _, pid = text.partition(" ")
+    return f"pid {pid} on {host}" if pid else "another process"
+
+
+class RunLock:
+    """`with RunLock(run_dir):` makes this process the run's only writer (creating run_dir)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise RunLocked naming the holder; never blocks for long."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        # No O_TRUNC: the holder's host and pid must survive until we know the lock is ours.
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        for attempt in range(_ACQUIRE_TRIES):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt == _ACQUIRE_TRIES - 1:
+                    os.close(fd)
+                    raise RunLocked(
+                        f"run {self.run_dir} is being trained by {_holder(self.path)}: wait for "
+                        "it to end or stop it (it resumes from its last checkpoint), then rerun"
+                    ) from None
+                time.sleep(_RETRY_S)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{socket.gethostname()} {os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        """Drop the lock. The file stays: unlinking it would let a process that had already
+        opened the old inode lock a file that no longer guards the directory."""
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+
+def is_locked(run_dir: Path) -> bool:
+    """Whether a live process holds run_dir's lock (a run training now); creates nothing."""
+    try:
+        fd = os.open(Path(run_dir) / LOCK_NAME, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        # Shared, so that two probes never see each other as the holder.
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (SLURM preemption or time limit) as an interruption: no failed summary is written,
+    the run resumes from its last checkpoint."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """Within this block SIGTERM raises Terminated (the old handler comes back after it)."""
+    # Python lets only the main thread install handlers; elsewhere SIGTERM keeps its old meaning.
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: object) -> None:
+        raise Terminated(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
