@@ -21,6 +21,8 @@ from sweep.errors import ConfigError
 if TYPE_CHECKING:
     import torch
 
+    from data.loader import TrainWindows
+
 FORMAT = "sweep-checkpoint"
 VERSION = 1
 _NAME = re.compile(r"^checkpoint-(\d+)\.pt$")
@@ -219,7 +221,7 @@ def save_training_state(
     config_hash: str,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
-    loader: Any,
+    loader: TrainWindows,
     loop: LoopState,
     wall_time_s: float,
 ) -> Path:
@@ -255,7 +257,7 @@ def resume_training_state(
     config_hash: str,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
-    loader: Any,
+    loader: TrainWindows,
     device: torch.device,
 ) -> LoopState:
     """Load checkpoint `path` into model, optimizer, loader and the RNGs; returns the loop state

@@ -372,7 +372,10 @@ def main(cfg: DictConfig) -> float | None:
         plan = plan_run(cfg, _task_overrides())
         # run() builds the data loaders (which check the split against seq_len) before it
         # writes anything, so their errors too leave no run directory behind.
-        summary = run(plan, rerun_failed=bool(cfg.launch.rerun_failed))
+        rerun_failed = cfg.launch.rerun_failed
+        if not isinstance(rerun_failed, bool):
+            raise ConfigError(f"launch.rerun_failed={rerun_failed!r} must be true or false")
+        summary = run(plan, rerun_failed=rerun_failed)
     except (ConfigError, DataError) as err:
         stop(str(err), 2)
     except KeyboardInterrupt as err:

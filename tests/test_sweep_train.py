@@ -356,7 +356,8 @@ def test_main_raises_run_failed_inside_a_multirun(synthetic_root, capsys):
     finally:
         HydraConfig.instance().cfg = None
     # A single run keeps its exit codes: 2 for a config error, 1 for a run that did not finish.
-    for cfg, code in ((bad, 2), (failed, 1), (diverged, 1)):
+    flag = tiny_cfg(synthetic_root, "multirun", "launch.rerun_failed=yes")
+    for cfg, code in ((bad, 2), (flag, 2), (failed, 1), (diverged, 1)):
         capsys.readouterr()
         with pytest.raises(SystemExit) as exit_:
             train_module.main(cfg)
