@@ -1,6 +1,6 @@
 """The token budget D of one run: given directly, per parameter, or from a FLOP budget C.
 
-D is rounded down to whole optimizer steps, so a run never trains past its budget.
+The target comes first (the batch rules need it); D is then rounded down to whole optimizer steps.
 """
 
 from __future__ import annotations
@@ -16,6 +16,15 @@ BUDGET_KINDS = ("tokens", "tokens_per_param", "flops")
 
 
 @dataclass(frozen=True)
+class BudgetTarget:
+    """What the user asked for, as a (fractional) number of tokens, before any batch is known."""
+
+    kind: str
+    value: float
+    tokens: float
+
+
+@dataclass(frozen=True)
 class Budget:
     """A resolved budget: what the user asked for and the whole steps it becomes."""
 
@@ -25,14 +34,10 @@ class Budget:
     steps: int
 
 
-def resolve_budget(
-    budget: Mapping[str, Any],
-    *,
-    non_embedding_params: int,
-    flops_per_token: int,
-    batch_tokens: int,
-) -> Budget:
-    """Turn `budget.{tokens,tokens_per_param,flops}` (exactly one set) into steps and tokens."""
+def budget_target(
+    budget: Mapping[str, Any], *, non_embedding_params: int, flops_per_token: int
+) -> BudgetTarget:
+    """Turn `budget.{tokens,tokens_per_param,flops}` (exactly one set) into target tokens."""
     given = {kind: budget.get(kind) for kind in BUDGET_KINDS if budget.get(kind) is not None}
     if len(given) != 1:
         names = ", ".join(f"budget.{k}" for k in given) or "none of them"
@@ -51,15 +56,40 @@ def resolve_budget(
         raise ConfigError(f"budget.{kind}={raw} must be a positive, finite number")
 
     if kind == "tokens":
-        target = value
+        tokens = value
     elif kind == "tokens_per_param":
-        target = value * non_embedding_params
+        tokens = value * non_embedding_params
     else:
-        target = value / flops_per_token
-    steps = int(target // batch_tokens)
+        tokens = value / flops_per_token
+    return BudgetTarget(kind=kind, value=value, tokens=tokens)
+
+
+def whole_steps(
+    target: BudgetTarget, batch_tokens: int, *, batch_name: str = "train.batch_tokens"
+) -> Budget:
+    """Round the target down to whole optimizer steps of `batch_tokens` (at least one).
+
+    `batch_name` says where the batch came from, so the error names the knob to turn.
+    """
+    steps = int(target.tokens // batch_tokens)
     if steps < 1:
         raise ConfigError(
-            f"budget.{kind}={raw} gives {target:.4g} tokens, less than one optimizer step of "
-            f"train.batch_tokens={batch_tokens}: raise the budget or lower train.batch_tokens"
+            f"budget.{target.kind}={target.value:g} gives {target.tokens:.4g} tokens, less than "
+            f"one optimizer step of {batch_name}={batch_tokens}: raise the budget or lower "
+            f"{batch_name}"
         )
-    return Budget(kind=kind, value=value, tokens=steps * batch_tokens, steps=steps)
+    return Budget(kind=target.kind, value=target.value, tokens=steps * batch_tokens, steps=steps)
+
+
+def resolve_budget(
+    budget: Mapping[str, Any],
+    *,
+    non_embedding_params: int,
+    flops_per_token: int,
+    batch_tokens: int,
+) -> Budget:
+    """Target tokens, then whole steps of a fixed `batch_tokens`, in one call."""
+    target = budget_target(
+        budget, non_embedding_params=non_embedding_params, flops_per_token=flops_per_token
+    )
+    return whole_steps(target, batch_tokens)

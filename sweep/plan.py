@@ -24,9 +24,10 @@ from models import (
     flops_per_token,
     shape_for_params,
 )
-from sweep.budget import Budget, resolve_budget
+from sweep.budget import Budget
 from sweep.errors import ConfigError
 from sweep.hardware import Hardware, resolve_hardware
+from sweep.hparams import resolve_hparams
 from sweep.logger import WANDB_MODES
 from sweep.records import config_hash
 from sweep.schedule import Schedule, build_schedule
@@ -59,7 +60,8 @@ class RunPlan:
     config: dict[str, Any]  # the resolved config plus the derived values, as written to config.yaml
 
 
-def _model_config(model_cfg: DictConfig, vocab_size: int, overrides: list[str]) -> GPTConfig:
+def model_config(model_cfg: DictConfig, vocab_size: int, overrides: list[str]) -> GPTConfig:
+    """The GPTConfig of a `model` group: its shape as given, or the ladder rule's for a target."""
     name = model_cfg.get("name", "custom")
     if model_cfg.get("vocab_size") not in (None, vocab_size):
         raise ConfigError(
@@ -111,15 +113,12 @@ def plan_run(cfg: DictConfig, overrides: list[str] | None = None) -> RunPlan:
         raise ConfigError(f"seed={cfg.seed!r} must be a non-negative integer")
     dataset = TokenDataset.open(Path(cfg.paths.data_dir) / cfg.data.name)
     check_tokenizer(dataset, OmegaConf.to_container(cfg.data, resolve=True))  # type: ignore[arg-type]
-    model = _model_config(cfg.model, dataset.vocab_size, overrides)
+    model = model_config(cfg.model, dataset.vocab_size, overrides)
 
     train = cfg.train
-    seq_len, micro, batch_tokens = train.seq_len, train.micro_batch_size, train.batch_tokens
-    for key, value in (
-        ("seq_len", seq_len),
-        ("micro_batch_size", micro),
-        ("batch_tokens", batch_tokens),
-    ):
+    seq_len = train.seq_len
+    for key in ("seq_len", "micro_batch_size"):
+        value = train[key]
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigError(f"train.{key}={value!r} must be a positive integer")
     if seq_len > model.max_seq_len:
@@ -127,13 +126,8 @@ def plan_run(cfg: DictConfig, overrides: list[str] | None = None) -> RunPlan:
             f"train.seq_len={seq_len} exceeds the model's context model.max_seq_len="
             f"{model.max_seq_len}: lower train.seq_len or raise model.max_seq_len"
         )
-    if batch_tokens % (micro * seq_len):
-        raise ConfigError(
-            f"train.batch_tokens={batch_tokens} is not a multiple of train.micro_batch_size x "
-            f"train.seq_len = {micro * seq_len}: make it one (e.g. {micro * seq_len})"
-        )
-    grad_accum = batch_tokens // (micro * seq_len)
-    for key in ("lr", "weight_decay", "beta1", "beta2", "eps"):
+    # train.lr and train.batch_tokens are checked by resolve_hparams (null there means a rule).
+    for key in ("weight_decay", "beta1", "beta2", "eps"):
         value = train[key]
         if (
             not isinstance(value, int | float)
@@ -153,13 +147,11 @@ def plan_run(cfg: DictConfig, overrides: list[str] | None = None) -> RunPlan:
 
     params = count_params(model)
     flops = flops_per_token(model, seq_len)
-    budget = resolve_budget(
-        cfg.budget,
-        non_embedding_params=params.non_embedding,
-        flops_per_token=flops.flops_exact,
-        batch_tokens=batch_tokens,
+    hp = resolve_hparams(
+        cfg, non_embedding_params=params.non_embedding, flops_per_token=flops.flops_exact
     )
-    schedule = build_schedule(cfg.schedule, budget.steps)
+    budget = hp.budget
+    schedule = build_schedule(cfg.schedule, budget.steps, warmup_steps=hp.warmup_steps)
     hardware = resolve_hardware(train.device, train.precision, train.compile, train.peak_flops)
     wandb_mode = cfg.logging.wandb.mode
     if wandb_mode not in WANDB_MODES:
@@ -173,13 +165,16 @@ def plan_run(cfg: DictConfig, overrides: list[str] | None = None) -> RunPlan:
 
     # The run's identity is the science: shape, data, budget, optimisation and evaluation. Where
     # and how fast it runs (device, precision, compile, micro-batching, logging) is not part of it.
+    # It holds the hyperparameters the run resolved to, not the nulls or rule constants that chose
+    # them: a pinned value and a rule that land on the same number are the same run.
     train_identity = {
         k: v
         for k, v in OmegaConf.to_container(train).items()
         if k not in ("micro_batch_size", "device", "precision", "compile", "peak_flops")
     }
-    # Every run from before train.windows existed read random windows: leaving that default out
-    # keeps their run ids, so relaunching an older sweep still finds its finished runs.
+    train_identity.update(lr=hp.lr, batch_tokens=hp.batch_tokens)
+    # Every run from before train.windows existed read random windows: that default stays out of
+    # the identity, so adding the option did not change any run id.
     if train_identity.get("windows") == "random":
         del train_identity["windows"]
     identity = {
@@ -188,7 +183,7 @@ def plan_run(cfg: DictConfig, overrides: list[str] | None = None) -> RunPlan:
         "tokens": budget.tokens,
         "seed": cfg.seed,
         "train": train_identity,
-        "schedule": OmegaConf.to_container(cfg.schedule),
+        "schedule": dataclasses.asdict(schedule),  # warmup and cooldown in steps, as trained
         "eval": OmegaConf.to_container(cfg.eval),
     }
     digest = config_hash(identity)
@@ -197,12 +192,25 @@ def plan_run(cfg: DictConfig, overrides: list[str] | None = None) -> RunPlan:
         model_name = f"target{float(cfg.model.target_params):.3g}".replace("+", "")
     run_id = f"{model_name}-{digest[:10]}"
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    # config.yaml holds the numbers the run used (a rerun from it is the same run);
+    # resolved.hparams.from_rule records which of them a rule chose.
+    resolved["train"].update(lr=hp.lr, batch_tokens=hp.batch_tokens)
     resolved["resolved"] = {
         "run_id": run_id,
         "config_hash": digest,
         "model": dataclasses.asdict(model),
         "budget": dataclasses.asdict(budget),
-        "grad_accum": grad_accum,
+        "hparams": {
+            "lr": hp.lr,
+            "batch_tokens": hp.batch_tokens,
+            "warmup_steps": schedule.warmup_steps,
+            "grad_accum": hp.grad_accum,
+            "micro_batch_size": hp.micro_batch_size,
+            "compute_6nd": hp.compute,
+            "from_rule": hp.from_rule,
+        },
+        "schedule": dataclasses.asdict(schedule),
+        "grad_accum": hp.grad_accum,  # also under hparams; kept here for existing readers
         "device": str(hardware.device),
         "precision": hardware.precision,
     }
@@ -215,11 +223,11 @@ def plan_run(cfg: DictConfig, overrides: list[str] | None = None) -> RunPlan:
         params=params,
         flops=flops,
         budget=budget,
-        lr=float(train.lr),
+        lr=hp.lr,
         seq_len=seq_len,
-        micro_batch_size=micro,
-        batch_tokens=batch_tokens,
-        grad_accum=grad_accum,
+        micro_batch_size=hp.micro_batch_size,
+        batch_tokens=hp.batch_tokens,
+        grad_accum=hp.grad_accum,
         schedule=schedule,
         hardware=hardware,
         dataset=dataset,

@@ -45,18 +45,35 @@ class Schedule:
         return 1.0 - (1.0 - self.min_lr_ratio) * progress
 
 
-def build_schedule(cfg: Mapping[str, Any], total_steps: int) -> Schedule:
-    """Validate the `schedule` config group and size it to the run."""
+def build_schedule(
+    cfg: Mapping[str, Any], total_steps: int, *, warmup_steps: int | None = None
+) -> Schedule:
+    """Validate the `schedule` config group and size it to the run.
+
+    `schedule.warmup_fraction` null means the warmup comes from a rule (sweep.hparams): the caller
+    passes that rule's `warmup_steps`; a number fixes the warmup as that fraction of the steps.
+    """
     kind = cfg["kind"]
     if kind not in SCHEDULE_KINDS:
         raise ConfigError(
             f"schedule.kind={kind!r} is unknown: use one of {', '.join(SCHEDULE_KINDS)}"
         )
+    fraction = cfg["warmup_fraction"]
     for key in ("warmup_fraction", "min_lr_ratio", "cooldown_fraction"):
         value = cfg[key]
+        if key == "warmup_fraction" and value is None:
+            continue
         if not isinstance(value, int | float) or not 0 <= value <= 1:
             raise ConfigError(f"schedule.{key}={value!r} must be a number between 0 and 1")
-    warmup_steps = max(1, round(cfg["warmup_fraction"] * total_steps))
+    if fraction is not None:
+        warmup_steps = max(1, round(fraction * total_steps))
+    elif warmup_steps is None:
+        raise ConfigError(
+            "schedule.warmup_fraction=null takes the warmup from the hparams rule, but none was "
+            "applied: set schedule.warmup_fraction (e.g. 0.05)"
+        )
+    elif isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 1:
+        raise ConfigError(f"warmup_steps={warmup_steps!r} must be a positive integer")
     cooldown_steps = max(1, round(cfg["cooldown_fraction"] * total_steps)) if kind == "wsd" else 0
     if warmup_steps + cooldown_steps > total_steps:
         raise ConfigError(

@@ -21,6 +21,8 @@ TINY_DATA = {"train_tokens": 300_000, "val_tokens": 40_000}
 # Training tests assert exact step counts and learning progress: they pin the hyperparameters the
 # per-size rules would otherwise choose. Tests of the rules themselves override these with null.
 FIXED_HPARAMS = ("train.lr=3e-3", "train.batch_tokens=1024", "schedule.warmup_fraction=0.05")
+# Appended after FIXED_HPARAMS (the later override wins), these hand all three back to the rules.
+RULE_HPARAMS = ("train.lr=null", "train.batch_tokens=null", "schedule.warmup_fraction=null")
 
 
 @pytest.fixture(scope="session")

@@ -1,11 +1,20 @@
-"""Tests for sweep.plan: a composed config becomes a checked run plan, or one clear error."""
+"""Tests for sweep.plan: a composed config becomes a checked run plan, or one clear error.
+
+The run id hashes what the run resolved to (shape, data, tokens, hyperparameters), nothing cosmetic.
+"""
+
+import dataclasses
 
 import pytest
+from omegaconf import OmegaConf
 
-from models import GPT
+from data import prepare
+from models import GPT, GPTConfig
 from sweep.errors import ConfigError
 from sweep.plan import plan_run
-from tests.conftest import compose_train
+from tests.conftest import CONFIGS, RULE_HPARAMS, TINY_DATA, compose_train
+
+RULES = RULE_HPARAMS
 
 
 def test_plan_resolves_shape_budget_and_identity(synthetic_root):
@@ -30,7 +39,7 @@ def test_identity_ignores_how_a_run_is_executed(synthetic_root):
     assert same.grad_accum == 2
 
 
-def test_window_order_is_part_of_the_identity_and_the_default_keeps_old_ids(synthetic_root):
+def test_window_order_is_part_of_the_identity_and_random_is_the_default(synthetic_root):
     default = plan_run(compose_train(synthetic_root, "budget.tokens=2e4"))
     random = plan_run(compose_train(synthetic_root, "budget.tokens=2e4", "train.windows=random"))
     sequential = plan_run(compose_train(synthetic_root, "budget.tokens=2e4",
@@ -38,8 +47,10 @@ def test_window_order_is_part_of_the_identity_and_the_default_keeps_old_ids(synt
     assert default.config["train"]["windows"] == "random"
     assert sequential.config["train"]["windows"] == "sequential"  # written to config.yaml
     assert default.run_id == random.run_id != sequential.run_id
-    # The id this config had before train.windows existed: relaunched sweeps find their runs.
-    assert default.run_id == "gpt_1m-8d043b87d8"
+    # Pinned: a change to the identity orphans every finished run of a relaunched sweep, so it
+    # must be deliberate. Last changed (from gpt_1m-8d043b87d8) when the identity began hashing
+    # resolved hyperparameters: the warmup in steps instead of schedule.warmup_fraction.
+    assert default.run_id == "gpt_1m-868978a7db"
 
 
 def test_target_params_picks_the_rule_shape(synthetic_root):
@@ -78,3 +89,109 @@ def test_target_params_refuses_pinned_shape_keys(synthetic_root):
     cfg = compose_train(synthetic_root, "model.target_params=5e6", "budget.tokens=2e4")
     with pytest.raises(ConfigError, match="model.n_layer=4 was also given"):
         plan_run(cfg, overrides=["model.target_params=5e6", "model.n_layer=4"])
+
+
+def test_rules_choose_lr_batch_and_warmup_and_the_record_says_so(synthetic_root):
+    plan = plan_run(compose_train(synthetic_root, *RULES, "budget.tokens=1e5"))
+    # gpt_1m: N = 1,328,448, C = 6 N 1e5 = 7.97e11. LR 0.3118 C^-0.125 = 1.01e-2, clamped to 3e-3;
+    # batch 0.292 C^0.3271 = 2282 tokens = 17.8 seqs -> 16; warmup N / 2048 = 649 steps, capped
+    # at floor(10% of 48) = 4.
+    assert plan.lr == 3e-3
+    assert (plan.batch_tokens, plan.micro_batch_size, plan.grad_accum) == (2048, 8, 2)
+    assert (plan.budget.steps, plan.schedule.warmup_steps) == (48, 4)
+    resolved = plan.config["resolved"]["hparams"]
+    assert {k: resolved[k] for k in ("lr", "batch_tokens", "warmup_steps", "grad_accum")} == {
+        "lr": 3e-3, "batch_tokens": 2048, "warmup_steps": 4, "grad_accum": 2}
+    assert resolved["from_rule"] == {"lr": True, "batch_tokens": True, "warmup_steps": True}
+    # config.yaml holds the numbers used, so a rerun from it is the same run.
+    assert (plan.config["train"]["lr"], plan.config["train"]["batch_tokens"]) == (3e-3, 2048)
+    pinned = plan_run(compose_train(synthetic_root, "budget.tokens=1e5"))
+    assert pinned.config["resolved"]["hparams"]["from_rule"] == {
+        "lr": False, "batch_tokens": False, "warmup_steps": False}
+
+
+def test_a_rule_and_a_pin_that_agree_are_the_same_run(synthetic_root):
+    ruled = plan_run(compose_train(synthetic_root, *RULES, "budget.tokens=1e5"))
+    pinned = plan_run(compose_train(
+        synthetic_root, "budget.tokens=1e5", f"train.lr={ruled.lr}",
+        f"train.batch_tokens={ruled.batch_tokens}", "schedule.warmup_fraction=0.08"))  # 3.84 -> 4
+    assert pinned.schedule == ruled.schedule
+    assert pinned.run_id == ruled.run_id
+    # Rule constants are not the identity; the values they give are.
+    same = plan_run(compose_train(synthetic_root, *RULES, "budget.tokens=1e5",
+                                  "hparams.warmup.max_fraction=0.09"))  # floor(4.32) = 4 still
+    other = plan_run(compose_train(synthetic_root, *RULES, "budget.tokens=1e5",
+                                   "hparams.lr.max=2e-2"))  # unclamps the LR to 1.01e-2
+    assert same.run_id == ruled.run_id != other.run_id
+
+
+def reordered(node):
+    if isinstance(node, dict):
+        return {key: reordered(node[key]) for key in reversed(list(node))}
+    return node
+
+
+def test_identity_is_stable_across_key_order(synthetic_root):
+    cfg = compose_train(synthetic_root, *RULES, "budget.tokens=2e4")
+    flipped = OmegaConf.create(reordered(OmegaConf.to_container(cfg)))
+    assert list(flipped.keys()) == list(reversed(list(cfg.keys())))
+    assert plan_run(flipped).run_id == plan_run(cfg).run_id
+
+
+SHAPE_CHANGES = {
+    "n_layer": "model.n_layer=2", "d_model": "model.d_model=128", "n_head": "model.n_head=6",
+    "max_seq_len": "model.max_seq_len=512", "positions": "model.positions=learned",
+    "tie_embeddings": "model.tie_embeddings=true", "bias": "model.bias=true",
+    "mlp_ratio": "model.mlp_ratio=2", "dropout": "model.dropout=0.1",
+    "init_std": "model.init_std=0.01",
+}
+RUN_CHANGES = [
+    "budget.tokens=3e4", "seed=1", "train.lr=1e-3", "train.batch_tokens=2048",
+    "train.weight_decay=0.0", "train.beta1=0.8", "train.beta2=0.99", "train.eps=1e-6",
+    "train.grad_clip=0.5", "train.grad_clip=null", "train.windows=sequential", "train.seq_len=64",
+    "schedule.kind=constant", "schedule.min_lr_ratio=0.2", "schedule.warmup_fraction=0.2",
+    "eval.tokens=16384", "eval.points=4", "eval.batch_size=16",
+]
+COSMETIC = [
+    "train.micro_batch_size=4", "train.device=cpu", "train.precision=fp32", "train.compile=false",
+    "train.peak_flops=1e12", "logging.interval=3", "logging.progress=true",
+    "logging.wandb.mode=offline", "checkpoint.interval_s=60", "checkpoint.keep=3",
+    "launch.rerun_failed=true", "launch.dry_run=true", "paths.runs_dir=/elsewhere",
+    "experiment_name=other", "hparams.lr.coefficient=1.0",  # a rule constant, unused when pinned
+]
+
+
+def test_every_shape_field_is_covered():
+    fields = {f.name for f in dataclasses.fields(GPTConfig)} - {"vocab_size"}  # the data's
+    assert set(SHAPE_CHANGES) == fields
+
+
+@pytest.mark.parametrize("change", [*SHAPE_CHANGES.values(), *RUN_CHANGES])
+def test_training_relevant_fields_change_the_identity(synthetic_root, change):
+    base = plan_run(compose_train(synthetic_root, "budget.tokens=2e4"))
+    changed = plan_run(compose_train(synthetic_root, "budget.tokens=2e4", change))
+    assert changed.run_id != base.run_id
+
+
+def test_wsd_cooldown_changes_the_identity(synthetic_root):
+    wsd = ("budget.tokens=2e4", "schedule.kind=wsd")
+    base = plan_run(compose_train(synthetic_root, *wsd))
+    longer = plan_run(compose_train(synthetic_root, *wsd, "schedule.cooldown_fraction=0.5"))
+    assert base.run_id != longer.run_id
+
+
+@pytest.mark.parametrize("change", COSMETIC)
+def test_cosmetic_fields_leave_the_identity(synthetic_root, change):
+    base = plan_run(compose_train(synthetic_root, "budget.tokens=2e4"))
+    changed = plan_run(compose_train(synthetic_root, "budget.tokens=2e4", change))
+    assert changed.run_id == base.run_id
+
+
+def test_the_dataset_is_part_of_the_identity_but_not_where_it_lives(synthetic_root, tmp_path):
+    synthetic = OmegaConf.to_container(OmegaConf.load(CONFIGS / "data" / "synthetic.yaml"))
+    prepare({**synthetic, **TINY_DATA}, tmp_path / "data_cache")  # the same dataset, elsewhere
+    prepare({**synthetic, **TINY_DATA, "seed": 1}, tmp_path / "other" / "data_cache")
+    base = plan_run(compose_train(synthetic_root, "budget.tokens=2e4"))
+    moved = plan_run(compose_train(tmp_path, "budget.tokens=2e4"))
+    reseeded = plan_run(compose_train(tmp_path / "other", "budget.tokens=2e4", "data.seed=1"))
+    assert moved.run_id == base.run_id != reseeded.run_id

@@ -1,4 +1,7 @@
-"""Tests for sweep.schedule: warmup, cosine to 10%, constant and WSD over exactly a run's steps."""
+"""Tests for sweep.schedule: warmup, cosine to 10%, constant and WSD over exactly a run's steps.
+
+The warmup is a pinned fraction of the steps, or the hparams rule's steps when the fraction is null.
+"""
 
 import math
 
@@ -52,3 +55,25 @@ def test_single_step_run_uses_peak_lr():
 def test_bad_schedules(change, needle):
     with pytest.raises(ConfigError, match=needle):
         build_schedule({**CFG, **change}, total_steps=10)
+
+
+def test_null_fraction_takes_the_rules_warmup_steps():
+    s = build_schedule({**CFG, "warmup_fraction": None}, total_steps=100, warmup_steps=7)
+    assert s.warmup_steps == 7
+    assert s.multiplier(6) == pytest.approx(1.0)
+    # A pinned fraction wins over any rule.
+    assert build_schedule(CFG, total_steps=100, warmup_steps=7).warmup_steps == 10
+
+
+@pytest.mark.parametrize(
+    ("warmup_steps", "needle"),
+    [
+        (None, "schedule.warmup_fraction=null takes the warmup from the hparams rule"),
+        (0, "warmup_steps=0 must be a positive integer"),
+        (200, "warmup (200) plus cooldown (0) steps exceed the run's 100 steps"),
+    ],
+)
+def test_rule_warmup_errors(warmup_steps, needle):
+    with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        build_schedule({**CFG, "warmup_fraction": None}, total_steps=100,
+                       warmup_steps=warmup_steps)
