@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# The demo: tokenize the Python standard library (real text, no download; ~20 s) and train the
-# smallest rung on it on the CPU. Extra arguments are Hydra overrides for the training run, e.g.
-# `bash scripts/demo.sh seed=1`. `data=synthetic` instead trains on a corpus of known entropy.
+# The demo: the `smoke` sweep end to end on the CPU. Tokenize the Python standard library (no
+# download), train 3 rungs x 3 token budgets, then collect and fit them into a report with plots.
+# Relaunching it trains nothing: finished runs are skipped. Extra arguments are Hydra overrides
+# for the sweep, e.g. `bash scripts/demo.sh seed=1`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 .venv/bin/python -m data.prepare data=stdlib
-.venv/bin/python -m sweep.train model=gpt_1m data=stdlib budget.tokens=2e5 "$@"
+.venv/bin/python -m sweep.train experiment=smoke "$@"
+.venv/bin/python -m sweep.status runs/smoke
+.venv/bin/python -m sweep.fit runs/smoke --out reports/smoke

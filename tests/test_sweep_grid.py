@@ -26,7 +26,8 @@ SMALL = ("logging.wandb.mode=disabled", "logging.progress=false", "eval.tokens=4
 def sweep_cli(root: Path, *overrides: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "disabled"}
     return subprocess.run(
-        [sys.executable, "-m", "sweep.train", f"paths.root_dir={root}", *SMALL, *overrides],
+        [sys.executable, "-m", "sweep.train", "--multirun", f"paths.root_dir={root}", *SMALL,
+         *overrides],
         cwd=root, env=env, capture_output=True, text=True, timeout=600,
     )
 
@@ -75,7 +76,7 @@ def test_launch_section_is_checked(launch, message):
 def test_dry_run_expands_the_grid_and_skips_out_of_range_points_first(synthetic_root):
     # An IsoFLOP grid: 3 sizes x 2 budgets, D/N bounded to [5, 200].
     result = sweep_cli(
-        synthetic_root, "-m", "experiment_name=iso", "model=base,gpt_1m,gpt_3m",
+        synthetic_root, "experiment_name=iso", "model=base,gpt_1m,gpt_3m",
         "budget.flops=1e12,1e13", "launch.tokens_per_param.min=5",
         "launch.tokens_per_param.max=200", "launch.dry_run=true",
     )
@@ -99,7 +100,7 @@ def test_dry_run_expands_the_grid_and_skips_out_of_range_points_first(synthetic_
 
 
 def test_a_bad_grid_point_stops_the_sweep_before_anything_trains(synthetic_root):
-    result = sweep_cli(synthetic_root, "-m", "experiment_name=bad", "model=base",
+    result = sweep_cli(synthetic_root, "experiment_name=bad", "model=base",
                        "budget.tokens=8192,10")
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
@@ -108,7 +109,7 @@ def test_a_bad_grid_point_stops_the_sweep_before_anything_trains(synthetic_root)
 
 
 def test_sweep_trains_then_relaunch_skips_everything(synthetic_root):
-    args = ("-m", "experiment_name=twice", "model=base", "budget.tokens=8192,12288")
+    args = ("experiment_name=twice", "model=base", "budget.tokens=8192,12288")
     first = sweep_cli(synthetic_root, *args)
     assert first.returncode == 0, first.stderr
     assert "2 to train" in first.stdout
