@@ -7,5 +7,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 .venv/bin/python -m data.prepare data=stdlib
 .venv/bin/python -m sweep.train experiment=smoke "$@"
-.venv/bin/python -m sweep.status runs/smoke
-.venv/bin/python -m sweep.fit runs/smoke --out reports/smoke
+ROOT="${SCALING_ROOT:-.}"  # where paths.root_dir puts runs/ (configs/paths/default.yaml)
+.venv/bin/python -m sweep.status "$ROOT/runs/smoke"
+.venv/bin/python -m sweep.fit "$ROOT/runs/smoke" --out "$ROOT/reports/smoke"

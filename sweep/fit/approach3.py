@@ -79,8 +79,11 @@ class ChinchillaLaw:
     def optimal(self, compute: Any) -> tuple[np.ndarray, np.ndarray]:
         """N_opt, D_opt minimising L under C = 6 N D (Hoffmann et al. eq. 4)."""
         c = np.asarray(compute, dtype=float) / 6.0
-        g = (self.alpha * self.A / (self.beta * self.B)) ** (1.0 / (self.alpha + self.beta))
-        return g * c**self.a, c**self.b / g
+        # A fit with a non-positive exponent (runs far from convergence, e.g. the CPU smoke sweep)
+        # has no finite optimum: the allocation is nan/inf, reported as null, not a warning.
+        with np.errstate(all="ignore"):
+            g = (self.alpha * self.A / (self.beta * self.B)) ** (1.0 / (self.alpha + self.beta))
+            return g * c**self.a, c**self.b / g
 
     def values(self) -> dict[str, float]:
         return {"E": self.E, "A": self.A, "B": self.B, "alpha": self.alpha, "beta": self.beta,
