@@ -10,10 +10,10 @@ import hashlib
 import io
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -58,13 +58,14 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write payload to path so that readers see either the old file or the whole new one."""
+def atomic_write(path: Path, write: Callable[[BinaryIO], Any], tmp: Path | None = None) -> None:
+    """Call write(handle) on a temp file (default `<name>.tmp-<pid>` beside path), fsync it and
+    rename it over path, so readers see either the old file or the whole new one."""
     path = Path(path)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp = tmp or path.with_name(f"{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            f.write(payload)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -72,6 +73,11 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """Write payload to path so that readers see either the old file or the whole new one."""
+    atomic_write(path, lambda f: f.write(payload))
 
 
 def write_manifest(directory: Path, manifest: Mapping[str, Any]) -> Path:

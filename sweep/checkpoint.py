@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from data.shards import fsync_dir
+from data.shards import atomic_write
 from sweep.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -115,17 +115,10 @@ def save_checkpoint(run_dir: Path, step: int, payload: Mapping[str, Any], keep: 
     run_dir = Path(run_dir)
     remove_stale_temps(run_dir)
     final = checkpoint_path(run_dir, step)
+    # A hidden temp name: never listed as a checkpoint, and removed by remove_stale_temps.
     tmp = run_dir / f".{final.name}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as handle:
-            torch.save(dict(payload), handle)  # streamed: no second copy of the state in memory
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(run_dir)
+    # Streamed into the file: no second copy of the state in memory.
+    atomic_write(final, lambda handle: torch.save(dict(payload), handle), tmp=tmp)
     for old in list_checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
     return final

@@ -21,6 +21,7 @@ import pandas as pd
 
 from data.shards import atomic_write_bytes
 from sweep.errors import OneLineParser
+from sweep.records import read_json_object
 
 LEAD_COLUMNS = ("run_id", "experiment", "N", "N_total", "D", "C", "loss")  # always first
 CURVE_METRICS = (
@@ -64,14 +65,6 @@ def _run_dirs(root: Path) -> Iterator[Path]:
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and ".tmp-" not in d)
         if "summary.json" in filenames or "metrics.jsonl" in filenames:
             yield Path(dirpath)
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def _finite(value: Any) -> bool:
@@ -195,7 +188,7 @@ def collect_runs(runs_dir: str | Path, curves: bool = False) -> Collected:
         if not path.exists():
             counts["unfinished"] += 1
             continue
-        summary = _read_json(path)
+        summary = read_json_object(path)
         if summary is None or not _well_formed(summary):
             unreadable.append(str(path))
             continue

@@ -147,6 +147,15 @@ def build_summary(plan: RunPlan, status: str, **fields: Any) -> dict[str, Any]:
     }
 
 
+def read_json_object(path: Path) -> dict[str, Any] | None:
+    """The JSON object in path, or None when it is missing, unreadable or not an object."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
 class RunRecord:
     """Writes one run's directory: the resolved config, one metrics line per eval, the summary."""
 
@@ -158,10 +167,7 @@ class RunRecord:
 
     def read_summary(self) -> dict[str, Any] | None:
         """The existing summary, or None when the run never finished writing one."""
-        try:
-            return json.loads(self.summary_path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
+        return read_json_object(self.summary_path)
 
     def start(self, config_yaml: str) -> None:
         """Create the directory and write config.yaml; a fresh start truncates old metrics."""

@@ -11,6 +11,7 @@ from typing import Any
 
 from sweep.checkpoint import checkpoint_step, latest_checkpoint
 from sweep.lock import is_locked
+from sweep.records import RunRecord
 
 # Ordered as `sweep.status` lists them: what needs attention first, then work in flight.
 STATES = ("failed", "diverged", "interrupted", "running", "new", "finished")
@@ -24,14 +25,6 @@ class RunState:
     summary: dict[str, Any] | None  # summary.json when the run ended (any status)
     checkpoint_step: int | None  # the newest checkpoint's optimizer step
     last_eval: dict[str, Any] | None  # the last whole metrics.jsonl row
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def _last_eval(path: Path) -> dict[str, Any] | None:
@@ -51,7 +44,7 @@ def _last_eval(path: Path) -> dict[str, Any] | None:
 
 def read_run_state(run_dir: Path) -> RunState:
     """The state of `run_dir` (which need not exist: then it is `new`)."""
-    summary = _read_json(run_dir / "summary.json")
+    summary = RunRecord(run_dir).read_summary()
     newest = latest_checkpoint(run_dir) if run_dir.is_dir() else None
     step = checkpoint_step(newest) if newest is not None else None
     last = _last_eval(run_dir / "metrics.jsonl")
