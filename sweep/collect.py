@@ -34,6 +34,19 @@ class CollectError(ValueError):
     """A runs directory or output path that cannot be collected as given (one line, exit code 2)."""
 
 
+class UnreadableRun(CollectError):
+    """A run's summary.json (or, with curves, metrics.jsonl) that cannot be read: refused unless
+    the caller asked to skip unreadable runs, since a silently shorter table skews a fit."""
+
+    def __init__(self, unreadable: list[tuple[str, str]]) -> None:
+        path, reason = unreadable[0]
+        more = f"; {len(unreadable) - 1} more run files are unreadable" if unreadable[1:] else ""
+        keep = ("collect its readable lines only" if path.endswith("metrics.jsonl")
+                else "collect without it")
+        super().__init__(f"{path} is unreadable ({reason}{more}): delete that run directory to "
+                         f"retrain it, or pass --skip-unreadable to {keep}")
+
+
 @dataclass(frozen=True)
 class Collected:
     """The table plus what was left out of it and why."""
@@ -92,14 +105,33 @@ def _finished_at(summary: Mapping[str, Any]) -> float:
         return -math.inf
 
 
-def _well_formed(summary: dict[str, Any]) -> bool:
+def _malformed(summary: dict[str, Any]) -> str | None:
+    """Why a parsed summary cannot be used, or None when it can."""
     # A summary from another schema (or hand-edited) is reported, not guessed at.
     try:
         if summary["status"] == "finished":
             _summary_row(summary, "")
-    except (KeyError, TypeError):
-        return False
-    return True
+    except KeyError as exc:
+        return f"no field {exc}"
+    except TypeError as exc:
+        return f"malformed: {exc}"
+    return None
+
+
+def _why_unreadable(path: Path) -> str:
+    """What is wrong with a file that read_json_object refused, in a few words."""
+    try:
+        value = json.loads(path.read_bytes().decode())
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    except UnicodeDecodeError:
+        return "not UTF-8 text"
+    except json.JSONDecodeError as exc:
+        return f"not valid JSON: {exc.msg}, line {exc.lineno} column {exc.colno}"
+    if isinstance(value, dict):
+        return "it changed while being read"
+    kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+    return f"JSON {kind.get(type(value), 'a number')}, not an object"
 
 
 def _lead(summary: Mapping[str, Any], tokens: Any, flops: Any, loss: Any) -> dict[str, Any]:
@@ -121,22 +153,27 @@ def _summary_row(summary: dict[str, Any], run_dir: str) -> dict[str, Any]:
 
 
 def _curve_rows(
-    path: Path, summary: dict[str, Any], run_dir: str, unreadable: list[str]
+    path: Path, summary: dict[str, Any], run_dir: str, unreadable: list[tuple[str, str]]
 ) -> list[dict[str, Any]]:
     try:
         lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError):
-        unreadable.append(str(path))
+    except OSError as exc:
+        unreadable.append((str(path), exc.strerror or type(exc).__name__))
         return []
-    rows, torn = [], False
-    for line in lines:
+    except UnicodeDecodeError:
+        unreadable.append((str(path), "not UTF-8 text"))
+        return []
+    rows, torn = [], 0
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             point = json.loads(line)
             keep = _finite(point["val_loss"]) and float(point["tokens"]) > 0
         except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-            torn = True  # e.g. the last line of a run killed mid-write
+            # sweep.train drops a torn last line when it resumes, so a finished run has none:
+            # this file was damaged after the run.
+            torn = torn or number
             continue
         if not keep:
             continue
@@ -151,7 +188,7 @@ def _curve_rows(
             "run_dir": run_dir,
         })
     if torn:
-        unreadable.append(str(path))
+        unreadable.append((str(path), f"line {torn} is not a metrics row"))
     return rows
 
 
@@ -171,8 +208,15 @@ def _tidy(rows: list[dict[str, Any]], sort_by: list[str]) -> pd.DataFrame:
     return table.sort_values(sort_by, kind="mergesort").reset_index(drop=True)
 
 
-def collect_runs(runs_dir: str | Path, curves: bool = False) -> Collected:
-    """Read every run under runs_dir (any depth); one row per finished run, or per eval point."""
+def collect_runs(
+    runs_dir: str | Path, curves: bool = False, skip_unreadable: bool = False
+) -> Collected:
+    """Read every run under runs_dir (any depth); one row per finished run, or per eval point.
+
+    An unreadable or malformed summary.json (or, with curves, a finished run's metrics.jsonl with
+    a line that is not a metrics row) raises UnreadableRun; skip_unreadable leaves such a run
+    out (keeping a metrics file's readable lines) and lists it in `unreadable` instead.
+    """
     root = Path(runs_dir)
     if not root.exists():
         raise CollectError(f"runs directory {root} does not exist: pass the folder sweep.train "
@@ -180,7 +224,7 @@ def collect_runs(runs_dir: str | Path, curves: bool = False) -> Collected:
     if not root.is_dir():
         raise CollectError(f"{root} is not a directory: pass the runs folder, e.g. ./runs")
     counts = {"unfinished": 0, "diverged": 0, "failed": 0}
-    unreadable: list[str] = []
+    unreadable: list[tuple[str, str]] = []
     kept: dict[tuple[str, str], tuple[dict[str, Any], Path]] = {}
     duplicates = 0
     for run_dir in _run_dirs(root):
@@ -189,8 +233,9 @@ def collect_runs(runs_dir: str | Path, curves: bool = False) -> Collected:
             counts["unfinished"] += 1
             continue
         summary = read_json_object(path)
-        if summary is None or not _well_formed(summary):
-            unreadable.append(str(path))
+        why = _why_unreadable(path) if summary is None else _malformed(summary)
+        if why is not None:
+            unreadable.append((str(path), why))
             continue
         status = summary["status"]
         # run_id hashes the science but not the experiment: one run may belong to two experiments.
@@ -205,6 +250,8 @@ def collect_runs(runs_dir: str | Path, curves: bool = False) -> Collected:
                 kept[key] = (summary, run_dir)
         else:
             kept[key] = (summary, run_dir)
+    if unreadable and not skip_unreadable:
+        raise UnreadableRun(unreadable)
     if not kept:
         raise CollectError(
             f"no finished runs under {root} ({counts['unfinished']} unfinished, "
@@ -218,11 +265,13 @@ def collect_runs(runs_dir: str | Path, curves: bool = False) -> Collected:
             rows += _curve_rows(run_dir / "metrics.jsonl", summary, rel, unreadable)
         else:
             rows.append(_summary_row(summary, rel))
+    if unreadable and not skip_unreadable:
+        raise UnreadableRun(unreadable)
     if not rows:
         raise CollectError(f"{len(kept)} finished runs under {root}, but no metrics.jsonl line "
                            "has a val_loss with tokens > 0: collect without --curves")
     sort_by = ["experiment", "N", "run_id", "step"] if curves else ["experiment", "N", "D"]
-    return Collected(_tidy(rows, sort_by), len(kept), unreadable=unreadable,
+    return Collected(_tidy(rows, sort_by), len(kept), unreadable=[p for p, _ in unreadable],
                      duplicates=duplicates, **counts)
 
 
@@ -262,10 +311,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs_dir", type=Path, help="folder holding <experiment>/<run_id>/ runs")
     parser.add_argument("--out", type=Path, required=True, help="table to write: .csv or .parquet")
     parser.add_argument("--curves", action="store_true", help="one row per eval point, not per run")
+    parser.add_argument("--skip-unreadable", action="store_true",
+                        help="leave out runs whose summary.json (or metrics.jsonl lines, with "
+                             "--curves) cannot be read, with a warning, instead of refusing")
     args = parser.parse_args(argv)
     try:
         _check_out(args.out)
-        collected = collect_runs(args.runs_dir, curves=args.curves)
+        collected = collect_runs(args.runs_dir, curves=args.curves,
+                                 skip_unreadable=args.skip_unreadable)
         for path in collected.unreadable:
             print(f"warning: skipped unreadable {path}", file=sys.stderr)
         try:

@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from sweep.collect import CollectError, collect_runs, write_table
+from sweep.collect import CollectError, UnreadableRun, collect_runs, write_table
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS = (0, 1, 2, 4, 8)  # eval steps written to metrics.jsonl; step 0 has tokens 0
@@ -122,11 +122,48 @@ def test_duplicate_run_keeps_latest_and_bad_json_is_reported(tmp_path: Path) -> 
     bad.write_text('{"status": "finished", "run_id": ')
     make_run(tmp_path / ".trash", 9, 9, 1.0)  # hidden and temporary folders are never runs
     make_run(tmp_path, 9, 9, 1.0, run_id="x.tmp-123")
-    got = collect_runs(tmp_path)
+    # By default the torn summary is refused: a fit on silently fewer runs would mislead.
+    with pytest.raises(UnreadableRun) as info:
+        collect_runs(tmp_path)
+    assert str(info.value) == (
+        f"{bad} is unreadable (not valid JSON: Expecting value, line 1 column 34): delete that "
+        "run directory to retrain it, or pass --skip-unreadable to collect without it")
+    got = collect_runs(tmp_path, skip_unreadable=True)
     assert got.duplicates == 2 and got.finished == 1
     assert got.table.loss.tolist() == [2.7] and got.table.run_dir.tolist() == ["b/exp/dup"]
     assert got.unreadable == [str(bad)]
     assert got.describe().endswith("0 failed, 1 unreadable, 2 duplicates")
+
+
+@pytest.mark.parametrize(("content", "reason"), [
+    (b"[1, 2]", "(JSON an array, not an object)"),
+    (b"\xff\xfe{}", "(not UTF-8 text)"),
+    (b'{"status": "finished", "run_id": "x"}', "(no field 'tokens')"),
+    (b'{"run_id": "x"}', "(no field 'status')"),
+    (b'{"status": "finished", "run_id": "x", "experiment": "e", "params": 5, "tokens": 1, '
+     b'"flops_6nd": 6, "val_loss": 2.0}', "(malformed: 'int' object is not subscriptable)"),
+], ids=["array", "binary", "no-tokens", "no-status", "params-not-a-dict"])
+def test_malformed_summary_is_refused_with_the_reason(tmp_path: Path, content: bytes,
+                                                      reason: str) -> None:
+    make_run(tmp_path, 1000, 20_000, 3.0)
+    bad = make_run(tmp_path, 2000, 20_000, 2.0) / "summary.json"
+    bad.write_bytes(content)
+    with pytest.raises(UnreadableRun, match="--skip-unreadable") as info:
+        collect_runs(tmp_path)
+    assert str(info.value).startswith(f"{bad} is unreadable {reason}")
+    assert collect_runs(tmp_path, skip_unreadable=True).unreadable == [str(bad)]
+
+
+def test_several_unreadable_runs_are_counted_in_one_line(tmp_path: Path) -> None:
+    make_run(tmp_path, 1000, 20_000, 3.0)
+    bad = [make_run(tmp_path, n, 20_000, 2.0) / "summary.json" for n in (2000, 3000, 4000)]
+    for path in bad:
+        path.write_text("")
+    with pytest.raises(UnreadableRun) as info:
+        collect_runs(tmp_path)
+    message = str(info.value)
+    assert message.startswith(f"{bad[0]} is unreadable (not valid JSON: ")
+    assert "; 2 more run files are unreadable)" in message and "\n" not in message
 
 
 def test_curves_one_row_per_eval_point_and_torn_line_skipped(tmp_path: Path) -> None:
@@ -134,8 +171,17 @@ def test_curves_one_row_per_eval_point_and_torn_line_skipped(tmp_path: Path) -> 
     big = make_run(tmp_path, 2000, 40_000, 2.5)
     make_run(tmp_path, 3000, 40_000, None, status="diverged")
     with (big / "metrics.jsonl").open("a") as handle:
-        handle.write('{"step": 9, "tokens": 45')  # a crash mid-write
-    got = collect_runs(tmp_path, curves=True)
+        handle.write('{"step": 9, "tokens": 45')  # damaged after the run (resume drops torn lines)
+    # By default a finished run's damaged metrics.jsonl is refused, naming the line ...
+    with pytest.raises(UnreadableRun) as info:
+        collect_runs(tmp_path, curves=True)
+    assert str(info.value) == (
+        f"{big / 'metrics.jsonl'} is unreadable (line {len(STEPS) + 1} is not a metrics row): "
+        "delete that run directory to retrain it, or pass --skip-unreadable to collect its "
+        "readable lines only")
+    collect_runs(tmp_path)  # ... which the per-run table does not read
+    # ... and skip_unreadable keeps the readable lines.
+    got = collect_runs(tmp_path, curves=True, skip_unreadable=True)
     table = got.table
     assert len(table) == 2 * (len(STEPS) - 1) and (table.D > 0).all()
     assert got.unreadable == [str(big / "metrics.jsonl")]
@@ -178,13 +224,21 @@ def test_write_table_round_trips(tmp_path: Path, name: str, curves: bool) -> Non
     assert [p.name for p in out.parent.iterdir()] == [name]
 
 
-def test_cli_writes_table_and_reports_unreadable(tmp_path: Path) -> None:
+def test_cli_refuses_unreadable_or_skips_it_with_a_warning(tmp_path: Path) -> None:
     make_run(tmp_path / "runs", 1000, 20_000, 3.0)
     make_run(tmp_path / "runs", 2000, 20_000, 2.0, summary=False)
     with (tmp_path / "runs/exp/n1000-d20000/metrics.jsonl").open("a") as handle:
         handle.write("{torn")
     out = tmp_path / "out" / "curves.csv"
-    done = cli(tmp_path / "runs", "--out", out, "--curves")
+    metrics = tmp_path / "runs/exp/n1000-d20000/metrics.jsonl"
+    refused = cli(tmp_path / "runs", "--out", out, "--curves")
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr == (
+        f"error: {metrics} is unreadable (line {len(STEPS) + 1} is not a metrics row): delete "
+        "that run directory to retrain it, or pass --skip-unreadable to collect its readable "
+        "lines only\n")
+    assert not (tmp_path / "out").exists()
+    done = cli(tmp_path / "runs", "--out", out, "--curves", "--skip-unreadable")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == (
         f"1 runs collected; left out: 1 unfinished, 0 diverged, 0 failed, 1 unreadable -> {out}")

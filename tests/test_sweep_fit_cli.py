@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 
 from sweep.fit.synthetic import EPOCH_LAW, isoflop_table
+from tests.test_sweep_collect import make_run
 
 REPO = Path(__file__).resolve().parent.parent
 # One BLAS thread per process: the two fits below run side by side.
@@ -302,3 +303,18 @@ def test_out_that_is_a_file_is_left_untouched(tmp_path: Path, good_csv: Path) ->
     out.write_text("a file\n")
     assert "is not a report directory" in refused([good_csv], out)
     assert out.read_text() == "a file\n"
+
+
+def test_unreadable_run_in_a_runs_directory_exits_2_unless_skipped(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    for n in (1000, 2000, 3000, 4000):
+        make_run(runs, n, 20 * n, 4.0 - n / 4000)
+    bad = make_run(runs, 5000, 100_000, 2.5) / "summary.json"
+    bad.write_text("{")
+    line = refused([runs], tmp_path / "out")
+    assert line.startswith(f"error: {bad} is unreadable (not valid JSON: ")
+    assert line.endswith("delete that run directory to retrain it, or pass --skip-unreadable to "
+                         "collect without it")
+    # Skipped, four runs are left: too few to fit, which is the next (and only) error.
+    assert "has 4 runs" in refused([runs, "--skip-unreadable"], tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]

@@ -348,3 +348,31 @@ def test_runs_directory_with_bad_curves_keeps_the_runs(tmp_path: Path) -> None:
     data = load(tmp_path / "runs", Columns())
     assert len(data.runs) == 6 and data.curves is None
     assert any(note.startswith("curves left out:") for note in data.notes)
+
+
+def test_runs_directory_with_an_unreadable_summary_is_refused_or_skipped(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    for i in range(6):
+        make_run(root, 1000 * (i + 1), 20_000 * (1 + i % 2), 4.0 - 0.1 * i)
+    bad = make_run(root, 9000, 20_000, 2.0) / "summary.json"
+    bad.write_text('{"status": "fini')
+    message = refused(root)
+    assert message.startswith(f"{bad} is unreadable (not valid JSON: ")
+    assert "delete that run directory" in message and "--skip-unreadable" in message
+    data = load(root, Columns(), skip_unreadable=True)
+    assert len(data.runs) == 6 and data.curves is not None
+    assert "1 unreadable" in data.notes[0] and f"skipped unreadable {bad}" in data.notes
+
+
+def test_runs_directory_with_a_damaged_metrics_file_is_refused_or_skipped(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    dirs = [make_run(root, 1000 * (i + 1), 20_000 * (1 + i % 2), 4.0 - 0.1 * i) for i in range(6)]
+    metrics = dirs[2] / "metrics.jsonl"
+    with metrics.open("a") as handle:
+        handle.write("{torn\n")
+    # Not swallowed as "curves left out": the curves would silently lose a run.
+    message = refused(root)
+    assert message.startswith(f"{metrics} is unreadable (line 6 is not a metrics row)")
+    data = load(root, Columns(), skip_unreadable=True)
+    assert data.curves is not None and len(data.curves) == 6 * 4
+    assert f"skipped unreadable {metrics}" in data.notes

@@ -24,6 +24,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("source", help="runs directory, or a .csv/.parquet table with a row per run "
                                   "(or per eval point, with a run id column)")
     p.add_argument("--out", required=True, help="report directory (replaced if it holds a report)")
+    p.add_argument("--skip-unreadable", action="store_true",
+                   help="runs directory: leave out runs whose summary.json or metrics.jsonl "
+                        "cannot be read (noted in the report) instead of refusing")
     p.add_argument("--n-col", default=_COLUMNS.N, help="parameters column (default: %(default)s)")
     p.add_argument("--d-col", default=_COLUMNS.D, help="tokens column (default: %(default)s)")
     p.add_argument("--c-col", default=_COLUMNS.C, help="FLOPs column (default: %(default)s)")
@@ -95,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         check_out_dir(out)  # before minutes of fitting, not after
         columns = Columns(N=args.n_col, D=args.d_col, C=args.c_col, loss=args.loss_col,
                           budget=args.budget_col, run=args.run_col)
-        data = load(args.source, columns)
+        data = load(args.source, columns, skip_unreadable=args.skip_unreadable)
         report = fit_report(data, options)
         write_report(out, report, data.runs, data.curves)
     except TableError as exc:

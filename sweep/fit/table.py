@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sweep.collect import CollectError, collect_runs
+from sweep.collect import CollectError, UnreadableRun, collect_runs
 
 # Approach 3 has five parameters: fewer runs than that cannot determine it.
 MIN_RUNS = 5
@@ -157,8 +157,12 @@ def _check_units(n: np.ndarray, d: np.ndarray, c: np.ndarray, cols: Columns, whe
             f"C in FLOPs (not PF-days: 1 PF-day = 8.64e19 FLOPs), or drop '{cols.C}' to use 6ND")
 
 
-def load(source: str | Path, cols: Columns) -> FitData:
-    """Read and check a source; every problem is a TableError naming the fix."""
+def load(source: str | Path, cols: Columns, skip_unreadable: bool = False) -> FitData:
+    """Read and check a source; every problem is a TableError naming the fix.
+
+    For a runs directory, an unreadable run is a TableError unless skip_unreadable, which leaves
+    it out with a note (see sweep.collect.collect_runs).
+    """
     path = Path(source)
     notes: list[str] = []
     if not path.exists():
@@ -166,14 +170,21 @@ def load(source: str | Path, cols: Columns) -> FitData:
                          ".csv/.parquet table")
     if path.is_dir():
         try:
-            collected = collect_runs(path)
+            collected = collect_runs(path, skip_unreadable=skip_unreadable)
         except CollectError as exc:
             raise TableError(str(exc)) from None
         notes.append(f"runs directory: {collected.describe()}")
+        for unreadable in collected.unreadable:
+            _note(notes, f"skipped unreadable {unreadable}")
         runs = _canonical(collected.table, cols, f"runs under {path}", notes)
         try:
-            curve_table = collect_runs(path, curves=True).table
-            curves = _canonical(curve_table, cols, f"curves under {path}", notes)
+            curve_collected = collect_runs(path, curves=True, skip_unreadable=skip_unreadable)
+            curves = _canonical(curve_collected.table, cols, f"curves under {path}", notes)
+            for unreadable in curve_collected.unreadable:
+                _note(notes, f"skipped unreadable {unreadable}")
+        except UnreadableRun as exc:
+            # A damaged metrics.jsonl is refused like a damaged summary, not silently dropped.
+            raise TableError(str(exc)) from None
         except (CollectError, TableError) as exc:
             # The per-run table is sound; only the curve methods lose their input.
             notes.append(f"curves left out: {exc}")
