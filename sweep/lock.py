@@ -51,21 +51,31 @@ class RunLock:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         # No O_TRUNC: the holder's host and pid must survive until we know the lock is ours.
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self._flock(fd)
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{socket.gethostname()} {os.getpid()}\n".encode())
+        except BaseException:
+            # Closing drops the flock too: a lock whose holder could not be recorded (a full
+            # disk) would otherwise stay held, with nothing to release it, until this process
+            # exits, and a sweep's basic launcher goes on to other runs in this same process.
+            os.close(fd)
+            raise
+        self._fd = fd
+
+    def _flock(self, fd: int) -> None:
+        """Take the exclusive flock on fd, retrying briefly; RunLocked names the holder."""
         for attempt in range(_ACQUIRE_TRIES):
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
+                return
             except BlockingIOError:
                 if attempt == _ACQUIRE_TRIES - 1:
-                    os.close(fd)
                     raise RunLocked(
                         f"run {self.run_dir} is being trained by {_holder(self.path)}: wait for "
                         "it to end or stop it (it resumes from its last checkpoint), then rerun"
                     ) from None
                 time.sleep(_RETRY_S)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{socket.gethostname()} {os.getpid()}\n".encode())
-        self._fd = fd
 
     def release(self) -> None:
         """Drop the lock. The file stays: unlinking it would let a process that had already
