@@ -69,6 +69,12 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], Any], tmp: Path | None 
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        if err.filename is None:
+            # Errors raised inside `write` (a full disk mid-torch.save) name no file: name it.
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from err
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

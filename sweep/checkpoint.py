@@ -197,6 +197,8 @@ class LoopState:
     wall_before_s: float = 0.0  # wall time of earlier attempts, up to their last checkpoint
     resumes: int = 0
     started_at: str = field(default_factory=_now)
+    micro_batch_size: int | None = None  # set once an out-of-memory error has lowered the plan's
+    oom_retries: int = 0  # training steps retried with a smaller micro-batch after running out
 
     @classmethod
     def fresh(cls, device: torch.device) -> LoopState:
@@ -237,6 +239,8 @@ def save_training_state(
             "wall_time_s": wall_time_s,
             "resumes": loop.resumes,
             "started_at": loop.started_at,
+            "micro_batch_size": loop.micro_batch_size,
+            "oom_retries": loop.oom_retries,
         },
         "saved_at": _now(),
     }
@@ -282,4 +286,8 @@ def resume_training_state(
         wall_before_s=loop["wall_time_s"],
         resumes=loop["resumes"] + 1,
         started_at=loop["started_at"],
+        # A run resumed on a smaller GPU may run out again; on a bigger one it keeps the lowered
+        # micro-batch, which changes speed but not the trajectory's hyperparameters.
+        micro_batch_size=loop.get("micro_batch_size"),
+        oom_retries=loop.get("oom_retries", 0),
     )

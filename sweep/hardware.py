@@ -50,6 +50,11 @@ class Hardware:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    def empty_cache(self) -> None:
+        """Hand cached, unused GPU memory back to the allocator (after an out-of-memory error)."""
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
     def mfu(self, flops_per_s: float) -> float | None:
         """Model FLOPs utilisation against the device peak, or None when the peak is unknown."""
         if not self.peak_flops:

@@ -83,7 +83,8 @@ class RunLogger:
 
     def print(self, message: str) -> None:
         """A line on the console that does not tear the progress bar."""
-        self.console.print(message, highlight=False)
+        # soft_wrap: a log line stays one line (greppable) whatever the terminal width.
+        self.console.print(message, highlight=False, soft_wrap=True)
 
     def close(self, summary: Mapping[str, Any] | None = None) -> None:
         """Stop the bar and finish the wandb run (with the summary's scalars)."""

@@ -51,6 +51,7 @@ class RunPlan:
     lr: float  # peak learning rate
     seq_len: int
     micro_batch_size: int
+    min_micro_batch_size: int  # the floor an out-of-memory step may halve the micro-batch to
     batch_tokens: int
     grad_accum: int
     schedule: Schedule
@@ -117,7 +118,7 @@ def plan_run(cfg: DictConfig, overrides: list[str] | None = None) -> RunPlan:
 
     train = cfg.train
     seq_len = train.seq_len
-    for key in ("seq_len", "micro_batch_size"):
+    for key in ("seq_len", "micro_batch_size", "min_micro_batch_size"):
         value = train[key]
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigError(f"train.{key}={value!r} must be a positive integer")
@@ -170,7 +171,15 @@ def plan_run(cfg: DictConfig, overrides: list[str] | None = None) -> RunPlan:
     train_identity = {
         k: v
         for k, v in OmegaConf.to_container(train).items()
-        if k not in ("micro_batch_size", "device", "precision", "compile", "peak_flops")
+        if k
+        not in (
+            "micro_batch_size",
+            "min_micro_batch_size",
+            "device",
+            "precision",
+            "compile",
+            "peak_flops",
+        )
     }
     train_identity.update(lr=hp.lr, batch_tokens=hp.batch_tokens)
     # Every run from before train.windows existed read random windows: that default stays out of
@@ -226,6 +235,7 @@ def plan_run(cfg: DictConfig, overrides: list[str] | None = None) -> RunPlan:
         lr=hp.lr,
         seq_len=seq_len,
         micro_batch_size=hp.micro_batch_size,
+        min_micro_batch_size=train.min_micro_batch_size,
         batch_tokens=hp.batch_tokens,
         grad_accum=hp.grad_accum,
         schedule=schedule,

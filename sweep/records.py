@@ -169,9 +169,22 @@ class RunRecord:
         """The existing summary, or None when the run never finished writing one."""
         return read_json_object(self.summary_path)
 
+    def remove_stale_temps(self) -> list[Path]:
+        """Delete the temp files of config.yaml, metrics.jsonl and summary.json that a killed
+        writer left behind (the run lock makes this process the only writer); returns them."""
+        stale = sorted(
+            path
+            for target in (self.config_path, self.metrics_path, self.summary_path)
+            for path in self.run_dir.glob(f"{target.name}.tmp-*")
+        )
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return stale
+
     def start(self, config_yaml: str) -> None:
         """Create the directory and write config.yaml; a fresh start truncates old metrics."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.remove_stale_temps()
         atomic_write_bytes(self.config_path, config_yaml.encode())
         self.metrics_path.write_text("")
         self.summary_path.unlink(missing_ok=True)
@@ -183,6 +196,7 @@ class RunRecord:
         A torn last line (a crash mid-append) is dropped; the file is rewritten atomically.
         """
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.remove_stale_temps()
         try:
             text = self.metrics_path.read_text()
         except FileNotFoundError:

@@ -36,31 +36,13 @@ from sweep.lock import RunLock, Terminated, sigterm_interrupts
 from sweep.logger import RunLogger
 from sweep.plan import RunPlan, plan_run
 from sweep.records import RunRecord, build_summary
+from sweep.step import OutOfMemory, accumulate_with_backoff, build_optimizer
 
 
 def eval_steps(total_steps: int, points: int) -> list[int]:
     """Step 0, `points` log-spaced steps in [1, total_steps], and the final step, deduplicated."""
     spaced = np.geomspace(1, total_steps, num=int(points))
     return sorted({0, total_steps, *(int(round(s)) for s in spaced)})
-
-
-def build_optimizer(
-    model: torch.nn.Module, plan: RunPlan, train_cfg: DictConfig
-) -> torch.optim.AdamW:
-    """AdamW with decay on matrices (linear and embedding weights) only, fused on CUDA."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    groups = [
-        {"params": decay, "weight_decay": train_cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(
-        groups,
-        lr=plan.lr,
-        betas=(train_cfg.beta1, train_cfg.beta2),
-        eps=train_cfg.eps,
-        fused=plan.hardware.device.type == "cuda",
-    )
 
 
 def _skip(plan: RunPlan, previous: dict[str, Any] | None, rerun_failed: bool) -> bool:
@@ -120,6 +102,14 @@ def run(plan: RunPlan, rerun_failed: bool = False) -> dict[str, Any]:
         device=hw.device,
     )
     # Everything above only reads, so a config or data error leaves no run directory behind.
+    try:
+        plan.run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        runs_dir = plan.config["paths"]["runs_dir"]
+        raise ConfigError(
+            f"cannot write the run directory {plan.run_dir} ({err.strerror or err}): make "
+            f"paths.runs_dir={runs_dir} writable or point paths.runs_dir at writable storage"
+        ) from None
     with sigterm_interrupts(), RunLock(plan.run_dir):
         # Another process may have ended the run while this one was building.
         if _skip(plan, previous := record.read_summary(), rerun_failed):
@@ -165,6 +155,8 @@ def _train(
     batch_tokens = plan.batch_tokens
     evals_at = set(eval_steps(total_steps, cfg["eval"]["points"]))
     interval = max(1, int(cfg["logging"]["interval"]))
+    micro = loop.micro_batch_size or plan.micro_batch_size
+    sequences = batch_tokens // plan.seq_len  # per optimizer step
     logger: RunLogger | None = None
     wall_start = time.perf_counter()
     last = loop.last
@@ -212,6 +204,8 @@ def _train(
             **last,
             error=error,
             resumes=loop.resumes,
+            micro_batch_size=micro,
+            oom_retries=loop.oom_retries,
             wall_time_s=loop.wall_before_s + time.perf_counter() - wall_start,
             train_time_s=loop.train_time_s,
             tokens_per_s=(tokens / loop.train_time_s) if loop.train_time_s else None,
@@ -243,11 +237,17 @@ def _train(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             xs, ys = next(batches)
-            for x, y in zip(xs.chunk(plan.grad_accum), ys.chunk(plan.grad_accum), strict=True):
-                with hw.autocast():
-                    loss = step_model(x, y) / plan.grad_accum
-                loss.backward()
-                loop.loss_sum += loss.detach()
+            step_loss, micro_used = accumulate_with_backoff(
+                step_model, optimizer, xs, ys, micro, plan.min_micro_batch_size, hw,
+                on_retry=lambda smaller, step=step: logger.print(
+                    f"{plan.run_id}: out of memory in step {step}; retrying it with "
+                    f"micro_batch_size {smaller} x {sequences // smaller} accumulation steps"
+                ),
+            )
+            if micro_used != micro:
+                loop.oom_retries += 1
+                micro = loop.micro_batch_size = micro_used
+            loop.loss_sum += step_loss
             if cfg["train"]["grad_clip"] is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["train"]["grad_clip"])
             optimizer.step()
@@ -368,6 +368,7 @@ def main(cfg: DictConfig) -> float | None:
         print(f"error: {message}", file=sys.stderr)
         raise SystemExit(code)
 
+    plan: RunPlan | None = None
     try:
         plan = plan_run(cfg, _task_overrides())
         # run() builds the data loaders (which check the split against seq_len) before it
@@ -384,6 +385,10 @@ def main(cfg: DictConfig) -> float | None:
         signum = err.signum if isinstance(err, Terminated) else signal.SIGINT
         print(f"error: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
         raise SystemExit(128 + signum) from None
+    except (OSError, OutOfMemory, torch.OutOfMemoryError) as err:
+        # The machine, not the code: a full or read-only disk, memory. run() has recorded the
+        # failure in summary.json where the disk let it.
+        stop(_machine_failure(plan, cfg, err), 1, err)
     except Exception as err:
         if not multirun:
             raise  # the traceback; run() has recorded the failure in summary.json
@@ -391,6 +396,26 @@ def main(cfg: DictConfig) -> float | None:
     if summary["status"] != "finished":
         stop(f"run {plan.run_id} {summary['status']}: {summary.get('error')}", 1)
     return summary["val_loss"]
+
+
+def _machine_failure(plan: RunPlan | None, cfg: DictConfig, err: BaseException) -> str:
+    """One line for a run stopped by its machine: what ran out, where, and how to go on."""
+    run = f"run {plan.run_id}" if plan else "the run"
+    relaunch = "relaunch with launch.rerun_failed=true to resume it from its last checkpoint"
+    if isinstance(err, OutOfMemory):
+        return f"{run} failed: {err}"
+    if isinstance(err, torch.OutOfMemoryError):
+        first = str(err).strip().splitlines()[0] if str(err).strip() else "out of memory"
+        return (
+            f"{run} failed outside its training step ({first[:200]}): lower eval.batch_size, "
+            f"then {relaunch}"
+        )
+    assert isinstance(err, OSError)
+    where = f" ({err.filename})" if err.filename else ""
+    return (
+        f"{run} failed: {err.strerror or err}{where}: free space or fix permissions under "
+        f"paths.runs_dir={cfg.paths.runs_dir}, then {relaunch}"
+    )
 
 
 def cli() -> None:

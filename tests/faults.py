@@ -8,6 +8,8 @@
   kill@checkpoint=N  SIGKILL between writing the N-th checkpoint's temp file and its rename
   kill@summary=N     SIGKILL between writing the N-th summary.json temp file and its rename
   enospc@checkpoint=N  the N-th checkpoint write fails with ENOSPC after writing some bytes
+  oom@micro_batch=B  every training forward/backward of more than B sequences raises torch's
+                     out-of-memory error (B=0: nothing fits)
   nan@d_model=W      training losses of every model with d_model W become NaN from its 3rd step
   erofs=DIR          DIR is on a read-only file system: creating anything in it fails with EROFS
                      (tests run as root here, where chmod cannot make a directory read-only)
@@ -57,9 +59,10 @@ def _kill_step(n: int) -> None:
 
 
 def _kill_eval(n: int) -> None:
-    import sweep.train
+    # Patched where it is defined: runpy runs sweep.train afresh, importing it from there.
+    import sweep.evaluate
 
-    original = sweep.train.evaluate
+    original = sweep.evaluate.evaluate
     calls = 0
 
     def evaluate(model: Any, windows: Any, *args: Any, **kwargs: Any) -> Any:
@@ -71,7 +74,7 @@ def _kill_eval(n: int) -> None:
             _die()
         return original(model, windows, *args, **kwargs)
 
-    sweep.train.evaluate = evaluate
+    sweep.evaluate.evaluate = evaluate
 
 
 def _kill_metrics(n: int) -> None:
@@ -123,6 +126,21 @@ def _enospc_checkpoint(n: int) -> None:
         original(obj, f, *args, **kwargs)
 
     torch.save = save
+
+
+def _oom_above(limit: int) -> None:
+    import torch
+
+    import sweep.step
+
+    original = sweep.step.accumulate_gradients
+
+    def accumulate(model: Any, xs: Any, ys: Any, micro: int, *args: Any) -> Any:
+        if micro > limit:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return original(model, xs, ys, micro, *args)
+
+    sweep.step.accumulate_gradients = accumulate
 
 
 def _nan_d_model(width: int) -> None:
@@ -181,6 +199,7 @@ def install(fault: str) -> None:
             lambda name: name.startswith("summary.json.tmp-"), k
         ),
         "enospc@checkpoint": _enospc_checkpoint,
+        "oom@micro_batch": _oom_above,
         "nan@d_model": _nan_d_model,
     }
     if kind not in installers:

@@ -1,0 +1,97 @@
+"""One optimizer step's mechanics: AdamW parameter groups, gradient accumulation over
+micro-batches, and the out-of-memory back-off that halves the micro-batch and retries the step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from omegaconf import DictConfig
+
+from sweep.hardware import Hardware
+from sweep.plan import RunPlan
+
+
+class OutOfMemory(RuntimeError):
+    """A training step ran out of memory even at the smallest micro-batch allowed."""
+
+
+def build_optimizer(
+    model: torch.nn.Module, plan: RunPlan, train_cfg: DictConfig
+) -> torch.optim.AdamW:
+    """AdamW with decay on matrices (linear and embedding weights) only, fused on CUDA."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [
+        {"params": decay, "weight_decay": train_cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(
+        groups,
+        lr=plan.lr,
+        betas=(train_cfg.beta1, train_cfg.beta2),
+        eps=train_cfg.eps,
+        fused=plan.hardware.device.type == "cuda",
+    )
+
+
+def smaller_micro_batch(micro_batch_size: int, batch_sequences: int) -> int | None:
+    """The largest micro-batch that divides the step's batch and is at most half of
+    micro_batch_size, or None when it is 1 already."""
+    for size in range(micro_batch_size // 2, 0, -1):
+        if batch_sequences % size == 0:
+            return size
+    return None
+
+
+def accumulate_gradients(
+    model: torch.nn.Module,
+    xs: torch.Tensor,
+    ys: torch.Tensor,
+    micro_batch_size: int,
+    hardware: Hardware,
+) -> torch.Tensor:
+    """Forward and backward over one step's batch in micro-batches of micro_batch_size
+    sequences; returns the step's mean loss (detached). The gradients are the batch mean's."""
+    accum = xs.shape[0] // micro_batch_size
+    step_loss = torch.zeros((), device=xs.device)
+    for x, y in zip(xs.chunk(accum), ys.chunk(accum), strict=True):
+        with hardware.autocast():
+            loss = model(x, y) / accum
+        loss.backward()
+        step_loss += loss.detach()
+    return step_loss
+
+
+def accumulate_with_backoff(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    xs: torch.Tensor,
+    ys: torch.Tensor,
+    micro_batch_size: int,
+    min_micro_batch_size: int,
+    hardware: Hardware,
+    on_retry: Callable[[int], None] = lambda smaller: None,
+) -> tuple[torch.Tensor, int]:
+    """accumulate_gradients, halving the micro-batch after each out-of-memory error (the global
+    batch, and so the run's hyperparameters, stay); returns the step's loss and the micro-batch
+    that fitted. OutOfMemory when even min_micro_batch_size does not fit."""
+    micro = micro_batch_size
+    while True:
+        try:
+            return accumulate_gradients(model, xs, ys, micro, hardware), micro
+        except torch.OutOfMemoryError:
+            pass  # retried below, outside the handler, whose traceback pins the activations
+        # The failed attempt may have left partial gradients: the retry starts from none.
+        optimizer.zero_grad(set_to_none=True)
+        hardware.empty_cache()
+        smaller = smaller_micro_batch(micro, xs.shape[0])
+        if smaller is None or smaller < min_micro_batch_size:
+            raise OutOfMemory(
+                f"out of memory at train.micro_batch_size={micro} (floor "
+                f"train.min_micro_batch_size={min_micro_batch_size}): use a GPU with more "
+                "memory, a shorter train.seq_len or a smaller model"
+            )
+        on_retry(smaller)
+        micro = smaller
