@@ -46,14 +46,17 @@ def budget_target(
             f"(got {names}); e.g. budget.tokens=2e5, and the others null"
         )
     kind, raw = next(iter(given.items()))
+    example = {"tokens": "2e5", "tokens_per_param": "20", "flops": "1e17"}[kind]
     try:
         value = float(raw)
     except (TypeError, ValueError):
         raise ConfigError(
-            f"budget.{kind}={raw!r} is not a number; e.g. budget.{kind}=2e5"
+            f"budget.{kind}={raw!r} is not a number; e.g. budget.{kind}={example}"
         ) from None
     if not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"budget.{kind}={raw} must be a positive, finite number")
+        raise ConfigError(
+            f"budget.{kind}={raw} must be a positive, finite number; e.g. budget.{kind}={example}"
+        )
 
     if kind == "tokens":
         tokens = value

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import sweep.fit.__main__ as fit_main
+import sweep.fit.table as fit_table
 import sweep.step as step_module
 import sweep.train as train_module
 from models import GPT
@@ -26,6 +28,7 @@ from sweep.lock import is_locked
 from sweep.plan import plan_run
 from sweep.step import OutOfMemory, smaller_micro_batch
 from tests.conftest import FIXED_HPARAMS, compose_train
+from tests.test_sweep_collect import make_run
 
 REPO = Path(__file__).resolve().parent.parent
 FAULTS = REPO / "tests" / "faults.py"
@@ -296,3 +299,22 @@ def test_out_of_memory_at_the_floor_is_one_line_from_the_cli(tmp_path, synthetic
         "failed: out of memory at train.micro_batch_size=1 (floor train.min_micro_batch_size=1)"
         in lines[0]), result.stderr
     assert json.loads((_run_dir(root) / "summary.json").read_text())["status"] == "failed"
+
+
+def test_fit_of_a_runs_directory_leaves_diverged_runs_out_and_says_how_many(
+    tmp_path, monkeypatch, capsys
+):
+    runs = tmp_path / "runs"
+    for n, tokens in [(1e6, 2e7), (2e6, 4e7), (4e6, 8e7), (1e6, 8e7), (2e6, 2e7), (4e6, 2e7)]:
+        make_run(runs, int(n), int(tokens), 3.0 + 1e3 / n**0.3 + 1e3 / tokens**0.3)
+    diverged = make_run(runs, 8_000_000, 20_000_000, None, status="diverged")
+    data = fit_table.load(runs, fit_table.Columns())
+    assert diverged.name not in set(data.runs["run"])
+    assert len(data.runs) == 6
+    line = "runs directory: 6 runs collected; left out: 0 unfinished, 1 diverged, 0 failed"
+    assert line in data.notes  # report.md lists the notes
+    # The CLI prints it too (the fitting itself, seconds long, is tested in test_sweep_fit_cli).
+    monkeypatch.setattr(fit_main, "fit_report", lambda data, options: {"skipped": {}})
+    monkeypatch.setattr(fit_main, "write_report", lambda *args: None)
+    assert fit_main.main([str(runs), "--out", str(tmp_path / "report")]) == 0
+    assert line in capsys.readouterr().out.splitlines()

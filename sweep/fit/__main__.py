@@ -99,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
         columns = Columns(N=args.n_col, D=args.d_col, C=args.c_col, loss=args.loss_col,
                           budget=args.budget_col, run=args.run_col)
         data = load(args.source, columns, skip_unreadable=args.skip_unreadable)
+        # How many runs a runs directory gave and why the rest (diverged, ...) were left out.
+        for note in data.notes:
+            if note.startswith("runs directory: "):
+                print(note)
         report = fit_report(data, options)
         write_report(out, report, data.runs, data.curves)
     except TableError as exc:
