@@ -154,7 +154,7 @@ def test_four_runs_of_one_submitit_sweep_write_at_once_and_corrupt_nothing(
     shutil.copytree(synthetic_root / "data_cache" / "synthetic", data,
                     ignore=shutil.ignore_patterns(VERIFIED_CACHE))
     sweep_dir = root / "runs" / "parallel"
-    budgets = "40960,43008,45056,47104"  # 40-46 steps of 1024 tokens, a checkpoint every other
+    budgets = "81920,83968,86016,88064"  # 80-86 steps of 1024 tokens, a checkpoint every other
     sweep = start(started, train_cmd(root, "parallel", "hydra/launcher=submitit_local",
                                      "hydra.launcher.timeout_min=10",
                                      f"budget.tokens={budgets}", multirun=True), cwd=root)
