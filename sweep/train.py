@@ -276,6 +276,10 @@ def _train(
                 loop.loss_sum.zero_()
                 loop.loss_steps = 0
                 log_eval(step, lr, tokens_per_s)
+                if not math.isfinite(last["val_loss"]):
+                    # Stopped before the checkpoint below: the newest one stays a finite model.
+                    status, error = "diverged", f"non-finite validation loss at step {step}"
+                    break
                 paused = True
             if step == total_steps or policy.due(loop.train_time_s, saved_at_train_s):
                 checkpoint()
@@ -287,7 +291,7 @@ def _train(
                 mark = window_start = time.perf_counter()
                 window_steps = 0
         if status == "finished" and not math.isfinite(last["val_loss"]):
-            status, error = "diverged", "non-finite validation loss"
+            status, error = "diverged", f"non-finite validation loss at step {loop.step}"
     except KeyboardInterrupt:
         # Ctrl-C or SIGTERM: no summary, so the run stays resumable from its last checkpoint.
         newest = latest_checkpoint(plan.run_dir)

@@ -4,8 +4,8 @@ out-of-memory back-off. Faults come from tests/faults.py (or monkeypatching, in 
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import math
 import os
 import random
 import signal
@@ -21,7 +21,6 @@ import sweep.fit.__main__ as fit_main
 import sweep.fit.table as fit_table
 import sweep.step as step_module
 import sweep.train as train_module
-from models import GPT
 from sweep.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from sweep.collect import collect_runs
 from sweep.lock import is_locked
@@ -194,26 +193,26 @@ def test_a_diverging_run_is_kept_as_diverged_and_the_sweep_goes_on(tmp_path, syn
     assert "1 diverged" in collected.describe()
 
 
-@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_non_finite_loss_is_diverged_not_failed(synthetic_root, monkeypatch, bad):
-    class BadAfterThree(GPT):
-        calls = 0
+def test_non_finite_validation_loss_stops_the_run_before_its_checkpoint(
+    synthetic_root, monkeypatch
+):
+    original = train_module.evaluate
+    calls: list[int] = []
 
-        def forward(self, idx, targets=None, reduction="mean"):
-            out = super().forward(idx, targets, reduction)
-            if self.training:
-                BadAfterThree.calls += 1
-                if BadAfterThree.calls > 3:
-                    return out * bad
-            return out
+    def evaluate(*args, **kwargs):
+        calls.append(1)
+        result = original(*args, **kwargs)
+        return dataclasses.replace(result, loss=float("nan")) if len(calls) == 3 else result
 
-    monkeypatch.setattr(train_module, "GPT", BadAfterThree)
-    plan = plan_run(compose_train(synthetic_root, *RUN[:8], f"experiment_name=bad{bad}"))
+    monkeypatch.setattr(train_module, "evaluate", evaluate)
+    plan = plan_run(compose_train(synthetic_root, *RUN[:9], "experiment_name=valnan"))
     summary = train_module.run(plan)
     assert (summary["status"], summary["error"]) == (
-        "diverged", "non-finite training loss by step 4")
-    assert not math.isfinite(summary["train_loss"])
-    assert json.loads((plan.run_dir / "summary.json").read_text())["status"] == "diverged"
+        "diverged", "non-finite validation loss at step 3")
+    rows = [json.loads(r) for r in (plan.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["val_loss"] is None) for r in rows] == [(0, False), (1, False), (3, True)]
+    # The checkpoint after step 2 is the newest: no checkpoint of the diverged model was written.
+    assert latest_checkpoint(plan.run_dir).name == "checkpoint-00000002.pt"
 
 
 def test_smaller_micro_batch_halves_and_keeps_dividing_the_batch():

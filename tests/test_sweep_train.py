@@ -199,8 +199,9 @@ def test_cuda_run_uses_bf16_and_records_mfu(synthetic_root):
     assert summary["val_loss"] < 4.0
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_nan_loss_stops_the_run_as_diverged_and_keeps_its_record(
-    synthetic_root, monkeypatch, capsys
+    synthetic_root, monkeypatch, capsys, bad
 ):
     class NaNAfterFirstStep(GPT):
         calls = 0
@@ -210,11 +211,11 @@ def test_nan_loss_stops_the_run_as_diverged_and_keeps_its_record(
             if self.training:
                 NaNAfterFirstStep.calls += 1
                 if NaNAfterFirstStep.calls > 3:
-                    return out * float("nan")
+                    return out * bad
             return out
 
     monkeypatch.setattr(train_module, "GPT", NaNAfterFirstStep)
-    plan = plan_run(compose_train(synthetic_root, "budget.tokens=2e4", "experiment_name=nan",
+    plan = plan_run(compose_train(synthetic_root, "budget.tokens=2e4", f"experiment_name={bad}",
                                   "logging.interval=2"))
     summary = train_module.run(plan)
     assert summary["status"] == "diverged"
