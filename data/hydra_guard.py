@@ -1,14 +1,18 @@
-"""Check a command line's config-group choices (`model=gpt_9m`) before Hydra sees them.
+"""Our entry points' guard around Hydra: config-group choices (`model=gpt_9m`) checked before
+Hydra sees them, and Hydra's own override errors (a misspelt key) reported in one line.
 
-Hydra reports an unknown option over a dozen lines; our entry points print one line. It lives
-in `data`, the lowest package with a command line, so both `data` and `sweep` entry points use it.
+Hydra reports these over several lines; our entry points print one. It lives in `data`, the
+lowest package with a command line, so both `data` and `sweep` entry points use it.
 """
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 # group=option or group=a,b,c (a multirun list); the group is a plain name, never dotted.
@@ -41,3 +45,60 @@ def unknown_choice(
                     f"(configs/{group}/)"
                 )
     return None
+
+
+def hydra_error_line(err: BaseException, command: str) -> str:
+    """One line for an error Hydra raised while reading the command line or composing the config:
+    the override at fault and how to fix it."""
+    from hydra.errors import OverrideParseException
+
+    cause = err.__cause__
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if isinstance(err, OverrideParseException):
+        return (
+            f"cannot parse the override {err.override!r} ({err.message.splitlines()[0]}): write "
+            "key=value, quoting values with brackets or spaces (see "
+            "https://hydra.cc/docs/advanced/override_grammar/basic)"
+        )
+    ambiguous = re.match(r"Ambiguous value for argument '([^']+)'", first)
+    if ambiguous:
+        return (
+            f"{ambiguous[1]} lists several values: add --multirun to sweep over them, write "
+            "key=[a,b] for a list, or give one value"
+        )
+    detail = str(cause).strip().splitlines()[0] if cause and str(cause).strip() else ""
+    unknown = re.match(r"Could not override '([^']+)'", first)
+    if unknown and re.match(r"Key '[^']+' (is )?not in ", detail):
+        key = unknown[1]
+        return (
+            f"unknown config key {key}: check its spelling against `{command} --cfg job`, or add "
+            f"a new key with +{key}=..."
+        )
+    return f"{first}{f' ({detail})' if detail else ''}: see `{command} --help`"
+
+
+def run_hydra(task: Callable[[Any], Any], config_name: str, command: str) -> None:
+    """Run `task` as hydra.main would, with configs/<config_name>.yaml; Hydra's errors about the
+    command line or the config become one `error:` line and exit code 2."""
+    import hydra
+    from hydra.errors import (
+        ConfigCompositionException,
+        MissingConfigException,
+        OverrideParseException,
+    )
+
+    # Hydra prints its errors over several lines and exits 1 unless told to raise them.
+    previous = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)(
+            task
+        )()
+    except (ConfigCompositionException, MissingConfigException, OverrideParseException) as err:
+        print(f"error: {hydra_error_line(err, command)}", file=sys.stderr)
+        raise SystemExit(2) from None
+    finally:
+        if previous is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = previous

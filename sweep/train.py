@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from data import DataError, eval_windows
-from data.hydra_guard import unknown_choice
+from data.hydra_guard import run_hydra, unknown_choice
 from data.loader import TrainWindows, train_windows
 from models import GPT
 from sweep.checkpoint import (
@@ -424,13 +424,11 @@ def _machine_failure(plan: RunPlan | None, cfg: DictConfig, err: BaseException) 
 
 def cli() -> None:
     """Entry point: reject unknown presets in one line, then hand the command line to Hydra."""
-    import hydra
-
     problem = unknown_choice(sys.argv[1:], {"model": "model preset", "data": "dataset"})
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         raise SystemExit(2)
-    hydra.main(version_base="1.3", config_path="../configs", config_name="train")(main)()
+    run_hydra(main, "train", "python -m sweep.train")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from data.dataset import TokenDataset
 from data.errors import DataError
-from data.hydra_guard import unknown_choice
+from data.hydra_guard import run_hydra, unknown_choice
 from data.prepare import prepare
 
 if TYPE_CHECKING:
@@ -59,13 +59,11 @@ def main(cfg: DictConfig) -> None:
 
 def cli() -> None:
     """Entry point: reject an unknown `data=` preset in one line, then hand over to Hydra."""
-    import hydra
-
     problem = unknown_choice(sys.argv[1:], {"data": "dataset"})
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         raise SystemExit(2)
-    hydra.main(version_base="1.3", config_path="../../configs", config_name="prepare")(main)()
+    run_hydra(main, "prepare", "python -m data.prepare")
 
 
 def _print_summary(console: Console, ds: TokenDataset) -> None:
