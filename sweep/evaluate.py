@@ -6,7 +6,7 @@ Bits per byte follow nanochat's convention: special tokens (byte length 0) count
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -30,8 +30,13 @@ def evaluate(
     windows: Sequence[tuple[torch.Tensor, torch.Tensor]],
     hardware: Hardware,
     token_bytes: torch.Tensor | None = None,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> EvalResult:
-    """Evaluate `model` on every (x, y) window; restores the model's training mode afterwards."""
+    """Evaluate `model` on every (x, y) window; restores the model's training mode afterwards.
+
+    `reduce` sums the totals in place across data-parallel ranks, each of which evaluated its
+    own share of the windows, so that every rank returns the loss over all of them.
+    """
     was_training = model.training
     model.eval()
     device = hardware.device
@@ -51,8 +56,13 @@ def evaluate(
                 n_bytes += lengths.sum()
     finally:
         model.train(was_training)
-    loss = nats.item() / tokens
+    count = torch.tensor(float(tokens), dtype=torch.float64, device=device)
+    totals = torch.stack([nats, byte_nats, n_bytes.double(), count])
+    if reduce is not None:
+        reduce(totals)
+    nats_sum, byte_nats_sum, bytes_sum, tokens_sum = totals.tolist()
+    loss = nats_sum / tokens_sum
     bpb = None
-    if token_bytes is not None and n_bytes.item() > 0:
-        bpb = byte_nats.item() / (math.log(2) * n_bytes.item())
-    return EvalResult(loss=loss, bpb=bpb, tokens=tokens)
+    if token_bytes is not None and bytes_sum > 0:
+        bpb = byte_nats_sum / (math.log(2) * bytes_sum)
+    return EvalResult(loss=loss, bpb=bpb, tokens=int(tokens_sum))

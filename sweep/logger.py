@@ -33,11 +33,13 @@ class RunLogger:
         run_id: str,
         total_steps: int,
         config: Mapping[str, Any],
+        quiet: bool = False,
     ) -> None:
-        self.console = Console()
+        """quiet: no bar, no wandb, no console lines (the ranks of a data-parallel run but 0)."""
+        self.console = Console(quiet=quiet)
         self._progress: Progress | None = None
         self._task = None
-        if logging_cfg["progress"]:
+        if logging_cfg["progress"] and not quiet:
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"),
                 BarColumn(),
@@ -53,7 +55,7 @@ class RunLogger:
             self._progress.start()
         wandb_cfg = logging_cfg["wandb"]
         self._wandb = None
-        if wandb_cfg["mode"] != "disabled":
+        if wandb_cfg["mode"] != "disabled" and not quiet:
             import wandb  # imported lazily: it is slow to import and unused when disabled
 
             self._wandb = wandb.init(

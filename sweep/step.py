@@ -4,6 +4,7 @@ micro-batches, and the out-of-memory back-off that halves the micro-batch and re
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
@@ -51,15 +52,20 @@ def accumulate_gradients(
     ys: torch.Tensor,
     micro_batch_size: int,
     hardware: Hardware,
+    no_sync: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> torch.Tensor:
     """Forward and backward over one step's batch in micro-batches of micro_batch_size
-    sequences; returns the step's mean loss (detached). The gradients are the batch mean's."""
+    sequences; returns the step's mean loss (detached). The gradients are the batch mean's.
+
+    no_sync() wraps every micro-batch but the last: DDP all-reduces gradients once a step.
+    """
     accum = xs.shape[0] // micro_batch_size
     step_loss = torch.zeros((), device=xs.device)
-    for x, y in zip(xs.chunk(accum), ys.chunk(accum), strict=True):
-        with hardware.autocast():
-            loss = model(x, y) / accum
-        loss.backward()
+    for i, (x, y) in enumerate(zip(xs.chunk(accum), ys.chunk(accum), strict=True)):
+        with no_sync() if i < accum - 1 else contextlib.nullcontext():
+            with hardware.autocast():
+                loss = model(x, y) / accum
+            loss.backward()
         step_loss += loss.detach()
     return step_loss
 
@@ -73,6 +79,7 @@ def accumulate_with_backoff(
     min_micro_batch_size: int,
     hardware: Hardware,
     on_retry: Callable[[int], None] = lambda smaller: None,
+    no_sync: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> tuple[torch.Tensor, int]:
     """accumulate_gradients, halving the micro-batch after each out-of-memory error (the global
     batch, and so the run's hyperparameters, stay); returns the step's loss and the micro-batch
@@ -80,7 +87,7 @@ def accumulate_with_backoff(
     micro = micro_batch_size
     while True:
         try:
-            return accumulate_gradients(model, xs, ys, micro, hardware), micro
+            return accumulate_gradients(model, xs, ys, micro, hardware, no_sync), micro
         except torch.OutOfMemoryError:
             pass  # retried below, outside the handler, whose traceback pins the activations
         # The failed attempt may have left partial gradients: the retry starts from none.

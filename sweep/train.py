@@ -5,11 +5,14 @@ The loop follows the plan (steps, schedule, evals), checkpoints, and resumes bit
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, NoReturn
 
 import numpy as np
@@ -30,6 +33,15 @@ from sweep.checkpoint import (
     resume_training_state,
     save_training_state,
 )
+from sweep.distributed import (
+    SINGLE,
+    Distributed,
+    check_batch,
+    init_distributed,
+    leave,
+    no_sync,
+    rank_device,
+)
 from sweep.errors import ConfigError, RunFailed
 from sweep.evaluate import evaluate
 from sweep.lock import RunLock, Terminated, sigterm_interrupts
@@ -45,18 +57,27 @@ def eval_steps(total_steps: int, points: int) -> list[int]:
     return sorted({0, total_steps, *(int(round(s)) for s in spaced)})
 
 
-def _skip(plan: RunPlan, previous: dict[str, Any] | None, rerun_failed: bool) -> bool:
-    """Whether an earlier attempt's summary settles the run (printing why it is not retrained)."""
+def _silent(*_: Any) -> None:
+    """print for the ranks of a data-parallel run but 0."""
+
+
+def _skip(
+    plan: RunPlan,
+    previous: dict[str, Any] | None,
+    rerun_failed: bool,
+    say: Callable[[str], None] = print,
+) -> bool:
+    """Whether an earlier attempt's summary settles the run (saying why it is not retrained)."""
     status = (previous or {}).get("status")
     if status == "finished":
-        print(f"{plan.run_id}: already finished (val_loss={previous.get('val_loss')}), skipping")
+        say(f"{plan.run_id}: already finished (val_loss={previous.get('val_loss')}), skipping")
     elif status == "diverged":
-        print(
+        say(
             f"{plan.run_id}: diverged before ({previous.get('error')}); kept and skipped, since "
             f"rerunning gives the same non-finite loss: delete {plan.run_dir} to retrain it"
         )
     elif status == "failed" and not rerun_failed:
-        print(
+        say(
             f"{plan.run_id}: failed before ({previous.get('error')}); skipped: "
             "launch.rerun_failed=true retrains it from its last checkpoint"
         )
@@ -65,22 +86,38 @@ def _skip(plan: RunPlan, previous: dict[str, Any] | None, rerun_failed: bool) ->
     return True
 
 
-def run(plan: RunPlan, rerun_failed: bool = False) -> dict[str, Any]:
+def _make_run_dir(plan: RunPlan) -> None:
+    try:
+        plan.run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        runs_dir = plan.config["paths"]["runs_dir"]
+        raise ConfigError(
+            f"cannot write the run directory {plan.run_dir} ({err.strerror or err}): make "
+            f"paths.runs_dir={runs_dir} writable or point paths.runs_dir at writable storage"
+        ) from None
+
+
+def run(plan: RunPlan, rerun_failed: bool = False, dist: Distributed = SINGLE) -> dict[str, Any]:
     """Train the planned run to the end of its budget, writing its record; returns the summary.
 
     A finished or diverged run is skipped, a failed one too unless `rerun_failed`; otherwise the
-    run continues from its newest checkpoint when it has one.
+    run continues from its newest checkpoint when it has one. Under data parallelism every rank
+    calls this; rank 0 alone takes the lock and writes.
     """
     policy = checkpoint_policy(plan.config.get("checkpoint"))
     record = RunRecord(plan.run_dir)
-    if _skip(plan, previous := record.read_summary(), rerun_failed):
+    say = print if dist.is_main else _silent
+    # Every rank reads the same summary here, before any of them writes.
+    if _skip(plan, previous := record.read_summary(), rerun_failed, say):
         return previous
 
     cfg = plan.config
     hw = plan.hardware
     torch.manual_seed(cfg["seed"])
     model = GPT(plan.model).to(hw.device)
-    step_model = torch.compile(model) if hw.compile else model
+    step_model = dist.wrap(model, hw.device)
+    if hw.compile:
+        step_model = torch.compile(step_model)
     optimizer = build_optimizer(model, plan, OmegaConf.create(cfg["train"]))
     # The loader draws a whole optimizer step's batch, which the loop splits into micro-batches:
     # the windows a step sees depend on the step alone, never on the micro-batch size.
@@ -100,27 +137,40 @@ def run(plan: RunPlan, rerun_failed: bool = False) -> dict[str, Any]:
         int(cfg["eval"]["tokens"]),
         int(cfg["eval"]["batch_size"]),
         device=hw.device,
-    )
-    # Everything above only reads, so a config or data error leaves no run directory behind.
-    try:
-        plan.run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        runs_dir = plan.config["paths"]["runs_dir"]
-        raise ConfigError(
-            f"cannot write the run directory {plan.run_dir} ({err.strerror or err}): make "
-            f"paths.runs_dir={runs_dir} writable or point paths.runs_dir at writable storage"
-        ) from None
-    with sigterm_interrupts(), RunLock(plan.run_dir):
-        # Another process may have ended the run while this one was building.
-        if _skip(plan, previous := record.read_summary(), rerun_failed):
-            return previous
+    )[dist.rank :: dist.world_size]  # each rank evaluates its share; the sums are reduced
+    with sigterm_interrupts(), contextlib.ExitStack() as stack:
+        # Rank 0 takes the lock and decides from the files (another process may have ended the
+        # run while this one was building) whether to skip, start afresh or resume, and from
+        # which checkpoint; the other ranks follow, or stop with it.
+        decision: tuple[str, Any] | None = None
+        if dist.is_main:
+            try:
+                # Everything above only reads: a config or data error leaves no run directory.
+                _make_run_dir(plan)
+                stack.enter_context(RunLock(plan.run_dir))
+                if _skip(plan, previous := record.read_summary(), rerun_failed):
+                    decision = ("skip", previous)
+                else:
+                    newest = latest_checkpoint(plan.run_dir)
+                    decision = ("resume", str(newest)) if newest else ("fresh", None)
+            except Exception as err:
+                # Without this the other ranks would wait for the decision forever (under
+                # SLURM nothing ends them as torchrun does).
+                dist.from_main(("stop", str(err)))
+                raise
+        kind, value = dist.from_main(decision)
+        if kind == "stop":
+            raise ConfigError(f"rank 0 stopped the run: {value}")
+        if kind == "skip":
+            return value
         config_yaml = OmegaConf.to_yaml(OmegaConf.create(cfg))
-        newest = latest_checkpoint(plan.run_dir)
-        if newest is None:
-            remove_stale_temps(plan.run_dir)
-            record.start(config_yaml)
+        if kind == "fresh":
+            if dist.is_main:
+                remove_stale_temps(plan.run_dir)
+                record.start(config_yaml)
             loop = LoopState.fresh(hw.device)
         else:
+            newest = Path(value)
             loop = resume_training_state(
                 newest,
                 run_id=plan.run_id,
@@ -130,9 +180,12 @@ def run(plan: RunPlan, rerun_failed: bool = False) -> dict[str, Any]:
                 loader=batches,
                 device=hw.device,
             )
-            record.resume(config_yaml, loop.step)
-            print(f"{plan.run_id}: resuming from {newest.name} (resume {loop.resumes})")
-        return _train(plan, policy, record, model, step_model, optimizer, batches, val, loop)
+            if dist.is_main:
+                record.resume(config_yaml, loop.step)
+            say(f"{plan.run_id}: resuming from {newest.name} (resume {loop.resumes})")
+        return _train(
+            plan, policy, record, model, step_model, optimizer, batches, val, loop, dist
+        )
 
 
 def _train(
@@ -145,6 +198,7 @@ def _train(
     batches: TrainWindows,
     val: list[tuple[torch.Tensor, torch.Tensor]],
     loop: LoopState,
+    dist: Distributed,
 ) -> dict[str, Any]:
     cfg = plan.config
     hw = plan.hardware
@@ -155,15 +209,24 @@ def _train(
     batch_tokens = plan.batch_tokens
     evals_at = set(eval_steps(total_steps, cfg["eval"]["points"]))
     interval = max(1, int(cfg["logging"]["interval"]))
-    micro = loop.micro_batch_size or plan.micro_batch_size
-    sequences = batch_tokens // plan.seq_len  # per optimizer step
+    sequences = batch_tokens // plan.seq_len // dist.world_size  # per optimizer step and rank
+    micro = min(loop.micro_batch_size or plan.micro_batch_size, sequences)
+    while sequences % micro:  # a rank's share of the batch must split into whole micro-batches
+        micro -= 1
+    # Ranks back off alone, and one retrying a step while the rest wait in its all-reduce would
+    # misalign their collectives: under data parallelism an OOM fails the run instead.
+    min_micro = micro if dist.enabled else plan.min_micro_batch_size
+    sync_once = no_sync(step_model)
     logger: RunLogger | None = None
     wall_start = time.perf_counter()
     last = loop.last
 
     def log_eval(step: int, lr: float, tokens_per_s: float | None) -> None:
-        result = evaluate(model, val, hw, token_bytes)
-        flops_per_s = plan.flops.flops_exact * tokens_per_s if tokens_per_s else None
+        result = evaluate(model, val, hw, token_bytes, reduce=dist.sum_)
+        # Per device: MFU compares one device's share of the FLOPs with its peak.
+        flops_per_s = (
+            plan.flops.flops_exact * tokens_per_s / dist.world_size if tokens_per_s else None
+        )
         row = {
             "step": step,
             "tokens": step * batch_tokens,
@@ -178,10 +241,15 @@ def _train(
             "mfu": hw.mfu(flops_per_s) if flops_per_s else None,
         }
         last["val_loss"], last["val_bpb"] = result.loss, result.bpb
-        record.append_metrics(row)
+        if dist.is_main:
+            record.append_metrics(row)
         logger.metrics(row)
 
     def checkpoint() -> None:
+        # The ranks hold identical weights, optimizer and loader states (DDP keeps them in
+        # step): rank 0's checkpoint resumes every rank.
+        if not dist.is_main:
+            return
         save_training_state(
             plan.run_dir,
             policy.keep,
@@ -206,13 +274,15 @@ def _train(
             resumes=loop.resumes,
             micro_batch_size=micro,
             oom_retries=loop.oom_retries,
+            world_size=dist.world_size,
             wall_time_s=loop.wall_before_s + time.perf_counter() - wall_start,
             train_time_s=loop.train_time_s,
             tokens_per_s=(tokens / loop.train_time_s) if loop.train_time_s else None,
             started_at=loop.started_at,
             finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
         )
-        record.write_summary(summary)
+        if dist.is_main:
+            record.write_summary(summary)
         if logger is not None:
             logger.close(summary)
         return summary
@@ -225,6 +295,7 @@ def _train(
             run_id=plan.run_id,
             total_steps=total_steps,
             config=cfg,
+            quiet=not dist.is_main,
         )
         if loop.step == 0:
             log_eval(0, 0.0, None)
@@ -237,12 +308,14 @@ def _train(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             xs, ys = next(batches)
+            xs, ys = dist.shard(xs), dist.shard(ys)
             step_loss, micro_used = accumulate_with_backoff(
-                step_model, optimizer, xs, ys, micro, plan.min_micro_batch_size, hw,
+                step_model, optimizer, xs, ys, micro, min_micro, hw,
                 on_retry=lambda smaller, step=step: logger.print(
                     f"{plan.run_id}: out of memory in step {step}; retrying it with "
                     f"micro_batch_size {smaller} x {sequences // smaller} accumulation steps"
                 ),
+                no_sync=sync_once,
             )
             if micro_used != micro:
                 loop.oom_retries += 1
@@ -264,6 +337,9 @@ def _train(
             loop.train_time_s += now - mark
             mark = now
             tokens_per_s = window_steps * batch_tokens / (now - window_start)
+            # Every rank then holds the global mean, so all reach the same verdicts below and a
+            # checkpoint (rank 0's) holds the whole batch's loss.
+            dist.mean_(loop.loss_sum)
             train_loss = loop.loss_sum.item() / loop.loss_steps
             logger.step(step, train_loss, tokens_per_s)
             if not math.isfinite(train_loss):
@@ -281,7 +357,10 @@ def _train(
                     status, error = "diverged", f"non-finite validation loss at step {step}"
                     break
                 paused = True
-            if step == total_steps or policy.due(loop.train_time_s, saved_at_train_s):
+            # Rank 0's clock decides, so that all ranks checkpoint (and so pause) together.
+            if dist.from_main(
+                step == total_steps or policy.due(loop.train_time_s, saved_at_train_s)
+            ):
                 checkpoint()
                 saved_at_train_s = loop.train_time_s
                 paused = True
@@ -295,7 +374,8 @@ def _train(
     except KeyboardInterrupt:
         # Ctrl-C or SIGTERM: no summary, so the run stays resumable from its last checkpoint.
         newest = latest_checkpoint(plan.run_dir)
-        print(
+        say = print if dist.is_main else _silent
+        say(
             f"{plan.run_id}: interrupted after step {loop.step}; "
             + (
                 f"rerun to resume from step {checkpoint_step(newest)}"
@@ -369,18 +449,24 @@ def main(cfg: DictConfig) -> float | None:
     def stop(message: str, code: int, cause: BaseException | None = None) -> NoReturn:
         if multirun:
             raise RunFailed(message) from cause
-        print(f"error: {message}", file=sys.stderr)
+        if dist.is_main:  # one rank speaks for the run
+            print(f"error: {message}", file=sys.stderr)
         raise SystemExit(code)
 
     plan: RunPlan | None = None
+    dist = SINGLE
     try:
+        # torchrun, or a submitit job of several tasks, makes this process one rank of many.
+        dist = init_distributed(str(cfg.train.device))
+        cfg.train.device = rank_device(str(cfg.train.device), dist)
         plan = plan_run(cfg, _task_overrides())
+        check_batch(plan.batch_tokens // plan.seq_len, dist)
         # run() builds the data loaders (which check the split against seq_len) before it
         # writes anything, so their errors too leave no run directory behind.
         rerun_failed = cfg.launch.rerun_failed
         if not isinstance(rerun_failed, bool):
             raise ConfigError(f"launch.rerun_failed={rerun_failed!r} must be true or false")
-        summary = run(plan, rerun_failed=rerun_failed)
+        summary = run(plan, rerun_failed=rerun_failed, dist=dist)
     except (ConfigError, DataError) as err:
         stop(str(err), 2)
     except KeyboardInterrupt as err:
@@ -397,6 +483,8 @@ def main(cfg: DictConfig) -> float | None:
         if not multirun:
             raise  # the traceback; run() has recorded the failure in summary.json
         stop(f"run failed: {type(err).__name__}: {err}", 1, err)
+    finally:
+        leave(dist)
     if summary["status"] != "finished":
         stop(f"run {plan.run_id} {summary['status']}: {summary.get('error')}", 1)
     return summary["val_loss"]

@@ -230,7 +230,7 @@ def _oom_above(limit: int, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     seen: list[int] = []
     original = step_module.accumulate_gradients
 
-    def accumulate(model, xs, ys, micro, hardware):
+    def accumulate(model, xs, ys, micro, hardware, *args):
         seen.append(micro)
 
         def forward(x, y):
@@ -241,7 +241,7 @@ def _oom_above(limit: int, monkeypatch: pytest.MonkeyPatch) -> list[int]:
             return model(x, y)
 
         forward.calls = 0
-        return original(forward, xs, ys, micro, hardware)
+        return original(forward, xs, ys, micro, hardware, *args)
 
     monkeypatch.setattr(step_module, "accumulate_gradients", accumulate)
     return seen

@@ -1,0 +1,184 @@
+"""Data-parallel training on the CPU (gloo): two ranks under torchrun or a two-task submitit job
+train the same trajectory as one process with the same global batch, and resume after a kill.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sweep.checkpoint import latest_checkpoint
+from sweep.distributed import SINGLE, Distributed, check_batch
+from sweep.errors import ConfigError
+from tests.conftest import FIXED_HPARAMS
+
+REPO = Path(__file__).resolve().parent.parent
+FAULTS = REPO / "tests" / "faults.py"
+# 19 steps of 8 sequences (4 a rank), evals at 0, 1, 3, 7 and 19, a checkpoint every 2 steps.
+RUN = (
+    "model=base", "model.n_layer=2", "model.d_model=64", "model.n_head=2",
+    "budget.tokens=2e4", "eval.points=4", "eval.tokens=4096", "logging.interval=2",
+    "checkpoint.interval_s=0", "logging.wandb.mode=disabled", "logging.progress=false",
+    *FIXED_HPARAMS,
+)
+# Float32 sums taken in another order (per rank, then all-reduced) differ in the last bits.
+RTOL = 1e-6
+
+
+def _root(tmp_path: Path, synthetic_root: Path, name: str) -> Path:
+    root = tmp_path / name
+    root.mkdir()
+    (root / "data_cache").symlink_to(synthetic_root / "data_cache")
+    return root
+
+
+def _run(root: Path, *prefix: str, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """`sweep.train [extra] RUN` rooted at root, after `prefix` (python -m, torchrun, ...)."""
+    return subprocess.run(
+        [*prefix, "sweep.train", *extra, f"paths.root_dir={root}", *RUN],
+        cwd=root, env={**os.environ, "WANDB_MODE": "disabled"}, capture_output=True, text=True,
+        timeout=300,
+    )
+
+
+def _torchrun(*script: str) -> tuple[str, ...]:
+    # --standalone: a rendezvous on a free local port, so tests never collide on one.
+    return (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+            "2", *script)
+
+
+def _record(root: Path, experiment: str = "default") -> tuple[Path, list[dict], dict]:
+    (run_dir,) = [p.parent for p in (root / "runs" / experiment).glob("*/summary.json")]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return run_dir, rows, json.loads((run_dir / "summary.json").read_text())
+
+
+def _losses(rows: list[dict]) -> list[tuple[int, float | None, float]]:
+    return [(r["step"], r["train_loss"], r["val_loss"]) for r in rows]
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory: pytest.TempPathFactory, synthetic_root: Path) -> tuple:
+    root = _root(tmp_path_factory.mktemp("single"), synthetic_root, "root")
+    result = _run(root, sys.executable, "-m")
+    assert result.returncode == 0, result.stderr
+    return _record(root)
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory: pytest.TempPathFactory, synthetic_root: Path) -> tuple:
+    root = _root(tmp_path_factory.mktemp("ddp"), synthetic_root, "root")
+    result = _run(root, *_torchrun("-m"))
+    assert result.returncode == 0, result.stderr
+    # Only rank 0 speaks: one report, not two.
+    assert result.stdout.count("finished after 19,456 tokens") == 1, result.stdout
+    return _record(root)
+
+
+def test_two_ranks_train_the_single_process_trajectory(single, two_ranks):
+    """Same global batch of 8 sequences, split 4 + 4 over two gloo ranks: the same steps,
+    tokens and FLOPs, and every logged loss equal to the single process's within 1e-6."""
+    _, rows1, summary1 = single
+    run_dir, rows2, summary2 = two_ranks
+    assert run_dir.name == single[0].name  # the rank count is not part of the run's identity
+    assert [r["step"] for r in rows2] == [r["step"] for r in rows1] == [0, 1, 3, 7, 19]
+    for key in ("tokens", "flops_6nd", "flops_exact"):
+        assert [r[key] for r in rows2] == [r[key] for r in rows1]  # counted once, globally
+    for (_, train1, val1), (_, train2, val2) in zip(_losses(rows1), _losses(rows2), strict=True):
+        assert val2 == pytest.approx(val1, rel=RTOL)
+        assert train2 == (None if train1 is None else pytest.approx(train1, rel=RTOL))
+    assert (summary2["world_size"], summary1["world_size"]) == (2, 1)
+    assert (summary2["steps"], summary2["tokens"], summary2["batch_tokens"]) == (
+        summary1["steps"], summary1["tokens"], summary1["batch_tokens"])
+    assert summary2["val_loss"] == pytest.approx(summary1["val_loss"], rel=RTOL)
+    assert summary2["micro_batch_size"] == 4  # each rank's micro-batch is its half of the batch
+    assert [p.name for p in run_dir.glob("checkpoint-*.pt")] == ["checkpoint-00000019.pt"]
+
+
+def test_two_ranks_killed_mid_checkpoint_resume_to_the_same_end(
+    tmp_path, synthetic_root, two_ranks
+):
+    """Rank 0 is SIGKILLed between its second checkpoint's temp file and the rename, torchrun
+    stops rank 1; a relaunch on two ranks resumes and ends bit for bit as the unbroken run."""
+    root = _root(tmp_path, synthetic_root, "killed")
+    killed = _run(root, *_torchrun(str(FAULTS), "kill@checkpoint=2", "--"))
+    assert killed.returncode != 0
+    run_dir = next((root / "runs" / "default").iterdir())
+    assert latest_checkpoint(run_dir).name == "checkpoint-00000001.pt"
+    assert not (run_dir / "summary.json").exists()
+
+    result = _run(root, *_torchrun("-m"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("resuming from checkpoint-00000001.pt (resume 1)") == 1
+    _, rows, summary = _record(root)
+    assert _losses(rows) == _losses(two_ranks[1])
+    assert summary["val_loss"] == two_ranks[2]["val_loss"] and summary["resumes"] == 1
+    assert sorted(p.name for p in run_dir.iterdir() if ".tmp-" in p.name) == []
+
+
+def test_a_two_task_submitit_job_is_two_ranks_without_torchrun(tmp_path, synthetic_root, single):
+    """hydra/launcher=submitit_local with tasks_per_node=2 runs the SLURM code path: each task
+    joins the process group from submitit's environment."""
+    root = _root(tmp_path, synthetic_root, "submitit")
+    result = _run(root, sys.executable, "-m", extra=(
+        "--multirun", "hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2",
+        "hydra.launcher.timeout_min=5"))
+    assert result.returncode == 0, result.stderr
+    _, rows, summary = _record(root)
+    assert summary["world_size"] == 2 and summary["status"] == "finished"
+    assert [r["val_loss"] for r in rows] == pytest.approx(
+        [r["val_loss"] for r in single[1]], rel=RTOL)
+
+
+def test_a_batch_that_does_not_split_over_the_ranks_is_one_line():
+    check_batch(8, Distributed(rank=0, world_size=2))
+    check_batch(7, SINGLE)
+    with pytest.raises(ConfigError, match=r"batch of 6 sequences does not split over 4 ranks"):
+        check_batch(6, Distributed(rank=1, world_size=4))
+
+
+def test_each_rank_reads_its_own_contiguous_share():
+    batch = torch.arange(8)
+    shares = [Distributed(rank=r, world_size=4).shard(batch).tolist() for r in range(4)]
+    assert shares == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert SINGLE.shard(batch) is batch
+
+
+
+def test_when_rank_0_cannot_start_the_run_every_rank_stops(tmp_path, synthetic_root):
+    """Two ranks started as SLURM starts them (each its own process, RANK and WORLD_SIZE in the
+    environment, no torchrun to end the others): rank 0 cannot create the run directory and
+    tells rank 1, which would otherwise wait for it forever. Both exit 2; one error line."""
+    root = _root(tmp_path, synthetic_root, "readonly")
+    (root / "runs").mkdir()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, str(FAULTS), f"erofs={root}/runs", "--", "sweep.train",
+             f"paths.root_dir={root}", *RUN],
+            cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "WANDB_MODE": "disabled", "RANK": str(rank), "LOCAL_RANK": str(rank),
+                 "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)},
+        )
+        for rank in (0, 1)
+    ]
+    try:
+        outcomes = [(proc.wait(timeout=120), proc.stderr.read()) for proc in ranks]
+    finally:
+        for proc in ranks:
+            proc.kill()
+    assert [code for code, _ in outcomes] == [2, 2], outcomes
+    lines = outcomes[0][1].strip().splitlines()
+    assert len(lines) == 1 and "cannot write the run directory" in lines[0], outcomes
+    # Rank 1 stops quietly: no second error line, no traceback (gloo may log a warning).
+    assert "error:" not in outcomes[1][1] and "Traceback" not in outcomes[1][1], outcomes
+    assert list((root / "runs").iterdir()) == []
