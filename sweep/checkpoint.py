@@ -9,7 +9,7 @@ import math
 import os
 import random
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -219,16 +219,24 @@ def save_training_state(
     loader: TrainWindows,
     loop: LoopState,
     wall_time_s: float,
+    states: tuple[Mapping[str, Any], Mapping[str, Any]] | None = None,
 ) -> Path:
-    """Checkpoint the run after loop.step optimizer steps; `model` is the uncompiled module."""
+    """Checkpoint the run after loop.step optimizer steps; `model` is the uncompiled module.
+
+    `states`: the model's and optimizer's full state dicts where the module's own are sharded
+    (FSDP, gathered by sweep.distributed.full_states; the optimizer's keyed by parameter name).
+    """
+    model_state, optim_state = states or (model.state_dict(), optimizer.state_dict())
     payload = {
         "format": FORMAT,
         "version": VERSION,
         "run_id": run_id,
         "config_hash": config_hash,
         "step": loop.step,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
+        # How the optimizer state is keyed: by parameter index (one process, DDP) or by name.
+        "layout": "sharded" if states else "replicated",
+        "model": model_state,
+        "optimizer": optim_state,
         "loader": loader.state_dict(),
         "rng": rng_state(),
         "loop": {
@@ -256,6 +264,7 @@ def resume_training_state(
     optimizer: torch.optim.Optimizer,
     loader: TrainWindows,
     device: torch.device,
+    load_states: Callable[[Mapping[str, Any], Mapping[str, Any]], None] | None = None,
 ) -> LoopState:
     """Load checkpoint `path` into model, optimizer, loader and the RNGs; returns the loop state
     (resumes counted up by one). ConfigError when the checkpoint is another run's."""
@@ -272,8 +281,17 @@ def resume_training_state(
             f"checkpoint {path} is inconsistent (loader at step {payload['loader'].get('step')}, "
             f"optimizer at step {step}): delete it to retrain the run"
         )
-    model.load_state_dict(payload["model"])
-    optimizer.load_state_dict(payload["optimizer"])
+    layout = payload.get("layout", "replicated")
+    if layout != ("sharded" if load_states else "replicated"):
+        raise ConfigError(
+            f"checkpoint {path} was written by a {layout} run (train.data_parallel="
+            f"{'fsdp' if layout == 'sharded' else 'ddp'}): resume it with that setting"
+        )
+    if load_states:
+        load_states(payload["model"], payload["optimizer"])
+    else:
+        model.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
     loader.load_state_dict(payload["loader"])
     set_rng_state(payload["rng"])
     loop = payload["loop"]

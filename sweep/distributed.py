@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -26,6 +26,7 @@ class Distributed:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    strategy: str = "ddp"  # train.data_parallel: ddp (replicated) or fsdp (sharded)
 
     @property
     def is_main(self) -> bool:
@@ -36,6 +37,11 @@ class Distributed:
     def enabled(self) -> bool:
         """Whether there are other ranks to talk to."""
         return self.world_size > 1
+
+    @property
+    def sharded(self) -> bool:
+        """Whether each rank holds only a shard of the weights and optimizer state (FSDP)."""
+        return self.enabled and self.strategy == "fsdp"
 
     def shard(self, batch: torch.Tensor) -> torch.Tensor:
         """This rank's contiguous share of a global batch (its first dimension)."""
@@ -66,8 +72,16 @@ class Distributed:
         return box[0]
 
     def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
-        """The model as the training step calls it: DistributedDataParallel across ranks."""
+        """The model as the training step calls it: DistributedDataParallel across ranks, or,
+        sharded, the model itself with each block (then the rest) under FSDP2's fully_shard."""
         if not self.enabled:
+            return model
+        if self.sharded:
+            from torch.distributed.fsdp import fully_shard
+
+            for block in model.blocks:
+                fully_shard(block)
+            fully_shard(model)
             return model
         from torch.nn.parallel import DistributedDataParallel
 
@@ -80,12 +94,48 @@ SINGLE = Distributed()
 
 
 def no_sync(model: nn.Module) -> Callable[[], contextlib.AbstractContextManager]:
-    """A context factory that skips DDP's gradient all-reduce (for all micro-batches of a step
-    but its last); a plain nullcontext for a model that is not DDP."""
+    """A context factory that skips the gradient all-reduce (DDP) or reduce-scatter (FSDP) for
+    all micro-batches of a step but its last; a plain nullcontext for a single process."""
     inner = getattr(model, "_orig_mod", model)  # torch.compile wraps the DDP module
     if hasattr(inner, "no_sync"):
         return inner.no_sync
+    if hasattr(inner, "set_requires_gradient_sync"):
+
+        @contextlib.contextmanager
+        def fsdp_no_sync() -> Iterator[None]:
+            inner.set_requires_gradient_sync(False)
+            try:
+                yield
+            finally:
+                inner.set_requires_gradient_sync(True)
+
+        return fsdp_no_sync
     return contextlib.nullcontext
+
+
+def full_states(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """The sharded model's and optimizer's whole state dicts, gathered onto rank 0's CPU (the
+    optimizer's keyed by parameter name). Every rank must call it; the others get empty dicts."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_state_dict(model, optimizer, options=options)
+
+
+def load_full_states(
+    model: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict, optim_state: dict
+) -> None:
+    """Load whole state dicts (as full_states gave them; every rank read the same checkpoint)
+    into a sharded model and its optimizer: each rank keeps its shard."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    set_state_dict(
+        model,
+        optimizer,
+        model_state_dict=model_state,
+        optim_state_dict=optim_state,
+        options=StateDictOptions(full_state_dict=True),
+    )
 
 
 def _submitit_tasks() -> int:
@@ -97,11 +147,12 @@ def _submitit_tasks() -> int:
     return submitit.JobEnvironment().num_tasks
 
 
-def init_distributed(device: str) -> Distributed:
+def init_distributed(device: str, strategy: str = "ddp") -> Distributed:
     """Join the process group that torchrun (RANK, WORLD_SIZE, ... in the environment) or a
     submitit job with several tasks (SLURM's tasks_per_node x nodes) describes; SINGLE else.
 
-    `device` is train.device: NCCL for CUDA, gloo for the CPU (which tests use).
+    `device` is train.device: NCCL for CUDA, gloo for the CPU (which tests use); `strategy`
+    is train.data_parallel (ddp or fsdp).
     """
     if "RANK" not in os.environ and _submitit_tasks() > 1:
         from submitit.helpers import TorchDistributedEnvironment
@@ -126,7 +177,9 @@ def init_distributed(device: str) -> Distributed:
         torch.cuda.set_device(local_rank)
     if not torch_dist.is_initialized():
         torch_dist.init_process_group(backend="nccl" if cuda else "gloo")
-    return Distributed(rank=rank, world_size=world_size, local_rank=local_rank)
+    return Distributed(
+        rank=rank, world_size=world_size, local_rank=local_rank, strategy=strategy
+    )
 
 
 def leave(dist: Distributed) -> None:

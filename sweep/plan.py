@@ -122,6 +122,11 @@ def plan_run(cfg: DictConfig, overrides: list[str] | None = None) -> RunPlan:
         value = train[key]
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigError(f"train.{key}={value!r} must be a positive integer")
+    if train.data_parallel not in ("ddp", "fsdp"):
+        raise ConfigError(
+            f"train.data_parallel={train.data_parallel!r} is unknown: use ddp (replicated) or "
+            "fsdp (sharded)"
+        )
     if seq_len > model.max_seq_len:
         raise ConfigError(
             f"train.seq_len={seq_len} exceeds the model's context model.max_seq_len="
@@ -175,6 +180,7 @@ def plan_run(cfg: DictConfig, overrides: list[str] | None = None) -> RunPlan:
         not in (
             "micro_batch_size",
             "min_micro_batch_size",
+            "data_parallel",
             "device",
             "precision",
             "compile",

@@ -19,9 +19,10 @@ class OutOfMemory(RuntimeError):
 
 
 def build_optimizer(
-    model: torch.nn.Module, plan: RunPlan, train_cfg: DictConfig
+    model: torch.nn.Module, plan: RunPlan, train_cfg: DictConfig, sharded: bool = False
 ) -> torch.optim.AdamW:
-    """AdamW with decay on matrices (linear and embedding weights) only, fused on CUDA."""
+    """AdamW with decay on matrices (linear and embedding weights) only, fused on CUDA (foreach
+    for a `sharded` FSDP model, whose parameters are DTensors)."""
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     groups = [
@@ -33,7 +34,7 @@ def build_optimizer(
         lr=plan.lr,
         betas=(train_cfg.beta1, train_cfg.beta2),
         eps=train_cfg.eps,
-        fused=plan.hardware.device.type == "cuda",
+        fused=plan.hardware.device.type == "cuda" and not sharded,
     )
 
 

@@ -37,8 +37,10 @@ from sweep.distributed import (
     SINGLE,
     Distributed,
     check_batch,
+    full_states,
     init_distributed,
     leave,
+    load_full_states,
     no_sync,
     rank_device,
 )
@@ -118,7 +120,9 @@ def run(plan: RunPlan, rerun_failed: bool = False, dist: Distributed = SINGLE) -
     step_model = dist.wrap(model, hw.device)
     if hw.compile:
         step_model = torch.compile(step_model)
-    optimizer = build_optimizer(model, plan, OmegaConf.create(cfg["train"]))
+    optimizer = build_optimizer(
+        model, plan, OmegaConf.create(cfg["train"]), sharded=dist.sharded
+    )
     # The loader draws a whole optimizer step's batch, which the loop splits into micro-batches:
     # the windows a step sees depend on the step alone, never on the micro-batch size.
     batches = train_windows(
@@ -137,7 +141,11 @@ def run(plan: RunPlan, rerun_failed: bool = False, dist: Distributed = SINGLE) -
         int(cfg["eval"]["tokens"]),
         int(cfg["eval"]["batch_size"]),
         device=hw.device,
-    )[dist.rank :: dist.world_size]  # each rank evaluates its share; the sums are reduced
+    )
+    if not dist.sharded:
+        # Each rank evaluates its share and the sums are reduced. A sharded model needs every
+        # rank in every forward, so there each rank evaluates all windows.
+        val = val[dist.rank :: dist.world_size]
     with sigterm_interrupts(), contextlib.ExitStack() as stack:
         # Rank 0 takes the lock and decides from the files (another process may have ended the
         # run while this one was building) whether to skip, start afresh or resume, and from
@@ -179,6 +187,11 @@ def run(plan: RunPlan, rerun_failed: bool = False, dist: Distributed = SINGLE) -
                 optimizer=optimizer,
                 loader=batches,
                 device=hw.device,
+                load_states=(
+                    (lambda m, o: load_full_states(model, optimizer, m, o))
+                    if dist.sharded
+                    else None
+                ),
             )
             if dist.is_main:
                 record.resume(config_yaml, loop.step)
@@ -222,7 +235,7 @@ def _train(
     last = loop.last
 
     def log_eval(step: int, lr: float, tokens_per_s: float | None) -> None:
-        result = evaluate(model, val, hw, token_bytes, reduce=dist.sum_)
+        result = evaluate(model, val, hw, token_bytes, reduce=None if dist.sharded else dist.sum_)
         # Per device: MFU compares one device's share of the FLOPs with its peak.
         flops_per_s = (
             plan.flops.flops_exact * tokens_per_s / dist.world_size if tokens_per_s else None
@@ -246,8 +259,10 @@ def _train(
         logger.metrics(row)
 
     def checkpoint() -> None:
-        # The ranks hold identical weights, optimizer and loader states (DDP keeps them in
-        # step): rank 0's checkpoint resumes every rank.
+        # The ranks hold identical loader states, and weights and optimizer states too (DDP) or
+        # shards of them that every rank gathers onto rank 0 (FSDP): rank 0's checkpoint
+        # resumes every rank.
+        states = full_states(model, optimizer) if dist.sharded else None
         if not dist.is_main:
             return
         save_training_state(
@@ -260,6 +275,7 @@ def _train(
             loader=batches,
             loop=loop,
             wall_time_s=loop.wall_before_s + time.perf_counter() - wall_start,
+            states=states,
         )
 
     def finish(status: str, error: str | None) -> dict[str, Any]:
@@ -275,6 +291,7 @@ def _train(
             micro_batch_size=micro,
             oom_retries=loop.oom_retries,
             world_size=dist.world_size,
+            data_parallel=dist.strategy if dist.enabled else None,
             wall_time_s=loop.wall_before_s + time.perf_counter() - wall_start,
             train_time_s=loop.train_time_s,
             tokens_per_s=(tokens / loop.train_time_s) if loop.train_time_s else None,
@@ -457,7 +474,7 @@ def main(cfg: DictConfig) -> float | None:
     dist = SINGLE
     try:
         # torchrun, or a submitit job of several tasks, makes this process one rank of many.
-        dist = init_distributed(str(cfg.train.device))
+        dist = init_distributed(str(cfg.train.device), str(cfg.train.data_parallel))
         cfg.train.device = rank_device(str(cfg.train.device), dist)
         plan = plan_run(cfg, _task_overrides())
         check_batch(plan.batch_tokens // plan.seq_len, dist)

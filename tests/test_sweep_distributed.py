@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sweep.checkpoint import latest_checkpoint
+from sweep.checkpoint import latest_checkpoint, resume_training_state
 from sweep.distributed import SINGLE, Distributed, check_batch
 from sweep.errors import ConfigError
 from tests.conftest import FIXED_HPARAMS
@@ -72,21 +72,24 @@ def single(tmp_path_factory: pytest.TempPathFactory, synthetic_root: Path) -> tu
     return _record(root)
 
 
-@pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory: pytest.TempPathFactory, synthetic_root: Path) -> tuple:
-    root = _root(tmp_path_factory.mktemp("ddp"), synthetic_root, "root")
-    result = _run(root, *_torchrun("-m"))
+@pytest.fixture(scope="module", params=["ddp", "fsdp"])
+def two_ranks(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, synthetic_root: Path
+) -> tuple:
+    """A run trained by two gloo ranks, replicated (DDP) or sharded (FSDP2)."""
+    root = _root(tmp_path_factory.mktemp(request.param), synthetic_root, "root")
+    result = _run(root, *_torchrun("-m"), extra=(f"train.data_parallel={request.param}",))
     assert result.returncode == 0, result.stderr
     # Only rank 0 speaks: one report, not two.
     assert result.stdout.count("finished after 19,456 tokens") == 1, result.stdout
-    return _record(root)
+    return (*_record(root), request.param)
 
 
 def test_two_ranks_train_the_single_process_trajectory(single, two_ranks):
-    """Same global batch of 8 sequences, split 4 + 4 over two gloo ranks: the same steps,
-    tokens and FLOPs, and every logged loss equal to the single process's within 1e-6."""
+    """Same global batch of 8 sequences, split 4 + 4 over two gloo ranks (DDP or FSDP): the
+    same steps, tokens and FLOPs, and every logged loss equal to one process's within 1e-6."""
     _, rows1, summary1 = single
-    run_dir, rows2, summary2 = two_ranks
+    run_dir, rows2, summary2, strategy = two_ranks
     assert run_dir.name == single[0].name  # the rank count is not part of the run's identity
     assert [r["step"] for r in rows2] == [r["step"] for r in rows1] == [0, 1, 3, 7, 19]
     for key in ("tokens", "flops_6nd", "flops_exact"):
@@ -95,6 +98,7 @@ def test_two_ranks_train_the_single_process_trajectory(single, two_ranks):
         assert val2 == pytest.approx(val1, rel=RTOL)
         assert train2 == (None if train1 is None else pytest.approx(train1, rel=RTOL))
     assert (summary2["world_size"], summary1["world_size"]) == (2, 1)
+    assert (summary2["data_parallel"], summary1["data_parallel"]) == (strategy, None)
     assert (summary2["steps"], summary2["tokens"], summary2["batch_tokens"]) == (
         summary1["steps"], summary1["tokens"], summary1["batch_tokens"])
     assert summary2["val_loss"] == pytest.approx(summary1["val_loss"], rel=RTOL)
@@ -107,14 +111,15 @@ def test_two_ranks_killed_mid_checkpoint_resume_to_the_same_end(
 ):
     """Rank 0 is SIGKILLed between its second checkpoint's temp file and the rename, torchrun
     stops rank 1; a relaunch on two ranks resumes and ends bit for bit as the unbroken run."""
+    strategy = (f"train.data_parallel={two_ranks[3]}",)
     root = _root(tmp_path, synthetic_root, "killed")
-    killed = _run(root, *_torchrun(str(FAULTS), "kill@checkpoint=2", "--"))
+    killed = _run(root, *_torchrun(str(FAULTS), "kill@checkpoint=2", "--"), extra=strategy)
     assert killed.returncode != 0
     run_dir = next((root / "runs" / "default").iterdir())
     assert latest_checkpoint(run_dir).name == "checkpoint-00000001.pt"
     assert not (run_dir / "summary.json").exists()
 
-    result = _run(root, *_torchrun("-m"))
+    result = _run(root, *_torchrun("-m"), extra=strategy)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("resuming from checkpoint-00000001.pt (resume 1)") == 1
     _, rows, summary = _record(root)
@@ -182,3 +187,25 @@ def test_when_rank_0_cannot_start_the_run_every_rank_stops(tmp_path, synthetic_r
     # Rank 1 stops quietly: no second error line, no traceback (gloo may log a warning).
     assert "error:" not in outcomes[1][1] and "Traceback" not in outcomes[1][1], outcomes
     assert list((root / "runs").iterdir()) == []
+
+
+def test_a_sharded_checkpoint_resumes_only_a_sharded_run(tmp_path):
+    """FSDP checkpoints key the optimizer state by parameter name: resuming one replicated is
+    refused in one line naming the setting (and the other way round)."""
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    loader = None  # never read: the layout is checked first
+    for layout, load_states, needle in [
+        ("sharded", None, "train.data_parallel=fsdp"),
+        ("replicated", lambda m, o: None, "train.data_parallel=ddp"),
+    ]:
+        path = tmp_path / layout / "checkpoint-00000003.pt"
+        path.parent.mkdir()
+        torch.save({"format": "sweep-checkpoint", "version": 1, "run_id": "r", "config_hash": "h",
+                    "step": 3, "layout": layout, "model": {}, "optimizer": {},
+                    "loader": {"step": 3}}, path)
+        with pytest.raises(ConfigError, match=rf"written by a {layout} run \({needle}\)"):
+            resume_training_state(path, run_id="r", config_hash="h", model=model,
+                                  optimizer=optimizer, loader=loader,
+                                  device=torch.device("cpu"), load_states=load_states)
+
