@@ -43,7 +43,7 @@ class Distributed:
         """Whether each rank holds only a shard of the weights and optimizer state (FSDP)."""
         return self.enabled and self.strategy == "fsdp"
 
-    def shard(self, batch: torch.Tensor) -> torch.Tensor:
+    def share(self, batch: torch.Tensor) -> torch.Tensor:
         """This rank's contiguous share of a global batch (its first dimension)."""
         if not self.enabled:
             return batch

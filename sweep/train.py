@@ -325,7 +325,7 @@ def _train(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             xs, ys = next(batches)
-            xs, ys = dist.shard(xs), dist.shard(ys)
+            xs, ys = dist.share(xs), dist.share(ys)
             step_loss, micro_used = accumulate_with_backoff(
                 step_model, optimizer, xs, ys, micro, min_micro, hw,
                 on_retry=lambda smaller, step=step: logger.print(

@@ -151,9 +151,9 @@ def test_a_batch_that_does_not_split_over_the_ranks_is_one_line():
 
 def test_each_rank_reads_its_own_contiguous_share():
     batch = torch.arange(8)
-    shares = [Distributed(rank=r, world_size=4).shard(batch).tolist() for r in range(4)]
+    shares = [Distributed(rank=r, world_size=4).share(batch).tolist() for r in range(4)]
     assert shares == [[0, 1], [2, 3], [4, 5], [6, 7]]
-    assert SINGLE.shard(batch) is batch
+    assert SINGLE.share(batch) is batch
 
 
 
