@@ -19,6 +19,7 @@ import torch
 
 import sweep.fit.__main__ as fit_main
 import sweep.fit.table as fit_table
+import sweep.loop as loop_module
 import sweep.step as step_module
 import sweep.train as train_module
 from sweep.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
@@ -196,7 +197,7 @@ def test_a_diverging_run_is_kept_as_diverged_and_the_sweep_goes_on(tmp_path, syn
 def test_non_finite_validation_loss_stops_the_run_before_its_checkpoint(
     synthetic_root, monkeypatch
 ):
-    original = train_module.evaluate
+    original = loop_module.evaluate
     calls: list[int] = []
 
     def evaluate(*args, **kwargs):
@@ -204,7 +205,7 @@ def test_non_finite_validation_loss_stops_the_run_before_its_checkpoint(
         result = original(*args, **kwargs)
         return dataclasses.replace(result, loss=float("nan")) if len(calls) == 3 else result
 
-    monkeypatch.setattr(train_module, "evaluate", evaluate)
+    monkeypatch.setattr(loop_module, "evaluate", evaluate)
     plan = plan_run(compose_train(synthetic_root, *RUN[:9], "experiment_name=valnan"))
     summary = train_module.run(plan)
     assert (summary["status"], summary["error"]) == (

@@ -24,9 +24,9 @@ from models import GPT, GPTConfig
 from sweep.checkpoint import list_checkpoints
 from sweep.errors import RunFailed
 from sweep.lock import RunLocked, is_locked
+from sweep.loop import eval_steps
 from sweep.plan import plan_run
 from sweep.records import METRIC_KEYS, RunRecord
-from sweep.train import eval_steps
 from tests.conftest import CONFIGS, FIXED_HPARAMS, compose_train
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,0 +1,274 @@
+"""The training loop of one run: steps, evals, checkpoints and the summary, from a start or a
+resumed state (sweep.train sets the run up and decides which).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import torch
+
+from data.loader import TrainWindows
+from models import GPT
+from sweep.checkpoint import (
+    CheckpointPolicy,
+    LoopState,
+    checkpoint_step,
+    latest_checkpoint,
+    save_training_state,
+)
+from sweep.distributed import Distributed, full_states, no_sync
+from sweep.evaluate import evaluate
+from sweep.logger import RunLogger
+from sweep.plan import RunPlan
+from sweep.records import RunRecord, build_summary
+from sweep.step import accumulate_with_backoff
+
+
+def eval_steps(total_steps: int, points: int) -> list[int]:
+    """Step 0, `points` log-spaced steps in [1, total_steps], and the final step, deduplicated."""
+    spaced = np.geomspace(1, total_steps, num=int(points))
+    return sorted({0, total_steps, *(int(round(s)) for s in spaced)})
+
+
+def silent(*_: Any) -> None:
+    """print for the ranks of a data-parallel run but 0."""
+
+
+def train_loop(
+    plan: RunPlan,
+    policy: CheckpointPolicy,
+    record: RunRecord,
+    model: GPT,
+    step_model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: TrainWindows,
+    val: list[tuple[torch.Tensor, torch.Tensor]],
+    loop: LoopState,
+    dist: Distributed,
+) -> dict[str, Any]:
+    cfg = plan.config
+    hw = plan.hardware
+    token_bytes = None
+    if plan.dataset.token_bytes is not None:
+        token_bytes = torch.as_tensor(plan.dataset.token_bytes, dtype=torch.int64, device=hw.device)
+    total_steps = plan.budget.steps
+    batch_tokens = plan.batch_tokens
+    evals_at = set(eval_steps(total_steps, cfg["eval"]["points"]))
+    interval = max(1, int(cfg["logging"]["interval"]))
+    sequences = batch_tokens // plan.seq_len // dist.world_size  # per optimizer step and rank
+    micro = min(loop.micro_batch_size or plan.micro_batch_size, sequences)
+    while sequences % micro:  # a rank's share of the batch must split into whole micro-batches
+        micro -= 1
+    # Ranks back off alone, and one retrying a step while the rest wait in its all-reduce would
+    # misalign their collectives: under data parallelism an OOM fails the run instead.
+    min_micro = micro if dist.enabled else plan.min_micro_batch_size
+    sync_once = no_sync(step_model)
+    logger: RunLogger | None = None
+    wall_start = time.perf_counter()
+    last = loop.last
+
+    def log_eval(step: int, lr: float, tokens_per_s: float | None) -> None:
+        result = evaluate(model, val, hw, token_bytes, reduce=None if dist.sharded else dist.sum_)
+        # Per device: MFU compares one device's share of the FLOPs with its peak.
+        flops_per_s = (
+            plan.flops.flops_exact * tokens_per_s / dist.world_size if tokens_per_s else None
+        )
+        row = {
+            "step": step,
+            "tokens": step * batch_tokens,
+            "flops_6nd": plan.flops.flops_6nd * step * batch_tokens,
+            "flops_6nd_total": plan.flops.flops_6nd_total * step * batch_tokens,
+            "flops_exact": plan.flops.flops_exact * step * batch_tokens,
+            "train_loss": last["train_loss"],
+            "val_loss": result.loss,
+            "val_bpb": result.bpb,
+            "lr": lr,
+            "tokens_per_s": tokens_per_s,
+            "mfu": hw.mfu(flops_per_s) if flops_per_s else None,
+        }
+        last["val_loss"], last["val_bpb"] = result.loss, result.bpb
+        if dist.is_main:
+            record.append_metrics(row)
+        logger.metrics(row)
+
+    def checkpoint() -> None:
+        # The ranks hold identical loader states, and weights and optimizer states too (DDP) or
+        # shards of them that every rank gathers onto rank 0 (FSDP): rank 0's checkpoint
+        # resumes every rank.
+        states = full_states(model, optimizer) if dist.sharded else None
+        if not dist.is_main:
+            return
+        save_training_state(
+            plan.run_dir,
+            policy.keep,
+            run_id=plan.run_id,
+            config_hash=plan.config_hash,
+            model=model,
+            optimizer=optimizer,
+            loader=batches,
+            loop=loop,
+            wall_time_s=loop.wall_before_s + time.perf_counter() - wall_start,
+            states=states,
+        )
+
+    def finish(status: str, error: str | None) -> dict[str, Any]:
+        tokens = loop.step * batch_tokens
+        summary = build_summary(
+            plan,
+            status,
+            tokens=tokens,
+            steps=loop.step,
+            **last,
+            error=error,
+            resumes=loop.resumes,
+            micro_batch_size=micro,
+            oom_retries=loop.oom_retries,
+            world_size=dist.world_size,
+            data_parallel=dist.strategy if dist.enabled else None,
+            wall_time_s=loop.wall_before_s + time.perf_counter() - wall_start,
+            train_time_s=loop.train_time_s,
+            tokens_per_s=(tokens / loop.train_time_s) if loop.train_time_s else None,
+            started_at=loop.started_at,
+            finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        )
+        if dist.is_main:
+            record.write_summary(summary)
+        if logger is not None:
+            logger.close(summary)
+        return summary
+
+    status, error = "finished", None
+    try:
+        logger = RunLogger(
+            cfg["logging"],
+            run_dir=plan.run_dir,
+            run_id=plan.run_id,
+            total_steps=total_steps,
+            config=cfg,
+            quiet=not dist.is_main,
+        )
+        if loop.step == 0:
+            log_eval(0, 0.0, None)
+        saved_at_train_s = loop.train_time_s
+        # mark: where unaccounted training time starts; window: where the throughput window does.
+        mark = window_start = time.perf_counter()
+        window_steps = 0
+        for step in range(loop.step + 1, total_steps + 1):
+            lr = plan.lr * plan.schedule.multiplier(step - 1)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            xs, ys = next(batches)
+            xs, ys = dist.share(xs), dist.share(ys)
+            step_loss, micro_used = accumulate_with_backoff(
+                step_model, optimizer, xs, ys, micro, min_micro, hw,
+                on_retry=lambda smaller, step=step: logger.print(
+                    f"{plan.run_id}: out of memory in step {step}; retrying it with "
+                    f"micro_batch_size {smaller} x {sequences // smaller} accumulation steps"
+                ),
+                no_sync=sync_once,
+            )
+            if micro_used != micro:
+                loop.oom_retries += 1
+                micro = loop.micro_batch_size = micro_used
+            loop.loss_sum += step_loss
+            if cfg["train"]["grad_clip"] is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["train"]["grad_clip"])
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            loop.step = step
+            loop.loss_steps += 1
+            window_steps += 1
+            at_eval = step in evals_at
+            if not (at_eval or step % interval == 0):
+                continue
+            # Reading the loss syncs the GPU, so it happens only every `interval` steps.
+            hw.synchronize()
+            now = time.perf_counter()
+            loop.train_time_s += now - mark
+            mark = now
+            tokens_per_s = window_steps * batch_tokens / (now - window_start)
+            # Every rank then holds the global mean, so all reach the same verdicts below and a
+            # checkpoint (rank 0's) holds the whole batch's loss.
+            dist.mean_(loop.loss_sum)
+            train_loss = loop.loss_sum.item() / loop.loss_steps
+            logger.step(step, train_loss, tokens_per_s)
+            if not math.isfinite(train_loss):
+                last["train_loss"] = train_loss
+                status, error = "diverged", f"non-finite training loss by step {step}"
+                break
+            paused = False
+            if at_eval:
+                last["train_loss"] = train_loss
+                loop.loss_sum.zero_()
+                loop.loss_steps = 0
+                log_eval(step, lr, tokens_per_s)
+                if not math.isfinite(last["val_loss"]):
+                    # Stopped before the checkpoint below: the newest one stays a finite model.
+                    status, error = "diverged", f"non-finite validation loss at step {step}"
+                    break
+                paused = True
+            # Rank 0's clock decides, so that all ranks checkpoint (and so pause) together.
+            if dist.from_main(
+                step == total_steps or policy.due(loop.train_time_s, saved_at_train_s)
+            ):
+                checkpoint()
+                saved_at_train_s = loop.train_time_s
+                paused = True
+            if paused:
+                # Evaluations and checkpoint writes are not training time: the throughput
+                # window restarts after them.
+                mark = window_start = time.perf_counter()
+                window_steps = 0
+        if status == "finished" and not math.isfinite(last["val_loss"]):
+            status, error = "diverged", f"non-finite validation loss at step {loop.step}"
+    except KeyboardInterrupt:
+        # Ctrl-C or SIGTERM: no summary, so the run stays resumable from its last checkpoint.
+        newest = latest_checkpoint(plan.run_dir)
+        say = print if dist.is_main else silent
+        say(
+            f"{plan.run_id}: interrupted after step {loop.step}; "
+            + (
+                f"rerun to resume from step {checkpoint_step(newest)}"
+                if newest
+                else "no checkpoint yet, a rerun starts it afresh"
+            )
+        )
+        if logger is not None:
+            logger.close({"status": "interrupted"})
+        raise
+    except Exception as exc:
+        # Record why the run stopped (its checkpoints stay), then let the error surface.
+        finish("failed", f"{type(exc).__name__}: {exc}")
+        raise
+
+    summary = finish(status, error)
+    _report(plan, summary, logger)
+    return summary
+
+
+def _fmt(value: float | None) -> str:
+    return "null" if value is None else f"{value:.4f}"
+
+
+def _report(plan: RunPlan, summary: dict[str, Any], logger: RunLogger) -> None:
+    bpb = summary["val_bpb"]
+    parts = [
+        f"{plan.run_id}: {summary['status']} after {summary['tokens']:,} tokens "
+        f"({summary['wall_time_s']:.1f} s)",
+        f"val_loss {_fmt(summary['val_loss'])} nats/token"
+        + (f", {bpb:.4f} bits/byte" if bpb is not None else ""),
+    ]
+    truth = plan.dataset.manifest.get("synthetic")
+    if truth:
+        parts.append(
+            f"synthetic corpus: entropy rate {truth['entropy_rate_nats']:.4f} nats/token, "
+            f"unigram entropy {truth['unigram_entropy_nats']:.4f}"
+        )
+    parts.append(f"record: {plan.run_dir}")
+    for line in parts:
+        logger.print(line)
