@@ -21,6 +21,14 @@ TINY_DATA = {"train_tokens": 300_000, "val_tokens": 40_000}
 # Training tests assert exact step counts and learning progress: they pin the hyperparameters the
 # per-size rules would otherwise choose. Tests of the rules themselves override these with null.
 FIXED_HPARAMS = ("train.lr=3e-3", "train.batch_tokens=1024", "schedule.warmup_fraction=0.05")
+# A small model trained for 19 steps of 1024 tokens, evaluated at steps 0, 1, 3, 7 and 19 and
+# checkpointed at every logging check (every 2 steps and each eval): the fault-injection runs.
+SMALL_RUN = (
+    "model=base", "model.n_layer=2", "model.d_model=64", "model.n_head=2",
+    "budget.tokens=2e4", "eval.points=4", "eval.tokens=4096", "logging.interval=2",
+    "checkpoint.interval_s=0", "logging.wandb.mode=disabled", "logging.progress=false",
+    *FIXED_HPARAMS,
+)
 # Appended after FIXED_HPARAMS (the later override wins), these hand all three back to the rules.
 RULE_HPARAMS = ("train.lr=null", "train.batch_tokens=null", "schedule.warmup_fraction=null")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from models import GPTConfig
@@ -16,3 +17,11 @@ SMALL_GPT = dict(
 def gpt_config(**overrides: Any) -> GPTConfig:
     """A GPTConfig built from SMALL_GPT with `overrides` applied."""
     return GPTConfig(**{**SMALL_GPT, **overrides})
+
+
+def linked_root(parent: Path, synthetic_root: Path, name: str) -> Path:
+    """A fresh paths.root_dir `parent/name` whose data_cache is the session's prepared data."""
+    root = parent / name
+    root.mkdir()
+    (root / "data_cache").symlink_to(synthetic_root / "data_cache")
+    return root

@@ -27,29 +27,17 @@ from sweep.collect import collect_runs
 from sweep.lock import is_locked
 from sweep.plan import plan_run
 from sweep.step import OutOfMemory, smaller_micro_batch
-from tests.conftest import FIXED_HPARAMS, compose_train
+from tests.conftest import SMALL_RUN, compose_train
+from tests.helpers import linked_root
 from tests.test_sweep_collect import make_run
 
 REPO = Path(__file__).resolve().parent.parent
 FAULTS = REPO / "tests" / "faults.py"
-# A small model, 19 steps of 1024 tokens, evals at steps 0, 1, 3, 7 and 19, and a checkpoint at
-# every logging check (every 2 steps and at each eval): many places for a kill to land.
-RUN = (
-    "model=base", "model.n_layer=2", "model.d_model=64", "model.n_head=2",
-    "budget.tokens=2e4", "eval.points=4", "eval.tokens=4096", "logging.interval=2",
-    "checkpoint.interval_s=0", "logging.wandb.mode=disabled", "logging.progress=false",
-    *FIXED_HPARAMS,
-)
+# Many places for a fault to land; with two ranks, 4 of the 8 sequences a step each.
+RUN = SMALL_RUN
 # Everything in a metrics row but the wall-clock throughput, which no two processes share.
 EXACT_KEYS = ("step", "tokens", "flops_6nd", "flops_6nd_total", "flops_exact", "train_loss",
               "val_loss", "val_bpb", "lr")
-
-
-def _root(tmp_path: Path, synthetic_root: Path, name: str) -> Path:
-    root = tmp_path / name
-    root.mkdir()
-    (root / "data_cache").symlink_to(synthetic_root / "data_cache")
-    return root
 
 
 def _train(root: Path, *faults: str, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
@@ -85,7 +73,7 @@ def _temps(run_dir: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory, synthetic_root: Path) -> Path:
     """The run trained once, never interrupted."""
-    root = _root(tmp_path_factory.mktemp("reference"), synthetic_root, "root")
+    root = linked_root(tmp_path_factory.mktemp("reference"), synthetic_root, "root")
     result = _train(root)
     assert result.returncode == 0, result.stderr
     return _run_dir(root)
@@ -97,7 +85,7 @@ def test_a_run_killed_anywhere_and_relaunched_ends_bit_for_bit_as_an_uninterrupt
     """SIGKILL during an eval, a step, a metrics append, a checkpoint write and the summary
     write, relaunching after each: the losses of every eval and the summary equal the
     reference's exactly (CPU float32 is deterministic), and no temp file survives."""
-    root = _root(tmp_path, synthetic_root, "killed")
+    root = linked_root(tmp_path, synthetic_root, "killed")
 
     def killed(*faults: str) -> Path:
         result = _train(root, *faults)
@@ -141,7 +129,7 @@ def test_a_run_killed_at_random_moments_ends_as_an_uninterrupted_one(
 ):
     """Three SIGKILLs at seeded random moments of training (whatever the run was doing then),
     each followed by a relaunch: the finished record equals the reference's."""
-    root = _root(tmp_path, synthetic_root, "random")
+    root = linked_root(tmp_path, synthetic_root, "random")
     rng = random.Random(6)
     cmd = [sys.executable, "-m", "sweep.train", f"paths.root_dir={root}", *RUN]
     env = {**os.environ, "WANDB_MODE": "disabled"}
@@ -169,7 +157,7 @@ def test_a_run_killed_at_random_moments_ends_as_an_uninterrupted_one(
 def test_a_diverging_run_is_kept_as_diverged_and_the_sweep_goes_on(tmp_path, synthetic_root):
     """One size's training loss turns NaN in a two-run sweep: that run ends `diverged` with its
     records, the other finishes, the sweep reports one failure, and collect leaves it out."""
-    root = _root(tmp_path, synthetic_root, "sweep")
+    root = linked_root(tmp_path, synthetic_root, "sweep")
     result = subprocess.run(
         [sys.executable, str(FAULTS), "nan@d_model=64", "--", "sweep.train", "--multirun",
          f"paths.root_dir={root}", *RUN, "model.d_model=64,128"],
@@ -291,7 +279,7 @@ def test_out_of_memory_at_the_floor_fails_the_run_with_the_reason(synthetic_root
 
 
 def test_out_of_memory_at_the_floor_is_one_line_from_the_cli(tmp_path, synthetic_root):
-    root = _root(tmp_path, synthetic_root, "cli")
+    root = linked_root(tmp_path, synthetic_root, "cli")
     result = _train(root, "oom@micro_batch=0")
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()

@@ -17,26 +17,15 @@ import torch
 from sweep.checkpoint import latest_checkpoint, resume_training_state
 from sweep.distributed import SINGLE, Distributed, check_batch
 from sweep.errors import ConfigError
-from tests.conftest import FIXED_HPARAMS
+from tests.conftest import SMALL_RUN
+from tests.helpers import linked_root
 
 REPO = Path(__file__).resolve().parent.parent
 FAULTS = REPO / "tests" / "faults.py"
-# 19 steps of 8 sequences (4 a rank), evals at 0, 1, 3, 7 and 19, a checkpoint every 2 steps.
-RUN = (
-    "model=base", "model.n_layer=2", "model.d_model=64", "model.n_head=2",
-    "budget.tokens=2e4", "eval.points=4", "eval.tokens=4096", "logging.interval=2",
-    "checkpoint.interval_s=0", "logging.wandb.mode=disabled", "logging.progress=false",
-    *FIXED_HPARAMS,
-)
+# Many places for a fault to land; with two ranks, 4 of the 8 sequences a step each.
+RUN = SMALL_RUN
 # Float32 sums taken in another order (per rank, then all-reduced) differ in the last bits.
 RTOL = 1e-6
-
-
-def _root(tmp_path: Path, synthetic_root: Path, name: str) -> Path:
-    root = tmp_path / name
-    root.mkdir()
-    (root / "data_cache").symlink_to(synthetic_root / "data_cache")
-    return root
 
 
 def _run(root: Path, *prefix: str, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
@@ -66,7 +55,7 @@ def _losses(rows: list[dict]) -> list[tuple[int, float | None, float]]:
 
 @pytest.fixture(scope="module")
 def single(tmp_path_factory: pytest.TempPathFactory, synthetic_root: Path) -> tuple:
-    root = _root(tmp_path_factory.mktemp("single"), synthetic_root, "root")
+    root = linked_root(tmp_path_factory.mktemp("single"), synthetic_root, "root")
     result = _run(root, sys.executable, "-m")
     assert result.returncode == 0, result.stderr
     return _record(root)
@@ -77,7 +66,7 @@ def two_ranks(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, synthetic_root: Path
 ) -> tuple:
     """A run trained by two gloo ranks, replicated (DDP) or sharded (FSDP2)."""
-    root = _root(tmp_path_factory.mktemp(request.param), synthetic_root, "root")
+    root = linked_root(tmp_path_factory.mktemp(request.param), synthetic_root, "root")
     result = _run(root, *_torchrun("-m"), extra=(f"train.data_parallel={request.param}",))
     assert result.returncode == 0, result.stderr
     # Only rank 0 speaks: one report, not two.
@@ -112,7 +101,7 @@ def test_two_ranks_killed_mid_checkpoint_resume_to_the_same_end(
     """Rank 0 is SIGKILLed between its second checkpoint's temp file and the rename, torchrun
     stops rank 1; a relaunch on two ranks resumes and ends bit for bit as the unbroken run."""
     strategy = (f"train.data_parallel={two_ranks[3]}",)
-    root = _root(tmp_path, synthetic_root, "killed")
+    root = linked_root(tmp_path, synthetic_root, "killed")
     killed = _run(root, *_torchrun(str(FAULTS), "kill@checkpoint=2", "--"), extra=strategy)
     assert killed.returncode != 0
     run_dir = next((root / "runs" / "default").iterdir())
@@ -131,7 +120,7 @@ def test_two_ranks_killed_mid_checkpoint_resume_to_the_same_end(
 def test_a_two_task_submitit_job_is_two_ranks_without_torchrun(tmp_path, synthetic_root, single):
     """hydra/launcher=submitit_local with tasks_per_node=2 runs the SLURM code path: each task
     joins the process group from submitit's environment."""
-    root = _root(tmp_path, synthetic_root, "submitit")
+    root = linked_root(tmp_path, synthetic_root, "submitit")
     result = _run(root, sys.executable, "-m", extra=(
         "--multirun", "hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2",
         "hydra.launcher.timeout_min=5"))
@@ -161,7 +150,7 @@ def test_when_rank_0_cannot_start_the_run_every_rank_stops(tmp_path, synthetic_r
     """Two ranks started as SLURM starts them (each its own process, RANK and WORLD_SIZE in the
     environment, no torchrun to end the others): rank 0 cannot create the run directory and
     tells rank 1, which would otherwise wait for it forever. Both exit 2; one error line."""
-    root = _root(tmp_path, synthetic_root, "readonly")
+    root = linked_root(tmp_path, synthetic_root, "readonly")
     (root / "runs").mkdir()
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
