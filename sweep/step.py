@@ -8,10 +8,8 @@ import contextlib
 from collections.abc import Callable
 
 import torch
-from omegaconf import DictConfig
 
 from sweep.hardware import Hardware
-from sweep.plan import RunPlan
 
 
 class OutOfMemory(RuntimeError):
@@ -19,23 +17,23 @@ class OutOfMemory(RuntimeError):
 
 
 def build_optimizer(
-    model: torch.nn.Module, plan: RunPlan, train_cfg: DictConfig, sharded: bool = False
+    model: torch.nn.Module,
+    *,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float],
+    eps: float,
+    fused: bool,
 ) -> torch.optim.AdamW:
-    """AdamW with decay on matrices (linear and embedding weights) only, fused on CUDA (foreach
-    for a `sharded` FSDP model, whose parameters are DTensors)."""
+    """AdamW with decay on matrices (linear and embedding weights) only; `fused` on CUDA (not
+    for an FSDP model, whose parameters are DTensors: foreach there)."""
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     groups = [
-        {"params": decay, "weight_decay": train_cfg.weight_decay},
+        {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(
-        groups,
-        lr=plan.lr,
-        betas=(train_cfg.beta1, train_cfg.beta2),
-        eps=train_cfg.eps,
-        fused=plan.hardware.device.type == "cuda" and not sharded,
-    )
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused)
 
 
 def smaller_micro_batch(micro_batch_size: int, batch_sequences: int) -> int | None:

@@ -100,8 +100,14 @@ def run(plan: RunPlan, rerun_failed: bool = False, dist: Distributed = SINGLE) -
     step_model = dist.wrap(model, hw.device)
     if hw.compile:
         step_model = torch.compile(step_model)
+    train_cfg = cfg["train"]
     optimizer = build_optimizer(
-        model, plan, OmegaConf.create(cfg["train"]), sharded=dist.sharded
+        model,
+        lr=plan.lr,
+        weight_decay=train_cfg["weight_decay"],
+        betas=(train_cfg["beta1"], train_cfg["beta2"]),
+        eps=train_cfg["eps"],
+        fused=hw.device.type == "cuda" and not dist.sharded,
     )
     # The loader draws a whole optimizer step's batch, which the loop splits into micro-batches:
     # the windows a step sees depend on the step alone, never on the micro-batch size.

@@ -1,0 +1,109 @@
+"""Tests for sweep.bench: the CLI on the CPU (tiny protocol), its MFU arithmetic, the ladder it
+reads, running without Hydra, and (on a GPU only) the compiled bf16 step against float32.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from models import GPT, GPTConfig
+from sweep.bench import REFERENCE, ladder_shapes
+from sweep.hardware import resolve_hardware
+from sweep.step import accumulate_gradients
+
+REPO = Path(__file__).resolve().parent.parent
+# The GPU image has torch but none of these: the benchmark must run without them.
+WITHOUT_EXTRAS = (
+    "import runpy, sys\n"
+    "for name in ('hydra', 'omegaconf', 'datasets', 'wandb', 'submitit'):\n"
+    "    sys.modules[name] = None\n"
+    "sys.argv = ['sweep.bench', *sys.argv[1:]]\n"
+    "runpy.run_module('sweep.bench', run_name='__main__')\n"
+)
+
+
+def test_tiny_cpu_bench_prints_a_table_and_writes_json_with_mfu_by_both_conventions(tmp_path):
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, "-c", WITHOUT_EXTRAS, "--device", "cpu", "--tiny", "--peak-flops",
+         "1e12", "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "tiny-0" in result.stdout and "tiny-1" in result.stdout
+    report = json.loads(out.read_text())
+    assert (report["device"], report["precision"], report["compile"]) == ("cpu", "fp32", False)
+    assert report["protocol"] == {"vocab_size": 512, "seq_len": 64, "batch_size": 4,
+                                  "warmup_steps": 2, "timed_steps": 3}
+    rows = report["rows"]
+    assert [(r["n_layer"], r["d_model"], r["n_head"]) for r in rows] == [(2, 64, 2), (2, 128, 4)]
+    for r in rows:
+        # N of 6N: the blocks and final norm plus the untied head (vocab 512 x d_model).
+        assert r["matmul_params"] == r["non_embedding_params"] + 512 * r["d_model"]
+        flops = 6 * r["matmul_params"] + 12 * r["n_layer"] * r["d_model"] * 64
+        assert r["mfu_6n"] == pytest.approx(flops * r["tokens_per_s"] / 1e12)
+        assert r["mfu_exact"] > 0 and r["tokens_per_s"] > 0
+        assert r["step_time_s"] == pytest.approx(4 * 64 / r["tokens_per_s"])
+        assert r["peak_memory_bytes"] is None and r["nanogpt_tokens_per_s"] is None
+        assert 5.0 < r["loss"] < 7.0  # about ln(512) = 6.24 after 5 steps on random tokens
+    assert not list(tmp_path.glob("*.tmp-*"))
+
+
+def test_without_a_known_peak_mfu_is_null_not_a_guess(tmp_path):
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "sweep.bench", "--device", "cpu", "--tiny", "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert all(r["mfu_6n"] is None and r["mfu_exact"] is None
+               for r in json.loads(out.read_text())["rows"])
+
+
+def test_a_bad_device_is_one_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "sweep.bench", "--device", "tpu", "--out", str(tmp_path / "b")],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --device='tpu' is not a device")
+    assert not (tmp_path / "b").exists()
+
+
+def test_ladder_shapes_are_the_model_presets_smallest_first():
+    shapes = ladder_shapes()
+    assert len(shapes) == 11
+    assert shapes[0] == ("gpt_1m", 3, 192, 4)
+    assert shapes[-1][0] == "gpt_287m"
+    assert len(REFERENCE) == 6
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_compiled_bf16_step_matches_the_float32_eager_step():
+    """The CUDA training step (torch.compile, bf16 autocast) gives the float32 eager loss and
+    gradients on the same batch, within bf16 tolerance."""
+    config = GPTConfig(n_layer=4, d_model=256, n_head=4, vocab_size=32768, max_seq_len=1024,
+                       positions="rope", tie_embeddings=False, bias=False, mlp_ratio=4,
+                       dropout=0.0, init_std=0.02)
+    torch.manual_seed(0)
+    eager = GPT(config).cuda()
+    fast = GPT(config).cuda()
+    fast.load_state_dict(eager.state_dict())
+    tokens = torch.randint(32768, (8, 1025), device="cuda")
+    xs, ys = tokens[:, :-1], tokens[:, 1:]
+    fp32 = resolve_hardware("cuda", "fp32", False, None)
+    bf16 = resolve_hardware("cuda", "bf16", True, None)
+    loss32 = accumulate_gradients(eager, xs, ys, 8, fp32)
+    loss16 = accumulate_gradients(torch.compile(fast), xs, ys, 8, bf16)
+    assert loss16.item() == pytest.approx(loss32.item(), rel=1e-2)
+    for (name, p32), p16 in zip(eager.named_parameters(), fast.parameters(), strict=True):
+        cosine = torch.nn.functional.cosine_similarity(
+            p32.grad.flatten().float(), p16.grad.flatten().float(), dim=0)
+        assert cosine > 0.99, name
