@@ -9,6 +9,7 @@ CPU (and CI) can run it. It imports torch and this project's modules only: no Hy
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -24,7 +25,7 @@ import torch
 from models import GPT, GPTConfig, count_params, flops_per_token
 from sweep.errors import ConfigError, OneLineParser
 from sweep.hardware import Hardware, resolve_hardware
-from sweep.step import accumulate_gradients, build_optimizer
+from sweep.step import accumulate_gradients, apply_gradients, build_optimizer
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 # (n_layer, d_model, n_head) of the nanoGPT reference table, and its tokens/s on one H100 80GB
@@ -73,15 +74,43 @@ class Row:
     nanogpt_tokens_per_s: float | None  # the reference on an H100, where this shape has one
 
 
+def _scalar(text: str) -> int | float | bool | str | None:
+    if text in ("true", "false", "null"):
+        return {"true": True, "false": False, "null": None}[text]
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def flat_config(path: Path) -> dict[str, int | float | bool | str | None]:
+    """The top-level `key: scalar` pairs of a flat YAML file (the model presets are), read
+    without a YAML library: the GPU image has none."""
+    pairs = re.findall(r"^(\w+):[ \t]*([^#\n]*?)[ \t]*(?:#.*)?$", path.read_text(), re.M)
+    return {key: _scalar(value) for key, value in pairs if value}
+
+
 def ladder_shapes(config_dir: Path = CONFIGS) -> list[tuple[str, int, int, int]]:
     """(name, n_layer, d_model, n_head) of the ladder presets in configs/model/gpt_*.yaml."""
     shapes = []
     for path in sorted(config_dir.glob("model/gpt_*.yaml")):
-        # The presets are flat `key: value` files: read the three keys without a YAML library.
-        values = dict(re.findall(r"^(n_layer|d_model|n_head):\s*(\d+)", path.read_text(), re.M))
-        shapes.append((path.stem, int(values["n_layer"]), int(values["d_model"]),
-                       int(values["n_head"])))
+        values = flat_config(path)
+        shapes.append((path.stem, values["n_layer"], values["d_model"], values["n_head"]))
     return sorted(shapes, key=lambda s: (s[1] * s[2] ** 2, s[0]))
+
+
+def model_config(shape: tuple[int, int, int], protocol: Protocol) -> GPTConfig:
+    """A shape with the architecture every rung shares (configs/model/base.yaml)."""
+    n_layer, d_model, n_head = shape
+    base = flat_config(CONFIGS / "model" / "base.yaml")
+    fields = {f.name for f in dataclasses.fields(GPTConfig)}
+    return GPTConfig(**{
+        **{k: v for k, v in base.items() if k in fields},
+        "n_layer": n_layer, "d_model": d_model, "n_head": n_head,
+        "vocab_size": protocol.vocab_size, "max_seq_len": protocol.seq_len,
+    })
 
 
 def measure(
@@ -89,11 +118,7 @@ def measure(
 ) -> Row:
     """Time the training step (forward, backward, clip, AdamW) of one shape on random tokens."""
     n_layer, d_model, n_head = shape
-    config = GPTConfig(
-        n_layer=n_layer, d_model=d_model, n_head=n_head, vocab_size=protocol.vocab_size,
-        max_seq_len=protocol.seq_len, positions="rope", tie_embeddings=False, bias=False,
-        mlp_ratio=4, dropout=0.0, init_std=0.02,
-    )
+    config = model_config(shape, protocol)
     torch.manual_seed(0)
     model = GPT(config).to(hw.device)
     step_model = torch.compile(model) if hw.compile else model
@@ -111,9 +136,7 @@ def measure(
             start = time.perf_counter()
         # The loop's own step: one micro-batch of the whole batch, clip, AdamW.
         loss = accumulate_gradients(step_model, xs, ys, protocol.batch_size, hw)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        apply_gradients(model, optimizer, grad_clip=1.0)
     hw.synchronize()
     elapsed = time.perf_counter() - start
     tokens_per_s = protocol.timed_steps * protocol.batch_size * protocol.seq_len / elapsed

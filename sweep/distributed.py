@@ -43,6 +43,11 @@ class Distributed:
         """Whether each rank holds only a shard of the weights and optimizer state (FSDP)."""
         return self.enabled and self.strategy == "fsdp"
 
+    def say(self, message: str) -> None:
+        """print, on rank 0 only: one rank speaks for the run."""
+        if self.is_main:
+            print(message)
+
     def share(self, batch: torch.Tensor) -> torch.Tensor:
         """This rank's contiguous share of a global batch (its first dimension)."""
         if not self.enabled:
@@ -163,11 +168,8 @@ def init_distributed(device: str, strategy: str = "ddp") -> Distributed:
     if world_size <= 1:
         return SINGLE
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    # A CUDA device asked for on a machine without one is refused by plan_run (resolve_hardware).
     cuda = device != "cpu" and torch.cuda.is_available()
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(
-            f"train.device={device!r} but this machine has no CUDA GPU: use train.device=cpu"
-        )
     if cuda:
         if local_rank >= torch.cuda.device_count():
             raise ConfigError(

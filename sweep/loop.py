@@ -26,17 +26,13 @@ from sweep.evaluate import evaluate
 from sweep.logger import RunLogger
 from sweep.plan import RunPlan
 from sweep.records import RunRecord, build_summary
-from sweep.step import accumulate_with_backoff
+from sweep.step import accumulate_with_backoff, apply_gradients, fitting_micro_batch
 
 
 def eval_steps(total_steps: int, points: int) -> list[int]:
     """Step 0, `points` log-spaced steps in [1, total_steps], and the final step, deduplicated."""
     spaced = np.geomspace(1, total_steps, num=int(points))
     return sorted({0, total_steps, *(int(round(s)) for s in spaced)})
-
-
-def silent(*_: Any) -> None:
-    """print for the ranks of a data-parallel run but 0."""
 
 
 def train_loop(
@@ -61,9 +57,8 @@ def train_loop(
     evals_at = set(eval_steps(total_steps, cfg["eval"]["points"]))
     interval = max(1, int(cfg["logging"]["interval"]))
     sequences = batch_tokens // plan.seq_len // dist.world_size  # per optimizer step and rank
-    micro = min(loop.micro_batch_size or plan.micro_batch_size, sequences)
-    while sequences % micro:  # a rank's share of the batch must split into whole micro-batches
-        micro -= 1
+    # A rank's share of the batch must split into whole micro-batches.
+    micro = fitting_micro_batch(loop.micro_batch_size or plan.micro_batch_size, sequences)
     # Ranks back off alone, and one retrying a step while the rest wait in its all-reduce would
     # misalign their collectives: under data parallelism an OOM fails the run instead.
     min_micro = micro if dist.enabled else plan.min_micro_batch_size
@@ -176,10 +171,7 @@ def train_loop(
                 loop.oom_retries += 1
                 micro = loop.micro_batch_size = micro_used
             loop.loss_sum += step_loss
-            if cfg["train"]["grad_clip"] is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["train"]["grad_clip"])
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            apply_gradients(model, optimizer, cfg["train"]["grad_clip"])
             loop.step = step
             loop.loss_steps += 1
             window_steps += 1
@@ -229,8 +221,7 @@ def train_loop(
     except KeyboardInterrupt:
         # Ctrl-C or SIGTERM: no summary, so the run stays resumable from its last checkpoint.
         newest = latest_checkpoint(plan.run_dir)
-        say = print if dist.is_main else silent
-        say(
+        dist.say(
             f"{plan.run_id}: interrupted after step {loop.step}; "
             + (
                 f"rerun to resume from step {checkpoint_step(newest)}"

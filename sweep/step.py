@@ -36,13 +36,19 @@ def build_optimizer(
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused)
 
 
-def smaller_micro_batch(micro_batch_size: int, batch_sequences: int) -> int | None:
-    """The largest micro-batch that divides the step's batch and is at most half of
-    micro_batch_size, or None when it is 1 already."""
-    for size in range(micro_batch_size // 2, 0, -1):
+def fitting_micro_batch(at_most: int, batch_sequences: int) -> int | None:
+    """The largest micro-batch of at most `at_most` sequences that divides the step's batch
+    into whole micro-batches (None when at_most < 1)."""
+    for size in range(min(at_most, batch_sequences), 0, -1):
         if batch_sequences % size == 0:
             return size
     return None
+
+
+def smaller_micro_batch(micro_batch_size: int, batch_sequences: int) -> int | None:
+    """The largest micro-batch that divides the step's batch and is at most half of
+    micro_batch_size, or None when it is 1 already."""
+    return fitting_micro_batch(micro_batch_size // 2, batch_sequences)
 
 
 def accumulate_gradients(
@@ -67,6 +73,17 @@ def accumulate_gradients(
             loss.backward()
         step_loss += loss.detach()
     return step_loss
+
+
+def apply_gradients(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float | None
+) -> None:
+    """The update that ends a step: clip the global gradient norm (unless None), step AdamW,
+    drop the gradients."""
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def accumulate_with_backoff(

@@ -37,7 +37,7 @@ from sweep.distributed import (
 )
 from sweep.errors import ConfigError, RunFailed
 from sweep.lock import RunLock, Terminated, sigterm_interrupts
-from sweep.loop import silent, train_loop
+from sweep.loop import train_loop
 from sweep.plan import RunPlan, plan_run
 from sweep.records import RunRecord
 from sweep.step import OutOfMemory, build_optimizer
@@ -88,9 +88,8 @@ def run(plan: RunPlan, rerun_failed: bool = False, dist: Distributed = SINGLE) -
     """
     policy = checkpoint_policy(plan.config.get("checkpoint"))
     record = RunRecord(plan.run_dir)
-    say = print if dist.is_main else silent
     # Every rank reads the same summary here, before any of them writes.
-    if _skip(plan, previous := record.read_summary(), rerun_failed, say):
+    if _skip(plan, previous := record.read_summary(), rerun_failed, dist.say):
         return previous
 
     cfg = plan.config
@@ -181,7 +180,7 @@ def run(plan: RunPlan, rerun_failed: bool = False, dist: Distributed = SINGLE) -
             )
             if dist.is_main:
                 record.resume(config_yaml, loop.step)
-            say(f"{plan.run_id}: resuming from {newest.name} (resume {loop.resumes})")
+            dist.say(f"{plan.run_id}: resuming from {newest.name} (resume {loop.resumes})")
         return train_loop(
             plan, policy, record, model, step_model, optimizer, batches, val, loop, dist
         )
