@@ -96,18 +96,6 @@ def run(plan: RunPlan, rerun_failed: bool = False, dist: Distributed = SINGLE) -
     hw = plan.hardware
     torch.manual_seed(cfg["seed"])
     model = GPT(plan.model).to(hw.device)
-    step_model = dist.wrap(model, hw.device)
-    if hw.compile:
-        step_model = torch.compile(step_model)
-    train_cfg = cfg["train"]
-    optimizer = build_optimizer(
-        model,
-        lr=plan.lr,
-        weight_decay=train_cfg["weight_decay"],
-        betas=(train_cfg["beta1"], train_cfg["beta2"]),
-        eps=train_cfg["eps"],
-        fused=hw.device.type == "cuda" and not dist.sharded,
-    )
     # The loader draws a whole optimizer step's batch, which the loop splits into micro-batches:
     # the windows a step sees depend on the step alone, never on the micro-batch size.
     batches = train_windows(
@@ -156,6 +144,20 @@ def run(plan: RunPlan, rerun_failed: bool = False, dist: Distributed = SINGLE) -
             raise ConfigError(f"rank 0 stopped the run: {value}")
         if kind == "skip":
             return value
+        # Wrapped only once the run goes ahead: a DDP module left behind by an early stop
+        # outlives its process group and aborts the process at exit.
+        step_model = dist.wrap(model, hw.device)
+        if hw.compile:
+            step_model = torch.compile(step_model)
+        train_cfg = cfg["train"]
+        optimizer = build_optimizer(
+            model,
+            lr=plan.lr,
+            weight_decay=train_cfg["weight_decay"],
+            betas=(train_cfg["beta1"], train_cfg["beta2"]),
+            eps=train_cfg["eps"],
+            fused=hw.device.type == "cuda" and not dist.sharded,
+        )
         config_yaml = OmegaConf.to_yaml(OmegaConf.create(cfg))
         if kind == "fresh":
             if dist.is_main:
