@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.config import GPTConfig
+from models.loss import linear_cross_entropy
 
 # The usual RoPE base (Su et al. 2021); contexts of a few thousand tokens give no reason to tune it.
 ROPE_BASE = 10_000.0
@@ -84,11 +85,25 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    """Token ids [B, T] -> logits [B, T, vocab_size], or the float32 cross-entropy loss."""
+    """Token ids [B, T] -> logits [B, T, vocab_size], or the float32 cross-entropy loss.
 
-    def __init__(self, config: GPTConfig) -> None:
+    loss_chunk_tokens: when set, a training forward (mean loss, gradients on) fuses the head and
+    the cross-entropy over chunks of that many tokens (models/loss.py) instead of making the whole
+    logits tensor; the loss is the same up to rounding, so it is a speed and memory knob only.
+    """
+
+    def __init__(self, config: GPTConfig, loss_chunk_tokens: int | None = None) -> None:
         super().__init__()
+        if loss_chunk_tokens is not None and (
+            isinstance(loss_chunk_tokens, bool)
+            or not isinstance(loss_chunk_tokens, int)
+            or loss_chunk_tokens < 1
+        ):
+            raise ValueError(
+                f"loss_chunk_tokens={loss_chunk_tokens!r} must be a positive integer or null"
+            )
         self.config = config
+        self.loss_chunk_tokens = loss_chunk_tokens
         self.wte = nn.Embedding(config.vocab_size, config.d_model)
         self.wpe = (
             nn.Embedding(config.max_seq_len, config.d_model)
@@ -147,11 +162,21 @@ class GPT(nn.Module):
         x = self.drop(x)
         for block in self.blocks:
             x = block(x, rope)
-        logits = self.lm_head(self.ln_f(x))
-        if targets is None:
-            return logits
+        x = self.ln_f(x)
         if reduction not in ("mean", "none"):
             raise ValueError(f"reduction={reduction!r} is unknown: use 'mean' or 'none'")
+        if (
+            targets is not None
+            and reduction == "mean"
+            and self.loss_chunk_tokens is not None
+            and torch.is_grad_enabled()
+        ):
+            return linear_cross_entropy(
+                x, self.lm_head.weight, self.lm_head.bias, targets, self.loss_chunk_tokens
+            )
+        logits = self.lm_head(x)
+        if targets is None:
+            return logits
         # float32 so bf16/fp16 logits do not lose precision in the log-sum-exp
         loss = F.cross_entropy(
             logits.float().view(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction

@@ -114,14 +114,20 @@ def model_config(shape: tuple[int, int, int], protocol: Protocol) -> GPTConfig:
 
 
 def measure(
-    name: str, shape: tuple[int, int, int], protocol: Protocol, hw: Hardware
+    name: str,
+    shape: tuple[int, int, int],
+    protocol: Protocol,
+    hw: Hardware,
+    loss_chunk_tokens: int | None = None,
+    compile_mode: str | None = None,
 ) -> Row:
-    """Time the training step (forward, backward, clip, AdamW) of one shape on random tokens."""
+    """Time the training step (forward, backward, clip, AdamW) of one shape on random tokens;
+    loss_chunk_tokens and compile_mode as train.loss_chunk_tokens and torch.compile's mode."""
     n_layer, d_model, n_head = shape
     config = model_config(shape, protocol)
     torch.manual_seed(0)
-    model = GPT(config).to(hw.device)
-    step_model = torch.compile(model) if hw.compile else model
+    model = GPT(config, loss_chunk_tokens=loss_chunk_tokens).to(hw.device)
+    step_model = torch.compile(model, mode=compile_mode) if hw.compile else model
     optimizer = build_optimizer(model, lr=3e-4, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8,
                                 fused=hw.device.type == "cuda")
     tokens = torch.randint(protocol.vocab_size, (protocol.batch_size, protocol.seq_len + 1),
@@ -191,7 +197,14 @@ def _parser() -> argparse.ArgumentParser:
                         "seconds on a CPU, what CI runs")
     p.add_argument("--compile", choices=("auto", "true", "false"), default="auto",
                    help="torch.compile (auto: on CUDA)")
+    p.add_argument("--compile-mode", default=None,
+                   choices=("default", "reduce-overhead", "max-autotune",
+                            "max-autotune-no-cudagraphs"),
+                   help="torch.compile's mode (default: torch's default)")
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto")
+    p.add_argument("--loss-chunk-tokens", type=int, default=None, metavar="N",
+                   help="fuse the output head and the loss over chunks of N tokens, as "
+                        "train.loss_chunk_tokens=N (default: the plain head and loss)")
     p.add_argument("--peak-flops", type=float, default=None,
                    help="the device's peak FLOP/s for MFU (default: the known-device table)")
     p.add_argument("--out", type=Path, default=Path("bench.json"), help="JSON results file")
@@ -206,6 +219,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {str(err).replace('train.', '--')}", file=sys.stderr)
         return 2
+    if args.loss_chunk_tokens is not None and args.loss_chunk_tokens < 1:
+        print(f"error: --loss-chunk-tokens={args.loss_chunk_tokens} must be a positive number "
+              "of tokens: leave it out for the plain head and loss", file=sys.stderr)
+        return 2
+    if args.compile_mode and not hw.compile:
+        print(f"error: --compile-mode={args.compile_mode} needs torch.compile: add "
+              "--compile true", file=sys.stderr)
+        return 2
     protocol = TINY if args.tiny else Protocol()
     which = args.shapes or ("tiny" if args.tiny else "all")
     shapes = [(f"tiny-{i}", s) for i, s in enumerate(TINY_SHAPES)] if which == "tiny" else []
@@ -213,15 +234,20 @@ def main(argv: list[str] | None = None) -> int:
         shapes += [(f"nanogpt-{i}", s) for i, s in enumerate(REFERENCE)]
     if which in ("ladder", "all"):
         shapes += [(name, (L, d, h)) for name, L, d, h in ladder_shapes()]
-    print(f"device: {hw.device_name} ({hw.precision}, compile {hw.compile}), torch "
-          f"{torch.__version__}; {protocol}")
+    compile_label = f"{hw.compile}" + (f" {args.compile_mode}" if args.compile_mode else "")
+    loss_label = (f"fused in chunks of {args.loss_chunk_tokens} tokens"
+                  if args.loss_chunk_tokens else "plain")
+    print(f"device: {hw.device_name} ({hw.precision}, compile {compile_label}, loss "
+          f"{loss_label}), torch {torch.__version__}; {protocol}")
     print(format_table([])[0])
     rows = []
     for name, shape in shapes:
-        rows.append(measure(name, shape, protocol, hw))
+        rows.append(measure(name, shape, protocol, hw, args.loss_chunk_tokens,
+                            args.compile_mode))
         print(format_table(rows)[-1], flush=True)
     result = {
         "device": hw.device_name, "precision": hw.precision, "compile": hw.compile,
+        "compile_mode": args.compile_mode, "loss_chunk_tokens": args.loss_chunk_tokens,
         "peak_flops": hw.peak_flops, "torch": torch.__version__,
         "python": platform.python_version(),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -122,6 +122,12 @@ def plan_run(cfg: DictConfig, overrides: list[str] | None = None) -> RunPlan:
         value = train[key]
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigError(f"train.{key}={value!r} must be a positive integer")
+    chunk = train.loss_chunk_tokens
+    if chunk is not None and (not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1):
+        raise ConfigError(
+            f"train.loss_chunk_tokens={chunk!r} must be a positive integer (tokens per chunk of "
+            "the fused head and loss) or null (the plain head and loss)"
+        )
     if train.data_parallel not in ("ddp", "fsdp"):
         raise ConfigError(
             f"train.data_parallel={train.data_parallel!r} is unknown: use ddp (replicated) or "
@@ -170,7 +176,8 @@ def plan_run(cfg: DictConfig, overrides: list[str] | None = None) -> RunPlan:
             raise ConfigError(f"eval.{key}={value!r} must be a positive number")
 
     # The run's identity is the science: shape, data, budget, optimisation and evaluation. Where
-    # and how fast it runs (device, precision, compile, micro-batching, logging) is not part of it.
+    # and how fast it runs (device, precision, compile, micro-batching, loss chunking, logging) is
+    # not part of it.
     # It holds the hyperparameters the run resolved to, not the nulls or rule constants that chose
     # them: a pinned value and a rule that land on the same number are the same run.
     train_identity = {
@@ -180,6 +187,7 @@ def plan_run(cfg: DictConfig, overrides: list[str] | None = None) -> RunPlan:
         not in (
             "micro_batch_size",
             "min_micro_batch_size",
+            "loss_chunk_tokens",
             "data_parallel",
             "device",
             "precision",

@@ -161,6 +161,8 @@ ROWS = (
         ("budget.tokens=100 gives 100 tokens", "raise the budget or lower train.batch_tokens")),
     Row("seq-len-above-context", train("train.seq_len=4096", "budget.tokens=2e5"), 2,
         ("train.seq_len=4096 exceeds", "lower train.seq_len or raise model.max_seq_len")),
+    Row("loss-chunk-not-positive", train("train.loss_chunk_tokens=0", "budget.tokens=2e5"), 2,
+        ("train.loss_chunk_tokens=0 must be a positive integer", "or null (the plain head")),
     Row("unknown-model-preset", train("model=gpt_9m", "budget.tokens=2e5"), 2,
         ("model=gpt_9m", "choose one of base, gpt_11m")),
     Row("unknown-dataset", train("data=wikitext", "budget.tokens=2e5"), 2,

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from models import GPT, GPTConfig
-from sweep.bench import REFERENCE, ladder_shapes
+from sweep.bench import REFERENCE, TINY, TINY_SHAPES, ladder_shapes, measure
 from sweep.hardware import resolve_hardware
 from sweep.step import accumulate_gradients
 
@@ -58,22 +58,39 @@ def test_tiny_cpu_bench_prints_a_table_and_writes_json_with_mfu_by_both_conventi
 def test_without_a_known_peak_mfu_is_null_not_a_guess(tmp_path):
     out = tmp_path / "bench.json"
     result = subprocess.run(
-        [sys.executable, "-m", "sweep.bench", "--device", "cpu", "--tiny", "--out", str(out)],
+        [sys.executable, "-m", "sweep.bench", "--device", "cpu", "--tiny", "--out", str(out),
+         "--loss-chunk-tokens", "100"],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    assert all(r["mfu_6n"] is None and r["mfu_exact"] is None
-               for r in json.loads(out.read_text())["rows"])
+    assert "loss fused in chunks of 100 tokens" in result.stdout
+    report = json.loads(out.read_text())
+    assert report["loss_chunk_tokens"] == 100 and report["compile_mode"] is None
+    assert all(r["mfu_6n"] is None and r["mfu_exact"] is None for r in report["rows"])
 
 
-def test_a_bad_device_is_one_line(tmp_path):
+def test_the_chunked_loss_times_the_same_training():
+    hw = resolve_hardware("cpu", "fp32", False, None)
+    plain = measure("tiny", TINY_SHAPES[0], TINY, hw)
+    chunked = measure("tiny", TINY_SHAPES[0], TINY, hw, loss_chunk_tokens=100)
+    assert chunked.loss == pytest.approx(plain.loss, rel=1e-5)  # 5 AdamW steps, same batches
+
+
+@pytest.mark.parametrize(("args", "line"), [
+    (["--device", "tpu"], "error: --device='tpu' is not a device"),
+    (["--device", "cpu", "--loss-chunk-tokens", "0"],
+     "error: --loss-chunk-tokens=0 must be a positive number of tokens"),
+    (["--device", "cpu", "--compile-mode", "max-autotune"],
+     "error: --compile-mode=max-autotune needs torch.compile: add --compile true"),
+])
+def test_bad_arguments_are_one_line(tmp_path, args, line):
     result = subprocess.run(
-        [sys.executable, "-m", "sweep.bench", "--device", "tpu", "--out", str(tmp_path / "b")],
+        [sys.executable, "-m", "sweep.bench", *args, "--out", str(tmp_path / "b")],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: --device='tpu' is not a device")
+    assert len(lines) == 1 and lines[0].startswith(line)
     assert not (tmp_path / "b").exists()
 
 
@@ -85,8 +102,10 @@ def test_ladder_shapes_are_the_model_presets_smallest_first():
     assert len(REFERENCE) == 6
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_compiled_bf16_step_matches_the_float32_eager_step():
+@pytest.mark.parametrize("loss_chunk_tokens", [None, 3000])  # 3000: chunks of uneven size
+def test_compiled_bf16_step_matches_the_float32_eager_step(loss_chunk_tokens):
     """The CUDA training step (torch.compile, bf16 autocast) gives the float32 eager loss and
     gradients on the same batch, within bf16 tolerance."""
     config = GPTConfig(n_layer=4, d_model=256, n_head=4, vocab_size=32768, max_seq_len=1024,
@@ -94,7 +113,7 @@ def test_compiled_bf16_step_matches_the_float32_eager_step():
                        dropout=0.0, init_std=0.02)
     torch.manual_seed(0)
     eager = GPT(config).cuda()
-    fast = GPT(config).cuda()
+    fast = GPT(config, loss_chunk_tokens=loss_chunk_tokens).cuda()
     fast.load_state_dict(eager.state_dict())
     tokens = torch.randint(32768, (8, 1025), device="cuda")
     xs, ys = tokens[:, :-1], tokens[:, 1:]

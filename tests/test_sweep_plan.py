@@ -153,7 +153,8 @@ RUN_CHANGES = [
     "eval.tokens=16384", "eval.points=4", "eval.batch_size=16",
 ]
 COSMETIC = [
-    "train.micro_batch_size=4", "train.device=cpu", "train.precision=fp32", "train.compile=false",
+    "train.micro_batch_size=4", "train.loss_chunk_tokens=256", "train.device=cpu",
+    "train.precision=fp32", "train.compile=false",
     "train.peak_flops=1e12", "logging.interval=3", "logging.progress=true",
     "logging.wandb.mode=offline", "checkpoint.interval_s=60", "checkpoint.keep=3",
     "launch.rerun_failed=true", "launch.dry_run=true", "paths.runs_dir=/elsewhere",

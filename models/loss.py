@@ -1,0 +1,99 @@
+"""The output head and cross-entropy fused over chunks of tokens, so that the [tokens, vocab] logits
+and their gradient never exist whole: at small widths they are most of a step's memory traffic.
+
+The gradients are computed in the forward pass, chunk by chunk (softmax minus one-hot), and only
+scaled in the backward pass: the same numbers as the plain head + `F.cross_entropy` up to rounding.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype autocast would give the head's matmul here (x's own dtype outside autocast)."""
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return x.dtype
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        targets: torch.Tensor,
+        chunk_tokens: int,
+    ) -> torch.Tensor:
+        dtype = _compute_dtype(hidden)
+        # Casts done once, not per chunk; autocast is switched off below so that every dtype is
+        # the one written here.
+        w = weight.to(dtype)
+        b = bias.to(dtype) if bias is not None else None
+        # The loss and the sums over chunks in float32 at least (float64 stays float64): a bf16
+        # running sum would lose the small terms.
+        acc = torch.promote_types(dtype, torch.float32)
+        tokens = hidden.shape[0]
+        loss_sum = torch.zeros((), dtype=acc, device=hidden.device)
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device)
+        grad_bias = (
+            torch.zeros(bias.shape, dtype=acc, device=bias.device) if bias is not None else None
+        )
+        with torch.autocast(hidden.device.type, enabled=False):
+            for start in range(0, tokens, chunk_tokens):
+                h = hidden[start : start + chunk_tokens].to(dtype)
+                t = targets[start : start + chunk_tokens]
+                # addmm, as F.linear: the bias is added before the one rounding to dtype
+                logits = h @ w.t() if b is None else torch.addmm(b, h, w.t())
+                # float32 log-sum-exp, as the plain path's logits.float() gives
+                logits = logits.to(acc)
+                lse = torch.logsumexp(logits, dim=-1)
+                loss_sum = loss_sum + (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+                # d(sum of losses)/d(logits) = softmax - one_hot(target)
+                grad = torch.exp(logits - lse[:, None])
+                grad = grad.scatter_add(1, t[:, None], grad.new_full((t.shape[0], 1), -1.0))
+                if grad_bias is not None:
+                    grad_bias = grad_bias + grad.sum(0)
+                grad = grad.to(dtype)
+                grad_hidden[start : start + chunk_tokens] = grad @ w
+                grad_weight = grad_weight + (grad.t() @ h).to(acc)
+        ctx.tokens = tokens
+        ctx.weight_dtype = weight.dtype
+        ctx.has_bias = bias is not None
+        ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
+        return loss_sum / tokens
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, grad_loss: torch.Tensor
+    ) -> tuple[torch.Tensor | None, ...]:
+        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
+        scale = grad_loss / ctx.tokens  # the loss is the mean over tokens
+        return (
+            grad_hidden * scale.to(grad_hidden.dtype),
+            (grad_weight * scale).to(ctx.weight_dtype),
+            (grad_bias * scale).to(ctx.weight_dtype) if ctx.has_bias else None,
+            None,
+            None,
+        )
+
+
+def linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    chunk_tokens: int,
+) -> torch.Tensor:
+    """Mean cross-entropy of `hidden @ weight.T + bias` against targets, in float32, computed
+    chunk_tokens rows at a time. hidden is [..., d_model], targets the matching [...] ids."""
+    if isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int) or chunk_tokens < 1:
+        raise ValueError(
+            f"chunk_tokens={chunk_tokens!r} must be a positive integer (tokens per chunk)"
+        )
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    return _LinearCrossEntropy.apply(flat, weight, bias, targets.reshape(-1), chunk_tokens)
