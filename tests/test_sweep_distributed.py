@@ -95,6 +95,21 @@ def test_two_ranks_train_the_single_process_trajectory(single, two_ranks):
     assert [p.name for p in run_dir.glob("checkpoint-*.pt")] == ["checkpoint-00000019.pt"]
 
 
+def test_sharded_ranks_train_with_the_chunked_loss(tmp_path, synthetic_root, single):
+    """FSDP2 gathers the output head's weight for the fused head + loss (models/loss.py) and
+    shards its gradient: the same trajectory as one process's plain loss, to float32 rounding."""
+    root = linked_root(tmp_path, synthetic_root, "root")
+    result = _run(root, *_torchrun("-m"),
+                  extra=("train.data_parallel=fsdp", "train.loss_chunk_tokens=300"))
+    assert result.returncode == 0, result.stderr
+    run_dir, rows, summary = _record(root)
+    assert run_dir.name == single[0].name and summary["data_parallel"] == "fsdp"
+    for (_, train1, val1), (_, train2, val2) in zip(_losses(single[1]), _losses(rows),
+                                                    strict=True):
+        assert val2 == pytest.approx(val1, rel=1e-5)
+        assert train2 == (None if train1 is None else pytest.approx(train1, rel=1e-5))
+
+
 def test_two_ranks_killed_mid_checkpoint_resume_to_the_same_end(
     tmp_path, synthetic_root, two_ranks
 ):
