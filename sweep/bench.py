@@ -16,6 +16,7 @@ import platform
 import re
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -72,6 +73,7 @@ class Row:
     peak_memory_bytes: int | None
     loss: float
     nanogpt_tokens_per_s: float | None  # the reference on an H100, where this shape has one
+    profile: str | None = None  # --profile: the top ops of three profiled steps, as a table
 
 
 def _scalar(text: str) -> int | float | bool | str | None:
@@ -120,9 +122,11 @@ def measure(
     hw: Hardware,
     loss_chunk_tokens: int | None = None,
     compile_mode: str | None = None,
+    profile_rows: int = 0,
 ) -> Row:
     """Time the training step (forward, backward, clip, AdamW) of one shape on random tokens;
-    loss_chunk_tokens and compile_mode as train.loss_chunk_tokens and torch.compile's mode."""
+    loss_chunk_tokens and compile_mode as train.loss_chunk_tokens and torch.compile's mode.
+    profile_rows > 0: then profile three more steps and keep that many top ops by device time."""
     n_layer, d_model, n_head = shape
     config = model_config(shape, protocol)
     torch.manual_seed(0)
@@ -133,6 +137,13 @@ def measure(
     tokens = torch.randint(protocol.vocab_size, (protocol.batch_size, protocol.seq_len + 1),
                            device=hw.device)
     xs, ys = tokens[:, :-1], tokens[:, 1:]
+
+    def train_step() -> torch.Tensor:
+        # The loop's own step: one micro-batch of the whole batch, clip, AdamW.
+        loss = accumulate_gradients(step_model, xs, ys, protocol.batch_size, hw)
+        apply_gradients(model, optimizer, grad_clip=1.0)
+        return loss
+
     start = 0.0
     for step in range(protocol.warmup_steps + protocol.timed_steps):
         if step == protocol.warmup_steps:
@@ -140,11 +151,10 @@ def measure(
             if hw.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(hw.device)
             start = time.perf_counter()
-        # The loop's own step: one micro-batch of the whole batch, clip, AdamW.
-        loss = accumulate_gradients(step_model, xs, ys, protocol.batch_size, hw)
-        apply_gradients(model, optimizer, grad_clip=1.0)
+        loss = train_step()
     hw.synchronize()
     elapsed = time.perf_counter() - start
+    profile = _profile(train_step, hw, profile_rows) if profile_rows > 0 else None
     tokens_per_s = protocol.timed_steps * protocol.batch_size * protocol.seq_len / elapsed
     params = count_params(config)
     matmul = params.non_embedding + params.head
@@ -160,9 +170,23 @@ def measure(
         peak_memory_bytes=(torch.cuda.max_memory_allocated(hw.device)
                            if hw.device.type == "cuda" else None),
         loss=float(loss),
+        profile=profile,
         nanogpt_tokens_per_s=(REFERENCE.get(shape)
                               if protocol == Protocol() and "H100" in hw.device_name else None),
     )
+
+
+def _profile(train_step: Callable[[], torch.Tensor], hw: Hardware, rows: int) -> str:
+    """The `rows` ops that took the most device time (CPU time on the CPU) over three steps."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if hw.device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(3):
+            train_step()
+        hw.synchronize()
+    sort = "self_device_time_total" if hw.device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=sort, row_limit=rows)
 
 
 def _pct(value: float | None) -> str:
@@ -207,6 +231,9 @@ def _parser() -> argparse.ArgumentParser:
                         "train.loss_chunk_tokens=N (default: the plain head and loss)")
     p.add_argument("--peak-flops", type=float, default=None,
                    help="the device's peak FLOP/s for MFU (default: the known-device table)")
+    p.add_argument("--profile", type=int, default=0, metavar="ROWS",
+                   help="after timing a shape, profile three steps and print the ROWS ops with "
+                        "the most device time (also in the JSON)")
     p.add_argument("--out", type=Path, default=Path("bench.json"), help="JSON results file")
     return p
 
@@ -222,6 +249,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.loss_chunk_tokens is not None and args.loss_chunk_tokens < 1:
         print(f"error: --loss-chunk-tokens={args.loss_chunk_tokens} must be a positive number "
               "of tokens: leave it out for the plain head and loss", file=sys.stderr)
+        return 2
+    if args.profile < 0:
+        print(f"error: --profile={args.profile} must be a number of rows (0: no profile)",
+              file=sys.stderr)
         return 2
     if args.compile_mode and not hw.compile:
         print(f"error: --compile-mode={args.compile_mode} needs torch.compile: add "
@@ -243,8 +274,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name, shape in shapes:
         rows.append(measure(name, shape, protocol, hw, args.loss_chunk_tokens,
-                            args.compile_mode))
+                            args.compile_mode, args.profile))
         print(format_table(rows)[-1], flush=True)
+        if rows[-1].profile:
+            print(rows[-1].profile, flush=True)
     result = {
         "device": hw.device_name, "precision": hw.precision, "compile": hw.compile,
         "compile_mode": args.compile_mode, "loss_chunk_tokens": args.loss_chunk_tokens,

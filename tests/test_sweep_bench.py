@@ -59,7 +59,7 @@ def test_without_a_known_peak_mfu_is_null_not_a_guess(tmp_path):
     out = tmp_path / "bench.json"
     result = subprocess.run(
         [sys.executable, "-m", "sweep.bench", "--device", "cpu", "--tiny", "--out", str(out),
-         "--loss-chunk-tokens", "100"],
+         "--loss-chunk-tokens", "100", "--profile", "4"],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr
@@ -67,6 +67,9 @@ def test_without_a_known_peak_mfu_is_null_not_a_guess(tmp_path):
     report = json.loads(out.read_text())
     assert report["loss_chunk_tokens"] == 100 and report["compile_mode"] is None
     assert all(r["mfu_6n"] is None and r["mfu_exact"] is None for r in report["rows"])
+    # --profile: each shape's top ops by (here CPU) time, printed and kept in the JSON
+    for r in report["rows"]:
+        assert "aten::mm" in r["profile"] and r["profile"] in result.stdout
 
 
 def test_the_chunked_loss_times_the_same_training():
@@ -80,6 +83,7 @@ def test_the_chunked_loss_times_the_same_training():
     (["--device", "tpu"], "error: --device='tpu' is not a device"),
     (["--device", "cpu", "--loss-chunk-tokens", "0"],
      "error: --loss-chunk-tokens=0 must be a positive number of tokens"),
+    (["--device", "cpu", "--profile", "-1"], "error: --profile=-1 must be a number of rows"),
     (["--device", "cpu", "--compile-mode", "max-autotune"],
      "error: --compile-mode=max-autotune needs torch.compile: add --compile true"),
 ])
