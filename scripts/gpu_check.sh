@@ -1,0 +1,248 @@
+#!/usr/bin/env bash
+# The GPU checks, in stages, for a device call on a bare GPU machine (no Hydra, no network): the
+# CUDA tests and a training smoke (plain vs 1-GPU torchrun), sweep.bench on the reference shapes,
+# its variants and the ladder, and a profile. Sequencing only: the logic lives in the project.
+#
+# Usage: bash scripts/gpu_check.sh STAGE [STAGE ...]   (in the repo root; run scripts/gpu_wheels.sh
+# here first so .whl/ holds the packages the image lacks). Stages, with rough H100 times (a fresh
+# machine compiles every shape anew, ~30-60 s each; the log prints each step's real time):
+#   tests      nvidia-smi, versions, imports, the CUDA tests (-k), then sweep.train on the synthetic
+#              corpus plain and under 1-GPU torchrun, with both tokens/s          ~5-6 min
+#   reference  sweep.bench --shapes reference (6 shapes)                          ~4-6 min
+#   chunk      reference shapes with --loss-chunk-tokens N for N in GPU_CHECK_CHUNKS (8192 16384)
+#              (~2-4 min each after `reference` in the same call: Triton kernels come from cache)
+#   autotune   reference shapes with --compile-mode M for M in GPU_CHECK_COMPILE_MODES
+#              (max-autotune-no-cudagraphs): autotuning is slow, likely a call of its own
+#   variants   chunk, then autotune
+#   ladder     sweep.bench --shapes ladder (11 presets up to 287M)                ~7-9 min
+#   profile    torch.profiler: top 25 CUDA kernels of one training step of nanoGPT's smallest
+#              shape (4 layers, d 128, 2 heads, vocab 32768, seq 1024, 64 sequences)  ~1 min
+#   suite      the whole non-slow test suite with a GPU present (-n 8)            optional
+# Recommended device calls (each `timeout_s: 600, carry: [".whl"]`; timings compare only within
+# one call, and only on the same kind of machine):
+#   1. bash scripts/gpu_check.sh tests profile
+#   2. bash scripts/gpu_check.sh reference chunk
+#   3. bash scripts/gpu_check.sh ladder        (or autotune, if the compile mode matters more)
+# Everything a step writes goes to $GPU_CHECK_WORK (/tmp/gpu_check), re-packed into
+# $OUT/results.tgz after every step; the console goes to $OUT/log.txt. Steps share a deadline
+# (GPU_CHECK_DEADLINE_S=570 s after the start): a step that would run past it is stopped, the
+# rest are skipped, and what finished still comes back. A failed step does not stop the others.
+#
+# With a shorter call limit than 600 s, lower GPU_CHECK_DEADLINE_S to match (keep ~30 s spare).
+#
+# CPU dry run of the sequencing (no wheels, tiny settings; tests and profile take ~30 s, each bench
+# step 1-2 min: --tiny shrinks the protocol, not the shapes):
+#   GPU_CHECK_WHEELS=0 PY=.venv/bin/python GPU_CHECK_DEVICE=cpu GPU_CHECK_BENCH_ARGS=--tiny \
+#   GPU_CHECK_SMOKE_ARGS="model=base budget.tokens=2e4 train.batch_tokens=1024 eval.points=2" \
+#   GPU_CHECK_PYTEST_K=hardware OUT=/tmp/gpu_out bash scripts/gpu_check.sh tests profile
+# shellcheck disable=SC2329  # the stage_* functions are called by name from main
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 1
+
+if [[ $# -eq 0 || $1 == -h || $1 == --help ]]; then
+  sed -n '2,/^# shellcheck/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
+  exit 0
+fi
+
+PY=${PY:-python3}
+OUT=${OUT:-/tmp/gpu_out}
+WORK=${GPU_CHECK_WORK:-/tmp/gpu_check}
+DEVICE=${GPU_CHECK_DEVICE:-cuda}
+DEADLINE_S=${GPU_CHECK_DEADLINE_S:-570}
+BENCH_ARGS=${GPU_CHECK_BENCH_ARGS:-}
+CHUNKS=${GPU_CHECK_CHUNKS-8192 16384}
+COMPILE_MODES=${GPU_CHECK_COMPILE_MODES-max-autotune-no-cudagraphs}
+PYTEST_K=${GPU_CHECK_PYTEST_K:-cuda or gpu or bf16 or compiled}
+SUITE_ARGS=${GPU_CHECK_SUITE_ARGS:--n 8}
+DATA_ARGS=${GPU_CHECK_DATA_ARGS:-data=synthetic}
+# One run's shape and length: long enough (~760 steps of 64 x 1024 tokens, one eval window of
+# ~0.5 min after compiling) for tokens/s to be compared within a few percent.
+SMOKE_ARGS=${GPU_CHECK_SMOKE_ARGS:-model=gpt_25m budget.tokens=5e7 train.seq_len=1024 \
+train.batch_tokens=65536 train.micro_batch_size=32 eval.points=2}
+SMOKE_FIXED="logging.progress=false logging.wandb.mode=disabled logging.interval=50 \
+checkpoint.interval_s=inf train.device=$DEVICE"
+# Run records (checkpoints included) stay out of the results; only their small files are copied.
+# The tests stage deletes this folder first, so that the runs train instead of being skipped.
+SMOKE_ROOT=${GPU_CHECK_SMOKE_ROOT:-/tmp/gpu_check_root}
+export WANDB_MODE=disabled PYTHONUNBUFFERED=1
+mkdir -p "$OUT" "$WORK"
+
+FAILED=()
+pack() { tar czf "$OUT/results.tgz" -C "$(dirname "$WORK")" "$(basename "$WORK")"; }
+
+# step NAME CMD...: run CMD within the shared deadline, time it, record its status.
+step() {
+  local name=$1 start=$SECONDS left=$((DEADLINE_S - SECONDS)) rc
+  shift
+  echo
+  echo "=== [$(date +%T), ${SECONDS}s] $name: $*"
+  if ((left < 30)); then
+    echo "=== $name: skipped, ${left}s left before the ${DEADLINE_S}s deadline"
+    FAILED+=("$name(skipped)")
+    printf '%s\tskipped\t0\n' "$name" >>"$WORK/steps.tsv"
+    return
+  fi
+  if command -v timeout >/dev/null; then timeout -k 15 "$left" "$@"; else "$@"; fi
+  rc=$?
+  ((rc == 124)) && echo "=== $name: stopped at the deadline"
+  ((rc != 0)) && FAILED+=("$name(rc=$rc)")
+  echo "=== $name: rc=$rc in $((SECONDS - start))s"
+  printf '%s\t%s\t%s\n' "$name" "$rc" "$((SECONDS - start))" >>"$WORK/steps.tsv"
+  pack
+}
+
+bench() {  # bench NAME ARGS...: sweep.bench into $WORK/bench-NAME.json
+  local name=$1
+  shift
+  # shellcheck disable=SC2086  # BENCH_ARGS is a list of flags
+  step "bench-$name" "$PY" -m sweep.bench --device "$DEVICE" "$@" $BENCH_ARGS \
+    --out "$WORK/bench-$name.json"
+}
+
+smoke() {  # smoke NAME LAUNCHER...: one sweep.train run of SMOKE_ARGS under experiment NAME
+  local name=$1
+  shift
+  # shellcheck disable=SC2086  # the argument lists are Hydra overrides
+  step "train-$name" "$@" -m sweep.train $DATA_ARGS $SMOKE_ARGS $SMOKE_FIXED \
+    "paths.root_dir=$SMOKE_ROOT" "experiment_name=smoke_$name"
+  mkdir -p "$WORK/runs"
+  (cd "$SMOKE_ROOT/runs" 2>/dev/null &&
+    cp --parents smoke_"$name"/*/{summary.json,metrics.jsonl,config.yaml} "$WORK/runs/" 2>/dev/null)
+}
+
+stage_tests() {
+  step nvidia-smi nvidia-smi
+  step versions "$PY" -c "import sys, torch; print(sys.version); print('torch', torch.__version__,
+'cuda', torch.version.cuda, 'available', torch.cuda.is_available(),
+torch.cuda.get_device_name() if torch.cuda.is_available() else '')"
+  step imports "$PY" -c "from importlib.metadata import version as v
+import hydra, omegaconf, submitit, datasets, wandb
+for n in ('hydra-core omegaconf submitit hydra-submitit-launcher datasets wandb pydantic '
+          'protobuf typing-extensions pyarrow fsspec huggingface-hub numpy pyyaml').split():
+    print(n, v(n))"
+  step pytest-cuda "$PY" -m pytest -q -rs -p no:cacheprovider tests -k "$PYTEST_K" \
+    --junitxml "$WORK/pytest-cuda.xml"
+  rm -rf "$SMOKE_ROOT"
+  # shellcheck disable=SC2086
+  step prepare "$PY" -m data.prepare $DATA_ARGS "paths.root_dir=$SMOKE_ROOT"
+  smoke plain "$PY"
+  smoke torchrun "$PY" -m torch.distributed.run --standalone --nproc_per_node=1
+  step throughput "$PY" - "$SMOKE_ROOT/runs" <<'EOF'
+import json, pathlib, sys
+runs = pathlib.Path(sys.argv[1])
+got = {}
+for name in ("plain", "torchrun"):
+    run = next((runs / f"smoke_{name}").glob("*/summary.json")).parent
+    summary = json.loads((run / "summary.json").read_text())
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    got[name] = (summary["tokens_per_s"], last["tokens_per_s"])
+    print(f"{name:9} summary tokens_per_s {got[name][0]:>12,.0f} (compile included), last eval "
+          f"window {got[name][1]:>12,.0f}; world_size {summary.get('world_size')}, {run.name}")
+ratio = [t / p for t, p in zip(got["torchrun"], got["plain"])]
+print(f"torchrun / plain: summary {ratio[0]:.3f}, last window {ratio[1]:.3f} (goal: within 3%)")
+EOF
+}
+
+stage_reference() { bench reference --shapes reference; }
+
+stage_chunk() {
+  local n
+  for n in $CHUNKS; do bench "reference-chunk$n" --shapes reference --loss-chunk-tokens "$n"; done
+}
+
+stage_autotune() {
+  local m
+  for m in $COMPILE_MODES; do bench "reference-$m" --shapes reference --compile-mode "$m"; done
+}
+
+stage_variants() { stage_chunk; stage_autotune; }
+
+stage_ladder() { bench ladder --shapes ladder; }
+
+stage_suite() {
+  # shellcheck disable=SC2086
+  step pytest-suite "$PY" -m pytest -q -rs -p no:cacheprovider -m "not slow" $SUITE_ARGS tests \
+    --junitxml "$WORK/pytest-suite.xml"
+}
+
+stage_profile() {
+  # A --profile flag in sweep.bench would be the cleaner home for this.
+  step profile env GPU_CHECK_DEVICE="$DEVICE" "$PY" - "$WORK/profile-trace.json" <<'EOF'
+import os, sys, time
+import torch
+from torch.profiler import ProfilerActivity, profile
+from models import GPT
+from sweep.bench import TINY, Protocol, model_config
+from sweep.hardware import resolve_hardware
+from sweep.step import accumulate_gradients, apply_gradients, build_optimizer
+
+cpu = os.environ["GPU_CHECK_DEVICE"] == "cpu"  # a dry run of the sequencing: tiny
+protocol, shape = (TINY, (2, 64, 2)) if cpu else (Protocol(), (4, 128, 2))
+hw = resolve_hardware(os.environ["GPU_CHECK_DEVICE"], "auto", "auto", None)
+torch.manual_seed(0)
+model = GPT(model_config(shape, protocol)).to(hw.device)
+step_model = torch.compile(model) if hw.compile else model
+optimizer = build_optimizer(model, lr=3e-4, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8,
+                            fused=hw.device.type == "cuda")
+tokens = torch.randint(protocol.vocab_size, (protocol.batch_size, protocol.seq_len + 1),
+                       device=hw.device)
+xs, ys = tokens[:, :-1], tokens[:, 1:]
+
+def step():
+    accumulate_gradients(step_model, xs, ys, protocol.batch_size, hw)
+    apply_gradients(model, optimizer, grad_clip=1.0)
+
+for _ in range(protocol.warmup_steps):  # compile and warm up
+    step()
+hw.synchronize()
+start = time.perf_counter()
+for _ in range(protocol.timed_steps):
+    step()
+hw.synchronize()
+print(f"{shape} {hw.device_name}: {1e3 * (time.perf_counter() - start) / protocol.timed_steps:.2f}"
+      " ms a step unprofiled")
+gpu = hw.device.type == "cuda"
+with profile(activities=[ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * gpu) as prof:
+    for _ in range(5):
+        step()
+    hw.synchronize()
+for key in ("cuda_time_total", "self_cuda_time_total") if gpu else ("cpu_time_total",):
+    print(f"5 steps, sorted by {key}:")
+    print(prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=80))
+prof.export_chrome_trace(sys.argv[1])
+EOF
+}
+
+main() {
+  local stage
+  for stage in "$@"; do
+    if [[ $(type -t "stage_$stage") != function ]]; then
+      echo "unknown stage '$stage': tests reference chunk autotune variants ladder profile suite"
+      return 2
+    fi
+  done
+  echo "gpu_check: stages $* on ${HOSTNAME:-?} at $(date -Is); results in $WORK, packed to $OUT"
+  if [[ ${GPU_CHECK_WHEELS:-1} != 0 ]] && compgen -G ".whl/*.whl" >/dev/null; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/site .whl/*.whl || { echo "wheel install failed"; return 1; }
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    local wheels=(.whl/*.whl)
+    echo "installed ${#wheels[@]} wheels into /tmp/site (PYTHONPATH) in ${SECONDS}s"
+  fi
+  for stage in "$@"; do
+    echo
+    echo "##### stage $stage"
+    "stage_$stage"
+  done
+  pack
+  echo
+  echo "steps (name, rc, seconds):"
+  cat "$WORK/steps.tsv" 2>/dev/null
+  echo "gpu_check: done in ${SECONDS}s; failed or skipped: ${FAILED[*]:-none}"
+  ((${#FAILED[@]} == 0))
+}
+
+main "$@" 2>&1 | tee -a "$OUT/log.txt"
+rc=${PIPESTATUS[0]}
+pack
+exit "$rc"
