@@ -9,20 +9,23 @@
 #   tests      nvidia-smi, versions, imports, the CUDA tests (-k), then sweep.train on the synthetic
 #              corpus plain and under 1-GPU torchrun, with both tokens/s          ~5-6 min
 #   reference  sweep.bench --shapes reference (6 shapes)                          ~4-6 min
+#              Every bench step passes --profile GPU_CHECK_PROFILE_ROWS (25): after timing a shape
+#              it profiles 3 more steps and prints (and keeps in the JSON) the top ops by device time.
 #   chunk      reference shapes with --loss-chunk-tokens N for N in GPU_CHECK_CHUNKS (8192 16384)
 #              (~2-4 min each after `reference` in the same call: Triton kernels come from cache)
 #   autotune   reference shapes with --compile-mode M for M in GPU_CHECK_COMPILE_MODES
 #              (max-autotune-no-cudagraphs): autotuning is slow, likely a call of its own
 #   variants   chunk, then autotune
 #   ladder     sweep.bench --shapes ladder (11 presets up to 287M)                ~7-9 min
-#   profile    torch.profiler: top 25 CUDA kernels of one training step of nanoGPT's smallest
-#              shape (4 layers, d 128, 2 heads, vocab 32768, seq 1024, 64 sequences)  ~1 min
+#   profile    optional (the bench steps already profile): torch.profiler tables by total and by
+#              self CUDA time, and a Chrome trace, of nanoGPT's smallest shape alone (4 layers,
+#              d 128, 2 heads, vocab 32768, seq 1024, 64 sequences)                ~1 min
 #   suite      the whole non-slow test suite with a GPU present (-n 8)            optional
 # Recommended device calls (each `timeout_s: 600, carry: [".whl"]`; timings compare only within
 # one call, and only on the same kind of machine):
 #   1. bash scripts/gpu_check.sh tests profile
-#   2. bash scripts/gpu_check.sh reference chunk
-#   3. bash scripts/gpu_check.sh ladder        (or autotune, if the compile mode matters more)
+#   2. bash scripts/gpu_check.sh reference chunk   (the A/B: same machine, same call)
+#   3. bash scripts/gpu_check.sh ladder            (or autotune, if the compile mode matters more)
 # Everything a step writes goes to $GPU_CHECK_WORK (/tmp/gpu_check), re-packed into
 # $OUT/results.tgz after every step; the console goes to $OUT/log.txt. Steps share a deadline
 # (GPU_CHECK_DEADLINE_S=570 s after the start): a step that would run past it is stopped, the
@@ -50,6 +53,7 @@ WORK=${GPU_CHECK_WORK:-/tmp/gpu_check}
 DEVICE=${GPU_CHECK_DEVICE:-cuda}
 DEADLINE_S=${GPU_CHECK_DEADLINE_S:-570}
 BENCH_ARGS=${GPU_CHECK_BENCH_ARGS:-}
+PROFILE_ROWS=${GPU_CHECK_PROFILE_ROWS:-25}
 CHUNKS=${GPU_CHECK_CHUNKS-8192 16384}
 COMPILE_MODES=${GPU_CHECK_COMPILE_MODES-max-autotune-no-cudagraphs}
 PYTEST_K=${GPU_CHECK_PYTEST_K:-cuda or gpu or bf16 or compiled}
@@ -95,8 +99,8 @@ bench() {  # bench NAME ARGS...: sweep.bench into $WORK/bench-NAME.json
   local name=$1
   shift
   # shellcheck disable=SC2086  # BENCH_ARGS is a list of flags
-  step "bench-$name" "$PY" -m sweep.bench --device "$DEVICE" "$@" $BENCH_ARGS \
-    --out "$WORK/bench-$name.json"
+  step "bench-$name" "$PY" -m sweep.bench --device "$DEVICE" --profile "$PROFILE_ROWS" "$@" \
+    $BENCH_ARGS --out "$WORK/bench-$name.json"
 }
 
 smoke() {  # smoke NAME LAUNCHER...: one sweep.train run of SMOKE_ARGS under experiment NAME
@@ -166,7 +170,7 @@ stage_suite() {
 }
 
 stage_profile() {
-  # A --profile flag in sweep.bench would be the cleaner home for this.
+  # sweep.bench --profile gives the top ops of every shape; this adds the trace of one shape.
   step profile env GPU_CHECK_DEVICE="$DEVICE" "$PY" - "$WORK/profile-trace.json" <<'EOF'
 import os, sys, time
 import torch
