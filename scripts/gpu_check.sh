@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks, in stages, for a device call on a bare GPU machine (no Hydra, no network): the
 # CUDA tests and a training smoke (plain vs 1-GPU torchrun), sweep.bench on the reference shapes,
-# its variants and the ladder, and a profile. Sequencing only: the logic lives in the project.
+# its variants and the ladder, each with a profile of where the time goes. Sequencing only: the logic lives in the project.
 #
 # Usage: bash scripts/gpu_check.sh STAGE [STAGE ...]   (in the repo root; run scripts/gpu_wheels.sh
 # here first so .whl/ holds the packages the image lacks). Stages, with rough H100 times (a fresh
@@ -17,13 +17,10 @@
 #              (max-autotune-no-cudagraphs): autotuning is slow, likely a call of its own
 #   variants   chunk, then autotune
 #   ladder     sweep.bench --shapes ladder (11 presets up to 287M)                ~7-9 min
-#   profile    optional (the bench steps already profile): torch.profiler tables by total and by
-#              self CUDA time, and a Chrome trace, of nanoGPT's smallest shape alone (4 layers,
-#              d 128, 2 heads, vocab 32768, seq 1024, 64 sequences)                ~1 min
 #   suite      the whole non-slow test suite with a GPU present (-n 8)            optional
 # Recommended device calls (each `timeout_s: 600, carry: [".whl"]`; timings compare only within
 # one call, and only on the same kind of machine):
-#   1. bash scripts/gpu_check.sh tests profile
+#   1. bash scripts/gpu_check.sh tests
 #   2. bash scripts/gpu_check.sh reference chunk   (the A/B: same machine, same call)
 #   3. bash scripts/gpu_check.sh ladder            (or autotune, if the compile mode matters more)
 # Everything a step writes goes to $GPU_CHECK_WORK (/tmp/gpu_check), re-packed into
@@ -33,11 +30,11 @@
 #
 # With a shorter call limit than 600 s, lower GPU_CHECK_DEADLINE_S to match (keep ~30 s spare).
 #
-# CPU dry run of the sequencing (no wheels, tiny settings; tests and profile take ~30 s, each bench
+# CPU dry run of the sequencing (no wheels, tiny settings; tests take ~30 s, each bench
 # step 1-2 min: --tiny shrinks the protocol, not the shapes):
 #   GPU_CHECK_WHEELS=0 PY=.venv/bin/python GPU_CHECK_DEVICE=cpu GPU_CHECK_BENCH_ARGS=--tiny \
 #   GPU_CHECK_SMOKE_ARGS="model=base budget.tokens=2e4 train.batch_tokens=1024 eval.points=2" \
-#   GPU_CHECK_PYTEST_K=hardware OUT=/tmp/gpu_out bash scripts/gpu_check.sh tests profile
+#   GPU_CHECK_PYTEST_K=hardware OUT=/tmp/gpu_out bash scripts/gpu_check.sh tests
 # shellcheck disable=SC2329  # the stage_* functions are called by name from main
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
@@ -169,59 +166,11 @@ stage_suite() {
     --junitxml "$WORK/pytest-suite.xml"
 }
 
-stage_profile() {
-  # sweep.bench --profile gives the top ops of every shape; this adds the trace of one shape.
-  step profile env GPU_CHECK_DEVICE="$DEVICE" "$PY" - "$WORK/profile-trace.json" <<'EOF'
-import os, sys, time
-import torch
-from torch.profiler import ProfilerActivity, profile
-from models import GPT
-from sweep.bench import TINY, Protocol, model_config
-from sweep.hardware import resolve_hardware
-from sweep.step import accumulate_gradients, apply_gradients, build_optimizer
-
-cpu = os.environ["GPU_CHECK_DEVICE"] == "cpu"  # a dry run of the sequencing: tiny
-protocol, shape = (TINY, (2, 64, 2)) if cpu else (Protocol(), (4, 128, 2))
-hw = resolve_hardware(os.environ["GPU_CHECK_DEVICE"], "auto", "auto", None)
-torch.manual_seed(0)
-model = GPT(model_config(shape, protocol)).to(hw.device)
-step_model = torch.compile(model) if hw.compile else model
-optimizer = build_optimizer(model, lr=3e-4, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8,
-                            fused=hw.device.type == "cuda")
-tokens = torch.randint(protocol.vocab_size, (protocol.batch_size, protocol.seq_len + 1),
-                       device=hw.device)
-xs, ys = tokens[:, :-1], tokens[:, 1:]
-
-def step():
-    accumulate_gradients(step_model, xs, ys, protocol.batch_size, hw)
-    apply_gradients(model, optimizer, grad_clip=1.0)
-
-for _ in range(protocol.warmup_steps):  # compile and warm up
-    step()
-hw.synchronize()
-start = time.perf_counter()
-for _ in range(protocol.timed_steps):
-    step()
-hw.synchronize()
-print(f"{shape} {hw.device_name}: {1e3 * (time.perf_counter() - start) / protocol.timed_steps:.2f}"
-      " ms a step unprofiled")
-gpu = hw.device.type == "cuda"
-with profile(activities=[ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * gpu) as prof:
-    for _ in range(5):
-        step()
-    hw.synchronize()
-for key in ("cuda_time_total", "self_cuda_time_total") if gpu else ("cpu_time_total",):
-    print(f"5 steps, sorted by {key}:")
-    print(prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=80))
-prof.export_chrome_trace(sys.argv[1])
-EOF
-}
-
 main() {
   local stage
   for stage in "$@"; do
     if [[ $(type -t "stage_$stage") != function ]]; then
-      echo "unknown stage '$stage': tests reference chunk autotune variants ladder profile suite"
+      echo "unknown stage '$stage': tests reference chunk autotune variants ladder suite"
       return 2
     fi
   done
