@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks, in stages, for a device call on a bare GPU machine (no Hydra, no network): the
 # CUDA tests and a training smoke (plain vs 1-GPU torchrun), sweep.bench on the reference shapes,
-# its variants and the ladder, each with a profile of where the time goes. Sequencing only: the logic lives in the project.
+# its variants and the ladder, each with a profile of where the time goes. Sequencing only: the
+# logic lives in the project.
 #
 # Usage: bash scripts/gpu_check.sh STAGE [STAGE ...]   (in the repo root; run scripts/gpu_wheels.sh
 # here first so .whl/ holds the packages the image lacks). Stages, with rough H100 times (a fresh
