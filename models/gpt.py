@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.config import GPTConfig
-from models.loss import linear_cross_entropy
+from models.loss import check_chunk_tokens, linear_cross_entropy
 
 # The usual RoPE base (Su et al. 2021); contexts of a few thousand tokens give no reason to tune it.
 ROPE_BASE = 10_000.0
@@ -94,14 +94,8 @@ class GPT(nn.Module):
 
     def __init__(self, config: GPTConfig, loss_chunk_tokens: int | None = None) -> None:
         super().__init__()
-        if loss_chunk_tokens is not None and (
-            isinstance(loss_chunk_tokens, bool)
-            or not isinstance(loss_chunk_tokens, int)
-            or loss_chunk_tokens < 1
-        ):
-            raise ValueError(
-                f"loss_chunk_tokens={loss_chunk_tokens!r} must be a positive integer or null"
-            )
+        if loss_chunk_tokens is not None:
+            check_chunk_tokens(loss_chunk_tokens, "loss_chunk_tokens")
         self.config = config
         self.loss_chunk_tokens = loss_chunk_tokens
         self.wte = nn.Embedding(config.vocab_size, config.d_model)

@@ -82,6 +82,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
         )
 
 
+def check_chunk_tokens(value: object, name: str = "chunk_tokens") -> None:
+    """ValueError unless value is a positive int (tokens per chunk); `name` is what it is called."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}={value!r} must be a positive integer (tokens per chunk)")
+
+
 def linear_cross_entropy(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -91,9 +97,6 @@ def linear_cross_entropy(
 ) -> torch.Tensor:
     """Mean cross-entropy of `hidden @ weight.T + bias` against targets, in float32, computed
     chunk_tokens rows at a time. hidden is [..., d_model], targets the matching [...] ids."""
-    if isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int) or chunk_tokens < 1:
-        raise ValueError(
-            f"chunk_tokens={chunk_tokens!r} must be a positive integer (tokens per chunk)"
-        )
+    check_chunk_tokens(chunk_tokens)
     flat = hidden.reshape(-1, hidden.shape[-1])
     return _LinearCrossEntropy.apply(flat, weight, bias, targets.reshape(-1), chunk_tokens)
