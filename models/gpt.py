@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.config import GPTConfig
-from models.loss import check_chunk_tokens, linear_cross_entropy
+from models.loss import check_chunk_tokens, linear_cross_entropy, token_cross_entropy
 
 # The usual RoPE base (Su et al. 2021); contexts of a few thousand tokens give no reason to tune it.
 ROPE_BASE = 10_000.0
@@ -88,8 +88,9 @@ class GPT(nn.Module):
     """Token ids [B, T] -> logits [B, T, vocab_size], or the float32 cross-entropy loss.
 
     loss_chunk_tokens: when set, a training forward (mean loss, gradients on) fuses the head and
-    the cross-entropy over chunks of that many tokens (models/loss.py) instead of making the whole
-    logits tensor; the loss is the same up to rounding, so it is a speed and memory knob only.
+    the cross-entropy over chunks of that many tokens (models/loss.py), and a forward without
+    gradients (evaluation) makes its losses a chunk at a time, instead of the whole logits
+    tensor; the loss is the same up to rounding, so it is a speed and memory knob only.
     """
 
     def __init__(self, config: GPTConfig, loss_chunk_tokens: int | None = None) -> None:
@@ -159,15 +160,14 @@ class GPT(nn.Module):
         x = self.ln_f(x)
         if reduction not in ("mean", "none"):
             raise ValueError(f"reduction={reduction!r} is unknown: use 'mean' or 'none'")
-        if (
-            targets is not None
-            and reduction == "mean"
-            and self.loss_chunk_tokens is not None
-            and torch.is_grad_enabled()
-        ):
-            return linear_cross_entropy(
-                x, self.lm_head.weight, self.lm_head.bias, targets, self.loss_chunk_tokens
-            )
+        if targets is not None and self.loss_chunk_tokens is not None:
+            head = (self.lm_head.weight, self.lm_head.bias)
+            if not torch.is_grad_enabled():
+                # evaluation: per-token losses a chunk at a time, never the whole logits
+                per_token = token_cross_entropy(x, *head, targets, self.loss_chunk_tokens)
+                return per_token.mean() if reduction == "mean" else per_token
+            if reduction == "mean":
+                return linear_cross_entropy(x, *head, targets, self.loss_chunk_tokens)
         logits = self.lm_head(x)
         if targets is None:
             return logits

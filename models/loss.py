@@ -8,6 +8,7 @@ scaled in the backward pass: the same numbers as the plain head + `F.cross_entro
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -100,3 +101,25 @@ def linear_cross_entropy(
     check_chunk_tokens(chunk_tokens)
     flat = hidden.reshape(-1, hidden.shape[-1])
     return _LinearCrossEntropy.apply(flat, weight, bias, targets.reshape(-1), chunk_tokens)
+
+
+def token_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    chunk_tokens: int,
+) -> torch.Tensor:
+    """Per-token float32 cross-entropy of the head, shaped like targets, made chunk_tokens rows at a
+    time: for evaluation (no gradients), whose peak memory is then one chunk's logits, not all."""
+    check_chunk_tokens(chunk_tokens)
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    ids = targets.reshape(-1)
+    losses = torch.empty(ids.shape, dtype=torch.float32, device=hidden.device)
+    for start in range(0, ids.shape[0], chunk_tokens):
+        # F.linear under the caller's autocast and .float(), as the plain path: the same numbers
+        logits = F.linear(flat[start : start + chunk_tokens], weight, bias)
+        losses[start : start + chunk_tokens] = F.cross_entropy(
+            logits.float(), ids[start : start + chunk_tokens], reduction="none"
+        )
+    return losses.view(targets.shape)

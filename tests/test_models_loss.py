@@ -1,6 +1,6 @@
 """Tests for models.loss: the chunked head + cross-entropy gives the plain path's loss and
-gradients (exactly in float64, within rounding in float32 and bf16), compiled too, and GPT uses it
-only where a gradient is wanted.
+gradients (exactly in float64, within rounding in float32 and bf16), compiled too; GPT uses it for
+training and its chunked per-token losses for evaluation, which never makes the whole logits.
 """
 
 from __future__ import annotations
@@ -8,9 +8,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from models import GPT
-from models.loss import linear_cross_entropy
+from models.loss import linear_cross_entropy, token_cross_entropy
+from sweep.evaluate import evaluate
+from sweep.hardware import resolve_hardware
 from tests.helpers import gpt_config
 
 
@@ -112,11 +115,63 @@ def test_gpt_without_gradients_or_per_token_keeps_the_plain_outputs():
     model = GPT(gpt_config(), loss_chunk_tokens=5)
     idx, targets = torch.randint(101, (2, 9)), torch.randint(101, (2, 9))
     assert model(idx).shape == (2, 9, 101)
-    assert model(idx, targets, reduction="none").shape == (2, 9)
+    per_token = model(idx, targets, reduction="none")  # with gradients: the plain path
+    assert per_token.shape == (2, 9) and per_token.grad_fn is not None
     with torch.no_grad():
         mean = model(idx, targets)
+        chunked = model(idx, targets, reduction="none")
     assert mean.grad_fn is None
-    torch.testing.assert_close(mean, model(idx, targets, reduction="none").mean().detach())
+    torch.testing.assert_close(chunked, per_token.detach(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(mean, per_token.mean().detach(), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 33, 1000])
+@pytest.mark.parametrize("bias", [True, False])
+def test_token_losses_match_the_plain_per_token_losses(chunk, bias):
+    hidden, weight, b, targets = leaves(torch.float32, bias=bias)
+    with torch.no_grad():
+        expected = F.cross_entropy(
+            F.linear(hidden, weight, b).view(-1, 29), targets.reshape(-1), reduction="none"
+        ).view(targets.shape)
+        got = token_cross_entropy(hidden, weight, b, targets, chunk)
+    assert got.dtype == torch.float32 and got.shape == targets.shape
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = token_cross_entropy(hidden, weight, b, targets, chunk)
+    assert bf16.dtype == torch.float32  # bf16 logits, float32 losses as the plain path
+    torch.testing.assert_close(bf16, expected, rtol=0.05, atol=0.05)
+
+
+class LargestTensor(TorchDispatchMode):
+    """Records the most elements any op's output had."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.numel = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, tuple | list) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.numel = max(self.numel, t.numel())
+        return out
+
+
+def test_evaluation_with_chunks_never_makes_the_whole_logits_and_gives_the_same_loss():
+    torch.manual_seed(0)
+    config = gpt_config(n_layer=1, vocab_size=997)  # the vocab outgrows every other tensor
+    plain_model = GPT(config)
+    chunked = GPT(config, loss_chunk_tokens=8)
+    chunked.load_state_dict(plain_model.state_dict())
+    windows = [(torch.randint(997, (4, 16)), torch.randint(997, (4, 16))) for _ in range(2)]
+    hw = resolve_hardware("cpu", "fp32", False, None)
+    sizes = {}
+    for name, model in (("plain", plain_model), ("chunked", chunked)):
+        with LargestTensor() as largest:
+            sizes[name] = (evaluate(model, windows, hw).loss, largest.numel)
+    assert sizes["plain"][1] == 4 * 16 * 997  # the whole logits of one window
+    assert sizes["chunked"][1] == config.vocab_size * config.d_model  # the head's weight
+    assert sizes["chunked"][0] == pytest.approx(sizes["plain"][0], rel=1e-6)
 
 
 def test_compiled_chunked_model_matches_eager():
