@@ -11,10 +11,12 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 import sweep.train as train_module
@@ -275,6 +277,64 @@ def test_chunked_loss_trains_the_same_run(synthetic_root):
     assert chunked["val_loss"] < curves[1][0] - 0.3  # it learned
     np.testing.assert_allclose(curves[1], curves[0], rtol=1e-4)
     assert chunked["train_loss"] == pytest.approx(plain["train_loss"], rel=1e-4)
+
+
+DEVICE_READS = ("item", "tolist", "__float__", "__int__", "__bool__", "numpy", "cpu")
+
+
+@pytest.mark.parametrize("device", [
+    "cpu",
+    pytest.param("cuda", marks=[
+        pytest.mark.cuda,
+        pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+    ]),
+])
+def test_training_waits_for_the_device_only_at_log_steps(synthetic_root, monkeypatch, device):
+    """No host-device sync per step: the project's code reads a tensor's value only at loss
+    checks and evals (on CUDA, torch's sync debug mode also sees every sync the step makes)."""
+    drawn = [0]  # training batches drawn so far: the step being trained
+    original_next = RandomWindows.__next__
+
+    def counting_next(self):
+        batch = original_next(self)
+        drawn[0] = self.step
+        return batch
+
+    monkeypatch.setattr(RandomWindows, "__next__", counting_next)
+    waits_at: set[int] = set()
+    project = tuple(str(REPO / package) for package in ("sweep", "data", "models"))
+
+    def recording(original):
+        def read(self, *args, **kwargs):
+            if sys._getframe(1).f_code.co_filename.startswith(project):
+                waits_at.add(drawn[0])
+            return original(self, *args, **kwargs)
+
+        return read
+
+    for name in DEVICE_READS:
+        monkeypatch.setattr(torch.Tensor, name, recording(getattr(torch.Tensor, name)))
+
+    def on_warning(message, *args, **kwargs):
+        if "synchroniz" in str(message):
+            waits_at.add(drawn[0])
+
+    plan = plan_run(tiny_cfg(synthetic_root, f"no-sync-{device}", "logging.interval=5",
+                             f"train.device={device}"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        monkeypatch.setattr(warnings, "showwarning", on_warning)
+        if device == "cuda":
+            torch.cuda.set_sync_debug_mode("warn")
+        try:
+            summary = train_module.run(plan)
+        finally:
+            if device == "cuda":
+                torch.cuda.set_sync_debug_mode("default")
+    assert summary["status"] == "finished"
+    log_steps = {1, 3, 12} | {5, 10}  # evals, then loss checks every 5 steps
+    assert 12 in waits_at  # the recorder sees reads: the last loss check and eval
+    assert waits_at <= {0} | log_steps, f"waits for the device at steps {sorted(waits_at)}"
 
 
 def test_failed_run_is_kept_and_only_retrained_when_asked(synthetic_root, monkeypatch, capsys):
