@@ -17,13 +17,16 @@
 #   autotune   reference shapes with --compile-mode M for M in GPU_CHECK_COMPILE_MODES
 #              (max-autotune-no-cudagraphs): autotuning is slow, likely a call of its own
 #   variants   chunk, then autotune
+#   copies     nanoGPT's three smallest shapes as K copies training at once (one process each),
+#              for K in GPU_CHECK_COPIES (2 4): tokens/s of them together     ~3-5 min
 #   ladder     sweep.bench --shapes ladder (11 presets up to 287M)                ~7-9 min
 #   suite      the whole non-slow test suite with a GPU present (-n 8)            optional
 # Recommended device calls (each `timeout_s: 600, carry: [".whl"]`; timings compare only within
 # one call, and only on the same kind of machine):
 #   1. bash scripts/gpu_check.sh tests
 #   2. bash scripts/gpu_check.sh reference chunk   (the A/B: same machine, same call)
-#   3. bash scripts/gpu_check.sh ladder            (or autotune, if the compile mode matters more)
+#   3. bash scripts/gpu_check.sh ladder            (or autotune, if the compile mode matters more,
+#                                                   or copies, if sharing a GPU is the question)
 # Everything a step writes goes to $GPU_CHECK_WORK (/tmp/gpu_check), re-packed into
 # $OUT/results.tgz after every step; the console goes to $OUT/log.txt. Steps share a deadline
 # (GPU_CHECK_DEADLINE_S=570 s after the start): a step that would run past it is stopped, the
@@ -54,6 +57,7 @@ BENCH_ARGS=${GPU_CHECK_BENCH_ARGS:-}
 PROFILE_ROWS=${GPU_CHECK_PROFILE_ROWS:-25}
 CHUNKS=${GPU_CHECK_CHUNKS-8192 16384}
 COMPILE_MODES=${GPU_CHECK_COMPILE_MODES-max-autotune-no-cudagraphs}
+COPIES=${GPU_CHECK_COPIES-2 4}
 PYTEST_K=${GPU_CHECK_PYTEST_K:-cuda or gpu or bf16 or compiled}
 SUITE_ARGS=${GPU_CHECK_SUITE_ARGS:--n 8}
 DATA_ARGS=${GPU_CHECK_DATA_ARGS:-data=synthetic}
@@ -159,6 +163,13 @@ stage_autotune() {
 
 stage_variants() { stage_chunk; stage_autotune; }
 
+stage_copies() {  # several small runs sharing the GPU: does it raise the sweep's tokens/s?
+  local k
+  for k in $COPIES; do
+    bench "copies$k" --shape 4,128,2 --shape 6,256,4 --shape 8,384,6 --copies "$k" --profile 0
+  done
+}
+
 stage_ladder() { bench ladder --shapes ladder; }
 
 stage_suite() {
@@ -171,7 +182,7 @@ main() {
   local stage
   for stage in "$@"; do
     if [[ $(type -t "stage_$stage") != function ]]; then
-      echo "unknown stage '$stage': tests reference chunk autotune variants ladder suite"
+      echo "unknown stage '$stage': tests reference chunk autotune variants copies ladder suite"
       return 2
     fi
   done

@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from models import GPT, GPTConfig
-from sweep.bench import REFERENCE, TINY, TINY_SHAPES, ladder_shapes, measure
+from sweep.bench import ladder_shapes
 from sweep.hardware import resolve_hardware
 from sweep.step import accumulate_gradients
+from sweep.throughput import REFERENCE
 
 REPO = Path(__file__).resolve().parent.parent
 # The GPU image has torch but none of these: the benchmark must run without them.
@@ -55,6 +56,22 @@ def test_tiny_cpu_bench_prints_a_table_and_writes_json_with_mfu_by_both_conventi
     assert not list(tmp_path.glob("*.tmp-*"))
 
 
+def test_copies_of_a_chosen_shape_run_without_the_extras_too(tmp_path):
+    """--shape alone times only that shape; --copies trains it in two processes at once, also
+    with the GPU image's packages (spawned copies import the project's modules only)."""
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, "-c", WITHOUT_EXTRAS, "--device", "cpu", "--tiny", "--shape", "2,64,2",
+         "--copies", "2", "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "2 copies of each shape at once" in result.stdout
+    report = json.loads(out.read_text())
+    assert report["copies"] == 2
+    assert [(r["name"], r["copies"]) for r in report["rows"]] == [("2x64", 2)]
+
+
 def test_without_a_known_peak_mfu_is_null_not_a_guess(tmp_path):
     out = tmp_path / "bench.json"
     result = subprocess.run(
@@ -72,13 +89,6 @@ def test_without_a_known_peak_mfu_is_null_not_a_guess(tmp_path):
         assert "aten::mm" in r["profile"] and r["profile"] in result.stdout
 
 
-def test_the_chunked_loss_times_the_same_training():
-    hw = resolve_hardware("cpu", "fp32", False, None)
-    plain = measure("tiny", TINY_SHAPES[0], TINY, hw)
-    chunked = measure("tiny", TINY_SHAPES[0], TINY, hw, loss_chunk_tokens=100)
-    assert chunked.loss == pytest.approx(plain.loss, rel=1e-5)  # 5 AdamW steps, same batches
-
-
 @pytest.mark.parametrize(("args", "line"), [
     (["--device", "tpu"], "error: --device='tpu' is not a device"),
     (["--device", "cpu", "--loss-chunk-tokens", "0"],
@@ -86,6 +96,13 @@ def test_the_chunked_loss_times_the_same_training():
     (["--device", "cpu", "--profile", "-1"], "error: --profile=-1 must be a number of rows"),
     (["--device", "cpu", "--compile-mode", "max-autotune"],
      "error: --compile-mode=max-autotune needs torch.compile: add --compile true"),
+    (["--device", "cpu", "--copies", "0"], "error: --copies=0 must be at least 1"),
+    (["--device", "cpu", "--copies", "2", "--profile", "5"],
+     "error: --profile=5 profiles one process: leave it out with --copies=2"),
+    (["--device", "cpu", "--shape", "4,128"],
+     "error: --shape='4,128': not three positive n_layer,d_model,n_head: write e.g. 4,128,2"),
+    (["--device", "cpu", "--shape", "2,65,2"],
+     "error: --shape='2,65,2': n_head=2 does not divide d_model=65"),
 ])
 def test_bad_arguments_are_one_line(tmp_path, args, line):
     result = subprocess.run(

@@ -1,0 +1,70 @@
+"""Tests for sweep.throughput: one shape timed alone, and several copies timed at once in their
+own processes, whose failures end the measurement in one line and leave no process behind.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from sweep.bench import TINY_SHAPES
+from sweep.hardware import resolve_hardware
+from sweep.throughput import TINY, BenchFailed, Protocol, measure, measure_copies
+
+CPU = resolve_hardware("cpu", "fp32", False, None)
+
+
+def test_the_chunked_loss_times_the_same_training():
+    plain = measure("tiny", TINY_SHAPES[0], TINY, CPU)
+    chunked = measure("tiny", TINY_SHAPES[0], TINY, CPU, loss_chunk_tokens=100)
+    assert chunked.loss == pytest.approx(plain.loss, rel=1e-5)  # 5 AdamW steps, same batches
+
+
+def test_copies_train_the_same_steps_and_count_all_their_tokens_over_the_shared_window():
+    alone = measure("tiny", TINY_SHAPES[0], TINY, CPU)
+    together = measure_copies("tiny", TINY_SHAPES[0], TINY, CPU, copies=2)
+    assert together.copies == 2 and alone.copies == 1
+    assert together.loss == pytest.approx(alone.loss, rel=1e-5)  # seed 0 in each copy
+    assert together.matmul_params == alone.matmul_params
+    # Both copies' tokens over a window at least as long as either copy's own: no more than
+    # two copies each at its own step time could give.
+    tokens_per_step = TINY.batch_size * TINY.seq_len
+    assert 0 < together.tokens_per_s <= 2 * tokens_per_step / together.step_time_s * 1.001
+    assert not multiprocessing.active_children()
+
+
+def test_a_copy_that_fails_names_its_error_in_one_line():
+    with pytest.raises(BenchFailed) as caught:
+        # d_model 65 does not split into 2 heads: each copy fails building the model
+        measure_copies("odd", (2, 65, 2), TINY, CPU, copies=2)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith("odd as 2 copies at once: copy ")
+    assert "ValueError: " in message and "use fewer --copies" in message
+    assert not multiprocessing.active_children()
+
+
+def test_a_killed_copy_stops_the_others_at_once():
+    """A copy killed mid-warm-up (as by the OOM killer) ends the measurement within seconds: the
+    other copy is terminated, not left warming up for its 100,000 steps."""
+    endless = Protocol(vocab_size=512, seq_len=64, batch_size=4, warmup_steps=100_000,
+                       timed_steps=3)
+
+    def kill_one() -> None:
+        while len(multiprocessing.active_children()) < 2:
+            time.sleep(0.05)
+        time.sleep(2.0)  # into the warm-up
+        os.kill(multiprocessing.active_children()[0].pid, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_one, daemon=True)
+    killer.start()
+    started = time.monotonic()
+    with pytest.raises(BenchFailed, match=r"copy \d failed \(killed by signal 9\)"):
+        measure_copies("tiny", TINY_SHAPES[0], endless, CPU, copies=2)
+    assert time.monotonic() - started < 60
+    assert not multiprocessing.active_children()
