@@ -28,6 +28,10 @@ PEAK_BF16_FLOPS = (
     ("V100", 125.0e12),  # fp16: V100 has no bf16 tensor cores
 )
 
+# torch.compile's modes (None: its default). reduce-overhead adds CUDA graphs, max-autotune
+# benchmarks kernel choices at compile time (slow to compile, sometimes faster to run).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
 
 @dataclass(frozen=True)
 class Hardware:
@@ -38,6 +42,11 @@ class Hardware:
     precision: str  # "bf16" (autocast) or "fp32"
     compile: bool
     peak_flops: float | None
+    compile_mode: str | None = None  # torch.compile's mode when compile is on
+
+    def compiled(self, module: torch.nn.Module) -> torch.nn.Module:
+        """module under torch.compile (in compile_mode) when compile is on, else module itself."""
+        return torch.compile(module, mode=self.compile_mode) if self.compile else module
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """bf16 autocast on CUDA; a no-op context in float32."""
@@ -71,9 +80,14 @@ def peak_flops_for(device_name: str) -> float | None:
 
 
 def resolve_hardware(
-    device: str, precision: str, compile_: str | bool, peak_flops: float | None
+    device: str,
+    precision: str,
+    compile_: str | bool,
+    peak_flops: float | None,
+    compile_mode: str | None = None,
 ) -> Hardware:
-    """Validate `train.device/precision/compile/peak_flops` against what this machine has."""
+    """Validate `train.device/precision/compile/peak_flops/compile_mode` against what this
+    machine has."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -100,6 +114,16 @@ def resolve_hardware(
         compile_ = dev.type == "cuda"
     if not isinstance(compile_, bool):
         raise ConfigError(f"train.compile={compile_!r} must be auto, true or false")
+    if compile_mode is not None and compile_mode not in COMPILE_MODES:
+        raise ConfigError(
+            f"train.compile_mode={compile_mode!r} is unknown: use null or one of "
+            f"{', '.join(COMPILE_MODES)}"
+        )
+    if compile_mode is not None and not compile_:
+        raise ConfigError(
+            f"train.compile_mode={compile_mode} needs torch.compile, which is off on "
+            f"{dev.type}: set train.compile=true or leave train.compile_mode null"
+        )
 
     if dev.type == "cuda":
         name = torch.cuda.get_device_name(dev)
@@ -114,5 +138,6 @@ def resolve_hardware(
         )
     peak = float(peak_flops) if peak_flops else peak_flops_for(name)
     return Hardware(
-        device=dev, device_name=name, precision=precision, compile=compile_, peak_flops=peak
+        device=dev, device_name=name, precision=precision, compile=compile_, peak_flops=peak,
+        compile_mode=compile_mode,
     )

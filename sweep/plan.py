@@ -164,7 +164,9 @@ def plan_run(cfg: DictConfig, overrides: list[str] | None = None) -> RunPlan:
     )
     budget = hp.budget
     schedule = build_schedule(cfg.schedule, budget.steps, warmup_steps=hp.warmup_steps)
-    hardware = resolve_hardware(train.device, train.precision, train.compile, train.peak_flops)
+    hardware = resolve_hardware(
+        train.device, train.precision, train.compile, train.peak_flops, train.compile_mode
+    )
     wandb_mode = cfg.logging.wandb.mode
     if wandb_mode not in WANDB_MODES:
         raise ConfigError(
@@ -192,6 +194,7 @@ def plan_run(cfg: DictConfig, overrides: list[str] | None = None) -> RunPlan:
             "device",
             "precision",
             "compile",
+            "compile_mode",
             "peak_flops",
         )
     }

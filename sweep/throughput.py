@@ -134,7 +134,6 @@ def _timed(
     protocol: Protocol,
     hw: Hardware,
     loss_chunk_tokens: int | None,
-    compile_mode: str | None,
     profile_rows: int,
     before_timing: Callable[[], object],
 ) -> tuple[Row, float, float]:
@@ -143,7 +142,7 @@ def _timed(
     config = model_config(shape, protocol)
     torch.manual_seed(0)
     model = GPT(config, loss_chunk_tokens=loss_chunk_tokens).to(hw.device)
-    step_model = torch.compile(model, mode=compile_mode) if hw.compile else model
+    step_model = hw.compiled(model)
     optimizer = build_optimizer(model, lr=3e-4, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8,
                                 fused=hw.device.type == "cuda")
     tokens = torch.randint(protocol.vocab_size, (protocol.batch_size, protocol.seq_len + 1),
@@ -187,13 +186,12 @@ def measure(
     protocol: Protocol,
     hw: Hardware,
     loss_chunk_tokens: int | None = None,
-    compile_mode: str | None = None,
     profile_rows: int = 0,
 ) -> Row:
-    """Time the training step (forward, backward, clip, AdamW) of one shape on random tokens;
-    loss_chunk_tokens and compile_mode as train.loss_chunk_tokens and torch.compile's mode.
+    """Time the training step (forward, backward, clip, AdamW) of one shape on random tokens,
+    compiled as hw says; loss_chunk_tokens as train.loss_chunk_tokens.
     profile_rows > 0: then profile three more steps and keep that many top ops by device time."""
-    return _timed(name, shape, protocol, hw, loss_chunk_tokens, compile_mode, profile_rows,
+    return _timed(name, shape, protocol, hw, loss_chunk_tokens, profile_rows,
                   before_timing=lambda: None)[0]
 
 
@@ -220,12 +218,13 @@ def _copy(
     results: multiprocessing.Queue,
 ) -> None:
     """One copy's process: warm up, wait for every copy, time; reports (index, result or why)."""
-    name, shape, protocol, hw, loss_chunk_tokens, compile_mode = args
+    name, shape, protocol, hw, loss_chunk_tokens = args
     try:
         # TF32 and the like are per process: resolve the hardware again here.
-        hw = resolve_hardware(str(hw.device), hw.precision, hw.compile, hw.peak_flops)
-        results.put((index, _timed(name, shape, protocol, hw, loss_chunk_tokens, compile_mode,
-                                   0, barrier.wait)))
+        hw = resolve_hardware(str(hw.device), hw.precision, hw.compile, hw.peak_flops,
+                              hw.compile_mode)
+        results.put((index, _timed(name, shape, protocol, hw, loss_chunk_tokens, 0,
+                                   barrier.wait)))
     except threading.BrokenBarrierError:
         results.put((index, ANOTHER_FAILED))
     except Exception as exc:  # reported to the parent, which names it in one line
@@ -241,7 +240,6 @@ def measure_copies(
     hw: Hardware,
     copies: int,
     loss_chunk_tokens: int | None = None,
-    compile_mode: str | None = None,
 ) -> Row:
     """Train `copies` copies of one shape at once on the device, each in its own process (as a
     sweep running several runs per GPU does); they start timing together, after every copy's
@@ -250,7 +248,7 @@ def measure_copies(
     context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
     barrier = context.Barrier(copies)
     results = context.Queue()
-    args = (name, shape, protocol, hw, loss_chunk_tokens, compile_mode)
+    args = (name, shape, protocol, hw, loss_chunk_tokens)
     workers = [context.Process(target=_copy, args=(i, args, barrier, results), daemon=True)
                for i in range(copies)]
     for worker in workers:

@@ -146,9 +146,7 @@ def run(plan: RunPlan, rerun_failed: bool = False, dist: Distributed = SINGLE) -
             return value
         # Wrapped only once the run goes ahead: a DDP module left behind by an early stop
         # outlives its process group and aborts the process at exit.
-        step_model = dist.wrap(model, hw.device)
-        if hw.compile:
-            step_model = torch.compile(step_model)
+        step_model = hw.compiled(dist.wrap(model, hw.device))
         train_cfg = cfg["train"]
         optimizer = build_optimizer(
             model,

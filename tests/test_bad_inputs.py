@@ -163,6 +163,8 @@ ROWS = (
         ("train.seq_len=4096 exceeds", "lower train.seq_len or raise model.max_seq_len")),
     Row("loss-chunk-not-positive", train("train.loss_chunk_tokens=0", "budget.tokens=2e5"), 2,
         ("train.loss_chunk_tokens=0 must be a positive integer", "or null (the plain head")),
+    Row("unknown-compile-mode", train("train.compile_mode=fastest", "budget.tokens=2e5"), 2,
+        ("train.compile_mode='fastest' is unknown", "use null or one of default")),
     Row("unknown-model-preset", train("model=gpt_9m", "budget.tokens=2e5"), 2,
         ("model=gpt_9m", "choose one of base, gpt_11m")),
     Row("unknown-dataset", train("data=wikitext", "budget.tokens=2e5"), 2,

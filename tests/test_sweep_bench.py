@@ -95,7 +95,8 @@ def test_without_a_known_peak_mfu_is_null_not_a_guess(tmp_path):
      "error: --loss-chunk-tokens=0 must be a positive number of tokens"),
     (["--device", "cpu", "--profile", "-1"], "error: --profile=-1 must be a number of rows"),
     (["--device", "cpu", "--compile-mode", "max-autotune"],
-     "error: --compile-mode=max-autotune needs torch.compile: add --compile true"),
+     "error: --compile-mode=max-autotune needs torch.compile, which is off on cpu: set "
+     "--compile=true or leave --compile-mode null"),
     (["--device", "cpu", "--copies", "0"], "error: --copies=0 must be at least 1"),
     (["--device", "cpu", "--copies", "2", "--profile", "5"],
      "error: --profile=5 profiles one process: leave it out with --copies=2"),

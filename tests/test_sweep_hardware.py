@@ -34,8 +34,23 @@ def test_user_peak_gives_mfu():
         (("cpu", "fp16", "auto", None), "train.precision='fp16'"),
         (("cpu", "auto", "maybe", None), "train.compile='maybe'"),
         (("cpu", "auto", False, -3), "train.peak_flops=-3"),
+        (("cpu", "auto", True, None, "fast"), "train.compile_mode='fast' is unknown: use null or "
+                                              "one of default, reduce-overhead"),
+        (("cpu", "auto", "auto", None, "max-autotune"),
+         "train.compile_mode=max-autotune needs torch.compile, which is off on cpu: set "
+         "train.compile=true"),
     ],
 )
 def test_bad_hardware_settings(args, needle):
     with pytest.raises(ConfigError, match=needle.replace("(", r"\(")):
         resolve_hardware(*args)
+
+
+def test_compile_mode_reaches_torch_compile(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(torch, "compile", lambda module, mode=None: seen.setdefault(mode, module))
+    module = torch.nn.Linear(2, 2)
+    assert resolve_hardware("cpu", "fp32", False, None).compiled(module) is module
+    assert resolve_hardware("cpu", "fp32", True, None, "max-autotune").compiled(module) is module
+    assert resolve_hardware("cpu", "fp32", True, None).compiled(module) is module
+    assert seen == {"max-autotune": module, None: module}

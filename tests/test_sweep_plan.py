@@ -155,6 +155,7 @@ RUN_CHANGES = [
 COSMETIC = [
     "train.micro_batch_size=4", "train.loss_chunk_tokens=256", "train.device=cpu",
     "train.precision=fp32", "train.compile=false",
+    "train.compile=true train.compile_mode=max-autotune",  # a mode needs compile on
     "train.peak_flops=1e12", "logging.interval=3", "logging.progress=true",
     "logging.wandb.mode=offline", "checkpoint.interval_s=60", "checkpoint.keep=3",
     "launch.rerun_failed=true", "launch.dry_run=true", "paths.runs_dir=/elsewhere",
@@ -184,7 +185,7 @@ def test_wsd_cooldown_changes_the_identity(synthetic_root):
 @pytest.mark.parametrize("change", COSMETIC)
 def test_cosmetic_fields_leave_the_identity(synthetic_root, change):
     base = plan_run(compose_train(synthetic_root, "budget.tokens=2e4"))
-    changed = plan_run(compose_train(synthetic_root, "budget.tokens=2e4", change))
+    changed = plan_run(compose_train(synthetic_root, "budget.tokens=2e4", *change.split()))
     assert changed.run_id == base.run_id
 
 
