@@ -3,7 +3,8 @@ on random tokens, with MFU by the 6N + 12LdT convention and by the exact FLOP co
 
 The protocol is the one nanoGPT's reference numbers were taken with (vocab 32768, seq_len 1024,
 64 sequences a step, no accumulation, 10 warm-up then 20 timed steps); `--tiny` shrinks it so the
-CPU (and CI) can run it. It imports torch and this project's modules only: no Hydra.
+CPU (and CI) can run it; `--copies K` times K copies of each shape training at once. It imports
+torch and this project's modules only: no Hydra (the measurement is sweep.throughput).
 """
 
 from __future__ import annotations
