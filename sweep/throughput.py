@@ -115,13 +115,12 @@ def _row(
     flops_6n = 6 * matmul + 12 * config.n_layer * config.d_model * protocol.seq_len
     exact = flops_per_token(config, protocol.seq_len).flops_exact
     shape = (config.n_layer, config.d_model, config.n_head)
-    peak = hw.peak_flops
     return Row(
         name=name, n_layer=config.n_layer, d_model=config.d_model, n_head=config.n_head,
         non_embedding_params=params.non_embedding, matmul_params=matmul,
         tokens_per_s=tokens_per_s,
-        mfu_6n=flops_6n * tokens_per_s / peak if peak else None,
-        mfu_exact=exact * tokens_per_s / peak if peak else None,
+        mfu_6n=hw.mfu(flops_6n * tokens_per_s),
+        mfu_exact=hw.mfu(exact * tokens_per_s),
         nanogpt_tokens_per_s=(REFERENCE.get(shape)
                               if protocol == Protocol() and "H100" in hw.device_name else None),
         **rest,
