@@ -10,6 +10,7 @@ torch and this project's modules only: no Hydra (the measurement is sweep.throug
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -77,6 +78,40 @@ def format_table(rows: list[Row]) -> list[str]:
     return lines
 
 
+def shape_failure(
+    name: str,
+    shape: tuple[int, int, int],
+    protocol: Protocol,
+    loss_chunk_tokens: int | None,
+    err: Exception,
+) -> str:
+    """One line saying which shape failed, why, and what to change."""
+    if isinstance(err, BenchFailed):
+        return str(err)  # it names the shape already
+    label = f"{name} ({shape[0]},{shape[1]},{shape[2]})"
+    # The protocol allows no gradient accumulation, so the fixes are a smaller head or more memory
+    chunk = ("" if loss_chunk_tokens is None
+             else f" (already in chunks of {loss_chunk_tokens})")
+    return (f"{label} ran out of device memory at {protocol.batch_size} sequences of "
+            f"{protocol.seq_len} tokens: fuse the head and loss with --loss-chunk-tokens 4096"
+            f"{chunk} or use a device with more memory")
+
+
+def release_memory(device: torch.device) -> None:
+    """Free what a failed shape left behind, so that the next shape starts on an empty device."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def write_json(path: Path, result: dict) -> None:
+    """Write the results through a temp file + rename: a killed bench never leaves half a JSON
+    (not data.shards' helper: the GPU image lacks what the data package imports)."""
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="python -m sweep.bench", description=__doc__.splitlines()[0])
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
@@ -128,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --profile={args.profile} must be a number of rows (0: no profile)",
               file=sys.stderr)
         return 2
+    if not args.out.parent.is_dir():
+        print(f"error: --out={args.out}: the folder {args.out.parent} does not exist: create it "
+              "or point --out into an existing folder", file=sys.stderr)
+        return 2
     if args.copies < 1:
         print(f"error: --copies={args.copies} must be at least 1 (copies trained at once)",
               file=sys.stderr)
@@ -162,37 +201,45 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.copies} copies of each shape at once: tokens/s and MFU are the copies' "
               "together, step ms one copy's, memory all copies'")
     print(format_table([])[0])
-    rows = []
-    for name, shape in shapes:
-        if args.copies > 1:
-            try:
-                rows.append(measure_copies(name, shape, protocol, hw, args.copies,
-                                           args.loss_chunk_tokens))
-            except BenchFailed as err:
-                print(f"error: {err}", file=sys.stderr)
-                return 1
-        else:
-            rows.append(measure(name, shape, protocol, hw, args.loss_chunk_tokens,
-                                args.profile))
-        print(format_table(rows)[-1], flush=True)
-        if rows[-1].profile:
-            print(rows[-1].profile, flush=True)
-    result = {
+    rows: list[Row] = []
+    failed: list[dict] = []
+    header = {
         "device": hw.device_name, "precision": hw.precision, "compile": hw.compile,
         "compile_mode": args.compile_mode, "loss_chunk_tokens": args.loss_chunk_tokens,
         "copies": args.copies,
         "peak_flops": hw.peak_flops, "torch": torch.__version__,
         "python": platform.python_version(),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "protocol": asdict(protocol), "rows": [asdict(r) for r in rows],
+        "protocol": asdict(protocol),
     }
-    # Temp file + rename: a killed benchmark never leaves half a JSON behind (not data.shards'
-    # helper: the GPU image lacks what the data package imports).
-    tmp = args.out.with_name(f"{args.out.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, args.out)
-    print(f"results: {args.out}")
-    return 0
+    for done, (name, shape) in enumerate(shapes, start=1):
+        failure = None
+        try:
+            if args.copies > 1:
+                rows.append(measure_copies(name, shape, protocol, hw, args.copies,
+                                           args.loss_chunk_tokens))
+            else:
+                rows.append(measure(name, shape, protocol, hw, args.loss_chunk_tokens,
+                                    args.profile))
+        except (BenchFailed, torch.OutOfMemoryError) as err:
+            failure = shape_failure(name, shape, protocol, args.loss_chunk_tokens, err)
+        if failure is None:
+            print(format_table(rows)[-1], flush=True)
+            if rows[-1].profile:
+                print(rows[-1].profile, flush=True)
+        else:
+            # The next shapes still run (a later one may fit); this one is named in the JSON.
+            print(f"error: {failure}", file=sys.stderr, flush=True)
+            failed.append({"name": name, "n_layer": shape[0], "d_model": shape[1],
+                           "n_head": shape[2], "error": failure})
+            release_memory(hw.device)  # out here, where the error's frames are gone
+        # After every shape: a bench stopped later (killed, a crash) keeps what it measured.
+        write_json(args.out, {**header, "rows": [asdict(r) for r in rows], "failed": failed,
+                              "pending": [n for n, _ in shapes[done:]]})
+    names = ", ".join(f["name"] for f in failed)
+    print(f"results: {args.out}" + (f" ({len(failed)} of {len(shapes)} shapes failed: {names})"
+                                    if failed else ""))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from models import GPT, GPTConfig
+from sweep import bench
 from sweep.bench import ladder_shapes
 from sweep.hardware import resolve_hardware
 from sweep.step import accumulate_gradients
-from sweep.throughput import REFERENCE
+from sweep.throughput import REFERENCE, BenchFailed, measure
 
 REPO = Path(__file__).resolve().parent.parent
 # The GPU image has torch but none of these: the benchmark must run without them.
@@ -104,16 +105,65 @@ def test_without_a_known_peak_mfu_is_null_not_a_guess(tmp_path):
      "error: --shape='4,128': not three positive n_layer,d_model,n_head: write e.g. 4,128,2"),
     (["--device", "cpu", "--shape", "2,65,2"],
      "error: --shape='2,65,2': n_head=2 does not divide d_model=65"),
+    (["--device", "cpu", "--out", "no-such-folder/bench.json"],
+     "error: --out=no-such-folder/bench.json: the folder no-such-folder does not exist"),
 ])
 def test_bad_arguments_are_one_line(tmp_path, args, line):
     result = subprocess.run(
-        [sys.executable, "-m", "sweep.bench", *args, "--out", str(tmp_path / "b")],
+        [sys.executable, "-m", "sweep.bench", "--out", str(tmp_path / "b"), *args],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(line)
     assert not (tmp_path / "b").exists()
+
+
+def _failing_at(shape_name: str, error: BaseException):
+    """sweep.bench's measure, raising `error` for the shape called shape_name."""
+    def measure_or_fail(name, *args, **kwargs):
+        if name == shape_name:
+            raise error
+        return measure(name, *args, **kwargs)
+    return measure_or_fail
+
+
+@pytest.mark.parametrize(("error", "line"), [
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 4.00 GiB"),
+     "error: tiny-0 (2,64,2) ran out of device memory at 4 sequences of 64 tokens: fuse the "
+     "head and loss with --loss-chunk-tokens 4096 or use a device with more memory"),
+    # what measure_copies raises when a copy fails
+    (BenchFailed("tiny-0 as 2 copies at once: copy 1 failed (killed by signal 9): use fewer "
+                 "--copies or a smaller shape"),
+     "error: tiny-0 as 2 copies at once: copy 1 failed (killed by signal 9): use fewer "
+     "--copies or a smaller shape"),
+])
+def test_a_failed_shape_is_one_line_and_the_others_are_still_measured(
+    tmp_path, monkeypatch, capsys, error, line
+):
+    out = tmp_path / "bench.json"
+    monkeypatch.setattr(bench, "measure", _failing_at("tiny-0", error))
+    assert bench.main(["--device", "cpu", "--tiny", "--out", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [line]
+    assert "(1 of 2 shapes failed: tiny-0)" in captured.out
+    report = json.loads(out.read_text())
+    assert [r["name"] for r in report["rows"]] == ["tiny-1"]
+    assert [(f["name"], f["n_layer"], f["d_model"]) for f in report["failed"]] == [
+        ("tiny-0", 2, 64)]
+    assert report["pending"] == []
+
+
+def test_a_bench_stopped_midway_keeps_the_shapes_it_measured(tmp_path, monkeypatch):
+    out = tmp_path / "bench.json"
+    monkeypatch.setattr(bench, "measure", _failing_at("tiny-1", KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(["--device", "cpu", "--tiny", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert [r["name"] for r in report["rows"]] == ["tiny-0"]
+    assert report["rows"][0]["tokens_per_s"] > 0
+    assert (report["failed"], report["pending"]) == ([], ["tiny-1"])
+    assert not list(tmp_path.glob("*.tmp-*"))
 
 
 def test_ladder_shapes_are_the_model_presets_smallest_first():
