@@ -12,6 +12,10 @@ from typing import Any
 
 from data.errors import DataError
 
+# train.windows: the orders data.loader can read training windows in (its classes by `order`),
+# named here so that config checks need no torch.
+TRAIN_WINDOW_ORDERS = ("random", "sequential")
+
 
 def check_keys(cfg: Mapping[str, Any], known: Iterable[str], source: str) -> None:
     """Reject misspelled or missing keys: a typo must not silently fall back to a default."""

@@ -177,9 +177,9 @@ class SequentialWindows(TrainWindows):
         return np.arange(first, first + self.batch_size, dtype=np.int64) % self.num_windows
 
 
-TRAIN_WINDOW_ORDERS: dict[str, type[TrainWindows]] = {
+WINDOW_CLASSES: dict[str, type[TrainWindows]] = {
     cls.order: cls for cls in (RandomWindows, SequentialWindows)
-}
+}  # by data.config.TRAIN_WINDOW_ORDERS, which names them for config checks
 
 
 def train_windows(
@@ -192,11 +192,11 @@ def train_windows(
     device: str | torch.device = "cpu",
 ) -> TrainWindows:
     """The training-window stream of the given order (`train.windows`): random | sequential."""
-    if order not in TRAIN_WINDOW_ORDERS:
+    if order not in WINDOW_CLASSES:
         raise DataError(
-            f"window order {order!r} is unknown: use one of {', '.join(TRAIN_WINDOW_ORDERS)}"
+            f"window order {order!r} is unknown: use one of {', '.join(WINDOW_CLASSES)}"
         )
-    return TRAIN_WINDOW_ORDERS[order](dataset, split, batch_size, seq_len, seed, device)
+    return WINDOW_CLASSES[order](dataset, split, batch_size, seq_len, seed, device)
 
 
 def eval_windows(

@@ -8,13 +8,15 @@ import contextlib
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TypeVar
-
-import torch
-import torch.distributed as torch_dist
-from torch import nn
+from typing import TYPE_CHECKING, TypeVar
 
 from sweep.errors import ConfigError
+
+# torch is imported where several ranks need it, not here: a single process (the usual case)
+# joins no group, and sweep.train checks its config before loading torch (~2 s).
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 T = TypeVar("T")
 
@@ -58,6 +60,8 @@ class Distributed:
     def mean_(self, tensor: torch.Tensor) -> torch.Tensor:
         """Average `tensor` over the ranks, in place; every rank then holds the same value."""
         if self.enabled:
+            import torch.distributed as torch_dist
+
             torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.SUM)
             tensor /= self.world_size
         return tensor
@@ -65,6 +69,8 @@ class Distributed:
     def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum `tensor` over the ranks, in place."""
         if self.enabled:
+            import torch.distributed as torch_dist
+
             torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.SUM)
         return tensor
 
@@ -72,6 +78,8 @@ class Distributed:
         """Rank 0's `value` on every rank: decisions that rest on one rank's clock or files."""
         if not self.enabled:
             return value
+        import torch.distributed as torch_dist
+
         box = [value]
         torch_dist.broadcast_object_list(box, src=0)
         return box[0]
@@ -167,6 +175,9 @@ def init_distributed(device: str, strategy: str = "ddp") -> Distributed:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return SINGLE
+    import torch
+    import torch.distributed as torch_dist
+
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     # A CUDA device asked for on a machine without one is refused by plan_run (resolve_hardware).
     cuda = device != "cpu" and torch.cuda.is_available()
@@ -186,7 +197,11 @@ def init_distributed(device: str, strategy: str = "ddp") -> Distributed:
 
 def leave(dist: Distributed) -> None:
     """Leave the process group init_distributed joined (nothing for a single process)."""
-    if dist.enabled and torch_dist.is_initialized():
+    if not dist.enabled:
+        return
+    import torch.distributed as torch_dist
+
+    if torch_dist.is_initialized():
         torch_dist.destroy_process_group()
 
 
@@ -202,7 +217,9 @@ def check_batch(sequences: int, dist: Distributed) -> None:
 
 def rank_device(device: str, dist: Distributed) -> str:
     """train.device as this rank uses it: `auto`/`cuda` become its own GPU, cuda:<local rank>."""
-    if dist.enabled and device in ("auto", "cuda") and torch.cuda.is_available():
-        return f"cuda:{dist.local_rank}"
-    return device
+    if not (dist.enabled and device in ("auto", "cuda")):
+        return device
+    import torch
+
+    return f"cuda:{dist.local_rank}" if torch.cuda.is_available() else device
 

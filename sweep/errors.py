@@ -20,6 +20,10 @@ class RunFailed(Exception):
     """
 
 
+class OutOfMemory(RuntimeError):
+    """A training step ran out of memory even at the smallest micro-batch allowed."""
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse whose usage errors are one `error:` line (exit 2), like every other mistake."""
 

@@ -9,12 +9,12 @@ import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from data import TokenDataset
-from data.loader import TRAIN_WINDOW_ORDERS
+from data.config import TRAIN_WINDOW_ORDERS
 from data.prepare import check_tokenizer
 from models import (
     FlopsPerToken,
@@ -26,11 +26,13 @@ from models import (
 )
 from sweep.budget import Budget
 from sweep.errors import ConfigError
-from sweep.hardware import Hardware, resolve_hardware
 from sweep.hparams import resolve_hparams
 from sweep.logger import WANDB_MODES
 from sweep.records import config_hash
 from sweep.schedule import Schedule, build_schedule
+
+if TYPE_CHECKING:
+    from sweep.hardware import Hardware
 
 SHAPE_KEYS = ("n_layer", "d_model", "n_head")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]*$")
@@ -164,9 +166,6 @@ def plan_run(cfg: DictConfig, overrides: list[str] | None = None) -> RunPlan:
     )
     budget = hp.budget
     schedule = build_schedule(cfg.schedule, budget.steps, warmup_steps=hp.warmup_steps)
-    hardware = resolve_hardware(
-        train.device, train.precision, train.compile, train.peak_flops, train.compile_mode
-    )
     wandb_mode = cfg.logging.wandb.mode
     if wandb_mode not in WANDB_MODES:
         raise ConfigError(
@@ -176,6 +175,13 @@ def plan_run(cfg: DictConfig, overrides: list[str] | None = None) -> RunPlan:
         value = cfg.eval[key]
         if not isinstance(value, int | float) or value < 1:
             raise ConfigError(f"eval.{key}={value!r} must be a positive number")
+    # The device last, and torch (~2 s to import) with it: every check above is a fraction of a
+    # second, so a typo is reported before torch loads.
+    from sweep.hardware import resolve_hardware
+
+    hardware = resolve_hardware(
+        train.device, train.precision, train.compile, train.peak_flops, train.compile_mode
+    )
 
     # The run's identity is the science: shape, data, budget, optimisation and evaluation. Where
     # and how fast it runs (device, precision, compile, micro-batching, loss chunking, logging) is

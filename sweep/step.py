@@ -9,11 +9,8 @@ from collections.abc import Callable
 
 import torch
 
+from sweep.errors import OutOfMemory
 from sweep.hardware import Hardware
-
-
-class OutOfMemory(RuntimeError):
-    """A training step ran out of memory even at the smallest micro-batch allowed."""
 
 
 def build_optimizer(

@@ -20,13 +20,14 @@ import torch
 import sweep.fit.__main__ as fit_main
 import sweep.fit.table as fit_table
 import sweep.loop as loop_module
+import sweep.start as start_module
 import sweep.step as step_module
-import sweep.train as train_module
 from sweep.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from sweep.collect import collect_runs
+from sweep.errors import OutOfMemory
 from sweep.lock import is_locked
 from sweep.plan import plan_run
-from sweep.step import OutOfMemory, smaller_micro_batch
+from sweep.step import smaller_micro_batch
 from tests.conftest import SMALL_RUN, compose_train
 from tests.helpers import linked_root
 from tests.test_sweep_collect import make_run
@@ -195,7 +196,7 @@ def test_non_finite_validation_loss_stops_the_run_before_its_checkpoint(
 
     monkeypatch.setattr(loop_module, "evaluate", evaluate)
     plan = plan_run(compose_train(synthetic_root, *RUN[:9], "experiment_name=valnan"))
-    summary = train_module.run(plan)
+    summary = start_module.run(plan)
     assert (summary["status"], summary["error"]) == (
         "diverged", "non-finite validation loss at step 3")
     rows = [json.loads(r) for r in (plan.run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -243,14 +244,14 @@ def test_out_of_memory_halves_the_micro_batch_and_keeps_the_trajectory(
     the run equals, bit for bit, one planned with micro-batch 2 from the start."""
     planned = plan_run(compose_train(synthetic_root, *RUN[:7], "experiment_name=mb2",
                                      "train.micro_batch_size=2"))
-    expected = train_module.run(planned)
+    expected = start_module.run(planned)
 
     seen = _oom_above(2, monkeypatch)
     plan = plan_run(compose_train(synthetic_root, *RUN[:7], "experiment_name=oom",
                                   "train.micro_batch_size=8"))
     assert (plan.micro_batch_size, plan.grad_accum) == (8, 1)
     assert plan.run_id == planned.run_id  # micro-batching is not part of the run's identity
-    summary = train_module.run(plan)
+    summary = start_module.run(plan)
     assert seen[:4] == [8, 4, 2, 2]  # step 1 backs off twice; later steps start at 2
     out = capsys.readouterr().out
     assert "out of memory in step 1; retrying it with micro_batch_size 4 x 2" in out
@@ -271,7 +272,7 @@ def test_out_of_memory_at_the_floor_fails_the_run_with_the_reason(synthetic_root
     plan = plan_run(compose_train(synthetic_root, *RUN[:7], "experiment_name=oomfloor",
                                   "train.micro_batch_size=8", "train.min_micro_batch_size=2"))
     with pytest.raises(OutOfMemory, match=r"micro_batch_size=2 \(floor train.min_micro_batch"):
-        train_module.run(plan)
+        start_module.run(plan)
     saved = json.loads((plan.run_dir / "summary.json").read_text())
     assert saved["status"] == "failed"
     assert saved["error"].startswith("OutOfMemory: out of memory at train.micro_batch_size=2")

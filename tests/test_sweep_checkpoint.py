@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-import sweep.train as train_module
+import sweep.start as start_module
 from data.loader import RandomWindows, train_windows
 from models import GPT
 from sweep.checkpoint import (
@@ -160,7 +160,7 @@ def test_bad_checkpoint_config_is_one_line(section, needle):
 def test_bad_checkpoint_config_writes_nothing(synthetic_root):
     plan = tiny_plan(synthetic_root, "badckpt", "checkpoint.keep=0")
     with pytest.raises(ConfigError, match="checkpoint.keep=0"):
-        train_module.run(plan)
+        start_module.run(plan)
     assert not plan.run_dir.exists()
     policy = checkpoint_policy({"interval_s": 0, "keep": 2})
     assert policy.due(0.0, 0.0) and policy.keep == 2
@@ -212,12 +212,12 @@ def test_training_state_restores_model_optimizer_loader_and_rngs(synthetic_root,
 
 def test_resumed_run_matches_an_uninterrupted_one_bit_for_bit(synthetic_root, monkeypatch):
     # Dropout draws from the torch RNG every step, so the RNG state must come back too.
-    whole = train_module.run(tiny_plan(synthetic_root, "whole", "model.dropout=0.1"))
+    whole = start_module.run(tiny_plan(synthetic_root, "whole", "model.dropout=0.1"))
     plan = tiny_plan(synthetic_root, "resumed", "model.dropout=0.1")
     with monkeypatch.context() as m:
         raise_at_loader_step(m, 7, KeyboardInterrupt())  # during step 8
         with pytest.raises(KeyboardInterrupt):
-            train_module.run(plan)
+            start_module.run(plan)
     # Checkpoints at every loss sync (steps 2, 4, 6): step 6 is no eval, so the train-loss sum
     # since step 3 is carried over too.
     assert [p.name for p in list_checkpoints(plan.run_dir)] == ["checkpoint-00000006.pt"]
@@ -227,7 +227,7 @@ def test_resumed_run_matches_an_uninterrupted_one_bit_for_bit(synthetic_root, mo
     with (plan.run_dir / "metrics.jsonl").open("a") as handle:
         handle.write('{"step": 8, "tokens": 81')
 
-    resumed = train_module.run(plan)
+    resumed = start_module.run(plan)
     assert resumed["status"] == "finished" and resumed["resumes"] == 1 and whole["resumes"] == 0
     whole_dir = plan.run_dir.parent.parent / "whole" / plan.run_id
     strip = [{k: v for k, v in r.items() if k not in TIMING} for r in rows(plan.run_dir)]

@@ -19,6 +19,7 @@ import pytest
 import torch
 import yaml
 
+import sweep.start as start_module
 import sweep.train as train_module
 from data import TokenDataset
 from data.loader import RandomWindows
@@ -55,10 +56,22 @@ def on_loader_step(monkeypatch: pytest.MonkeyPatch, step: int, action) -> None:
     monkeypatch.setattr(RandomWindows, "__next__", next_or_act)
 
 
-def train_cli(root: Path, *overrides: str) -> subprocess.CompletedProcess:
+# `python -m sweep.train` in a process where importing torch fails.
+WITHOUT_TORCH = (
+    "import runpy, sys\n"
+    "sys.modules['torch'] = None\n"
+    "sys.argv = ['sweep.train', *sys.argv[1:]]\n"
+    "runpy.run_module('sweep.train', run_name='__main__', alter_sys=True)\n"
+)
+
+
+def train_cli(
+    root: Path, *overrides: str, without_torch: bool = False
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "disabled"}
+    entry = ["-c", WITHOUT_TORCH] if without_torch else ["-m", "sweep.train"]
     return subprocess.run(
-        [sys.executable, "-m", "sweep.train", f"paths.root_dir={root}",
+        [sys.executable, *entry, f"paths.root_dir={root}",
          "logging.wandb.mode=disabled", *FIXED_HPARAMS, *overrides],
         cwd=root, env=env, capture_output=True, text=True, timeout=600,
     )
@@ -131,10 +144,12 @@ def test_one_run_end_to_end(synthetic_root):
     ],
 )
 def test_bad_overrides_exit_nonzero_with_one_line(tmp_path, synthetic_root, overrides, needle):
+    """Each is found before torch is imported (here it cannot be): a typo costs ~0.5 s, not the
+    ~2 s torch takes to load."""
     root = tmp_path / "fresh"
     root.mkdir()
     (root / "data_cache").symlink_to(synthetic_root / "data_cache")
-    result = train_cli(root, *overrides)
+    result = train_cli(root, *overrides, without_torch=True)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], result.stderr
@@ -216,10 +231,10 @@ def test_nan_loss_stops_the_run_as_diverged_and_keeps_its_record(
                     return out * bad
             return out
 
-    monkeypatch.setattr(train_module, "GPT", NaNAfterFirstStep)
+    monkeypatch.setattr(start_module, "GPT", NaNAfterFirstStep)
     plan = plan_run(compose_train(synthetic_root, "budget.tokens=2e4", f"experiment_name={bad}",
                                   "logging.interval=2"))
-    summary = train_module.run(plan)
+    summary = start_module.run(plan)
     assert summary["status"] == "diverged"
     assert summary["error"] == "non-finite training loss by step 4"
     saved = json.loads((plan.run_dir / "summary.json").read_text())
@@ -228,8 +243,8 @@ def test_nan_loss_stops_the_run_as_diverged_and_keeps_its_record(
     rows = (plan.run_dir / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["step"] for r in rows] == [0, 1, 2]
     # Diverged is kept: rerunning gives the same NaN, so a relaunch skips it.
-    monkeypatch.setattr(train_module, "GPT", GPT)
-    assert train_module.run(plan, rerun_failed=True) == saved
+    monkeypatch.setattr(start_module, "GPT", GPT)
+    assert start_module.run(plan, rerun_failed=True) == saved
     assert "diverged before (non-finite training loss by step 4); kept and skipped" in (
         capsys.readouterr().out)
 
@@ -242,11 +257,11 @@ def test_sequential_windows_train_on_the_split_in_order(synthetic_root, monkeypa
         loaders.append(data.loader.train_windows(*args, **kwargs))
         return loaders[-1]
 
-    monkeypatch.setattr(train_module, "train_windows", recording)
+    monkeypatch.setattr(start_module, "train_windows", recording)
     plan = plan_run(compose_train(synthetic_root, "budget.tokens=8192", "train.windows=sequential",
                                   "train.micro_batch_size=4", "experiment_name=sequential",
                                   "eval.points=2", "eval.tokens=4096"))
-    summary = train_module.run(plan)
+    summary = start_module.run(plan)
     assert summary["status"] == "finished" and summary["steps"] == 8
     assert yaml.safe_load((plan.run_dir / "config.yaml").read_text())["train"]["windows"] == (
         "sequential")
@@ -269,7 +284,7 @@ def test_chunked_loss_trains_the_same_run(synthetic_root):
     summaries, curves = [], []
     for experiment, chunk in (("plain", "null"), ("chunked", "300")):  # 300: not a divisor
         plan = plan_run(tiny_cfg(synthetic_root, experiment, f"train.loss_chunk_tokens={chunk}"))
-        summaries.append(train_module.run(plan))
+        summaries.append(start_module.run(plan))
         curves.append([json.loads(line)["val_loss"]
                        for line in (plan.run_dir / "metrics.jsonl").read_text().splitlines()])
     plain, chunked = summaries
@@ -327,7 +342,7 @@ def test_training_waits_for_the_device_only_at_log_steps(synthetic_root, monkeyp
         if device == "cuda":
             torch.cuda.set_sync_debug_mode("warn")
         try:
-            summary = train_module.run(plan)
+            summary = start_module.run(plan)
         finally:
             if device == "cuda":
                 torch.cuda.set_sync_debug_mode("default")
@@ -346,14 +361,14 @@ def test_failed_run_is_kept_and_only_retrained_when_asked(synthetic_root, monkey
     with monkeypatch.context() as m:
         on_loader_step(m, 7, fail)  # during step 8, after the checkpoint at step 6
         with pytest.raises(RuntimeError, match="disk on fire"):
-            train_module.run(plan)
+            start_module.run(plan)
     failed = RunRecord(plan.run_dir).read_summary()
     assert failed["status"] == "failed" and failed["error"] == "RuntimeError: disk on fire"
     assert failed["steps"] == 7 and not is_locked(plan.run_dir)
     assert [p.name for p in list_checkpoints(plan.run_dir)] == ["checkpoint-00000006.pt"]
 
     capsys.readouterr()
-    assert train_module.run(plan) == failed
+    assert start_module.run(plan) == failed
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1 and "failed before (RuntimeError: disk on fire)" in out[0]
     assert "launch.rerun_failed=true" in out[0]
@@ -369,7 +384,7 @@ def test_failed_run_is_kept_and_only_retrained_when_asked(synthetic_root, monkey
 
     # Finished: skipped, its record untouched.
     before = {p.name: p.read_bytes() for p in plan.run_dir.iterdir()}
-    assert train_module.run(plan, rerun_failed=True)["finished_at"] == summary["finished_at"]
+    assert start_module.run(plan, rerun_failed=True)["finished_at"] == summary["finished_at"]
     assert "already finished" in capsys.readouterr().out
     assert {p.name: p.read_bytes() for p in plan.run_dir.iterdir()} == before
 
@@ -409,7 +424,7 @@ def test_run_refuses_a_run_another_process_trains(synthetic_root):
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(RunLocked, match=f"pid {holder.pid} on "):
-            train_module.run(plan)
+            start_module.run(plan)
     finally:
         holder.stdin.close()
         holder.wait(timeout=30)
