@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from data import DataError, RandomWindows, TokenDataset, eval_windows
-from data.loader import SequentialWindows, train_windows
+from data.config import TRAIN_WINDOW_ORDERS
+from data.loader import WINDOW_CLASSES, SequentialWindows, train_windows
 from data.shards import ShardWriter, make_manifest, write_manifest
 
 SHARD_LENS = (100, 300, 5)  # the last is shorter than any window used here
@@ -203,3 +204,9 @@ def test_cuda_batches_match_cpu(ds):
             assert torch.equal(xc, xg.cpu()) and torch.equal(yc, yg.cpu())
     (xe, ye), *_ = eval_windows(ds, "val", 10, 100, 4, device="cuda")
     assert xe.is_cuda and torch.equal(ye.cpu(), xe.cpu() + 1)
+
+
+def test_the_config_checks_name_every_window_order_the_loader_has():
+    """sweep.plan checks train.windows against data.config's names, which need no torch."""
+    assert tuple(WINDOW_CLASSES) == TRAIN_WINDOW_ORDERS == ("random", "sequential")
+    assert WINDOW_CLASSES["sequential"] is SequentialWindows
