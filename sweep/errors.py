@@ -20,6 +20,12 @@ class RunFailed(Exception):
     """
 
 
+class RunHeld(RunFailed):
+    """One run of a sweep is being trained by another process (say, a second sweep of the same
+    grid), so this sweep left it to that one. A class of its own, not a cause: submitit pickles
+    exceptions back to the sweep, and pickling keeps the class but drops the cause."""
+
+
 class OutOfMemory(RuntimeError):
     """A training step ran out of memory even at the smallest micro-batch allowed."""
 

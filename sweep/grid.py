@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from data import DataError
 from data.shards import atomic_write_bytes
-from sweep.errors import ConfigError
+from sweep.errors import ConfigError, RunHeld
 from sweep.plan import RunPlan, plan_run
 from sweep.state import read_run_state
 
@@ -219,11 +219,24 @@ def read_manifest(sweep_dir: Path) -> list[dict[str, Any]]:
 
 
 def describe_failures(failures: Sequence[tuple[Sequence[str], BaseException]]) -> str:
-    """One line for the runs of a sweep that did not finish, naming the first and its reason."""
+    """One line for the runs of a sweep that did not finish, naming the first and its reason;
+    runs another process was training (RunHeld) are told apart from runs that failed."""
+    held = [f for f in failures if isinstance(f[1], RunHeld)]
+    failed = [f for f in failures if not isinstance(f[1], RunHeld)]
+    if failed:
+        line = f"{len(failed)} run(s) did not finish: {_first(failed)}"
+        if held:
+            line += f"; {len(held)} more were left to another process training them"
+        return line
+    return (f"{len(held)} run(s) were left to another process training them: this sweep did not "
+            f"wait for them: {_first(held)}")
+
+
+def _first(failures: Sequence[tuple[Sequence[str], BaseException]]) -> str:
     overrides, error = failures[0]
     more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
     message = str(error).splitlines()[0] if str(error) else type(error).__name__
-    return f"{len(failures)} run(s) did not finish: {' '.join(overrides)}: {message}{more}"
+    return f"{' '.join(overrides)}: {message}{more}"
 
 
 def finite_or_none(value: Any) -> float | None:

@@ -15,8 +15,8 @@ from omegaconf import DictConfig
 from data import DataError
 from data.hydra_guard import run_hydra, unknown_choice
 from sweep.distributed import SINGLE, check_batch, init_distributed, leave, rank_device
-from sweep.errors import ConfigError, OutOfMemory, RunFailed
-from sweep.lock import Terminated
+from sweep.errors import ConfigError, OutOfMemory, RunFailed, RunHeld
+from sweep.lock import RunLocked, Terminated
 from sweep.plan import RunPlan, plan_run
 
 
@@ -49,7 +49,8 @@ def main(cfg: DictConfig) -> float | None:
 
     def stop(message: str, code: int, cause: BaseException | None = None) -> NoReturn:
         if multirun:
-            raise RunFailed(message) from cause
+            failed = RunHeld if isinstance(cause, RunLocked) else RunFailed
+            raise failed(message) from cause
         if dist.is_main:  # one rank speaks for the run
             print(f"error: {message}", file=sys.stderr)
         raise SystemExit(code)
@@ -73,7 +74,7 @@ def main(cfg: DictConfig) -> float | None:
 
         summary = run(plan, rerun_failed=rerun_failed, dist=dist)
     except (ConfigError, DataError) as err:
-        stop(str(err), 2)
+        stop(str(err), 2, err)
     except KeyboardInterrupt as err:
         # Ends the whole sweep too (SystemExit passes Hydra's launcher): the user or the
         # scheduler wants this process gone. The run resumes from its last checkpoint.

@@ -283,6 +283,7 @@ def test_two_sweeps_of_one_grid_at_once_train_each_run_exactly_once(
             # One line: the runs this sweep found in the other's hands.
             (line,) = err.strip().splitlines()
             assert line.startswith("error: ") and "is being trained by pid" in line, line
+            assert "were left to another process training them" in line, line
         else:
             assert err.strip() == ""
         trained += [line.split(":")[0] for line in out.splitlines() if ": finished after" in line]

@@ -14,7 +14,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from data.hydra_guard import available
-from sweep.grid import GridError, check_launch, decide, read_manifest
+from sweep.errors import RunFailed, RunHeld
+from sweep.grid import GridError, check_launch, decide, describe_failures, read_manifest
 from tests.conftest import CONFIGS, FIXED_HPARAMS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -151,3 +152,15 @@ def test_decide_by_run_state(tmp_path):
         "train", "interrupted before its first checkpoint: starts again")
     (killed / "checkpoint-00000012.pt").write_bytes(b"x")
     assert decide(killed, False) == ("resume", "interrupted: resumes from step 12")
+
+
+def test_failures_tell_runs_left_to_another_process_from_runs_that_failed():
+    held = RunHeld("run runs/x/a is being trained by pid 7 on node1: wait for it to end or "
+                   "stop it (it resumes from its last checkpoint), then rerun")
+    failed = RunFailed("run b failed: disk full")
+    assert describe_failures([(["budget.tokens=1e4"], held), (["budget.tokens=2e4"], held)]) == (
+        "2 run(s) were left to another process training them: this sweep did not wait for "
+        f"them: budget.tokens=1e4: {held} (and 1 more)")
+    assert describe_failures([(["budget.tokens=1e4"], held), (["budget.tokens=3e4"], failed)]) == (
+        "1 run(s) did not finish: budget.tokens=3e4: run b failed: disk full; 1 more were left "
+        "to another process training them")
