@@ -21,6 +21,9 @@
 #              for K in GPU_CHECK_COPIES (2 4): tokens/s of them together     ~3-5 min
 #   ladder     sweep.bench --shapes ladder (11 presets up to 287M)                ~7-9 min
 #   suite      the whole non-slow test suite with a GPU present (-n 8)            optional
+# After the stages, every bench-reference*.json in $WORK goes through
+# sweep.bench_compare --check-goals: one table, the best variant per shape against
+# nanoGPT, and the goals met or missed (also in $WORK/compare-reference.md).
 # Recommended device calls (each `timeout_s: 600, carry: [".whl"]`; timings compare only within
 # one call, and only on the same kind of machine):
 #   1. bash scripts/gpu_check.sh tests
@@ -199,6 +202,14 @@ main() {
     echo "##### stage $stage"
     "stage_$stage"
   done
+  if compgen -G "$WORK/bench-reference*.json" >/dev/null; then
+    # Every variant of nanoGPT's shapes so far, side by side, with the goals (not a step: it
+    # takes a fraction of a second, and a missed goal is a result, not a failure of the checks).
+    echo
+    echo "##### nanoGPT's shapes, all variants (sweep.bench_compare --check-goals)"
+    "$PY" -m sweep.bench_compare --check-goals "$WORK"/bench-reference*.json |
+      tee "$WORK/compare-reference.md"
+  fi
   pack
   echo
   echo "steps (name, rc, seconds):"

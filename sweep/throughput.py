@@ -21,19 +21,10 @@ import torch
 
 from models import GPT, GPTConfig, count_params, flops_per_token
 from sweep.hardware import Hardware, resolve_hardware
+from sweep.nanogpt import REFERENCE
 from sweep.step import accumulate_gradients, apply_gradients, build_optimizer
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-# (n_layer, d_model, n_head) of the nanoGPT reference table, and its tokens/s on one H100 80GB
-# (PyTorch 2.11, bf16 autocast, torch.compile, fused AdamW, flash SDPA).
-REFERENCE = {
-    (4, 128, 2): 3.72e6,
-    (6, 256, 4): 2.53e6,
-    (8, 384, 6): 1.57e6,
-    (12, 512, 8): 0.91e6,
-    (12, 768, 12): 0.54e6,
-    (24, 1024, 16): 0.205e6,
-}
 
 
 class BenchFailed(RuntimeError):

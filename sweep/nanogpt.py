@@ -1,0 +1,24 @@
+"""nanoGPT's training throughput on one H100, the reference sweep.bench compares against, and this
+project's goals against it. Plain numbers: no torch, so results can be compared anywhere.
+"""
+
+# (n_layer, d_model, n_head) of the nanoGPT reference table, and its tokens/s on one H100 80GB
+# (PyTorch 2.11, bf16 autocast, torch.compile, fused AdamW, flash SDPA), with sweep.bench's
+# default protocol (vocab 32768, seq_len 1024, 64 sequences a step, 10 + 20 steps).
+REFERENCE = {
+    (4, 128, 2): 3.72e6,
+    (6, 256, 4): 2.53e6,
+    (8, 384, 6): 1.57e6,
+    (12, 512, 8): 0.91e6,
+    (12, 768, 12): 0.54e6,
+    (24, 1024, 16): 0.205e6,
+}
+
+# The goals, same card and protocol: tokens/s at least these multiples of nanoGPT's (1.3x where
+# the output head and the loss dominate, 1.05x at the larger shapes), and MFU (the 6N + 12LdT
+# convention) at least 50 % at the largest.
+RATIO_GOALS = {
+    (4, 128, 2): 1.3, (6, 256, 4): 1.3, (8, 384, 6): 1.3,
+    (12, 512, 8): 1.05, (12, 768, 12): 1.05, (24, 1024, 16): 1.05,
+}
+MFU_GOALS = {(24, 1024, 16): 0.50}

@@ -1,0 +1,111 @@
+"""Tests for sweep.bench_compare: variants side by side, the best per shape, nanoGPT's ratio and
+the goals, and one-line refusals of results that cannot be compared.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sweep.bench_compare import main
+from sweep.throughput import REFERENCE
+
+H100 = "NVIDIA H100 80GB HBM3"
+PROTOCOL = {"vocab_size": 32768, "seq_len": 1024, "batch_size": 64, "warmup_steps": 10,
+            "timed_steps": 20}
+
+
+def write_report(path: Path, ratios: dict, *, chunk=None, device=H100, mfu_302m=0.52,
+                 failed=(), copies=1) -> Path:
+    """A sweep.bench JSON whose rows run at `ratios` x nanoGPT's tokens/s, shape by shape."""
+    rows = []
+    for i, (shape, reference) in enumerate(REFERENCE.items()):
+        if shape in failed or shape not in ratios:
+            continue
+        rows.append({
+            "name": f"nanogpt-{i}", "n_layer": shape[0], "d_model": shape[1], "n_head": shape[2],
+            "tokens_per_s": ratios[shape] * reference,
+            "mfu_6n": mfu_302m if shape == (24, 1024, 16) else 0.3,
+            "nanogpt_tokens_per_s": reference if "H100" in device else None,
+        })
+    failures = [{"name": f"nanogpt-{list(REFERENCE).index(s)}", "n_layer": s[0],
+                 "d_model": s[1], "n_head": s[2], "error": "ran out of device memory"}
+                for s in failed]
+    path.write_text(json.dumps({
+        "device": device, "torch": "2.11.0+cu128", "protocol": PROTOCOL, "compile": True,
+        "compile_mode": None, "loss_chunk_tokens": chunk, "copies": copies, "rows": rows,
+        "failed": failures, "pending": [],
+    }))
+    return path
+
+
+SMALL, LARGE = list(REFERENCE)[:3], list(REFERENCE)[3:]
+
+
+def test_the_best_variant_per_shape_meets_the_goals(tmp_path, capsys):
+    plain = write_report(tmp_path / "plain.json", {**dict.fromkeys(SMALL, 1.2),
+                                                    **dict.fromkeys(LARGE, 1.10)})
+    chunk = write_report(tmp_path / "chunk.json", {**dict.fromkeys(SMALL, 1.35),
+                                                    **dict.fromkeys(LARGE, 1.02)}, chunk=8192)
+    assert main([str(plain), str(chunk), "--check-goals"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[2] == ("| shape | L,d,h | nanoGPT | compile, loss plain | compile, loss chunks of "
+                      "8192 | best / nanoGPT | best MFU 6N | goal |")
+    # The smallest shape: the chunked loss is the best, at 1.35 x 3.72M tokens/s
+    assert out[4] == ("| nanogpt-0 | 4,128,2 | 3.720M | 4.464M | **5.022M** | 1.35x | 30.0% | "
+                      "≥1.30x met |")
+    assert out[-1] == ("| nanogpt-5 | 24,1024,16 | 0.205M | **0.226M** | 0.209M | 1.10x | "
+                       "52.0% | ≥1.05x met; MFU ≥50% met |")
+    assert len(out) == 4 + 6
+
+
+def test_a_missed_goal_is_named_and_exits_1(tmp_path, capsys):
+    ratios = {**dict.fromkeys(SMALL, 1.4), **dict.fromkeys(LARGE, 1.1)}
+    slow = write_report(tmp_path / "a.json", ratios, mfu_302m=0.481, failed=[(4, 128, 2)])
+    assert main([str(slow)]) == 0  # without --check-goals: only the table
+    assert main([str(slow), "--check-goals"]) == 1
+    captured = capsys.readouterr()
+    # A shape that failed still has its goal, missed; it keeps its place in the table.
+    assert captured.out.splitlines()[4] == (
+        "| nanogpt-0 | 4,128,2 | 3.720M | failed | - | - | ≥1.30x missed |")
+    assert captured.err.splitlines() == [
+        "error: 2 of 7 goals missed: nanogpt-0 (4,128,2) no result, goal 1.3x; "
+        "nanogpt-5 (24,1024,16) MFU 48.1%, goal MFU 50%"]
+
+
+def test_copies_are_shown_but_never_the_best_of_a_run(tmp_path, capsys):
+    one = write_report(tmp_path / "one.json", dict.fromkeys(SMALL, 1.0))
+    four = write_report(tmp_path / "four.json", dict.fromkeys(SMALL, 2.0), copies=4)
+    assert main([str(one), str(four), "--check-goals"]) == 1
+    captured = capsys.readouterr()
+    assert "| nanogpt-0 | 4,128,2 | 3.720M | **3.720M** | 7.440M | 1.00x |" in captured.out
+    assert "compile, loss plain, 4 copies together" in captured.out
+    assert captured.err.startswith("error: 3 of 3 goals missed: nanogpt-0 (4,128,2) 1.00x "
+                                   "nanoGPT's tokens/s, goal 1.3x; ")
+
+
+@pytest.mark.parametrize(("case", "line"), [
+    ("device", "error: {b} has device='NVIDIA H200' but {a} has 'NVIDIA H100 80GB HBM3': "
+               "compare results of one device, torch and protocol"),
+    ("twice", "error: {b} repeats the variant 'compile, loss plain' of {a}: pass each variant "
+              "once"),
+    ("missing", "error: {b}: No such file or directory: pass a JSON that sweep.bench --out wrote"),
+    ("garbage", "error: {b} is not a sweep.bench result (JSONDecodeError: "),
+    ("goals", "error: --check-goals: no goal applies to these results (device 'cpu')"),
+])
+def test_results_that_cannot_be_compared_are_one_line(tmp_path, capsys, case, line):
+    a = write_report(tmp_path / "a.json", dict.fromkeys(SMALL, 1.0),
+                     device="cpu" if case == "goals" else H100)
+    b = tmp_path / "b.json"
+    if case == "device":
+        write_report(b, dict.fromkeys(SMALL, 1.0), device="NVIDIA H200")
+    elif case == "twice":
+        write_report(b, dict.fromkeys(SMALL, 1.0))
+    elif case == "garbage":
+        b.write_text("{not json")
+    args = [str(a)] if case == "goals" else [str(a), str(b)]
+    assert main([*args, "--check-goals"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(line.format(a=a, b=b))
