@@ -202,13 +202,16 @@ main() {
     echo "##### stage $stage"
     "stage_$stage"
   done
-  if compgen -G "$WORK/bench-reference*.json" >/dev/null; then
-    # Every variant of nanoGPT's shapes so far, side by side, with the goals (not a step: it
-    # takes a fraction of a second, and a missed goal is a result, not a failure of the checks).
+  # Every variant of nanoGPT's shapes so far, the plain one first, side by side with the goals
+  # (not a step: it takes a fraction of a second, and a missed goal is a result, not a failure).
+  local variants=() file
+  for file in "$WORK/bench-reference.json" "$WORK"/bench-reference-*.json; do
+    [[ -f $file ]] && variants+=("$file")
+  done
+  if ((${#variants[@]} > 0)); then
     echo
     echo "##### nanoGPT's shapes, all variants (sweep.bench_compare --check-goals)"
-    "$PY" -m sweep.bench_compare --check-goals "$WORK"/bench-reference*.json |
-      tee "$WORK/compare-reference.md"
+    "$PY" -m sweep.bench_compare --check-goals "${variants[@]}" | tee "$WORK/compare-reference.md"
   fi
   pack
   echo

@@ -1,5 +1,5 @@
 """The training loop of one run: steps, evals, checkpoints and the summary, from a start or a
-resumed state (sweep.train sets the run up and decides which).
+resumed state (sweep.start sets the run up and decides which).
 """
 
 from __future__ import annotations
