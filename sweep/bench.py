@@ -90,11 +90,10 @@ def shape_failure(
         return str(err)  # it names the shape already
     label = f"{name} ({shape[0]},{shape[1]},{shape[2]})"
     # The protocol allows no gradient accumulation, so the fixes are a smaller head or more memory
-    chunk = ("" if loss_chunk_tokens is None
-             else f" (already in chunks of {loss_chunk_tokens})")
+    smaller = ("fuse the head and loss with --loss-chunk-tokens 4096" if loss_chunk_tokens is None
+               else f"use smaller chunks than --loss-chunk-tokens {loss_chunk_tokens}")
     return (f"{label} ran out of device memory at {protocol.batch_size} sequences of "
-            f"{protocol.seq_len} tokens: fuse the head and loss with --loss-chunk-tokens 4096"
-            f"{chunk} or use a device with more memory")
+            f"{protocol.seq_len} tokens: {smaller} or use a device with more memory")
 
 
 def release_memory(device: torch.device) -> None:
