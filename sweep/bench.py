@@ -143,6 +143,24 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def argument_problem(args: argparse.Namespace) -> str | None:
+    """The first flag that cannot be run as given, as one line saying how to fix it."""
+    if args.loss_chunk_tokens is not None and args.loss_chunk_tokens < 1:
+        return (f"--loss-chunk-tokens={args.loss_chunk_tokens} must be a positive number of "
+                "tokens: leave it out for the plain head and loss")
+    if args.profile < 0:
+        return f"--profile={args.profile} must be a number of rows (0: no profile)"
+    if not args.out.parent.is_dir():
+        return (f"--out={args.out}: the folder {args.out.parent} does not exist: create it or "
+                "point --out into an existing folder")
+    if args.copies < 1:
+        return f"--copies={args.copies} must be at least 1 (copies trained at once)"
+    if args.copies > 1 and args.profile:
+        return (f"--profile={args.profile} profiles one process: leave it out with "
+                f"--copies={args.copies}")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     compile_ = {"auto": "auto", "true": True, "false": False}[args.compile]
@@ -154,25 +172,9 @@ def main(argv: list[str] | None = None) -> int:
         message = str(err).replace("train.compile_mode", "--compile-mode")
         print(f"error: {message.replace('train.', '--')}", file=sys.stderr)
         return 2
-    if args.loss_chunk_tokens is not None and args.loss_chunk_tokens < 1:
-        print(f"error: --loss-chunk-tokens={args.loss_chunk_tokens} must be a positive number "
-              "of tokens: leave it out for the plain head and loss", file=sys.stderr)
-        return 2
-    if args.profile < 0:
-        print(f"error: --profile={args.profile} must be a number of rows (0: no profile)",
-              file=sys.stderr)
-        return 2
-    if not args.out.parent.is_dir():
-        print(f"error: --out={args.out}: the folder {args.out.parent} does not exist: create it "
-              "or point --out into an existing folder", file=sys.stderr)
-        return 2
-    if args.copies < 1:
-        print(f"error: --copies={args.copies} must be at least 1 (copies trained at once)",
-              file=sys.stderr)
-        return 2
-    if args.copies > 1 and args.profile:
-        print(f"error: --profile={args.profile} profiles one process: leave it out with "
-              f"--copies={args.copies}", file=sys.stderr)
+    problem = argument_problem(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     protocol = TINY if args.tiny else Protocol()
     shapes = []
