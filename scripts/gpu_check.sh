@@ -42,6 +42,11 @@
 #   GPU_CHECK_WHEELS=0 PY=.venv/bin/python GPU_CHECK_DEVICE=cpu GPU_CHECK_BENCH_ARGS=--tiny \
 #   GPU_CHECK_SMOKE_ARGS="model=base budget.tokens=2e4 train.batch_tokens=1024 eval.points=2" \
 #   GPU_CHECK_PYTEST_K=hardware OUT=/tmp/gpu_out bash scripts/gpu_check.sh tests
+# Rehearsal of the device's image on the CPU (done 2026-11-23: `tests suite reference` passed,
+# 699 tests): a Python 3.12 venv with only the image's packages (torch==2.11.0 numpy==2.5.2
+# tokenizers==0.23.2 huggingface-hub==1.33.0 scipy pandas pyarrow matplotlib pytest pytest-xdist
+# cloudpickle requests psutil pyyaml xxhash tqdm fsspec rich httpx aiohttp click), the project
+# not installed, the wheels on: PY=that/venv/bin/python and the dry run's settings above.
 # shellcheck disable=SC2329  # the stage_* functions are called by name from main
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
@@ -190,10 +195,13 @@ main() {
     fi
   done
   echo "gpu_check: stages $* on ${HOSTNAME:-?} at $(date -Is); results in $WORK, packed to $OUT"
+  # The project is not installed there: the CLIs that tests start in a temporary directory
+  # (python -m sweep.train ...) find it only through PYTHONPATH.
+  export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
   if [[ ${GPU_CHECK_WHEELS:-1} != 0 ]] && compgen -G ".whl/*.whl" >/dev/null; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
       --target /tmp/site .whl/*.whl || { echo "wheel install failed"; return 1; }
-    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    export PYTHONPATH=$PYTHONPATH:/tmp/site
     local wheels=(.whl/*.whl)
     echo "installed ${#wheels[@]} wheels into /tmp/site (PYTHONPATH) in ${SECONDS}s"
   fi

@@ -127,7 +127,9 @@ def resolve_hardware(
 
     if dev.type == "cuda":
         name = torch.cuda.get_device_name(dev)
-        # TF32 for any float32 matmul that autocast leaves behind (e.g. in the optimizer).
+        # TF32 for any float32 matmul that autocast leaves behind (e.g. in the optimizer). The
+        # legacy flags on purpose: torch 2.9-2.11's inductor reads them, and setting the new
+        # fp32_precision API instead makes torch.compile fail on a "mix of legacy and new APIs".
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     else:
