@@ -23,6 +23,8 @@ HOFFMANN_LAW = ChinchillaLaw(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
 # Stated tolerances for 1-2 % noise on a 7-budget x 9-size IsoFLOP grid (63 runs, 1e16-1e19).
 REL_TOL = {"E": 0.05, "alpha": 0.08, "beta": 0.08}
 ABS_TOL = {"a": 0.025, "b": 0.025}
+# (N, D) to predict: inside the grid (C 6e18), and 10x and 100x past its largest C (1e19).
+PREDICT = ((2e8, 5e9), (1e9, 2e10), (3e9, 6e10))
 
 
 @pytest.fixture(scope="module", params=[(EPOCH_LAW, 0.01, 0), (HOFFMANN_LAW, 0.02, 1)],
@@ -31,7 +33,7 @@ def fitted(request: pytest.FixtureRequest):
     law, noise, seed = request.param
     table = isoflop_table(law, noise=noise, seed=seed)
     fit = fit_approach3(table.N, table.D, table.loss, bootstrap=200, seed=seed,
-                        compute=[1e18, 1e21])
+                        compute=[1e18, 1e21], predict=PREDICT)
     return law, table, fit
 
 
@@ -75,6 +77,28 @@ def test_allocation_matches_the_closed_form(fitted):
         assert lo < row["N_opt"] < hi
     true_n, _ = law.optimal(1e18)
     assert rows[0]["N_opt"] == pytest.approx(float(true_n), rel=0.15)
+
+
+def test_predictions_and_their_cis_cover_the_truth(fitted):
+    law, table, fit = fitted
+    rows = fit.predictions()
+    assert [(r["N"], r["D"]) for r in rows] == list(PREDICT)
+    for row in rows:
+        truth = float(law.loss(row["N"], row["D"]))
+        assert row["loss"] == pytest.approx(float(fit.law.loss(row["N"], row["D"])), rel=1e-12)
+        assert row["loss"] == pytest.approx(truth, rel=0.015), row
+        lo, hi = row["ci95"]["loss"]
+        assert lo < truth < hi and lo < row["loss"] < hi, (lo, truth, hi)
+        assert row["N_over_largest"] == pytest.approx(row["N"] / table.N.max())
+        assert row["D_over_largest"] == pytest.approx(row["D"] / table.D.max())
+    # Further out, the law is less certain: the interval widens with the distance.
+    widths = [np.subtract(*r["ci95"]["loss"][::-1]) / r["loss"] for r in rows]
+    assert widths[0] < widths[1] < widths[2]
+    # Each allocation row's loss interval holds the fitted law's optimum.
+    for row in fit.allocation():
+        lo, hi = row["ci95"]["L_opt"]
+        assert lo < row["L_opt"] < hi
+    assert "predictions" in fit.to_json()
 
 
 def test_grid_reaches_the_global_optimum_where_single_starts_do_not():

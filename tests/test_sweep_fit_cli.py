@@ -38,6 +38,9 @@ sys.argv = ["sweep.fit", *sys.argv[1:]]
 runpy.run_module("sweep.fit", run_name="__main__", alter_sys=True)
 """
 FIT_TIMEOUT_S = 600
+# The curves fit's --predict: a run near the data's compute-optimal frontier (N 0.55x, D 1.1x the
+# largest run's) and one 10x larger in C than any run, overtrained at 100 tokens per parameter.
+PREDICT = ("1e8,2e9", "1e9,1e11")
 
 
 def strict_json(text: str) -> Any:
@@ -94,7 +97,7 @@ def fits(tmp_path_factory: pytest.TempPathFactory) -> Fits:
     jobs = {
         "curves": (subprocess.Popen(
             [sys.executable, "-m", "sweep.fit", str(curves_csv), "--out", str(out_curves),
-             "--bootstrap", "30", "--budget-col", "budget"],
+             "--bootstrap", "30", "--budget-col", "budget", "--predict", *PREDICT],
             cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
             out_curves, curves_csv),
         "final": (subprocess.Popen(
@@ -192,6 +195,27 @@ def test_curves_fit_every_ci95_is_an_ordered_pair(fits: Fits) -> None:
     assert lo <= report["approach3"]["a"] <= hi
 
 
+def test_curves_fit_predicts_the_requested_runs(fits: Fits) -> None:
+    rows = fits.curves.report()["approach3"]["predictions"]
+    assert [(r["N"], r["D"]) for r in rows] == [(1e8, 2e9), (1e9, 1e11)]
+    markdown = (fits.curves.out / "report.md").read_text()
+    table = pd.read_csv(fits.curves.source)
+    for row in rows:
+        truth = float(EPOCH_LAW.loss(row["N"], row["D"]))
+        assert row["loss"] == pytest.approx(truth, rel=0.02)
+        lo, hi = row["ci95"]["loss"]
+        assert lo < row["loss"] < hi
+        assert row["C"] == 6 * row["N"] * row["D"]
+        assert f"| {row['N']:.4g} | {row['D']:.4g} |" in markdown
+        # How far out each lies, against the largest run's N and D (its final point's).
+        assert row["N"] / row["N_over_largest"] == pytest.approx(table.N.max())
+        assert row["D"] / row["D_over_largest"] == pytest.approx(table.D.max())
+    assert "Predicted loss at the requested runs" in markdown
+    printed = [line for line in fits.curves.stdout.splitlines() if line.startswith("predicted")]
+    assert len(printed) == 2
+    assert printed[1].startswith(f"predicted loss at N=1e+09, D=1e+11: {rows[1]['loss']:.4g} [")
+
+
 def test_curves_fit_prints_a_summary(fits: Fits) -> None:
     lines = fits.curves.stdout.splitlines()
     assert lines[0].startswith("approach 3: E=")
@@ -269,11 +293,31 @@ def test_header_only_table_exits_2(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+def test_predict_without_approach3_says_why(tmp_path: Path) -> None:
+    # Two sizes cannot identify A / N^alpha: approach 3 is skipped, and with it the predictions.
+    source = tmp_path / "two_sizes.csv"
+    pd.DataFrame([{"run_id": f"{n:g}-{d:g}", "N": n, "D": d, "C": 6 * n * d,
+                   "loss": float(EPOCH_LAW.loss(n, d))}
+                  for n in (1e7, 3e7) for d in (1e8, 3e8, 1e9, 3e9)]).to_csv(source, index=False)
+    result = fit_cli(source, "--out", tmp_path / "report", "--predict", "1e9,2e10")
+    assert result.returncode == 0, result.stderr
+    skipped = strict_json((tmp_path / "report" / "report.json").read_text())["skipped"]
+    assert skipped["predictions"] == ("--predict needs approach 3, which these runs cannot "
+                                      "support (see approach3)")
+    assert "2 distinct N" in skipped["approach3"]
+    assert "skipped predictions: --predict needs approach 3" in result.stdout
+    assert not any(line.startswith("predicted") for line in result.stdout.splitlines())
+
+
 @pytest.mark.parametrize(("flags", "says"), [
     (["--holdout-factor", "1"], "--holdout-factor 1 must be > 1"),
     (["--bootstrap", "-1"], "--bootstrap -1 is negative"),
     (["--isoflop-window", "0"], "--isoflop-window 0 must be > 0"),
     (["--compute", "1e20", "0"], "--compute 0 must be > 0"),
+    (["--predict", "1e9"], "--predict 1e9 is not N,D: give parameters and tokens"),
+    (["--predict", "1e9,2e10", "1e9,x"], "--predict 1e9,x is not N,D"),
+    (["--predict", "1e9,0"], "--predict 1e9,0: N and D must be positive, finite numbers"),
+    (["--predict", "nan,2e10"], "--predict nan,2e10: N and D must be positive"),
 ])
 def test_bad_option_exits_2_and_writes_nothing(tmp_path: Path, good_csv: Path,
                                                flags: list[str], says: str) -> None:

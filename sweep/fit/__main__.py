@@ -6,6 +6,7 @@ SOURCE is a runs directory or a CSV/Parquet table; bad input exits 2 with one li
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -48,7 +49,22 @@ def _parser() -> argparse.ArgumentParser:
                    help="approach 2: use budgets whose minimum is at the grid edge")
     p.add_argument("--compute", type=float, nargs="+", default=None,
                    help="C values (FLOPs) for the compute-optimal table (default: around the data)")
+    p.add_argument("--predict", nargs="+", default=None, metavar="N,D",
+                   help="predict the loss of runs with N parameters and D tokens (approach 3, "
+                        "with a 95%% bootstrap interval), e.g. --predict 1e9,2e10")
     return p
+
+
+def _point(text: str) -> tuple[float, float]:
+    """One --predict value, "N,D", as two positive finite numbers."""
+    try:
+        n, d = (float(v) for v in text.split(","))
+    except ValueError:
+        raise TableError(f"--predict {text} is not N,D: give parameters and tokens, e.g. "
+                         "--predict 1e9,2e10") from None
+    if not (0 < n < math.inf and 0 < d < math.inf):
+        raise TableError(f"--predict {text}: N and D must be positive, finite numbers")
+    return n, d
 
 
 def _options(args: argparse.Namespace) -> FitOptions:
@@ -64,7 +80,8 @@ def _options(args: argparse.Namespace) -> FitOptions:
         raise TableError(f"--compute {min(args.compute):g} must be > 0 FLOPs")
     return FitOptions(bootstrap=args.bootstrap, seed=args.seed,
                       holdout_factor=args.holdout_factor, isoflop_window=args.isoflop_window,
-                      include_edge=args.include_edge, compute=tuple(args.compute or ()))
+                      include_edge=args.include_edge, compute=tuple(args.compute or ()),
+                      predict=tuple(_point(v) for v in args.predict or ()))
 
 
 def _summary(report: dict) -> list[str]:
@@ -74,6 +91,12 @@ def _summary(report: dict) -> list[str]:
         lines.append(f"approach 3: E={s['E']:.4g} A={s['A']:.4g} B={s['B']:.4g} "
                      f"alpha={s['alpha']:.4g} beta={s['beta']:.4g} -> a={s['a']:.3f} "
                      f"b={s['b']:.3f}")
+        for p in s.get("predictions", []):
+            lo_hi = p.get("ci95", {}).get("loss")
+            interval = f" [{lo_hi[0]:.4g}, {lo_hi[1]:.4g}]" if lo_hi else ""
+            lines.append(f"predicted loss at N={p['N']:.3g}, D={p['D']:.3g}: {p['loss']:.4g}"
+                         f"{interval} (approach 3; {p['N_over_largest']:.3g}x the largest N, "
+                         f"{p['D_over_largest']:.3g}x the largest D)")
     for name in ("approach2", "approach1"):
         if name in report:
             s = report[name]

@@ -40,6 +40,7 @@ class FitOptions:
     isoflop_window: float = 0.75  # decades each side of the minimum; see isoflop.fit_budget
     include_edge: bool = False
     compute: tuple[float, ...] = ()  # C values for the allocation table; () = around the data
+    predict: tuple[tuple[float, float], ...] = ()  # (N, D) points to predict the loss at
 
 
 def default_compute(c_max: float) -> tuple[float, ...]:
@@ -70,10 +71,13 @@ def fit_report(data: FitData, options: FitOptions) -> dict[str, Any]:
     if min(sizes, lengths) < 3:
         record("approach3", None, f"{sizes} distinct N and {lengths} distinct D; each term "
                "A/N^alpha and B/D^beta needs 3 or more values to be identified", t0)
+        if options.predict:
+            report["skipped"]["predictions"] = "--predict needs approach 3, which these runs cannot support (see approach3)"
     else:
         fit = fit_approach3(runs["N"], runs["D"], runs["loss"], bootstrap=options.bootstrap,
                             seed=int(seeds[0].generate_state(1)[0]),
-                            compute=list(options.compute or default_compute(runs["C"].max())))
+                            compute=list(options.compute or default_compute(runs["C"].max())),
+                            predict=options.predict)
         record("approach3", fit.to_json(), None, t0)
 
     t0 = time.perf_counter()

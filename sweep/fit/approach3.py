@@ -7,6 +7,8 @@ residuals; L-BFGS-B from the paper's grid of starts; bootstrap by resampling run
 from __future__ import annotations
 
 import itertools
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,6 +92,14 @@ class ChinchillaLaw:
                 "a": self.a, "b": self.b}
 
 
+def sample_losses(samples: np.ndarray, n: Any, d: Any) -> np.ndarray:
+    """L(N, D) under each bootstrap law, rows of (E, A, B, alpha, beta); n and d are one value
+    each or one per law (e.g. each law's own optimum)."""
+    e, a, b, alpha, beta = samples.T
+    with np.errstate(all="ignore"):  # a run-off law gives inf/nan, which the CI leaves out
+        return e + a / np.asarray(n, dtype=float) ** alpha + b / np.asarray(d, dtype=float) ** beta
+
+
 def fit_law(
     n: np.ndarray, d: np.ndarray, loss: np.ndarray, starts: np.ndarray | None = None,
     delta: float = HUBER_DELTA,
@@ -135,6 +145,8 @@ class Approach3:
     n_converged: int
     compute: list[float]
     samples: np.ndarray = field(repr=False)  # (bootstrap, 5): E, A, B, alpha, beta per refit
+    predict: list[tuple[float, float]] = field(default_factory=list)  # (N, D) to predict L at
+    largest: tuple[float, float] = (math.nan, math.nan)  # the fitted runs' largest N and D
 
     def ci95(self) -> dict[str, list[float]]:
         if len(self.samples) == 0:
@@ -157,7 +169,23 @@ class Approach3:
                 opts = np.array([law.optimal(c) for law in laws])
                 row["ci95"] = {"N_opt": percentile_ci(opts[:, 0]),
                                "D_opt": percentile_ci(opts[:, 1]),
-                               "tokens_per_param": percentile_ci(opts[:, 1] / opts[:, 0])}
+                               "tokens_per_param": percentile_ci(opts[:, 1] / opts[:, 0]),
+                               "L_opt": percentile_ci(sample_losses(self.samples, opts[:, 0],
+                                                                    opts[:, 1]))}
+            rows.append(row)
+        return rows
+
+    def predictions(self) -> list[dict[str, Any]]:
+        """The law's loss at each requested (N, D), with the 95 % bootstrap interval of the law
+        (not of one run's noise) and how far each lies past the largest fitted N and D."""
+        rows = []
+        for n, d in self.predict:
+            row: dict[str, Any] = {"N": n, "D": d, "C": 6.0 * n * d, "tokens_per_param": d / n,
+                                   "loss": float(self.law.loss(n, d)),
+                                   "N_over_largest": n / self.largest[0],
+                                   "D_over_largest": d / self.largest[1]}
+            if len(self.samples):
+                row["ci95"] = {"loss": percentile_ci(sample_losses(self.samples, n, d))}
             rows.append(row)
         return rows
 
@@ -177,14 +205,16 @@ class Approach3:
                 "objective": self.objective, "converged": self.converged,
                 "starts": self.n_starts, "starts_converged": self.n_converged,
                 "bootstrap": len(self.samples), "huber_delta": HUBER_DELTA,
-                "allocation": self.allocation()}
+                "allocation": self.allocation(),
+                **({"predictions": self.predictions()} if self.predict else {})}
 
 
 def fit_approach3(
     n: np.ndarray, d: np.ndarray, loss: np.ndarray, *, bootstrap: int, seed: int,
-    compute: list[float],
+    compute: list[float], predict: Sequence[tuple[float, float]] = (),
 ) -> Approach3:
-    """Fit on all runs from the full start grid, then `bootstrap` refits on resampled runs."""
+    """Fit on all runs from the full start grid, then `bootstrap` refits on resampled runs;
+    the report gives the loss at each (N, D) of `predict`."""
     n, d, loss = (np.asarray(v, dtype=float) for v in (n, d, loss))
     law, optima = fit_law(n, d, loss)
     starts = np.array([o.theta for o in distinct_optima(optima, REFIT_STARTS)])
@@ -193,5 +223,6 @@ def fit_approach3(
     return Approach3(
         law=law, objective=best.objective, converged=best.converged, n_points=len(n),
         n_starts=len(start_grid()), n_converged=sum(o.converged for o in optima),
-        compute=list(compute), samples=samples,
+        compute=list(compute), samples=samples, predict=list(predict),
+        largest=(float(n.max()), float(d.max())),
     )

@@ -48,8 +48,20 @@ def _approach3(s: dict[str, Any]) -> list[str]:
     lines += ["Compute-optimal allocation (C = 6 N D):", ""]
     rows = [[_g(r["C"], 3), f"{_g(r['N_opt'])} {_ci(r, 'N_opt')}",
              f"{_g(r['D_opt'])} {_ci(r, 'D_opt')}", f"{_g(r['tokens_per_param'], 3)} "
-             f"{_ci(r, 'tokens_per_param')}", _g(r["L_opt"])] for r in s["allocation"]]
-    return lines + _table(["C (FLOPs)", "N_opt", "D_opt", "tokens/param", "loss"], rows)
+             f"{_ci(r, 'tokens_per_param')}", f"{_g(r['L_opt'])} {_ci(r, 'L_opt')}"]
+            for r in s["allocation"]]
+    lines += _table(["C (FLOPs)", "N_opt", "D_opt", "tokens/param", "loss"], rows)
+    if "predictions" not in s:
+        return lines
+    lines += ["Predicted loss at the requested runs (`--predict`; the interval is the fitted "
+              "law's, not one run's noise; N and D are also given as multiples of the largest "
+              "fitted run's):", ""]
+    rows = [[_g(p["N"]), _g(p["D"]), _g(p["C"], 3), _g(p["tokens_per_param"], 3),
+             f"{_g(p['loss'])} {_ci(p, 'loss')}",
+             f"{_g(p['N_over_largest'], 3)}x, {_g(p['D_over_largest'], 3)}x"]
+            for p in s["predictions"]]
+    return lines + _table(["N", "D", "C (FLOPs)", "tokens/param", "loss", "N, D vs largest run"],
+                          rows)
 
 
 def _approach2(s: dict[str, Any]) -> list[str]:
