@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sweep.fit.plots import write_plots
+from sweep.fit.plots import _contours, write_plots
 from sweep.fit.synthetic import EPOCH_LAW, isoflop_table
 
 ALL = ["isoflop.png", "loss_vs_compute.png", "optimal_allocation.png",
@@ -105,6 +105,24 @@ def test_approach3_only_without_curves(tables, tmp_path: Path) -> None:
     _check(write_plots(report, runs, None, tmp_path), expected, tmp_path)
 
 
+def test_contours_show_the_predicted_runs_beyond_the_data(tables) -> None:
+    runs, _ = tables
+    report = _report(runs)
+    points = [(1e9, 2e10), (3e10, 6e11)]  # far past the largest run (N ~ 1e8, D ~ 2e10)
+    report["approach3"]["predictions"] = [{"N": n, "D": d} for n, d in points]
+    ax = _contours(report, runs).axes[0]
+    stars = [c for c in ax.collections if c.get_label() == "--predict"]
+    assert len(stars) == 1
+    assert stars[0].get_offsets().tolist() == [list(p) for p in points]
+    (n_lo, n_hi), (d_lo, d_hi) = ax.get_xlim(), ax.get_ylim()
+    assert n_lo < runs["N"].min() and n_hi > 3e10 and d_lo < runs["D"].min() and d_hi > 6e11
+    # Without predictions the axes hug the runs.
+    del report["approach3"]["predictions"]
+    ax = _contours(report, runs).axes[0]
+    assert not [c for c in ax.collections if c.get_label() == "--predict"]
+    assert ax.get_xlim()[1] == pytest.approx(3 * runs["N"].max())
+
+
 def test_empty_report_writes_loss_vs_compute(tables, tmp_path: Path) -> None:
     runs, curves = tables
     report = {"skipped": {"approach3": "failed", "approach2": "no budgets"}}
@@ -115,7 +133,9 @@ def test_partial_sections_do_not_crash(tables, tmp_path: Path) -> None:
     runs, _ = tables
     runs = runs.assign(budget=np.nan)  # budgets could not be formed
     report = {
-        "approach3": {"E": 1.8, "A": 400.0, "alpha": 0.3},  # incomplete law: drawn without it
+        # An incomplete law is drawn without it; unusable predictions are left out.
+        "approach3": {"E": 1.8, "A": 400.0, "alpha": 0.3,
+                      "predictions": [{"N": 1e9}, "junk", {"N": -1, "D": 1e9}]},
         "approach2": {"budgets": [{"C": 1e17, "edge": True}, {"parabola": [1, 2]}]},
         "approach1": {"points": [{"C": 1e17}], "N_fit": {"slope": 0.5}},
         "kaplan": {"L_N": {}, "L_C": {"without_offset": {"C_c": 1e4, "alpha_C": 0.05}}},

@@ -252,8 +252,12 @@ def _contours(report: dict, runs: pd.DataFrame) -> Figure:
     fig = Figure(figsize=(7.5, 5.5), layout="constrained")
     ax = fig.add_subplot()
     law = _law(report.get("approach3"))
-    n_span = _log_span(runs["N"] if len(runs) else [], margin=3.0) or (1e6, 1e10)
-    d_span = _log_span(runs["D"] if len(runs) else [], margin=3.0) or (1e8, 1e12)
+    # --predict's runs, drawn where they lie beside the trained ones (the axes take them in).
+    predicted = _pairs(_rows(_get(report, "approach3", "predictions")), "N", "D")
+    n_span = _log_span([*(runs["N"] if len(runs) else []), *(n for n, _ in predicted)],
+                       margin=3.0) or (1e6, 1e10)
+    d_span = _log_span([*(runs["D"] if len(runs) else []), *(d for _, d in predicted)],
+                       margin=3.0) or (1e8, 1e12)
     n = np.geomspace(*n_span, 200)
     d = np.geomspace(*d_span, 200)
     if law is not None:
@@ -277,9 +281,13 @@ def _contours(report: dict, runs: pd.DataFrame) -> Figure:
         c = np.geomspace(6 * n[0] * d[0], 6 * n[-1] * d[-1], 200)
         n_opt, d_opt = _law_optimal(law, c)
         ax.plot(n_opt, d_opt, color="red", lw=1.8, label="efficient frontier")
+    if predicted:
+        ax.scatter(*zip(*predicted, strict=True), s=90, marker="*", color="orange",
+                   edgecolors="black", linewidths=0.6, zorder=4, label="--predict")
     ax.set(xscale="log", yscale="log", xlim=(n[0], n[-1]), ylim=(d[0], d[-1]), xlabel=N_LABEL,
            ylabel=D_LABEL, title="Approach 3: fitted L(N, D)")
-    ax.legend(fontsize=8, loc="upper right")
+    # Lower right (large N, few tokens) is where no sensible run or prediction lies.
+    ax.legend(fontsize=8, loc="lower right")
     return fig
 
 
