@@ -72,7 +72,8 @@ def fit_report(data: FitData, options: FitOptions) -> dict[str, Any]:
         record("approach3", None, f"{sizes} distinct N and {lengths} distinct D; each term "
                "A/N^alpha and B/D^beta needs 3 or more values to be identified", t0)
         if options.predict:
-            report["skipped"]["predictions"] = "--predict needs approach 3, which these runs cannot support (see approach3)"
+            report["skipped"]["predictions"] = ("--predict needs approach 3, which these runs "
+                                                "cannot support (see approach3)")
     else:
         fit = fit_approach3(runs["N"], runs["D"], runs["loss"], bootstrap=options.bootstrap,
                             seed=int(seeds[0].generate_state(1)[0]),
