@@ -45,8 +45,18 @@ class Hardware:
     compile_mode: str | None = None  # torch.compile's mode when compile is on
 
     def compiled(self, module: torch.nn.Module) -> torch.nn.Module:
-        """module under torch.compile (in compile_mode) when compile is on, else module itself."""
-        return torch.compile(module, mode=self.compile_mode) if self.compile else module
+        """module under torch.compile (in compile_mode) when compile is on, else module itself.
+
+        Dynamo's caches are reset first, so the model compiles as in a process of its own. Else
+        every further shape in this process (a sweep's next run on the basic launcher, the
+        bench's next shape) is a recompile of GPT.forward, and past dynamo's recompile limit (8
+        per function) it runs eager with only a log warning: the bench's ladder from its 9th
+        rung (gpt_135m) on would have been timed uncompiled.
+        """
+        if not self.compile:
+            return module
+        torch._dynamo.reset()
+        return torch.compile(module, mode=self.compile_mode)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """bf16 autocast on CUDA; a no-op context in float32."""

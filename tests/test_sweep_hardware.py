@@ -54,3 +54,28 @@ def test_compile_mode_reaches_torch_compile(monkeypatch):
     assert resolve_hardware("cpu", "fp32", True, None, "max-autotune").compiled(module) is module
     assert resolve_hardware("cpu", "fp32", True, None).compiled(module) is module
     assert seen == {"max-autotune": module, None: module}
+
+
+def test_every_model_compiles_past_dynamos_recompile_limit(monkeypatch):
+    """A sweep's next run (or the bench's next shape) in the same process is compiled too: past
+    dynamo's recompile limit a function runs eager, which the reset in compiled() prevents."""
+    from models import GPT
+    from tests.helpers import gpt_config
+
+    graphs = []  # the models whose forward reached the compiler
+
+    def backend(gm: torch.fx.GraphModule, inputs: list) -> object:
+        graphs.append(n_layer)
+        return gm.forward
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda module, mode=None: real_compile(
+        module, mode=mode, backend=backend))
+    # 2 instead of the default 8 keeps this fast: the third depth would be the first left eager.
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)
+    hw = resolve_hardware("cpu", "fp32", True, None)
+    x = torch.randint(64, (2, 16))
+    for n_layer in (1, 2, 3, 4):  # each depth fails the last one's guards, like the ladder
+        model = GPT(gpt_config(n_layer=n_layer, d_model=32, n_head=2, vocab_size=64))
+        hw.compiled(model)(x, x).backward()
+    assert graphs == [1, 2, 3, 4]  # without the reset: [1, 2]
