@@ -36,6 +36,9 @@
 # rest are skipped, and what finished still comes back. A failed step does not stop the others.
 #
 # With a shorter call limit than 600 s, lower GPU_CHECK_DEADLINE_S to match (keep ~30 s spare).
+# A session's 30 device minutes also pay each machine start (1-2 min) and the idle 30 s after a
+# call, so the third call above gets less than 600 s: read budget_left_s from `status` first and
+# start it with GPU_CHECK_DEADLINE_S=<that minus ~150> (the stages write results as they go).
 #
 # CPU dry run of the sequencing (no wheels, tiny settings; tests take ~30 s, each bench
 # step 1-2 min: --tiny shrinks the protocol, not the shapes):
