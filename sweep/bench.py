@@ -64,16 +64,17 @@ def _pct(value: float | None) -> str:
 def format_table(rows: list[Row]) -> list[str]:
     """The rows as a fixed-width table."""
     lines = [f"{'shape':<16} {'L,d,h':<12} {'N':>8} {'tokens/s':>10} {'step ms':>8} "
-             f"{'MFU 6N':>7} {'MFU ex':>7} {'mem GB':>7} {'vs nanoGPT':>10}"]
+             f"{'MFU 6N':>7} {'MFU ex':>7} {'mem GB':>7} {'vs nanoGPT':>10} {'warm-up s':>9}"]
     for r in rows:
         memory = "-" if r.peak_memory_bytes is None else f"{r.peak_memory_bytes / 1e9:.1f}"
         reference = r.nanogpt_tokens_per_s
         ratio = f"{r.tokens_per_s / reference:.2f}x" if reference else "-"
+        warmup = "-" if r.warmup_s is None else f"{r.warmup_s:.1f}"
         lines.append(
             f"{r.name:<16} {f'{r.n_layer},{r.d_model},{r.n_head}':<12} "
             f"{r.non_embedding_params / 1e6:>7.2f}M {r.tokens_per_s:>10,.0f} "
             f"{1e3 * r.step_time_s:>8.1f} {_pct(r.mfu_6n):>7} {_pct(r.mfu_exact):>7} "
-            f"{memory:>7} {ratio:>10}"
+            f"{memory:>7} {ratio:>10} {warmup:>9}"
         )
     return lines
 

@@ -65,6 +65,9 @@ class Row:
     nanogpt_tokens_per_s: float | None  # the reference on an H100, where this shape has one
     profile: str | None = None  # --profile: the top ops of three profiled steps, as a table
     copies: int = 1  # copies of the shape trained at once on the device
+    # The warm-up steps' wall time, torch.compile's included: what a run pays before its first
+    # step at speed (the slowest copy's with copies > 1).
+    warmup_s: float | None = None
 
 
 def _scalar(text: str) -> int | float | bool | str | None:
@@ -145,9 +148,11 @@ def _timed(
         apply_gradients(model, optimizer, grad_clip=1.0)
         return loss
 
+    warmup_start = time.monotonic()
     for _ in range(protocol.warmup_steps):
         train_step()
     hw.synchronize()
+    warmup_s = time.monotonic() - warmup_start
     before_timing()
     if hw.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(hw.device)
@@ -166,6 +171,7 @@ def _timed(
                            if hw.device.type == "cuda" else None),
         loss=float(loss),
         profile=profile,
+        warmup_s=warmup_s,
     )
     return row, start, end
 
@@ -284,4 +290,5 @@ def measure_copies(
         peak_memory_bytes=None if None in memory else sum(memory),
         loss=rows[0].loss,
         copies=copies,
+        warmup_s=max(row.warmup_s for row in rows),
     )

@@ -54,6 +54,8 @@ def test_tiny_cpu_bench_prints_a_table_and_writes_json_with_mfu_by_both_conventi
         assert r["step_time_s"] == pytest.approx(4 * 64 / r["tokens_per_s"])
         assert r["peak_memory_bytes"] is None and r["nanogpt_tokens_per_s"] is None
         assert 5.0 < r["loss"] < 7.0  # about ln(512) = 6.24 after 5 steps on random tokens
+        assert 0 < r["warmup_s"] < 60  # the 2 warm-up steps' wall time, as printed
+    assert "warm-up s" in result.stdout.splitlines()[1]
     assert not list(tmp_path.glob("*.tmp-*"))
 
 

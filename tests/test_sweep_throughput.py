@@ -31,6 +31,7 @@ def test_copies_train_the_same_steps_and_count_all_their_tokens_over_the_shared_
     assert together.copies == 2 and alone.copies == 1
     assert together.loss == pytest.approx(alone.loss, rel=1e-5)  # seed 0 in each copy
     assert together.matmul_params == alone.matmul_params
+    assert together.warmup_s > 0 and alone.warmup_s > 0
     # Both copies' tokens over a window at least as long as either copy's own: no more than
     # two copies each at its own step time could give.
     tokens_per_step = TINY.batch_size * TINY.seq_len
