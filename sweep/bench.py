@@ -3,8 +3,9 @@ on random tokens, with MFU by the 6N + 12LdT convention and by the exact FLOP co
 
 The protocol is the one nanoGPT's reference numbers were taken with (vocab 32768, seq_len 1024,
 64 sequences a step, no accumulation, 10 warm-up then 20 timed steps); `--tiny` shrinks it so the
-CPU (and CI) can run it; `--copies K` times K copies of each shape training at once. It imports
-torch and this project's modules only: no Hydra (the measurement is sweep.throughput).
+CPU (and CI) can run it; `--copies K` times K copies of each shape training at once; `--arch
+nanogpt` times nanoGPT's architecture instead, the baseline on a card that has no reference row.
+It imports torch and this project's modules only: no Hydra (the measurement is sweep.throughput).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 from sweep.errors import ConfigError, OneLineParser
 from sweep.hardware import COMPILE_MODES, resolve_hardware
 from sweep.throughput import (
+    ARCHES,
     CONFIGS,
     REFERENCE,
     TINY,
@@ -124,6 +126,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="train K copies of each shape at once on the device, each in its own "
                         "process (as a sweep with several runs per GPU); tokens/s and MFU are "
                         "then theirs together (default: 1)")
+    p.add_argument("--arch", choices=ARCHES, default="project",
+                   help="project: this project's GPT (configs/model/base.yaml); nanogpt: "
+                        "nanoGPT's (learned positions, tied head, plain loss), the baseline "
+                        "measured on this card (default: project)")
     p.add_argument("--tiny", action="store_true",
                    help="a shrunk protocol (vocab 512, 64 tokens, 4 sequences, 2 + 3 steps): "
                         "seconds on a CPU, what CI runs")
@@ -156,6 +162,14 @@ def argument_problem(args: argparse.Namespace) -> str | None:
                 "point --out into an existing folder")
     if args.copies < 1:
         return f"--copies={args.copies} must be at least 1 (copies trained at once)"
+    if args.arch == "nanogpt":
+        # The baseline is nanoGPT's own step: one run, torch.compile's default, the plain loss
+        for flag, value, off in (("--loss-chunk-tokens", args.loss_chunk_tokens, None),
+                                 ("--compile-mode", args.compile_mode, None),
+                                 ("--copies", args.copies, 1)):
+            if value != off:
+                return (f"{flag}={value} is not nanoGPT's step, which --arch nanogpt times as "
+                        f"it is: leave out {flag} there")
     if args.copies > 1 and args.profile:
         return (f"--profile={args.profile} profiles one process: leave it out with "
                 f"--copies={args.copies}")
@@ -182,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     for text in args.shape:
         try:
             shape = parse_shape(text)
-            model_config(shape, protocol)  # a shape the model cannot take fails here, not later
+            model_config(shape, protocol, args.arch)  # a bad shape fails here, not later
         except ValueError as err:
             print(f"error: --shape={text!r}: {err}", file=sys.stderr)
             return 2
@@ -197,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     compile_label = f"{hw.compile}" + (f" {args.compile_mode}" if args.compile_mode else "")
     loss_label = (f"fused in chunks of {args.loss_chunk_tokens} tokens"
                   if args.loss_chunk_tokens else "plain")
-    print(f"device: {hw.device_name} ({hw.precision}, compile {compile_label}, loss "
+    arch_label = "nanoGPT's GPT" if args.arch == "nanogpt" else "this project's GPT"
+    print(f"{arch_label} on {hw.device_name} ({hw.precision}, compile {compile_label}, loss "
           f"{loss_label}), torch {torch.__version__}; {protocol}")
     if args.copies > 1:
         print(f"{args.copies} copies of each shape at once: tokens/s and MFU are the copies' "
@@ -206,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     failed: list[dict] = []
     header = {
+        "arch": args.arch,
         "device": hw.device_name, "precision": hw.precision, "compile": hw.compile,
         "compile_mode": args.compile_mode, "loss_chunk_tokens": args.loss_chunk_tokens,
         "copies": args.copies,
@@ -219,10 +235,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if args.copies > 1:
                 rows.append(measure_copies(name, shape, protocol, hw, args.copies,
-                                           args.loss_chunk_tokens))
+                                           args.loss_chunk_tokens, args.arch))
             else:
                 rows.append(measure(name, shape, protocol, hw, args.loss_chunk_tokens,
-                                    args.profile))
+                                    args.profile, args.arch))
         except (BenchFailed, torch.OutOfMemoryError) as err:
             failure = shape_failure(name, shape, protocol, args.loss_chunk_tokens, err)
         if failure is None:

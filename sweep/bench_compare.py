@@ -2,8 +2,10 @@
 by side, shape by shape, as a Markdown table for BENCHMARKS.md, with the best variant's ratio to
 nanoGPT and this project's throughput goals (`--check-goals` exits 1 when one is missed).
 
-Each file is one variant (plain or chunked loss, a compile mode, copies); they must share the
-device, torch release and protocol, or the comparison would mean nothing.
+Each file is one variant (plain or chunked loss, a compile mode, copies, or nanoGPT's GPT timed by
+`sweep.bench --arch nanogpt`); they must share the device, torch release and protocol, or the
+comparison would mean nothing. nanoGPT's numbers are the ones timed on this card when given, else
+its H100 table (on an H100 only).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class Variant:
     path: Path
     label: str
     copies: int
+    arch: str  # "project", or "nanogpt" for the baseline
     rows: dict[tuple[int, int, int], dict[str, Any]]
     failed: dict[tuple[int, int, int], dict[str, Any]]
     report: dict[str, Any]
@@ -44,6 +47,8 @@ def _label(report: dict[str, Any]) -> str:
     compile_ = "compile" if report["compile"] else "eager"
     if report.get("compile_mode"):
         compile_ += f" {report['compile_mode']}"
+    if report.get("arch") == "nanogpt":
+        return f"nanoGPT's GPT, {compile_}"
     chunk = report.get("loss_chunk_tokens")
     label = f"{compile_}, loss {'chunks of ' + str(chunk) if chunk else 'plain'}"
     copies = report.get("copies", 1)
@@ -56,7 +61,9 @@ def read_variant(path: Path) -> Variant:
         report = json.loads(path.read_text())
         rows = {_shape(r): r for r in report["rows"]}
         failed = {_shape(f): f for f in report.get("failed", [])}
-        return Variant(path, _label(report), report.get("copies", 1), rows, failed, report)
+        # Results from before --arch existed are this project's GPT
+        return Variant(path, _label(report), report.get("copies", 1),
+                       report.get("arch", "project"), rows, failed, report)
     except OSError as err:
         raise CompareError(f"{path}: {err.strerror or err}: pass a JSON that sweep.bench "
                            "--out wrote") from None
@@ -81,6 +88,10 @@ def check_comparable(variants: list[Variant]) -> None:
             raise CompareError(f"{v.path} repeats the variant '{v.label}' of {seen[v.label]}: "
                                "pass each variant once")
         seen[v.label] = v.path
+    baselines = [v for v in variants if v.arch == "nanogpt"]
+    if len(baselines) > 1:
+        raise CompareError(f"{baselines[1].path} is a second nanoGPT baseline after "
+                           f"{baselines[0].path}: pass one sweep.bench --arch nanogpt result")
 
 
 def _millions(tokens_per_s: float) -> str:
@@ -97,9 +108,10 @@ class Comparison:
     goals: int
 
 
-def _goals(name: str, shape: tuple[int, int, int], ratio: float | None,
-           mfu: float | None) -> tuple[list[str], list[str]]:
-    """The goal cells of one nanoGPT shape, and a line for each goal it missed."""
+def _goals(name: str, shape: tuple[int, int, int], ratio: float | None, mfu: float | None,
+           no_ratio: str) -> tuple[list[str], list[str]]:
+    """The goal cells of one nanoGPT shape, and a line for each goal it missed; no_ratio says
+    why ratio is None."""
     cells, missed = [], []
     where = f"{name} ({','.join(map(str, shape))})"
     if shape in RATIO_GOALS:
@@ -107,7 +119,7 @@ def _goals(name: str, shape: tuple[int, int, int], ratio: float | None,
         met = ratio is not None and ratio >= goal
         cells.append(f"≥{goal:.2f}x {'met' if met else 'missed'}")
         if not met:
-            shown = "no result" if ratio is None else f"{ratio:.2f}x nanoGPT's tokens/s"
+            shown = no_ratio if ratio is None else f"{ratio:.2f}x nanoGPT's tokens/s"
             missed.append(f"{where} {shown}, goal {goal}x")
     if shape in MFU_GOALS:
         goal = MFU_GOALS[shape]
@@ -120,8 +132,9 @@ def _goals(name: str, shape: tuple[int, int, int], ratio: float | None,
 
 
 def compare(variants: list[Variant]) -> Comparison:
-    """The variants side by side, shape by shape, with the best one-copy variant's ratio to
-    nanoGPT and the goals where the results have a nanoGPT reference (an H100, its protocol)."""
+    """The variants side by side, shape by shape, with the best one-copy variant of this
+    project's GPT against nanoGPT, and the goals where there are nanoGPT numbers: its GPT timed
+    here (an --arch nanogpt variant), else its H100 table (H100 results, default protocol)."""
     names: dict[tuple[int, int, int], str] = {}
     for v in variants:
         for shape, entry in [*v.rows.items(), *v.failed.items()]:
@@ -129,22 +142,26 @@ def compare(variants: list[Variant]) -> Comparison:
     # Smallest first, as sweep.bench orders them (a failed shape has no row to keep its place).
     names = dict(sorted(names.items(), key=lambda item: (item[0][0] * item[0][1] ** 2, item[0])))
     first = variants[0].report
-    lines = [
-        f"Device: {first['device']}; torch {first['torch']}; protocol {first['protocol']}. "
-        "In bold the best per shape of the variants that train one copy (copies measure a "
-        "sweep, not a run).",
-        "",
-        "| shape | L,d,h | nanoGPT | " + " | ".join(v.label for v in variants)
-        + " | best / nanoGPT | best MFU 6N | goal |",
-        "| --- " * (len(variants) + 6) + "|",
-    ]
     # sweep.bench gives rows a nanoGPT reference on an H100 with its default protocol only; a
     # shape that failed there still has its goal (missed).
     referenced = any(row.get("nanogpt_tokens_per_s") for v in variants for row in v.rows.values())
+    baseline = next((v for v in variants if v.arch == "nanogpt"), None)
+    against = ("nanoGPT's GPT timed here (sweep.bench --arch nanogpt)" if baseline
+               else "nanoGPT's H100 table" if referenced else "no nanoGPT numbers for this device")
+    lines = [
+        f"Device: {first['device']}; torch {first['torch']}; protocol {first['protocol']}. "
+        "In bold the best per shape of the variants of this project's GPT that train one copy "
+        f"(copies measure a sweep, not a run); best / nanoGPT is against {against}.",
+        "",
+        "| shape | L,d,h | nanoGPT H100 | " + " | ".join(v.label for v in variants)
+        + " | best / nanoGPT | best MFU 6N | goal |",
+        "| --- " * (len(variants) + 6) + "|",
+    ]
     missed: list[str] = []
     goals = 0
     for shape, name in names.items():
-        single = [v.rows[shape] for v in variants if shape in v.rows and v.copies == 1]
+        single = [v.rows[shape] for v in variants
+                  if shape in v.rows and v.copies == 1 and v.arch == "project"]
         best = max(single, key=lambda row: row["tokens_per_s"], default=None)
         cells = []
         for v in variants:
@@ -154,17 +171,24 @@ def compare(variants: list[Variant]) -> Comparison:
             else:
                 text = _millions(row["tokens_per_s"])
                 cells.append(f"**{text}**" if row is best else text)
-        reference = REFERENCE.get(shape) if referenced else None
+        table = REFERENCE.get(shape) if referenced else None
+        if baseline is not None:
+            # A baseline that failed at a shape leaves its goal without a reference: missed
+            measured = baseline.rows.get(shape)
+            reference = measured["tokens_per_s"] if measured else None
+        else:
+            reference = table
         ratio = best["tokens_per_s"] / reference if best and reference else None
         mfu = best["mfu_6n"] if best else None
         goal_cells: list[str] = []
-        if reference is not None:
-            goal_cells, shape_missed = _goals(name, shape, ratio, mfu)
+        if baseline is not None or table is not None:
+            no_ratio = "no result" if best is None else "no nanoGPT result"
+            goal_cells, shape_missed = _goals(name, shape, ratio, mfu, no_ratio)
             goals += len(goal_cells)
             missed += shape_missed
         lines.append(
             f"| {name} | {','.join(map(str, shape))} | "
-            f"{_millions(reference) if reference else '-'} | " + " | ".join(cells)
+            f"{_millions(table) if table else '-'} | " + " | ".join(cells)
             + f" | {f'{ratio:.2f}x' if ratio else '-'} | {'-' if mfu is None else f'{mfu:.1%}'}"
             f" | {'; '.join(goal_cells) or '-'} |"
         )
@@ -175,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     p = OneLineParser(prog="python -m sweep.bench_compare", description=__doc__.splitlines()[0])
     p.add_argument("results", nargs="+", type=Path, help="sweep.bench --out JSON files")
     p.add_argument("--check-goals", action="store_true",
-                   help="exit 1 when a goal against nanoGPT is missed (H100 results only)")
+                   help="exit 1 when a goal against nanoGPT is missed (needs an --arch "
+                        "nanogpt result among them, or H100 results)")
     args = p.parse_args(argv)
     try:
         variants = [read_variant(path) for path in args.results]
@@ -189,8 +214,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not result.goals:
         print(f"error: --check-goals: no goal applies to these results (device "
-              f"{variants[0].report['device']!r}): the goals are nanoGPT's numbers on an H100 with "
-              "sweep.bench's default protocol; leave out --check-goals", file=sys.stderr)
+              f"{variants[0].report['device']!r}): the goals need nanoGPT's numbers with "
+              "sweep.bench's default protocol: add a sweep.bench --arch nanogpt result from this "
+              "device, or leave out --check-goals", file=sys.stderr)
         return 2
     if result.missed:
         print(f"error: {len(result.missed)} of {result.goals} goals missed: "

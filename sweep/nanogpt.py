@@ -1,6 +1,15 @@
-"""nanoGPT's training throughput on one H100, the reference sweep.bench compares against, and this
-project's goals against it. Plain numbers: no torch, so results can be compared anywhere.
+"""nanoGPT's training throughput on one H100, its architecture (for timing it on any card), and this
+project's goals against it. Plain data: no torch, so results can be compared anywhere.
 """
+
+# nanoGPT's GPT as this project's GPTConfig fields (its train.py defaults): learned positions, the
+# output head tied to the token embedding, no biases, 4x MLP, no dropout; its step is the same
+# (bf16 autocast, torch.compile's default mode, fused AdamW with decay on matrices, clip at 1.0)
+# and its loss the plain one (whole bf16 logits, cross-entropy in float32). `sweep.bench --arch
+# nanogpt` times it, so that a card without a reference row below gets one measured on itself.
+ARCHITECTURE = {
+    "positions": "learned", "tie_embeddings": True, "bias": False, "mlp_ratio": 4, "dropout": 0.0,
+}
 
 # (n_layer, d_model, n_head) of the nanoGPT reference table, and its tokens/s on one H100 80GB
 # (PyTorch 2.11, bf16 autocast, torch.compile, fused AdamW, flash SDPA), with sweep.bench's

@@ -21,10 +21,13 @@ import torch
 
 from models import GPT, GPTConfig, count_params, flops_per_token
 from sweep.hardware import Hardware, resolve_hardware
-from sweep.nanogpt import REFERENCE
+from sweep.nanogpt import ARCHITECTURE, REFERENCE
 from sweep.step import accumulate_gradients, apply_gradients, build_optimizer
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+# What `--arch` times: this project's GPT as configs/model/base.yaml sets it, or nanoGPT's.
+ARCHES = ("project", "nanogpt")
 
 
 class BenchFailed(RuntimeError):
@@ -88,13 +91,19 @@ def flat_config(path: Path) -> dict[str, int | float | bool | str | None]:
     return {key: _scalar(value) for key, value in pairs if value}
 
 
-def model_config(shape: tuple[int, int, int], protocol: Protocol) -> GPTConfig:
-    """A shape with the architecture every rung shares (configs/model/base.yaml)."""
+def model_config(
+    shape: tuple[int, int, int], protocol: Protocol, arch: str = "project"
+) -> GPTConfig:
+    """A shape with the architecture every rung shares (configs/model/base.yaml), or with
+    nanoGPT's (arch "nanogpt")."""
+    if arch not in ARCHES:
+        raise ValueError(f"arch={arch!r} is unknown: use one of {', '.join(ARCHES)}")
     n_layer, d_model, n_head = shape
     base = flat_config(CONFIGS / "model" / "base.yaml")
     fields = {f.name for f in dataclasses.fields(GPTConfig)}
     return GPTConfig(**{
         **{k: v for k, v in base.items() if k in fields},
+        **(ARCHITECTURE if arch == "nanogpt" else {}),
         "n_layer": n_layer, "d_model": d_model, "n_head": n_head,
         "vocab_size": protocol.vocab_size, "max_seq_len": protocol.seq_len,
     })
@@ -105,7 +114,8 @@ def _row(
 ) -> Row:
     """A Row with its parameter counts and both MFUs worked out from tokens_per_s."""
     params = count_params(config)
-    matmul = params.non_embedding + params.head
+    # The head is a [vocab, d_model] matmul whether or not its weight is the embedding's
+    matmul = params.non_embedding + config.vocab_size * config.d_model
     flops_6n = 6 * matmul + 12 * config.n_layer * config.d_model * protocol.seq_len
     exact = flops_per_token(config, protocol.seq_len).flops_exact
     shape = (config.n_layer, config.d_model, config.n_head)
@@ -129,10 +139,11 @@ def _timed(
     loss_chunk_tokens: int | None,
     profile_rows: int,
     before_timing: Callable[[], object],
+    arch: str,
 ) -> tuple[Row, float, float]:
     """measure(), also returning the timed window's ends on time.monotonic(), which every
     process of the machine shares; before_timing() runs between the warm-up and the window."""
-    config = model_config(shape, protocol)
+    config = model_config(shape, protocol, arch)
     torch.manual_seed(0)
     model = GPT(config, loss_chunk_tokens=loss_chunk_tokens).to(hw.device)
     step_model = hw.compiled(model)
@@ -183,12 +194,13 @@ def measure(
     hw: Hardware,
     loss_chunk_tokens: int | None = None,
     profile_rows: int = 0,
+    arch: str = "project",
 ) -> Row:
     """Time the training step (forward, backward, clip, AdamW) of one shape on random tokens,
-    compiled as hw says; loss_chunk_tokens as train.loss_chunk_tokens.
+    compiled as hw says; loss_chunk_tokens as train.loss_chunk_tokens; arch one of ARCHES.
     profile_rows > 0: then profile three more steps and keep that many top ops by device time."""
     return _timed(name, shape, protocol, hw, loss_chunk_tokens, profile_rows,
-                  before_timing=lambda: None)[0]
+                  before_timing=lambda: None, arch=arch)[0]
 
 
 def _profile(train_step: Callable[[], torch.Tensor], hw: Hardware, rows: int) -> str:
@@ -214,13 +226,13 @@ def _copy(
     results: multiprocessing.Queue,
 ) -> None:
     """One copy's process: warm up, wait for every copy, time; reports (index, result or why)."""
-    name, shape, protocol, hw, loss_chunk_tokens = args
+    name, shape, protocol, hw, loss_chunk_tokens, arch = args
     try:
         # TF32 and the like are per process: resolve the hardware again here.
         hw = resolve_hardware(str(hw.device), hw.precision, hw.compile, hw.peak_flops,
                               hw.compile_mode)
         results.put((index, _timed(name, shape, protocol, hw, loss_chunk_tokens, 0,
-                                   barrier.wait)))
+                                   barrier.wait, arch)))
     except threading.BrokenBarrierError:
         results.put((index, ANOTHER_FAILED))
     except Exception as exc:  # reported to the parent, which names it in one line
@@ -236,6 +248,7 @@ def measure_copies(
     hw: Hardware,
     copies: int,
     loss_chunk_tokens: int | None = None,
+    arch: str = "project",
 ) -> Row:
     """Train `copies` copies of one shape at once on the device, each in its own process (as a
     sweep running several runs per GPU does); they start timing together, after every copy's
@@ -244,7 +257,7 @@ def measure_copies(
     context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
     barrier = context.Barrier(copies)
     results = context.Queue()
-    args = (name, shape, protocol, hw, loss_chunk_tokens)
+    args = (name, shape, protocol, hw, loss_chunk_tokens, arch)
     workers = [context.Process(target=_copy, args=(i, args, barrier, results), daemon=True)
                for i in range(copies)]
     for worker in workers:
@@ -284,7 +297,7 @@ def measure_copies(
     rows = [row for row, _, _ in timed]
     memory = [row.peak_memory_bytes for row in rows]
     return _row(
-        name, model_config(shape, protocol), protocol, hw,
+        name, model_config(shape, protocol, arch), protocol, hw,
         tokens_per_s=copies * protocol.timed_steps * protocol.batch_size * protocol.seq_len / span,
         step_time_s=sum(row.step_time_s for row in rows) / copies,
         peak_memory_bytes=None if None in memory else sum(memory),

@@ -75,6 +75,21 @@ def test_copies_of_a_chosen_shape_run_without_the_extras_too(tmp_path):
     assert [(r["name"], r["copies"]) for r in report["rows"]] == [("2x64", 2)]
 
 
+def test_nanogpts_architecture_is_timed_as_the_baseline(tmp_path):
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, "-c", WITHOUT_EXTRAS, "--device", "cpu", "--tiny", "--shape", "2,64,2",
+         "--arch", "nanogpt", "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("nanoGPT's GPT on cpu (fp32, compile False, loss plain)")
+    report = json.loads(out.read_text())
+    assert (report["arch"], report["loss_chunk_tokens"]) == ("nanogpt", None)
+    [row] = report["rows"]
+    assert row["matmul_params"] == row["non_embedding_params"] + 512 * 64
+
+
 def test_without_a_known_peak_mfu_is_null_not_a_guess(tmp_path):
     out = tmp_path / "bench.json"
     result = subprocess.run(
@@ -107,6 +122,14 @@ def test_without_a_known_peak_mfu_is_null_not_a_guess(tmp_path):
      "error: --shape='4,128': not three positive n_layer,d_model,n_head: write e.g. 4,128,2"),
     (["--device", "cpu", "--shape", "2,65,2"],
      "error: --shape='2,65,2': n_head=2 does not divide d_model=65"),
+    (["--device", "cpu", "--arch", "nanogpt", "--loss-chunk-tokens", "512"],
+     "error: --loss-chunk-tokens=512 is not nanoGPT's step, which --arch nanogpt times as it "
+     "is: leave out --loss-chunk-tokens there"),
+    (["--device", "cpu", "--arch", "nanogpt", "--compile", "true", "--compile-mode",
+      "max-autotune"], "error: --compile-mode=max-autotune is not nanoGPT's step"),
+    (["--device", "cpu", "--arch", "nanogpt", "--copies", "2"],
+     "error: --copies=2 is not nanoGPT's step"),
+    (["--device", "cpu", "--arch", "gpt2"], "error: argument --arch: invalid choice: 'gpt2'"),
     (["--device", "cpu", "--out", "no-such-folder/bench.json"],
      "error: --out=no-such-folder/bench.json: the folder no-such-folder does not exist"),
 ])

@@ -18,7 +18,7 @@ PROTOCOL = {"vocab_size": 32768, "seq_len": 1024, "batch_size": 64, "warmup_step
 
 
 def write_report(path: Path, ratios: dict, *, chunk=None, device=H100, mfu_302m=0.52,
-                 failed=(), copies=1) -> Path:
+                 failed=(), copies=1, arch=None) -> Path:
     """A sweep.bench JSON whose rows run at `ratios` x nanoGPT's tokens/s, shape by shape."""
     rows = []
     for i, (shape, reference) in enumerate(REFERENCE.items()):
@@ -36,7 +36,7 @@ def write_report(path: Path, ratios: dict, *, chunk=None, device=H100, mfu_302m=
     path.write_text(json.dumps({
         "device": device, "torch": "2.11.0+cu128", "protocol": PROTOCOL, "compile": True,
         "compile_mode": None, "loss_chunk_tokens": chunk, "copies": copies, "rows": rows,
-        "failed": failures, "pending": [],
+        "failed": failures, "pending": [], **({"arch": arch} if arch else {}),
     }))
     return path
 
@@ -51,8 +51,9 @@ def test_the_best_variant_per_shape_meets_the_goals(tmp_path, capsys):
                                                     **dict.fromkeys(LARGE, 1.02)}, chunk=8192)
     assert main([str(plain), str(chunk), "--check-goals"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[2] == ("| shape | L,d,h | nanoGPT | compile, loss plain | compile, loss chunks of "
-                      "8192 | best / nanoGPT | best MFU 6N | goal |")
+    assert "best / nanoGPT is against nanoGPT's H100 table." in out[0]
+    assert out[2] == ("| shape | L,d,h | nanoGPT H100 | compile, loss plain | compile, loss "
+                      "chunks of 8192 | best / nanoGPT | best MFU 6N | goal |")
     # The smallest shape: the chunked loss is the best, at 1.35 x 3.72M tokens/s
     assert out[4] == ("| nanogpt-0 | 4,128,2 | 3.720M | 4.464M | **5.022M** | 1.35x | 30.0% | "
                       "≥1.30x met |")
@@ -86,6 +87,44 @@ def test_copies_are_shown_but_never_the_best_of_a_run(tmp_path, capsys):
                                    "nanoGPT's tokens/s, goal 1.3x; ")
 
 
+H200 = "NVIDIA H200"
+
+
+def test_on_another_card_the_goals_are_against_nanogpt_timed_there(tmp_path, capsys):
+    """An H200 has no reference row: an --arch nanogpt result is the baseline, never the best."""
+    everything = {**dict.fromkeys(SMALL, 1.0), **dict.fromkeys(LARGE, 1.0)}
+    baseline = write_report(tmp_path / "nanogpt.json", everything, device=H200, arch="nanogpt")
+    ours = write_report(tmp_path / "plain.json", {**dict.fromkeys(SMALL, 1.4),
+                                                   **dict.fromkeys(LARGE, 1.04)}, device=H200)
+    assert main([str(baseline), str(ours), "--check-goals"]) == 1
+    captured = capsys.readouterr()
+    out = captured.out.splitlines()
+    assert "best / nanoGPT is against nanoGPT's GPT timed here (sweep.bench --arch nanogpt)" \
+        in out[0]
+    assert out[2].startswith("| shape | L,d,h | nanoGPT H100 | nanoGPT's GPT, compile | "
+                             "compile, loss plain | best / nanoGPT |")
+    # The H100 table does not apply to an H200; the measured baseline does (3.72M here).
+    assert out[4] == ("| nanogpt-0 | 4,128,2 | - | 3.720M | **5.208M** | 1.40x | 30.0% | "
+                      "≥1.30x met |")
+    assert captured.err.splitlines() == [
+        "error: 3 of 7 goals missed: nanogpt-3 (12,512,8) 1.04x nanoGPT's tokens/s, goal 1.05x; "
+        "nanogpt-4 (12,768,12) 1.04x nanoGPT's tokens/s, goal 1.05x; nanogpt-5 (24,1024,16) "
+        "1.04x nanoGPT's tokens/s, goal 1.05x"]
+
+
+def test_a_shape_the_baseline_could_not_time_misses_its_goal(tmp_path, capsys):
+    baseline = write_report(tmp_path / "nanogpt.json", dict.fromkeys(SMALL, 1.0), device=H200,
+                            arch="nanogpt", failed=[(4, 128, 2)])
+    ours = write_report(tmp_path / "plain.json", dict.fromkeys(SMALL, 1.5), device=H200)
+    assert main([str(baseline), str(ours), "--check-goals"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[4] == (
+        "| nanogpt-0 | 4,128,2 | - | failed | **5.580M** | - | 30.0% | ≥1.30x missed |")
+    # Goals apply to the shapes in the results only (none of the larger three here)
+    assert captured.err.splitlines() == [
+        "error: 1 of 3 goals missed: nanogpt-0 (4,128,2) no nanoGPT result, goal 1.3x"]
+
+
 @pytest.mark.parametrize(("case", "line"), [
     ("device", "error: {b} has device='NVIDIA H200' but {a} has 'NVIDIA H100 80GB HBM3': "
                "compare results of one device, torch and protocol"),
@@ -93,7 +132,11 @@ def test_copies_are_shown_but_never_the_best_of_a_run(tmp_path, capsys):
               "once"),
     ("missing", "error: {b}: No such file or directory: pass a JSON that sweep.bench --out wrote"),
     ("garbage", "error: {b} is not a sweep.bench result (JSONDecodeError: "),
-    ("goals", "error: --check-goals: no goal applies to these results (device 'cpu')"),
+    ("goals", "error: --check-goals: no goal applies to these results (device 'cpu'): the "
+              "goals need nanoGPT's numbers with sweep.bench's default protocol: add a "
+              "sweep.bench --arch nanogpt result from this device"),
+    ("baselines", "error: {b} is a second nanoGPT baseline after {a}: pass one sweep.bench "
+                  "--arch nanogpt result"),
 ])
 def test_results_that_cannot_be_compared_are_one_line(tmp_path, capsys, case, line):
     a = write_report(tmp_path / "a.json", dict.fromkeys(SMALL, 1.0),
@@ -101,6 +144,10 @@ def test_results_that_cannot_be_compared_are_one_line(tmp_path, capsys, case, li
     b = tmp_path / "b.json"
     if case == "device":
         write_report(b, dict.fromkeys(SMALL, 1.0), device="NVIDIA H200")
+    elif case == "baselines":
+        write_report(a, dict.fromkeys(SMALL, 1.0), arch="nanogpt")
+        # eager: another label, but still a second baseline
+        b.write_text(a.read_text().replace('"compile": true', '"compile": false'))
     elif case == "twice":
         write_report(b, dict.fromkeys(SMALL, 1.0))
     elif case == "garbage":

@@ -12,9 +12,10 @@ import time
 
 import pytest
 
+from models import GPT, count_params
 from sweep.bench import TINY_SHAPES
 from sweep.hardware import resolve_hardware
-from sweep.throughput import TINY, BenchFailed, Protocol, measure, measure_copies
+from sweep.throughput import TINY, BenchFailed, Protocol, measure, measure_copies, model_config
 
 CPU = resolve_hardware("cpu", "fp32", False, None)
 
@@ -23,6 +24,27 @@ def test_the_chunked_loss_times_the_same_training():
     plain = measure("tiny", TINY_SHAPES[0], TINY, CPU)
     chunked = measure("tiny", TINY_SHAPES[0], TINY, CPU, loss_chunk_tokens=100)
     assert chunked.loss == pytest.approx(plain.loss, rel=1e-5)  # 5 AdamW steps, same batches
+
+
+def test_nanogpts_architecture_is_learned_positions_and_a_tied_head_with_the_same_blocks():
+    ours, theirs = (model_config((4, 128, 2), Protocol(), arch) for arch in ("project", "nanogpt"))
+    assert (ours.positions, ours.tie_embeddings) == ("rope", False)
+    assert (theirs.positions, theirs.tie_embeddings, theirs.bias) == ("learned", True, False)
+    # nanoGPT's table: 0.79M non-embedding parameters at 4,128,2 (12 L d^2 plus the norms)
+    assert count_params(theirs).non_embedding == count_params(ours).non_embedding == 787_584
+    model = GPT(model_config(TINY_SHAPES[0], TINY, "nanogpt"))
+    assert model.lm_head.weight is model.wte.weight and model.wpe is not None
+    with pytest.raises(ValueError, match="arch='gpt2' is unknown: use one of project, nanogpt"):
+        model_config((4, 128, 2), Protocol(), "gpt2")
+
+
+def test_the_tied_head_is_still_a_matmul_in_mfus_n():
+    """nanoGPT's 6N counts its head (tied to the embedding): the same N and FLOPs as an untied
+    head, so the two architectures' MFUs compare; a different model, so a different loss."""
+    ours = measure("tiny", TINY_SHAPES[0], TINY, CPU)
+    theirs = measure("tiny", TINY_SHAPES[0], TINY, CPU, arch="nanogpt")
+    assert theirs.matmul_params == ours.matmul_params == ours.non_embedding_params + 512 * 64
+    assert theirs.loss != pytest.approx(ours.loss, rel=1e-4)
 
 
 def test_copies_train_the_same_steps_and_count_all_their_tokens_over_the_shared_window():
