@@ -7,6 +7,13 @@
 # Usage: bash scripts/gpu_check.sh STAGE [STAGE ...]   (in the repo root; run scripts/gpu_wheels.sh
 # here first so .whl/ holds the packages the image lacks). Stages, with rough H100 times (a fresh
 # machine compiles every shape anew, ~30-60 s each; the log prints each step's real time):
+#   accept     issue 7's acceptance in the least device time: versions, the compiled-bf16-vs-fp32
+#              CUDA tests, then nanoGPT's six shapes smallest first, each timed in a process of
+#              its own as this project's GPT with the loss in chunks of GPU_CHECK_ACCEPT_CHUNK
+#              (8192), nanoGPT's GPT (--arch nanogpt, the same-card baseline) and this project's
+#              GPT with the plain loss, no profiles. Resumable: a rerun on the same (warm)
+#              machine skips what is done (state in .gpu_check/, compile caches in .gpu_cache/,
+#              both git-ignored and kept there between calls)                 ~10-14 min
 #   tests      nvidia-smi, versions, imports, the CUDA tests (-k), then sweep.train on the synthetic
 #              corpus plain and under 1-GPU torchrun, with both tokens/s          ~5-6 min
 #   reference  sweep.bench --shapes reference (6 shapes)                          ~4-6 min
@@ -21,24 +28,23 @@
 #              for K in GPU_CHECK_COPIES (2 4): tokens/s of them together     ~3-5 min
 #   ladder     sweep.bench --shapes ladder (11 presets up to 287M)                ~7-9 min
 #   suite      the whole non-slow test suite with a GPU present (-n 8)            optional
-# After the stages, every bench-reference*.json in $WORK goes through
-# sweep.bench_compare --check-goals: one table, the best variant per shape against
-# nanoGPT, and the goals met or missed (also in $WORK/compare-reference.md).
-# Recommended device calls (each `timeout_s: 600, carry: [".whl"]`; timings compare only within
-# one call, and only on the same kind of machine):
-#   1. bash scripts/gpu_check.sh tests
-#   2. bash scripts/gpu_check.sh reference chunk   (the A/B: same machine, same call)
-#   3. bash scripts/gpu_check.sh ladder            (or autotune, if the compile mode matters more,
-#                                                   or copies, if sharing a GPU is the question)
-# Everything a step writes goes to $GPU_CHECK_WORK (/tmp/gpu_check), re-packed into
+# After the stages, sweep.bench_compare --check-goals goes over every bench-reference*.json in
+# $WORK, and apart over every bench-accept-*.json: each a table of the variants per shape, the best
+# against nanoGPT (timed here when an --arch nanogpt result is among them, else its H100 table on an
+# H100), and the goals met or missed (also in $WORK/compare-reference.md, compare-accept.md).
+# A task lent a device gets 15 device minutes in all, machine starts (1-2 min) and idle waits
+# (30 s after each call) included, so plan two calls, both `timeout_s: 600, carry: [".whl"]`:
+#   1. bash scripts/gpu_check.sh accept
+#   2. at once after it, while the machine is warm (a fresh start costs 1-2 min and loses the
+#      caches), with budget_left_s from `status`:
+#      GPU_CHECK_DEADLINE_S=<budget_left_s - 60> bash scripts/gpu_check.sh accept
+#      to finish what the first left; then give_back. With more time: reference chunk, ladder,
+#      autotune or copies (timings compare only within one machine).
+# Everything a step writes goes to $GPU_CHECK_WORK (.gpu_check/), re-packed into
 # $OUT/results.tgz after every step; the console goes to $OUT/log.txt. Steps share a deadline
 # (GPU_CHECK_DEADLINE_S=570 s after the start): a step that would run past it is stopped, the
 # rest are skipped, and what finished still comes back. A failed step does not stop the others.
-#
 # With a shorter call limit than 600 s, lower GPU_CHECK_DEADLINE_S to match (keep ~30 s spare).
-# A session's 30 device minutes also pay each machine start (1-2 min) and the idle 30 s after a
-# call, so the third call above gets less than 600 s: read budget_left_s from `status` first and
-# start it with GPU_CHECK_DEADLINE_S=<that minus ~150> (the stages write results as they go).
 #
 # CPU dry run of the sequencing (no wheels, tiny settings; tests take ~30 s, each bench
 # step 1-2 min: --tiny shrinks the protocol, not the shapes):
@@ -61,7 +67,10 @@ fi
 
 PY=${PY:-python3}
 OUT=${OUT:-/tmp/gpu_out}
-WORK=${GPU_CHECK_WORK:-/tmp/gpu_check}
+# In the repo and git-ignored: the device keeps ignored files between calls to a warm machine
+WORK=${GPU_CHECK_WORK:-$PWD/.gpu_check}
+export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$PWD/.gpu_cache/inductor}
+export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-$PWD/.gpu_cache/triton}
 DEVICE=${GPU_CHECK_DEVICE:-cuda}
 DEADLINE_S=${GPU_CHECK_DEADLINE_S:-570}
 BENCH_ARGS=${GPU_CHECK_BENCH_ARGS:-}
@@ -69,6 +78,9 @@ PROFILE_ROWS=${GPU_CHECK_PROFILE_ROWS:-25}
 CHUNKS=${GPU_CHECK_CHUNKS-8192 16384}
 COMPILE_MODES=${GPU_CHECK_COMPILE_MODES-max-autotune-no-cudagraphs}
 COPIES=${GPU_CHECK_COPIES-2 4}
+ACCEPT_CHUNK=${GPU_CHECK_ACCEPT_CHUNK:-8192}
+ACCEPT_SHAPES=${GPU_CHECK_ACCEPT_SHAPES:-4,128,2 6,256,4 8,384,6 12,512,8 12,768,12 24,1024,16}
+ACCEPT_PYTEST_K=${GPU_CHECK_ACCEPT_PYTEST_K:-compiled_bf16_step_matches or cuda_run_uses_bf16}
 PYTEST_K=${GPU_CHECK_PYTEST_K:-cuda or gpu or bf16 or compiled}
 SUITE_ARGS=${GPU_CHECK_SUITE_ARGS:--n 8}
 DATA_ARGS=${GPU_CHECK_DATA_ARGS:-data=synthetic}
@@ -127,11 +139,15 @@ smoke() {  # smoke NAME LAUNCHER...: one sweep.train run of SMOKE_ARGS under exp
     cp --parents smoke_"$name"/*/{summary.json,metrics.jsonl,config.yaml} "$WORK/runs/" 2>/dev/null)
 }
 
-stage_tests() {
-  step nvidia-smi nvidia-smi
+versions() {
   step versions "$PY" -c "import sys, torch; print(sys.version); print('torch', torch.__version__,
 'cuda', torch.version.cuda, 'available', torch.cuda.is_available(),
 torch.cuda.get_device_name() if torch.cuda.is_available() else '')"
+}
+
+stage_tests() {
+  step nvidia-smi nvidia-smi
+  versions
   step imports "$PY" -c "from importlib.metadata import version as v
 import hydra, omegaconf, submitit, datasets, wandb
 for n in ('hydra-core omegaconf submitit hydra-submitit-launcher datasets wandb pydantic '
@@ -162,6 +178,36 @@ EOF
 
 stage_reference() { bench reference --shapes reference; }
 
+# accept_unit SHAPE VARIANT ARGS...: one shape of one variant in a process of its own, unless an
+# earlier call on this machine did it (a stopped step leaves no JSON, so it runs again).
+accept_unit() {
+  local name="accept-$2-${1//,/x}" shape=$1
+  shift 2
+  if [[ -s $WORK/bench-$name.json ]]; then
+    echo "=== bench-$name: done in an earlier call"
+    return
+  fi
+  # shellcheck disable=SC2086  # BENCH_ARGS is a list of flags
+  step "bench-$name" "$PY" -m sweep.bench --device "$DEVICE" --shape "$shape" --profile 0 "$@" \
+    $BENCH_ARGS --out "$WORK/bench-$name.json"
+}
+
+stage_accept() {
+  if [[ ! -s $WORK/pytest-accept.xml ]]; then
+    versions
+    step pytest-accept "$PY" -m pytest -q -rs -p no:cacheprovider tests -k "$ACCEPT_PYTEST_K" \
+      --junitxml "$WORK/pytest-accept.xml"
+  fi
+  local shape
+  # Shape by shape, so that a call stopped midway still has whole comparisons; the variant most
+  # likely to be this project's best first, then the baseline.
+  for shape in $ACCEPT_SHAPES; do
+    accept_unit "$shape" "chunk$ACCEPT_CHUNK" --loss-chunk-tokens "$ACCEPT_CHUNK"
+    accept_unit "$shape" nanogpt --arch nanogpt
+    accept_unit "$shape" plain
+  done
+}
+
 stage_chunk() {
   local n
   for n in $CHUNKS; do bench "reference-chunk$n" --shapes reference --loss-chunk-tokens "$n"; done
@@ -189,11 +235,22 @@ stage_suite() {
     --junitxml "$WORK/pytest-suite.xml"
 }
 
+compare() {  # compare NAME FILE...: the files that exist, through sweep.bench_compare
+  local name=$1 files=() file
+  shift
+  for file in "$@"; do [[ -f $file ]] && files+=("$file"); done
+  ((${#files[@]} > 0)) || return 0
+  echo
+  echo "##### $name: nanoGPT's shapes, all variants (sweep.bench_compare --check-goals)"
+  "$PY" -m sweep.bench_compare --check-goals "${files[@]}" | tee "$WORK/compare-$name.md"
+}
+
 main() {
   local stage
   for stage in "$@"; do
     if [[ $(type -t "stage_$stage") != function ]]; then
-      echo "unknown stage '$stage': tests reference chunk autotune variants copies ladder suite"
+      echo "unknown stage '$stage': accept tests reference chunk autotune variants copies" \
+        "ladder suite"
       return 2
     fi
   done
@@ -215,15 +272,8 @@ main() {
   done
   # Every variant of nanoGPT's shapes so far, the plain one first, side by side with the goals
   # (not a step: it takes a fraction of a second, and a missed goal is a result, not a failure).
-  local variants=() file
-  for file in "$WORK/bench-reference.json" "$WORK"/bench-reference-*.json; do
-    [[ -f $file ]] && variants+=("$file")
-  done
-  if ((${#variants[@]} > 0)); then
-    echo
-    echo "##### nanoGPT's shapes, all variants (sweep.bench_compare --check-goals)"
-    "$PY" -m sweep.bench_compare --check-goals "${variants[@]}" | tee "$WORK/compare-reference.md"
-  fi
+  compare reference "$WORK/bench-reference.json" "$WORK"/bench-reference-*.json
+  compare accept "$WORK"/bench-accept-*.json
   pack
   echo
   echo "steps (name, rc, seconds):"

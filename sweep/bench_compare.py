@@ -2,14 +2,15 @@
 by side, shape by shape, as a Markdown table for BENCHMARKS.md, with the best variant's ratio to
 nanoGPT and this project's throughput goals (`--check-goals` exits 1 when one is missed).
 
-Each file is one variant (plain or chunked loss, a compile mode, copies, or nanoGPT's GPT timed by
-`sweep.bench --arch nanogpt`); they must share the device, torch release and protocol, or the
-comparison would mean nothing. nanoGPT's numbers are the ones timed on this card when given, else
-its H100 table (on an H100 only).
+Each file holds one variant (plain or chunked loss, a compile mode, copies, or nanoGPT's GPT timed
+by `sweep.bench --arch nanogpt`), at some shapes: files of one variant at other shapes are merged.
+They must share the device, torch release and protocol, or the comparison would mean nothing.
+nanoGPT's numbers are the ones timed on this card when given, else its H100 table (H100 only).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sweep.errors import OneLineParser
-from sweep.nanogpt import MFU_GOALS, RATIO_GOALS, REFERENCE
+from sweep.nanogpt import MFU_GOALS, PROTOCOL, RATIO_GOALS, REFERENCE
 
 SHARED = ("device", "torch", "protocol")
 
@@ -72,8 +73,10 @@ def read_variant(path: Path) -> Variant:
                            "pass a JSON that sweep.bench --out wrote") from None
 
 
-def check_comparable(variants: list[Variant]) -> None:
-    """CompareError unless every file was taken on one device, torch release and protocol."""
+def combine(variants: list[Variant]) -> list[Variant]:
+    """The files as variants, those of one variant (say one file per shape) merged into one.
+    CompareError unless every file was taken on one device, torch release and protocol, each
+    shape of a variant is in one file only, and there is at most one nanoGPT baseline."""
     first = variants[0]
     for v in variants[1:]:
         for key in SHARED:
@@ -82,16 +85,26 @@ def check_comparable(variants: list[Variant]) -> None:
                     f"{v.path} has {key}={v.report.get(key)!r} but {first.path} has "
                     f"{first.report.get(key)!r}: compare results of one device, torch and protocol"
                 )
-    seen: dict[str, Path] = {}
+    merged: dict[str, Variant] = {}
+    where: dict[tuple[str, tuple[int, int, int]], Path] = {}
     for v in variants:
-        if v.label in seen:
-            raise CompareError(f"{v.path} repeats the variant '{v.label}' of {seen[v.label]}: "
-                               "pass each variant once")
-        seen[v.label] = v.path
+        for shape in [*v.rows, *v.failed]:
+            if (v.label, shape) in where:
+                raise CompareError(
+                    f"{v.path} repeats {','.join(map(str, shape))} of the variant '{v.label}' "
+                    f"in {where[v.label, shape]}: pass each shape of a variant once")
+            where[v.label, shape] = v.path
+        if v.label in merged:
+            into = merged[v.label]
+            v = dataclasses.replace(into, rows={**into.rows, **v.rows},
+                                    failed={**into.failed, **v.failed})
+        merged[v.label] = v
+    variants = list(merged.values())
     baselines = [v for v in variants if v.arch == "nanogpt"]
     if len(baselines) > 1:
         raise CompareError(f"{baselines[1].path} is a second nanoGPT baseline after "
                            f"{baselines[0].path}: pass one sweep.bench --arch nanogpt result")
+    return variants
 
 
 def _millions(tokens_per_s: float) -> str:
@@ -181,7 +194,8 @@ def compare(variants: list[Variant]) -> Comparison:
         ratio = best["tokens_per_s"] / reference if best and reference else None
         mfu = best["mfu_6n"] if best else None
         goal_cells: list[str] = []
-        if baseline is not None or table is not None:
+        # The goals hold for the reference protocol only (a --tiny baseline sets none)
+        if (baseline is not None or table is not None) and first["protocol"] == PROTOCOL:
             no_ratio = "no result" if best is None else "no nanoGPT result"
             goal_cells, shape_missed = _goals(name, shape, ratio, mfu, no_ratio)
             goals += len(goal_cells)
@@ -203,8 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                         "nanogpt result among them, or H100 results)")
     args = p.parse_args(argv)
     try:
-        variants = [read_variant(path) for path in args.results]
-        check_comparable(variants)
+        variants = combine([read_variant(path) for path in args.results])
     except CompareError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -213,10 +226,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.check_goals:
         return 0
     if not result.goals:
+        report = variants[0].report
         print(f"error: --check-goals: no goal applies to these results (device "
-              f"{variants[0].report['device']!r}): the goals need nanoGPT's numbers with "
-              "sweep.bench's default protocol: add a sweep.bench --arch nanogpt result from this "
-              "device, or leave out --check-goals", file=sys.stderr)
+              f"{report['device']!r}, protocol {report['protocol']}): goals need nanoGPT's "
+              "shapes, sweep.bench's default protocol and nanoGPT's numbers for the device (an "
+              "--arch nanogpt result among them, or an H100): leave out --check-goals",
+              file=sys.stderr)
         return 2
     if result.missed:
         print(f"error: {len(result.missed)} of {result.goals} goals missed: "

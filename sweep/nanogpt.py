@@ -11,6 +11,10 @@ ARCHITECTURE = {
     "positions": "learned", "tie_embeddings": True, "bias": False, "mlp_ratio": 4, "dropout": 0.0,
 }
 
+# The reference table's protocol (sweep.throughput.Protocol's defaults): goals hold for it only.
+PROTOCOL = {"vocab_size": 32768, "seq_len": 1024, "batch_size": 64, "warmup_steps": 10,
+            "timed_steps": 20}
+
 # (n_layer, d_model, n_head) of the nanoGPT reference table, and its tokens/s on one H100 80GB
 # (PyTorch 2.11, bf16 autocast, torch.compile, fused AdamW, flash SDPA), with sweep.bench's
 # default protocol (vocab 32768, seq_len 1024, 64 sequences a step, 10 + 20 steps).

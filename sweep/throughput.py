@@ -21,7 +21,7 @@ import torch
 
 from models import GPT, GPTConfig, count_params, flops_per_token
 from sweep.hardware import Hardware, resolve_hardware
-from sweep.nanogpt import ARCHITECTURE, REFERENCE
+from sweep.nanogpt import ARCHITECTURE, PROTOCOL, REFERENCE
 from sweep.step import accumulate_gradients, apply_gradients, build_optimizer
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -38,11 +38,11 @@ class BenchFailed(RuntimeError):
 class Protocol:
     """What each shape is timed on."""
 
-    vocab_size: int = 32768
-    seq_len: int = 1024
-    batch_size: int = 64  # sequences per optimizer step, all in one micro-batch
-    warmup_steps: int = 10
-    timed_steps: int = 20
+    vocab_size: int = PROTOCOL["vocab_size"]
+    seq_len: int = PROTOCOL["seq_len"]
+    batch_size: int = PROTOCOL["batch_size"]  # sequences per optimizer step, one micro-batch
+    warmup_steps: int = PROTOCOL["warmup_steps"]
+    timed_steps: int = PROTOCOL["timed_steps"]
 
 
 TINY = Protocol(vocab_size=512, seq_len=64, batch_size=4, warmup_steps=2, timed_steps=3)

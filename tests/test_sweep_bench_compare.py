@@ -10,11 +10,9 @@ from pathlib import Path
 import pytest
 
 from sweep.bench_compare import main
-from sweep.throughput import REFERENCE
+from sweep.nanogpt import PROTOCOL, REFERENCE
 
 H100 = "NVIDIA H100 80GB HBM3"
-PROTOCOL = {"vocab_size": 32768, "seq_len": 1024, "batch_size": 64, "warmup_steps": 10,
-            "timed_steps": 20}
 
 
 def write_report(path: Path, ratios: dict, *, chunk=None, device=H100, mfu_302m=0.52,
@@ -112,6 +110,20 @@ def test_on_another_card_the_goals_are_against_nanogpt_timed_there(tmp_path, cap
         "1.04x nanoGPT's tokens/s, goal 1.05x"]
 
 
+def test_files_of_one_variant_at_other_shapes_are_merged(tmp_path, capsys):
+    """gpu_check.sh times each shape in a process of its own: one file per variant and shape."""
+    paths = []
+    for shape in SMALL:
+        for arch, ratio in (("nanogpt", 1.0), (None, 1.5)):
+            paths.append(write_report(tmp_path / f"{arch}-{shape[0]}.json", {shape: ratio},
+                                      device=H200, arch=arch))
+    assert main([*map(str, paths), "--check-goals"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[2].startswith("| shape | L,d,h | nanoGPT H100 | nanoGPT's GPT, compile | "
+                             "compile, loss plain | best / nanoGPT |")
+    assert [line.split(" | ")[-3:] for line in out[4:]] == [["1.50x", "30.0%", "≥1.30x met |"]] * 3
+
+
 def test_a_shape_the_baseline_could_not_time_misses_its_goal(tmp_path, capsys):
     baseline = write_report(tmp_path / "nanogpt.json", dict.fromkeys(SMALL, 1.0), device=H200,
                             arch="nanogpt", failed=[(4, 128, 2)])
@@ -128,13 +140,17 @@ def test_a_shape_the_baseline_could_not_time_misses_its_goal(tmp_path, capsys):
 @pytest.mark.parametrize(("case", "line"), [
     ("device", "error: {b} has device='NVIDIA H200' but {a} has 'NVIDIA H100 80GB HBM3': "
                "compare results of one device, torch and protocol"),
-    ("twice", "error: {b} repeats the variant 'compile, loss plain' of {a}: pass each variant "
-              "once"),
+    ("twice", "error: {b} repeats 4,128,2 of the variant 'compile, loss plain' in {a}: pass each "
+              "shape of a variant once"),
     ("missing", "error: {b}: No such file or directory: pass a JSON that sweep.bench --out wrote"),
     ("garbage", "error: {b} is not a sweep.bench result (JSONDecodeError: "),
-    ("goals", "error: --check-goals: no goal applies to these results (device 'cpu'): the "
-              "goals need nanoGPT's numbers with sweep.bench's default protocol: add a "
-              "sweep.bench --arch nanogpt result from this device"),
+    ("goals", "error: --check-goals: no goal applies to these results (device 'cpu', protocol "
+              "{{'vocab_size': 32768, 'seq_len': 1024, 'batch_size': 64, 'warmup_steps': 10, "
+              "'timed_steps': 20}}): goals need nanoGPT's shapes, sweep.bench's default protocol "
+              "and nanoGPT's numbers for the device (an --arch nanogpt result among them, or an "
+              "H100): leave out --check-goals"),
+    ("tiny", "error: --check-goals: no goal applies to these results (device 'NVIDIA H200', "
+             "protocol {{'vocab_size': 512,"),
     ("baselines", "error: {b} is a second nanoGPT baseline after {a}: pass one sweep.bench "
                   "--arch nanogpt result"),
 ])
@@ -144,6 +160,11 @@ def test_results_that_cannot_be_compared_are_one_line(tmp_path, capsys, case, li
     b = tmp_path / "b.json"
     if case == "device":
         write_report(b, dict.fromkeys(SMALL, 1.0), device="NVIDIA H200")
+    elif case == "tiny":
+        # a baseline at nanoGPT's shapes, but with another protocol: no goal holds
+        for path, arch in ((a, "nanogpt"), (b, None)):
+            write_report(path, dict.fromkeys(SMALL, 1.5), device=H200, arch=arch)
+            path.write_text(path.read_text().replace('"vocab_size": 32768', '"vocab_size": 512'))
     elif case == "baselines":
         write_report(a, dict.fromkeys(SMALL, 1.0), arch="nanogpt")
         # eager: another label, but still a second baseline
