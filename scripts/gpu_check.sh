@@ -10,10 +10,11 @@
 #   accept     issue 7's acceptance in the least device time: versions, the compiled-bf16-vs-fp32
 #              CUDA tests, then nanoGPT's six shapes smallest first, each timed in a process of
 #              its own as this project's GPT with the loss in chunks of GPU_CHECK_ACCEPT_CHUNK
-#              (8192), nanoGPT's GPT (--arch nanogpt, the same-card baseline) and this project's
-#              GPT with the plain loss, no profiles. Resumable: a rerun on the same (warm)
-#              machine skips what is done (state in .gpu_check/, compile caches in .gpu_cache/,
-#              both git-ignored and kept there between calls)                 ~10-14 min
+#              (8192, with a profile), nanoGPT's GPT (--arch nanogpt, the same-card baseline)
+#              and this project's GPT with the plain loss; last the CUDA run test (MFU logged).
+#              Resumable: a rerun on the same (warm) machine skips what is done (state in
+#              .gpu_check/, compile caches in .gpu_cache/, both git-ignored and kept there
+#              between calls)                                                 ~10-14 min
 #   tests      nvidia-smi, versions, imports, the CUDA tests (-k), then sweep.train on the synthetic
 #              corpus plain and under 1-GPU torchrun, with both tokens/s          ~5-6 min
 #   reference  sweep.bench --shapes reference (6 shapes)                          ~4-6 min
@@ -80,7 +81,10 @@ COMPILE_MODES=${GPU_CHECK_COMPILE_MODES-max-autotune-no-cudagraphs}
 COPIES=${GPU_CHECK_COPIES-2 4}
 ACCEPT_CHUNK=${GPU_CHECK_ACCEPT_CHUNK:-8192}
 ACCEPT_SHAPES=${GPU_CHECK_ACCEPT_SHAPES:-4,128,2 6,256,4 8,384,6 12,512,8 12,768,12 24,1024,16}
-ACCEPT_PYTEST_K=${GPU_CHECK_ACCEPT_PYTEST_K:-compiled_bf16_step_matches or cuda_run_uses_bf16}
+# First the acceptance's correctness test; the bf16 run that logs MFU (Hydra, data, a compile:
+# about a minute) comes after the benches
+ACCEPT_PYTEST_K=${GPU_CHECK_ACCEPT_PYTEST_K:-compiled_bf16_step_matches}
+ACCEPT_LATE_PYTEST_K=${GPU_CHECK_ACCEPT_LATE_PYTEST_K:-cuda_run_uses_bf16}
 PYTEST_K=${GPU_CHECK_PYTEST_K:-cuda or gpu or bf16 or compiled}
 SUITE_ARGS=${GPU_CHECK_SUITE_ARGS:--n 8}
 DATA_ARGS=${GPU_CHECK_DATA_ARGS:-data=synthetic}
@@ -178,6 +182,17 @@ EOF
 
 stage_reference() { bench reference --shapes reference; }
 
+# once_pytest NAME ARGS...: pytest ARGS as step NAME, unless an earlier call on this machine ran it
+once_pytest() {
+  local name=$1
+  shift
+  if [[ -s $WORK/$name.xml ]]; then
+    echo "=== $name: done in an earlier call"
+    return
+  fi
+  step "$name" "$PY" -m pytest -q -rs -p no:cacheprovider tests "$@" --junitxml "$WORK/$name.xml"
+}
+
 # accept_unit SHAPE VARIANT ARGS...: one shape of one variant in a process of its own, unless an
 # earlier call on this machine did it (a stopped step leaves no JSON, so it runs again).
 accept_unit() {
@@ -188,24 +203,24 @@ accept_unit() {
     return
   fi
   # shellcheck disable=SC2086  # BENCH_ARGS is a list of flags
-  step "bench-$name" "$PY" -m sweep.bench --device "$DEVICE" --shape "$shape" --profile 0 "$@" \
+  step "bench-$name" "$PY" -m sweep.bench --device "$DEVICE" --shape "$shape" "$@" \
     $BENCH_ARGS --out "$WORK/bench-$name.json"
 }
 
 stage_accept() {
-  if [[ ! -s $WORK/pytest-accept.xml ]]; then
-    versions
-    step pytest-accept "$PY" -m pytest -q -rs -p no:cacheprovider tests -k "$ACCEPT_PYTEST_K" \
-      --junitxml "$WORK/pytest-accept.xml"
-  fi
+  [[ -s $WORK/pytest-accept.xml ]] || versions
+  once_pytest pytest-accept -k "$ACCEPT_PYTEST_K"
   local shape
   # Shape by shape, so that a call stopped midway still has whole comparisons; the variant most
-  # likely to be this project's best first, then the baseline.
+  # likely to be this project's best first (with a profile of where its time goes), then the
+  # baseline.
   for shape in $ACCEPT_SHAPES; do
-    accept_unit "$shape" "chunk$ACCEPT_CHUNK" --loss-chunk-tokens "$ACCEPT_CHUNK"
+    accept_unit "$shape" "chunk$ACCEPT_CHUNK" --loss-chunk-tokens "$ACCEPT_CHUNK" \
+      --profile "$PROFILE_ROWS"
     accept_unit "$shape" nanogpt --arch nanogpt
     accept_unit "$shape" plain
   done
+  once_pytest pytest-accept-run -k "$ACCEPT_LATE_PYTEST_K"
 }
 
 stage_chunk() {
