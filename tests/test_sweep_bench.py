@@ -30,13 +30,16 @@ WITHOUT_EXTRAS = (
 )
 
 
+def bench_without_extras(*args: str) -> subprocess.CompletedProcess:
+    """`python -m sweep.bench ARGS` as on the GPU image: Hydra, wandb and the like absent."""
+    return subprocess.run([sys.executable, "-c", WITHOUT_EXTRAS, *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+
+
 def test_tiny_cpu_bench_prints_a_table_and_writes_json_with_mfu_by_both_conventions(tmp_path):
     out = tmp_path / "bench.json"
-    result = subprocess.run(
-        [sys.executable, "-c", WITHOUT_EXTRAS, "--device", "cpu", "--tiny", "--peak-flops",
-         "1e12", "--out", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-    )
+    result = bench_without_extras("--device", "cpu", "--tiny", "--peak-flops", "1e12",
+                                  "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert "tiny-0" in result.stdout and "tiny-1" in result.stdout
     report = json.loads(out.read_text())
@@ -63,11 +66,8 @@ def test_copies_of_a_chosen_shape_run_without_the_extras_too(tmp_path):
     """--shape alone times only that shape; --copies trains it in two processes at once, also
     with the GPU image's packages (spawned copies import the project's modules only)."""
     out = tmp_path / "bench.json"
-    result = subprocess.run(
-        [sys.executable, "-c", WITHOUT_EXTRAS, "--device", "cpu", "--tiny", "--shape", "2,64,2",
-         "--copies", "2", "--out", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-    )
+    result = bench_without_extras("--device", "cpu", "--tiny", "--shape", "2,64,2", "--copies",
+                                  "2", "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert "2 copies of each shape at once" in result.stdout
     report = json.loads(out.read_text())
@@ -77,11 +77,8 @@ def test_copies_of_a_chosen_shape_run_without_the_extras_too(tmp_path):
 
 def test_nanogpts_architecture_is_timed_as_the_baseline(tmp_path):
     out = tmp_path / "bench.json"
-    result = subprocess.run(
-        [sys.executable, "-c", WITHOUT_EXTRAS, "--device", "cpu", "--tiny", "--shape", "2,64,2",
-         "--arch", "nanogpt", "--out", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-    )
+    result = bench_without_extras("--device", "cpu", "--tiny", "--shape", "2,64,2", "--arch",
+                                  "nanogpt", "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("nanoGPT's GPT on cpu (fp32, compile False, loss plain)")
     report = json.loads(out.read_text())
