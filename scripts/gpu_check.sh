@@ -103,7 +103,8 @@ mkdir -p "$OUT" "$WORK"
 FAILED=()
 pack() { tar czf "$OUT/results.tgz" -C "$(dirname "$WORK")" "$(basename "$WORK")"; }
 
-# step NAME CMD...: run CMD within the shared deadline, time it, record its status.
+# step NAME CMD...: run CMD within the shared deadline, time it, record its status; returns CMD's
+# (1 when skipped).
 step() {
   local name=$1 start=$SECONDS left=$((DEADLINE_S - SECONDS)) rc
   shift
@@ -113,7 +114,7 @@ step() {
     echo "=== $name: skipped, ${left}s left before the ${DEADLINE_S}s deadline"
     FAILED+=("$name(skipped)")
     printf '%s\tskipped\t0\n' "$name" >>"$WORK/steps.tsv"
-    return
+    return 1
   fi
   if command -v timeout >/dev/null; then timeout -k 15 "$left" "$@"; else "$@"; fi
   rc=$?
@@ -122,6 +123,7 @@ step() {
   echo "=== $name: rc=$rc in $((SECONDS - start))s"
   printf '%s\t%s\t%s\n' "$name" "$rc" "$((SECONDS - start))" >>"$WORK/steps.tsv"
   pack
+  return "$rc"
 }
 
 bench() {  # bench NAME ARGS...: sweep.bench into $WORK/bench-NAME.json
@@ -182,15 +184,17 @@ EOF
 
 stage_reference() { bench reference --shapes reference; }
 
-# once_pytest NAME ARGS...: pytest ARGS as step NAME, unless an earlier call on this machine ran it
+# once_pytest NAME ARGS...: pytest ARGS as step NAME, unless an earlier call on this machine passed
+# it (a failure, collection errors included, runs again and shows again)
 once_pytest() {
   local name=$1
   shift
-  if [[ -s $WORK/$name.xml ]]; then
-    echo "=== $name: done in an earlier call"
+  if [[ -f $WORK/$name.passed ]]; then
+    echo "=== $name: passed in an earlier call"
     return
   fi
-  step "$name" "$PY" -m pytest -q -rs -p no:cacheprovider tests "$@" --junitxml "$WORK/$name.xml"
+  step "$name" "$PY" -m pytest -q -rs -p no:cacheprovider tests "$@" \
+    --junitxml "$WORK/$name.xml" && touch "$WORK/$name.passed"
 }
 
 # accept_unit SHAPE VARIANT ARGS...: one shape of one variant in a process of its own, unless an
@@ -208,7 +212,7 @@ accept_unit() {
 }
 
 stage_accept() {
-  [[ -s $WORK/pytest-accept.xml ]] || versions
+  [[ -f $WORK/pytest-accept.passed ]] || versions
   once_pytest pytest-accept -k "$ACCEPT_PYTEST_K"
   local shape
   # Shape by shape, so that a call stopped midway still has whole comparisons; the variant most
