@@ -16,9 +16,11 @@ from sweep.errors import ConfigError
 # substring of torch.cuda.get_device_name(), most specific first.
 PEAK_BF16_FLOPS = (
     ("H100 PCIe", 756.0e12),
+    ("H100 NVL", 835.5e12),  # the PCIe cards of the NVL pairs run at lower clocks than SXM
     ("H100", 989.4e12),  # SXM5 / HBM3
-    ("H200", 989.4e12),
-    ("GH200", 989.4e12),
+    ("H200 NVL", 835.5e12),
+    ("H200", 989.4e12),  # SXM; also matches GH200, whose Hopper is the same
+    ("B200", 2250.0e12),
     ("A100", 312.0e12),
     ("L40S", 362.05e12),
     ("L4", 121.0e12),

@@ -15,6 +15,9 @@ ARCHITECTURE = {
 PROTOCOL = {"vocab_size": 32768, "seq_len": 1024, "batch_size": 64, "warmup_steps": 10,
             "timed_steps": 20}
 
+# The card the table was taken on, as torch names it (the SXM H100; PCIe and NVL cards are slower)
+REFERENCE_DEVICE = "NVIDIA H100 80GB HBM3"
+
 # (n_layer, d_model, n_head) of the nanoGPT reference table, and its tokens/s on one H100 80GB
 # (PyTorch 2.11, bf16 autocast, torch.compile, fused AdamW, flash SDPA), with sweep.bench's
 # default protocol (vocab 32768, seq_len 1024, 64 sequences a step, 10 + 20 steps).

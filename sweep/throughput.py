@@ -21,7 +21,7 @@ import torch
 
 from models import GPT, GPTConfig, count_params, flops_per_token
 from sweep.hardware import Hardware, resolve_hardware
-from sweep.nanogpt import ARCHITECTURE, PROTOCOL, REFERENCE
+from sweep.nanogpt import ARCHITECTURE, PROTOCOL, REFERENCE, REFERENCE_DEVICE
 from sweep.step import accumulate_gradients, apply_gradients, build_optimizer
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -126,7 +126,8 @@ def _row(
         mfu_6n=hw.mfu(flops_6n * tokens_per_s),
         mfu_exact=hw.mfu(exact * tokens_per_s),
         nanogpt_tokens_per_s=(REFERENCE.get(shape)
-                              if protocol == Protocol() and "H100" in hw.device_name else None),
+                              if protocol == Protocol() and hw.device_name == REFERENCE_DEVICE
+                              else None),
         **rest,
     )
 

@@ -18,6 +18,10 @@ def test_cpu_auto_is_float32_uncompiled_and_has_no_mfu():
 def test_peak_table_matches_most_specific_name_first():
     assert peak_flops_for("NVIDIA H100 80GB HBM3") == 989.4e12
     assert peak_flops_for("NVIDIA H100 PCIe") == 756e12
+    # the name the H200 machines lent here report, and the slower NVL cards that contain it
+    assert peak_flops_for("NVIDIA H200") == peak_flops_for("NVIDIA GH200 480GB") == 989.4e12
+    assert peak_flops_for("NVIDIA H200 NVL") == peak_flops_for("NVIDIA H100 NVL") == 835.5e12
+    assert peak_flops_for("NVIDIA B200") == 2250e12
     assert peak_flops_for("NVIDIA A100-SXM4-80GB") == 312e12
     assert peak_flops_for("Some Future GPU") is None
 

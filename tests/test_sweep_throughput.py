@@ -14,8 +14,16 @@ import pytest
 
 from models import GPT, count_params
 from sweep.bench import TINY_SHAPES
-from sweep.hardware import resolve_hardware
-from sweep.throughput import TINY, BenchFailed, Protocol, measure, measure_copies, model_config
+from sweep.hardware import Hardware, peak_flops_for, resolve_hardware
+from sweep.throughput import (
+    TINY,
+    BenchFailed,
+    Protocol,
+    _row,
+    measure,
+    measure_copies,
+    model_config,
+)
 
 CPU = resolve_hardware("cpu", "fp32", False, None)
 
@@ -45,6 +53,21 @@ def test_the_tied_head_is_still_a_matmul_in_mfus_n():
     theirs = measure("tiny", TINY_SHAPES[0], TINY, CPU, arch="nanogpt")
     assert theirs.matmul_params == ours.matmul_params == ours.non_embedding_params + 512 * 64
     assert theirs.loss != pytest.approx(ours.loss, rel=1e-4)
+
+
+@pytest.mark.parametrize(("device", "protocol", "reference"), [
+    ("NVIDIA H100 80GB HBM3", Protocol(), 3.72e6),
+    ("NVIDIA H100 PCIe", Protocol(), None),  # a slower H100: the SXM table does not apply
+    ("NVIDIA H200", Protocol(), None),
+    ("NVIDIA H100 80GB HBM3", TINY, None),
+])
+def test_nanogpts_h100_table_applies_to_its_own_card_and_protocol_only(device, protocol,
+                                                                       reference):
+    hw = Hardware(device=CPU.device, device_name=device, precision="bf16", compile=True,
+                  peak_flops=peak_flops_for(device))
+    row = _row("nanogpt-0", model_config((4, 128, 2), protocol), protocol, hw, 4e6,
+               step_time_s=0.0164, peak_memory_bytes=None, loss=10.4)
+    assert row.nanogpt_tokens_per_s == reference
 
 
 def test_copies_train_the_same_steps_and_count_all_their_tokens_over_the_shared_window():
