@@ -57,6 +57,9 @@
 # tokenizers==0.23.2 huggingface-hub==1.33.0 scipy pandas pyarrow matplotlib pytest pytest-xdist
 # cloudpickle requests psutil pyyaml xxhash tqdm fsspec rich httpx aiohttp click), the project
 # not installed, the wheels on: PY=that/venv/bin/python and the dry run's settings above.
+# 2026-12-01, `accept` so (GPU_CHECK_BENCH_ARGS="--tiny --compile true", two tiny shapes): every
+# bench step passed, without graph breaks or recompiles, and a rerun skipped them all (the pytest
+# steps failed at collection only because that venv lacked matplotlib, which the image has).
 # shellcheck disable=SC2329  # the stage_* functions are called by name from main
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
