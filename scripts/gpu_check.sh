@@ -20,6 +20,8 @@
 #   reference  sweep.bench --shapes reference (6 shapes)                          ~4-6 min
 #              Every bench step passes --profile GPU_CHECK_PROFILE_ROWS (25): after timing a shape
 #              it profiles 3 more steps and prints (and keeps in the JSON) the top ops by device time.
+#   baseline   reference shapes as nanoGPT's GPT (--arch nanogpt): the goals' baseline on a card
+#              other than the H100 of nanoGPT's table (an H200, say)           ~4-6 min
 #   chunk      reference shapes with --loss-chunk-tokens N for N in GPU_CHECK_CHUNKS (8192 16384)
 #              (~2-4 min each after `reference` in the same call: Triton kernels come from cache)
 #   autotune   reference shapes with --compile-mode M for M in GPU_CHECK_COMPILE_MODES
@@ -187,6 +189,8 @@ EOF
 
 stage_reference() { bench reference --shapes reference; }
 
+stage_baseline() { bench reference-nanogpt --shapes reference --arch nanogpt; }
+
 # once_pytest NAME ARGS...: pytest ARGS as step NAME, unless an earlier call on this machine passed
 # it (a failure, collection errors included, runs again and shows again)
 once_pytest() {
@@ -271,8 +275,8 @@ main() {
   local stage
   for stage in "$@"; do
     if [[ $(type -t "stage_$stage") != function ]]; then
-      echo "unknown stage '$stage': accept tests reference chunk autotune variants copies" \
-        "ladder suite"
+      echo "unknown stage '$stage': accept tests reference baseline chunk autotune variants" \
+        "copies ladder suite"
       return 2
     fi
   done
