@@ -213,7 +213,12 @@ def test_compiled_bf16_step_matches_the_float32_eager_step(loss_chunk_tokens):
     xs, ys = tokens[:, :-1], tokens[:, 1:]
     fp32 = resolve_hardware("cuda", "fp32", False, None)
     bf16 = resolve_hardware("cuda", "bf16", True, None)
-    loss32 = accumulate_gradients(eager, xs, ys, 8, fp32)
+    # resolve_hardware lets float32 matmuls use TF32; the reference is true float32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        loss32 = accumulate_gradients(eager, xs, ys, 8, fp32)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     loss16 = accumulate_gradients(torch.compile(fast), xs, ys, 8, bf16)
     assert loss16.item() == pytest.approx(loss32.item(), rel=1e-2)
     for (name, p32), p16 in zip(eager.named_parameters(), fast.parameters(), strict=True):
