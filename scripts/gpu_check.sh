@@ -14,7 +14,7 @@
 #              and this project's GPT with the plain loss; last the CUDA run test (MFU logged).
 #              Resumable: a rerun on the same (warm) machine skips what is done (state in
 #              .gpu_check/, compile caches in .gpu_cache/, both git-ignored and kept there
-#              between calls)                                                 ~10-14 min
+#              between calls; delete .gpu_check/ to start over)               ~10-14 min
 #   tests      nvidia-smi, versions, imports, the CUDA tests (-k), then sweep.train on the synthetic
 #              corpus plain and under 1-GPU torchrun, with both tokens/s          ~5-6 min
 #   reference  sweep.bench --shapes reference (6 shapes)                          ~4-6 min
@@ -41,8 +41,8 @@
 #   2. at once after it, while the machine is warm (a fresh start costs 1-2 min and loses the
 #      caches), with budget_left_s from `status`:
 #      GPU_CHECK_DEADLINE_S=<budget_left_s - 60> bash scripts/gpu_check.sh accept
-#      to finish what the first left; then give_back. With more time: reference chunk, ladder,
-#      autotune or copies (timings compare only within one machine).
+#      to finish what the first left; then give_back. With more time: reference baseline chunk,
+#      ladder, autotune or copies (timings compare only within one machine).
 # Everything a step writes goes to $GPU_CHECK_WORK (.gpu_check/), re-packed into
 # $OUT/results.tgz after every step; the console goes to $OUT/log.txt. Steps share a deadline
 # (GPU_CHECK_DEADLINE_S=570 s after the start): a step that would run past it is stopped, the
