@@ -141,3 +141,16 @@ def test_a_term_that_runs_off_is_flagged():
     good = Approach3(law=EPOCH_LAW, objective=0.0, converged=True, n_points=6, n_starts=1,
                      n_converged=1, compute=[], samples=np.zeros((0, 5)))
     assert "warning" not in good.to_json()
+
+
+def test_a_fit_whose_loss_rises_with_n_is_flagged():
+    """The CPU smoke sweep's runs are far from convergence: alpha comes out negative."""
+    law = ChinchillaLaw(E=0.0, A=0.0049, B=51.56, alpha=-0.2099, beta=0.1964)
+    fit = Approach3(law=law, objective=0.0, converged=True, n_points=9, n_starts=1,
+                    n_converged=1, compute=[1e12], samples=np.zeros((0, 5)))
+    report = fit.to_json()
+    assert report["warning"] == (
+        "non-physical fit: alpha=-0.21 (the loss does not fall with N), so there is no "
+        "compute-optimal allocation; the runs are too far from convergence, or span too little "
+        "N and D, to identify the law")
+    assert np.isnan(report["allocation"][0]["N_opt"])  # null in report.json

@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from sweep.fit.__main__ import _summary
 from sweep.fit.synthetic import EPOCH_LAW, isoflop_table
 from tests.test_sweep_collect import make_run
 
@@ -223,7 +224,16 @@ def test_curves_fit_prints_a_summary(fits: Fits) -> None:
     assert any(line.startswith("approach 1: a=") for line in lines)
     assert any(line.startswith("extrapolation: 7 held-out runs") for line in lines)
     assert lines[-1].startswith(f"report: {fits.curves.out / 'report.md'} (")
-    assert not any(line.startswith("skipped") for line in lines)
+    assert not any(line.startswith(("skipped", "approach 3 warning")) for line in lines)
+
+
+def test_the_summary_repeats_approach3s_warning() -> None:
+    """A fit the report warns about is flagged on the console too, right under its line."""
+    law = {"E": 0.0, "A": 0.0049, "B": 51.56, "alpha": -0.2099, "beta": 0.1964, "a": -14.6,
+           "b": 15.6, "warning": "non-physical fit: alpha=-0.21 (...)"}
+    lines = _summary({"approach3": law, "skipped": {}})
+    assert lines == ["approach 3: E=0 A=0.0049 B=51.56 alpha=-0.2099 beta=0.1964 -> a=-14.600 "
+                     "b=15.600", "approach 3 warning: non-physical fit: alpha=-0.21 (...)"]
 
 
 # --- final points only, torch-free, over an earlier report -------------------------------------

@@ -91,6 +91,8 @@ def _summary(report: dict) -> list[str]:
         lines.append(f"approach 3: E={s['E']:.4g} A={s['A']:.4g} B={s['B']:.4g} "
                      f"alpha={s['alpha']:.4g} beta={s['beta']:.4g} -> a={s['a']:.3f} "
                      f"b={s['b']:.3f}")
+        if "warning" in s:
+            lines.append(f"approach 3 warning: {s['warning']}")
         for p in s.get("predictions", []):
             lo_hi = p.get("ci95", {}).get("loss")
             interval = f" [{lo_hi[0]:.4g}, {lo_hi[1]:.4g}]" if lo_hi else ""

@@ -82,9 +82,12 @@ class ChinchillaLaw:
         """N_opt, D_opt minimising L under C = 6 N D (Hoffmann et al. eq. 4)."""
         c = np.asarray(compute, dtype=float) / 6.0
         # A fit with a non-positive exponent (runs far from convergence, e.g. the CPU smoke sweep)
-        # has no finite optimum: the allocation is nan/inf, reported as null, not a warning.
+        # has no finite optimum: the allocation is nan/inf, reported as null (and warning() says
+        # why).
         with np.errstate(all="ignore"):
-            g = (self.alpha * self.A / (self.beta * self.B)) ** (1.0 / (self.alpha + self.beta))
+            # numpy's power: a negative base gives nan, where Python floats would give a complex
+            ratio = np.float64(self.alpha) * self.A / (self.beta * self.B)
+            g = np.power(ratio, 1.0 / (self.alpha + self.beta))
             return g * c**self.a, c**self.b / g
 
     def values(self) -> dict[str, float]:
@@ -190,12 +193,20 @@ class Approach3:
         return rows
 
     def warning(self) -> str | None:
-        """Why the fit should not be trusted, when a term has run off to an extreme."""
+        """Why the fit should not be trusted: a term ran off to an extreme, or an exponent is not
+        positive (the loss would not fall with N or D, and no compute optimum exists)."""
         values = self.law.values()
         if not all(np.isfinite(v) for v in values.values()) or max(self.law.alpha,
                                                                       self.law.beta) > 3:
             return ("degenerate fit: a term ran off (exponent > 3 or infinite coefficient); "
                     "the runs do not span enough N and D to identify the law")
+        flat = [f"{name}={value:.3g} (the loss does not fall with {axis})"
+                for name, value, axis in (("alpha", self.law.alpha, "N"),
+                                          ("beta", self.law.beta, "D")) if value <= 0]
+        if flat:
+            return (f"non-physical fit: {' and '.join(flat)}, so there is no compute-optimal "
+                    "allocation; the runs are too far from convergence, or span too little N and "
+                    "D, to identify the law")
         return None
 
     def to_json(self) -> dict[str, Any]:
