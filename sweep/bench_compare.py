@@ -161,8 +161,10 @@ def compare(variants: list[Variant]) -> Comparison:
     baseline = next((v for v in variants if v.arch == "nanogpt"), None)
     against = ("nanoGPT's GPT timed here (sweep.bench --arch nanogpt)" if baseline
                else "nanoGPT's H100 table" if referenced else "no nanoGPT numbers for this device")
+    dates = sorted({v.report["date"][:10] for v in variants if v.report.get("date")})
+    taken = f"; taken {' to '.join(dict.fromkeys([dates[0], dates[-1]]))}" if dates else ""
     lines = [
-        f"Device: {first['device']}; torch {first['torch']}; protocol {first['protocol']}. "
+        f"Device: {first['device']}; torch {first['torch']}{taken}; protocol {first['protocol']}. "
         "In bold the best per shape of the variants of this project's GPT that train one copy "
         f"(copies measure a sweep, not a run); best / nanoGPT is against {against}.",
         "",

@@ -16,7 +16,7 @@ H100 = "NVIDIA H100 80GB HBM3"
 
 
 def write_report(path: Path, ratios: dict, *, chunk=None, device=H100, mfu_302m=0.52,
-                 failed=(), copies=1, arch=None) -> Path:
+                 failed=(), copies=1, arch=None, date=None) -> Path:
     """A sweep.bench JSON whose rows run at `ratios` x nanoGPT's tokens/s, shape by shape."""
     rows = []
     for i, (shape, reference) in enumerate(REFERENCE.items()):
@@ -35,6 +35,7 @@ def write_report(path: Path, ratios: dict, *, chunk=None, device=H100, mfu_302m=
         "device": device, "torch": "2.11.0+cu128", "protocol": PROTOCOL, "compile": True,
         "compile_mode": None, "loss_chunk_tokens": chunk, "copies": copies, "rows": rows,
         "failed": failures, "pending": [], **({"arch": arch} if arch else {}),
+        **({"date": date} if date else {}),
     }))
     return path
 
@@ -49,6 +50,7 @@ def test_the_best_variant_per_shape_meets_the_goals(tmp_path, capsys):
                                                     **dict.fromkeys(LARGE, 1.02)}, chunk=8192)
     assert main([str(plain), str(chunk), "--check-goals"]) == 0
     out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("Device: NVIDIA H100 80GB HBM3; torch 2.11.0+cu128; protocol ")
     assert "best / nanoGPT is against nanoGPT's H100 table." in out[0]
     assert out[2] == ("| shape | L,d,h | nanoGPT H100 | compile, loss plain | compile, loss "
                       "chunks of 8192 | best / nanoGPT | best MFU 6N | goal |")
@@ -91,12 +93,16 @@ H200 = "NVIDIA H200"
 def test_on_another_card_the_goals_are_against_nanogpt_timed_there(tmp_path, capsys):
     """An H200 has no reference row: an --arch nanogpt result is the baseline, never the best."""
     everything = {**dict.fromkeys(SMALL, 1.0), **dict.fromkeys(LARGE, 1.0)}
-    baseline = write_report(tmp_path / "nanogpt.json", everything, device=H200, arch="nanogpt")
+    baseline = write_report(tmp_path / "nanogpt.json", everything, device=H200, arch="nanogpt",
+                            date="2026-12-02T00:01:10+00:00")
     ours = write_report(tmp_path / "plain.json", {**dict.fromkeys(SMALL, 1.4),
-                                                   **dict.fromkeys(LARGE, 1.04)}, device=H200)
+                                                   **dict.fromkeys(LARGE, 1.04)}, device=H200,
+                        date="2026-12-01T23:58:02+00:00")
     assert main([str(baseline), str(ours), "--check-goals"]) == 1
     captured = capsys.readouterr()
     out = captured.out.splitlines()
+    assert out[0].startswith("Device: NVIDIA H200; torch 2.11.0+cu128; taken 2026-12-01 to "
+                             "2026-12-02; protocol ")
     assert "best / nanoGPT is against nanoGPT's GPT timed here (sweep.bench --arch nanogpt)" \
         in out[0]
     assert out[2].startswith("| shape | L,d,h | nanoGPT H100 | nanoGPT's GPT, compile | "
