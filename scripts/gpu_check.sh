@@ -10,8 +10,9 @@
 #   accept     issue 7's acceptance in the least device time: versions, the compiled-bf16-vs-fp32
 #              CUDA tests, then nanoGPT's six shapes smallest first, each timed in a process of
 #              its own as this project's GPT with the loss in chunks of GPU_CHECK_ACCEPT_CHUNK
-#              (8192, with a profile), nanoGPT's GPT (--arch nanogpt, the same-card baseline)
-#              and this project's GPT with the plain loss; last the CUDA run test (MFU logged).
+#              (8192, with a profile) and as nanoGPT's GPT (--arch nanogpt, the same-card
+#              baseline); then the six as this project's GPT with the plain loss; last the CUDA
+#              run test (MFU logged).
 #              Resumable: a rerun on the same (warm) machine skips what is done (state in
 #              .gpu_check/, compile caches in .gpu_cache/, both git-ignored and kept there
 #              between calls; delete .gpu_check/ to start over)               ~10-14 min
@@ -222,15 +223,17 @@ stage_accept() {
   [[ -f $WORK/pytest-accept.passed ]] || versions
   once_pytest pytest-accept -k "$ACCEPT_PYTEST_K"
   local shape
-  # Shape by shape, so that a call stopped midway still has whole comparisons; the variant most
-  # likely to be this project's best first (with a profile of where its time goes), then the
-  # baseline.
+  # Two passes. First, shape by shape, what the goals need: the variant most likely to be this
+  # project's best (with a profile of where its time goes), then the baseline; so a call stopped
+  # midway still has whole comparisons, and all six come before anything optional. Then the
+  # plain loss at every shape: the A/B that sets train.loss_chunk_tokens' default, and the
+  # fallback should the chunked loss be the slower.
   for shape in $ACCEPT_SHAPES; do
     accept_unit "$shape" "chunk$ACCEPT_CHUNK" --loss-chunk-tokens "$ACCEPT_CHUNK" \
       --profile "$PROFILE_ROWS"
     accept_unit "$shape" nanogpt --arch nanogpt
-    accept_unit "$shape" plain
   done
+  for shape in $ACCEPT_SHAPES; do accept_unit "$shape" plain; done
   once_pytest pytest-accept-run -k "$ACCEPT_LATE_PYTEST_K"
 }
 
