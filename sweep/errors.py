@@ -4,12 +4,32 @@ Each message is a single line that names the offending value and says how to fix
 """
 
 import argparse
+import math
 import sys
 from typing import NoReturn
 
 
 class ConfigError(ValueError):
     """A config value that cannot be trained as given (printed as one line, exit code 2)."""
+
+
+def finite_number(name: str, value: object, rule: str) -> float:
+    """value as a float when it is a finite number, else ConfigError "name=value rule".
+
+    NaN and infinity would pass every range check (NaN compares false both ways) and surface as
+    a traceback or a run recorded as diverged; a bool is YAML's true/false, not a number.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigError(f"{name}={value!r} {rule}")
+    return float(value)
+
+
+def whole_number(name: str, value: object, rule: str) -> int:
+    """value as an int when it is a finite whole number (5e5 included), else ConfigError."""
+    number = finite_number(name, value, rule)
+    if not number.is_integer():
+        raise ConfigError(f"{name}={value!r} {rule}")
+    return int(number)
 
 
 class RunFailed(Exception):

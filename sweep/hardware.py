@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sweep.errors import ConfigError
+from sweep.errors import ConfigError, finite_number
 
 # Dense (no sparsity) bf16 tensor-core peaks in FLOP/s from the vendors' data sheets. Matched by
 # substring of torch.cuda.get_device_name(), most specific first.
@@ -146,10 +146,10 @@ def resolve_hardware(
         torch.backends.cudnn.allow_tf32 = True
     else:
         name = "cpu"
-    if peak_flops is not None and (not isinstance(peak_flops, int | float) or peak_flops <= 0):
-        raise ConfigError(
-            f"train.peak_flops={peak_flops!r} must be a positive FLOP/s figure or null"
-        )
+    if peak_flops is not None:
+        rule = "must be a positive FLOP/s figure (e.g. 989.4e12) or null"
+        if finite_number("train.peak_flops", peak_flops, rule) <= 0:
+            raise ConfigError(f"train.peak_flops={peak_flops!r} {rule}")
     peak = float(peak_flops) if peak_flops else peak_flops_for(name)
     return Hardware(
         device=dev, device_name=name, precision=precision, compile=compile_, peak_flops=peak,

@@ -15,7 +15,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from sweep.budget import Budget, budget_target, whole_steps
-from sweep.errors import ConfigError, OneLineParser
+from sweep.errors import ConfigError, OneLineParser, finite_number
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 # What a rule can choose, and the train.yaml key whose null asks for it.
@@ -215,10 +215,10 @@ def resolve_hparams(
     if rules is not None and unpinned["lr"]:
         lr = rule_lr(rules, compute)
     else:
-        lr = train.get("lr")
-        if not isinstance(lr, int | float) or isinstance(lr, bool) or lr < 0:
-            raise ConfigError(f"train.lr={lr!r} is out of range")
-        lr = float(lr)
+        rule = "is out of range: use a number >= 0 (e.g. 3.0e-3) or null for the rule"
+        lr = finite_number("train.lr", train.get("lr"), rule)
+        if lr < 0:
+            raise ConfigError(f"train.lr={train.get('lr')!r} {rule}")
     warmup_steps = None
     if rules is not None and unpinned["warmup_steps"]:
         warmup_steps = rule_warmup_steps(rules, non_embedding_params, batch_tokens, budget.steps)

@@ -25,7 +25,7 @@ from models import (
     shape_for_params,
 )
 from sweep.budget import Budget
-from sweep.errors import ConfigError
+from sweep.errors import ConfigError, finite_number, whole_number
 from sweep.hparams import resolve_hparams
 from sweep.logger import WANDB_MODES
 from sweep.records import config_hash
@@ -73,6 +73,11 @@ def model_config(model_cfg: DictConfig, vocab_size: int, overrides: list[str]) -
         )
     fields = {f.name for f in dataclasses.fields(GPTConfig)}
     values = {k: v for k, v in OmegaConf.to_container(model_cfg).items() if k in fields}
+    # The float fields as floats (GPTConfig checks their range): the run id hashes them, and
+    # dropout 0 and 0.0 are one run.
+    for f in dataclasses.fields(GPTConfig):
+        if f.type == "float" and type(values.get(f.name)) is int:
+            values[f.name] = float(values[f.name])
     values["vocab_size"] = vocab_size
     target = model_cfg.get("target_params")
     try:
@@ -88,7 +93,7 @@ def model_config(model_cfg: DictConfig, vocab_size: int, overrides: list[str]) -
                 f"model.target_params={target} chooses n_layer, d_model and n_head itself, but "
                 f"{', '.join(pinned)} was also given: drop one of them"
             )
-        if not isinstance(target, int | float) or target <= 0:
+        if isinstance(target, bool) or not isinstance(target, int | float) or target <= 0:
             raise ConfigError(f"model.target_params={target!r} must be a positive parameter count")
         return shape_for_params(
             float(target),
@@ -141,18 +146,24 @@ def plan_run(cfg: DictConfig, overrides: list[str] | None = None) -> RunPlan:
             f"{model.max_seq_len}: lower train.seq_len or raise model.max_seq_len"
         )
     # train.lr and train.batch_tokens are checked by resolve_hparams (null there means a rule).
+    # The numbers as floats: the run id hashes them, and 1 and 1.0 are one run.
+    optimizer: dict[str, float | None] = {}
     for key in ("weight_decay", "beta1", "beta2", "eps"):
-        value = train[key]
-        if (
-            not isinstance(value, int | float)
-            or value < 0
-            or (key.startswith("beta") and value >= 1)
-        ):
-            raise ConfigError(f"train.{key}={value!r} is out of range")
-    if train.grad_clip is not None and (
-        not isinstance(train.grad_clip, int | float) or train.grad_clip <= 0
-    ):
-        raise ConfigError(f"train.grad_clip={train.grad_clip!r} must be positive or null")
+        rule = "must be a number in [0, 1)" if key.startswith("beta") else "must be a number >= 0"
+        value = finite_number(f"train.{key}", train[key], rule)
+        if value < 0 or (key.startswith("beta") and value >= 1):
+            raise ConfigError(f"train.{key}={train[key]!r} {rule}")
+        optimizer[key] = value
+    optimizer["grad_clip"] = None
+    if train.grad_clip is not None:
+        rule = "must be a positive number or null"
+        clip = finite_number("train.grad_clip", train.grad_clip, rule)
+        if clip <= 0:
+            raise ConfigError(f"train.grad_clip={train.grad_clip!r} {rule}")
+        optimizer["grad_clip"] = clip
+    rule = "must be a positive whole number of steps"
+    if whole_number("logging.interval", cfg.logging.interval, rule) < 1:
+        raise ConfigError(f"logging.interval={cfg.logging.interval!r} {rule}")
     if train.windows not in TRAIN_WINDOW_ORDERS:
         raise ConfigError(
             f"train.windows={train.windows!r} is unknown: use one of "
@@ -171,10 +182,13 @@ def plan_run(cfg: DictConfig, overrides: list[str] | None = None) -> RunPlan:
         raise ConfigError(
             f"logging.wandb.mode={wandb_mode!r} is unknown: use one of {', '.join(WANDB_MODES)}"
         )
+    # Whole numbers, as ints: 5e5 and 500000 held-out tokens are one run
+    evaluation: dict[str, int] = {}
     for key in ("tokens", "batch_size", "points"):
-        value = cfg.eval[key]
-        if not isinstance(value, int | float) or value < 1:
-            raise ConfigError(f"eval.{key}={value!r} must be a positive number")
+        rule = "must be a positive whole number"
+        evaluation[key] = whole_number(f"eval.{key}", cfg.eval[key], rule)
+        if evaluation[key] < 1:
+            raise ConfigError(f"eval.{key}={cfg.eval[key]!r} {rule}")
     # The device last, and torch (~2 s to import) with it: every check above is a fraction of a
     # second, so a typo is reported before torch loads.
     from sweep.hardware import resolve_hardware
@@ -204,7 +218,7 @@ def plan_run(cfg: DictConfig, overrides: list[str] | None = None) -> RunPlan:
             "peak_flops",
         )
     }
-    train_identity.update(lr=hp.lr, batch_tokens=hp.batch_tokens)
+    train_identity.update(lr=hp.lr, batch_tokens=hp.batch_tokens, **optimizer)
     # Every run from before train.windows existed read random windows: that default stays out of
     # the identity, so adding the option did not change any run id.
     if train_identity.get("windows") == "random":
@@ -216,7 +230,7 @@ def plan_run(cfg: DictConfig, overrides: list[str] | None = None) -> RunPlan:
         "seed": cfg.seed,
         "train": train_identity,
         "schedule": dataclasses.asdict(schedule),  # warmup and cooldown in steps, as trained
-        "eval": OmegaConf.to_container(cfg.eval),
+        "eval": {**OmegaConf.to_container(cfg.eval), **evaluation},
     }
     digest = config_hash(identity)
     model_name = str(cfg.model.get("name", "custom"))
@@ -226,7 +240,8 @@ def plan_run(cfg: DictConfig, overrides: list[str] | None = None) -> RunPlan:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     # config.yaml holds the numbers the run used (a rerun from it is the same run);
     # resolved.hparams.from_rule records which of them a rule chose.
-    resolved["train"].update(lr=hp.lr, batch_tokens=hp.batch_tokens)
+    resolved["train"].update(lr=hp.lr, batch_tokens=hp.batch_tokens, **optimizer)
+    resolved["eval"].update(evaluation)
     resolved["resolved"] = {
         "run_id": run_id,
         "config_hash": digest,

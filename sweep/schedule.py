@@ -33,8 +33,10 @@ class Schedule:
         if self.kind == "constant":
             return 1.0
         if self.kind == "cosine":
-            span = max(self.total_steps - 1 - self.warmup_steps, 1)
-            progress = min((step - self.warmup_steps) / span, 1.0)
+            # Step total_steps - 1 ends at min_lr_ratio, even when it is the one step after the
+            # warmup (span 0)
+            span = self.total_steps - 1 - self.warmup_steps
+            progress = min((step - self.warmup_steps) / span, 1.0) if span > 0 else 1.0
             cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
             return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * cosine
         # wsd: hold the peak, then decay linearly to min_lr_ratio over the last cooldown_steps.
@@ -63,7 +65,7 @@ def build_schedule(
         value = cfg[key]
         if key == "warmup_fraction" and value is None:
             continue
-        if not isinstance(value, int | float) or not 0 <= value <= 1:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
             raise ConfigError(f"schedule.{key}={value!r} must be a number between 0 and 1")
     if fraction is not None:
         warmup_steps = max(1, round(fraction * total_steps))
@@ -74,6 +76,11 @@ def build_schedule(
         )
     elif isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 1:
         raise ConfigError(f"warmup_steps={warmup_steps!r} must be a positive integer")
+    if kind == "cosine" and fraction is not None and 1 < total_steps <= warmup_steps:
+        raise ConfigError(
+            f"schedule.warmup_fraction={fraction} leaves none of the run's {total_steps} steps "
+            "to the cosine decay: lower it (e.g. 0.05) or use schedule.kind=constant"
+        )
     cooldown_steps = max(1, round(cfg["cooldown_fraction"] * total_steps)) if kind == "wsd" else 0
     if warmup_steps + cooldown_steps > total_steps:
         raise ConfigError(

@@ -85,7 +85,12 @@ def _row(run_dir: Path, planned: dict[str, Any]) -> StatusRow:
 
 def sweep_status(sweep_dir: Path) -> list[StatusRow]:
     """Rows for every run directory in `sweep_dir` and every planned point not started yet."""
-    planned = {p.get("run_id"): p for p in read_manifest(sweep_dir)}
+    # Two grid points can be one run (the second is marked skip): the one that trains it wins
+    planned: dict[object, dict] = {}
+    for point in read_manifest(sweep_dir):
+        run_id = point.get("run_id")
+        if run_id not in planned or planned[run_id].get("action") == "skip":
+            planned[run_id] = point
     rows = [
         _row(path, planned.get(path.name, {}))
         for path in sorted(sweep_dir.iterdir())

@@ -76,6 +76,21 @@ def test_target_params_picks_the_rule_shape(synthetic_root):
         (["budget.tokens=2e4", "logging.wandb.mode=maybe"], "logging.wandb.mode='maybe'"),
         (["budget.tokens=2e4", "train.windows=shuffled"],
          "train.windows='shuffled' is unknown: use one of random, sequential"),
+        # NaN passes every range check and inf most: each would end in a traceback or a run
+        # recorded as diverged, with a run directory left behind
+        (["budget.tokens=2e4", "train.lr=nan"], "train.lr=nan is out of range"),
+        (["budget.tokens=2e4", "train.lr=inf"], "train.lr=inf is out of range"),
+        (["budget.tokens=2e4", "train.grad_clip=nan"], "train.grad_clip=nan must be a positive"),
+        (["budget.tokens=2e4", "train.weight_decay=nan"], "train.weight_decay=nan must be"),
+        (["budget.tokens=2e4", "train.beta2=1.0"], "train.beta2=1.0 must be a number in [0, 1)"),
+        (["budget.tokens=2e4", "train.peak_flops=inf"], "train.peak_flops=inf must be a positive"),
+        (["budget.tokens=2e4", "eval.points=nan"], "eval.points=nan must be a positive whole"),
+        (["budget.tokens=2e4", "eval.tokens=inf"], "eval.tokens=inf must be a positive whole"),
+        (["budget.tokens=2e4", "eval.tokens=1000.5"], "eval.tokens=1000.5 must be a positive"),
+        (["budget.tokens=2e4", "eval.batch_size=0"], "eval.batch_size=0 must be a positive"),
+        (["budget.tokens=2e4", "logging.interval=nan"], "logging.interval=nan must be a"),
+        (["budget.tokens=2e4", "logging.interval=abc"], "logging.interval='abc' must be a"),
+        (["budget.tokens=2e4", "model.target_params=true"], "model.target_params=True must be"),
     ],
 )
 def test_bad_configs_fail_in_one_line(synthetic_root, overrides, needle):
@@ -180,6 +195,22 @@ def test_wsd_cooldown_changes_the_identity(synthetic_root):
     base = plan_run(compose_train(synthetic_root, *wsd))
     longer = plan_run(compose_train(synthetic_root, *wsd, "schedule.cooldown_fraction=0.5"))
     assert base.run_id != longer.run_id
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    ["train.grad_clip=1", "train.weight_decay=1e-1", "train.eps=0.00000001", "eval.tokens=3.2768e4",
+     "eval.points=8.0", "eval.batch_size=32.0", "model.dropout=0", "train.beta1=0.90"],
+)
+def test_how_a_number_is_spelled_leaves_the_identity(synthetic_root, spelling):
+    # A relaunch with grad_clip=1 for the default 1.0 must find the finished runs, not retrain
+    base = plan_run(compose_train(synthetic_root, "budget.tokens=2e4"))
+    spelled = plan_run(compose_train(synthetic_root, "budget.tokens=2e4", spelling))
+    assert spelled.run_id == base.run_id == "gpt_1m-868978a7db"  # the default's pinned id
+    key, _ = spelling.split("=")
+    section, name = key.split(".")
+    if section != "model":  # config.yaml holds the canonical number, as the identity does
+        assert spelled.config[section][name] == base.config[section][name]
 
 
 @pytest.mark.parametrize("change", COSMETIC)

@@ -44,12 +44,22 @@ def test_single_step_run_uses_peak_lr():
     assert build_schedule(CFG, total_steps=1).multiplier(0) == 1.0
 
 
+def test_cosine_with_one_step_after_the_warmup_still_ends_at_min_ratio():
+    s = build_schedule({**CFG, "warmup_fraction": 0.8}, total_steps=5)
+    assert [s.multiplier(i) for i in range(5)] == pytest.approx([0.25, 0.5, 0.75, 1.0, 0.1])
+
+
 @pytest.mark.parametrize(
     ("change", "needle"),
     [
         ({"kind": "linear"}, "schedule.kind='linear' is unknown"),
         ({"warmup_fraction": 1.5}, "schedule.warmup_fraction=1.5"),
         ({"kind": "wsd", "warmup_fraction": 0.6, "cooldown_fraction": 0.6}, "exceed"),
+        # all warmup: the run would end at the peak, not at min_lr_ratio
+        ({"warmup_fraction": 1.0}, "warmup_fraction=1.0 leaves none of the run's 10 steps"),
+        ({"warmup_fraction": 0.96}, "warmup_fraction=0.96 leaves none"),  # rounds to 10 steps
+        ({"min_lr_ratio": True}, "schedule.min_lr_ratio=True must be a number"),
+        ({"cooldown_fraction": float("nan")}, "schedule.cooldown_fraction=nan"),
     ],
 )
 def test_bad_schedules(change, needle):

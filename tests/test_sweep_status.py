@@ -61,6 +61,20 @@ def test_status_rows_by_state(tmp_path):
     assert rows["f-far"].note.startswith("D/N=625")
 
 
+def test_a_run_planned_twice_shows_as_the_point_that_trains_it(tmp_path):
+    # Two budgets that round to the same steps are one run: the second point is a skip
+    sweep = tmp_path / "runs" / "exp"
+    sweep.mkdir(parents=True)
+    planned = [
+        {"run_id": "a-same", "N": 1000, "D": 19456, "C": 1.2e8, "action": "train"},
+        {"run_id": "a-same", "N": 1000, "D": 19456, "C": 1.2e8, "action": "skip",
+         "reason": "same run as grid point #0"},
+    ]
+    (sweep / MANIFEST).write_text(json.dumps({"points": planned}))
+    [row] = sweep_status(sweep)
+    assert (row.state, row.note) == ("new", "not started")
+
+
 def test_cli_table_and_json(tmp_path, capsys):
     sweep = tmp_path / "exp"
     _run(sweep, "a-done", summary=_finished(1000, 20_000, 3.5))
