@@ -36,6 +36,17 @@ def test_frontier_keeps_runs_no_cheaper_run_beats():
     assert list(frontier_runs(c, loss)) == [True, True, False, True, False]
 
 
+def test_frontier_keeps_one_run_per_budget_in_any_order():
+    # The two middle runs are one IsoFLOP budget (C apart by step rounding): only its best is on
+    # the frontier, whichever sorts first; before, the 3.5 run also was when it came first.
+    c = np.array([1e17, 1e18, 1.005e18, 1e19])
+    loss = np.array([4.0, 3.5, 3.2, 3.0])
+    assert list(frontier_runs(c, loss)) == [True, False, True, True]
+    swap = [0, 2, 1, 3]
+    assert list(frontier_runs(c[swap], loss[swap])) == [True, True, False, True]
+    assert list(frontier_runs(c[::-1], loss[::-1])) == [True, True, False, True]
+
+
 def test_approach1_recovers_the_exponent_from_curves():
     curves = isoflop_table(EPOCH_LAW, sizes_per_budget=9, noise=0.0, curve_points=12)
     curves = curves.rename(columns={"run_id": "run"})

@@ -17,6 +17,9 @@ from sweep.fit.optimize import loglog_fit, percentile_ci
 GRID_POINTS = 200
 # Report and plot this many envelope points; the fit uses the whole grid.
 REPORT_POINTS = 40
+# Runs whose C differ by less than this (about 2.3 %) compete as one budget on the final-points
+# frontier: step rounding moves a run's C by under 1 %, IsoFLOP budgets sit >= 0.1 decades apart.
+SAME_C_DECADES = 0.01
 
 
 @dataclass(frozen=True)
@@ -93,10 +96,15 @@ def fit_approach1(grid: CurveGrid, *, bootstrap: int, rng: np.random.Generator
 
 
 def frontier_runs(c: np.ndarray, loss: np.ndarray) -> np.ndarray:
-    """Mask of runs on the compute frontier: lower loss than every run with less compute."""
-    order = np.argsort(c, kind="stable")
-    best = np.minimum.accumulate(loss[order])
-    on = np.concatenate([[True], loss[order][1:] < best[:-1]])
-    mask = np.zeros(len(c), dtype=bool)
-    mask[order[on]] = True
-    return mask
+    """Mask of runs on the compute frontier: lower loss than every run with no more compute.
+
+    "No more" up to SAME_C_DECADES: the runs of one IsoFLOP budget differ in C only by step
+    rounding, so which of them sorts first must not decide which are on the frontier; only the
+    budget's best can be. Equal losses go to the run listed first.
+    """
+    c, loss = np.asarray(c, dtype=float), np.asarray(loss, dtype=float)
+    rank = np.empty(len(loss), dtype=int)
+    rank[np.lexsort((np.arange(len(loss)), loss))] = np.arange(len(loss))
+    # beaten[i, j]: run j, at no more than run i's compute, has the lower loss
+    beaten = (c[None, :] <= c[:, None] * 10**SAME_C_DECADES) & (rank[None, :] < rank[:, None])
+    return ~beaten.any(axis=1)

@@ -112,7 +112,8 @@ def _kaplan(s: dict[str, Any]) -> list[str]:
 
 def _extrapolation(s: dict[str, Any]) -> list[str]:
     lines = ["## Extrapolation check", "",
-             f"Approach 3 fitted on the {s['n_fit']} runs with C <= {_g(s['threshold_C'], 3)} "
+             f"Approach 3 fitted on the {s['n_fit']} runs whose C (their IsoFLOP budget's, "
+             f"where they have one) is at most {_g(s['threshold_C'], 3)} "
              f"(max C / {s['holdout_factor']:g}); on the {s['n_held_out']} held-out runs the "
              f"mean |relative error| is {100 * s['mean_abs_rel_error']:.2f} % (max "
              f"{100 * s['max_abs_rel_error']:.2f} %, mean signed {100 * s['mean_rel_error']:+.2f}"
