@@ -114,11 +114,11 @@ class TextSource:
         if self._tokenizer_payload is not None:
             origin = f"data.tokenizer_path={self.config['tokenizer_path']!r}"
             tok = tk.tokenizer_from_bytes(self._tokenizer_payload, origin)
-            size = tok.get_vocab_size(with_added_tokens=True)
+            size = tk.id_space(tok)
             if self.config["vocab_size"] not in (None, size):
                 raise DataError(
-                    f"data.vocab_size={self.config['vocab_size']} but {origin} has {size} "
-                    "tokens: set data.vocab_size=null (or to the tokenizer's size)"
+                    f"data.vocab_size={self.config['vocab_size']} but {origin} has token ids "
+                    f"0..{size - 1}: set data.vocab_size=null (or to {size})"
                 )
             payload = self._tokenizer_payload
         else:
@@ -129,7 +129,7 @@ class TextSource:
             tok = tk.train_bpe(self._train_sample(budget), self.config["vocab_size"],
                                self.config["eot_token"])
             payload = tk.to_bytes(tok)
-            size = tok.get_vocab_size(with_added_tokens=True)
+            size = tk.id_space(tok)
             if size < self.config["vocab_size"]:
                 say(f"the sample only supports {size} tokens, fewer than data.vocab_size="
                     f"{self.config['vocab_size']}: the dataset uses {size}")
@@ -165,7 +165,8 @@ class TextSource:
 
     def chunks(self) -> Iterator[tuple[str, np.ndarray, int, int]]:
         """(split, tokens, documents, bytes) chunks, each at most ~batch_bytes of text."""
-        encoder = tk.Encoder(self._tokenizer, self.eot_id)
+        encoder = tk.Encoder(tk.eot_as_special(self._tokenizer, self.config["eot_token"]),
+                             self.eot_id)
         fraction, limit = self.config["val_fraction"], self.config["batch_bytes"]
         pending: dict[str, list[str]] = {s: [] for s in SPLITS}
         pending_bytes = dict.fromkeys(SPLITS, 0)

@@ -100,6 +100,29 @@ def eot_id(tokenizer: Tokenizer, eot_token: str, origin: str) -> int:
     return int(token_id)
 
 
+def id_space(tokenizer: Tokenizer) -> int:
+    """Highest token id + 1: the embedding rows the ids need. Not the token count, which a
+    tokenizer.json whose ids have gaps (a removed token, say) puts lower."""
+    return max(tokenizer.get_vocab(with_added_tokens=True).values()) + 1
+
+
+def eot_as_special(tokenizer: Tokenizer, eot_token: str) -> Tokenizer:
+    """The tokenizer to encode documents with: itself when eot_token is one of its special tokens,
+    else a copy in which it is one (same id).
+
+    Encoder encodes special tokens' strings as text; a plain end-of-text token would still match
+    a literal "<|end|>" in a document: a false document end, whose bytes bits/byte then misses.
+    """
+    added = json.loads(tokenizer.to_str()).get("added_tokens") or []
+    if any(t.get("content") == eot_token and t.get("special") for t in added):
+        return tokenizer
+    from tokenizers import Tokenizer
+
+    copy = Tokenizer.from_str(tokenizer.to_str())
+    copy.add_special_tokens([eot_token])  # an existing token keeps its id, now special
+    return copy
+
+
 def _byte_decoder() -> dict[str, int]:
     """GPT-2's byte-level alphabet, inverted: each printable stand-in char -> the byte it means."""
     printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
@@ -140,7 +163,7 @@ def token_byte_lengths(tokenizer: Tokenizer) -> np.ndarray | None:
     if spec.get("normalizer") is not None or not _is_byte_level(spec):
         return None
     decoder = _byte_decoder()
-    lengths = np.zeros(tokenizer.get_vocab_size(with_added_tokens=True), dtype=np.int64)
+    lengths = np.zeros(id_space(tokenizer), dtype=np.int64)
     added = {t["id"]: t for t in spec.get("added_tokens", [])}
     for token, token_id in tokenizer.get_vocab(with_added_tokens=True).items():
         if token_id in added:
@@ -161,7 +184,7 @@ class Encoder:
     def __init__(self, tokenizer: Tokenizer, eot_id: int) -> None:
         self.tokenizer = tokenizer
         self.eot_id = eot_id
-        self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+        self.vocab_size = id_space(tokenizer)
         self.dtype = dtype_for_vocab(self.vocab_size)
         # A document's text is data: a literal "<|endoftext|>" in it must encode as its bytes, not
         # as the EOT id (a false document boundary, and tokens whose bytes miss from bits/byte).

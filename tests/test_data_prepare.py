@@ -57,8 +57,9 @@ def test_rerun_is_a_noop_and_other_config_is_refused(tmp_path):
     messages: list[str] = []
     assert prepare(dict(SMALL, zipf_exponent=1), tmp_path, report=messages.append) == path
     assert "already prepared from this config" in messages[0] and mtimes(path) == before
-    with pytest.raises(DataError, match=r"syn holds a dataset built from a different config; pass "
-                       r"force=true to rebuild or set data.name="):
+    with pytest.raises(DataError, match=r"syn holds a dataset built from a different config "
+                       r"\(data.seed=0 there, 1 here\); pass force=true to rebuild it or set "
+                       r"data.name="):
         prepare(dict(SMALL, seed=1), tmp_path)
     assert mtimes(path) == before
     prepare(dict(SMALL, seed=1), tmp_path, force=True)
@@ -136,6 +137,29 @@ def test_existing_non_dataset_dir_is_not_deleted(tmp_path):
     assert (prepare(SMALL, tmp_path) / MANIFEST).is_file()
 
 
+def test_force_replaces_only_a_dataset(tmp_path):
+    # The error once said "pass force=true", and force=true then deleted the folder: here the
+    # user's own corpus
+    (tmp_path / "syn").mkdir()
+    (tmp_path / "syn" / "corpus.jsonl").write_text('{"text": "mine"}\n')
+    with pytest.raises(DataError, match="not a dataset.: move it away or set data.name"):
+        prepare(SMALL, tmp_path)
+    with pytest.raises(DataError, match="force=true replaces only datasets"):
+        prepare(SMALL, tmp_path, force=True)
+    assert (tmp_path / "syn" / "corpus.jsonl").read_text() == '{"text": "mine"}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["syn"]
+
+
+def test_force_refuses_a_dataset_that_holds_the_corpus(tmp_path):
+    from data.prepare import _check_replaceable
+
+    path = prepare(SMALL, tmp_path)
+    with pytest.raises(DataError, match=r"data.path='.*corpus' lies inside .*syn, which force"):
+        _check_replaceable(path, {"path": str(path / "corpus")})
+    _check_replaceable(path, {"path": str(tmp_path / "elsewhere")})
+    _check_replaceable(path, {})  # the synthetic corpus has no path
+
+
 def test_noop_refuses_a_truncated_dataset(tmp_path):
     path = prepare(SMALL, tmp_path)
     with open(path / "train_00001.bin", "r+b") as f:
@@ -172,11 +196,16 @@ def test_cli_end_to_end(tmp_path):
     again = run_cli(tmp_path, *small)
     assert again.returncode == 0 and "nothing to do" in again.stdout and mtimes(path) == before
 
+    unwritable = run_cli(tmp_path, *small, f"paths.data_dir={path / MANIFEST}")  # a file
+    assert unwritable.returncode == 2 and "Traceback" not in unwritable.stderr
+    assert unwritable.stderr.startswith(f"error: cannot write the dataset under {path / MANIFEST}")
+    assert unwritable.stderr.count("\n") == 1
+
     other = run_cli(tmp_path, *small, "data.seed=1")
     assert other.returncode == 2 and other.stdout == ""
     assert other.stderr.splitlines() == [
-        "error: data_cache/synthetic holds a dataset built from a different config; pass "
-        "force=true to rebuild or set data.name=<another name>"
+        "error: data_cache/synthetic holds a dataset built from a different config (data.seed=0 "
+        "there, 1 here); pass force=true to rebuild it or set data.name=<another name>"
     ]
     bad = run_cli(tmp_path, "data.vocab_size=1", "data.name=bad")
     assert bad.returncode == 2 and len(bad.stderr.splitlines()) == 1

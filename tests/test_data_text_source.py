@@ -332,7 +332,7 @@ def test_tokenizer_path_with_another_vocab_size_is_refused(tmp_path, trained):
         prepare(cfg, tmp_path)
     assert str(err.value).startswith(
         f"data.vocab_size=512 but data.tokenizer_path='{trained['path'] / 'tokenizer.json'}' has "
-        "300 tokens: set data.vocab_size=null")
+        "token ids 0..299: set data.vocab_size=null (or to 300)")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -572,3 +572,13 @@ def test_eot_counts_no_bytes_even_when_not_flagged_special(tmp_path, corpora):
     ds = TokenDataset.open(prepare(cfg, tmp_path / "cache"))
     assert ds.token_bytes[ds.eot_id] == 0 and ds.eot_id == 300
     assert ds.token_bytes[tok.token_to_id("a")] == 1  # an ordinary byte token keeps its byte
+
+    # Its string inside a document is text: not a false document end short of its bytes
+    docs = [f"{doc} <|end|> and on" if i % 3 == 0 else doc for i, doc in enumerate(DOCS)]
+    literal = write_txt(tmp_path / "literal", docs)
+    ds = TokenDataset.open(prepare({**cfg, "path": str(literal)}, tmp_path / "cache2"))
+    for split in ds.splits:
+        entry = ds.manifest["splits"][split]
+        tokens = np.concatenate(ds.tokens(split))
+        assert (tokens == ds.eot_id).sum() == entry["documents"]
+        assert ds.token_bytes[tokens].sum() == entry["bytes"]

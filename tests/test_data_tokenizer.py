@@ -14,6 +14,7 @@ from data import DataError
 from data.tokenizer import (
     Encoder,
     eot_id,
+    id_space,
     read_tokenizer_file,
     to_bytes,
     token_byte_lengths,
@@ -235,3 +236,18 @@ def test_a_missing_tokenizer_file_is_one_line_naming_the_path(tmp_path):
 def test_missing_eot_token_is_a_data_error(bpe):
     with pytest.raises(DataError, match=r"^the file has no token '<\|eos\|>': set data.eot_token"):
         eot_id(bpe, "<|eos|>", "the file")
+
+
+def test_ids_with_a_gap_size_the_vocabulary_by_the_highest_id(bpe):
+    # A tokenizer.json whose end-of-text moved from id 0 to one past the last id: the ids need
+    # more embedding rows than there are tokens (sizing by the count overflowed the byte table)
+    spec = json.loads(bpe.to_str())
+    count = bpe.get_vocab_size(with_added_tokens=True)
+    spec["added_tokens"][0]["id"] = count
+    spec["model"]["vocab"][EOT] = count
+    gap = Tokenizer.from_str(json.dumps(spec))
+    assert gap.get_vocab_size(with_added_tokens=True) == count
+    assert id_space(gap) == count + 1 == len(token_byte_lengths(gap))
+    enc = Encoder(gap, count)
+    assert enc.vocab_size == count + 1
+    assert enc.encode(["hello"]).tolist()[-1] == count

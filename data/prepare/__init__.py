@@ -141,9 +141,11 @@ def prepare(
     data_dir = Path(data_dir)
     target = data_dir / cfg["name"]
     wanted = canonical_hash(cfg)
-    if not force and _existing_is_current(target, wanted):
+    if not force and _existing_is_current(target, wanted, cfg):
         say(f"{target} is already prepared from this config (hash {wanted[:12]}): nothing to do")
         return target
+    if force and target.exists():
+        _check_replaceable(target, cfg)
     data_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_builds(data_dir, cfg["name"], say)
     tmp = data_dir / f"{cfg['name']}.tmp-{os.getpid()}"
@@ -176,19 +178,47 @@ def prepare(
     return target
 
 
-def _existing_is_current(target: Path, wanted: str) -> bool:
+def _check_replaceable(target: Path, cfg: Mapping[str, Any]) -> None:
+    """DataError unless force=true may replace target: only a dataset (or an empty folder),
+    never a folder of the user's, and never one that holds the corpus being read."""
+    if target.is_dir() and not any(target.iterdir()):
+        return
+    if not (target / MANIFEST).is_file():
+        raise DataError(
+            f"{target} exists but holds no {MANIFEST} (not a dataset), and force=true replaces "
+            "only datasets: move it away or set data.name=<another name>"
+        )
+    corpus = cfg.get("path")
+    if corpus and Path(corpus).expanduser().resolve().is_relative_to(target.resolve()):
+        raise DataError(
+            f"data.path={corpus!r} lies inside {target}, which force=true would replace: move "
+            "the corpus out of it or set data.name=<another name>"
+        )
+
+
+def _existing_is_current(target: Path, wanted: str, cfg: Mapping[str, Any]) -> bool:
     """True when target holds a complete dataset built from the wanted config; DataError when it
     holds anything else (never delete what the user did not ask us to replace)."""
     if not target.exists():
         return False
-    rebuild = "pass force=true to rebuild or set data.name=<another name>"
     if not (target / MANIFEST).is_file():
         if target.is_dir() and not any(target.iterdir()):
             target.rmdir()
             return False
-        raise DataError(f"{target} exists but holds no {MANIFEST} (not a dataset); {rebuild}")
-    if read_manifest(target).get("config_hash") != wanted:
-        raise DataError(f"{target} holds a dataset built from a different config; {rebuild}")
+        raise DataError(
+            f"{target} exists but holds no {MANIFEST} (not a dataset): move it away or set "
+            "data.name=<another name>"
+        )
+    manifest = read_manifest(target)
+    if manifest.get("config_hash") != wanted:
+        built = manifest.get("source") or {}
+        changed = [f"data.{k}={built.get(k)!r} there, {v!r} here"
+                   for k, v in cfg.items() if built.get(k) != v]
+        what = f" ({'; '.join(changed)})" if changed and built else ""
+        raise DataError(
+            f"{target} holds a dataset built from a different config{what}; pass force=true to "
+            "rebuild it or set data.name=<another name>"
+        )
     TokenDataset.open(target, verify=False)  # a truncated shard must not pass as "prepared"
     return True
 

@@ -54,6 +54,12 @@ def main(cfg: DictConfig) -> None:
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    except OSError as e:  # the build directory is gone already (prepare cleans up)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: cannot write the dataset under {cfg.paths.data_dir} ({where}"
+              f"{e.strerror or e}): free some space or point paths.data_dir at writable "
+              "storage", file=sys.stderr)
+        raise SystemExit(2) from None
     _print_summary(console, TokenDataset.open(path, verify=False))
 
 
