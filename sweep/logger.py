@@ -19,6 +19,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from sweep.errors import ConfigError
+
 WANDB_MODES = ("offline", "online", "disabled")
 
 
@@ -58,14 +60,26 @@ class RunLogger:
         if wandb_cfg["mode"] != "disabled" and not quiet:
             import wandb  # imported lazily: it is slow to import and unused when disabled
 
-            self._wandb = wandb.init(
-                project=wandb_cfg["project"],
-                entity=wandb_cfg["entity"],
-                name=run_id,
-                dir=str(run_dir),
-                config=dict(config),
-                mode=wandb_cfg["mode"],
-            )
+            try:
+                self._wandb = wandb.init(
+                    project=wandb_cfg["project"],
+                    entity=wandb_cfg["entity"],
+                    name=run_id,
+                    dir=str(run_dir),
+                    config=dict(config),
+                    mode=wandb_cfg["mode"],
+                )
+            except Exception as exc:  # no API key, no server, an unknown entity, ...
+                if self._progress is not None:
+                    self._progress.stop()
+                first = (str(exc).strip().splitlines() or [""])[0][:200]
+                # A setting, not the run: a ConfigError, so that no failed summary is written
+                # and a relaunch with wandb fixed trains the run.
+                raise ConfigError(
+                    f"logging.wandb.mode={wandb_cfg['mode']}: wandb did not start "
+                    f"({type(exc).__name__}: {first}): run `wandb login`, or set "
+                    "logging.wandb.mode=offline (sync later) or disabled"
+                ) from None
 
     def step(self, step: int, loss: float | None = None, tokens_per_s: float | None = None) -> None:
         """Advance the bar to `step` optimizer steps, refreshing loss and throughput when given."""

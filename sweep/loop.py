@@ -138,15 +138,17 @@ def train_loop(
         return summary
 
     status, error = "finished", None
+    # Outside the try below: a logger that cannot start (wandb) is a ConfigError, not a run that
+    # failed, so no failed summary makes a relaunch skip the run.
+    logger = RunLogger(
+        cfg["logging"],
+        run_dir=plan.run_dir,
+        run_id=plan.run_id,
+        total_steps=total_steps,
+        config=cfg,
+        quiet=not dist.is_main,
+    )
     try:
-        logger = RunLogger(
-            cfg["logging"],
-            run_dir=plan.run_dir,
-            run_id=plan.run_id,
-            total_steps=total_steps,
-            config=cfg,
-            quiet=not dist.is_main,
-        )
         if loop.step == 0:
             log_eval(0, 0.0, None)
         saved_at_train_s = loop.train_time_s

@@ -389,6 +389,30 @@ def test_failed_run_is_kept_and_only_retrained_when_asked(synthetic_root, monkey
     assert {p.name: p.read_bytes() for p in plan.run_dir.iterdir()} == before
 
 
+def test_wandb_that_cannot_start_is_a_config_error_not_a_failed_run(
+    synthetic_root, monkeypatch, capsys
+):
+    import wandb
+
+    def no_key(**_):
+        raise wandb.errors.UsageError("No API key configured. Use `wandb login` to log in.")
+
+    monkeypatch.setattr(wandb, "init", no_key)
+    cfg = tiny_cfg(synthetic_root, "wandb", "logging.wandb.mode=online")
+    with pytest.raises(SystemExit) as exit_:
+        train_module.main(cfg)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: logging.wandb.mode=online: wandb did not start (UsageError: No API key "
+                   "configured. Use `wandb login` to log in.): run `wandb login`, or set "
+                   "logging.wandb.mode=offline (sync later) or disabled"]
+    # No failed summary: the same run (logging is not its identity) trains on the relaunch
+    plan = plan_run(cfg)
+    assert RunRecord(plan.run_dir).read_summary() is None and not is_locked(plan.run_dir)
+    train_module.main(tiny_cfg(synthetic_root, "wandb", "logging.wandb.mode=disabled"))
+    assert RunRecord(plan.run_dir).read_summary()["status"] == "finished"
+
+
 @pytest.mark.parametrize(("how", "code"), [("ctrl-c", 130), ("sigterm", 143)])
 def test_interruption_leaves_the_run_resumable_not_failed(
     synthetic_root, monkeypatch, capsys, how, code
