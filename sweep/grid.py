@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from data import DataError
 from data.shards import atomic_write_bytes
 from sweep.errors import ConfigError, RunHeld
+from sweep.lock import lock_holder
 from sweep.plan import RunPlan, plan_run
 from sweep.state import read_run_state
 
@@ -82,6 +83,19 @@ def _range_reason(tokens_per_param: float, lo: float | None, hi: float | None) -
     return None
 
 
+# The reason of a point skipped because another process holds its run's lock
+RUNNING_ELSEWHERE = "running in another process"
+
+
+def held_points(points: Sequence[GridPoint]) -> list[tuple[Sequence[str], RunHeld]]:
+    """The points skipped because another process was training their run, each with the RunHeld
+    a launch would have met: a sweep that leaves runs to another process has not finished them
+    (its exit code must say so, or `sweep && fit` fits before they end)."""
+    return [(p.overrides, RunHeld(f"run {p.run_dir} is being trained by "
+                                  f"{lock_holder(Path(p.run_dir))}"))
+            for p in points if p.action == "skip" and p.reason == RUNNING_ELSEWHERE]
+
+
 def decide(run_dir: Path, rerun_failed: bool) -> tuple[str, str]:
     """What relaunching a sweep does with the run in `run_dir`, and why."""
     state = read_run_state(run_dir)
@@ -92,7 +106,7 @@ def decide(run_dir: Path, rerun_failed: bool) -> tuple[str, str]:
     if state.state == "diverged":
         return "skip", "diverged: kept (a rerun repeats it; delete its directory to retrain)"
     if state.state == "running":
-        return "skip", "running in another process"
+        return "skip", RUNNING_ELSEWHERE
     if state.state == "failed":
         error = (state.summary or {}).get("error") or "unknown error"
         if not rerun_failed:

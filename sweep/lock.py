@@ -38,6 +38,11 @@ def _holder(path: Path) -> str:
     return f"pid {pid} on {host}" if pid else "another process"
 
 
+def lock_holder(run_dir: Path) -> str:
+    """Who holds run_dir's lock, as "pid N on HOST" (or "another process")."""
+    return _holder(Path(run_dir) / LOCK_NAME)
+
+
 class RunLock:
     """`with RunLock(run_dir):` makes this process the run's only writer (creating run_dir)."""
 

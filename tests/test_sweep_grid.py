@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,16 @@ from hydra import compose, initialize_config_dir
 
 from data.hydra_guard import available
 from sweep.errors import RunFailed, RunHeld
-from sweep.grid import GridError, check_launch, decide, describe_failures, read_manifest
+from sweep.grid import (
+    GridError,
+    GridPoint,
+    check_launch,
+    decide,
+    describe_failures,
+    held_points,
+    read_manifest,
+)
+from sweep.lock import RunLock
 from tests.conftest import CONFIGS, FIXED_HPARAMS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -164,3 +174,23 @@ def test_failures_tell_runs_left_to_another_process_from_runs_that_failed():
     assert describe_failures([(["budget.tokens=1e4"], held), (["budget.tokens=3e4"], failed)]) == (
         "1 run(s) did not finish: budget.tokens=3e4: run b failed: disk full; 1 more were left "
         "to another process training them")
+
+
+def test_a_run_locked_when_planned_is_held_not_silently_skipped(tmp_path):
+    # Planned while another process trains it: skipped, but the sweep must not exit 0 as if
+    # it had finished (`sweep && fit` would fit before the run ends)
+    run_dir = tmp_path / "runs" / "x" / "a-123"
+
+    def point(action: str, reason: str) -> GridPoint:
+        return GridPoint(index=0, overrides=("budget.tokens=1e4",), run_id="a-123",
+                         run_dir=str(run_dir), model="m", N=1, D=1, C=6.0, lr=1e-3,
+                         batch_tokens=1, action=action, reason=reason)
+
+    with RunLock(run_dir):
+        action, reason = decide(run_dir, rerun_failed=False)
+        assert (action, reason) == ("skip", "running in another process")
+        [(overrides, held)] = held_points([point(action, reason), point("train", "")])
+        assert overrides == ("budget.tokens=1e4",) and isinstance(held, RunHeld)
+        assert str(held) == (f"run {run_dir} is being trained by pid {os.getpid()} on "
+                             f"{socket.gethostname()}")
+    assert held_points([point("skip", "finished, val_loss 3.2500")]) == []

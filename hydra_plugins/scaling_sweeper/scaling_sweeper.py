@@ -21,7 +21,14 @@ class ScalingSweeper(BasicSweeper):
 
     def sweep(self, arguments: list[str]) -> Any:
         # Imported here: Hydra imports every plugin module on each start, and torch is slow.
-        from sweep.grid import GridError, describe_failures, format_plan, plan_grid, write_manifest
+        from sweep.grid import (
+            GridError,
+            describe_failures,
+            format_plan,
+            held_points,
+            plan_grid,
+            write_manifest,
+        )
 
         assert self.config is not None and self.launcher is not None
         assert self.hydra_context is not None
@@ -43,8 +50,15 @@ class ScalingSweeper(BasicSweeper):
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         write_manifest(sweep_dir, experiment, points)
         todo = [list(p.overrides) for p in points if p.action != "skip"]
-        if self.config.launch.dry_run or not todo:
-            print("dry run: nothing launched" if todo else "nothing to train", flush=True)
+        held = held_points(points)
+        if self.config.launch.dry_run:
+            print("dry run: nothing launched", flush=True)
+            return []
+        if not todo:
+            print("nothing to train", flush=True)
+            if held:
+                print(f"error: {describe_failures(held)}", file=sys.stderr)
+                raise SystemExit(1)
             return []
 
         start = time.perf_counter()
@@ -64,6 +78,7 @@ class ScalingSweeper(BasicSweeper):
             f"in {time.perf_counter() - start:.0f} s; status: python -m sweep.status {sweep_dir}",
             flush=True,
         )
+        failures += held  # found in another process's hands when the grid was planned
         if failures:
             print(f"error: {describe_failures(failures)}", file=sys.stderr)
             raise SystemExit(1)
