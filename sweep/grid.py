@@ -144,8 +144,7 @@ def plan_grid(
     points: list[GridPoint] = []
     first_of: dict[str, int] = {}
     for i, (overrides, plan) in enumerate(zip(jobs, plans, strict=True)):
-        n, d = plan.params.non_embedding, plan.budget.tokens
-        out_of_range = _range_reason(d / n, lo, hi)
+        out_of_range = _range_reason(plan.budget.tokens / plan.params.non_embedding, lo, hi)
         if out_of_range:
             action, reason = "skip", out_of_range
         elif plan.run_id in first_of:
@@ -153,23 +152,29 @@ def plan_grid(
         else:
             first_of[plan.run_id] = i
             action, reason = decide(plan.run_dir, launch["rerun_failed"])
-        points.append(
-            GridPoint(
-                index=i,
-                overrides=tuple(overrides),
-                run_id=plan.run_id,
-                run_dir=str(plan.run_dir),
-                model=plan.model_name,
-                N=n,
-                D=d,
-                C=plan.flops.flops_6nd * d,
-                lr=plan.lr,
-                batch_tokens=plan.batch_tokens,
-                action=action,
-                reason=reason,
-            )
-        )
+        points.append(grid_point(i, overrides, plan, action, reason))
     return points
+
+
+def grid_point(
+    index: int, overrides: Sequence[str], plan: RunPlan, action: str, reason: str
+) -> GridPoint:
+    """The GridPoint of a planned run."""
+    n, d = plan.params.non_embedding, plan.budget.tokens
+    return GridPoint(
+        index=index,
+        overrides=tuple(overrides),
+        run_id=plan.run_id,
+        run_dir=str(plan.run_dir),
+        model=plan.model_name,
+        N=n,
+        D=d,
+        C=plan.flops.flops_6nd * d,
+        lr=plan.lr,
+        batch_tokens=plan.batch_tokens,
+        action=action,
+        reason=reason,
+    )
 
 
 def _si(value: float) -> str:

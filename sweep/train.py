@@ -61,13 +61,21 @@ def main(cfg: DictConfig) -> float | None:
         # torchrun, or a submitit job of several tasks, makes this process one rank of many.
         dist = init_distributed(str(cfg.train.device), str(cfg.train.data_parallel))
         cfg.train.device = rank_device(str(cfg.train.device), dist)
+        for key in ("rerun_failed", "dry_run"):
+            if not isinstance(cfg.launch[key], bool):
+                raise ConfigError(f"launch.{key}={cfg.launch[key]!r} must be true or false")
+        rerun_failed = cfg.launch.rerun_failed
         plan = plan_run(cfg, _task_overrides())
         check_batch(plan.batch_tokens // plan.seq_len, dist)
         # run() builds the data loaders (which check the split against seq_len) before it
         # writes anything, so their errors too leave no run directory behind.
-        rerun_failed = cfg.launch.rerun_failed
-        if not isinstance(rerun_failed, bool):
-            raise ConfigError(f"launch.rerun_failed={rerun_failed!r} must be true or false")
+        if cfg.launch.dry_run and not multirun:  # a sweep's dry run is the sweeper's
+            from sweep.grid import decide, format_plan, grid_point
+
+            point = grid_point(0, [], plan, *decide(plan.run_dir, rerun_failed))
+            print(format_plan(plan.experiment, [point]), flush=True)
+            print("dry run: nothing trained", flush=True)
+            return None
         # Only a run that goes ahead loads torch (~2 s): a config error above is reported
         # as soon as Hydra has composed the config.
         from sweep.start import run

@@ -141,6 +141,7 @@ def test_one_run_end_to_end(synthetic_root):
         (["model=gpt_9m", "budget.tokens=2e5"], "unknown model preset model=gpt_9m"),
         (["data=wikitext", "budget.tokens=2e5"], "unknown dataset data=wikitext"),
         (["data=tinystories", "budget.tokens=2e5"], "dataset 'tinystories' is not prepared"),
+        (["budget.tokens=2e5", "launch.dry_run=maybe"], "launch.dry_run='maybe' must be true or"),
     ],
 )
 def test_bad_overrides_exit_nonzero_with_one_line(tmp_path, synthetic_root, overrides, needle):
@@ -154,6 +155,19 @@ def test_bad_overrides_exit_nonzero_with_one_line(tmp_path, synthetic_root, over
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], result.stderr
     assert not (root / "runs").exists()
+    assert sorted(p.name for p in root.iterdir()) == ["data_cache"]
+
+
+def test_dry_run_of_one_run_prints_its_plan_and_trains_nothing(tmp_path, synthetic_root):
+    # launch.dry_run was read by the sweeper only: without -m the run trained
+    root = tmp_path / "fresh"
+    root.mkdir()
+    (root / "data_cache").symlink_to(synthetic_root / "data_cache")
+    result = train_cli(root, "model=gpt_1m", "budget.tokens=2e4", "launch.dry_run=true")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[1].startswith("0  gpt_1m-") and lines[1].endswith("  train")
+    assert lines[-1] == "dry run: nothing trained"
     assert sorted(p.name for p in root.iterdir()) == ["data_cache"]
 
 
