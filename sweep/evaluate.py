@@ -31,11 +31,16 @@ def evaluate(
     hardware: Hardware,
     token_bytes: torch.Tensor | None = None,
     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    split_on_oom: bool = True,
 ) -> EvalResult:
     """Evaluate `model` on every (x, y) window; restores the model's training mode afterwards.
 
     `reduce` sums the totals in place across data-parallel ranks, each of which evaluated its
     own share of the windows, so that every rank returns the loss over all of them.
+    split_on_oom: a batch of windows that runs out of memory is scored in halves instead, down
+    to one window (the sums, and so the result, are the same up to rounding): eval.batch_size is
+    part of the run id, so lowering it is no way to go on with a run. Off under data
+    parallelism, where a rank retrying a sharded forward alone would misalign the collectives.
     """
     was_training = model.training
     model.eval()
@@ -44,10 +49,22 @@ def evaluate(
     byte_nats = torch.zeros((), dtype=torch.float64, device=device)
     n_bytes = torch.zeros((), dtype=torch.int64, device=device)
     tokens = 0
+    pending = list(windows)[::-1]  # a stack: halves of a batch go back on top, in order
     try:
-        for x, y in windows:
-            with hardware.autocast():
-                per_token = model(x, y, reduction="none").float()
+        while pending:
+            x, y = pending.pop()
+            try:
+                with hardware.autocast():
+                    per_token = model(x, y, reduction="none").float()
+            except torch.OutOfMemoryError:
+                if not split_on_oom or x.shape[0] == 1:
+                    raise
+                per_token = None  # retried below, outside the handler that pins the memory
+            if per_token is None:
+                hardware.empty_cache()
+                half = x.shape[0] // 2
+                pending += [(x[half:], y[half:]), (x[:half], y[:half])]
+                continue
             nats += per_token.sum(dtype=torch.float64)
             tokens += y.numel()
             if token_bytes is not None:

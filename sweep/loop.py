@@ -22,6 +22,7 @@ from sweep.checkpoint import (
     save_training_state,
 )
 from sweep.distributed import Distributed, full_states, no_sync
+from sweep.errors import OutOfMemory
 from sweep.evaluate import evaluate
 from sweep.logger import RunLogger
 from sweep.plan import RunPlan
@@ -68,7 +69,16 @@ def train_loop(
     last = loop.last
 
     def log_eval(step: int, lr: float, tokens_per_s: float | None) -> None:
-        result = evaluate(model, val, hw, token_bytes, reduce=None if dist.sharded else dist.sum_)
+        try:
+            result = evaluate(model, val, hw, token_bytes,
+                              reduce=None if dist.sharded else dist.sum_,
+                              split_on_oom=not dist.enabled)
+        except torch.OutOfMemoryError as exc:
+            raise OutOfMemory(
+                f"out of memory evaluating at step {step} ({_first_line(exc)}), "
+                + ("per rank at eval.batch_size" if dist.enabled else "one window at a time")
+                + ": use a GPU with more memory, a shorter train.seq_len or a smaller model"
+            ) from None
         # Per device: MFU compares one device's share of the FLOPs with its peak.
         flops_per_s = (
             plan.flops.flops_exact * tokens_per_s / dist.world_size if tokens_per_s else None
@@ -173,7 +183,16 @@ def train_loop(
                 loop.oom_retries += 1
                 micro = loop.micro_batch_size = micro_used
             loop.loss_sum += step_loss
-            apply_gradients(model, optimizer, cfg["train"]["grad_clip"])
+            try:
+                apply_gradients(model, optimizer, cfg["train"]["grad_clip"])
+            except torch.OutOfMemoryError as exc:
+                # Most likely AdamW making its state on the first step: 8 bytes a parameter
+                raise OutOfMemory(
+                    f"out of memory in the optimizer step at step {step} "
+                    f"({_first_line(exc)}): the weights, gradients and AdamW state do not fit; "
+                    + ("shard them with train.data_parallel=fsdp, " if dist.enabled else "")
+                    + "use a GPU with more memory or a smaller model"
+                ) from None
             loop.step = step
             loop.loss_steps += 1
             window_steps += 1
@@ -242,6 +261,11 @@ def train_loop(
     summary = finish(status, error)
     _report(plan, summary, logger)
     return summary
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def _fmt(value: float | None) -> str:

@@ -124,9 +124,10 @@ def _machine_failure(plan: RunPlan | None, cfg: DictConfig, err: BaseException) 
         return f"{run} failed: {err}"
     if _torch_out_of_memory(err):
         first = str(err).strip().splitlines()[0] if str(err).strip() else "out of memory"
+        # The step, the optimizer and evaluation raise OutOfMemory with their own advice
         return (
-            f"{run} failed outside its training step ({first[:200]}): lower eval.batch_size, "
-            f"then {relaunch}"
+            f"{run} ran out of device memory ({first[:200]}): free the GPU of other processes "
+            f"or use one with more memory, then {relaunch}"
         )
     assert isinstance(err, OSError)
     where = f" ({err.filename})" if err.filename else ""

@@ -290,6 +290,27 @@ def test_out_of_memory_at_the_floor_is_one_line_from_the_cli(tmp_path, synthetic
     assert json.loads((_run_dir(root) / "summary.json").read_text())["status"] == "failed"
 
 
+def test_out_of_memory_in_the_optimizer_or_eval_says_which(synthetic_root, monkeypatch):
+    # Both were once told to "lower eval.batch_size", which starts another run
+    def step_oom(*_args, **_kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    plan = plan_run(compose_train(synthetic_root, *RUN[:7], "experiment_name=optoom"))
+    with monkeypatch.context() as m:
+        m.setattr(torch.optim.AdamW, "step", step_oom)
+        with pytest.raises(OutOfMemory, match=r"^out of memory in the optimizer step at step 1 "
+                           r"\(CUDA out of memory.*\): the weights, gradients and AdamW state"):
+            start_module.run(plan)
+    assert json.loads((plan.run_dir / "summary.json").read_text())["status"] == "failed"
+
+    plan = plan_run(compose_train(synthetic_root, *RUN[:7], "experiment_name=evaloom"))
+    with monkeypatch.context() as m:
+        m.setattr(loop_module, "evaluate", lambda *a, **k: step_oom())
+        with pytest.raises(OutOfMemory, match=r"^out of memory evaluating at step 0 .*one window "
+                           "at a time: use a GPU with more memory"):
+            start_module.run(plan)
+
+
 def test_fit_of_a_runs_directory_leaves_diverged_runs_out_and_says_how_many(
     tmp_path, monkeypatch, capsys
 ):
