@@ -83,6 +83,7 @@ def run_hydra(task: Callable[[Any], Any], config_name: str, command: str) -> Non
     import hydra
     from hydra.errors import (
         ConfigCompositionException,
+        InstantiationException,
         MissingConfigException,
         OverrideParseException,
     )
@@ -96,6 +97,13 @@ def run_hydra(task: Callable[[Any], Any], config_name: str, command: str) -> Non
         )()
     except (ConfigCompositionException, MissingConfigException, OverrideParseException) as err:
         print(f"error: {hydra_error_line(err, command)}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except InstantiationException as err:
+        # A plugin (the gpu_pool launcher, say) refusing a setting raises ValueError with one
+        # line naming it; anything else is a bug, and its traceback stays.
+        if not isinstance(err.__cause__, ValueError):
+            raise
+        print(f"error: {err.__cause__}", file=sys.stderr)
         raise SystemExit(2) from None
     finally:
         if previous is None:

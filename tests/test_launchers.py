@@ -180,10 +180,26 @@ def test_gpus_named_by_uuid_must_be_listed_by_index(monkeypatch):
         visible_gpus(None)
 
 
-@pytest.mark.parametrize("pool", [{"gpus": [0, 0]}, {"runs_per_gpu": 0}, {"cpu_slots": 0}])
+@pytest.mark.parametrize("pool", [
+    {"gpus": [0, 0]}, {"gpus": [0, True]}, {"gpus": 1}, {"runs_per_gpu": 0}, {"cpu_slots": 0},
+    {"cpu_slots": 1.5}, {"max_num_timeout": -1}, {"poll_s": 0}, {"poll_s": float("nan")},
+])
 def test_bad_pool_settings_are_refused(pool):
-    with pytest.raises(ValueError, match="hydra.launcher"):
+    [(key, value)] = pool.items()
+    with pytest.raises(ValueError, match=rf"^hydra.launcher.{key}="):
         GpuPoolLauncher(submitit_folder="x/%j", **pool)
+
+
+def test_a_bad_pool_setting_is_one_line_from_the_cli(tmp_path, synthetic_root):
+    result = subprocess.run(
+        [sys.executable, "-m", "sweep.train", "-m", f"paths.root_dir={synthetic_root}",
+         "model=gpt_1m", "budget.tokens=2e4", "logging.wandb.mode=disabled",
+         "hydra/launcher=workstation", "hydra.launcher.cpu_slots=0"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "WANDB_MODE": "disabled"},
+    )
+    assert result.returncode == 2
+    assert result.stderr == "error: hydra.launcher.cpu_slots=0 must be a whole number >= 1\n"
 
 
 def test_executor_gets_the_queue_settings_and_a_thread_cap(tmp_path):

@@ -72,6 +72,13 @@ def visible_gpus(gpus: Sequence[int] | None) -> list[int]:
     return [int(e) for e in entries]
 
 
+def _whole(pool: dict[str, Any], key: str, default: int, least: int) -> int:
+    value = pool.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"hydra.launcher.{key}={value!r} must be a whole number >= {least}")
+    return value
+
+
 class GpuPoolLauncher(submitit_launcher.LocalLauncher):
     """LocalLauncher running one job per slot at a time, each slot pinned to a GPU (or the CPU)."""
 
@@ -80,14 +87,19 @@ class GpuPoolLauncher(submitit_launcher.LocalLauncher):
         # What is left in self.params after this is exactly what the parent hands to submitit.
         pool = {key: self.params.pop(key) for key in POOL_KEYS if key in self.params}
         self.gpus: list[int] | None = pool.get("gpus")
-        self.runs_per_gpu = int(pool.get("runs_per_gpu", 1))
-        self.cpu_slots = int(pool.get("cpu_slots", 1))
-        self.poll_s = float(pool.get("poll_s", 1.0))
-        self.max_num_timeout = int(pool.get("max_num_timeout", 3))
-        if self.runs_per_gpu < 1 or self.cpu_slots < 1:
-            raise ValueError("hydra.launcher.runs_per_gpu and cpu_slots must be at least 1")
+        self.runs_per_gpu = _whole(pool, "runs_per_gpu", 1, least=1)
+        self.cpu_slots = _whole(pool, "cpu_slots", 1, least=1)
+        self.max_num_timeout = _whole(pool, "max_num_timeout", 3, least=0)
+        self.poll_s = pool.get("poll_s", 1.0)
+        if isinstance(self.poll_s, bool) or not isinstance(self.poll_s, int | float) or not (
+            0 < self.poll_s < float("inf")
+        ):
+            raise ValueError(f"hydra.launcher.poll_s={self.poll_s!r} must be a positive number "
+                             "of seconds")
         if self.gpus is not None and (
-            len(set(self.gpus)) != len(self.gpus) or any(int(g) < 0 for g in self.gpus)
+            isinstance(self.gpus, str | int)
+            or any(isinstance(g, bool) or not isinstance(g, int) for g in self.gpus)
+            or len(set(self.gpus)) != len(self.gpus) or any(g < 0 for g in self.gpus)
         ):
             raise ValueError(
                 f"hydra.launcher.gpus={self.gpus}: list each GPU index once "
