@@ -108,6 +108,30 @@ def model_config(model_cfg: DictConfig, vocab_size: int, overrides: list[str]) -
         raise ConfigError(f"model {name}: {err}") from None
 
 
+def check_data_overrides(
+    dataset: TokenDataset, data_cfg: dict[str, Any], overrides: list[str]
+) -> dict[str, Any]:
+    """The config the dataset was built from; ConfigError for a `data.<key>=` override that it
+    contradicts. A run trains on the shards as built, so such an override (data.zipf_exponent
+    in a sweep's grid, say) would be ignored, yet written to config.yaml, and every point would
+    be the same run. Keys left at the preset's value are not compared: prepare's overrides need
+    not be repeated when training."""
+    built = dataset.manifest.get("source") or {}
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        name = key.removeprefix("data.")
+        if name == key or name == "name" or name not in built or data_cfg.get(name) == built[name]:
+            continue
+        value = data_cfg.get(name)
+        raise ConfigError(
+            f"data.{name}={value!r}, but dataset '{dataset.name}' at {dataset.path} was built with "
+            f"data.{name}={built[name]!r}, and a run trains on the shards as built: drop the "
+            f"override, or prepare it under another name (python -m data.prepare ... "
+            f"data.{name}={value} data.name=<new name>) and train with data.name=<new name>"
+        )
+    return built
+
+
 def plan_run(cfg: DictConfig, overrides: list[str] | None = None) -> RunPlan:
     """Validate `cfg` (a composed train config) and derive the run; writes nothing."""
     overrides = overrides or []
@@ -120,7 +144,9 @@ def plan_run(cfg: DictConfig, overrides: list[str] | None = None) -> RunPlan:
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool) or cfg.seed < 0:
         raise ConfigError(f"seed={cfg.seed!r} must be a non-negative integer")
     dataset = TokenDataset.open(Path(cfg.paths.data_dir) / cfg.data.name)
-    check_tokenizer(dataset, OmegaConf.to_container(cfg.data, resolve=True))  # type: ignore[arg-type]
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    check_tokenizer(dataset, data_cfg)  # type: ignore[arg-type]
+    built = check_data_overrides(dataset, data_cfg, overrides)  # type: ignore[arg-type]
     model = model_config(cfg.model, dataset.vocab_size, overrides)
 
     train = cfg.train
@@ -241,6 +267,8 @@ def plan_run(cfg: DictConfig, overrides: list[str] | None = None) -> RunPlan:
     # config.yaml holds the numbers the run used (a rerun from it is the same run);
     # resolved.hparams.from_rule records which of them a rule chose.
     resolved["train"].update(lr=hp.lr, batch_tokens=hp.batch_tokens, **optimizer)
+    # The data as built, not the preset's values where a run left them unset: what it trained on
+    resolved["data"].update(built)
     resolved["eval"].update(evaluation)
     resolved["resolved"] = {
         "run_id": run_id,

@@ -100,6 +100,23 @@ def test_bad_configs_fail_in_one_line(synthetic_root, overrides, needle):
     assert "\n" not in str(err.value)
 
 
+def test_a_data_override_the_dataset_contradicts_is_refused(synthetic_root):
+    # Ignored before (the run trains on the shards as built) yet written to config.yaml: a sweep
+    # over data.zipf_exponent trained one run under one id for every point
+    overrides = ["budget.tokens=2e4", "data.zipf_exponent=1.5"]
+    with pytest.raises(ConfigError, match=r"^data.zipf_exponent=1.5, but dataset 'synthetic' at "
+                       r".* was built with data.zipf_exponent=1.0, and a run trains on the shards"):
+        plan_run(compose_train(synthetic_root, *overrides), overrides)
+    # An override that agrees, and keys left at the preset's values, are fine; config.yaml
+    # records the data as built, not the preset's train_tokens
+    agrees = ["budget.tokens=2e4", "data.train_tokens=3e5"]
+    plan = plan_run(compose_train(synthetic_root, *agrees), agrees)
+    assert plan.config["data"]["train_tokens"] == 300_000
+    assert plan.config["data"] == plan.dataset.manifest["source"] | {
+        k: v for k, v in plan.config["data"].items() if k not in plan.dataset.manifest["source"]}
+    assert plan_run(compose_train(synthetic_root, "budget.tokens=2e4")).run_id == plan.run_id
+
+
 def test_target_params_refuses_pinned_shape_keys(synthetic_root):
     cfg = compose_train(synthetic_root, "model.target_params=5e6", "budget.tokens=2e4")
     with pytest.raises(ConfigError, match="model.n_layer=4 was also given"):
