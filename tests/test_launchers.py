@@ -182,7 +182,7 @@ def test_gpus_named_by_uuid_must_be_listed_by_index(monkeypatch):
 
 @pytest.mark.parametrize("pool", [
     {"gpus": [0, 0]}, {"gpus": [0, True]}, {"gpus": 1}, {"runs_per_gpu": 0}, {"cpu_slots": 0},
-    {"cpu_slots": 1.5}, {"max_num_timeout": -1}, {"poll_s": 0}, {"poll_s": float("nan")},
+    {"cpu_slots": 1.5}, {"max_num_timeout": -1}, {"poll_s": -1}, {"poll_s": float("nan")},
 ])
 def test_bad_pool_settings_are_refused(pool):
     [(key, value)] = pool.items()

@@ -92,10 +92,10 @@ class GpuPoolLauncher(submitit_launcher.LocalLauncher):
         self.max_num_timeout = _whole(pool, "max_num_timeout", 3, least=0)
         self.poll_s = pool.get("poll_s", 1.0)
         if isinstance(self.poll_s, bool) or not isinstance(self.poll_s, int | float) or not (
-            0 < self.poll_s < float("inf")
+            0 <= self.poll_s < float("inf")
         ):
-            raise ValueError(f"hydra.launcher.poll_s={self.poll_s!r} must be a positive number "
-                             "of seconds")
+            raise ValueError(f"hydra.launcher.poll_s={self.poll_s!r} must be a number of seconds "
+                             ">= 0")
         if self.gpus is not None and (
             isinstance(self.gpus, str | int)
             or any(isinstance(g, bool) or not isinstance(g, int) for g in self.gpus)
