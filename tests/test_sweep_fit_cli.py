@@ -328,6 +328,10 @@ def test_predict_without_approach3_says_why(tmp_path: Path) -> None:
     (["--predict", "1e9,2e10", "1e9,x"], "--predict 1e9,x is not N,D"),
     (["--predict", "1e9,0"], "--predict 1e9,0: N and D must be positive, finite numbers"),
     (["--predict", "nan,2e10"], "--predict nan,2e10: N and D must be positive"),
+    (["--seed", "-1"], "--seed -1 is negative"),
+    (["--compute", "nan"], "--compute nan must be > 0 FLOPs (and finite)"),
+    (["--holdout-factor", "inf"], "--holdout-factor inf must be > 1"),
+    (["--isoflop-window", "inf"], "--isoflop-window inf must be > 0 decades (and finite)"),
 ])
 def test_bad_option_exits_2_and_writes_nothing(tmp_path: Path, good_csv: Path,
                                                flags: list[str], says: str) -> None:
@@ -350,6 +354,27 @@ def test_out_that_is_not_a_report_is_left_untouched(tmp_path: Path, good_csv: Pa
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
     assert (out / "notes.txt").read_text() == "mine\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results"]
+
+
+def test_out_with_a_report_and_other_files_is_left_untouched(tmp_path: Path,
+                                                              good_csv: Path) -> None:
+    # A report.json among a user's files once made the folder "a report", replaced whole
+    out = tmp_path / "project"
+    (out / "data").mkdir(parents=True)
+    (out / "report.json").write_text("{}\n")
+    (out / "notes.txt").write_text("mine\n")
+    (out / "data" / "runs.csv").write_text("N,D\n")
+    line = refused([good_csv], out)
+    assert line.endswith("exists and is not a report directory (it holds data, notes.txt); "
+                         "choose a new or empty directory (one holding only an earlier report is "
+                         "replaced)")
+    assert sorted(p.name for p in out.iterdir()) == ["data", "notes.txt", "report.json"]
+
+
+def test_out_that_cannot_be_written_is_one_line(tmp_path: Path, good_csv: Path) -> None:
+    line = refused([good_csv, "--bootstrap", "0"], good_csv / "report")  # under a file
+    assert line.startswith(f"error: cannot write the report to {good_csv / 'report'} (")
+    assert line.endswith("): choose a writable --out")
 
 
 def test_out_that_is_a_file_is_left_untouched(tmp_path: Path, good_csv: Path) -> None:

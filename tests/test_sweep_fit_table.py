@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from sweep.collect import collect_runs
 from sweep.fit.synthetic import isoflop_table
 from sweep.fit.table import MIN_RUNS, Columns, FitData, TableError, load
 from tests.test_sweep_collect import make_run
@@ -152,7 +153,8 @@ def test_runs_directory_gives_runs_curves_and_a_note(tmp_path: Path) -> None:
     np.testing.assert_array_equal(runs["D"].to_numpy(), [t for _, t, _ in want])
     np.testing.assert_array_equal(runs["C"].to_numpy(), [6.0 * n * t for n, t, _ in want])
     np.testing.assert_array_equal(runs["loss"].to_numpy(), [x for _, _, x in want])
-    assert list(runs["run"]) == [f"n{n}-d{t}" for n, t, _ in want]
+    # keyed by experiment and run id, as sweep.collect keys them
+    assert list(runs["run"]) == [f"exp/n{n}-d{t}" for n, t, _ in want]
     # make_run writes eval steps 0, 1, 2, 4, 8; step 0 (no tokens yet) is not a point.
     assert data.curves is not None and len(data.curves) == 6 * 4
     assert data.curves.groupby("run").size().eq(4).all()
@@ -246,16 +248,19 @@ def test_missing_mapped_column_names_it_and_the_flag(tmp_path: Path, field: str,
 
 
 @pytest.mark.parametrize(("field", "name", "other"), [("D", "tokens", "C"), ("C", "flops", "D")])
-def test_missing_mapped_d_or_c_is_derived_or_refused(tmp_path: Path, field: str, name: str,
-                                                     other: str) -> None:
-    # With the other one there, a mis-named D or C is derived from it (and says so) ...
-    data = load(write(small_table(), tmp_path / "t.csv"), Columns(**{field: name}))
+def test_missing_mapped_d_or_c_is_refused_not_derived(tmp_path: Path, field: str, name: str,
+                                                      other: str) -> None:
+    # Deriving a column named on the command line hid a typo: with an exact-FLOPs C column, a
+    # D derived as C / 6N came out 1.5x too large, silently
+    flag = "--d-col" if field == "D" else "--c-col"
+    for table in (small_table(), small_table().drop(columns=[other])):
+        message = refused(write(table, tmp_path / "t.csv"), Columns(**{field: name}))
+        assert message.startswith(f"{flag} '{name}' is not a column of ")
+        assert f"leave {flag} out to derive {field} from the others" in message
+    # Left at its default, a missing column is derived from the other (and says so)
+    data = load(write(small_table().drop(columns=[field]), tmp_path / "t3.csv"), Columns())
     assert data.notes == [f"{field} derived as " + ("C / (6 N)" if field == "D" else "6 N D")
-                          + f" (no column '{name}')"]
-    # ... without it, the message names the column asked for and both flags.
-    table = small_table().drop(columns=[other])
-    message = refused(write(table, tmp_path / "t2.csv"), Columns(**{field: name}))
-    assert f"'{name}'" in message and "--d-col or --c-col" in message
+                          + f" (no column '{field}')"]
 
 
 def test_neither_d_nor_c_is_refused(tmp_path: Path) -> None:
@@ -376,3 +381,25 @@ def test_runs_directory_with_a_damaged_metrics_file_is_refused_or_skipped(tmp_pa
     data = load(root, Columns(), skip_unreadable=True)
     assert data.curves is not None and len(data.curves) == 6 * 4
     assert f"skipped unreadable {metrics}" in data.notes
+
+
+def test_a_constant_loss_or_an_empty_c_only_table_is_one_line(tmp_path: Path) -> None:
+    table = small_table()
+    table["loss"] = 3.0  # a --loss-col mapped onto a constant column, say
+    assert "has loss = 3; nothing to fit" in refused(write(table, tmp_path / "t.csv"))
+    empty = small_table().drop(columns=["D"]).iloc[:0]  # a header only
+    assert "has 0 runs" in refused(write(empty, tmp_path / "e.csv"))
+
+
+def test_collected_runs_are_keyed_by_experiment_and_run_id(tmp_path: Path) -> None:
+    # sweep.collect keeps one run id in two experiments as two runs; so must the fit
+    runs = tmp_path / "runs"
+    for n in (1000, 2000, 3000, 4000, 5000):
+        make_run(runs, n, 20 * n, 4.0 - n / 5000)
+    make_run(runs, 1000, 20_000, 3.9, experiment="other")  # exp's n1000-d20000, elsewhere
+    for source in (runs, write(collect_runs(runs).table, tmp_path / "collected.csv")):
+        data = load(source, Columns())
+        assert len(data.runs) == 6 and sorted(data.runs["run"])[:2] == [
+            "exp/n1000-d20000", "exp/n2000-d40000"]
+    with pytest.raises(TableError, match="^--run-col 'runid' is not a column of the runs under"):
+        load(runs, Columns(run="runid"))

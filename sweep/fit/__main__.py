@@ -68,16 +68,20 @@ def _point(text: str) -> tuple[float, float]:
 
 
 def _options(args: argparse.Namespace) -> FitOptions:
+    if args.seed < 0:
+        raise TableError(f"--seed {args.seed} is negative; give a seed >= 0")
     if args.bootstrap < 0:
         raise TableError(f"--bootstrap {args.bootstrap} is negative; give 0 (no CIs) or more "
                          "(1000 is usual)")
-    if not args.holdout_factor > 1:
+    if not 1 < args.holdout_factor < math.inf:
         raise TableError(f"--holdout-factor {args.holdout_factor:g} must be > 1 (10 holds out "
                          "runs with more than a tenth of the largest compute)")
-    if not args.isoflop_window > 0:
-        raise TableError(f"--isoflop-window {args.isoflop_window:g} must be > 0 decades")
-    if args.compute and min(args.compute) <= 0:
-        raise TableError(f"--compute {min(args.compute):g} must be > 0 FLOPs")
+    if not 0 < args.isoflop_window < math.inf:
+        raise TableError(f"--isoflop-window {args.isoflop_window:g} must be > 0 decades "
+                         "(and finite)")
+    for c in args.compute or ():
+        if not 0 < c < math.inf:
+            raise TableError(f"--compute {c:g} must be > 0 FLOPs (and finite), e.g. 1e21")
     return FitOptions(bootstrap=args.bootstrap, seed=args.seed,
                       holdout_factor=args.holdout_factor, isoflop_window=args.isoflop_window,
                       include_edge=args.include_edge, compute=tuple(args.compute or ()),
@@ -126,12 +130,17 @@ def main(argv: list[str] | None = None) -> int:
         data = load(args.source, columns, skip_unreadable=args.skip_unreadable)
         # How many runs a runs directory gave and why the rest (diverged, ...) were left out.
         for note in data.notes:
-            if note.startswith("runs directory: "):
+            if note.startswith(("runs directory: ", "D derived", "C derived")):
                 print(note)
         report = fit_report(data, options)
         write_report(out, report, data.runs, data.curves)
     except TableError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # --out on a read-only or missing file system, say
+        print(f"error: cannot write the report to {out} ({exc.strerror or exc}"
+              + (f": {exc.filename}" if exc.filename else "") + "): choose a writable --out",
+              file=sys.stderr)
         return 2
     for line in _summary(report):
         print(line)

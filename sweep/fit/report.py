@@ -150,11 +150,23 @@ def _plain(value: Any) -> Any:
 
 
 def check_out_dir(out: Path) -> None:
-    """Refuse an --out that holds something other than an earlier report."""
-    if out.exists() and (not out.is_dir() or (any(out.iterdir())
-                                              and not (out / "report.json").exists())):
-        raise TableError(f"--out {out} exists and is not a report directory; choose a new or "
-                         "empty directory (an earlier report there is replaced)")
+    """Refuse an --out that holds anything but an earlier report: the report replaces the
+    directory whole, and must not take a user's other files with it."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise TableError(f"--out {out} is not a report directory but a file; choose a new or empty "
+                         "directory")
+    entries = {p.name: p for p in out.iterdir()}
+    # An earlier report's files; its plots may be another version's (a stale one is dropped)
+    other = sorted(name for name, p in entries.items()
+                   if name not in ("report.json", "report.md")
+                   and not (name.endswith(".png") and p.is_file()))
+    if entries and ("report.json" not in entries or other):
+        what = f" (it holds {', '.join(other[:3])}{', ...' if len(other) > 3 else ''})" if (
+            other) else ""
+        raise TableError(f"--out {out} exists and is not a report directory{what}; choose a new "
+                         "or empty directory (one holding only an earlier report is replaced)")
 
 
 def write_report(out: Path, report: dict[str, Any], runs: pd.DataFrame,

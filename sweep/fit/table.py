@@ -105,6 +105,13 @@ def _canonical(table: pd.DataFrame, cols: Columns, where: str, notes: list[str])
     n = _numeric(table, cols.N, "N", where)
     loss = _numeric(table, cols.loss, "loss", where)
     has_d, has_c = cols.D in table.columns, cols.C in table.columns
+    for quantity, has in (("D", has_d), ("C", has_c)):
+        # A column named on the command line must exist: deriving it instead would hide a typo
+        if not has and getattr(cols, quantity) != getattr(Columns(), quantity):
+            raise TableError(
+                f"{_flag(quantity)} '{getattr(cols, quantity)}' is not a column of {where} (it "
+                f"has: {', '.join(map(str, table.columns[:12]))}); leave {_flag(quantity)} out "
+                f"to derive {quantity} from the others")
     if not has_d and not has_c:
         raise TableError(f"{where} has neither a D column '{cols.D}' nor a C column '{cols.C}'; "
                          "name one with --d-col or --c-col")
@@ -112,7 +119,7 @@ def _canonical(table: pd.DataFrame, cols: Columns, where: str, notes: list[str])
     c = _numeric(table, cols.C, "C", where) if has_c else None
     if d is None:
         d = c / (6.0 * n)
-        if d.min() < 1.0:
+        if d.size and d.min() < 1.0:
             raise TableError(f"D = C / (6 N) comes out at {d.min():.3g} tokens in {where}: give "
                              f"'{cols.C}' in FLOPs (not PF-days: 1 PF-day = 8.64e19 FLOPs) and "
                              f"'{cols.N}' in parameters")
@@ -123,8 +130,8 @@ def _canonical(table: pd.DataFrame, cols: Columns, where: str, notes: list[str])
     else:
         _check_units(n, d, c, cols, where)
     out = pd.DataFrame({"N": n, "D": d, "C": c, "loss": loss})
-    out["run"] = (table[cols.run_column].astype(str).to_numpy() if cols.run_column in table.columns
-                  else [f"row{i}" for i in range(len(table))])
+    ids = _run_ids(table, cols)
+    out["run"] = ids.to_numpy() if ids is not None else [f"row{i}" for i in range(len(table))]
     if cols.budget is not None:
         if cols.budget not in table.columns:
             raise TableError(f"column '{cols.budget}' (for budget) is not in {where}; name the "
@@ -133,6 +140,18 @@ def _canonical(table: pd.DataFrame, cols: Columns, where: str, notes: list[str])
     else:
         out["budget"] = np.nan
     return out
+
+
+def _run_ids(table: pd.DataFrame, cols: Columns) -> pd.Series | None:
+    """Each row's run, or None without a run column. sweep.collect's tables key a run by
+    experiment and run id (one run id can be in two experiments): so does this, unless
+    --run-col names the column."""
+    if cols.run_column not in table.columns:
+        return None
+    ids = table[cols.run_column].astype(str)
+    if cols.run is None and "experiment" in table.columns:
+        ids = table["experiment"].astype(str) + "/" + ids
+    return ids
 
 
 def _note(notes: list[str], text: str) -> None:
@@ -173,6 +192,9 @@ def load(source: str | Path, cols: Columns, skip_unreadable: bool = False) -> Fi
             collected = collect_runs(path, skip_unreadable=skip_unreadable)
         except CollectError as exc:
             raise TableError(str(exc)) from None
+        if cols.run is not None and cols.run not in collected.table.columns:
+            raise TableError(f"--run-col '{cols.run}' is not a column of the runs under {path}; "
+                             "leave --run-col out to key runs by experiment and run id")
         notes.append(f"runs directory: {collected.describe()}")
         for unreadable in collected.unreadable:
             _note(notes, f"skipped unreadable {unreadable}")
@@ -194,7 +216,8 @@ def load(source: str | Path, cols: Columns, skip_unreadable: bool = False) -> Fi
         if cols.run is not None and cols.run not in table.columns:
             raise TableError(f"--run-col '{cols.run}' is not a column of {path}; name the run id "
                              "column, or leave --run-col out for a table with a row per run")
-        if cols.run_column in table.columns and table[cols.run_column].duplicated().any():
+        ids = _run_ids(table, cols)
+        if ids is not None and ids.duplicated().any():
             # Several rows per run: a curves table; each run's last point is the run itself.
             curves = _canonical(table, cols, str(path), notes)
             sizes = curves.groupby("run")["N"].nunique()
@@ -216,6 +239,9 @@ def _check_fittable(runs: pd.DataFrame, where: str) -> None:
     if len(runs) < MIN_RUNS:
         raise TableError(f"{where} has {len(runs)} runs; approach 3 has 5 parameters, so a fit "
                          f"needs at least {MIN_RUNS} runs (20 or more for useful intervals)")
+    if runs["loss"].nunique() == 1:
+        raise TableError(f"every run in {where} has loss = {runs['loss'].iloc[0]:g}; nothing to "
+                         "fit: name the loss column with --loss-col")
     sizes = runs["N"].nunique()
     if sizes < 2:
         raise TableError(f"every run in {where} has N = {runs['N'].iloc[0]:g}; a scaling law "
