@@ -110,8 +110,11 @@ def write_json(path: Path, result: dict) -> None:
     """Write the results through a temp file + rename: a killed bench never leaves half a JSON
     (not data.shards' helper: the GPU image lacks what the data package imports)."""
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -150,6 +153,28 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def named_shapes(
+    which: str, custom: list[tuple[str, tuple[int, int, int]]]
+) -> list[tuple[str, tuple[int, int, int]]]:
+    """The shapes to time, named: `custom` (--shape), then "tiny", nanoGPT's "reference", the
+    "ladder" presets, or "all" (reference and ladder)."""
+    shapes = list(custom)
+    if which == "tiny":
+        shapes = [(f"tiny-{i}", s) for i, s in enumerate(TINY_SHAPES)]
+    if which in ("reference", "all"):
+        shapes += [(f"nanogpt-{i}", s) for i, s in enumerate(REFERENCE)]
+    if which in ("ladder", "all"):
+        # A ladder rung of a reference shape (gpt_85m is 12,768,12) is timed once, named both
+        known = {shape: i for i, (_, shape) in enumerate(shapes)}
+        for name, L, d, h in ladder_shapes():
+            if (L, d, h) in known:
+                i = known[(L, d, h)]
+                shapes[i] = (f"{shapes[i][0]}/{name}", shapes[i][1])
+            else:
+                shapes.append((name, (L, d, h)))
+    return shapes
+
+
 def argument_problem(args: argparse.Namespace) -> str | None:
     """The first flag that cannot be run as given, as one line saying how to fix it."""
     if args.loss_chunk_tokens is not None and args.loss_chunk_tokens < 1:
@@ -160,6 +185,8 @@ def argument_problem(args: argparse.Namespace) -> str | None:
     if not args.out.parent.is_dir():
         return (f"--out={args.out}: the folder {args.out.parent} does not exist: create it or "
                 "point --out into an existing folder")
+    if args.out.is_dir():
+        return f"--out={args.out} is a folder: name the JSON file, e.g. {args.out / 'bench.json'}"
     if args.copies < 1:
         return f"--copies={args.copies} must be at least 1 (copies trained at once)"
     if args.arch == "nanogpt":
@@ -184,8 +211,10 @@ def main(argv: list[str] | None = None) -> int:
                               args.compile_mode)
     except ConfigError as err:
         # The config's names, as this CLI's flags
-        message = str(err).replace("train.compile_mode", "--compile-mode")
-        print(f"error: {message.replace('train.', '--')}", file=sys.stderr)
+        message = str(err)
+        for key in ("compile_mode", "peak_flops", "device", "precision", "compile"):
+            message = message.replace(f"train.{key}", f"--{key.replace('_', '-')}")
+        print(f"error: {message}", file=sys.stderr)
         return 2
     problem = argument_problem(args)
     if problem:
@@ -200,14 +229,13 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as err:
             print(f"error: --shape={text!r}: {err}", file=sys.stderr)
             return 2
+        if shape in [s for _, s in shapes]:
+            print(f"error: --shape={text!r} is given twice: give each shape once",
+                  file=sys.stderr)
+            return 2
         shapes.append((f"{shape[0]}x{shape[1]}", shape))
     which = args.shapes or ("custom" if shapes else "tiny" if args.tiny else "all")
-    if which == "tiny":
-        shapes = [(f"tiny-{i}", s) for i, s in enumerate(TINY_SHAPES)]
-    if which in ("reference", "all"):
-        shapes += [(f"nanogpt-{i}", s) for i, s in enumerate(REFERENCE)]
-    if which in ("ladder", "all"):
-        shapes += [(name, (L, d, h)) for name, L, d, h in ladder_shapes()]
+    shapes = named_shapes(which, shapes)
     compile_label = f"{hw.compile}" + (f" {args.compile_mode}" if args.compile_mode else "")
     loss_label = (f"fused in chunks of {args.loss_chunk_tokens} tokens"
                   if args.loss_chunk_tokens else "plain")

@@ -4,7 +4,8 @@ nanoGPT and this project's throughput goals (`--check-goals` exits 1 when one is
 
 Each file holds one variant (plain or chunked loss, a compile mode, copies, or nanoGPT's GPT timed
 by `sweep.bench --arch nanogpt`), at some shapes: files of one variant at other shapes are merged.
-They must share the device, torch release and protocol, or the comparison would mean nothing.
+They must share the device, torch release, protocol, precision and MFU peak, or the comparison
+would mean nothing.
 nanoGPT's numbers are the ones timed on this card when given, else its H100 table (H100 only).
 """
 
@@ -20,7 +21,8 @@ from typing import Any
 from sweep.errors import OneLineParser
 from sweep.nanogpt import MFU_GOALS, PROTOCOL, RATIO_GOALS, REFERENCE
 
-SHARED = ("device", "torch", "protocol")
+# What results must share to be compared (MFU divides by peak_flops; precision is the step's)
+SHARED = ("device", "torch", "protocol", "precision", "peak_flops")
 
 
 class CompareError(ValueError):
@@ -38,6 +40,7 @@ class Variant:
     rows: dict[tuple[int, int, int], dict[str, Any]]
     failed: dict[tuple[int, int, int], dict[str, Any]]
     report: dict[str, Any]
+    dates: tuple[str, ...] = ()  # the days its files were taken (merged files: each one's)
 
 
 def _shape(entry: dict[str, Any]) -> tuple[int, int, int]:
@@ -62,28 +65,38 @@ def read_variant(path: Path) -> Variant:
         report = json.loads(path.read_text())
         rows = {_shape(r): r for r in report["rows"]}
         failed = {_shape(f): f for f in report.get("failed", [])}
+        entries = [_shape(e) for e in [*report["rows"], *report.get("failed", [])]]
         # Results from before --arch existed are this project's GPT
-        return Variant(path, _label(report), report.get("copies", 1),
-                       report.get("arch", "project"), rows, failed, report)
+        variant = Variant(path, _label(report), report.get("copies", 1),
+                          report.get("arch", "project"), rows, failed, report,
+                          (report["date"][:10],) if report.get("date") else ())
     except OSError as err:
         raise CompareError(f"{path}: {err.strerror or err}: pass a JSON that sweep.bench "
                            "--out wrote") from None
     except (ValueError, KeyError, TypeError) as err:
         raise CompareError(f"{path} is not a sweep.bench result ({type(err).__name__}: {err}): "
                            "pass a JSON that sweep.bench --out wrote") from None
+    twice = next((shape for shape in entries if entries.count(shape) > 1), None)
+    if twice is not None:
+        # Older sweep.bench timed 12,768,12 twice under --shapes all (nanogpt-4 and gpt_85m)
+        raise CompareError(f"{path} holds {','.join(map(str, twice))} twice: keep one of its "
+                           "results (sweep.bench now times a shape once)")
+    return variant
 
 
 def combine(variants: list[Variant]) -> list[Variant]:
     """The files as variants, those of one variant (say one file per shape) merged into one.
-    CompareError unless every file was taken on one device, torch release and protocol, each
-    shape of a variant is in one file only, and there is at most one nanoGPT baseline."""
+    CompareError unless every file was taken on one device, torch release, protocol, precision
+    and peak, each shape of a variant is in one file only, and there is at most one nanoGPT
+    baseline."""
     first = variants[0]
     for v in variants[1:]:
         for key in SHARED:
             if v.report.get(key) != first.report.get(key):
                 raise CompareError(
                     f"{v.path} has {key}={v.report.get(key)!r} but {first.path} has "
-                    f"{first.report.get(key)!r}: compare results of one device, torch and protocol"
+                    f"{first.report.get(key)!r}: compare results of one device, torch, "
+                    "protocol, precision and peak"
                 )
     merged: dict[str, Variant] = {}
     where: dict[tuple[str, tuple[int, int, int]], Path] = {}
@@ -97,7 +110,8 @@ def combine(variants: list[Variant]) -> list[Variant]:
         if v.label in merged:
             into = merged[v.label]
             v = dataclasses.replace(into, rows={**into.rows, **v.rows},
-                                    failed={**into.failed, **v.failed})
+                                    failed={**into.failed, **v.failed},
+                                    dates=(*into.dates, *v.dates))
         merged[v.label] = v
     variants = list(merged.values())
     baselines = [v for v in variants if v.arch == "nanogpt"]
@@ -161,7 +175,7 @@ def compare(variants: list[Variant]) -> Comparison:
     baseline = next((v for v in variants if v.arch == "nanogpt"), None)
     against = ("nanoGPT's GPT timed here (sweep.bench --arch nanogpt)" if baseline
                else "nanoGPT's H100 table" if referenced else "no nanoGPT numbers for this device")
-    dates = sorted({v.report["date"][:10] for v in variants if v.report.get("date")})
+    dates = sorted({day for v in variants for day in v.dates})
     taken = f"; taken {' to '.join(dict.fromkeys([dates[0], dates[-1]]))}" if dates else ""
     lines = [
         f"Device: {first['device']}; torch {first['torch']}{taken}; protocol {first['protocol']}. "

@@ -14,7 +14,7 @@ import torch
 
 from models import GPT, GPTConfig
 from sweep import bench
-from sweep.bench import ladder_shapes
+from sweep.bench import ladder_shapes, named_shapes
 from sweep.hardware import resolve_hardware
 from sweep.step import accumulate_gradients
 from sweep.throughput import REFERENCE, BenchFailed, measure
@@ -129,6 +129,10 @@ def test_without_a_known_peak_mfu_is_null_not_a_guess(tmp_path):
     (["--device", "cpu", "--arch", "gpt2"], "error: argument --arch: invalid choice: 'gpt2'"),
     (["--device", "cpu", "--out", "no-such-folder/bench.json"],
      "error: --out=no-such-folder/bench.json: the folder no-such-folder does not exist"),
+    (["--device", "cpu", "--out", "."], "error: --out=. is a folder: name the JSON file"),
+    (["--device", "cpu", "--shape", "2,64,2", "--shape", "2,64,2"],
+     "error: --shape='2,64,2' is given twice: give each shape once"),
+    (["--device", "cpu", "--peak-flops", "-1"], "error: --peak-flops=-1.0 must be a positive"),
 ])
 def test_bad_arguments_are_one_line(tmp_path, args, line):
     result = subprocess.run(
@@ -194,6 +198,10 @@ def test_ladder_shapes_are_the_model_presets_smallest_first():
     assert shapes[0] == ("gpt_1m", 3, 192, 4)
     assert shapes[-1][0] == "gpt_287m"
     assert len(REFERENCE) == 6
+    # --shapes all times the rung that is a reference shape once, under both names
+    every = named_shapes("all", [])
+    assert len(every) == 16 and len({shape for _, shape in every}) == 16
+    assert ("nanogpt-4/gpt_85m", (12, 768, 12)) in every
 
 
 @pytest.mark.cuda

@@ -103,6 +103,13 @@ def test_on_another_card_the_goals_are_against_nanogpt_timed_there(tmp_path, cap
     out = captured.out.splitlines()
     assert out[0].startswith("Device: NVIDIA H200; torch 2.11.0+cu128; taken 2026-12-01 to "
                              "2026-12-02; protocol ")
+    # Files of one variant merged keep each one's date
+    later = write_report(tmp_path / "later.json", dict.fromkeys(LARGE, 1.04), device=H200,
+                         date="2026-12-05T10:00:00+00:00")
+    small = write_report(tmp_path / "small.json", dict.fromkeys(SMALL, 1.4), device=H200,
+                         date="2026-12-01T23:58:02+00:00")
+    main([str(baseline), str(small), str(later)])
+    assert "; taken 2026-12-01 to 2026-12-05; " in capsys.readouterr().out.splitlines()[0]
     assert "best / nanoGPT is against nanoGPT's GPT timed here (sweep.bench --arch nanogpt)" \
         in out[0]
     assert out[2].startswith("| shape | L,d,h | nanoGPT H100 | nanoGPT's GPT, compile | "
@@ -145,7 +152,11 @@ def test_a_shape_the_baseline_could_not_time_misses_its_goal(tmp_path, capsys):
 
 @pytest.mark.parametrize(("case", "line"), [
     ("device", "error: {b} has device='NVIDIA H200' but {a} has 'NVIDIA H100 80GB HBM3': "
-               "compare results of one device, torch and protocol"),
+               "compare results of one device, torch, protocol, precision and peak"),
+    ("precision", "error: {b} has precision='fp32' but {a} has 'bf16': compare results of one "
+                  "device, torch, protocol, precision and peak"),
+    ("one file", "error: {b} holds 4,128,2 twice: keep one of its results (sweep.bench now "
+                 "times a shape once)"),
     ("twice", "error: {b} repeats 4,128,2 of the variant 'compile, loss plain' in {a}: pass each "
               "shape of a variant once"),
     ("missing", "error: {b}: No such file or directory: pass a JSON that sweep.bench --out wrote"),
@@ -179,6 +190,15 @@ def test_results_that_cannot_be_compared_are_one_line(tmp_path, capsys, case, li
         write_report(b, dict.fromkeys(SMALL, 1.0))
     elif case == "garbage":
         b.write_text("{not json")
+    elif case == "precision":
+        for path, precision in ((a, "bf16"), (b, "fp32")):
+            report = json.loads(path.read_text()) if path.exists() else None
+            report = report or json.loads(write_report(path, dict.fromkeys(LARGE, 1.0)
+                                                       ).read_text())
+            path.write_text(json.dumps({**report, "precision": precision}))
+    elif case == "one file":
+        report = json.loads(write_report(b, dict.fromkeys(SMALL, 1.0)).read_text())
+        b.write_text(json.dumps({**report, "rows": [*report["rows"], report["rows"][0]]}))
     args = [str(a)] if case == "goals" else [str(a), str(b)]
     assert main([*args, "--check-goals"]) == 2
     err = capsys.readouterr().err.splitlines()
