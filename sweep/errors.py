@@ -46,6 +46,11 @@ class RunHeld(RunFailed):
     exceptions back to the sweep, and pickling keeps the class but drops the cause."""
 
 
+class RankLost(RuntimeError):
+    """A data-parallel run lost one of its ranks (killed, or failed on its own): the run is
+    interrupted, not failed, and resumes from its last checkpoint when relaunched."""
+
+
 class OutOfMemory(RuntimeError):
     """A training step ran out of memory even at the smallest micro-batch allowed."""
 

@@ -22,8 +22,9 @@ from sweep.checkpoint import (
     save_training_state,
 )
 from sweep.distributed import Distributed, full_states, no_sync
-from sweep.errors import OutOfMemory
+from sweep.errors import OutOfMemory, RankLost
 from sweep.evaluate import evaluate
+from sweep.lock import signals_deferred
 from sweep.logger import RunLogger
 from sweep.plan import RunPlan
 from sweep.records import RunRecord, build_summary
@@ -106,20 +107,31 @@ def train_loop(
         # shards of them that every rank gathers onto rank 0 (FSDP): rank 0's checkpoint
         # resumes every rank.
         states = full_states(model, optimizer) if dist.sharded else None
-        if not dist.is_main:
-            return
-        save_training_state(
-            plan.run_dir,
-            policy.keep,
-            run_id=plan.run_id,
-            config_hash=plan.config_hash,
-            model=model,
-            optimizer=optimizer,
-            loader=batches,
-            loop=loop,
-            wall_time_s=loop.wall_before_s + time.perf_counter() - wall_start,
-            states=states,
-        )
+        error: Exception | None = None
+        if dist.is_main:
+            try:
+                with signals_deferred():  # a write stopped midway reads as a failure
+                    save_training_state(
+                        plan.run_dir,
+                        policy.keep,
+                        run_id=plan.run_id,
+                        config_hash=plan.config_hash,
+                        model=model,
+                        optimizer=optimizer,
+                        loader=batches,
+                        loop=loop,
+                        wall_time_s=loop.wall_before_s + time.perf_counter() - wall_start,
+                        states=states,
+                    )
+            except Exception as exc:
+                error = exc
+        # Every rank learns whether rank 0 saved: the others would go on into the next
+        # collective and wait there for a rank 0 that has stopped (NCCL: until its timeout)
+        if not dist.from_main(error is None):
+            if error is not None:
+                raise error
+            raise RankLost(f"rank 0 could not write the checkpoint of step {loop.step}; it "
+                           "says why")
 
     def finish(status: str, error: str | None) -> dict[str, Any]:
         tokens = loop.step * batch_tokens
@@ -254,6 +266,14 @@ def train_loop(
             logger.close({"status": "interrupted"})
         raise
     except Exception as exc:
+        if dist.enabled and (isinstance(exc, RankLost) or _lost_rank(exc)):
+            # Another rank is gone, or stopped on its own error (which it reports): the run is
+            # interrupted, not failed, and resumes from its last checkpoint when relaunched
+            logger.close({"status": "interrupted"})
+            if isinstance(exc, RankLost):
+                raise
+            raise RankLost(f"a rank was lost after step {loop.step} ({_first_line(exc)}); "
+                           "relaunch to resume from the last checkpoint") from None
         # Record why the run stopped (its checkpoints stay), then let the error surface.
         finish("failed", f"{type(exc).__name__}: {exc}")
         raise
@@ -261,6 +281,16 @@ def train_loop(
     summary = finish(status, error)
     _report(plan, summary, logger)
     return summary
+
+
+def _lost_rank(exc: BaseException) -> bool:
+    """A collective that failed because another rank is gone: torch's DistError, or gloo's
+    RuntimeError about its connection to a peer."""
+    import torch.distributed as torch_dist
+
+    text = str(exc)
+    return isinstance(exc, torch_dist.DistError) or (
+        isinstance(exc, RuntimeError) and "gloo" in text and "peer" in text)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from data import DataError
 from data.hydra_guard import run_hydra, unknown_choice
 from sweep.distributed import SINGLE, check_batch, init_distributed, leave, rank_device
-from sweep.errors import ConfigError, OutOfMemory, RunFailed, RunHeld
+from sweep.errors import ConfigError, OutOfMemory, RankLost, RunFailed, RunHeld
 from sweep.lock import RunLocked, Terminated
 from sweep.plan import RunPlan, plan_run
 
@@ -57,6 +57,7 @@ def main(cfg: DictConfig) -> float | None:
 
     plan: RunPlan | None = None
     dist = SINGLE
+    ended = False  # the run came to an end of its own (finished, diverged): no error
     try:
         # torchrun, or a submitit job of several tasks, makes this process one rank of many.
         dist = init_distributed(str(cfg.train.device), str(cfg.train.data_parallel))
@@ -81,8 +82,13 @@ def main(cfg: DictConfig) -> float | None:
         from sweep.start import run
 
         summary = run(plan, rerun_failed=rerun_failed, dist=dist)
+        ended = True
     except (ConfigError, DataError) as err:
         stop(str(err), 2, err)
+    except RankLost as err:
+        # No failed summary: a relaunch resumes the run. Rank 0 says it, or, when rank 0 is the
+        # one that stopped, it has said why.
+        stop(f"{f'run {plan.run_id}' if plan else 'the run'} interrupted: {err}", 1, err)
     except KeyboardInterrupt as err:
         # Ends the whole sweep too (SystemExit passes Hydra's launcher): the user or the
         # scheduler wants this process gone. The run resumes from its last checkpoint.
@@ -98,7 +104,7 @@ def main(cfg: DictConfig) -> float | None:
             raise  # the traceback; run() has recorded the failure in summary.json
         stop(f"run failed: {type(err).__name__}: {err}", 1, err)
     finally:
-        leave(dist)
+        leave(dist, destroy=ended)
     if summary["status"] != "finished":
         stop(f"run {plan.run_id} {summary['status']}: {summary.get('error')}", 1)
     return summary["val_loss"]

@@ -3,6 +3,7 @@
 `python tests/faults.py FAULT [FAULT ...] -- MODULE [ARGS ...]` installs each FAULT, then runs
 `python -m MODULE ARGS` in this process. Faults (N counts calls from 1):
   kill@step=N        SIGKILL during optimizer step N (after its backward, before the update)
+  kill1@step=N       the same in rank 1 only (RANK=1): a data-parallel run losing one rank
   kill@eval=N        SIGKILL halfway through the N-th evaluation
   kill@metrics=N     SIGKILL after writing half of the N-th metrics.jsonl line (a torn line)
   kill@checkpoint=N  SIGKILL between writing the N-th checkpoint's temp file and its rename
@@ -190,6 +191,7 @@ def install(fault: str) -> None:
     n = int(arg)
     installers: dict[str, Callable[[int], None]] = {
         "kill@step": _kill_step,
+        "kill1@step": lambda k: _kill_step(k) if os.environ.get("RANK") == "1" else None,
         "kill@eval": _kill_eval,
         "kill@metrics": _kill_metrics,
         "kill@checkpoint": lambda k: _before_rename(

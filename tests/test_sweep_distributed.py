@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -130,6 +131,40 @@ def test_two_ranks_killed_mid_checkpoint_resume_to_the_same_end(
     assert _losses(rows) == _losses(two_ranks[1])
     assert summary["val_loss"] == two_ranks[2]["val_loss"] and summary["resumes"] == 1
     assert sorted(p.name for p in run_dir.iterdir() if ".tmp-" in p.name) == []
+
+
+def test_a_lost_rank_interrupts_the_run_and_a_relaunch_resumes_it(tmp_path, synthetic_root,
+                                                                   single):
+    """Rank 1 SIGKILLed at step 6: rank 0's next collective fails; the run is interrupted, not
+    failed (which a relaunch would skip), and resumes to the single-process end."""
+    root = linked_root(tmp_path, synthetic_root, "lost")
+    lost = _run(root, *_torchrun(str(FAULTS), "kill1@step=6", "--"))
+    assert lost.returncode != 0
+    errors = [line for line in lost.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and " interrupted: a rank was lost after step 6 (" in errors[0]
+    run_dir = next((root / "runs" / "default").iterdir())
+    assert not (run_dir / "summary.json").exists()
+    result = _run(root, *_torchrun("-m"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("resuming from checkpoint-") == 1
+    _, rows, summary = _record(root)
+    assert summary["status"] == "finished" and summary["resumes"] == 1
+    np.testing.assert_allclose([r["val_loss"] for r in rows],
+                               [r["val_loss"] for r in single[1]], rtol=RTOL)
+
+
+def test_a_rank_0_that_fails_alone_stops_the_others_without_a_traceback(tmp_path,
+                                                                          synthetic_root):
+    """Rank 0 alone cannot write its 2nd checkpoint (disk full): rank 1 learns it at once
+    (under NCCL it would wait in its next collective until the timeout) and exits quietly."""
+    root = linked_root(tmp_path, synthetic_root, "enospc")
+    result = _run(root, *_torchrun(str(FAULTS), "enospc@checkpoint=2", "--"))
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "failed: No space left on device" in errors[0]
+    assert f'File "{REPO / "sweep"}' not in result.stderr  # no traceback of ours (torchrun's own)
+    run_dir = next((root / "runs" / "default").iterdir())
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "failed"
 
 
 def test_a_two_task_submitit_job_is_two_ranks_without_torchrun(tmp_path, synthetic_root, single):

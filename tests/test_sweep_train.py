@@ -453,6 +453,32 @@ def test_interruption_leaves_the_run_resumable_not_failed(
     assert [p.name for p in list_checkpoints(plan.run_dir)] == ["checkpoint-00000004.pt"]
 
 
+def test_sigterm_during_a_checkpoint_write_waits_for_it(synthetic_root, monkeypatch, capsys):
+    # Stopped midway, torch's zip writer turned the interruption into a RuntimeError of its
+    # own: the run was recorded as failed, and a relaunch skipped it
+    cfg = tiny_cfg(synthetic_root, "term-in-save")
+    plan = plan_run(cfg)
+    save = torch.save
+
+    def save_while_terminated(obj, f, *args, **kwargs):
+        if obj.get("step") == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+        save(obj, f, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(torch, "save", save_while_terminated)
+        with pytest.raises(SystemExit) as exit_:
+            train_module.main(cfg)
+    assert exit_.value.code == 143
+    assert not (plan.run_dir / "summary.json").exists()
+    [newest] = list_checkpoints(plan.run_dir)
+    assert newest.name == "checkpoint-00000004.pt"
+    assert torch.load(newest, weights_only=False)["step"] == 4  # whole, not cut short
+    capsys.readouterr()
+    train_module.main(cfg)
+    assert "resuming from checkpoint-00000004.pt (resume 1)" in capsys.readouterr().out
+
+
 def test_run_refuses_a_run_another_process_trains(synthetic_root):
     plan = plan_run(tiny_cfg(synthetic_root, "locked"))
     hold = "import sys\nfrom sweep.lock import RunLock\nwith RunLock(sys.argv[1]):\n" \

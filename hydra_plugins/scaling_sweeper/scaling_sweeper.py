@@ -6,6 +6,7 @@ of runs and actions is printed, and only the points left to train or resume go t
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -32,6 +33,15 @@ class ScalingSweeper(BasicSweeper):
 
         assert self.config is not None and self.launcher is not None
         assert self.hydra_context is not None
+        world = os.environ.get("WORLD_SIZE", "1")
+        if world.isdigit() and int(world) > 1:
+            # Every rank would run the whole sweep, re-joining a process group per run (which
+            # hangs): ranks belong to one run
+            print(f"error: a sweep (-m) under torchrun (WORLD_SIZE={world}) is not supported: "
+                  "run one grid point per torchrun, or launch the sweep with "
+                  "hydra/launcher=slurm hydra.launcher.tasks_per_node=N (see the README's Sweeps)",
+                  file=sys.stderr)
+            raise SystemExit(2)
         params = self._parse_config()
         params.extend(arguments)
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
