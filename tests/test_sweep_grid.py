@@ -110,6 +110,17 @@ def test_dry_run_expands_the_grid_and_skips_out_of_range_points_first(synthetic_
     assert sorted(x.name for x in sweep_dir.iterdir()) == ["sweep.json"]
 
 
+def test_a_sweep_under_torchrun_is_refused(synthetic_root, monkeypatch):
+    # Every rank ran the whole sweep, re-joining a process group per run: it hung
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = sweep_cli(synthetic_root, "experiment_name=ranks", "budget.tokens=8192,16384")
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: a sweep (-m) under torchrun (WORLD_SIZE=2) is not "
+                                    "supported: run one grid point per torchrun")
+    assert result.stderr.count("\n") == 1
+    assert not (synthetic_root / "runs" / "ranks").exists()
+
+
 def test_a_bad_grid_point_stops_the_sweep_before_anything_trains(synthetic_root):
     result = sweep_cli(synthetic_root, "experiment_name=bad", "model=base",
                        "budget.tokens=8192,10")
