@@ -284,8 +284,9 @@ def resume_training_state(
     layout = payload.get("layout", "replicated")
     if layout != ("sharded" if load_states else "replicated"):
         raise ConfigError(
-            f"checkpoint {path} was written by a {layout} run (train.data_parallel="
-            f"{'fsdp' if layout == 'sharded' else 'ddp'}): resume it with that setting"
+            f"checkpoint {path} was written by a {layout} run: resume it "
+            + ("on several ranks (torchrun or SLURM tasks) with train.data_parallel=fsdp"
+               if layout == "sharded" else "with train.data_parallel=ddp or in one process")
         )
     if load_states:
         load_states(payload["model"], payload["optimizer"])

@@ -183,14 +183,24 @@ def train_loop(
                 group["lr"] = lr
             xs, ys = next(batches)
             xs, ys = dist.share(xs), dist.share(ys)
-            step_loss, micro_used = accumulate_with_backoff(
-                step_model, optimizer, xs, ys, micro, min_micro, hw,
-                on_retry=lambda smaller, step=step: logger.print(
-                    f"{plan.run_id}: out of memory in step {step}; retrying it with "
-                    f"micro_batch_size {smaller} x {sequences // smaller} accumulation steps"
-                ),
-                no_sync=sync_once,
-            )
+            try:
+                step_loss, micro_used = accumulate_with_backoff(
+                    step_model, optimizer, xs, ys, micro, min_micro, hw,
+                    on_retry=lambda smaller, step=step: logger.print(
+                        f"{plan.run_id}: out of memory in step {step}; retrying it with "
+                        f"micro_batch_size {smaller} x {sequences // smaller} accumulation steps"
+                    ),
+                    no_sync=sync_once,
+                )
+            except OutOfMemory:
+                if not dist.enabled:
+                    raise
+                # Its floor is the micro-batch itself here, not train.min_micro_batch_size
+                raise OutOfMemory(
+                    f"out of memory at train.micro_batch_size={micro} per rank (no back-off "
+                    "across ranks): lower train.micro_batch_size, shard with "
+                    "train.data_parallel=fsdp, or use GPUs with more memory"
+                ) from None
             if micro_used != micro:
                 loop.oom_retries += 1
                 micro = loop.micro_batch_size = micro_used
