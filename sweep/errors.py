@@ -32,6 +32,13 @@ def whole_number(name: str, value: object, rule: str) -> int:
     return int(number)
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an error's message (its class name when it has none), for one-line
+    reports of errors that carry several lines (torch's, gloo's, wandb's)."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__
+
+
 class RunFailed(Exception):
     """One run of a sweep could not finish (bad config or data, failed, diverged): one line.
 

@@ -19,7 +19,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from sweep.errors import ConfigError
+from sweep.errors import ConfigError, first_line
 
 WANDB_MODES = ("offline", "online", "disabled")
 
@@ -72,12 +72,11 @@ class RunLogger:
             except Exception as exc:  # no API key, no server, an unknown entity, ...
                 if self._progress is not None:
                     self._progress.stop()
-                first = (str(exc).strip().splitlines() or [""])[0][:200]
                 # A setting, not the run: a ConfigError, so that no failed summary is written
                 # and a relaunch with wandb fixed trains the run.
                 raise ConfigError(
                     f"logging.wandb.mode={wandb_cfg['mode']}: wandb did not start "
-                    f"({type(exc).__name__}: {first}): run `wandb login`, or set "
+                    f"({type(exc).__name__}: {first_line(exc)}): run `wandb login`, or set "
                     "logging.wandb.mode=offline (sync later) or disabled"
                 ) from None
 

@@ -22,7 +22,7 @@ from sweep.checkpoint import (
     save_training_state,
 )
 from sweep.distributed import Distributed, full_states, no_sync
-from sweep.errors import OutOfMemory, RankLost
+from sweep.errors import OutOfMemory, RankLost, first_line
 from sweep.evaluate import evaluate
 from sweep.lock import signals_deferred
 from sweep.logger import RunLogger
@@ -76,7 +76,7 @@ def train_loop(
                               split_on_oom=not dist.enabled)
         except torch.OutOfMemoryError as exc:
             raise OutOfMemory(
-                f"out of memory evaluating at step {step} ({_first_line(exc)}), "
+                f"out of memory evaluating at step {step} ({first_line(exc)}), "
                 + ("per rank at eval.batch_size" if dist.enabled else "one window at a time")
                 + ": use a GPU with more memory, a shorter train.seq_len or a smaller model"
             ) from None
@@ -211,7 +211,7 @@ def train_loop(
                 # Most likely AdamW making its state on the first step: 8 bytes a parameter
                 raise OutOfMemory(
                     f"out of memory in the optimizer step at step {step} "
-                    f"({_first_line(exc)}): the weights, gradients and AdamW state do not fit; "
+                    f"({first_line(exc)}): the weights, gradients and AdamW state do not fit; "
                     + ("shard them with train.data_parallel=fsdp, " if dist.enabled else "")
                     + "use a GPU with more memory or a smaller model"
                 ) from None
@@ -282,7 +282,7 @@ def train_loop(
             logger.close({"status": "interrupted"})
             if isinstance(exc, RankLost):
                 raise
-            raise RankLost(f"a rank was lost after step {loop.step} ({_first_line(exc)}); "
+            raise RankLost(f"a rank was lost after step {loop.step} ({first_line(exc)}); "
                            "relaunch to resume from the last checkpoint") from None
         # Record why the run stopped (its checkpoints stay), then let the error surface.
         finish("failed", f"{type(exc).__name__}: {exc}")
@@ -301,11 +301,6 @@ def _lost_rank(exc: BaseException) -> bool:
     text = str(exc)
     return isinstance(exc, torch_dist.DistError) or (
         isinstance(exc, RuntimeError) and "gloo" in text and "peer" in text)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def _fmt(value: float | None) -> str:

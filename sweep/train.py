@@ -15,7 +15,14 @@ from omegaconf import DictConfig
 from data import DataError
 from data.hydra_guard import run_hydra, unknown_choice
 from sweep.distributed import SINGLE, check_batch, init_distributed, leave, rank_device
-from sweep.errors import ConfigError, OutOfMemory, RankLost, RunFailed, RunHeld
+from sweep.errors import (
+    ConfigError,
+    OutOfMemory,
+    RankLost,
+    RunFailed,
+    RunHeld,
+    first_line,
+)
 from sweep.lock import RunLocked, Terminated
 from sweep.plan import RunPlan, plan_run
 
@@ -129,10 +136,9 @@ def _machine_failure(plan: RunPlan | None, cfg: DictConfig, err: BaseException) 
     if isinstance(err, OutOfMemory):
         return f"{run} failed: {err}"
     if _torch_out_of_memory(err):
-        first = str(err).strip().splitlines()[0] if str(err).strip() else "out of memory"
         # The step, the optimizer and evaluation raise OutOfMemory with their own advice
         return (
-            f"{run} ran out of device memory ({first[:200]}): free the GPU of other processes "
+            f"{run} ran out of device memory ({first_line(err)}): free the GPU of other processes "
             f"or use one with more memory, then {relaunch}"
         )
     assert isinstance(err, OSError)
