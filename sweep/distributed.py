@@ -195,18 +195,13 @@ def init_distributed(device: str, strategy: str = "ddp") -> Distributed:
     )
 
 
-def leave(dist: Distributed, destroy: bool = True) -> None:
-    """Leave the process group init_distributed joined (nothing for a single process).
-
-    destroy=False, for a rank stopping on an error, leaves the group to the process's exit:
-    destroying it involves the other ranks, and when one of them is gone gloo aborts the process
-    (std::terminate, SIGABRT) instead of letting it exit with its code.
-    """
+def leave(dist: Distributed) -> None:
+    """Leave the process group init_distributed joined (nothing for a single process)."""
     if not dist.enabled:
         return
     import torch.distributed as torch_dist
 
-    if destroy and torch_dist.is_initialized():
+    if torch_dist.is_initialized():
         torch_dist.destroy_process_group()
 
 

@@ -6,6 +6,7 @@ went wrong into one line and an exit code.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from typing import NoReturn
@@ -60,11 +61,18 @@ def main(cfg: DictConfig) -> float | None:
             raise failed(message) from cause
         if dist.is_main:  # one rank speaks for the run
             print(f"error: {message}", file=sys.stderr)
+        if dist.enabled:
+            # Exit at once: tearing the process group down after an error, by hand or in the
+            # interpreter's exit, involves ranks that may be gone or exiting too, and gloo then
+            # aborts the process (std::terminate) instead of exiting with this code. The run's
+            # records are on disk already; the lock goes with the process.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
         raise SystemExit(code)
 
     plan: RunPlan | None = None
     dist = SINGLE
-    ended = False  # the run came to an end of its own (finished, diverged): no error
     try:
         # torchrun, or a submitit job of several tasks, makes this process one rank of many.
         dist = init_distributed(str(cfg.train.device), str(cfg.train.data_parallel))
@@ -89,7 +97,6 @@ def main(cfg: DictConfig) -> float | None:
         from sweep.start import run
 
         summary = run(plan, rerun_failed=rerun_failed, dist=dist)
-        ended = True
     except (ConfigError, DataError) as err:
         stop(str(err), 2, err)
     except RankLost as err:
@@ -111,7 +118,7 @@ def main(cfg: DictConfig) -> float | None:
             raise  # the traceback; run() has recorded the failure in summary.json
         stop(f"run failed: {type(err).__name__}: {err}", 1, err)
     finally:
-        leave(dist, destroy=ended)
+        leave(dist)
     if summary["status"] != "finished":
         stop(f"run {plan.run_id} {summary['status']}: {summary.get('error')}", 1)
     return summary["val_loss"]
