@@ -6,6 +6,7 @@ table must raise a TableError of one line that names the column or value and the
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -403,3 +404,18 @@ def test_collected_runs_are_keyed_by_experiment_and_run_id(tmp_path: Path) -> No
             "exp/n1000-d20000", "exp/n2000-d40000"]
     with pytest.raises(TableError, match="^--run-col 'runid' is not a column of the runs under"):
         load(runs, Columns(run="runid"))
+
+
+def test_runs_on_two_datasets_are_not_fitted_as_one(tmp_path: Path) -> None:
+    # A runs directory holding two experiments on different corpora mixed two laws silently
+    runs = tmp_path / "runs"
+    for n in (1000, 2000, 3000, 4000, 5000):
+        make_run(runs, n, 20 * n, 4.0 - n / 5000)
+    other = make_run(runs, 1000, 20_000, 3.9, experiment="stdlib")
+    summary = json.loads((other / "summary.json").read_text())
+    summary["dataset"] = {"name": "stdlib", "config_hash": "0123456789", "tokenizer_hash": "x"}
+    (other / "summary.json").write_text(json.dumps(summary))
+    message = refused(runs)
+    assert message.startswith(f"the runs under {runs} trained on 2 datasets (synthetic (ab), "
+                              "stdlib (01234567)); a law fits runs on one")
+    assert len(load(runs / "exp", Columns()).runs) == 5  # one experiment's folder is fine

@@ -195,6 +195,7 @@ def load(source: str | Path, cols: Columns, skip_unreadable: bool = False) -> Fi
         if cols.run is not None and cols.run not in collected.table.columns:
             raise TableError(f"--run-col '{cols.run}' is not a column of the runs under {path}; "
                              "leave --run-col out to key runs by experiment and run id")
+        _check_one_dataset(collected.table, path)
         notes.append(f"runs directory: {collected.describe()}")
         for unreadable in collected.unreadable:
             _note(notes, f"skipped unreadable {unreadable}")
@@ -233,6 +234,21 @@ def load(source: str | Path, cols: Columns, skip_unreadable: bool = False) -> Fi
             runs, curves = _canonical(table, cols, str(path), notes), None
     _check_fittable(runs, str(path))
     return FitData(runs=runs, curves=curves, source=str(path), columns=cols, notes=notes)
+
+
+def _check_one_dataset(table: pd.DataFrame, path: Path) -> None:
+    """TableError when the runs under path trained on different datasets: losses on other data
+    (or another tokenizer) follow other laws, and one fit across them means nothing."""
+    if "dataset_config_hash" not in table.columns:
+        return
+    built = table.drop_duplicates("dataset_config_hash")
+    if len(built) > 1:
+        names = ", ".join(f"{n} ({str(h)[:8]})" for n, h in
+                          zip(built.get("dataset_name", built["dataset_config_hash"]),
+                              built["dataset_config_hash"], strict=True))
+        raise TableError(f"the runs under {path} trained on {len(built)} datasets ({names}); a "
+                         "law fits runs on one: point sweep.fit at one experiment's folder, or "
+                         "at a table of one dataset's runs (sweep.collect --out)")
 
 
 def _check_fittable(runs: pd.DataFrame, where: str) -> None:
