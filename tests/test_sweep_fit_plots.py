@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sweep.fit.plots import _contours, write_plots
+from sweep.fit.plots import _contours, _loss_label, write_plots
 from sweep.fit.synthetic import EPOCH_LAW, isoflop_table
 
 ALL = ["isoflop.png", "loss_vs_compute.png", "optimal_allocation.png",
@@ -142,3 +142,9 @@ def test_partial_sections_do_not_crash(tables, tmp_path: Path) -> None:
         "extrapolation": {"runs": [{"loss": 3.0}]},
     }
     _check(write_plots(report, runs, None, tmp_path), ALL, tmp_path)
+
+
+def test_the_loss_axis_names_a_mapped_loss_column():
+    # --loss-col val_bpb is bits per byte: the axes said nats/token whatever the column
+    assert _loss_label({"columns": {"loss": "loss"}}) == "loss (nats/token)"
+    assert _loss_label({"columns": {"loss": "val_bpb"}}) == "val_bpb"

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatter
 
 DPI = 130
-LOSS_LABEL, N_LABEL = "loss (nats/token)", "N (parameters)"
+N_LABEL = "N (parameters)"
 D_LABEL, C_LABEL = "D (tokens)", "C (FLOPs)"
 METHOD_COLORS = {"approach1": "tab:blue", "approach2": "tab:orange", "approach3": "tab:green"}
 LAW_KEYS = ("E", "A", "B", "alpha", "beta")
@@ -101,6 +101,13 @@ def _save(fig: Figure, out_dir: Path, name: str) -> str:
     return name
 
 
+def _loss_label(report: dict) -> str:
+    """The loss axis: nats per token for the loss column (a run's val_loss), else the column
+    mapped with --loss-col by its name (val_bpb is bits per byte, say)."""
+    column = report.get("columns", {}).get("loss", "loss")
+    return "loss (nats/token)" if column == "loss" else column
+
+
 def _isoflop(report: dict, runs: pd.DataFrame) -> Figure:
     budgets = _rows(_get(report, "approach2", "budgets"))
     fig = Figure(figsize=(7.5, 5.0), layout="constrained")
@@ -146,7 +153,7 @@ def _isoflop(report: dict, runs: pd.DataFrame) -> Figure:
             ax.scatter([n_opt], [l_min], marker="*", s=140, zorder=3, edgecolors="black",
                        facecolors="none" if edge else color, linewidths=0.8)
     ax.scatter([], [], marker="*", s=100, color="black", label="parabola minimum")
-    ax.set(xscale="log", xlabel=N_LABEL, ylabel=LOSS_LABEL,
+    ax.set(xscale="log", xlabel=N_LABEL, ylabel=_loss_label(report),
            title="Approach 2: IsoFLOP profiles (hollow/grey: minimum at grid edge)")
     ax.legend(fontsize=7, ncol=2)
     return fig
@@ -183,7 +190,7 @@ def _loss_vs_compute(report: dict, runs: pd.DataFrame, curves: pd.DataFrame | No
     if points:
         ax.scatter(*zip(*points, strict=True), s=16, color="black", zorder=3,
                    label="compute frontier")
-    ax.set(xscale="log", yscale="log", xlabel=C_LABEL, ylabel=LOSS_LABEL,
+    ax.set(xscale="log", yscale="log", xlabel=C_LABEL, ylabel=_loss_label(report),
            title="Loss vs compute" + (" (lines: eval curves)" if data is curves else ""))
     # Losses span about a decade: label the minor ticks too, as plain numbers.
     for set_formatter in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
@@ -267,7 +274,7 @@ def _contours(report: dict, runs: pd.DataFrame) -> Figure:
         levels = law["E"] + np.geomspace(reducible.min(), reducible.max(), 16)
         filled = ax.contourf(nn, dd, law["E"] + reducible, levels=levels, cmap="viridis",
                              alpha=0.85)
-        fig.colorbar(filled, ax=ax, label=f"fitted {LOSS_LABEL}", format="%.3g")
+        fig.colorbar(filled, ax=ax, label=f"fitted {_loss_label(report)}", format="%.3g")
     budgets = runs["budget"].dropna().unique() if len(runs) else []
     iso = np.asarray(sorted(budgets)) if len(budgets) else 10.0 ** np.arange(
         math.floor(math.log10(6 * n[0] * d[0])), math.ceil(math.log10(6 * n[-1] * d[-1])) + 1)
@@ -307,7 +314,7 @@ def _extrapolation(report: dict) -> Figure:
         ax.legend(fontsize=8)
     mean = _num(_get(section, "mean_abs_rel_error"))
     title = "Extrapolation: predicted vs actual"
-    ax.set(xlabel=f"actual {LOSS_LABEL}", ylabel=f"predicted {LOSS_LABEL}",
+    ax.set(xlabel=f"actual {_loss_label(report)}", ylabel=f"predicted {_loss_label(report)}",
            title=title + (f" (mean |rel. error| {100 * mean:.2f}%)" if mean is not None else ""))
     return fig
 
