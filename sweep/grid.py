@@ -53,11 +53,16 @@ class GridPoint:
         return self.D / self.N
 
 
-def check_launch(launch: Mapping[str, Any]) -> tuple[float | None, float | None]:
-    """Validate the `launch` section; returns the (min, max) tokens-per-parameter bounds."""
+def check_launch_flags(launch: Mapping[str, Any]) -> None:
+    """Validate launch.rerun_failed and launch.dry_run, which a single run reads too."""
     for key in ("rerun_failed", "dry_run"):
         if not isinstance(launch[key], bool):
             raise GridError(f"launch.{key}={launch[key]!r} must be true or false")
+
+
+def check_launch(launch: Mapping[str, Any]) -> tuple[float | None, float | None]:
+    """Validate the `launch` section; returns the (min, max) tokens-per-parameter bounds."""
+    check_launch_flags(launch)
     bounds = launch["tokens_per_param"]
     lo, hi = bounds["min"], bounds["max"]
     for key, value in (("min", lo), ("max", hi)):

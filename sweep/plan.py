@@ -63,6 +63,11 @@ class RunPlan:
     config: dict[str, Any]  # the resolved config plus the derived values, as written to config.yaml
 
 
+def _override_key(override: str) -> str:
+    """The key a command-line override sets: `model.n_layer` of `+model.n_layer=4`."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
 def model_config(model_cfg: DictConfig, vocab_size: int, overrides: list[str]) -> GPTConfig:
     """The GPTConfig of a `model` group: its shape as given, or the ladder rule's for a target."""
     name = model_cfg.get("name", "custom")
@@ -86,7 +91,7 @@ def model_config(model_cfg: DictConfig, vocab_size: int, overrides: list[str]) -
         pinned = [
             o
             for o in overrides
-            if o.split("=")[0].lstrip("+~") in {f"model.{k}" for k in SHAPE_KEYS}
+            if _override_key(o) in {f"model.{k}" for k in SHAPE_KEYS}
         ]
         if pinned:
             raise ConfigError(
@@ -118,7 +123,7 @@ def check_data_overrides(
     not be repeated when training."""
     built = dataset.manifest.get("source") or {}
     for override in overrides:
-        key = override.split("=", 1)[0].lstrip("+~")
+        key = _override_key(override)
         name = key.removeprefix("data.")
         if name == key or name == "name" or name not in built or data_cfg.get(name) == built[name]:
             continue

@@ -24,6 +24,7 @@ from sweep.errors import (
     RunHeld,
     first_line,
 )
+from sweep.grid import check_launch_flags, decide, format_plan, grid_point
 from sweep.lock import RunLocked, Terminated
 from sweep.plan import RunPlan, plan_run
 
@@ -77,17 +78,13 @@ def main(cfg: DictConfig) -> float | None:
         # torchrun, or a submitit job of several tasks, makes this process one rank of many.
         dist = init_distributed(str(cfg.train.device), str(cfg.train.data_parallel))
         cfg.train.device = rank_device(str(cfg.train.device), dist)
-        for key in ("rerun_failed", "dry_run"):
-            if not isinstance(cfg.launch[key], bool):
-                raise ConfigError(f"launch.{key}={cfg.launch[key]!r} must be true or false")
+        check_launch_flags(cfg.launch)
         rerun_failed = cfg.launch.rerun_failed
         plan = plan_run(cfg, _task_overrides())
         check_batch(plan.batch_tokens // plan.seq_len, dist)
         # run() builds the data loaders (which check the split against seq_len) before it
         # writes anything, so their errors too leave no run directory behind.
         if cfg.launch.dry_run and not multirun:  # a sweep's dry run is the sweeper's
-            from sweep.grid import decide, format_plan, grid_point
-
             point = grid_point(0, [], plan, *decide(plan.run_dir, rerun_failed))
             print(format_plan(plan.experiment, [point]), flush=True)
             print("dry run: nothing trained", flush=True)
