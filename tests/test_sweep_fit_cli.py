@@ -171,7 +171,7 @@ def test_curves_fit_recovers_the_true_law(fits: Fits) -> None:
     assert abs(a3["E"] - EPOCH_LAW.E) < 0.1
     assert a3["n_points"] == 28 and a3["bootstrap"] == 30 and a3["converged"]
     assert abs(report["approach2"]["a"] - EPOCH_LAW.a) < 0.05
-    assert report["approach2"]["budgets_from"] == "the budget column"
+    assert report["approach2"]["budgets_from"] == "column 'budget' (--budget-col)"
     assert abs(report["approach1"]["a"] - EPOCH_LAW.a) < 0.1
     # Fitted on the budgets up to 1e18, the seven runs at 1e19 are predicted to within 2 %.
     extrapolation = report["extrapolation"]

@@ -35,3 +35,15 @@ def test_too_few_small_runs_is_a_reason():
     runs["budget"] = np.nan
     section, reason = extrapolation_check(runs, holdout_factor=1e4)
     assert section is None and "--holdout-factor" in reason
+
+
+def test_budgets_are_the_scale_only_when_every_run_has_one():
+    # budget.flops budgets count exact FLOPs, C counts 6ND: a threshold over a mix of the two
+    # would hold out by different measures. One run without a budget: C for all.
+    runs = _runs(0.0)
+    runs["budget"] *= 3.0  # as if exact FLOPs were 3x the 6ND C
+    section, _ = extrapolation_check(runs, holdout_factor=10)
+    assert section["threshold_C"] == runs["budget"].max() / 10
+    runs.loc[0, "budget"] = np.nan
+    section, _ = extrapolation_check(runs, holdout_factor=10)
+    assert section["threshold_C"] == runs["C"].max() / 10

@@ -93,3 +93,30 @@ def test_edge_budgets_left_out_unless_asked():
     section, _, _ = fit_approach2(runs, window_decades=0.75, include_edge=True, bootstrap=0,
                                   rng=np.random.default_rng(0))
     assert all(b["edge"] and b["used"] for b in section["budgets"])
+
+
+def test_three_runs_close_in_c_by_chance_are_no_budget():
+    # A grid over N and tokens per parameter (no IsoFLOP budgets): three runs fell within 0.05
+    # decades of C and were fitted as a "budget" whose parabola fits them exactly.
+    n = np.array([1e7, 2e7, 4e7, 1e7, 2e7, 4e7])
+    c = np.array([1e17, 1.05e17, 0.95e17, 1e18, 1.02e18, 0.98e18])
+    runs = pd.DataFrame({"N": n, "C": c, "D": c / (6 * n), "budget": np.nan,
+                         "run": [f"r{i}" for i in range(6)]})
+    runs["loss"] = EPOCH_LAW.loss(runs["N"], runs["D"])
+    budget, how = assign_budgets(runs)
+    assert np.isnan(budget).all() and "4 or more runs" in how
+    section, reason, _ = fit_approach2(runs, window_decades=0.75, include_edge=False,
+                                       bootstrap=10, rng=np.random.default_rng(0))
+    assert section is None and "0 usable budgets" in reason
+    runs["budget"] = np.repeat([1e17, 1e18], 3)  # named budgets of three sizes: fitted, no CI
+    section, _, _ = fit_approach2(runs, window_decades=0.75, include_edge=True, bootstrap=10,
+                                  rng=np.random.default_rng(0))
+    assert section["bootstrap"] == 0 and "no confidence intervals" in section["warning"]
+
+
+def test_runs_without_a_budget_are_left_out_when_others_have_one():
+    runs = _runs(isoflop_table(noise=0.0), with_budget=True)
+    runs.loc[runs.index[:9], "budget"] = np.nan  # the 1e16 budget's runs: token budgets
+    budget, how = assign_budgets(runs, "each run's budget.flops")
+    assert np.isnan(budget[:9]).all() and set(budget[9:]) == {3e16, 1e17, 3e17, 1e18, 3e18, 1e19}
+    assert how == "each run's budget.flops; 9 runs without a budget left out"

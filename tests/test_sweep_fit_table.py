@@ -71,6 +71,22 @@ def test_budget_column_gives_numbers(tmp_path: Path) -> None:
     assert sorted(set(data.runs["budget"])) == list(BUDGETS)
 
 
+def test_budget_flops_runs_bring_their_own_budget_and_exact_flops_per_token(tmp_path: Path
+                                                                           ) -> None:
+    # sweep.collect's columns: a budget.flops run's budget is its IsoFLOP budget; a token-budget
+    # run has none. No --budget-col needed.
+    table = small_table().drop(columns="budget")
+    table["budget_kind"] = ["flops"] * 10 + ["tokens"] * 5
+    table["budget_value"] = [1e17] * 10 + [2e9] * 5
+    table["flops_exact"] = 2.5 * table["C"]
+    data = load(write(table, tmp_path / "runs.csv"), Columns())
+    np.testing.assert_array_equal(data.runs["budget"].to_numpy()[:10], 1e17)
+    assert data.runs["budget"].isna().sum() == 5
+    np.testing.assert_allclose(data.runs["flops_per_token"], 2.5 * 6 * data.runs["N"], rtol=1e-12)
+    assert data.budget_source.startswith("each run's budget.flops (exact FLOPs")
+    assert load(write(small_table(), tmp_path / "plain.csv"), Columns()).budget_source is None
+
+
 def test_renamed_columns_map_through_columns(tmp_path: Path) -> None:
     table = small_table()
     renamed = table.rename(columns={"N": "params", "D": "tokens", "C": "flops",

@@ -97,6 +97,12 @@ def _summary(report: dict) -> list[str]:
                      f"b={s['b']:.3f}")
         if "warning" in s:
             lines.append(f"approach 3 warning: {s['warning']}")
+        if "allocation_exact" in s:
+            x = s["allocation_exact"]
+            ci = x["ci95"].get("a")
+            interval = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+            lines.append(f"approach 3 with C in exact FLOPs (over {x['over']}): a={x['a']:.3f}"
+                         f"{interval} b={x['b']:.3f}")
         for p in s.get("predictions", []):
             lo_hi = p.get("ci95", {}).get("loss")
             interval = f" [{lo_hi[0]:.4g}, {lo_hi[1]:.4g}]" if lo_hi else ""
@@ -108,8 +114,12 @@ def _summary(report: dict) -> list[str]:
             s = report[name]
             ci = s["ci95"].get("a")
             interval = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+            exact = " (C: each run's budget.flops, exact FLOPs)" if s.get(
+                "budgets_from", "").startswith("each run's budget.flops") else ""
             lines.append(f"{name.replace('approach', 'approach ')}: a={s['a']:.3f}{interval} "
-                         f"b={s['b']:.3f}")
+                         f"b={s['b']:.3f}{exact}")
+            if "warning" in s:
+                lines.append(f"{name.replace('approach', 'approach ')} warning: {s['warning']}")
     if "extrapolation" in report:
         s = report["extrapolation"]
         lines.append(f"extrapolation: {s['n_held_out']} held-out runs, mean |error| "

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sweep.fit.approach3 import fit_approach3
+from sweep.fit.allocation import exact_allocation, flops_per_token_curve
+from sweep.fit.approach3 import Approach3, fit_approach3
 from sweep.fit.envelope import (
     REPORT_POINTS,
     curve_grid,
@@ -28,6 +29,8 @@ from sweep.fit.table import FitData, log_clusters
 
 # Runs whose D agree to 1 % share a D for L(D) (step rounding makes "the same" D differ slightly).
 SAME_D_DECADES = 0.005
+# C values spanning the runs' exact FLOPs for approach 3's allocation under them.
+EXACT_POINTS = 9
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,7 @@ def fit_report(data: FitData, options: FitOptions) -> dict[str, Any]:
             report[name] = section
 
     t0 = time.perf_counter()
+    fit = None
     sizes, lengths = runs["N"].nunique(), runs["D"].nunique()
     if min(sizes, lengths) < 3:
         record("approach3", None, f"{sizes} distinct N and {lengths} distinct D; each term "
@@ -84,9 +88,16 @@ def fit_report(data: FitData, options: FitOptions) -> dict[str, Any]:
     t0 = time.perf_counter()
     section, reason, budget = fit_approach2(
         runs, window_decades=options.isoflop_window, include_edge=options.include_edge,
-        bootstrap=options.bootstrap, rng=np.random.default_rng(seeds[1]))
+        bootstrap=options.bootstrap, rng=np.random.default_rng(seeds[1]),
+        budget_source=data.budget_source)
     runs["budget"] = budget
     record("approach2", section, reason, t0)
+    if fit is not None:
+        # approach 2's budgets are exact FLOPs when they are the runs' own budget.flops
+        own = data.columns.budget is None and data.budget_source is not None
+        exact = _exact_allocation(fit, runs, section if own else None)
+        if exact is not None:
+            report["approach3"]["allocation_exact"] = exact
 
     grid = None if data.curves is None else curve_grid(data.curves)
     t0 = time.perf_counter()
@@ -106,6 +117,32 @@ def fit_report(data: FitData, options: FitOptions) -> dict[str, Any]:
     section, reason = extrapolation_check(runs, options.holdout_factor)
     record("extrapolation", section, reason, t0)
     return report
+
+
+def _exact_allocation(fit: Approach3, runs: pd.DataFrame, approach2: dict[str, Any] | None
+                      ) -> dict[str, Any] | None:
+    """Approach 3's N_opt ~ C^a, D_opt ~ C^b with C in exact FLOPs (the unit of budget.flops
+    IsoFLOP budgets), over approach 2's budgets when it fitted them, else over the runs' exact C;
+    None without exact FLOPs per token in the table."""
+    if "flops_per_token" not in runs:
+        return None
+    f = flops_per_token_curve(runs["N"], runs["flops_per_token"])
+    if f is None:
+        return None
+    if approach2 is not None:
+        compute = sorted(b["C"] for b in approach2["budgets"] if b["used"])
+        over = "approach 2's budgets"
+    else:
+        exact_c = (runs["flops_per_token"] * runs["D"]).to_numpy(dtype=float)
+        exact_c = exact_c[np.isfinite(exact_c)]
+        compute = list(np.geomspace(exact_c.min(), exact_c.max(), EXACT_POINTS))
+        over = "the runs' exact C"
+    if len(compute) < 2 or compute[0] == compute[-1]:
+        return None
+    section = exact_allocation(np.array([fit.law.E, fit.law.A, fit.law.B, fit.law.alpha,
+                                         fit.law.beta]), fit.samples, compute, f,
+                               (float(runs["N"].min()), float(runs["N"].max())))
+    return {**section, "over": over}
 
 
 def _best_per_group(groups: np.ndarray, loss: np.ndarray) -> np.ndarray:

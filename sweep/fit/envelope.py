@@ -1,7 +1,8 @@
 """Chinchilla approach 1 and the compute frontier: the lower envelope of loss over C.
 
 Each run's curve is interpolated onto one log-spaced C grid; the envelope at each C is the best
-run there. Bootstrap draws resample whole runs and recompute the envelope.
+run there (C won by the smallest or largest size are left out of the fit). Bootstrap draws
+resample whole runs and recompute the envelope.
 """
 
 from __future__ import annotations
@@ -58,30 +59,43 @@ def lower_envelope(grid: CurveGrid, runs: np.ndarray | None = None
     return loss.min(axis=0), index[best], np.isfinite(loss).sum(axis=0)
 
 
-def _allocation(grid: CurveGrid, runs: np.ndarray | None) -> tuple[np.ndarray, ...] | None:
-    # Where two or more runs compete, the winner's N and its D at that C.
+def _allocation(grid: CurveGrid, runs: np.ndarray | None) -> tuple[np.ndarray, ...] | str:
+    """Where two or more runs compete and a size inside the grid wins, the winner's N and its D
+    at each C, the envelope there and how many C were left out as won at the edge; or a reason.
+
+    A C won by the smallest size says only that N_opt is at most that size (the largest: at
+    least), so it is left out, as approach 2 leaves out budgets with the minimum at the edge:
+    kept, the smallest size's long run of wins flattens N_opt ~ C^a.
+    """
     env, winner, defined = lower_envelope(grid, runs)
-    ok = defined >= 2
-    if ok.sum() < 2 or len(np.unique(grid.n[winner[ok]])) < 2:
-        return None
+    sizes = grid.n if runs is None else grid.n[runs]
+    won = grid.n[winner]
+    compete = defined >= 2
+    ok = compete & (won > sizes.min()) & (won < sizes.max())
+    if compete.sum() < 2 or len(np.unique(won[compete])) < 2:
+        return ("the loss envelope is attained by a single model size wherever two runs "
+                "overlap; approach 1 needs curves from several sizes that cross")
+    if ok.sum() < 2 or len(np.unique(won[ok])) < 2:
+        return ("the loss envelope is won by the smallest or the largest size nearly everywhere "
+                f"({len(np.unique(won[ok]))} sizes inside the grid win), which only bounds "
+                "N_opt: add sizes beyond the winning edge")
     cols = np.flatnonzero(ok)
-    return grid.c[ok], grid.n[winner[ok]], grid.d[winner[ok], cols], env[ok]
+    return grid.c[ok], won[ok], grid.d[winner[ok], cols], env[ok], int((compete & ~ok).sum())
 
 
 def fit_approach1(grid: CurveGrid, *, bootstrap: int, rng: np.random.Generator
                   ) -> tuple[dict[str, Any] | None, str | None]:
     """N_opt ~ C^a and D_opt ~ C^b on the envelope; (section, None) or (None, reason)."""
     main = _allocation(grid, None)
-    if main is None:
-        return None, ("the loss envelope is attained by a single model size wherever two runs "
-                      "overlap; approach 1 needs curves from several sizes that cross")
-    c, n_opt, d_opt, env = main
+    if isinstance(main, str):
+        return None, main
+    c, n_opt, d_opt, env, edge = main
     n_fit, d_fit = loglog_fit(c, n_opt), loglog_fit(c, d_opt)
     samples = []
     for _ in range(bootstrap):
         runs = np.unique(rng.integers(0, len(grid.n), len(grid.n)))
         alloc = _allocation(grid, runs)
-        if alloc is not None:
+        if not isinstance(alloc, str):
             c_draw, n_draw, d_draw = alloc[:3]
             samples.append((loglog_fit(c_draw, n_draw)["slope"],
                             loglog_fit(c_draw, d_draw)["slope"]))
@@ -92,7 +106,7 @@ def fit_approach1(grid: CurveGrid, *, bootstrap: int, rng: np.random.Generator
     return {"a": n_fit["slope"], "b": d_fit["slope"],
             "ci95": {"a": percentile_ci(s[:, 0]), "b": percentile_ci(s[:, 1])} if len(s) else {},
             "N_fit": n_fit, "D_fit": d_fit, "bootstrap": len(s), "runs": len(grid.n),
-            "grid_points": int(len(c)), "points": points}, None
+            "grid_points": int(len(c)), "edge_points": edge, "points": points}, None
 
 
 def frontier_runs(c: np.ndarray, loss: np.ndarray) -> np.ndarray:

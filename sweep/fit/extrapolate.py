@@ -18,11 +18,14 @@ def extrapolation_check(runs: pd.DataFrame, holdout_factor: float
                         ) -> tuple[dict[str, Any] | None, str | None]:
     """Fit on runs with C <= max C / holdout_factor; relative errors on the rest.
 
-    Runs are compared by their IsoFLOP budget where they have one, so a run whose C rounds a
+    Runs are compared by their IsoFLOP budgets when all have one, so a run whose C rounds a
     hair above its budget is not held out alone.
     """
     c, n, d, loss = (runs[k].to_numpy(dtype=float) for k in ("C", "N", "D", "loss"))
-    scale = np.where(np.isfinite(runs["budget"].to_numpy(dtype=float)), runs["budget"], c)
+    budget = runs["budget"].to_numpy(dtype=float)
+    # Budgets only when every run has one: they may count FLOPs otherwise than C (budget.flops
+    # is exact FLOPs, C is 6ND), so one threshold over a mix of the two would mean nothing.
+    scale = budget if np.isfinite(budget).all() else c
     threshold = scale.max() / holdout_factor
     fit = scale <= threshold * (1.0 + 1e-9)
     held = ~fit

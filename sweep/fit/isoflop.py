@@ -20,21 +20,33 @@ BUDGET_GAP_DECADES = 0.05
 # A "budget" whose runs spread wider than this is not an IsoFLOP slice at all.
 BUDGET_MAX_SPAN_DECADES = 0.2
 MIN_SIZES = 3
+# Runs that land close in C by chance (a grid over N and tokens per parameter) can form a cluster
+# of 3; a parabola through 3 points fits them exactly and says nothing. A cluster needs one more.
+MIN_BINNED_RUNS = MIN_SIZES + 1
 
 
-def assign_budgets(runs: pd.DataFrame) -> tuple[np.ndarray, str]:
-    """Budget C per run (NaN where a run belongs to no usable budget) and how it was found."""
-    if runs["budget"].notna().all():
-        return runs["budget"].to_numpy(dtype=float), "the budget column"
+def assign_budgets(runs: pd.DataFrame, source: str | None = None) -> tuple[np.ndarray, str]:
+    """Budget C per run (NaN where a run belongs to no usable budget) and how it was found.
+
+    `source` names the budget column when the table has one; runs without a value in it are
+    left out. Without one, C is binned in log space.
+    """
+    given = runs["budget"].notna().to_numpy()
+    if given.any():
+        left = int((~given).sum())
+        return runs["budget"].to_numpy(dtype=float), (
+            (source or "the budget column")
+            + (f"; {left} runs without a budget left out" if left else ""))
     c = runs["C"].to_numpy(dtype=float)
     ids = log_clusters(c, BUDGET_GAP_DECADES)
     budget = np.full(len(c), np.nan)
     for gid in np.unique(ids):
         members = ids == gid
         span = np.log10(c[members].max() / c[members].min())
-        if members.sum() >= MIN_SIZES and span <= BUDGET_MAX_SPAN_DECADES:
+        if members.sum() >= MIN_BINNED_RUNS and span <= BUDGET_MAX_SPAN_DECADES:
             budget[members] = float(np.exp(np.log(c[members]).mean()))
-    return budget, f"C binned (runs within {BUDGET_GAP_DECADES} decades share a budget)"
+    return budget, (f"C binned (runs within {BUDGET_GAP_DECADES} decades share a budget; "
+                    f"{MIN_BINNED_RUNS} or more runs make one)")
 
 
 def fit_budget(n: np.ndarray, d: np.ndarray, loss: np.ndarray, window_decades: float
@@ -61,9 +73,10 @@ def fit_budget(n: np.ndarray, d: np.ndarray, loss: np.ndarray, window_decades: f
         return ("the parabola's minimum lies more than the grid's width outside the sizes run "
                 "(loss almost flat in log N)")
     edge = bool(x[k] in (x.min(), x.max()) or not x.min() < vertex < x.max())
-    slope, intercept = np.polyfit(x, np.log(d), 1)  # D along the budget, at the vertex
+    # D along the budget, at the vertex: quadratic in ln N, as D = C / f(N) is with exact FLOPs
+    # per token f (a straight line only when f is proportional to N, C = 6ND)
     n_opt = float(np.exp(vertex))
-    d_opt = float(np.exp(intercept + slope * vertex))
+    d_opt = float(np.exp(np.polyval(np.polyfit(x, np.log(d), 2), vertex)))
     return {"N_opt": n_opt, "D_opt": d_opt, "tokens_per_param": d_opt / n_opt,
             "L_min": float(p0 + p1 * vertex + p2 * vertex**2), "edge": edge,
             "points": int(len(x)), "window_points": int(inside.sum()),
@@ -73,10 +86,12 @@ def fit_budget(n: np.ndarray, d: np.ndarray, loss: np.ndarray, window_decades: f
 
 def fit_approach2(
     runs: pd.DataFrame, *, window_decades: float, include_edge: bool, bootstrap: int,
-    rng: np.random.Generator,
+    rng: np.random.Generator, budget_source: str | None = None,
 ) -> tuple[dict[str, Any] | None, str | None, np.ndarray]:
-    """(report section, None, budget per run) or (None, reason it cannot be fitted, budgets)."""
-    budget, how = assign_budgets(runs)
+    """(report section, None, budget per run) or (None, reason it cannot be fitted, budgets).
+
+    budget_source: what the runs' budget column holds, for the report (see assign_budgets)."""
+    budget, how = assign_budgets(runs, budget_source)
     groups = [(c, np.flatnonzero(budget == c)) for c in np.unique(budget[np.isfinite(budget)])]
     n, d, loss = (runs[k].to_numpy(dtype=float) for k in ("N", "D", "loss"))
     budgets, skipped, used = [], {}, []
@@ -101,7 +116,12 @@ def fit_approach2(
     samples = _bootstrap(used, n, d, loss, window_decades, include_edge, bootstrap, rng)
     ci = {"a": percentile_ci(samples[:, 0]), "b": percentile_ci(samples[:, 1])} if len(
         samples) else {}
+    warning = None
+    if bootstrap and not len(samples):
+        warning = ("no confidence intervals: every budget used has 3 runs, which its parabola "
+                   "fits exactly, so there are no residuals to resample; add sizes per budget")
     return {"a": n_fit["slope"], "b": d_fit["slope"], "ci95": ci, "N_fit": n_fit,
+            **({"warning": warning} if warning else {}),
             "D_fit": d_fit, "bootstrap": len(samples), "window_decades": window_decades,
             "include_edge": include_edge, "budgets_from": how, "budgets": budgets,
             "budgets_skipped": skipped}, None, budget

@@ -240,6 +240,11 @@ def _allocation(report: dict, runs: pd.DataFrame) -> Figure:
         if law is not None:
             ax.plot(grid, _law_optimal(law, grid)[0 if key == "N_opt" else 1], lw=1.4,
                     color=METHOD_COLORS["approach3"], label=_label(report, "approach3", exponent))
+        exact = _get(report, "approach3", "allocation_exact") or {}
+        if pts := _pairs(_rows(exact.get("optima")), "C", key):
+            # approach 2's budget.flops budgets count exact FLOPs: this is its counterpart
+            ax.plot(*zip(*pts, strict=True), lw=1.4, ls="--", color=METHOD_COLORS["approach3"],
+                    label=f"approach 3, C in exact FLOPs: {exponent} = {exact[exponent]:.2f}")
         for row in a3:
             c, v = _num(row.get("C")), _num(row.get(key))
             if not c or not v:

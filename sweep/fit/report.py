@@ -51,6 +51,7 @@ def _approach3(s: dict[str, Any]) -> list[str]:
              f"{_ci(r, 'tokens_per_param')}", f"{_g(r['L_opt'])} {_ci(r, 'L_opt')}"]
             for r in s["allocation"]]
     lines += _table(["C (FLOPs)", "N_opt", "D_opt", "tokens/param", "loss"], rows)
+    lines += _exact(s.get("allocation_exact"))
     if "predictions" not in s:
         return lines
     lines += ["Predicted loss at the requested runs (`--predict`; the interval is the fitted "
@@ -64,6 +65,20 @@ def _approach3(s: dict[str, Any]) -> list[str]:
                           rows)
 
 
+def _exact(x: dict[str, Any] | None) -> list[str]:
+    if x is None:
+        return []
+    lines = [f"With C in exact FLOPs (the runs' forward+backward FLOPs per token x D, as "
+             f"budget.flops counts it; over {x['over']}, C from {_g(x['C_range'][0], 3)} to "
+             f"{_g(x['C_range'][1], 3)}): N_opt ~ C^a with a = {_g(x['a'])} {_ci(x, 'a')}, "
+             f"D_opt ~ C^b with b = {_g(x['b'])} {_ci(x, 'b')}. FLOPs per token are not "
+             "proportional to N at this scale (the output head, attention), so a + b is not 1; "
+             "these, not the 6ND ones, compare with approach 2 on budget.flops budgets.", ""]
+    rows = [[_g(r["C"], 3), _g(r["N_opt"]), _g(r["D_opt"]), _g(r["tokens_per_param"], 3)]
+            for r in x["optima"]]
+    return lines + _table(["C (exact FLOPs)", "N_opt", "D_opt", "tokens/param"], rows)
+
+
 def _approach2(s: dict[str, Any]) -> list[str]:
     lines = ["## Approach 2: IsoFLOP parabolas", "",
              f"N_opt ~ C^a with a = {_g(s['a'])} {_ci(s, 'a')}; D_opt ~ C^b with "
@@ -71,6 +86,8 @@ def _approach2(s: dict[str, Any]) -> list[str]:
              f"{s['budgets_from']}; parabola of loss in ln N within {s['window_decades']:g} "
              "decades of each minimum; edge budgets "
              f"{'included' if s['include_edge'] else 'left out'}.", ""]
+    if "warning" in s:
+        lines += [f"**Warning: {s['warning']}.**", ""]
     rows = [[_g(b["C"], 3), _g(b["N_opt"]), _g(b["D_opt"]), _g(b["tokens_per_param"], 3),
              _g(b["L_min"]), f"{b['window_points']}/{b['points']}",
              "yes" if b["edge"] else "", "yes" if b["used"] else "no"] for b in s["budgets"]]
@@ -85,7 +102,9 @@ def _approach1(s: dict[str, Any]) -> list[str]:
     return ["## Approach 1: lower envelope of the learning curves", "",
             f"N_opt ~ C^a with a = {_g(s['a'])} {_ci(s, 'a')}; D_opt ~ C^b with b = {_g(s['b'])} "
             f"{_ci(s, 'b')}; {s['runs']} runs, {s['grid_points']} C values where two or more "
-            f"runs compete, {s['bootstrap']} bootstrap draws over runs. Note: a point inside a "
+            f"runs compete and a size inside the grid wins ({s['edge_points']} more, won by the "
+            "smallest or largest size, only bound N_opt and are left out), "
+            f"{s['bootstrap']} bootstrap draws over runs. Note: a point inside a "
             "cosine schedule is not a finished run of that length, which biases this method.",
             ""]
 
@@ -112,8 +131,8 @@ def _kaplan(s: dict[str, Any]) -> list[str]:
 
 def _extrapolation(s: dict[str, Any]) -> list[str]:
     lines = ["## Extrapolation check", "",
-             f"Approach 3 fitted on the {s['n_fit']} runs whose C (their IsoFLOP budget's, "
-             f"where they have one) is at most {_g(s['threshold_C'], 3)} "
+             f"Approach 3 fitted on the {s['n_fit']} runs whose C (their IsoFLOP budget's "
+             f"when all have one) is at most {_g(s['threshold_C'], 3)} "
              f"(max C / {s['holdout_factor']:g}); on the {s['n_held_out']} held-out runs the "
              f"mean |relative error| is {100 * s['mean_abs_rel_error']:.2f} % (max "
              f"{100 * s['max_abs_rel_error']:.2f} %, mean signed {100 * s['mean_rel_error']:+.2f}"

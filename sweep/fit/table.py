@@ -55,6 +55,7 @@ class FitData:
     source: str
     columns: Columns
     notes: list[str] = field(default_factory=list)
+    budget_source: str | None = None  # what the runs' budget column holds (None: no budgets)
 
 
 def _flag(quantity: str) -> str:
@@ -137,8 +138,18 @@ def _canonical(table: pd.DataFrame, cols: Columns, where: str, notes: list[str])
             raise TableError(f"column '{cols.budget}' (for budget) is not in {where}; name the "
                              "right one with --budget-col, or leave it out to bin C")
         out["budget"] = _numeric(table, cols.budget, "budget", where)
+    elif {"budget_kind", "budget_value"} <= set(table.columns):
+        # sweep.collect's columns: a budget.flops run's IsoFLOP budget is its own. Binning C
+        # instead splits such budgets (C = 6ND spreads 0.2 decades along one exact-FLOP profile).
+        flops = (table["budget_kind"] == "flops").to_numpy()
+        value = pd.to_numeric(table["budget_value"], errors="coerce").to_numpy(dtype=float)
+        out["budget"] = np.where(flops, value, np.nan)
     else:
         out["budget"] = np.nan
+    if "flops_exact" in table.columns:
+        # Exact FLOPs per token of each run's shape: approach 3's optimum under exact compute.
+        out["flops_per_token"] = (
+            pd.to_numeric(table["flops_exact"], errors="coerce").to_numpy(dtype=float) / d)
     return out
 
 
@@ -233,7 +244,17 @@ def load(source: str | Path, cols: Columns, skip_unreadable: bool = False) -> Fi
         else:
             runs, curves = _canonical(table, cols, str(path), notes), None
     _check_fittable(runs, str(path))
-    return FitData(runs=runs, curves=curves, source=str(path), columns=cols, notes=notes)
+    return FitData(runs=runs, curves=curves, source=str(path), columns=cols, notes=notes,
+                   budget_source=_budget_source(runs, cols))
+
+
+def _budget_source(runs: pd.DataFrame, cols: Columns) -> str | None:
+    if cols.budget is not None:
+        return f"column '{cols.budget}' (--budget-col)"
+    if runs["budget"].notna().any():
+        return ("each run's budget.flops (exact FLOPs: forward+backward FLOPs per token x D, "
+                "not C = 6ND)")
+    return None
 
 
 def _check_one_dataset(table: pd.DataFrame, path: Path) -> None:
