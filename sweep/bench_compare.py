@@ -238,10 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     result = compare(variants)
-    print("\n".join(result.lines))
-    if not args.check_goals:
-        return 0
-    if not result.goals:
+    if args.check_goals and not result.goals:
+        # a flag that cannot apply is a usage error: one line, before any table
         report = variants[0].report
         print(f"error: --check-goals: no goal applies to these results (device "
               f"{report['device']!r}, protocol {report['protocol']}): goals need nanoGPT's "
@@ -249,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
               "--arch nanogpt result among them, or an H100): leave out --check-goals",
               file=sys.stderr)
         return 2
+    print("\n".join(result.lines))
+    if not args.check_goals:
+        return 0
     if result.missed:
         print(f"error: {len(result.missed)} of {result.goals} goals missed: "
               f"{'; '.join(result.missed)}", file=sys.stderr)

@@ -201,5 +201,6 @@ def test_results_that_cannot_be_compared_are_one_line(tmp_path, capsys, case, li
         b.write_text(json.dumps({**report, "rows": [*report["rows"], report["rows"][0]]}))
     args = [str(a)] if case == "goals" else [str(a), str(b)]
     assert main([*args, "--check-goals"]) == 2
-    err = capsys.readouterr().err.splitlines()
-    assert len(err) == 1 and err[0].startswith(line.format(a=a, b=b))
+    out, err = capsys.readouterr()
+    assert len(err.splitlines()) == 1 and err.startswith(line.format(a=a, b=b))
+    assert out == ""  # the error alone, no table before it
