@@ -5,6 +5,7 @@ wandb defaults to offline mode (no account, nothing on the network; `wandb sync`
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,21 @@ from rich.progress import (
 from sweep.errors import ConfigError, first_line
 
 WANDB_MODES = ("offline", "online", "disabled")
+
+
+def wandb_mode(configured: str) -> str:
+    """The wandb mode a run uses: the WANDB_MODE environment variable when set, else the config's.
+
+    The variable wins (wandb.init's own `mode` argument would beat it) so that
+    `WANDB_MODE=disabled`, as CI and the GPU checks export it, turns wandb off for every run.
+    """
+    env = os.environ.get("WANDB_MODE")
+    if not env:
+        return configured
+    if env not in WANDB_MODES:
+        raise ConfigError(f"WANDB_MODE={env!r} in the environment is unknown: set one of "
+                          f"{', '.join(WANDB_MODES)}, or unset it to use logging.wandb.mode")
+    return env
 
 
 class RunLogger:
@@ -55,7 +71,7 @@ class RunLogger:
             )
             self._task = self._progress.add_task(run_id, total=total_steps, loss="-", tps="-")
             self._progress.start()
-        wandb_cfg = logging_cfg["wandb"]
+        wandb_cfg = {**logging_cfg["wandb"], "mode": wandb_mode(logging_cfg["wandb"]["mode"])}
         self._wandb = None
         if wandb_cfg["mode"] != "disabled" and not quiet:
             import wandb  # imported lazily: it is slow to import and unused when disabled

@@ -142,6 +142,7 @@ def test_one_run_end_to_end(synthetic_root):
         (["data=wikitext", "budget.tokens=2e5"], "unknown dataset data=wikitext"),
         (["data=tinystories", "budget.tokens=2e5"], "dataset 'tinystories' is not prepared"),
         (["budget.tokens=2e5", "launch.dry_run=maybe"], "launch.dry_run='maybe' must be true or"),
+        (["budget.tokens=1e6"], "reads D=999,424 tokens, 3.33 epochs of the 299,925 train tokens"),
     ],
 )
 def test_bad_overrides_exit_nonzero_with_one_line(tmp_path, synthetic_root, overrides, needle):
@@ -412,6 +413,7 @@ def test_wandb_that_cannot_start_is_a_config_error_not_a_failed_run(
         raise wandb.errors.UsageError("No API key configured. Use `wandb login` to log in.")
 
     monkeypatch.setattr(wandb, "init", no_key)
+    monkeypatch.delenv("WANDB_MODE")  # it would win over the config (conftest disables wandb)
     cfg = tiny_cfg(synthetic_root, "wandb", "logging.wandb.mode=online")
     with pytest.raises(SystemExit) as exit_:
         train_module.main(cfg)
@@ -425,6 +427,29 @@ def test_wandb_that_cannot_start_is_a_config_error_not_a_failed_run(
     assert RunRecord(plan.run_dir).read_summary() is None and not is_locked(plan.run_dir)
     train_module.main(tiny_cfg(synthetic_root, "wandb", "logging.wandb.mode=disabled"))
     assert RunRecord(plan.run_dir).read_summary()["status"] == "finished"
+
+
+def test_wandb_mode_in_the_environment_wins_over_the_config(synthetic_root, monkeypatch, capsys):
+    """WANDB_MODE=disabled (as CI exports it) keeps wandb off even where the config says online;
+    wandb.init's own mode argument would otherwise beat the variable. An unknown value is one
+    line."""
+    import wandb
+
+    def must_not_start(**_):
+        raise AssertionError("wandb.init called under WANDB_MODE=disabled")
+
+    monkeypatch.setattr(wandb, "init", must_not_start)
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    cfg = tiny_cfg(synthetic_root, "wandb-env", "logging.wandb.mode=online")
+    train_module.main(cfg)
+    assert RunRecord(plan_run(cfg).run_dir).read_summary()["status"] == "finished"
+    monkeypatch.setenv("WANDB_MODE", "sometimes")
+    with pytest.raises(SystemExit) as exit_:
+        train_module.main(tiny_cfg(synthetic_root, "wandb-env2", "logging.wandb.mode=online"))
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: WANDB_MODE='sometimes' in the environment is unknown: set one of offline, online, "
+        "disabled, or unset it to use logging.wandb.mode")
 
 
 @pytest.mark.parametrize(("how", "code"), [("ctrl-c", 130), ("sigterm", 143)])
