@@ -1,13 +1,15 @@
 """Benchmark of the data pipeline: tokenizer throughput, end-to-end prepare and its peak memory.
 
-`python -m data.bench` prints tokens/s for ~1 KB documents cut from the standard library's text;
-`--corpus-mb 2000` also prepares a corpus that large in a child process and reports its peak RSS.
+`python -m data.bench` prints tokens/s for ~1 KB documents cut from the standard library's text,
+then prepares a --corpus-mb corpus (100 MB by default) with `python -m data.prepare data=local`
+in a child process and reports its tokens/s and peak RSS; --no-prepare skips that step.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import shutil
@@ -15,10 +17,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 from data.text import stdlib_files
+from data.tokenizer import MIN_BPE_VOCAB
+
+DEFAULT_CORPUS_MB = 100.0
 
 
 def documents(doc_chars: int, total_chars: int) -> list[str]:
@@ -112,21 +118,92 @@ def prepare_child(corpus: Path, tokenizer: Path, data_dir: Path) -> dict:
             "tokens_per_s": tokens / wall_s}
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one `error:` line (exit 2), like every other mistake."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message}; see {self.prog} --help", file=sys.stderr)
+        sys.exit(2)
+
+
+def _positive(convert: Callable[[str], float], what: str, example: str,
+              minimum: float = 0.0) -> Callable[[str], float]:
+    """An argparse type: a finite number above minimum (at least it, for ints), else one line
+    naming the value and a valid example (argparse prefixes the flag)."""
+    def parse(text: str) -> float:
+        try:
+            value = convert(text)
+        except ValueError:
+            value = math.nan
+        ok = math.isfinite(value) and (value >= minimum if minimum else value > 0)
+        if not ok:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}: give e.g. {example}")
+        return value
+    return parse
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _OneLineParser(prog="python -m data.bench", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--doc-chars", metavar="N", default=1000,
+                   type=_positive(int, "a positive whole number of characters",
+                                  "--doc-chars 1000"),
+                   help="characters per document (default 1000)")
+    p.add_argument("--text-mb", metavar="MB", default=20.0,
+                   type=_positive(float, "a positive number of MB", "--text-mb 20"),
+                   help="text to train the BPE on and tokenize, in MB (default 20)")
+    p.add_argument("--vocab-size", metavar="N", default=8192,
+                   type=_positive(int, f"a whole number of at least {MIN_BPE_VOCAB} (256 bytes, "
+                                  "end-of-text, merges)", "--vocab-size 8192", MIN_BPE_VOCAB),
+                   help="BPE vocabulary (default 8192)")
+    # 1 MB, as prepare's data.batch_bytes: the tokenize figure is then the one prepare sees.
+    p.add_argument("--batch-bytes", metavar="BYTES", default=1_000_000,
+                   type=_positive(int, "a positive whole number of bytes", "--batch-bytes 1000000"),
+                   help="text per encode call, as data.batch_bytes (default 1000000)")
+    p.add_argument("--corpus-mb", metavar="MB", default=None,
+                   type=_positive(float, "a positive number of MB", "--corpus-mb 200"),
+                   help="size of the .jsonl corpus prepared end to end in a child process "
+                        f"(default {DEFAULT_CORPUS_MB:g})")
+    p.add_argument("--no-prepare", action="store_true",
+                   help="time the tokenizer only: skip the end-to-end prepare")
+    p.add_argument("--keep", metavar="DIR", type=Path, default=None,
+                   help="prepare in this new or empty folder and keep the corpus and dataset")
+    return p
+
+
+def argument_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with a combination of flags, as one line; None when they make sense."""
+    if args.text_mb * 1e6 < args.doc_chars:
+        return (f"--text-mb {args.text_mb:g} is less than one --doc-chars {args.doc_chars} "
+                "document: give e.g. --text-mb 20")
+    if args.no_prepare:
+        for flag, value in (("--corpus-mb", args.corpus_mb), ("--keep", args.keep)):
+            if value is not None:
+                return f"{flag} is for the prepare step, which --no-prepare skips: drop one of them"
+    keep = args.keep
+    if keep is not None and keep.exists() and (not keep.is_dir() or any(keep.iterdir())):
+        # Files of an earlier run would join the corpus, or make prepare a no-op.
+        return (f"--keep {keep} is not an empty folder: give a new or empty one, e.g. "
+                "--keep /tmp/data-bench")
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of `python -m data.bench`."""
-    parser = argparse.ArgumentParser(prog="python -m data.bench", description=__doc__)
-    parser.add_argument("--doc-chars", type=int, default=1000, help="characters per document")
-    parser.add_argument("--text-mb", type=float, default=20.0, help="text to tokenize, in MB")
-    parser.add_argument("--vocab-size", type=int, default=8192)
-    parser.add_argument("--batch-bytes", type=int, default=4_000_000,
-                        help="text per encode call, as data.batch_bytes")
-    parser.add_argument("--corpus-mb", type=float, default=100.0,
-                        help="size of the corpus prepared end to end in a child process")
-    parser.add_argument("--keep", type=Path, default=None, help="work here and keep the files")
+    parser = _parser()
     args = parser.parse_args(argv)
+    problem = argument_problem(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        raise SystemExit(2)
+    corpus_mb = DEFAULT_CORPUS_MB if args.corpus_mb is None else args.corpus_mb
 
-    print(f"machine: {os.cpu_count()} CPU cores, Python {sys.version.split()[0]}")
     docs = documents(args.doc_chars, int(args.text_mb * 1e6))
+    if not docs:
+        print(f"error: --doc-chars {args.doc_chars} is longer than every standard library file: "
+              "give e.g. --doc-chars 1000", file=sys.stderr)
+        raise SystemExit(2)
+    print(f"machine: {os.cpu_count()} CPU cores, Python {sys.version.split()[0]}")
     tok, enc = bench_tokenizer(docs, args.vocab_size, args.batch_bytes)
     print(f"BPE training: vocab {args.vocab_size} on {sum(map(len, docs)) / 1e6:.1f} MB "
           f"in {enc['train_s']:.1f} s")
@@ -134,14 +211,14 @@ def main(argv: list[str] | None = None) -> None:
           f"{enc['tokens']:,} tokens in {enc['encode_s']:.2f} s = "
           f"{enc['tokens_per_s'] / 1e6:.2f}M tokens/s ({enc['mb_per_s']:.1f} MB/s, "
           f"{enc['chars_per_token']:.2f} chars/token)")
-    if args.corpus_mb <= 0:
+    if args.no_prepare:
         return
     work = args.keep or Path(tempfile.mkdtemp(prefix="data-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
         tokenizer = work / "tokenizer.json"
         tokenizer.write_text(tok.to_str())  # type: ignore[attr-defined]
-        written = write_jsonl(work / "corpus", docs, args.corpus_mb)
+        written = write_jsonl(work / "corpus", docs, corpus_mb)
         run = prepare_child(work / "corpus", tokenizer, work / "data_cache")
         print(f"prepare (data=local, {written / 1e6:.0f} MB of .jsonl): {run['tokens']:,} tokens "
               f"in {run['wall_s']:.1f} s = {run['tokens_per_s'] / 1e6:.2f}M tokens/s end to end, "

@@ -86,6 +86,7 @@ class TextSource:
         self._token_bytes: np.ndarray | None = None
         self._trained_bytes = 0
         self._documents_read = 0
+        self._given: tuple[Any, int, int] | None = None  # the tokenizer file, once checked
 
     # --- what a subclass provides -------------------------------------------------------------
     def _validate(self, cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -100,6 +101,30 @@ class TextSource:
         return {} if self._files is None else {"files": self._files}
 
     # --- the Source protocol ------------------------------------------------------------------
+    def check_inputs(self) -> None:
+        """Raise DataError now for a corpus that cannot be found or reached, or a tokenizer file
+        that does not fit: prepare() calls this before it reports anything or makes a directory.
+
+        Not part of __init__: a training run builds the source too, and it must not need the
+        corpus (it reads shards) nor the network.
+        """
+        if self._tokenizer_payload is not None:
+            self._given_tokenizer()
+
+    def _given_tokenizer(self) -> tuple[Any, int, int]:
+        """data.tokenizer_path parsed and checked against the config: (tokenizer, size, eot id)."""
+        if self._given is None:
+            origin = f"data.tokenizer_path={self.config['tokenizer_path']!r}"
+            tok = tk.tokenizer_from_bytes(self._tokenizer_payload or b"", origin)
+            size = tk.id_space(tok)
+            if self.config["vocab_size"] not in (None, size):
+                raise DataError(
+                    f"data.vocab_size={self.config['vocab_size']} but {origin} has token ids "
+                    f"0..{size - 1}: set data.vocab_size=null (or to {size})"
+                )
+            self._given = tok, size, tk.eot_id(tok, self.config["eot_token"], origin)
+        return self._given
+
     def tokenizer_spec(self) -> dict[str, Any]:
         """The config values that decide the tokenizer; training refuses a dataset whose differ."""
         keys = ["vocab_size", "eot_token"]
@@ -112,15 +137,9 @@ class TextSource:
     def setup(self, say: Any) -> None:
         """Load the configured tokenizer.json, or train a BPE on the first train documents."""
         if self._tokenizer_payload is not None:
-            origin = f"data.tokenizer_path={self.config['tokenizer_path']!r}"
-            tok = tk.tokenizer_from_bytes(self._tokenizer_payload, origin)
-            size = tk.id_space(tok)
-            if self.config["vocab_size"] not in (None, size):
-                raise DataError(
-                    f"data.vocab_size={self.config['vocab_size']} but {origin} has token ids "
-                    f"0..{size - 1}: set data.vocab_size=null (or to {size})"
-                )
+            tok, size, _ = self._given_tokenizer()
             payload = self._tokenizer_payload
+            origin = f"data.tokenizer_path={self.config['tokenizer_path']!r}"
         else:
             budget = self.config["tokenizer_train_bytes"]
             say(f"training a byte-level BPE of {self.config['vocab_size']} tokens on up to "
@@ -234,9 +253,18 @@ class HubSource(TextSource):
             "text_field": check_str(cfg, "text_field"),
         }
 
+    _hub_answered = False
+
+    def check_inputs(self) -> None:
+        super().check_inputs()
+        # Offline, `datasets` would take ~25 s of retries to fail: probe the hub first, in ~3 s.
+        if not text.is_local(self.config["dataset"]):
+            text.check_hub_reachable(self.config["dataset"])
+            self._hub_answered = True
+
     def documents(self) -> Iterator[list[str]]:
         c = self.config
-        if not text.is_local(c["dataset"]):
+        if not self._hub_answered and not text.is_local(c["dataset"]):
             text.check_hub_reachable(c["dataset"])
         yield from text.stream_documents(
             c["dataset"], name=c["config"], data_files=c["data_files"], revision=c["revision"],
@@ -264,7 +292,27 @@ class LocalSource(TextSource):
             "sample_by": check_choice(cfg, "sample_by", ("document", "paragraph", "line")),
         }
 
+    # The stream check_inputs() opened and its first batch (None: the files hold no documents),
+    # handed to the first documents() call so the corpus is not opened once more for nothing.
+    _opened: tuple[list[str] | None, Iterator[list[str]]] | None = None
+
+    def check_inputs(self) -> None:
+        """The path must name files of one known kind, and the first batch must read (the text
+        field exists, the format fits): all before the BPE notice and before any directory."""
+        super().check_inputs()
+        stream = self._stream()
+        self._opened = next(stream, None), stream
+
     def documents(self) -> Iterator[list[str]]:
+        if self._opened is not None:
+            (first, stream), self._opened = self._opened, None
+            if first is not None:
+                yield first
+            yield from stream
+            return
+        yield from self._stream()
+
+    def _stream(self) -> Iterator[list[str]]:
         c = self.config
         builder, files = text.local_files(c["path"], c["format"])
         self._files = len(files)
@@ -293,8 +341,20 @@ class StdlibSource(TextSource):
                 # The corpus is whatever this Python ships: a different version is other data.
                 "python": platform.python_version()}
 
+    _file_list: list[str] | None = None
+
+    def check_inputs(self) -> None:
+        super().check_inputs()
+        self._stdlib_files()  # data.suffixes that match nothing fail here, before any output
+
+    def _stdlib_files(self) -> list[str]:
+        if self._file_list is None:
+            self._file_list = text.stdlib_files(self.config["suffixes"],
+                                                self.config["include_tests"])
+        return self._file_list
+
     def documents(self) -> Iterator[list[str]]:
-        files = text.stdlib_files(self.config["suffixes"], self.config["include_tests"])
+        files = self._stdlib_files()
         self._files = len(files)
         # A few test files are deliberately mis-encoded: replace their bad bytes, keep the rest.
         yield from text.stream_documents(

@@ -344,7 +344,7 @@ def test_bad_tokenizer_path_is_one_line_naming_the_file(tmp_path, trained):
         prepare(cfg, tmp_path / "cache")
     message = str(err.value)
     assert "\n" not in message and f"data.tokenizer_path='{bad}' is not a readable" in message
-    assert list((tmp_path / "cache").iterdir()) == []
+    assert not (tmp_path / "cache").exists()  # refused before data_dir is made
     cfg["tokenizer_path"] = str(tmp_path / "missing.json")
     with pytest.raises(DataError, match=r"^data.tokenizer_path='.*missing.json' cannot be read"):
         prepare(cfg, tmp_path / "cache")
@@ -410,7 +410,8 @@ def test_check_tokenizer_refuses_another_tokenizer_file(tmp_path, trained):
 
 @pytest.fixture
 def plan_root(trained, tmp_path):
-    """A paths.root_dir whose data_cache/local is the trained dataset."""
+    """A paths.root_dir whose data_cache/local is the trained dataset (11,277 train tokens: the
+    runs planned on it read 1e4, as budget.max_epochs=1 allows)."""
     (tmp_path / "data_cache").mkdir()
     (tmp_path / "data_cache" / "local").symlink_to(trained["path"], target_is_directory=True)
     return tmp_path
@@ -421,7 +422,7 @@ def test_plan_run_accepts_a_matching_text_dataset(trained, plan_root):
 
     cfg = compose_train(plan_root, "data=local", f"data.path={trained['cfg']['path']}",
                         "data.vocab_size=300", "data.val_fraction=0.2", "model=gpt_1m",
-                        "budget.tokens=3e4")
+                        "budget.tokens=1e4")
     plan = plan_run(cfg)
     assert plan.model.vocab_size == 300 and plan.dataset.path == plan_root / "data_cache/local"
 
@@ -431,11 +432,11 @@ def test_plan_run_needs_no_corpus_path(plan_root):
 
     # Prepared elsewhere with data.path=...; training reads shards only.
     cfg = compose_train(plan_root, "data=local", "data.vocab_size=300", "model=gpt_1m",
-                        "budget.tokens=3e4")
+                        "budget.tokens=1e4")
     assert cfg.data.path is None
     assert plan_run(cfg).model.vocab_size == 300
     # What decides the tokenizer is still checked.
-    cfg = compose_train(plan_root, "data=local", "model=gpt_1m", "budget.tokens=3e4")  # 8192
+    cfg = compose_train(plan_root, "data=local", "model=gpt_1m", "budget.tokens=1e4")  # 8192
     with pytest.raises(DataError, match=r"was tokenized with data.vocab_size=300, but this config "
                                         r"has data.vocab_size=8192"):
         plan_run(cfg)
@@ -525,14 +526,47 @@ def test_prepare_cli_hub_fails_fast_offline(tmp_path):
     start = time.monotonic()
     result = run(tmp_path, "data.prepare", "data=tinystories", "paths.data_dir=dc")
     elapsed = time.monotonic() - start
-    assert result.returncode == 2 and result.stdout.count("\n") <= 1  # at most the BPE notice
+    assert result.returncode == 2 and result.stdout == ""  # not even the BPE notice first
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error: cannot reach the Hugging Face hub at http://127.0.0.1:9 ")
     assert "data=local data.path=" in lines[0]
     assert elapsed < 5, elapsed
-    assert not (tmp_path / "dc" / "tinystories").exists()
-    assert [p.name for p in (tmp_path / "dc").iterdir()] == []
+    assert not (tmp_path / "dc").exists()
+
+
+@pytest.mark.parametrize(("args", "error"), [
+    (["data=local", "data.path={tmp}/nonexistent/dir"],
+     "error: data.path='{tmp}/nonexistent/dir' does not exist: point it at a folder, file or glob"),
+    (["data=local", "data.path={tmp}/nothing*.jsonl"],
+     "error: data.path='{tmp}/nothing*.jsonl' matches no .json, .jsonl, .parquet, .text, .txt "
+     "files: fix data.path"),
+    (["data=local", "data.path={jsonl}", "data.text_field=body"],
+     "error: data.path='{jsonl}' has no field 'body' (fields: id, text, len): set "
+     "data.text_field"),
+    (["data=stdlib", "data.suffixes=[.zzz]"], "error: found no .zzz files under the standard "),
+], ids=["missing-folder", "empty-glob", "wrong-text-field", "stdlib-suffixes"])
+def test_prepare_cli_refuses_a_bad_corpus_before_any_output(tmp_path, corpora, args, error):
+    where = {"tmp": tmp_path, "jsonl": corpora["jsonl"]}
+    result = run(tmp_path, "data.prepare", *(a.format(**where) for a in args), "paths.data_dir=dc")
+    assert result.returncode == 2
+    assert result.stdout == ""  # no "training a byte-level BPE ..." before the error
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(error.format(**where)), result.stderr
+    assert not (tmp_path / "dc").exists()
+
+
+def test_a_prepared_dataset_needs_no_corpus_to_be_a_noop(tmp_path, corpora):
+    corpus = write_txt(tmp_path / "corpus", DOCS[:60])
+    cfg = data_config("local", path=str(corpus))
+    path = prepare(cfg, tmp_path / "cache")
+    for file in corpus.iterdir():
+        file.unlink()
+    corpus.rmdir()
+    said: list[str] = []
+    assert prepare(cfg, tmp_path / "cache", report=said.append) == path
+    assert said == [f"{path} is already prepared from this config "
+                    f"(hash {TokenDataset.open(path).manifest['config_hash'][:12]}): nothing to do"]
 
 
 def test_train_cli_refuses_a_tokenizer_mismatch(tmp_path, corpora):

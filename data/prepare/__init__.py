@@ -51,6 +51,7 @@ class Source(Protocol):
     eot_id: int  # valid after setup()
     config: dict[str, Any]  # the source's options, validated and normalized
 
+    def check_inputs(self) -> None: ...  # DataError for a missing corpus or tokenizer, at once
     def tokenizer_spec(self) -> dict[str, Any]: ...  # config values that decide the tokenizer
     def planned_tokens(self) -> dict[str, int | None]: ...  # per split; None = unknown
     def setup(self, say: Reporter) -> None: ...  # load or learn the tokenizer
@@ -146,6 +147,9 @@ def prepare(
         return target
     if force and target.exists():
         _check_replaceable(target, cfg)
+    # A wrong data.path or an unreachable hub is one error line: before any report, before
+    # data_dir exists, and after the no-op check (a prepared dataset needs no corpus or network).
+    source.check_inputs()
     data_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_builds(data_dir, cfg["name"], say)
     tmp = data_dir / f"{cfg['name']}.tmp-{os.getpid()}"
