@@ -58,6 +58,7 @@ class Collected:
     failed: int
     unreadable: list[str]
     duplicates: int
+    other_dataset: int = 0  # runs left out by collect_runs(dataset=...)
 
     def describe(self) -> str:
         """One line: how many runs made it in and how many were left out, by reason."""
@@ -65,6 +66,8 @@ class Collected:
             f"{self.finished} runs collected; left out: {self.unfinished} unfinished, "
             f"{self.diverged} diverged, {self.failed} failed"
         )
+        if self.other_dataset:
+            line += f", {self.other_dataset} on other datasets"
         if self.unreadable:
             line += f", {len(self.unreadable)} unreadable"
         if self.duplicates:
@@ -185,11 +188,38 @@ def _curve_rows(
             "model_name": summary.get("model_name"),
             "budget_kind": summary.get("budget", {}).get("kind"),
             "budget_value": summary.get("budget", {}).get("value"),
+            # The fitter refuses a table mixing datasets; a curves table needs these to be checked
+            "dataset_name": _dataset(summary).get("name"),
+            "dataset_config_hash": _dataset(summary).get("config_hash"),
             "run_dir": run_dir,
         })
     if torn:
         unreadable.append((str(path), f"line {torn} is not a metrics row"))
     return rows
+
+
+def _dataset(summary: Mapping[str, Any]) -> Mapping[str, Any]:
+    dataset = summary.get("dataset")
+    return dataset if isinstance(dataset, Mapping) else {}
+
+
+def dataset_label(name: Any, config_hash: Any) -> str:
+    """How a dataset is named in messages: its name and the first 8 characters of its hash."""
+    return f"{name} ({str(config_hash)[:8]})"
+
+
+def _dataset_entry(summary: Mapping[str, Any]) -> tuple[Any, str]:
+    """(config hash, label) of the dataset a run trained on."""
+    built = _dataset(summary)
+    return built.get("config_hash"), dataset_label(built.get("name"), built.get("config_hash"))
+
+
+def _on_dataset(summary: Mapping[str, Any], wanted: str) -> bool:
+    """Whether a run trained on `wanted`: a dataset name, or a prefix of its config hash (two
+    builds of one corpus, e.g. with other tokenizers, share a name but not a hash)."""
+    dataset = _dataset(summary)
+    config_hash = str(dataset.get("config_hash") or "")
+    return dataset.get("name") == wanted or bool(config_hash) and config_hash.startswith(wanted)
 
 
 def _is_number(value: Any) -> bool:
@@ -209,13 +239,15 @@ def _tidy(rows: list[dict[str, Any]], sort_by: list[str]) -> pd.DataFrame:
 
 
 def collect_runs(
-    runs_dir: str | Path, curves: bool = False, skip_unreadable: bool = False
+    runs_dir: str | Path, curves: bool = False, skip_unreadable: bool = False,
+    dataset: str | None = None,
 ) -> Collected:
     """Read every run under runs_dir (any depth); one row per finished run, or per eval point.
 
     An unreadable or malformed summary.json (or, with curves, a finished run's metrics.jsonl with
     a line that is not a metrics row) raises UnreadableRun; skip_unreadable leaves such a run
     out (keeping a metrics file's readable lines) and lists it in `unreadable` instead.
+    dataset (a name or config-hash prefix) keeps only the runs that trained on that dataset.
     """
     root = Path(runs_dir)
     if not root.exists():
@@ -226,7 +258,8 @@ def collect_runs(
     counts = {"unfinished": 0, "diverged": 0, "failed": 0}
     unreadable: list[tuple[str, str]] = []
     kept: dict[tuple[str, str], tuple[dict[str, Any], Path]] = {}
-    duplicates = 0
+    duplicates = other_dataset = 0
+    datasets: dict[Any, str] = {}  # config hash -> label of every dataset seen, for messages
     for run_dir in _run_dirs(root):
         path = run_dir / "summary.json"
         if not path.exists():
@@ -236,6 +269,10 @@ def collect_runs(
         why = _why_unreadable(path) if summary is None else _malformed(summary)
         if why is not None:
             unreadable.append((str(path), why))
+            continue
+        datasets.update([_dataset_entry(summary)])
+        if dataset is not None and not _on_dataset(summary, dataset):
+            other_dataset += 1
             continue
         status = summary["status"]
         # run_id hashes the science but not the experiment: one run may belong to two experiments.
@@ -252,6 +289,8 @@ def collect_runs(
             kept[key] = (summary, run_dir)
     if unreadable and not skip_unreadable:
         raise UnreadableRun(unreadable)
+    if dataset is not None:
+        _check_dataset_filter(dataset, kept.values(), datasets, root)
     if not kept:
         raise CollectError(
             f"no finished runs under {root} ({counts['unfinished']} unfinished, "
@@ -272,12 +311,35 @@ def collect_runs(
                            "has a val_loss with tokens > 0: collect without --curves")
     sort_by = ["experiment", "N", "run_id", "step"] if curves else ["experiment", "N", "D"]
     return Collected(_tidy(rows, sort_by), len(kept), unreadable=[p for p, _ in unreadable],
-                     duplicates=duplicates, **counts)
+                     duplicates=duplicates, other_dataset=other_dataset, **counts)
+
+
+def _check_dataset_filter(wanted: str, kept: Any, seen: Mapping[Any, str], root: Path) -> None:
+    """CollectError when --dataset matched no finished run, or runs on more than one dataset."""
+    matched = dict(_dataset_entry(summary) for summary, _ in kept)
+    if not matched:
+        have = ", ".join(sorted(seen.values())) or "none with a summary"
+        raise CollectError(f"--dataset {wanted} matches no finished run under {root} (datasets "
+                           f"there: {have}): pass one of those names or hash prefixes")
+    if len(matched) > 1:
+        # One name, several builds (another tokenizer or vocabulary): the hash tells them apart
+        labels = sorted(matched.values())
+        example = next(iter(sorted(h for h in matched if h is not None)), wanted)
+        raise CollectError(f"--dataset {wanted} matches {len(matched)} datasets under {root} "
+                           f"({', '.join(labels)}): pass a config-hash prefix instead, e.g. "
+                           f"--dataset {str(example)[:8]}")
 
 
 def _check_out(out: Path) -> None:
     if out.suffix not in SUFFIXES:
         raise CollectError(f"--out {out} must end in .csv or .parquet")
+    # A typo in the folder would otherwise become a new folder tree holding the table
+    if not out.parent.is_dir():
+        raise CollectError(f"--out {out}: the folder {out.parent} does not exist: create it or "
+                           "point --out into an existing folder")
+    if out.is_dir():
+        raise CollectError(f"--out {out} is a folder: name the table file inside it, e.g. "
+                           f"{out / 'runs.csv'}")
     if out.suffix == ".parquet":
         try:
             import pyarrow  # noqa: F401
@@ -287,10 +349,9 @@ def _check_out(out: Path) -> None:
 
 
 def write_table(table: pd.DataFrame, out: str | Path) -> None:
-    """Write the table as .csv or .parquet (by suffix) atomically, creating the parent folder."""
+    """Write the table as .csv or .parquet (by suffix) atomically into an existing folder."""
     out = Path(out)
     _check_out(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".csv":
         atomic_write_bytes(out, table.to_csv(index=False).encode())
         return
@@ -311,6 +372,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs_dir", type=Path, help="folder holding <experiment>/<run_id>/ runs")
     parser.add_argument("--out", type=Path, required=True, help="table to write: .csv or .parquet")
     parser.add_argument("--curves", action="store_true", help="one row per eval point, not per run")
+    parser.add_argument("--dataset", metavar="NAME",
+                        help="only runs trained on this dataset (its name, e.g. stdlib, or a "
+                             "prefix of its config hash): a law fits one dataset's runs")
     parser.add_argument("--skip-unreadable", action="store_true",
                         help="leave out runs whose summary.json (or metrics.jsonl lines, with "
                              "--curves) cannot be read, with a warning, instead of refusing")
@@ -318,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _check_out(args.out)
         collected = collect_runs(args.runs_dir, curves=args.curves,
-                                 skip_unreadable=args.skip_unreadable)
+                                 skip_unreadable=args.skip_unreadable, dataset=args.dataset)
         for path in collected.unreadable:
             print(f"warning: skipped unreadable {path}", file=sys.stderr)
         try:

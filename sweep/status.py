@@ -1,6 +1,7 @@
-"""`python -m sweep.status SWEEP_DIR`: every run of a sweep by state, with its N, D, C and loss.
+"""`python -m sweep.status DIR`: every run of a sweep by state, with its N, D, C and loss.
 
-Reads run directories and the sweep's plan (sweep.json) only; it needs no torch and no GPU.
+DIR is an experiment's folder, the runs folder holding them (every experiment, one table each) or
+one run's folder. Reads run directories and the sweep's plan (sweep.json) only; no torch, no GPU.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from typing import Any
 
 import yaml
 
+from models.counting import non_embedding_params
 from sweep.errors import OneLineParser
-from sweep.grid import finite_or_none, read_manifest
+from sweep.grid import MANIFEST, finite_or_none, read_manifest
 from sweep.state import STATES, read_run_state
 
 ORDER = (*STATES, "skipped")  # `skipped`: a grid point the sweep left out (e.g. D/N range)
@@ -43,16 +45,37 @@ def _is_run_dir(path: Path) -> bool:
     )
 
 
-def _planned_steps(run_dir: Path) -> int | None:
+def _resolved(run_dir: Path) -> dict[str, Any]:
+    """config.yaml's `resolved` section ({} when it is missing or unreadable)."""
     try:
-        config = yaml.safe_load((run_dir / "config.yaml").read_text())
-        return int(config["resolved"]["budget"]["steps"])
-    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
+        resolved = yaml.safe_load((run_dir / "config.yaml").read_text())["resolved"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return {}
+    return resolved if isinstance(resolved, dict) else {}
+
+
+def _planned_steps(resolved: dict[str, Any]) -> int | None:
+    try:
+        return int(resolved["budget"]["steps"])
+    except (KeyError, TypeError, ValueError):
         return None
+
+
+def _configured_ndc(resolved: dict[str, Any]) -> dict[str, Any]:
+    """N, D and C = 6ND of a run from its config.yaml: a run that has no summary yet (running,
+    interrupted, or one launched alone with no sweep.json) still has its numbers there."""
+    try:
+        model, tokens = resolved["model"], int(resolved["budget"]["tokens"])
+        n = non_embedding_params(int(model["n_layer"]), int(model["d_model"]),
+                                 int(model["mlp_ratio"]), bool(model["bias"]))
+    except (KeyError, TypeError, ValueError):
+        return {}
+    return {"N": n, "D": tokens, "C": 6 * n * tokens}  # an int, as summary.json's flops_6nd
 
 
 def _row(run_dir: Path, planned: dict[str, Any]) -> StatusRow:
     st = read_run_state(run_dir)
+    resolved = _resolved(run_dir)
     summary = st.summary or {}
     last = st.last_eval or {}
     finished = st.state in ("finished", "diverged", "failed") and summary
@@ -62,7 +85,9 @@ def _row(run_dir: Path, planned: dict[str, Any]) -> StatusRow:
             summary.get("flops_6nd"))
         loss, step = finite_or_none(summary.get("val_loss")), summary.get("steps")
     else:
-        n, d, c = planned.get("N"), planned.get("D"), planned.get("C")
+        # The run's own config first; the sweep's plan for what config.yaml cannot say.
+        numbers = {**planned, **_configured_ndc(resolved)}
+        n, d, c = numbers.get("N"), numbers.get("D"), numbers.get("C")
         loss, step = finite_or_none(last.get("val_loss")), max(steps_done, default=None)
     note = ""
     if st.state in ("failed", "diverged"):
@@ -78,19 +103,42 @@ def _row(run_dir: Path, planned: dict[str, Any]) -> StatusRow:
         C=c,
         loss=loss,
         step=step,
-        steps=_planned_steps(run_dir) or (summary.get("steps") if finished else None),
+        steps=_planned_steps(resolved) or (summary.get("steps") if finished else None),
         note=note,
     )
 
 
-def sweep_status(sweep_dir: Path) -> list[StatusRow]:
-    """Rows for every run directory in `sweep_dir` and every planned point not started yet."""
+def _planned(sweep_dir: Path) -> dict[object, dict[str, Any]]:
+    """The sweep's planned points by run id."""
     # Two grid points can be one run (the second is marked skip): the one that trains it wins
-    planned: dict[object, dict] = {}
+    planned: dict[object, dict[str, Any]] = {}
     for point in read_manifest(sweep_dir):
         run_id = point.get("run_id")
         if run_id not in planned or planned[run_id].get("action") == "skip":
             planned[run_id] = point
+    return planned
+
+
+def _holds_sweep(path: Path) -> bool:
+    """An experiment's folder: a planned sweep (sweep.json) or run directories in it."""
+    return (path / MANIFEST).is_file() or any(_is_run_dir(child) for child in path.iterdir())
+
+
+def experiment_dirs(runs_dir: Path) -> list[Path]:
+    """The experiment folders (run directories or a sweep.json inside) directly under runs_dir."""
+    # Hidden folders (.submitit logs and the like) are never experiments.
+    return [child for child in sorted(runs_dir.iterdir())
+            if child.is_dir() and not child.name.startswith(".") and _holds_sweep(child)]
+
+
+def run_status(run_dir: Path) -> StatusRow:
+    """The row of one run directory, with its sweep's plan (the parent's sweep.json) if any."""
+    return _row(run_dir, _planned(run_dir.parent).get(run_dir.name, {}))
+
+
+def sweep_status(sweep_dir: Path) -> list[StatusRow]:
+    """Rows for every run directory in `sweep_dir` and every planned point not started yet."""
+    planned = _planned(sweep_dir)
     rows = [
         _row(path, planned.get(path.name, {}))
         for path in sorted(sweep_dir.iterdir())
@@ -144,31 +192,74 @@ def format_status(sweep_dir: Path, rows: Sequence[StatusRow]) -> str:
         "  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
         for row in [header, *cells]
     ]
-    counts = Counter(r.state for r in rows)
-    tally = ", ".join(f"{counts[s]} {s}" for s in ORDER if counts[s])
-    lines.append(f"{sweep_dir}: {len(rows)} runs: {tally or 'none'}")
+    lines.append(f"{sweep_dir}: {len(rows)} runs: {_tally(rows)}")
     return "\n".join(line.rstrip() for line in lines)
+
+
+def _tally(rows: Sequence[StatusRow]) -> str:
+    counts = Counter(r.state for r in rows)
+    return ", ".join(f"{counts[s]} {s}" for s in ORDER if counts[s]) or "none"
+
+
+def _sweeps(target: Path) -> list[Path] | str:
+    """The sweep folders `target` stands for, or why it stands for none (the error line)."""
+    if not target.exists():
+        return (f"{target} does not exist: pass an experiment's folder "
+                "(<paths.runs_dir>/<experiment_name>, e.g. runs/smoke) or the runs folder")
+    if not target.is_dir():
+        return f"{target} is a file, not a directory: pass an experiment's folder, e.g. runs/smoke"
+    if _holds_sweep(target):
+        return [target]
+    found = experiment_dirs(target)
+    if not found and (target / "runs").is_dir() and experiment_dirs(target / "runs"):
+        # The repository root (or $SCALING_ROOT): the runs folder is one level down.
+        return f"{target} holds no runs itself: pass its runs folder, {target / 'runs'}"
+    if not found:
+        return (f"{target} holds no runs, no sweep plan ({MANIFEST}) and no experiment folders: "
+                "pass an experiment's folder, e.g. runs/smoke, or the runs folder holding them")
+    return found
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: print the status table (or JSON rows with --json); exit 2 on a bad directory."""
     parser = OneLineParser(prog="python -m sweep.status", description=__doc__.split("\n")[0])
-    parser.add_argument("sweep_dir", type=Path, help="a sweep's folder, e.g. runs/smoke")
+    parser.add_argument("dir", type=Path, help="an experiment's folder (runs/smoke), the runs "
+                        "folder holding experiments (runs), or one run's folder")
     parser.add_argument("--json", action="store_true", help="print one JSON object per run")
     args = parser.parse_args(argv)
-    if not args.sweep_dir.is_dir():
-        print(
-            f"error: sweep directory {args.sweep_dir} does not exist: pass "
-            "<paths.runs_dir>/<experiment_name>, e.g. runs/smoke",
-            file=sys.stderr,
-        )
+    target: Path = args.dir
+    if target.is_dir() and _is_run_dir(target):
+        # One run: its row, and where the rest of its sweep is. `.` has no name or parent to go by
+        target = target.resolve() if target.name in ("", "..") else target
+        row = run_status(target)
+        if args.json:
+            print(json.dumps({"experiment": target.resolve().parent.name, **asdict(row)}))
+        else:
+            print(format_status(target, [row]))
+            print(f"a run of {target.parent}: python -m sweep.status {target.parent} "
+                  "lists the whole sweep")
+        return 0
+    sweeps = _sweeps(target)
+    if isinstance(sweeps, str):
+        print(f"error: {sweeps}", file=sys.stderr)
         return 2
-    rows = sweep_status(args.sweep_dir)
+    blocks, every = [], []
+    for sweep_dir in sweeps:
+        rows = sweep_status(sweep_dir)
+        every += rows
+        if args.json:
+            # The experiment names each row's sweep when a runs folder lists several.
+            name = sweep_dir.resolve().name  # `.` inside runs/smoke is experiment smoke
+            blocks += [json.dumps({"experiment": name, **asdict(r)}) for r in rows]
+        else:
+            blocks.append(format_status(sweep_dir, rows))
     if args.json:
-        for row in rows:
-            print(json.dumps(asdict(row)))
+        print("\n".join(blocks), end="\n" if blocks else "")
+    elif len(sweeps) == 1:
+        print(blocks[0])
     else:
-        print(format_status(args.sweep_dir, rows))
+        print("\n\n".join(blocks))
+        print(f"\n{target}: {len(sweeps)} experiments, {len(every)} runs: {_tally(every)}")
     return 0
 
 

@@ -187,7 +187,7 @@ def test_curves_one_row_per_eval_point_and_torn_line_skipped(tmp_path: Path) -> 
     assert got.unreadable == [str(big / "metrics.jsonl")]
     extra = ["step", "train_loss", "val_bpb", "lr", "flops_6nd_total", "flops_exact",
              "tokens_per_s", "mfu", "final_loss", "model_name", "budget_kind", "budget_value",
-             "run_dir"]
+             "dataset_name", "dataset_config_hash", "run_dir"]
     assert list(table.columns) == ["run_id", "experiment", "N", "N_total", "D", "C", "loss", *extra]
     assert table.run_id.tolist() == ["n1000-d20000"] * 4 + ["n2000-d40000"] * 4
     assert table.step.tolist() == [1, 2, 4, 8] * 2
@@ -197,6 +197,8 @@ def test_curves_one_row_per_eval_point_and_torn_line_skipped(tmp_path: Path) -> 
     assert first.C.tolist() == [x["flops_6nd"] for x in lines]
     assert first.loss.tolist() == [x["val_loss"] for x in lines]
     assert (first.final_loss == 3.0).all() and (first.budget_value == 20_000).all()
+    # The dataset rides along, so the fitter can refuse a curves table that mixes corpora
+    assert (first.dataset_name == "synthetic").all() and (first.dataset_config_hash == "ab").all()
 
 
 def test_flop_counts_past_int64_become_floats(tmp_path: Path) -> None:
@@ -218,6 +220,7 @@ def test_write_table_round_trips(tmp_path: Path, name: str, curves: bool) -> Non
         make_run(tmp_path / "runs", n, 20 * n, 4.0 - n / 1000)
     table = collect_runs(tmp_path / "runs", curves=curves).table
     out = tmp_path / "new" / name
+    out.parent.mkdir()
     write_table(table, out)
     back = pd.read_csv(out) if out.suffix == ".csv" else pd.read_parquet(out)
     pd.testing.assert_frame_equal(back, table, check_dtype=False)
@@ -230,6 +233,7 @@ def test_cli_refuses_unreadable_or_skips_it_with_a_warning(tmp_path: Path) -> No
     with (tmp_path / "runs/exp/n1000-d20000/metrics.jsonl").open("a") as handle:
         handle.write("{torn")
     out = tmp_path / "out" / "curves.csv"
+    out.parent.mkdir()
     metrics = tmp_path / "runs/exp/n1000-d20000/metrics.jsonl"
     refused = cli(tmp_path / "runs", "--out", out, "--curves")
     assert refused.returncode == 2 and refused.stdout == ""
@@ -237,7 +241,7 @@ def test_cli_refuses_unreadable_or_skips_it_with_a_warning(tmp_path: Path) -> No
         f"error: {metrics} is unreadable (line {len(STEPS) + 1} is not a metrics row): delete "
         "that run directory to retrain it, or pass --skip-unreadable to collect its readable "
         "lines only\n")
-    assert not (tmp_path / "out").exists()
+    assert not out.exists()
     done = cli(tmp_path / "runs", "--out", out, "--curves", "--skip-unreadable")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == (
@@ -256,6 +260,7 @@ def test_cli_errors_are_one_line_and_write_nothing(tmp_path: Path, case: str,
     runs = tmp_path / "runs"
     make_run(runs, 1000, 20_000, 3.0, summary=case != "unfinished")
     out = tmp_path / "out" / ("t.xlsx" if case == "suffix" else "t.csv")
+    out.parent.mkdir()
     target = {"missing": tmp_path / "nope", "file": runs / "exp/n1000-d20000/config.yaml"}
     done = cli(target.get(case, runs), "--out", out)
     assert done.returncode == 2 and done.stdout == ""
@@ -263,7 +268,65 @@ def test_cli_errors_are_one_line_and_write_nothing(tmp_path: Path, case: str,
     assert expect in done.stderr
     if case == "unfinished":
         assert "1 unfinished" in done.stderr and "sweep.train" in done.stderr
-    assert not out.exists() and not out.parent.exists()
+    assert list(out.parent.iterdir()) == []
+
+
+def test_out_in_a_missing_folder_is_refused_before_any_work(tmp_path: Path) -> None:
+    make_run(tmp_path / "runs", 1000, 20_000, 3.0)
+    out = tmp_path / "nowhere" / "deeper" / "runs.csv"
+    # Refused before reading runs: a runs folder that does not exist is not what it reports
+    for runs in (tmp_path / "runs", tmp_path / "no-runs"):
+        done = cli(runs, "--out", out)
+        assert done.returncode == 2 and done.stdout == ""
+        assert done.stderr == (f"error: --out {out}: the folder {out.parent} does not exist: "
+                               "create it or point --out into an existing folder\n")
+    assert not (tmp_path / "nowhere").exists()
+    with pytest.raises(CollectError, match="does not exist"):
+        write_table(collect_runs(tmp_path / "runs").table, out)
+    assert not (tmp_path / "nowhere").exists()
+    folder = tmp_path / "t.csv"
+    folder.mkdir()
+    done = cli(tmp_path / "runs", "--out", folder)
+    assert done.returncode == 2 and f"--out {folder} is a folder" in done.stderr
+
+
+def _on_stdlib(run_dir: Path, config_hash: str = "0123456789") -> Path:
+    summary = summary_of(run_dir)
+    summary["dataset"] = {"name": "stdlib", "config_hash": config_hash, "tokenizer_hash": "x"}
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    return run_dir
+
+
+def test_dataset_filter_keeps_one_datasets_runs(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    for n in (1000, 2000):
+        make_run(runs, n, 20 * n, 3.0)
+    _on_stdlib(make_run(runs, 3000, 60_000, 2.0, experiment="lib"))
+    _on_stdlib(make_run(runs, 4000, 80_000, None, status="diverged", experiment="lib"))
+    got = collect_runs(runs, dataset="synthetic")
+    assert got.table.N.tolist() == [1000, 2000] and set(got.table.dataset_name) == {"synthetic"}
+    assert got.describe() == ("2 runs collected; left out: 0 unfinished, 0 diverged, 0 failed, "
+                              "2 on other datasets")
+    # A prefix of the config hash selects too, with curves as well
+    got = collect_runs(runs, dataset="0123", curves=True)
+    assert set(got.table.run_id) == {"n3000-d60000"} and got.diverged == 1
+    with pytest.raises(CollectError) as info:
+        collect_runs(runs, dataset="fineweb")
+    assert str(info.value) == (
+        f"--dataset fineweb matches no finished run under {runs} (datasets there: "
+        "stdlib (01234567), synthetic (ab)): pass one of those names or hash prefixes")
+    # One name, two builds (another tokenizer): the name cannot pick one, a hash prefix can
+    _on_stdlib(make_run(runs, 5000, 99_000, 1.9, experiment="lib2"), "fedcba9876")
+    with pytest.raises(CollectError, match=r"^--dataset stdlib matches 2 datasets under .* "
+                       r"\(stdlib \(01234567\), stdlib \(fedcba98\)\): pass a config-hash "
+                       r"prefix instead, e.g. --dataset 01234567$"):
+        collect_runs(runs, dataset="stdlib")
+    assert len(collect_runs(runs, dataset="fedc").table) == 1
+    out = tmp_path / "synthetic.csv"
+    done = cli(runs, "--dataset", "synthetic", "--out", out)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith(f"3 on other datasets -> {out}")
+    assert pd.read_csv(out).N.tolist() == [1000, 2000]
 
 
 def test_parquet_without_pyarrow_is_a_clear_error(tmp_path: Path) -> None:

@@ -422,16 +422,46 @@ def test_collected_runs_are_keyed_by_experiment_and_run_id(tmp_path: Path) -> No
         load(runs, Columns(run="runid"))
 
 
-def test_runs_on_two_datasets_are_not_fitted_as_one(tmp_path: Path) -> None:
-    # A runs directory holding two experiments on different corpora mixed two laws silently
-    runs = tmp_path / "runs"
+def _two_datasets(runs: Path) -> Path:
+    """Five runs on synthetic in exp/, one on stdlib in stdlib/."""
     for n in (1000, 2000, 3000, 4000, 5000):
         make_run(runs, n, 20 * n, 4.0 - n / 5000)
     other = make_run(runs, 1000, 20_000, 3.9, experiment="stdlib")
     summary = json.loads((other / "summary.json").read_text())
     summary["dataset"] = {"name": "stdlib", "config_hash": "0123456789", "tokenizer_hash": "x"}
     (other / "summary.json").write_text(json.dumps(summary))
+    return runs
+
+
+def test_runs_on_two_datasets_are_not_fitted_as_one(tmp_path: Path) -> None:
+    # A runs directory holding two experiments on different corpora mixed two laws silently
+    runs = _two_datasets(tmp_path / "runs")
     message = refused(runs)
-    assert message.startswith(f"the runs under {runs} trained on 2 datasets (synthetic (ab), "
-                              "stdlib (01234567)); a law fits runs on one")
+    assert message == (
+        f"the runs under {runs} trained on 2 datasets (synthetic (ab), stdlib (01234567)); a law "
+        f"fits runs on one: collect one dataset's runs with python -m sweep.collect {runs} "
+        "--dataset synthetic --out synthetic.csv, then fit that table")
     assert len(load(runs / "exp", Columns()).runs) == 5  # one experiment's folder is fine
+    # ... and the advice works: the filtered table fits
+    assert len(load(write(collect_runs(runs, dataset="synthetic").table,
+                          tmp_path / "synthetic.csv"), Columns()).runs) == 5
+
+
+@pytest.mark.parametrize("kind", ["runs.csv", "runs.parquet", "curves.csv"])
+def test_a_collected_table_on_two_datasets_is_refused_too(tmp_path: Path, kind: str) -> None:
+    # sweep.collect has no dataset check of its own: the table it writes must not fit mixed
+    if kind.endswith(".parquet"):
+        pytest.importorskip("pyarrow")
+    runs = _two_datasets(tmp_path / "runs")
+    table = write(collect_runs(runs, curves=kind.startswith("curves")).table, tmp_path / kind)
+    assert refused(table) == (
+        f"the runs in {table} trained on 2 datasets (synthetic (ab), stdlib (01234567)); a law "
+        "fits runs on one: collect one dataset's runs with python -m sweep.collect <runs folder> "
+        "--dataset synthetic --out synthetic.csv, then fit that table")
+
+
+def test_two_builds_of_one_named_dataset_are_told_apart_by_hash(tmp_path: Path) -> None:
+    table = collect_runs(_two_datasets(tmp_path / "runs")).table
+    table["dataset_name"] = "stdlib"  # e.g. one corpus tokenized with two vocabularies
+    message = refused(write(table, tmp_path / "t.csv"))
+    assert "(stdlib (ab), stdlib (01234567))" in message and "--dataset ab --out ab.csv" in message

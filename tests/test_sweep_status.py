@@ -93,3 +93,70 @@ def test_missing_directory_is_one_line(tmp_path, capsys):
     assert main([str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "does not exist" in err[0] and "runs/smoke" in err[0]
+
+
+def test_an_unfinished_run_without_a_plan_takes_n_d_c_from_its_config(tmp_path):
+    # A run launched alone has no sweep.json: config.yaml's resolved shape and budget say N, D, C
+    run_dir = _run(tmp_path / "runs" / "default", "gpt_1m-abc", evals=2, checkpoint=10, steps=19)
+    (run_dir / "config.yaml").write_text(
+        "resolved:\n  model: {n_layer: 3, d_model: 192, n_head: 4, mlp_ratio: 4, bias: false}\n"
+        "  budget: {kind: tokens, value: 20000.0, tokens: 19456, steps: 19}\n")
+    [row] = sweep_status(run_dir.parent)
+    # 3 x (2 LayerNorms of 192 + 4 x 192^2 + 2 x 192 x 768) + the final LayerNorm
+    assert (row.state, row.N, row.D, row.C) == ("interrupted", 1_328_448, 19_456,
+                                                6 * 1_328_448 * 19_456)
+    assert (row.step, row.steps) == (10, 19)
+
+
+def test_runs_folder_shows_every_experiment(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    _run(runs / "smoke", "a-done", summary=_finished(1000, 20_000, 3.5))
+    _run(runs / "smoke", "b-done", summary=_finished(2000, 20_000, 3.2))
+    _run(runs / "isoflop", "c-killed", evals=2, checkpoint=10)
+    (runs / ".trash" / "x").mkdir(parents=True)  # hidden folders are not experiments
+    (runs / "isoflop" / ".submitit").mkdir()
+    assert main([str(runs)]) == 0
+    out = capsys.readouterr().out
+    blocks = out.split("\n\n")
+    assert [b.splitlines()[-1] for b in blocks] == [
+        f"{runs / 'isoflop'}: 1 runs: 1 interrupted",
+        f"{runs / 'smoke'}: 2 runs: 2 finished",
+        f"{runs}: 2 experiments, 3 runs: 1 interrupted, 2 finished"]
+    assert "c-killed" in blocks[0] and "a-done" in blocks[1] and "b-done" in blocks[1]
+    assert main([str(runs), "--json"]) == 0
+    got = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["experiment"], r["run_id"]) for r in got] == [
+        ("isoflop", "c-killed"), ("smoke", "a-done"), ("smoke", "b-done")]
+
+
+def test_a_run_directory_shows_that_run_and_names_its_sweep(tmp_path, capsys):
+    sweep = tmp_path / "runs" / "smoke"
+    _run(sweep, "a-done", summary=_finished(1000, 20_000, 3.5))
+    run_dir = _run(sweep, "b-killed", evals=3, checkpoint=25)
+    (sweep / MANIFEST).write_text(json.dumps({"points": [
+        {"run_id": "b-killed", "N": 4000, "D": 8000, "C": 1.92e8, "action": "train"}]}))
+    assert main([str(run_dir)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].split()[:4] == ["interrupted", "b-killed", "4,000", "8,000"]
+    assert len(out) == 4 and out[2] == f"{run_dir}: 1 runs: 1 interrupted"
+    assert out[3] == f"a run of {sweep}: python -m sweep.status {sweep} lists the whole sweep"
+    assert main([str(run_dir), "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert (row["experiment"], row["run_id"], row["step"]) == ("smoke", "b-killed", 25)
+
+
+def test_a_file_or_a_folder_without_runs_is_one_line(tmp_path, capsys):
+    (tmp_path / "README.md").write_text("x")
+    (tmp_path / "empty").mkdir()
+    _run(tmp_path / "runs" / "smoke", "a-done", summary=_finished(1000, 20_000, 3.5))
+    cases = {
+        tmp_path / "README.md": f"{tmp_path / 'README.md'} is a file, not a directory",
+        tmp_path / "empty": f"{tmp_path / 'empty'} holds no runs, no sweep plan (sweep.json) "
+                            "and no experiment folders",
+        tmp_path: f"{tmp_path} holds no runs itself: pass its runs folder, {tmp_path / 'runs'}",
+    }
+    for target, message in cases.items():
+        assert main([str(target)]) == 2
+        captured = capsys.readouterr()
+        err = captured.err.splitlines()
+        assert captured.out == "" and len(err) == 1 and err[0].startswith(f"error: {message}")

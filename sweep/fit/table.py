@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sweep.collect import CollectError, UnreadableRun, collect_runs
+from sweep.collect import CollectError, UnreadableRun, collect_runs, dataset_label
 
 # Approach 3 has five parameters: fewer runs than that cannot determine it.
 MIN_RUNS = 5
@@ -206,7 +206,7 @@ def load(source: str | Path, cols: Columns, skip_unreadable: bool = False) -> Fi
         if cols.run is not None and cols.run not in collected.table.columns:
             raise TableError(f"--run-col '{cols.run}' is not a column of the runs under {path}; "
                              "leave --run-col out to key runs by experiment and run id")
-        _check_one_dataset(collected.table, path)
+        _check_one_dataset(collected.table, f"the runs under {path}", str(path))
         notes.append(f"runs directory: {collected.describe()}")
         for unreadable in collected.unreadable:
             _note(notes, f"skipped unreadable {unreadable}")
@@ -225,6 +225,8 @@ def load(source: str | Path, cols: Columns, skip_unreadable: bool = False) -> Fi
             curves = None
     else:
         table = _read(path)
+        # sweep.collect's tables (runs or curves) carry the dataset: a mixed one is refused too
+        _check_one_dataset(table, f"the runs in {path}", "<runs folder>")
         if cols.run is not None and cols.run not in table.columns:
             raise TableError(f"--run-col '{cols.run}' is not a column of {path}; name the run id "
                              "column, or leave --run-col out for a table with a row per run")
@@ -257,19 +259,24 @@ def _budget_source(runs: pd.DataFrame, cols: Columns) -> str | None:
     return None
 
 
-def _check_one_dataset(table: pd.DataFrame, path: Path) -> None:
-    """TableError when the runs under path trained on different datasets: losses on other data
-    (or another tokenizer) follow other laws, and one fit across them means nothing."""
+def _check_one_dataset(table: pd.DataFrame, where: str, runs_dir: str) -> None:
+    """TableError when the runs in a table trained on different datasets: losses on other data
+    (or another tokenizer) follow other laws, and one fit across them means nothing. The fix
+    names sweep.collect's --dataset filter, which works even where one folder holds both."""
     if "dataset_config_hash" not in table.columns:
         return
     built = table.drop_duplicates("dataset_config_hash")
-    if len(built) > 1:
-        names = ", ".join(f"{n} ({str(h)[:8]})" for n, h in
-                          zip(built.get("dataset_name", built["dataset_config_hash"]),
-                              built["dataset_config_hash"], strict=True))
-        raise TableError(f"the runs under {path} trained on {len(built)} datasets ({names}); a "
-                         "law fits runs on one: point sweep.fit at one experiment's folder, or "
-                         "at a table of one dataset's runs (sweep.collect --out)")
+    if len(built) < 2:
+        return
+    hashes = built["dataset_config_hash"].astype(str)
+    names = (built["dataset_name"].astype(str) if "dataset_name" in built.columns else hashes)
+    # A name shared by two builds (another tokenizer) cannot select one: the hash prefix can
+    pick = names.iloc[0] if names.is_unique else hashes.iloc[0][:8]
+    labels = ", ".join(dataset_label(n, h) for n, h in zip(names, hashes, strict=True))
+    raise TableError(
+        f"{where} trained on {len(built)} datasets ({labels}); a law fits runs on one: collect "
+        f"one dataset's runs with python -m sweep.collect {runs_dir} --dataset {pick} --out "
+        f"{pick}.csv, then fit that table")
 
 
 def _check_fittable(runs: pd.DataFrame, where: str) -> None:
