@@ -39,6 +39,12 @@ def unknown_choice(
         group = match["group"]
         options = available(group, config_dir)
         for value in match["value"].split(","):
+            if value == "null":
+                # Hydra's defaults list raises a bare ValueError (a traceback) on it
+                return (
+                    f"{group}=null: a config group cannot be set to null on the command line; "
+                    f"leave {group}=... out to use configs' default"
+                )
             if value and value not in options:
                 return (
                     f"unknown {hints[group]} {group}={value}: choose one of {', '.join(options)} "
@@ -68,6 +74,11 @@ def hydra_error_line(err: BaseException, command: str) -> str:
         )
     detail = str(cause).strip().splitlines()[0] if cause and str(cause).strip() else ""
     unknown = re.match(r"Could not override '([^']+)'", first)
+    if unknown and "No match in the defaults list" in first:
+        return (
+            f"{unknown[1]} is not a config group of {command}: drop {unknown[1]}=..., or see "
+            f"`{command} --help` for its groups"
+        )
     if unknown and re.match(r"Key '[^']+' (is )?not in ", detail):
         key = unknown[1]
         return (

@@ -155,7 +155,9 @@ def _machine_failure(plan: RunPlan | None, cfg: DictConfig, err: BaseException) 
 
 def cli() -> None:
     """Entry point: reject unknown presets in one line, then hand the command line to Hydra."""
-    problem = unknown_choice(sys.argv[1:], {"model": "model preset", "data": "dataset"})
+    problem = unknown_choice(sys.argv[1:], {
+        "model": "model preset", "data": "dataset", "experiment": "experiment",
+        "hparams": "hyperparameter rules", "paths": "paths preset"})
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         raise SystemExit(2)
