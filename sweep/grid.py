@@ -20,7 +20,7 @@ from data import DataError
 from data.shards import atomic_write_bytes
 from sweep.errors import ConfigError, RunHeld
 from sweep.lock import lock_holder
-from sweep.plan import RunPlan, plan_run
+from sweep.plan import RunPlan, check_epochs, plan_run
 from sweep.state import read_run_state
 
 MANIFEST = "sweep.json"  # in the sweep directory: the grid as last planned, for sweep.status
@@ -139,7 +139,11 @@ def plan_grid(
     errors: list[str] = []
     for i, (overrides, cfg) in enumerate(zip(jobs, configs, strict=True)):
         try:
-            plans.append(plan_run(cfg, [*task_overrides, *overrides]))
+            plan = plan_run(cfg, [*task_overrides, *overrides], epochs_checked=False)
+            # A point the D/N range skips never reads its data: only the others must fit in it.
+            if not _range_reason(plan.budget.tokens / plan.params.non_embedding, lo, hi):
+                check_epochs(plan.run_id, plan.budget.tokens, plan.dataset, plan.max_epochs)
+            plans.append(plan)
         except (ConfigError, DataError) as err:
             errors.append(f"grid point #{i} ({' '.join(overrides)}): {err}")
     if errors:

@@ -53,7 +53,7 @@ class Hyperparameters:
     grad_accum: int
     warmup_steps: int | None  # None: schedule.warmup_fraction fixes the warmup
     budget: Budget
-    compute: float  # 6 N D of the target tokens: the C the rules are functions of
+    compute: float  # the C the rules are functions of: budget.flops, else 6 N D of the target
     from_rule: dict[str, bool]  # RULE_KEYS -> chosen by a rule (True) or pinned in train.yaml
 
 
@@ -167,8 +167,9 @@ def resolve_hparams(
 ) -> Hyperparameters:
     """LR, batch and warmup of the composed train config `cfg`: numbers pinned, nulls from rules.
 
-    Order matters: the target tokens D, then the batch (the rule needs C = 6 N D), then whole
-    steps of that batch, then the LR and the warmup (which needs the steps).
+    Order matters: the target tokens D, then the batch (the rule needs C), then whole steps of
+    that batch, then the LR and the warmup (which needs the steps). C is the budget's own for
+    budget.flops, so every run of one isoFLOP profile shares its LR and batch, else 6 N D.
     """
     train, schedule = cfg["train"], cfg["schedule"]
     seq_len = _positive_int(train, "seq_len")
@@ -194,8 +195,12 @@ def resolve_hparams(
     target = budget_target(
         cfg["budget"], non_embedding_params=non_embedding_params, flops_per_token=flops_per_token
     )
-    # Kaplan's 6ND with N non-embedding (DeepSeek's M also leaves embeddings out): see the YAML.
-    compute = 6.0 * non_embedding_params * target.tokens
+    # The rules are functions of the compute budget alone (see the YAML). A FLOP budget is that C:
+    # its D comes from exact FLOPs per token, which exceed 6N by an N-dependent factor, so 6ND
+    # would hand one isoFLOP profile's sizes different LRs and batches. Token budgets have no
+    # C of their own: Kaplan's 6ND with N non-embedding (DeepSeek's M also leaves embeddings out).
+    six_nd = 6.0 * non_embedding_params * target.tokens
+    compute = target.value if target.kind == "flops" else six_nd
 
     if rules is not None and unpinned["batch_tokens"]:
         sequences = rule_batch_sequences(rules, compute, seq_len, target.tokens)

@@ -6,6 +6,7 @@ Every mistake a user can make (shape, budget, batch, device, data) surfaces here
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from data import TokenDataset
 from data.config import TRAIN_WINDOW_ORDERS
 from data.prepare import check_tokenizer
+from data.shards import prepare_command
 from models import (
     FlopsPerToken,
     GPTConfig,
@@ -59,6 +61,7 @@ class RunPlan:
     schedule: Schedule
     hardware: Hardware
     dataset: TokenDataset
+    max_epochs: float  # budget.max_epochs: passes over the train split the budget may take
     config_hash: str
     config: dict[str, Any]  # the resolved config plus the derived values, as written to config.yaml
 
@@ -137,8 +140,55 @@ def check_data_overrides(
     return built
 
 
-def plan_run(cfg: DictConfig, overrides: list[str] | None = None) -> RunPlan:
-    """Validate `cfg` (a composed train config) and derive the run; writes nothing."""
+def check_epochs(run_id: str, tokens: int, dataset: TokenDataset, max_epochs: float) -> None:
+    """ConfigError when run `run_id`'s D (`tokens`) exceeds `max_epochs` passes over `dataset`'s
+    train split. Training windows are drawn from the split however small it is, so an oversized
+    budget would silently repeat data; the line names the run, both token counts and both fixes.
+    """
+    available = dataset.num_tokens("train")
+    if tokens <= max_epochs * available:
+        return
+    if not available:  # every document went to val: no number of epochs helps
+        raise ConfigError(
+            f"run {run_id} reads D={tokens:,} tokens, but dataset '{dataset.name}' at "
+            f"{dataset.path} has no train tokens: prepare it from a larger corpus "
+            f"({prepare_command(dataset.name, force=True)})"
+        )
+    epochs = tokens / available
+    raise ConfigError(
+        f"run {run_id} reads D={tokens:,} tokens, {epochs:.3g} epochs of the {available:,} "
+        f"train tokens of dataset '{dataset.name}' (budget.max_epochs={max_epochs:g}), so it "
+        f"would repeat data: {_more_data(dataset, tokens / max_epochs)}, or raise "
+        f"budget.max_epochs to {math.ceil(epochs * 100) / 100:g} to repeat it on purpose"
+    )
+
+
+def _more_data(dataset: TokenDataset, wanted: float) -> str:
+    """How to prepare `dataset` again with `wanted` train tokens, for check_epochs."""
+    built = dataset.manifest.get("source") or {}
+    command = prepare_command(dataset.name, force=True)
+    if "train_tokens" in built:  # a generated corpus is sized in tokens
+        return f"prepare more data ({command} data.train_tokens={math.ceil(wanted)})"
+    if built.get("max_documents") is None:
+        return f"prepare a larger corpus (dataset '{dataset.name}' holds all of its source)"
+    # Documents in proportion to tokens, rounded up to two significant digits: an estimate, since
+    # documents vary in length (the check says again if it falls short)
+    documents = sum(int(s.get("documents") or 0) for s in dataset.manifest["splits"].values())
+    if not documents:  # a manifest that does not count them
+        return f"prepare more data ({command} with a larger data.max_documents)"
+    needed = documents * wanted / dataset.num_tokens("train")
+    scale = 10 ** max(0, math.floor(math.log10(needed)) - 1)
+    return f"prepare more data ({command} data.max_documents={math.ceil(needed / scale) * scale})"
+
+
+def plan_run(
+    cfg: DictConfig, overrides: list[str] | None = None, *, epochs_checked: bool = True
+) -> RunPlan:
+    """Validate `cfg` (a composed train config) and derive the run; writes nothing.
+
+    `epochs_checked=False` leaves check_epochs to the caller: a sweep skips points outside its
+    D/N range, whose budget may exceed the data, before it checks the others.
+    """
     overrides = overrides or []
     experiment = str(cfg.experiment_name)
     if not _SAFE_NAME.match(experiment):
@@ -192,6 +242,10 @@ def plan_run(cfg: DictConfig, overrides: list[str] | None = None) -> RunPlan:
         if clip <= 0:
             raise ConfigError(f"train.grad_clip={train.grad_clip!r} {rule}")
         optimizer["grad_clip"] = clip
+    rule = "must be a positive number of passes over the dataset's train split (e.g. 1)"
+    max_epochs = finite_number("budget.max_epochs", cfg.budget.get("max_epochs"), rule)
+    if max_epochs <= 0:
+        raise ConfigError(f"budget.max_epochs={cfg.budget.max_epochs!r} {rule}")
     rule = "must be a positive whole number of steps"
     if whole_number("logging.interval", cfg.logging.interval, rule) < 1:
         raise ConfigError(f"logging.interval={cfg.logging.interval!r} {rule}")
@@ -220,14 +274,6 @@ def plan_run(cfg: DictConfig, overrides: list[str] | None = None) -> RunPlan:
         evaluation[key] = whole_number(f"eval.{key}", cfg.eval[key], rule)
         if evaluation[key] < 1:
             raise ConfigError(f"eval.{key}={cfg.eval[key]!r} {rule}")
-    # The device last, and torch (~2 s to import) with it: every check above is a fraction of a
-    # second, so a typo is reported before torch loads.
-    from sweep.hardware import resolve_hardware
-
-    hardware = resolve_hardware(
-        train.device, train.precision, train.compile, train.peak_flops, train.compile_mode
-    )
-
     # The run's identity is the science: shape, data, budget, optimisation and evaluation. Where
     # and how fast it runs (device, precision, compile, micro-batching, loss chunking, logging) is
     # not part of it.
@@ -268,6 +314,15 @@ def plan_run(cfg: DictConfig, overrides: list[str] | None = None) -> RunPlan:
     if cfg.model.get("target_params") is not None:
         model_name = f"target{float(cfg.model.target_params):.3g}".replace("+", "")
     run_id = f"{model_name}-{digest[:10]}"
+    if epochs_checked:
+        check_epochs(run_id, budget.tokens, dataset, max_epochs)
+    # The device last, and torch (~2 s to import) with it: every check above is a fraction of a
+    # second, so a typo is reported before torch loads.
+    from sweep.hardware import resolve_hardware
+
+    hardware = resolve_hardware(
+        train.device, train.precision, train.compile, train.peak_flops, train.compile_mode
+    )
     resolved = OmegaConf.to_container(cfg, resolve=True)
     # config.yaml holds the numbers the run used (a rerun from it is the same run);
     # resolved.hparams.from_rule records which of them a rule chose.
@@ -286,7 +341,7 @@ def plan_run(cfg: DictConfig, overrides: list[str] | None = None) -> RunPlan:
             "warmup_steps": schedule.warmup_steps,
             "grad_accum": hp.grad_accum,
             "micro_batch_size": hp.micro_batch_size,
-            "compute_6nd": hp.compute,
+            "compute": hp.compute,  # the C of the LR and batch rules (budget.flops, else 6ND)
             "from_rule": hp.from_rule,
         },
         "schedule": dataclasses.asdict(schedule),
@@ -312,6 +367,7 @@ def plan_run(cfg: DictConfig, overrides: list[str] | None = None) -> RunPlan:
         schedule=schedule,
         hardware=hardware,
         dataset=dataset,
+        max_epochs=max_epochs,
         config_hash=digest,
         config=resolved,
     )

@@ -4,7 +4,9 @@ decisions (skip finished, resume interrupted, rerun failed on request) and the D
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import os
 import socket
 import subprocess
@@ -12,9 +14,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
+from data import prepare
 from data.hydra_guard import available
+from models import count_params, flops_per_token
 from sweep.errors import RunFailed, RunHeld
 from sweep.grid import (
     GridError,
@@ -25,7 +31,9 @@ from sweep.grid import (
     held_points,
     read_manifest,
 )
+from sweep.hparams import resolve_hparams
 from sweep.lock import RunLock
+from sweep.plan import model_config
 from tests.conftest import CONFIGS, FIXED_HPARAMS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -70,6 +78,36 @@ def test_smoke_grid_is_small_rungs_on_stdlib():
     assert models == ["gpt_1m", "gpt_3m", "gpt_6m"] and len(budgets) == 3
 
 
+def test_fineweb_edu_holds_every_shipped_experiment_in_one_epoch():
+    # Each experiment's grid as its sweep plans it (points outside its D/N range never train)
+    largest = (0, "")
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        for name in EXPERIMENTS:
+            grid = compose("train", [f"experiment={name}"], return_hydra_config=True)
+            params = {k: str(v).split(",") for k, v in grid.hydra.sweeper.params.items()}
+            for model in params.pop("model"):
+                cfg = compose("train", [f"experiment={name}", f"model={model}"])
+                if cfg.data.name != "fineweb_edu":
+                    break
+                shape = model_config(cfg.model, cfg.data.vocab_size, [])
+                n = count_params(shape).non_embedding
+                exact = flops_per_token(shape, cfg.train.seq_len).flops_exact
+                bounds = cfg.launch.tokens_per_param
+                for values in itertools.product(*params.values()):
+                    for key, value in zip(params, values, strict=True):
+                        OmegaConf.update(cfg, key, float(value))
+                    d = resolve_hparams(cfg, non_embedding_params=n,
+                                        flops_per_token=exact).budget.tokens
+                    if (bounds.min or 0) <= d / n <= (bounds.max or math.inf):
+                        largest = max(largest, (d, f"{name} {model}"))
+    assert largest == (6_796_083_200, "horizons gpt_85m")  # 80 tokens per parameter
+    data = yaml.safe_load((CONFIGS / "data" / "fineweb_edu.yaml").read_text())
+    # At least ~1000 tokens a document: sample-10BT is ~10B GPT-2 tokens in ~9.7M documents, and
+    # the 8192-token vocabulary packs fewer bytes into a token than GPT-2's 50257
+    train_tokens = data["max_documents"] * 1000 * (1 - data["val_fraction"])
+    assert 1.05 * largest[0] <= train_tokens <= 10e9
+
+
 @pytest.mark.parametrize(
     ("launch", "message"),
     [
@@ -84,10 +122,20 @@ def test_launch_section_is_checked(launch, message):
         check_launch({**base, **launch})
 
 
-def test_dry_run_expands_the_grid_and_skips_out_of_range_points_first(synthetic_root):
+@pytest.fixture(scope="module")
+def iso_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A root whose synthetic dataset holds 4M train tokens: the grid below trains a point of
+    D = 3.2M, ten times the shared tiny dataset (and budget.max_epochs is 1)."""
+    root = tmp_path_factory.mktemp("iso")
+    data_cfg = yaml.safe_load((CONFIGS / "data" / "synthetic.yaml").read_text())
+    prepare({**data_cfg, "train_tokens": 4_000_000, "val_tokens": 40_000}, root / "data_cache")
+    return root
+
+
+def test_dry_run_expands_the_grid_and_skips_out_of_range_points_first(iso_root):
     # An IsoFLOP grid: 3 sizes x 2 budgets, D/N bounded to [5, 200].
     result = sweep_cli(
-        synthetic_root, "experiment_name=iso", "model=base,gpt_1m,gpt_3m",
+        iso_root, "experiment_name=iso", "model=base,gpt_1m,gpt_3m",
         "budget.flops=1e12,1e13", "launch.tokens_per_param.min=5",
         "launch.tokens_per_param.max=200", "launch.dry_run=true",
     )
@@ -99,7 +147,7 @@ def test_dry_run_expands_the_grid_and_skips_out_of_range_points_first(synthetic_
     assert sum("skip (D/N=" in r for r in rows) >= 1
     assert "sweep iso: 6 grid points:" in result.stdout and "dry run: nothing launched" in (
         result.stdout)
-    sweep_dir = synthetic_root / "runs" / "iso"
+    sweep_dir = iso_root / "runs" / "iso"
     points = read_manifest(sweep_dir)
     assert len(points) == 6
     for p in points:
@@ -108,6 +156,34 @@ def test_dry_run_expands_the_grid_and_skips_out_of_range_points_first(synthetic_
         assert p["C"] == pytest.approx(6 * p["N"] * p["D"])
     # Nothing trained: the folder holds the plan only.
     assert sorted(x.name for x in sweep_dir.iterdir()) == ["sweep.json"]
+
+
+def test_a_point_beyond_its_data_stops_the_sweep_unless_the_range_skips_it(synthetic_root):
+    # The tiny dataset holds 299,925 train tokens; gpt_1m (N = 1,328,448) at 1e6 tokens would
+    # read it 3.3 times over, at 2e5 tokens once.
+    args = ("experiment_name=epochs", "model=gpt_1m", "budget.tokens=2e5,1e6")
+    result = sweep_cli(synthetic_root, *args, "launch.dry_run=true")
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: grid point #1 (") and "budget.tokens=1000000.0" in line
+    assert line.endswith(
+        "reads D=999,424 tokens, 3.33 epochs of the 299,925 train tokens of dataset 'synthetic' "
+        "(budget.max_epochs=1), so it would repeat data: prepare more data (python -m "
+        "data.prepare data=synthetic force=true data.train_tokens=999424), or raise "
+        "budget.max_epochs to 3.34 to repeat it on purpose")
+    assert not (synthetic_root / "runs" / "epochs").exists()
+    # A point outside launch.tokens_per_param never trains, so it need not fit (D/N = 0.75)
+    result = sweep_cli(synthetic_root, *args, "launch.tokens_per_param.max=0.5",
+                       "launch.dry_run=true")
+    assert result.returncode == 0, result.stderr
+    assert "skip (D/N=0.752 is above launch.tokens_per_param.max=0.5)" in result.stdout
+    assert "1 to train, 0 to resume, 1 skipped" in result.stdout
+    ids = [p["run_id"] for p in read_manifest(synthetic_root / "runs" / "epochs")]
+    # Raising budget.max_epochs lets the point train, as the same run: not part of its identity
+    again = sweep_cli(synthetic_root, *args, "budget.max_epochs=4", "launch.dry_run=true")
+    assert again.returncode == 0, again.stderr
+    assert "2 to train, 0 to resume, 0 skipped" in again.stdout
+    assert [p["run_id"] for p in read_manifest(synthetic_root / "runs" / "epochs")] == ids
 
 
 def test_a_sweep_under_torchrun_is_refused(synthetic_root, monkeypatch):

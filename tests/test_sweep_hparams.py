@@ -1,4 +1,4 @@
-"""Tests for sweep.hparams: LR, batch and warmup from rules of N and D, and pinned values winning.
+"""Tests for sweep.hparams: LR, batch and warmup from rules of C, N and D; pinned values win.
 
 Expected numbers are worked by hand from configs/hparams/power_law.yaml's constants.
 """
@@ -123,6 +123,38 @@ def test_resolve_orders_target_batch_steps_lr_warmup():
     assert hp.lr == pytest.approx(2.5628e-3, rel=1e-4)
     assert hp.warmup_steps == 305  # round(2e7 / 65536) = 305, under the cap of 610
     assert hp.from_rule == {"lr": True, "batch_tokens": True, "warmup_steps": True}
+
+
+def test_a_flop_budget_is_the_c_of_the_rules():
+    # D = 1e17 / (9 N) = 5.56e8 tokens, so 6 N D = 6.7e16; the rules see the budget's 1e17:
+    # 0.292 x 1e17^0.3271 = 106,200 tokens = 829.7 seqs of 128 -> 1024 (6ND would give 512)
+    hp = resolve(run_cfg(budget={"tokens": None, "flops": 1e17}))
+    assert hp.compute == 1e17
+    assert hp.batch_tokens == 1024 * 128
+    assert hp.lr == pytest.approx(2.3382e-3, rel=1e-4)  # 0.3118 x 10^-2.125
+    # A token budget keeps 6ND of its target
+    assert resolve(run_cfg(budget={"tokens": 1e17 / (9 * N)})).compute == pytest.approx(
+        6 * N * 1e17 / (9 * N))
+
+
+def test_every_run_of_one_isoflop_profile_shares_its_batch_and_lr():
+    # Exact FLOPs per token are 1.2-2.3x 6N along the ladder: with C = 6ND the batch doubled
+    # between gpt_17m and gpt_25m at 1e17, partway along the profile.
+    experiment = yaml.safe_load((CONFIGS / "experiment" / "isoflop.yaml").read_text())
+    params = experiment["hydra"]["sweeper"]["params"]
+    bounds = experiment["launch"]["tokens_per_param"]
+    for budget in params["budget.flops"].split(","):
+        rungs = [r for r in ladder(["experiment=isoflop", f"budget.flops={budget}"],
+                                   params["model"].split(","))
+                 if bounds["min"] <= r.hparams.budget.tokens / r.non_embedding_params
+                 <= bounds["max"]]
+        assert len(rungs) >= 4, budget  # the sizes the sweep trains
+        assert {(r.hparams.lr, r.hparams.batch_tokens) for r in rungs} == {
+            (rungs[0].hparams.lr, rungs[0].hparams.batch_tokens)}, budget
+        assert rungs[0].hparams.compute == float(budget)
+        if budget == "1e17":  # 0.292 x 1e17^0.3271 = 103.7 seqs of 1024 -> 128
+            assert rungs[0].hparams.batch_tokens == 128 * 1024
+            assert rungs[0].hparams.lr == pytest.approx(2.3382e-3, rel=1e-4)
 
 
 def test_pinned_values_override_the_rules():

@@ -8,10 +8,10 @@ import dataclasses
 import pytest
 from omegaconf import OmegaConf
 
-from data import prepare
+from data import TokenDataset, prepare
 from models import GPT, GPTConfig
 from sweep.errors import ConfigError
-from sweep.plan import plan_run
+from sweep.plan import check_epochs, plan_run
 from tests.conftest import CONFIGS, RULE_HPARAMS, TINY_DATA, compose_train
 
 RULES = RULE_HPARAMS
@@ -91,6 +91,9 @@ def test_target_params_picks_the_rule_shape(synthetic_root):
         (["budget.tokens=2e4", "logging.interval=nan"], "logging.interval=nan must be a"),
         (["budget.tokens=2e4", "logging.interval=abc"], "logging.interval='abc' must be a"),
         (["budget.tokens=2e4", "model.target_params=true"], "model.target_params=True must be"),
+        (["budget.tokens=2e4", "budget.max_epochs=0"], "budget.max_epochs=0 must be a positive"),
+        (["budget.tokens=2e4", "budget.max_epochs=nan"], "budget.max_epochs=nan must be a"),
+        (["budget.tokens=2e4", "budget.max_epochs=null"], "budget.max_epochs=None must be a"),
     ],
 )
 def test_bad_configs_fail_in_one_line(synthetic_root, overrides, needle):
@@ -192,6 +195,7 @@ COSMETIC = [
     "logging.wandb.mode=offline", "checkpoint.interval_s=60", "checkpoint.keep=3",
     "launch.rerun_failed=true", "launch.dry_run=true", "paths.runs_dir=/elsewhere",
     "experiment_name=other", "hparams.lr.coefficient=1.0",  # a rule constant, unused when pinned
+    "budget.max_epochs=2",  # a check on the data, not what the run trains
 ]
 
 
@@ -245,3 +249,53 @@ def test_the_dataset_is_part_of_the_identity_but_not_where_it_lives(synthetic_ro
     moved = plan_run(compose_train(tmp_path, "budget.tokens=2e4"))
     reseeded = plan_run(compose_train(tmp_path / "other", "budget.tokens=2e4", "data.seed=1"))
     assert moved.run_id == base.run_id != reseeded.run_id
+
+
+def test_a_budget_beyond_max_epochs_of_the_train_split_is_refused(synthetic_root):
+    # 299,925 train tokens: 292 steps of 1024 (299,008 tokens) fit, 302 steps do not.
+    assert plan_run(compose_train(synthetic_root, "budget.tokens=3e5")).budget.tokens == 299_008
+    with pytest.raises(ConfigError) as err:
+        plan_run(compose_train(synthetic_root, "budget.tokens=3.1e5"))
+    run_id = plan_run(compose_train(synthetic_root, "budget.tokens=3.1e5"), epochs_checked=False
+                      ).run_id
+    assert str(err.value) == (
+        f"run {run_id} reads D=309,248 tokens, 1.03 epochs of the 299,925 train tokens of "
+        "dataset 'synthetic' (budget.max_epochs=1), so it would repeat data: prepare more data "
+        "(python -m data.prepare data=synthetic force=true data.train_tokens=309248), or raise "
+        "budget.max_epochs to 1.04 to repeat it on purpose")
+    repeated = plan_run(compose_train(synthetic_root, "budget.tokens=3.1e5",
+                                      "budget.max_epochs=1.04"))
+    assert repeated.run_id == run_id and repeated.budget.tokens == 309_248
+
+
+def test_a_text_corpus_too_small_names_the_documents_to_prepare(synthetic_root):
+    # fineweb_edu as prepared before: 2M documents, 2e9 train tokens. gpt_85m at 80 tokens per
+    # parameter reads 6.796e9 tokens: 6.796e9 / 2e9 x 2M documents read = 6.796M, rounded up
+    # to two significant digits
+    plan = plan_run(compose_train(synthetic_root, "model=gpt_85m", "budget.tokens_per_param=80"),
+                    epochs_checked=False)
+    manifest = {
+        "name": "fineweb_edu", "vocab_size": 8192, "eot_id": 0,
+        "source": {"source": "hub", "max_documents": 2_000_000},
+        "splits": {"train": {"tokens": 2_000_000_000, "documents": 1_998_000},
+                   "val": {"tokens": 2_000_000, "documents": 2_000}},
+    }
+    small = TokenDataset(synthetic_root / "fineweb_edu", manifest, None)
+    with pytest.raises(ConfigError, match=(
+            r"reads D=6,796,308,480 tokens, 3.4 epochs of the 2,000,000,000 train tokens of "
+            r"dataset 'fineweb_edu' \(budget.max_epochs=1\), so it would repeat data: prepare "
+            r"more data \(python -m data.prepare data=fineweb_edu force=true "
+            r"data.max_documents=6800000\), or raise budget.max_epochs to 3.4 to")):
+        check_epochs(plan.run_id, plan.budget.tokens, small, plan.max_epochs)
+    # All of the source prepared already: only a larger corpus helps
+    manifest["source"]["max_documents"] = None
+    with pytest.raises(ConfigError, match=r"repeat data: prepare a larger corpus \(dataset "
+                                          r"'fineweb_edu' holds all of its source\), or raise"):
+        check_epochs(plan.run_id, plan.budget.tokens, small, plan.max_epochs)
+    # Every document went to val: no max_epochs helps
+    manifest["splits"]["train"]["tokens"] = 0
+    with pytest.raises(ConfigError, match=r"reads D=6,796,308,480 tokens, but dataset "
+                                          r"'fineweb_edu' at .* has no train tokens: prepare it "
+                                          r"from a larger corpus \(python -m data.prepare "
+                                          r"data=fineweb_edu force=true\)$"):
+        check_epochs(plan.run_id, plan.budget.tokens, small, plan.max_epochs)
