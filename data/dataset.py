@@ -53,11 +53,11 @@ class TokenDataset:
     def open(cls, path: str | Path, verify: bool = True) -> TokenDataset:
         """Open a dataset directory; verify=True also checks every shard's sha256 (cached)."""
         path = Path(path)
-        rebuild = f"rebuild it with {prepare_command(path.name, force=True)}"
+        rebuild = f"rebuild it with {prepare_command(path.name, True, path.parent)}"
         if not (path / MANIFEST).is_file():
             raise DataError(
                 f"dataset '{path.name}' is not prepared at {path} (no {MANIFEST}): "
-                f"run {prepare_command(path.name)}"
+                f"run {prepare_command(path.name, data_dir=path.parent)}"
             )
         manifest = read_manifest(path)
         try:

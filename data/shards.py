@@ -93,21 +93,31 @@ def write_manifest(directory: Path, manifest: Mapping[str, Any]) -> Path:
     return path
 
 
-def prepare_command(name: str, force: bool = False) -> str:
-    """The command that (re)builds dataset `name`, for error messages."""
+def prepare_command(name: str, force: bool = False, data_dir: Path | None = None) -> str:
+    """The command that (re)builds dataset `name` (into `data_dir`, when given), for messages."""
     # A dataset named after a config file is built by that config; otherwise the name was set
     # on the command line and we cannot know which config it came from.
     if (_CONFIG_DIR / "data" / f"{name}.yaml").is_file():
         cmd = f"python -m data.prepare data={name}"
     else:
         cmd = f"python -m data.prepare data=<config> data.name={name}"
+    if data_dir is not None and Path(data_dir).resolve() != _default_data_dir():
+        # Without it the command would build into the default folder, and the run, looking
+        # where it was told, would fail again
+        cmd += f" paths.data_dir={Path(data_dir).resolve()}"
     return cmd + (" force=true" if force else "")
+
+
+def _default_data_dir() -> Path:
+    """configs/paths/default.yaml's data_dir, resolved as from this process."""
+    return (Path(os.environ.get("SCALING_ROOT") or ".") / "data_cache").resolve()
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
     """Parse directory/manifest.json and check its format; DataError when it is not ours."""
     path = Path(directory) / MANIFEST
-    rebuild = f"rebuild it with {prepare_command(Path(directory).name, force=True)}"
+    directory = Path(directory)
+    rebuild = f"rebuild it with {prepare_command(directory.name, True, directory.parent)}"
     try:
         manifest = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:

@@ -152,7 +152,7 @@ def check_epochs(run_id: str, tokens: int, dataset: TokenDataset, max_epochs: fl
         raise ConfigError(
             f"run {run_id} reads D={tokens:,} tokens, but dataset '{dataset.name}' at "
             f"{dataset.path} has no train tokens: prepare it from a larger corpus "
-            f"({prepare_command(dataset.name, force=True)})"
+            f"({prepare_command(dataset.name, True, dataset.path.parent)})"
         )
     epochs = tokens / available
     raise ConfigError(
@@ -166,7 +166,7 @@ def check_epochs(run_id: str, tokens: int, dataset: TokenDataset, max_epochs: fl
 def _more_data(dataset: TokenDataset, wanted: float) -> str:
     """How to prepare `dataset` again with `wanted` train tokens, for check_epochs."""
     built = dataset.manifest.get("source") or {}
-    command = prepare_command(dataset.name, force=True)
+    command = prepare_command(dataset.name, True, dataset.path.parent)
     if "train_tokens" in built:  # a generated corpus is sized in tokens
         return f"prepare more data ({command} data.train_tokens={math.ceil(wanted)})"
     if built.get("max_documents") is None:

@@ -57,9 +57,18 @@ def test_not_prepared_names_the_prepare_command(tmp_path):
         TokenDataset.open(tmp_path / "synthetic")
     msg = str(err.value)
     assert "dataset 'synthetic' is not prepared at" in msg and "(no manifest.json)" in msg
-    assert msg.endswith("run python -m data.prepare data=synthetic") and "\n" not in msg
-    with pytest.raises(DataError, match=r"data=<config> data.name=mine$"):
+    # The folder it looked in, which is not the default: the command builds the dataset there
+    assert msg.endswith(f"run python -m data.prepare data=synthetic paths.data_dir={tmp_path}")
+    assert "\n" not in msg
+    with pytest.raises(DataError, match=r"data=<config> data.name=mine paths.data_dir=\S+$"):
         TokenDataset.open(tmp_path / "mine")
+
+
+def test_a_dataset_in_the_default_folder_needs_no_data_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError) as err:
+        TokenDataset.open(Path("data_cache") / "synthetic")
+    assert str(err.value).endswith("run python -m data.prepare data=synthetic")
 
 
 def test_truncated_shard_is_refused_even_without_verify(tmp_path):

@@ -405,7 +405,8 @@ def test_check_tokenizer_refuses_another_tokenizer_file(tmp_path, trained):
     assert message.startswith(f"data.tokenizer_path='{other}' is not the tokenizer dataset "
                               f"'reused' at {trained['reuse_path']} was built with (sha256 ")
     assert message.endswith("rebuild it with python -m data.prepare data=<config> "
-                            "data.name=reused force=true")
+                            f"data.name=reused paths.data_dir={trained['reuse_path'].parent} "
+                            "force=true")
 
 
 @pytest.fixture

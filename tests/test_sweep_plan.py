@@ -261,7 +261,8 @@ def test_a_budget_beyond_max_epochs_of_the_train_split_is_refused(synthetic_root
     assert str(err.value) == (
         f"run {run_id} reads D=309,248 tokens, 1.03 epochs of the 299,925 train tokens of "
         "dataset 'synthetic' (budget.max_epochs=1), so it would repeat data: prepare more data "
-        "(python -m data.prepare data=synthetic force=true data.train_tokens=309248), or raise "
+        f"(python -m data.prepare data=synthetic paths.data_dir={synthetic_root / 'data_cache'} "
+        "force=true data.train_tokens=309248), or raise "
         "budget.max_epochs to 1.04 to repeat it on purpose")
     repeated = plan_run(compose_train(synthetic_root, "budget.tokens=3.1e5",
                                       "budget.max_epochs=1.04"))
@@ -284,7 +285,7 @@ def test_a_text_corpus_too_small_names_the_documents_to_prepare(synthetic_root):
     with pytest.raises(ConfigError, match=(
             r"reads D=6,796,308,480 tokens, 3.4 epochs of the 2,000,000,000 train tokens of "
             r"dataset 'fineweb_edu' \(budget.max_epochs=1\), so it would repeat data: prepare "
-            r"more data \(python -m data.prepare data=fineweb_edu force=true "
+            r"more data \(python -m data.prepare data=fineweb_edu paths.data_dir=\S+ force=true "
             r"data.max_documents=6800000\), or raise budget.max_epochs to 3.4 to")):
         check_epochs(plan.run_id, plan.budget.tokens, small, plan.max_epochs)
     # All of the source prepared already: only a larger corpus helps
@@ -297,5 +298,5 @@ def test_a_text_corpus_too_small_names_the_documents_to_prepare(synthetic_root):
     with pytest.raises(ConfigError, match=r"reads D=6,796,308,480 tokens, but dataset "
                                           r"'fineweb_edu' at .* has no train tokens: prepare it "
                                           r"from a larger corpus \(python -m data.prepare "
-                                          r"data=fineweb_edu force=true\)$"):
+                                          r"data=fineweb_edu paths.data_dir=\S+ force=true\)$"):
         check_epochs(plan.run_id, plan.budget.tokens, small, plan.max_epochs)

@@ -114,7 +114,7 @@ def check_tokenizer(dataset: TokenDataset, data_cfg: Mapping[str, Any]) -> None:
             raise DataError(
                 f"data.tokenizer_path={data_cfg.get('tokenizer_path')!r} is not the tokenizer "
                 f"{where} was built with (sha256 {str(wanted)[:12]} vs {str(have.get(key))[:12]}):"
-                f" rebuild it with {prepare_command(dataset.name, force=True)}"
+                f" rebuild it with {prepare_command(dataset.name, True, dataset.path.parent)}"
             )
         raise DataError(
             f"{where} was tokenized with data.{key}={have.get(key)!r}, but this config has "
