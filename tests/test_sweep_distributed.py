@@ -97,6 +97,8 @@ def test_two_ranks_train_the_single_process_trajectory(single, two_ranks):
     assert [p.name for p in run_dir.glob("checkpoint-*.pt")] == ["checkpoint-00000019.pt"]
 
 
+# 16 s, and CI's 10 minutes are nearly spent: FSDP and the chunked loss each have CI tests
+@pytest.mark.slow
 def test_sharded_ranks_train_with_the_chunked_loss(tmp_path, synthetic_root, single):
     """FSDP2 gathers the output head's weight for the fused head + loss (models/loss.py) and
     shards its gradient: the same trajectory as one process's plain loss, to float32 rounding."""
