@@ -100,3 +100,18 @@ def test_approaches_2_and_3_agree_on_exact_flop_budgets(tmp_path: Path):
     # The 6ND allocation answers another question: its b is 1 - a.
     assert report["approach3"]["b"] == pytest.approx(1 - report["approach3"]["a"])
     assert abs(report["approach3"]["b"] - b_true) > 0.05
+
+
+def test_a_non_physical_law_has_no_exact_allocation(tmp_path: Path):
+    """Loss rising with N (runs far from convergence, as in the CPU smoke sweep): approach 3
+    warns and its 6ND allocation is null, so the exact one is left out, not printed as nan."""
+    rows = []
+    for n in (1e6, 3e6, 1e7):
+        for d in (5e4, 1e5, 2e5):
+            rows.append({"run_id": f"n{n:.0e}-d{d:.0e}", "N": n, "D": d, "C": 6 * n * d,
+                         "loss": 2.0 + 0.1 * np.log(n) + 50 / d**0.2,
+                         "flops_exact": _flops_per_token(n) * d})
+    pd.DataFrame(rows).to_csv(tmp_path / "runs.csv", index=False)
+    report = fit_report(load(tmp_path / "runs.csv", Columns()), FitOptions(bootstrap=0))
+    assert "non-physical" in report["approach3"]["warning"]
+    assert "allocation_exact" not in report["approach3"]

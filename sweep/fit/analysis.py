@@ -124,8 +124,8 @@ def _exact_allocation(fit: Approach3, runs: pd.DataFrame, approach2: dict[str, A
     """Approach 3's N_opt ~ C^a, D_opt ~ C^b with C in exact FLOPs (the unit of budget.flops
     IsoFLOP budgets), over approach 2's budgets when it fitted them, else over the runs' exact C;
     None without exact FLOPs per token in the table."""
-    if "flops_per_token" not in runs:
-        return None
+    if "flops_per_token" not in runs or fit.warning() is not None:
+        return None  # a degenerate or non-physical law has no optimum (its 6ND one is null too)
     f = flops_per_token_curve(runs["N"], runs["flops_per_token"])
     if f is None:
         return None
