@@ -23,6 +23,7 @@ from rich.progress import (
 from sweep.errors import ConfigError, first_line
 
 WANDB_MODES = ("offline", "online", "disabled")
+_WANDB_ALIASES = {"dryrun": "offline", "run": "online"}  # wandb's older names for them
 
 
 def wandb_mode(configured: str) -> str:
@@ -30,14 +31,16 @@ def wandb_mode(configured: str) -> str:
 
     The variable wins (wandb.init's own `mode` argument would beat it) so that
     `WANDB_MODE=disabled`, as CI and the GPU checks export it, turns wandb off for every run.
+    wandb's other spellings are taken as wandb takes them (dryrun is offline, run is online).
     """
     env = os.environ.get("WANDB_MODE")
     if not env:
         return configured
-    if env not in WANDB_MODES:
+    mode = _WANDB_ALIASES.get(env, env)
+    if mode not in (*WANDB_MODES, "shared"):
         raise ConfigError(f"WANDB_MODE={env!r} in the environment is unknown: set one of "
                           f"{', '.join(WANDB_MODES)}, or unset it to use logging.wandb.mode")
-    return env
+    return mode
 
 
 class RunLogger:

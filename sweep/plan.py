@@ -30,6 +30,7 @@ from sweep.budget import Budget
 from sweep.errors import ConfigError, finite_number, whole_number
 from sweep.hparams import resolve_hparams
 from sweep.logger import WANDB_MODES
+from sweep.logger import wandb_mode as effective_wandb_mode
 from sweep.records import config_hash
 from sweep.schedule import Schedule, build_schedule
 
@@ -155,8 +156,10 @@ def check_epochs(run_id: str, tokens: int, dataset: TokenDataset, max_epochs: fl
             f"({prepare_command(dataset.name, True, dataset.path.parent)})"
         )
     epochs = tokens / available
+    # 3 digits, unless they round down to the limit ("1 epochs" of a run just over it)
+    shown = f"{epochs:.3g}" if float(f"{epochs:.3g}") > max_epochs else f"{epochs:.7g}"
     raise ConfigError(
-        f"run {run_id} reads D={tokens:,} tokens, {epochs:.3g} epochs of the {available:,} "
+        f"run {run_id} reads D={tokens:,} tokens, {shown} epochs of the {available:,} "
         f"train tokens of dataset '{dataset.name}' (budget.max_epochs={max_epochs:g}), so it "
         f"would repeat data: {_more_data(dataset, tokens / max_epochs)}, or raise "
         f"budget.max_epochs to {math.ceil(epochs * 100) / 100:g} to repeat it on purpose"
@@ -168,7 +171,13 @@ def _more_data(dataset: TokenDataset, wanted: float) -> str:
     built = dataset.manifest.get("source") or {}
     command = prepare_command(dataset.name, True, dataset.path.parent)
     if "train_tokens" in built:  # a generated corpus is sized in tokens
-        return f"prepare more data ({command} data.train_tokens={math.ceil(wanted)})"
+        # ... of whole documents, rounded down: ask for enough whole ones, or the new build falls
+        # short again
+        split = dataset.manifest["splits"]["train"]
+        per_doc = round(int(split["tokens"]) / int(split["documents"])) if split.get(
+            "documents") else 1
+        return (f"prepare more data ({command} data.train_tokens="
+                f"{math.ceil(wanted / per_doc) * per_doc})")
     if built.get("max_documents") is None:
         return f"prepare a larger corpus (dataset '{dataset.name}' holds all of its source)"
     # Documents in proportion to tokens, rounded up to two significant digits: an estimate, since
@@ -267,6 +276,7 @@ def plan_run(
         raise ConfigError(
             f"logging.wandb.mode={wandb_mode!r} is unknown: use one of {', '.join(WANDB_MODES)}"
         )
+    effective_wandb_mode(wandb_mode)  # an unknown WANDB_MODE is refused here, before any run
     # Whole numbers, as ints: 5e5 and 500000 held-out tokens are one run
     evaluation: dict[str, int] = {}
     for key in ("tokens", "batch_size", "points"):

@@ -11,7 +11,8 @@ import pytest
 from scipy.optimize import minimize_scalar
 
 from sweep.fit.allocation import exact_allocation, flops_per_token_curve
-from sweep.fit.analysis import FitOptions, fit_report
+from sweep.fit.analysis import FitOptions, _exact_allocation, fit_report
+from sweep.fit.approach3 import fit_approach3
 from sweep.fit.synthetic import EPOCH_LAW
 from sweep.fit.table import Columns, load
 
@@ -115,3 +116,19 @@ def test_a_non_physical_law_has_no_exact_allocation(tmp_path: Path):
     report = fit_report(load(tmp_path / "runs.csv", Columns()), FitOptions(bootstrap=0))
     assert "non-physical" in report["approach3"]["warning"]
     assert "allocation_exact" not in report["approach3"]
+
+
+def test_one_budget_or_bad_exact_flops_give_no_exact_allocation(tmp_path: Path):
+    """One budget (step rounding spreads its C by 0.07 %): no slope to measure, where a search
+    over that spread reported a = 0, b = 1 with a zero-width interval. A zero flops_exact is
+    left out, not a crash."""
+    data = load(_exact_isoflop_csv(tmp_path), Columns())
+    runs = data.runs.copy()
+    fit = fit_approach3(runs["N"], runs["D"], runs["loss"], bootstrap=0, seed=0, compute=[1e18])
+    one = runs[runs["budget"] == 1e17].copy()
+    one["D"] = np.floor(one["D"] / 65536) * 65536  # whole steps of a 64-sequence batch
+    assert _exact_allocation(fit, one, None) is None
+    runs.loc[0, "flops_per_token"] = 0.0
+    section = _exact_allocation(fit, runs, None)
+    assert section["over"] == "the runs' exact C" and section["C_range"][0] > 0
+    assert section["a"] == pytest.approx(fit.law.a, abs=0.1)

@@ -88,4 +88,5 @@ def test_only_edge_sizes_winning_is_a_reason():
                       ("big", 1e8, 1e12, 5.0), ("big", 1e8, 1e14, 2.5)])
     section, reason = fit_approach1(curve_grid(curves), bootstrap=0,
                                     rng=np.random.default_rng(0))
-    assert section is None and "smallest or the largest size" in reason
+    assert section is None and "needs two sizes between the smallest and the largest" in reason
+    assert "(0 of the 1 such sizes do;" in reason and reason.endswith(", 4 or more in all")

@@ -465,3 +465,10 @@ def test_two_builds_of_one_named_dataset_are_told_apart_by_hash(tmp_path: Path) 
     table["dataset_name"] = "stdlib"  # e.g. one corpus tokenized with two vocabularies
     message = refused(write(table, tmp_path / "t.csv"))
     assert "(stdlib (ab), stdlib (01234567))" in message and "--dataset ab --out ab.csv" in message
+
+
+def test_rows_without_a_dataset_hash_are_not_a_second_dataset(tmp_path: Path) -> None:
+    # An outside table may fill the column only where it knows the hash.
+    table = small_table().assign(dataset_config_hash="abc123", dataset_name="synthetic")
+    table.loc[:4, ["dataset_config_hash", "dataset_name"]] = np.nan
+    assert len(load(write(table, tmp_path / "runs.csv"), Columns()).runs) == len(table)

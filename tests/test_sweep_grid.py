@@ -169,7 +169,7 @@ def test_a_point_beyond_its_data_stops_the_sweep_unless_the_range_skips_it(synth
     assert line.endswith(
         "reads D=999,424 tokens, 3.33 epochs of the 299,925 train tokens of dataset 'synthetic' "
         "(budget.max_epochs=1), so it would repeat data: prepare more data (python -m "
-        "data.prepare data=synthetic force=true data.train_tokens=999424), or raise "
+        "data.prepare data=synthetic force=true data.train_tokens=999492), or raise "
         "budget.max_epochs to 3.34 to repeat it on purpose")
     assert not (synthetic_root / "runs" / "epochs").exists()
     # A point outside launch.tokens_per_param never trains, so it need not fit (D/N = 0.75)

@@ -262,7 +262,7 @@ def test_a_budget_beyond_max_epochs_of_the_train_split_is_refused(synthetic_root
         f"run {run_id} reads D=309,248 tokens, 1.03 epochs of the 299,925 train tokens of "
         "dataset 'synthetic' (budget.max_epochs=1), so it would repeat data: prepare more data "
         f"(python -m data.prepare data=synthetic paths.data_dir={synthetic_root / 'data_cache'} "
-        "force=true data.train_tokens=309248), or raise "
+        "force=true data.train_tokens=309342), or raise "
         "budget.max_epochs to 1.04 to repeat it on purpose")
     repeated = plan_run(compose_train(synthetic_root, "budget.tokens=3.1e5",
                                       "budget.max_epochs=1.04"))

@@ -31,6 +31,8 @@ from sweep.fit.table import FitData, log_clusters
 SAME_D_DECADES = 0.005
 # C values spanning the runs' exact FLOPs for approach 3's allocation under them.
 EXACT_POINTS = 9
+# ... when they span at least this many decades (slopes over less would be rounding noise)
+EXACT_MIN_DECADES = 0.3
 
 
 @dataclass(frozen=True)
@@ -134,10 +136,13 @@ def _exact_allocation(fit: Approach3, runs: pd.DataFrame, approach2: dict[str, A
         over = "approach 2's budgets"
     else:
         exact_c = (runs["flops_per_token"] * runs["D"]).to_numpy(dtype=float)
-        exact_c = exact_c[np.isfinite(exact_c)]
+        exact_c = exact_c[np.isfinite(exact_c) & (exact_c > 0)]
+        # One budget's runs differ in C by step rounding only: no slope to measure there
+        if not exact_c.size or np.log10(exact_c.max() / exact_c.min()) < EXACT_MIN_DECADES:
+            return None
         compute = list(np.geomspace(exact_c.min(), exact_c.max(), EXACT_POINTS))
         over = "the runs' exact C"
-    if len(compute) < 2 or compute[0] == compute[-1]:
+    if len(compute) < 2:
         return None
     section = exact_allocation(np.array([fit.law.E, fit.law.A, fit.law.B, fit.law.alpha,
                                          fit.law.beta]), fit.samples, compute, f,

@@ -76,9 +76,11 @@ def _allocation(grid: CurveGrid, runs: np.ndarray | None) -> tuple[np.ndarray, .
         return ("the loss envelope is attained by a single model size wherever two runs "
                 "overlap; approach 1 needs curves from several sizes that cross")
     if ok.sum() < 2 or len(np.unique(won[ok])) < 2:
-        return ("the loss envelope is won by the smallest or the largest size nearly everywhere "
-                f"({len(np.unique(won[ok]))} sizes inside the grid win), which only bounds "
-                "N_opt: add sizes beyond the winning edge")
+        inner = len(np.unique(sizes)) - 2
+        return (f"approach 1 needs two sizes between the smallest and the largest winning the "
+                f"loss envelope somewhere ({len(np.unique(won[ok]))} of the {inner} such sizes "
+                "do; where the smallest or largest size wins, it only bounds N_opt): add sizes "
+                "beyond the winning edge" + (", 4 or more in all" if inner < 2 else ""))
     cols = np.flatnonzero(ok)
     return grid.c[ok], won[ok], grid.d[winner[ok], cols], env[ok], int((compete & ~ok).sum())
 

@@ -265,7 +265,8 @@ def _check_one_dataset(table: pd.DataFrame, where: str, runs_dir: str) -> None:
     names sweep.collect's --dataset filter, which works even where one folder holds both."""
     if "dataset_config_hash" not in table.columns:
         return
-    built = table.drop_duplicates("dataset_config_hash")
+    # A table from elsewhere may leave the hash empty in some rows: not a dataset of its own
+    built = table.dropna(subset=["dataset_config_hash"]).drop_duplicates("dataset_config_hash")
     if len(built) < 2:
         return
     hashes = built["dataset_config_hash"].astype(str)
