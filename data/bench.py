@@ -12,6 +12,7 @@ import json
 import math
 import os
 import resource
+import shlex
 import shutil
 import subprocess
 import sys
@@ -104,11 +105,17 @@ def prepare_child(corpus: Path, tokenizer: Path, data_dir: Path) -> dict:
         sys.executable, "-m", "data.prepare", "data=local", f"data.path={corpus}",
         f"data.tokenizer_path={tokenizer}", "data.vocab_size=null", f"paths.data_dir={data_dir}",
     ]
+    root = Path(__file__).resolve().parent.parent
     start = time.perf_counter()
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=root)
     wall_s = time.perf_counter() - start
     if result.returncode != 0:
-        raise SystemExit(f"prepare failed: {result.stderr.strip()}")
+        # The last stderr line is the child's one-line error, or the end of its traceback; the
+        # whole of it is one rerun away, so it need not flood this report.
+        lines = result.stderr.strip().splitlines()
+        last = lines[-1].removeprefix("error: ") if lines else f"exit code {result.returncode}"
+        raise SystemExit(f"error: prepare failed ({last}): rerun `cd {shlex.quote(str(root))} "
+                         f"&& {shlex.join(cmd)}` to see all of its output")
     manifest = json.loads((data_dir / "local" / "manifest.json").read_text())
     tokens = sum(s["tokens"] for s in manifest["splits"].values())
     text_bytes = sum(s["bytes"] for s in manifest["splits"].values())

@@ -14,7 +14,7 @@ from data.errors import DataError
 
 # train.windows: the orders data.loader can read training windows in (its classes by `order`),
 # named here so that config checks need no torch.
-TRAIN_WINDOW_ORDERS = ("random", "sequential")
+TRAIN_WINDOW_ORDERS = ("random", "sequential", "shuffled")
 
 
 def check_keys(cfg: Mapping[str, Any], known: Iterable[str], source: str) -> None:

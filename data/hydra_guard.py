@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from data.errors import first_line
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 # group=option or group=a,b,c (a multirun list); the group is a plain name, never dotted.
 _CHOICE = re.compile(r"^[+~]{0,2}(?P<group>[A-Za-z_][\w/]*)=(?P<value>[\w.,/-]*)$")
@@ -59,7 +61,7 @@ def hydra_error_line(err: BaseException, command: str) -> str:
     from hydra.errors import OverrideParseException
 
     cause = err.__cause__
-    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    first = first_line(err, limit=10_000)  # matched below: never cut short
     if isinstance(err, OverrideParseException):
         return (
             f"cannot parse the override {err.override!r} ({err.message.splitlines()[0]}): write "
@@ -72,7 +74,7 @@ def hydra_error_line(err: BaseException, command: str) -> str:
             f"{ambiguous[1]} lists several values: add --multirun to sweep over them, write "
             "key=[a,b] for a list, or give one value"
         )
-    detail = str(cause).strip().splitlines()[0] if cause and str(cause).strip() else ""
+    detail = first_line(cause) if cause else ""
     unknown = re.match(r"Could not override '([^']+)'", first)
     if unknown and "No match in the defaults list" in first:
         return (

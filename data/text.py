@@ -17,7 +17,7 @@ from urllib.error import HTTPError
 from urllib.parse import quote
 from urllib.request import Request, urlopen
 
-from data.errors import DataError
+from data.errors import DataError, first_line
 
 # A file's suffix (after stripping a compression suffix) -> the `datasets` builder that reads it.
 BUILDERS = {".txt": "text", ".text": "text", ".jsonl": "json", ".json": "json",
@@ -27,11 +27,6 @@ COMPRESSION = (".gz", ".bz2", ".xz", ".zst")
 # (datasets' own retries take ~25 s to give up).
 HUB_PROBE_TIMEOUT_S = 3.0
 _OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0][:200]}" if text else type(error).__name__
 
 
 def check_hub_reachable(dataset: str, timeout_s: float = HUB_PROBE_TIMEOUT_S) -> None:
@@ -66,7 +61,7 @@ def check_hub_reachable(dataset: str, timeout_s: float = HUB_PROBE_TIMEOUT_S) ->
     thread.start()
     thread.join(timeout_s)
     if not outcome or isinstance(outcome[0], BaseException):
-        reason = _first_line(outcome[0]) if outcome else f"no answer in {timeout_s:g} s"
+        reason = first_line(outcome[0], named=True) if outcome else f"no answer in {timeout_s:g} s"
         raise DataError(f"cannot reach the Hugging Face hub at {endpoint} ({reason}) {fix}")
     if outcome[0] == 404:
         raise DataError(
@@ -192,4 +187,5 @@ def stream_documents(
     except DataError:
         raise
     except Exception as e:  # datasets, fsspec and pyarrow each raise their own kinds
-        raise DataError(f"{origin} could not be read ({_first_line(e)}): fix the source") from e
+        reason = first_line(e, named=True)
+        raise DataError(f"{origin} could not be read ({reason}): fix the source") from e

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from data.errors import DataError
+from data.errors import DataError, first_line
 from data.shards import dtype_for_vocab
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ def tokenizer_from_bytes(payload: bytes, origin: str) -> Tokenizer:
         return Tokenizer.from_str(payload.decode("utf-8"))
     except Exception as e:  # tokenizers raises a bare Exception, decode a UnicodeDecodeError
         raise DataError(
-            f"{origin} is not a readable tokenizer.json ({str(e).splitlines()[0][:120]}): point "
+            f"{origin} is not a readable tokenizer.json ({first_line(e, limit=120)}): point "
             "data.tokenizer_path at a file saved by the `tokenizers` library"
         ) from None
 

@@ -15,7 +15,8 @@ def _divisors(n: int) -> list[int]:
     return [k for k in range(1, n + 1) if n % k == 0]
 
 
-def _check_positive_int(name: str, value: object) -> None:
+def check_positive_int(name: str, value: object) -> None:
+    """ValueError "name=value must be a positive integer" unless value is an int >= 1."""
     # bool is an int subclass; `n_layer: true` in YAML is a typo, not a layer count
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name}={value!r} must be a positive integer: set {name} >= 1")
@@ -44,7 +45,7 @@ class GPTConfig:
 
     def __post_init__(self) -> None:
         for name in ("n_layer", "d_model", "n_head", "vocab_size", "max_seq_len", "mlp_ratio"):
-            _check_positive_int(name, getattr(self, name))
+            check_positive_int(name, getattr(self, name))
         if self.d_model % self.n_head != 0:
             choices = ", ".join(str(k) for k in _divisors(self.d_model))
             raise ValueError(

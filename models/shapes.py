@@ -8,15 +8,10 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from models.config import GPTConfig
+from models.config import GPTConfig, check_positive_int
 from models.counting import non_embedding_params
 
 MAX_LAYERS = 128
-
-
-def _check_positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}={value!r} must be a positive integer")
 
 
 def _heads(d_model: int, head_dim: int, min_heads: int) -> int:
@@ -38,9 +33,9 @@ def shape_for_params(
     Rule: d_model = aspect_ratio * n_layer, n_head = max(d_model // head_dim, min_heads), n_layer
     in 1..128; ties go to the shallower model.
     """
-    _check_positive_int("aspect_ratio", aspect_ratio)
-    _check_positive_int("head_dim", head_dim)
-    _check_positive_int("min_heads", min_heads)
+    check_positive_int("aspect_ratio", aspect_ratio)
+    check_positive_int("head_dim", head_dim)
+    check_positive_int("min_heads", min_heads)
     if (
         isinstance(target_params, bool)
         or not isinstance(target_params, int | float)

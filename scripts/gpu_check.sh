@@ -95,9 +95,10 @@ PYTEST_K=${GPU_CHECK_PYTEST_K:-cuda or gpu or bf16 or compiled}
 SUITE_ARGS=${GPU_CHECK_SUITE_ARGS:--n 8}
 DATA_ARGS=${GPU_CHECK_DATA_ARGS:-data=synthetic}
 # One run's shape and length: long enough (~760 steps of 64 x 1024 tokens, one eval window of
-# ~0.5 min after compiling) for tokens/s to be compared within a few percent.
-SMOKE_ARGS=${GPU_CHECK_SMOKE_ARGS:-model=gpt_25m budget.tokens=5e7 train.seq_len=1024 \
-train.batch_tokens=65536 train.micro_batch_size=32 eval.points=2}
+# ~0.5 min after compiling) for tokens/s to be compared within a few percent. That reads the
+# synthetic corpus' 20M train tokens 2.5 times: a throughput check, so max_epochs allows it.
+SMOKE_ARGS=${GPU_CHECK_SMOKE_ARGS:-model=gpt_25m budget.tokens=5e7 budget.max_epochs=3 \
+train.seq_len=1024 train.batch_tokens=65536 train.micro_batch_size=32 eval.points=2}
 SMOKE_FIXED="logging.progress=false logging.wandb.mode=disabled logging.interval=50 \
 checkpoint.interval_s=inf train.device=$DEVICE"
 # Run records (checkpoints included) stay out of the results; only their small files are copied.

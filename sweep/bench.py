@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from sweep.errors import ConfigError, OneLineParser
-from sweep.hardware import COMPILE_MODES, resolve_hardware
+from sweep.hardware import COMPILE_MODES, out_of_memory, resolve_hardware
 from sweep.throughput import (
     ARCHES,
     CONFIGS,
@@ -267,7 +267,9 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 rows.append(measure(name, shape, protocol, hw, args.loss_chunk_tokens,
                                     args.profile, args.arch))
-        except (BenchFailed, torch.OutOfMemoryError) as err:
+        except Exception as err:  # a failed shape or out of memory; the rest re-raise
+            if not isinstance(err, BenchFailed) and not out_of_memory(err):
+                raise
             failure = shape_failure(name, shape, protocol, args.loss_chunk_tokens, err)
         if failure is None:
             print(format_table(rows)[-1], flush=True)

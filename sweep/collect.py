@@ -19,11 +19,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from data.shards import atomic_write_bytes
+from data.shards import atomic_write, atomic_write_bytes
 from sweep.errors import OneLineParser
 from sweep.records import read_json_object
 
-LEAD_COLUMNS = ("run_id", "experiment", "N", "N_total", "D", "C", "loss")  # always first
 CURVE_METRICS = (
     "train_loss", "val_bpb", "lr", "flops_6nd_total", "flops_exact", "tokens_per_s", "mfu",
 )
@@ -138,6 +137,7 @@ def _why_unreadable(path: Path) -> str:
 
 
 def _lead(summary: Mapping[str, Any], tokens: Any, flops: Any, loss: Any) -> dict[str, Any]:
+    """The columns every table starts with, in this order; the fitter's defaults name them."""
     return {
         "run_id": summary["run_id"],
         "experiment": summary["experiment"],
@@ -355,13 +355,7 @@ def write_table(table: pd.DataFrame, out: str | Path) -> None:
     if out.suffix == ".csv":
         atomic_write_bytes(out, table.to_csv(index=False).encode())
         return
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    try:
-        table.to_parquet(tmp, index=False)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(out, lambda f: table.to_parquet(f, index=False))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sweep.hardware import Hardware
+from sweep.hardware import Hardware, out_of_memory
 
 
 @dataclass(frozen=True)
@@ -56,8 +56,8 @@ def evaluate(
             try:
                 with hardware.autocast():
                     per_token = model(x, y, reduction="none").float()
-            except torch.OutOfMemoryError:
-                if not split_on_oom or x.shape[0] == 1:
+            except Exception as err:  # out of memory, also when wrapped; the rest re-raise
+                if not out_of_memory(err) or not split_on_oom or x.shape[0] == 1:
                     raise
                 per_token = None  # retried below, outside the handler that pins the memory
             if per_token is None:

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from data import DataError
 from data.shards import atomic_write_bytes
-from sweep.errors import ConfigError, RunHeld
+from sweep.errors import ConfigError, RunHeld, first_line
 from sweep.lock import lock_holder
 from sweep.plan import RunPlan, check_epochs, plan_run
 from sweep.state import read_run_state
@@ -263,8 +263,7 @@ def describe_failures(failures: Sequence[tuple[Sequence[str], BaseException]]) -
 def _first(failures: Sequence[tuple[Sequence[str], BaseException]]) -> str:
     overrides, error = failures[0]
     more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
-    message = str(error).splitlines()[0] if str(error) else type(error).__name__
-    return f"{' '.join(overrides)}: {message}{more}"
+    return f"{' '.join(overrides)}: {first_line(error)}{more}"
 
 
 def finite_or_none(value: Any) -> float | None:

@@ -23,6 +23,7 @@ PEAK_BF16_FLOPS = (
     ("B200", 2250.0e12),
     ("A100", 312.0e12),
     ("L40S", 362.05e12),
+    ("L40", 181.05e12),  # before "L4", which it contains
     ("L4", 121.0e12),
     ("A10G", 70.0e12),
     ("RTX 4090", 165.2e12),  # with fp32 accumulation, as PyTorch's bf16 matmuls use
@@ -31,8 +32,13 @@ PEAK_BF16_FLOPS = (
 )
 
 # torch.compile's modes (None: its default). reduce-overhead adds CUDA graphs, max-autotune
-# benchmarks kernel choices at compile time (slow to compile, sometimes faster to run).
+# benchmarks kernel choices at compile time (slow to compile, sometimes faster to run) and adds
+# CUDA graphs too; max-autotune-no-cudagraphs is the same without them.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# The modes whose CUDA graphs replay into the same output memory: a gradient that one
+# micro-batch's backward leaves in it is overwritten by the next replay before it is summed
+# (pytorch#169545), so under these, a CUDA run cannot accumulate gradients.
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
 @dataclass(frozen=True)
@@ -58,7 +64,17 @@ class Hardware:
         if not self.compile:
             return module
         torch._dynamo.reset()
-        return torch.compile(module, mode=self.compile_mode)
+        # Static shapes: after an out-of-memory back-off, the smaller micro-batch gets a graph
+        # of its own (one per halving), not a dynamic-batch graph with slower kernels for the
+        # rest of the run, as dynamo's automatic dynamic shapes would make.
+        return torch.compile(module, mode=self.compile_mode, dynamic=False)
+
+    @property
+    def cuda_graphs(self) -> bool:
+        """Whether compiled steps replay CUDA graphs (train.compile_mode of CUDA_GRAPH_MODES)."""
+        return self.device.type == "cuda" and self.compile and (
+            self.compile_mode in CUDA_GRAPH_MODES
+        )
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """bf16 autocast on CUDA; a no-op context in float32."""
@@ -81,6 +97,25 @@ class Hardware:
         if not self.peak_flops:
             return None
         return flops_per_s / self.peak_flops
+
+
+def out_of_memory(err: BaseException) -> bool:
+    """Whether `err` is the device running out of memory: torch.OutOfMemoryError, also when it
+    comes wrapped (torch.compile's BackendCompilerFailed: max-autotune benchmarks kernels on
+    real tensors while compiling) or as a CUDA library's failed allocation (cuBLAS)."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, torch.OutOfMemoryError):
+            return True
+        text = str(current)
+        if isinstance(current, RuntimeError) and (
+            "CUBLAS_STATUS_ALLOC_FAILED" in text or "CUDA error: out of memory" in text
+        ):
+            return True
+        current = getattr(current, "inner_exception", None) or current.__cause__
+    return False
 
 
 def peak_flops_for(device_name: str) -> float | None:
@@ -115,6 +150,11 @@ def resolve_hardware(
     if dev.type not in ("cpu", "cuda"):
         raise ConfigError(
             f"train.device={device!r} is not supported: use auto, cpu, cuda or cuda:N"
+        )
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(
+            f"train.device={device!r} but this machine has {torch.cuda.device_count()} CUDA "
+            f"GPU(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}: use one of those or cuda"
         )
 
     if precision == "auto":

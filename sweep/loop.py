@@ -24,6 +24,7 @@ from sweep.checkpoint import (
 from sweep.distributed import Distributed, full_states, no_sync
 from sweep.errors import OutOfMemory, RankLost, first_line
 from sweep.evaluate import evaluate
+from sweep.hardware import out_of_memory
 from sweep.lock import signals_deferred
 from sweep.logger import RunLogger
 from sweep.plan import RunPlan
@@ -62,8 +63,10 @@ def train_loop(
     # A rank's share of the batch must split into whole micro-batches.
     micro = fitting_micro_batch(loop.micro_batch_size or plan.micro_batch_size, sequences)
     # Ranks back off alone, and one retrying a step while the rest wait in its all-reduce would
-    # misalign their collectives: under data parallelism an OOM fails the run instead.
-    min_micro = micro if dist.enabled else plan.min_micro_batch_size
+    # misalign their collectives: under data parallelism an OOM fails the run instead. Nor can
+    # CUDA graphs back off: a smaller micro-batch means accumulating (check_cuda_graphs).
+    no_backoff = dist.enabled or hw.cuda_graphs
+    min_micro = micro if no_backoff else plan.min_micro_batch_size
     sync_once = no_sync(step_model)
     logger: RunLogger | None = None
     wall_start = time.perf_counter()
@@ -74,7 +77,9 @@ def train_loop(
             result = evaluate(model, val, hw, token_bytes,
                               reduce=None if dist.sharded else dist.sum_,
                               split_on_oom=not dist.enabled)
-        except torch.OutOfMemoryError as exc:
+        except Exception as exc:  # out of memory, also when wrapped; the rest re-raise
+            if not out_of_memory(exc):
+                raise
             raise OutOfMemory(
                 f"out of memory evaluating at step {step} ({first_line(exc)}), "
                 + ("per rank at eval.batch_size" if dist.enabled else "one window at a time")
@@ -193,13 +198,20 @@ def train_loop(
                     no_sync=sync_once,
                 )
             except OutOfMemory:
-                if not dist.enabled:
+                if not no_backoff:
                     raise
                 # Its floor is the micro-batch itself here, not train.min_micro_batch_size
+                if dist.enabled:
+                    raise OutOfMemory(
+                        f"out of memory at train.micro_batch_size={micro} per rank (no back-off "
+                        "across ranks): lower train.micro_batch_size, shard with "
+                        "train.data_parallel=fsdp, or use GPUs with more memory"
+                    ) from None
                 raise OutOfMemory(
-                    f"out of memory at train.micro_batch_size={micro} per rank (no back-off "
-                    "across ranks): lower train.micro_batch_size, shard with "
-                    "train.data_parallel=fsdp, or use GPUs with more memory"
+                    f"out of memory at train.micro_batch_size={micro} (no back-off: "
+                    f"train.compile_mode={hw.compile_mode} replays CUDA graphs, which cannot "
+                    "accumulate gradients): use train.compile_mode=max-autotune-no-cudagraphs, "
+                    "a GPU with more memory or a smaller model"
                 ) from None
             if micro_used != micro:
                 loop.oom_retries += 1
@@ -207,7 +219,9 @@ def train_loop(
             loop.loss_sum += step_loss
             try:
                 apply_gradients(model, optimizer, cfg["train"]["grad_clip"])
-            except torch.OutOfMemoryError as exc:
+            except Exception as exc:  # out of memory, also when wrapped; the rest re-raise
+                if not out_of_memory(exc):
+                    raise
                 # Most likely AdamW making its state on the first step: 8 bytes a parameter
                 raise OutOfMemory(
                     f"out of memory in the optimizer step at step {step} "

@@ -306,8 +306,8 @@ def plan_run(
         )
     }
     train_identity.update(lr=hp.lr, batch_tokens=hp.batch_tokens, **optimizer)
-    # Every run from before train.windows existed read random windows: that default stays out of
-    # the identity, so adding the option did not change any run id.
+    # Every run from before train.windows existed read random windows: `random` stays out of the
+    # identity, so pinning it keeps those run ids (the default is now shuffled, which is in it).
     if train_identity.get("windows") == "random":
         del train_identity["windows"]
     identity = {

@@ -9,8 +9,8 @@ from collections.abc import Callable
 
 import torch
 
-from sweep.errors import OutOfMemory
-from sweep.hardware import Hardware
+from sweep.errors import ConfigError, OutOfMemory
+from sweep.hardware import Hardware, out_of_memory
 
 
 def build_optimizer(
@@ -40,6 +40,22 @@ def fitting_micro_batch(at_most: int, batch_sequences: int) -> int | None:
         if batch_sequences % size == 0:
             return size
     return None
+
+
+def check_cuda_graphs(hardware: Hardware, sequences: int, micro_batch_size: int) -> None:
+    """ConfigError when a step of `sequences` (per rank) needs several micro-batches while
+    compiled steps replay CUDA graphs: the next replay overwrites the gradients the previous
+    micro-batch left in the graph's memory (pytorch#169545), crashing or training on wrong
+    gradients."""
+    micro = fitting_micro_batch(micro_batch_size, sequences)
+    if not hardware.cuda_graphs or micro is None or micro == sequences:
+        return
+    raise ConfigError(
+        f"train.compile_mode={hardware.compile_mode} replays CUDA graphs, which cannot "
+        f"accumulate gradients, but a step here is {sequences // micro} micro-batches of "
+        f"{micro} sequences: use train.compile_mode=max-autotune-no-cudagraphs (or null), or "
+        f"train.micro_batch_size={sequences} if that fits in memory"
+    )
 
 
 def smaller_micro_batch(micro_batch_size: int, batch_sequences: int) -> int | None:
@@ -101,8 +117,10 @@ def accumulate_with_backoff(
     while True:
         try:
             return accumulate_gradients(model, xs, ys, micro, hardware, no_sync), micro
-        except torch.OutOfMemoryError:
-            pass  # retried below, outside the handler, whose traceback pins the activations
+        except Exception as err:  # out of memory, also when wrapped; the rest re-raise
+            if not out_of_memory(err):
+                raise
+            # retried below, outside the handler, whose traceback pins the activations
         # The failed attempt may have left partial gradients: the retry starts from none.
         optimizer.zero_grad(set_to_none=True)
         hardware.empty_cache()

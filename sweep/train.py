@@ -82,6 +82,10 @@ def main(cfg: DictConfig) -> float | None:
         rerun_failed = cfg.launch.rerun_failed
         plan = plan_run(cfg, _task_overrides())
         check_batch(plan.batch_tokens // plan.seq_len, dist)
+        from sweep.step import check_cuda_graphs  # torch: plan_run has loaded it by now
+
+        check_cuda_graphs(plan.hardware, plan.batch_tokens // plan.seq_len // dist.world_size,
+                          plan.micro_batch_size)
         # run() builds the data loaders (which check the split against seq_len) before it
         # writes anything, so their errors too leave no run directory behind.
         if cfg.launch.dry_run and not multirun:  # a sweep's dry run is the sweeper's

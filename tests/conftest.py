@@ -20,7 +20,11 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 TINY_DATA = {"train_tokens": 300_000, "val_tokens": 40_000}
 # Training tests assert exact step counts and learning progress: they pin the hyperparameters the
 # per-size rules would otherwise choose. Tests of the rules themselves override these with null.
-FIXED_HPARAMS = ("train.lr=3e-3", "train.batch_tokens=1024", "schedule.warmup_fraction=0.05")
+# They also pin the CPU, where a GPU is present too: auto would pick CUDA with bf16 and compiled
+# kernels, which are not bitwise reproducible (the resume tests compare runs exactly), and the
+# 2-rank tests would ask one GPU for two. The CUDA tests pass train.device=cuda, which wins.
+FIXED_HPARAMS = ("train.lr=3e-3", "train.batch_tokens=1024", "schedule.warmup_fraction=0.05",
+                 "train.device=cpu")
 # A small model trained for 19 steps of 1024 tokens, evaluated at steps 0, 1, 3, 7 and 19 and
 # checkpointed at every logging check (every 2 steps and each eval): the fault-injection runs.
 SMALL_RUN = (

@@ -5,6 +5,8 @@ step runs by default (100 MB, as README documents) and --no-prepare skips it.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -114,3 +116,21 @@ def test_end_to_end_prepare_in_a_child_process(tmp_path, capsys):
     tokens = sum(s["tokens"] for s in manifest["splits"].values())
     assert out[-1].startswith(f"prepare (data=local, 1 MB of .jsonl): {tokens:,} tokens in ")
     assert manifest["tokenizer"]["vocab_size"] == 300  # the bench's own BPE, loaded by prepare
+
+
+def test_a_failed_prepare_child_is_reported_as_its_last_line_and_the_rerun(tmp_path, monkeypatch):
+    traceback = ("Traceback (most recent call last):\n  File \"x.py\", line 1, in <module>\n"
+                 "ValueError: shard 3 is damaged\n")
+
+    def fail(cmd, **kwargs):
+        return subprocess.CompletedProcess(cmd, 1, stdout="", stderr=traceback)
+
+    monkeypatch.setattr(data.bench.subprocess, "run", fail)
+    with pytest.raises(SystemExit) as exit_:
+        data.bench.prepare_child(tmp_path / "corpus", tmp_path / "tok.json", tmp_path / "cache")
+    message = str(exit_.value.code)
+    assert "\n" not in message
+    assert message.startswith("error: prepare failed (ValueError: shard 3 is damaged): rerun `cd ")
+    corpus = tmp_path / "corpus"
+    assert f"&& {sys.executable} -m data.prepare data=local data.path={corpus} " in message
+    assert message.endswith(f"paths.data_dir={tmp_path / 'cache'}` to see all of its output")

@@ -1,6 +1,6 @@
-"""Tests for data.loader: random and sequential training windows (deterministic, resumable) and
-the fixed evaluation windows. Shard i holds i*1000 + 0, 1, 2, ..., so a window shows where it came
-from.
+"""Tests for data.loader: random, sequential and shuffled training windows (deterministic,
+resumable) and the fixed evaluation windows. Shard i holds i*1000 + 0, 1, 2, ..., so a window
+shows where it came from.
 """
 
 from __future__ import annotations
@@ -14,7 +14,13 @@ import torch
 
 from data import DataError, RandomWindows, TokenDataset, eval_windows
 from data.config import TRAIN_WINDOW_ORDERS
-from data.loader import WINDOW_CLASSES, SequentialWindows, train_windows
+from data.loader import (
+    WINDOW_CLASSES,
+    SequentialWindows,
+    ShuffledWindows,
+    permute,
+    train_windows,
+)
 from data.shards import ShardWriter, make_manifest, write_manifest
 
 SHARD_LENS = (100, 300, 5)  # the last is shorter than any window used here
@@ -156,9 +162,56 @@ def test_sequential_refuses_too_short_split_and_unknown_order(ds):
         train_windows("sequential", ds, "train", 4, 300, seed=0)
     # 300 tokens hold one window of seq_len 299 (and 299 tokens none, as eval_windows counts).
     assert train_windows("sequential", ds, "train", 4, 299, seed=0).num_windows == 1
-    with pytest.raises(DataError, match="window order 'shuffled' is unknown: use one of random, "
-                       "sequential"):
-        train_windows("shuffled", ds, "train", 4, 10, seed=0)
+    with pytest.raises(DataError, match="window order 'shuffle' is unknown: use one of random, "
+                       "sequential, shuffled"):
+        train_windows("shuffle", ds, "train", 4, 10, seed=0)
+
+
+def test_permute_is_a_permutation_at_every_size_and_its_keys_choose_it():
+    keys = np.random.default_rng(0).integers(0, 2**63, size=4, dtype=np.uint64)
+    for n in (1, 2, 3, 5, 38, 1000, 4097):
+        image = permute(np.arange(n), n, keys)
+        assert sorted(image.tolist()) == list(range(n))
+    other = np.random.default_rng(1).integers(0, 2**63, size=4, dtype=np.uint64)
+    a, b = permute(np.arange(1000), 1000, keys), permute(np.arange(1000), 1000, other)
+    assert (a != b).mean() > 0.9
+    # Shuffled, not a shift or a stride: consecutive positions land a third of the range apart on
+    # average (uniform pairs), and position and image are uncorrelated.
+    n = 100_000
+    image = permute(np.arange(n), n, keys)
+    assert np.abs(np.diff(image)).mean() / n == pytest.approx(1 / 3, abs=0.01)
+    assert abs(np.corrcoef(np.arange(n), image)[0, 1]) < 0.01
+    # Any entry alone, at corpus sizes where a stored permutation would not fit in memory.
+    big = permute(np.array([0, 123_456_789]), 10**11, keys)
+    assert big.dtype == np.int64 and (big < 10**11).all()
+
+
+def test_shuffled_reads_each_window_once_an_epoch_in_a_new_order(ds):
+    loader = train_windows("shuffled", ds, "train", batch_size=4, seq_len=10, seed=5)
+    assert isinstance(loader, ShuffledWindows) and loader.num_windows == 38
+    x = torch.cat([b[0] for b in take(loader, 19)])  # 76 windows: two epochs exactly
+    sequential = torch.cat([b[0] for b in take(train_windows("sequential", ds, "train", 38, 10, 0),
+                                               1)])
+    first, second = x[:38], x[38:]
+    # Each epoch is the sequential tiling (every token once) in an order of its own.
+    for epoch in (first, second):
+        assert sorted(epoch[:, 0].tolist()) == sorted(sequential[:, 0].tolist())
+        assert not torch.equal(epoch, sequential)
+    assert not torch.equal(first, second)
+    # A pure function of (seed, step): the same seed repeats it, another seed does not, a resumed
+    # loader continues it, and batch 9 (windows 36, 37 and 0, 1 of epoch two) spans the epochs.
+    again = torch.cat([b[0] for b in take(train_windows("shuffled", ds, "train", 4, 10, 5), 19)])
+    other = torch.cat([b[0] for b in take(train_windows("shuffled", ds, "train", 4, 10, 6), 19)])
+    assert torch.equal(x, again) and not torch.equal(x, other)
+    resumed = train_windows("shuffled", ds, "train", 4, 10, seed=5)
+    resumed.load_state_dict(json.loads(json.dumps({**loader.state_dict(), "step": 9})))
+    assert torch.equal(next(resumed)[0], x[36:40])
+    with pytest.raises(DataError, match="saved with order='shuffled' but this loader has "
+                       "order='sequential'"):
+        train_windows("sequential", ds, "train", 4, 10, 5).load_state_dict(loader.state_dict())
+    # A batch wider than the split holds every window of an epoch and part of the next.
+    wide = next(train_windows("shuffled", ds, "train", 100, 10, seed=5))[0][:, 0].tolist()
+    assert sorted(wide[:38]) == sorted(wide[38:76]) == sorted(sequential[:, 0].tolist())
 
 
 def test_sequential_matches_the_eval_windows_of_the_same_split(ds):
@@ -196,7 +249,7 @@ def test_eval_windows_stop_at_the_split_end_and_refuse_too_little(ds, tmp_path):
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_batches_match_cpu(ds):
-    for order in ("random", "sequential"):
+    for order in ("random", "sequential", "shuffled"):
         cpu = take(train_windows(order, ds, "train", 8, 10, seed=2), 2)
         gpu = take(train_windows(order, ds, "train", 8, 10, seed=2, device="cuda"), 2)
         for (xc, yc), (xg, yg) in zip(cpu, gpu, strict=True):
@@ -208,5 +261,6 @@ def test_cuda_batches_match_cpu(ds):
 
 def test_the_config_checks_name_every_window_order_the_loader_has():
     """sweep.plan checks train.windows against data.config's names, which need no torch."""
-    assert tuple(WINDOW_CLASSES) == TRAIN_WINDOW_ORDERS == ("random", "sequential")
+    assert tuple(WINDOW_CLASSES) == TRAIN_WINDOW_ORDERS == ("random", "sequential", "shuffled")
     assert WINDOW_CLASSES["sequential"] is SequentialWindows
+    assert WINDOW_CLASSES["shuffled"] is ShuffledWindows

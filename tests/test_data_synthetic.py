@@ -142,6 +142,7 @@ def test_bad_values_raise_one_line(overrides, message):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.slow  # a wall-clock bound: out of CI, where load could make it flake
 def test_generation_is_fast(default_process):
     default_process.facts  # noqa: B018 - build the facts outside the timed region
     start = time.perf_counter()

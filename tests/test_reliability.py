@@ -132,6 +132,9 @@ def test_a_run_killed_at_random_moments_ends_as_an_uninterrupted_one(
     each followed by a relaunch: the finished record equals the reference's."""
     root = linked_root(tmp_path, synthetic_root, "random")
     rng = random.Random(6)
+    # Delays in units of the reference's training time on this machine, so that the kills land
+    # on a fast machine too: three of at most 0.3 of it each fall before training ends.
+    train_s = json.loads((reference / "summary.json").read_text())["train_time_s"]
     cmd = [sys.executable, "-m", "sweep.train", f"paths.root_dir={root}", *RUN]
     env = {**os.environ, "WANDB_MODE": "disabled"}
     run_dir = root / "runs" / "default" / reference.name
@@ -139,17 +142,17 @@ def test_a_run_killed_at_random_moments_ends_as_an_uninterrupted_one(
     for _ in range(3):
         proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-        # Training starts once the run's lock is held and takes about a second here.
+        # Training starts once the run's lock is held (and takes about a second here).
         while proc.poll() is None and not is_locked(run_dir):
             time.sleep(0.005)
-        time.sleep(rng.uniform(0.0, 0.5))
+        time.sleep(rng.uniform(0.0, 0.3) * train_s)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
         proc.wait(timeout=60)
     result = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert kills >= 2  # the kills did land (the delays are seeded; the machine's speed is not)
+    assert kills == 3  # the kills did land: not a relaunch that found the run finished
     assert _exact(run_dir) == _exact(reference)
     assert _final(run_dir) == _final(reference)
     assert _temps(run_dir) == []

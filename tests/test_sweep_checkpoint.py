@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import sweep.start as start_module
-from data.loader import RandomWindows, train_windows
+from data.loader import TrainWindows, train_windows
 from models import GPT
 from sweep.checkpoint import (
     FORMAT,
@@ -50,14 +50,14 @@ def tiny_plan(root: Path, experiment: str, *overrides: str):
 
 def raise_at_loader_step(monkeypatch: pytest.MonkeyPatch, step: int, exc: BaseException) -> None:
     """Make the training loader raise `exc` when asked for batch `step` (0-based)."""
-    original = RandomWindows.__next__
+    original = TrainWindows.__next__
 
     def next_or_raise(self):
         if self.step == step:
             raise exc
         return original(self)
 
-    monkeypatch.setattr(RandomWindows, "__next__", next_or_raise)
+    monkeypatch.setattr(TrainWindows, "__next__", next_or_raise)
 
 
 def rows(run_dir: Path) -> list[dict]:

@@ -154,3 +154,13 @@ def test_a_fit_whose_loss_rises_with_n_is_flagged():
         "compute-optimal allocation; the runs are too far from convergence, or span too little "
         "N and D, to identify the law")
     assert np.isnan(report["allocation"][0]["N_opt"])  # null in report.json
+
+
+def test_a_loss_column_no_start_can_fit_names_the_column_to_check():
+    table = isoflop_table(EPOCH_LAW, budgets=(1e17, 1e18), sizes_per_budget=3)
+    loss = np.full(len(table), np.nan)  # a table that bypassed load()'s checks
+    with pytest.raises(FloatingPointError) as info:
+        fit_law(table.N.to_numpy(), table.D.to_numpy(), loss, starts=start_grid()[:2])
+    assert str(info.value) == (
+        "approach 3: no start gave a finite objective on 6 runs: check the loss column "
+        "(positive, finite, not all equal) and that N and D are positive and finite")

@@ -316,6 +316,18 @@ def test_unreadable_file_is_refused(tmp_path: Path, name: str, content: bytes) -
     assert message.startswith(f"cannot read {path}: ") and len(message) > len(str(path)) + 15
 
 
+def test_a_read_error_without_a_message_is_named_by_its_class(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A reader may raise with an empty message (a bare OSError from a file system driver):
+    # the report must still be one line, not an IndexError from taking its first line.
+    path = write(small_table(), tmp_path / "runs.csv")
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise OSError()
+
+    monkeypatch.setattr(pd, "read_csv", fail)
+    assert refused(path) == f"cannot read {path}: OSError"
+
 def test_wrong_suffix_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "runs.txt"
     small_table().to_csv(path, index=False)

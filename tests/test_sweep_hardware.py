@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from sweep.errors import ConfigError
-from sweep.hardware import peak_flops_for, resolve_hardware
+from sweep.hardware import Hardware, out_of_memory, peak_flops_for, resolve_hardware
 
 
 def test_cpu_auto_is_float32_uncompiled_and_has_no_mfu():
@@ -23,6 +23,9 @@ def test_peak_table_matches_most_specific_name_first():
     assert peak_flops_for("NVIDIA H200 NVL") == peak_flops_for("NVIDIA H100 NVL") == 835.5e12
     assert peak_flops_for("NVIDIA B200") == 2250e12
     assert peak_flops_for("NVIDIA A100-SXM4-80GB") == 312e12
+    # "L40" contains "L4": each card its own peak
+    assert (peak_flops_for("NVIDIA L40S"), peak_flops_for("NVIDIA L40"),
+            peak_flops_for("NVIDIA L4")) == (362.05e12, 181.05e12, 121e12)
     assert peak_flops_for("Some Future GPU") is None
 
 
@@ -52,12 +55,15 @@ def test_bad_hardware_settings(args, needle):
 
 def test_compile_mode_reaches_torch_compile(monkeypatch):
     seen = {}
-    monkeypatch.setattr(torch, "compile", lambda module, mode=None: seen.setdefault(mode, module))
+    monkeypatch.setattr(torch, "compile",
+                        lambda module, mode=None, dynamic=None: seen.setdefault((mode, dynamic),
+                                                                                module))
     module = torch.nn.Linear(2, 2)
     assert resolve_hardware("cpu", "fp32", False, None).compiled(module) is module
     assert resolve_hardware("cpu", "fp32", True, None, "max-autotune").compiled(module) is module
     assert resolve_hardware("cpu", "fp32", True, None).compiled(module) is module
-    assert seen == {"max-autotune": module, None: module}
+    # Static shapes (dynamic=False): a back-off's smaller micro-batch gets a graph of its own
+    assert seen == {("max-autotune", False): module, (None, False): module}
 
 
 def test_every_model_compiles_past_dynamos_recompile_limit(monkeypatch):
@@ -73,8 +79,8 @@ def test_every_model_compiles_past_dynamos_recompile_limit(monkeypatch):
         return gm.forward
 
     real_compile = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda module, mode=None: real_compile(
-        module, mode=mode, backend=backend))
+    monkeypatch.setattr(torch, "compile", lambda module, mode=None, dynamic=None: real_compile(
+        module, mode=mode, dynamic=dynamic, backend=backend))
     # 2 instead of the default 8 keeps this fast: the third depth would be the first left eager.
     monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)
     hw = resolve_hardware("cpu", "fp32", True, None)
@@ -83,3 +89,46 @@ def test_every_model_compiles_past_dynamos_recompile_limit(monkeypatch):
         model = GPT(gpt_config(n_layer=n_layer, d_model=32, n_head=2, vocab_size=64))
         hw.compiled(model)(x, x).backward()
     assert graphs == [1, 2, 3, 4]  # without the reset: [1, 2]
+
+
+def test_a_gpu_index_beyond_the_machine_is_one_line(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ConfigError, match=r"^train.device='cuda:2' but this machine has 2 CUDA "
+                       r"GPU\(s\), cuda:0 to cuda:1: use one of those or cuda$"):
+        resolve_hardware("cuda:2", "auto", "auto", None)
+
+
+def test_out_of_memory_is_recognised_when_wrapped_and_nothing_else_is():
+    oom = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert out_of_memory(oom)
+    # torch.compile re-raises an OOM while autotuning as BackendCompilerFailed, which keeps it
+    # as inner_exception and as the cause
+    wrapped = RuntimeError("backend='inductor' raised: OutOfMemoryError")
+    wrapped.inner_exception = oom
+    assert out_of_memory(wrapped)
+    try:
+        raise RuntimeError("compile failed") from oom
+    except RuntimeError as err:
+        assert out_of_memory(err)
+    assert out_of_memory(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling "
+                                      "`cublasCreate(handle)`"))
+    assert not out_of_memory(RuntimeError("shape mismatch"))
+    assert not out_of_memory(ValueError("CUDA error: out of memory"))  # not torch's kind
+    loop = RuntimeError("a cycle")
+    loop.__cause__ = RuntimeError("back")
+    loop.__cause__.__cause__ = loop
+    assert not out_of_memory(loop)
+
+
+@pytest.mark.parametrize(("device", "compile_", "mode", "graphs"), [
+    ("cuda", True, "reduce-overhead", True),
+    ("cuda", True, "max-autotune", True),  # it turns CUDA graphs on too
+    ("cuda", True, "max-autotune-no-cudagraphs", False),
+    ("cuda", True, None, False),
+    ("cpu", True, "reduce-overhead", False),  # inductor makes no CUDA graphs on the CPU
+])
+def test_which_compile_modes_replay_cuda_graphs(device, compile_, mode, graphs):
+    hw = Hardware(device=torch.device(device), device_name="x", precision="bf16",
+                  compile=compile_, peak_flops=None, compile_mode=mode)
+    assert hw.cuda_graphs is graphs

@@ -39,18 +39,22 @@ def test_identity_ignores_how_a_run_is_executed(synthetic_root):
     assert same.grad_accum == 2
 
 
-def test_window_order_is_part_of_the_identity_and_random_is_the_default(synthetic_root):
+def test_window_order_is_part_of_the_identity_and_shuffled_is_the_default(synthetic_root):
     default = plan_run(compose_train(synthetic_root, "budget.tokens=2e4"))
+    shuffled = plan_run(compose_train(synthetic_root, "budget.tokens=2e4",
+                                      "train.windows=shuffled"))
     random = plan_run(compose_train(synthetic_root, "budget.tokens=2e4", "train.windows=random"))
     sequential = plan_run(compose_train(synthetic_root, "budget.tokens=2e4",
                                         "train.windows=sequential"))
-    assert default.config["train"]["windows"] == "random"
+    assert default.config["train"]["windows"] == "shuffled"
     assert sequential.config["train"]["windows"] == "sequential"  # written to config.yaml
-    assert default.run_id == random.run_id != sequential.run_id
+    assert len({default.run_id, random.run_id, sequential.run_id}) == 3
+    assert default.run_id == shuffled.run_id
     # Pinned: a change to the identity orphans every finished run of a relaunched sweep, so it
-    # must be deliberate. Last changed (from gpt_1m-8d043b87d8) when the identity began hashing
-    # resolved hyperparameters: the warmup in steps instead of schedule.warmup_fraction.
-    assert default.run_id == "gpt_1m-868978a7db"
+    # must be deliberate. Last changed (from gpt_1m-868978a7db, still the id with
+    # train.windows=random, whose runs predate the option) when shuffled became the default.
+    assert random.run_id == "gpt_1m-868978a7db"
+    assert default.run_id == "gpt_1m-496ff8c1b6"
 
 
 def test_target_params_picks_the_rule_shape(synthetic_root):
@@ -74,8 +78,8 @@ def test_target_params_picks_the_rule_shape(synthetic_root):
         (["budget.tokens=2e4", "train.lr=-1"], "train.lr=-1"),
         (["budget.tokens=2e4", "seed=-1"], "seed=-1 must be a non-negative integer"),
         (["budget.tokens=2e4", "logging.wandb.mode=maybe"], "logging.wandb.mode='maybe'"),
-        (["budget.tokens=2e4", "train.windows=shuffled"],
-         "train.windows='shuffled' is unknown: use one of random, sequential"),
+        (["budget.tokens=2e4", "train.windows=shuffle"],
+         "train.windows='shuffle' is unknown: use one of random, sequential, shuffled"),
         # NaN passes every range check and inf most: each would end in a traceback or a run
         # recorded as diverged, with a run directory left behind
         (["budget.tokens=2e4", "train.lr=nan"], "train.lr=nan is out of range"),
@@ -183,7 +187,8 @@ SHAPE_CHANGES = {
 RUN_CHANGES = [
     "budget.tokens=3e4", "seed=1", "train.lr=1e-3", "train.batch_tokens=2048",
     "train.weight_decay=0.0", "train.beta1=0.8", "train.beta2=0.99", "train.eps=1e-6",
-    "train.grad_clip=0.5", "train.grad_clip=null", "train.windows=sequential", "train.seq_len=64",
+    "train.grad_clip=0.5", "train.grad_clip=null", "train.windows=sequential",
+    "train.windows=random", "train.seq_len=64",
     "schedule.kind=constant", "schedule.min_lr_ratio=0.2", "schedule.warmup_fraction=0.2",
     "eval.tokens=16384", "eval.points=4", "eval.batch_size=16",
 ]
@@ -227,7 +232,7 @@ def test_how_a_number_is_spelled_leaves_the_identity(synthetic_root, spelling):
     # A relaunch with grad_clip=1 for the default 1.0 must find the finished runs, not retrain
     base = plan_run(compose_train(synthetic_root, "budget.tokens=2e4"))
     spelled = plan_run(compose_train(synthetic_root, "budget.tokens=2e4", spelling))
-    assert spelled.run_id == base.run_id == "gpt_1m-868978a7db"  # the default's pinned id
+    assert spelled.run_id == base.run_id == "gpt_1m-496ff8c1b6"  # the default's pinned id
     key, _ = spelling.split("=")
     section, name = key.split(".")
     if section != "model":  # config.yaml holds the canonical number, as the identity does

@@ -16,6 +16,8 @@ from models import GPT, count_params
 from sweep.bench import TINY_SHAPES
 from sweep.hardware import Hardware, peak_flops_for, resolve_hardware
 from sweep.throughput import (
+    GRAD_CLIP,
+    OPTIMIZER,
     TINY,
     BenchFailed,
     Protocol,
@@ -26,6 +28,14 @@ from sweep.throughput import (
 )
 
 CPU = resolve_hardware("cpu", "fp32", False, None)
+
+
+def test_the_bench_steps_with_the_optimizer_settings_of_train_yaml(synthetic_root):
+    from tests.conftest import compose_train
+
+    train = compose_train(synthetic_root).train
+    assert (OPTIMIZER["weight_decay"], OPTIMIZER["betas"], OPTIMIZER["eps"], GRAD_CLIP) == (
+        train.weight_decay, (train.beta1, train.beta2), train.eps, train.grad_clip)
 
 
 def test_the_chunked_loss_times_the_same_training():

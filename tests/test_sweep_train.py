@@ -22,7 +22,7 @@ import yaml
 import sweep.start as start_module
 import sweep.train as train_module
 from data import TokenDataset
-from data.loader import RandomWindows
+from data.loader import TrainWindows
 from models import GPT, GPTConfig
 from sweep.checkpoint import list_checkpoints
 from sweep.errors import RunFailed
@@ -46,14 +46,14 @@ def tiny_cfg(root: Path, experiment: str, *overrides: str):
 
 def on_loader_step(monkeypatch: pytest.MonkeyPatch, step: int, action) -> None:
     """Call `action()` (which raises) when the training loader is asked for batch `step`."""
-    original = RandomWindows.__next__
+    original = TrainWindows.__next__
 
     def next_or_act(self):
         if self.step == step:
             action()
         return original(self)
 
-    monkeypatch.setattr(RandomWindows, "__next__", next_or_act)
+    monkeypatch.setattr(TrainWindows, "__next__", next_or_act)
 
 
 # `python -m sweep.train` in a process where importing torch fails.
@@ -226,9 +226,14 @@ def test_cuda_run_uses_bf16_and_records_mfu(synthetic_root):
     result = train_cli(synthetic_root, "budget.tokens=3e4", "experiment_name=cuda",
                        "train.device=cuda")
     assert result.returncode == 0, result.stderr
-    summary = json.loads(next((synthetic_root / "runs/cuda").glob("*/summary.json")).read_text())
+    run = next((synthetic_root / "runs/cuda").glob("*/summary.json")).parent
+    summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["precision"] == "bf16"
     assert summary["val_loss"] < 4.0
+    # The one end-to-end check of the device-name -> peak lookup: an unmatched name logs null.
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    print(f"device {__import__('torch').cuda.get_device_name()}: last-window mfu {last['mfu']}")
+    assert isinstance(last["mfu"], float) and 0 < last["mfu"] < 1
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
@@ -323,14 +328,14 @@ def test_training_waits_for_the_device_only_at_log_steps(synthetic_root, monkeyp
     """No host-device sync per step: the project's code reads a tensor's value only at loss
     checks and evals (on CUDA, torch's sync debug mode also sees every sync the step makes)."""
     drawn = [0]  # training batches drawn so far: the step being trained
-    original_next = RandomWindows.__next__
+    original_next = TrainWindows.__next__
 
     def counting_next(self):
         batch = original_next(self)
         drawn[0] = self.step
         return batch
 
-    monkeypatch.setattr(RandomWindows, "__next__", counting_next)
+    monkeypatch.setattr(TrainWindows, "__next__", counting_next)
     waits_at: set[int] = set()
     project = tuple(str(REPO / package) for package in ("sweep", "data", "models"))
 

@@ -112,7 +112,9 @@ def fit_law(
     fun = lse_objective(_design(n, d), np.log(loss), np.ones((1, len(n))), delta)
     optima = multistart(fun, start_grid() if starts is None else starts)
     if not optima:
-        raise FloatingPointError("approach 3: no start gave a finite objective")
+        raise FloatingPointError(
+            f"approach 3: no start gave a finite objective on {len(loss)} runs: check the loss "
+            "column (positive, finite, not all equal) and that N and D are positive and finite")
     return ChinchillaLaw.from_theta(optima[0].theta), optima
 
 

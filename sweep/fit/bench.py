@@ -5,25 +5,49 @@ Prints the timing and how close the fit lands to the law the table was drawn fro
 
 from __future__ import annotations
 
-import argparse
+import inspect
+import math
 import os
 import platform
 import time
 
 import numpy as np
 
+from sweep.errors import OneLineParser
+from sweep.fit.analysis import FitOptions
 from sweep.fit.approach3 import fit_approach3, fit_law, start_grid
 from sweep.fit.synthetic import EPOCH_LAW, isoflop_table
 
+BUDGETS = 10
+MIN_SIZES = 3  # per budget: the fewest that put a parabola through each IsoFLOP curve
+# Single sources: the fitter's bootstrap count and the synthetic tables' noise.
+_BOOTSTRAP = FitOptions().bootstrap
+_NOISE = inspect.signature(isoflop_table).parameters["noise"].default
+
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m sweep.fit.bench", description=__doc__)
-    p.add_argument("--runs", type=int, default=250, help="table size (10 budgets x runs/10)")
-    p.add_argument("--bootstrap", type=int, default=1000)
-    p.add_argument("--noise", type=float, default=0.01)
+    """Entry point; bad flags exit 2 with one `error:` line before any fitting."""
+    p = OneLineParser(prog="python -m sweep.fit.bench", description=__doc__.splitlines()[0])
+    p.add_argument("--runs", type=int, default=250,
+                   help=f"table size: {BUDGETS} budgets x runs/{BUDGETS} sizes, at least "
+                        f"{BUDGETS * MIN_SIZES} (default: %(default)s)")
+    p.add_argument("--bootstrap", type=int, default=_BOOTSTRAP,
+                   help="bootstrap refits (default: %(default)s; 0 times the grid only)")
+    p.add_argument("--noise", type=float, default=_NOISE,
+                   help="multiplicative loss noise, a standard deviation in log loss "
+                        "(default: %(default)s)")
     args = p.parse_args(argv)
-    table = isoflop_table(EPOCH_LAW, budgets=tuple(np.geomspace(1e16, 1e19, 10)),
-                          sizes_per_budget=max(3, args.runs // 10), noise=args.noise)
+    if args.runs < BUDGETS * MIN_SIZES:
+        p.error(f"--runs {args.runs} is below the smallest table ({BUDGETS} budgets x "
+                f"{MIN_SIZES} sizes): give --runs {BUDGETS * MIN_SIZES} or more")
+    if args.bootstrap < 0:
+        p.error(f"--bootstrap {args.bootstrap} is negative: give 0 (no refits) or more "
+                f"(the fitter uses {_BOOTSTRAP})")
+    if not 0 <= args.noise < math.inf:
+        p.error(f"--noise {args.noise:g} must be a finite number >= 0: give e.g. "
+                f"--noise {_NOISE:g}")
+    table = isoflop_table(EPOCH_LAW, budgets=tuple(np.geomspace(1e16, 1e19, BUDGETS)),
+                          sizes_per_budget=args.runs // BUDGETS, noise=args.noise)
     print(f"host: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus; "
           f"{len(table)} runs, {len(start_grid())} starts, {args.bootstrap} bootstrap refits")
     t0 = time.perf_counter()

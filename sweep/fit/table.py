@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from sweep.collect import CollectError, UnreadableRun, collect_runs, dataset_label
+from sweep.errors import first_line
 
 # Approach 3 has five parameters: fewer runs than that cannot determine it.
 MIN_RUNS = 5
@@ -74,7 +75,7 @@ def _read(source: Path) -> pd.DataFrame:
         raise TableError(f"reading {source} needs pyarrow ({exc}); pip install pyarrow, "
                          "or save the table as .csv") from None
     except (ValueError, OSError) as exc:
-        raise TableError(f"cannot read {source}: {str(exc).splitlines()[0]}") from None
+        raise TableError(f"cannot read {source}: {first_line(exc)}") from None
     raise TableError(f"SOURCE {source} is neither a runs directory nor a .csv/.parquet table")
 
 
