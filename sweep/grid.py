@@ -151,18 +151,53 @@ def plan_grid(
         raise GridError(errors[0] + more)
 
     points: list[GridPoint] = []
+    # By config hash, not run id: model.target_params values that round to one shape are one run
+    # under two names (target2e05-<h>, target6e05-<h>), which would train it twice.
     first_of: dict[str, int] = {}
     for i, (overrides, plan) in enumerate(zip(jobs, plans, strict=True)):
         out_of_range = _range_reason(plan.budget.tokens / plan.params.non_embedding, lo, hi)
         if out_of_range:
             action, reason = "skip", out_of_range
-        elif plan.run_id in first_of:
-            action, reason = "skip", f"same run as grid point #{first_of[plan.run_id]}"
+        elif plan.config_hash in first_of:
+            action, reason = "skip", f"same run as grid point #{first_of[plan.config_hash]}"
         else:
-            first_of[plan.run_id] = i
+            first_of[plan.config_hash] = i
             action, reason = decide(plan.run_dir, launch["rerun_failed"])
         points.append(grid_point(i, overrides, plan, action, reason))
     return points
+
+
+def runs_outside(points: Sequence[GridPoint]) -> str | None:
+    """A note when the sweep's folder holds finished runs that are not points of this grid (an
+    earlier grid, another config or code version, a probe launched alone): collect and fit take
+    every run of the folder, and those at a point's (N, D) would be fitted beside it unnoticed."""
+    if not points:
+        return None
+    sweep_dir = Path(points[0].run_dir).parent
+    planned = {p.run_id for p in points}
+    at_point = {(p.N, p.D): p for p in points}
+    outside, beside = [], []
+    for run_dir in sorted(sweep_dir.iterdir()) if sweep_dir.is_dir() else []:
+        if run_dir.name in planned or not run_dir.is_dir():
+            continue
+        state = read_run_state(run_dir)
+        if state.state != "finished" or not isinstance(state.summary, dict):
+            continue
+        outside.append(run_dir.name)
+        try:
+            point = at_point.get((state.summary["params"]["non_embedding"],
+                                  state.summary["tokens"]))
+        except (KeyError, TypeError):
+            point = None
+        if point is not None:
+            beside.append(f"{run_dir.name} beside #{point.index} {point.run_id}")
+    if not outside:
+        return None
+    where = (f", {len(beside)} of them at the N and D of a point (e.g. {beside[0]})" if beside
+             else f" (e.g. {outside[0]})")
+    return (f"note: {sweep_dir} holds {len(outside)} finished run(s) that are not points of "
+            f"this grid{where}: sweep.collect and sweep.fit take every run there; set "
+            "experiment_name to keep this grid apart, or move those runs out")
 
 
 def grid_point(

@@ -60,21 +60,22 @@ def config_hash(identity: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def code_version() -> str:
-    """`git describe` of the checkout this code runs from (with -dirty), else 'unknown'."""
-    root = Path(__file__).resolve().parent.parent
+def code_version(root: Path | None = None) -> str:
+    """`git describe` of the checkout this code runs from (or `root`), else 'unknown'. With
+    uncommitted changes, -dirty-<hash of the diff>: runs of differently edited code read apart."""
+    root = root or Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> bytes:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, timeout=10,
+                              check=True).stdout
+
     try:
-        out = subprocess.run(
-            ["git", "describe", "--always", "--dirty", "--abbrev=12"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
+        described = git("describe", "--always", "--dirty", "--abbrev=12").decode().strip()
+        if described.endswith("-dirty"):
+            described += "-" + hashlib.sha256(git("diff", "HEAD", "--binary")).hexdigest()[:8]
+    except (OSError, subprocess.SubprocessError, UnicodeDecodeError):
         return "unknown"
-    return out.stdout.strip() or "unknown"
+    return described or "unknown"
 
 
 def _version(package: str) -> str:
@@ -118,6 +119,14 @@ def build_summary(plan: RunPlan, status: str, **fields: Any) -> dict[str, Any]:
         "tokens": tokens,
         "steps": fields.pop("steps"),
         "batch_tokens": plan.batch_tokens,
+        # What sets two runs at one (N, D) apart in a table (an LR probe, another window order):
+        # the fitter names these when it finds several runs at one point
+        "hparams": {
+            "lr": plan.lr,
+            "warmup_steps": plan.schedule.warmup_steps,
+            "schedule": plan.schedule.kind,
+            "windows": plan.config["train"]["windows"],
+        },
         "budget": {
             "kind": plan.budget.kind,
             "value": plan.budget.value,

@@ -95,6 +95,9 @@ def _row(run_dir: Path, planned: dict[str, Any]) -> StatusRow:
     elif st.state == "interrupted":
         note = (f"resumes from step {st.checkpoint_step}" if st.checkpoint_step is not None
                 else "no checkpoint: restarts")
+    if not finished and loss is not None and last.get("step") != step:
+        # Evals are few (eval.points): the latest can be far behind the progress shown
+        note = "; ".join(filter(None, [note, f"loss of the eval at step {last.get('step')}"]))
     return StatusRow(
         state=st.state,
         run_id=run_dir.name,

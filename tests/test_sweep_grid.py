@@ -29,7 +29,6 @@ from sweep.grid import (
     decide,
     describe_failures,
     held_points,
-    read_manifest,
 )
 from sweep.hparams import resolve_hparams
 from sweep.lock import RunLock
@@ -147,15 +146,11 @@ def test_dry_run_expands_the_grid_and_skips_out_of_range_points_first(iso_root):
     assert sum("skip (D/N=" in r for r in rows) >= 1
     assert "sweep iso: 6 grid points:" in result.stdout and "dry run: nothing launched" in (
         result.stdout)
-    sweep_dir = iso_root / "runs" / "iso"
-    points = read_manifest(sweep_dir)
-    assert len(points) == 6
-    for p in points:
-        ratio = p["D"] / p["N"]
-        assert (p["action"] == "skip") == (not 5 <= ratio <= 200), p
-        assert p["C"] == pytest.approx(6 * p["N"] * p["D"])
-    # Nothing trained: the folder holds the plan only.
-    assert sorted(x.name for x in sweep_dir.iterdir()) == ["sweep.json"]
+    for row in rows:  # columns: # run N D C D/N lr batch action
+        ratio = float(row.split()[5])
+        assert row.split()[8] == ("skip" if not 5 <= ratio <= 200 else "train"), row
+    # Nothing trained, nothing written: a preview leaves the plan of a launched sweep alone.
+    assert not (iso_root / "runs" / "iso").exists()
 
 
 def test_a_point_beyond_its_data_stops_the_sweep_unless_the_range_skips_it(synthetic_root):
@@ -178,12 +173,24 @@ def test_a_point_beyond_its_data_stops_the_sweep_unless_the_range_skips_it(synth
     assert result.returncode == 0, result.stderr
     assert "skip (D/N=0.752 is above launch.tokens_per_param.max=0.5)" in result.stdout
     assert "1 to train, 0 to resume, 1 skipped" in result.stdout
-    ids = [p["run_id"] for p in read_manifest(synthetic_root / "runs" / "epochs")]
+    ids = [row.split()[1] for row in result.stdout.splitlines()[1:3]]
     # Raising budget.max_epochs lets the point train, as the same run: not part of its identity
     again = sweep_cli(synthetic_root, *args, "budget.max_epochs=4", "launch.dry_run=true")
     assert again.returncode == 0, again.stderr
     assert "2 to train, 0 to resume, 0 skipped" in again.stdout
-    assert [p["run_id"] for p in read_manifest(synthetic_root / "runs" / "epochs")] == ids
+    assert [row.split()[1] for row in again.stdout.splitlines()[1:3]] == ids
+
+
+def test_target_params_that_round_to_one_shape_plan_one_run(synthetic_root):
+    result = sweep_cli(synthetic_root, "experiment_name=dedupe", "model.target_params=2e5,6e5",
+                       "budget.tokens=2e4", "launch.dry_run=true")
+    assert result.returncode == 0, result.stderr
+    rows = result.stdout.splitlines()[1:3]
+    assert rows[0].split()[1].startswith("target2e05-") and rows[0].endswith("train")
+    assert rows[1].split()[1].startswith("target6e05-")
+    assert rows[0].split()[1][-10:] == rows[1].split()[1][-10:]  # one config hash
+    assert rows[1].endswith("skip (same run as grid point #0)")
+    assert "1 to train, 0 to resume, 1 skipped" in result.stdout
 
 
 def test_a_sweep_under_torchrun_is_refused(synthetic_root, monkeypatch):
@@ -217,7 +224,19 @@ def test_sweep_trains_then_relaunch_skips_everything(synthetic_root):
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("skip (finished, val_loss") == 2
     assert "0 to train, 0 to resume, 2 skipped" in again.stdout
-    assert "nothing to train" in again.stdout
+    assert "nothing to train" in again.stdout and "note:" not in again.stdout
+    # The same points at another LR (a probe, an edited config) are other runs: the plan says
+    # the folder's finished runs sit at its points, since collect and fit would take them all.
+    other = sweep_cli(synthetic_root, *args, "train.lr=1e-3", "launch.dry_run=true")
+    assert other.returncode == 0, other.stderr
+    assert "2 to train" in other.stdout
+    first_id, second_id = (p.parent.name for p in summaries)
+    (note,) = [line for line in other.stdout.splitlines() if line.startswith("note:")]
+    assert note.startswith(f"note: {synthetic_root / 'runs/twice'} holds 2 finished run(s) that "
+                           "are not points of this grid, 2 of them at the N and D of a point "
+                           f"(e.g. {first_id} beside #")
+    assert note.endswith(": sweep.collect and sweep.fit take every run there; set "
+                         "experiment_name to keep this grid apart, or move those runs out")
     status = subprocess.run([sys.executable, "-m", "sweep.status", "runs/twice"],
                             cwd=synthetic_root, capture_output=True, text=True, timeout=120)
     assert status.returncode == 0, status.stderr

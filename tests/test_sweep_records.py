@@ -1,11 +1,13 @@
 """Tests for sweep.records: atomic writes, strict JSON, stable hashes, the metrics schema."""
 
 import json
+import re
+import subprocess
 
 import pytest
 
 from sweep.errors import ConfigError
-from sweep.records import METRIC_KEYS, RunRecord, config_hash
+from sweep.records import METRIC_KEYS, RunRecord, code_version, config_hash
 
 
 def test_failed_summary_write_keeps_the_old_one_and_no_temp_file(tmp_path, monkeypatch):
@@ -96,3 +98,25 @@ def test_resume_refuses_a_corrupt_row_before_the_last(tmp_path):
     record.append_metrics(_row(1))
     with pytest.raises(ConfigError, match=r"metrics.jsonl line 2 is not a metrics row: delete"):
         record.resume("a: 1\n", step=1)
+
+
+def test_code_version_tells_differently_edited_checkouts_apart(tmp_path):
+    def git(*args):
+        subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=tmp_path,
+                       check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "a.py").write_text("x = 1\n")
+    git("add", "a.py")
+    git("commit", "-q", "-m", "one")
+    clean = code_version(tmp_path)
+    assert re.fullmatch(r"[0-9a-f]{12}", clean)
+    (tmp_path / "a.py").write_text("x = 2\n")
+    first = code_version(tmp_path)
+    (tmp_path / "a.py").write_text("x = 3\n")
+    second = code_version(tmp_path)
+    assert re.fullmatch(clean + r"-dirty-[0-9a-f]{8}", first)
+    assert second.startswith(clean + "-dirty-") and second != first
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert code_version(tmp_path) == first  # the same edit, the same version
+    assert code_version(tmp_path / "nowhere") == "unknown"

@@ -55,7 +55,8 @@ def test_status_rows_by_state(tmp_path):
     # An interrupted run: its latest eval's loss, the newer of eval and checkpoint steps.
     killed = rows["c-killed"]
     assert (killed.N, killed.loss, killed.step, killed.steps) == (4000, 3.0, 25, 100)
-    assert killed.note == "resumes from step 25"
+    # whose loss is older than its progress: the note says so (a step-1 loss looked diverging)
+    assert killed.note == "resumes from step 25; loss of the eval at step 20"
     assert rows["d-early"].note == "no checkpoint: restarts"
     assert rows["e-pending"].note == "not started"
     assert rows["f-far"].note.startswith("D/N=625")

@@ -28,6 +28,7 @@ class ScalingSweeper(BasicSweeper):
             format_plan,
             held_points,
             plan_grid,
+            runs_outside,
             write_manifest,
         )
 
@@ -57,13 +58,17 @@ class ScalingSweeper(BasicSweeper):
             print(f"error: {err}", file=sys.stderr)
             raise SystemExit(2) from None
         print(format_plan(experiment, points), flush=True)
+        if note := runs_outside(points):
+            print(note, flush=True)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        if self.config.launch.dry_run:
+            # Nothing written either: a preview of another grid must not replace the plan that
+            # sweep.status reads for the sweep launched in this folder
+            print("dry run: nothing launched", flush=True)
+            return []
         write_manifest(sweep_dir, experiment, points)
         todo = [list(p.overrides) for p in points if p.action != "skip"]
         held = held_points(points)
-        if self.config.launch.dry_run:
-            print("dry run: nothing launched", flush=True)
-            return []
         if not todo:
             print("nothing to train", flush=True)
             if held:
