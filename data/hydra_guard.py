@@ -7,10 +7,13 @@ lowest package with a command line, so both `data` and `sweep` entry points use 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,19 +30,108 @@ def available(group: str, config_dir: Path = CONFIG_DIR) -> list[str]:
     return sorted(p.stem for p in (config_dir / group).glob("*.yaml") if not p.stem.startswith("_"))
 
 
+@dataclass(frozen=True)
+class SearchPath:
+    """Where Hydra will look for config groups, as the command line tells it: the repo's configs,
+    then a --config-dir, then the file entries of a hydra.searchpath=[...] override.
+
+    `opaque` holds entries the guard cannot list (pkg://, structured://): a group may have
+    options there, so the guard checks nothing while there are any.
+    """
+
+    dirs: tuple[tuple[Path, str], ...]  # (folder, as the user wrote it) in Hydra's order
+    opaque: tuple[str, ...] = ()
+
+    def options(self, group: str) -> list[str]:
+        return sorted({name for folder, _ in self.dirs for name in available(group, folder)})
+
+    def places(self, group: str) -> str:
+        return ", ".join(f"{shown}/{group}/" for _, shown in self.dirs)
+
+
+def search_path(argv: Sequence[str], config_dir: Path = CONFIG_DIR) -> SearchPath | str | None:
+    """The config folders a command line makes Hydra search, or a one-line error (a --config-dir
+    that is not a folder), or None where Hydra itself will refuse the command line."""
+    try:  # private to Hydra (1.3): should it move, the guard steps aside, Hydra checks alone
+        from hydra._internal.utils import get_args_parser
+    except ImportError:
+        return None
+
+    # Hydra's own parser, so that exactly the spellings hydra.main reads count here
+    # (--config-dir X, --config-dir=X, -cd X, an unambiguous prefix); its errors are Hydra's to
+    # report, after this guard has stepped aside. Known args only: Hydra refuses an option among
+    # the overrides (`a=1 -m b=2`), but a bad choice there still deserves its one line.
+    parser = get_args_parser()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            args, _ = parser.parse_known_args(list(argv))
+    except SystemExit:
+        return None
+    dirs: list[tuple[Path, str]] = [(config_dir, "configs")]
+    if args.config_dir is not None:
+        # Hydra resolves it against the working directory and refuses a missing one with a
+        # traceback; say so in one line instead.
+        folder = Path(os.path.abspath(args.config_dir))
+        if not folder.is_dir():
+            return (
+                f"--config-dir {args.config_dir}: no such directory ({folder}): give a folder "
+                "holding <group>/<name>.yaml files, e.g. experiment/mine.yaml"
+            )
+        dirs.append((folder, args.config_dir.rstrip("/") or "/"))
+    entries = _searchpath_override(argv)
+    if entries is None:
+        return None
+    opaque = []
+    for entry in entries:
+        scheme, sep, rest = entry.partition("://")
+        if not sep:  # Hydra reads a bare path as file://
+            scheme, rest = "file", entry
+        if scheme == "file":  # relative to the working directory, as Hydra opens it
+            dirs.append((Path(os.path.abspath(rest)), rest.rstrip("/") or "/"))
+        else:
+            opaque.append(entry)
+    unique: dict[Path, tuple[Path, str]] = {}
+    for folder, shown in dirs:  # a folder named twice is listed once
+        unique.setdefault(folder.resolve(), (folder, shown))
+    return SearchPath(tuple(unique.values()), tuple(opaque))
+
+
+def _searchpath_override(argv: Sequence[str]) -> list[str] | None:
+    """The entries of the command line's hydra.searchpath=[...] (the first one, as Hydra takes),
+    [] without one, None where Hydra will refuse it (unparsable, not a list of strings)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for text in argv:
+        # Hydra honours exactly the key `hydra.searchpath` (no +, ++ or ~ in front).
+        if not text.startswith("hydra.searchpath="):
+            continue
+        try:
+            value = OverridesParser.create().parse_override(text).value()
+        except Exception:  # Hydra reports its own parse errors in one line (hydra_error_line)
+            return None
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            return None
+        return value
+    return []
+
+
 def unknown_choice(
     argv: Sequence[str], hints: Mapping[str, str], config_dir: Path = CONFIG_DIR
 ) -> str | None:
-    """A one-line error for the first `group=option` naming no config file, else None.
+    """A one-line error for the first `group=option` naming no config file Hydra would find (in
+    configs/, a --config-dir, or a file:// entry of hydra.searchpath), else None.
 
     `hints` maps each group to check onto a phrase naming what its options are.
     """
+    where = search_path(argv, config_dir)
+    if where is None or isinstance(where, str):
+        return where
     for arg in argv:
         match = _CHOICE.match(arg)
         if not match or match["group"] not in hints:
             continue
         group = match["group"]
-        options = available(group, config_dir)
+        options = where.options(group)
         for value in match["value"].split(","):
             if value == "null":
                 # Hydra's defaults list raises a bare ValueError (a traceback) on it
@@ -47,10 +139,10 @@ def unknown_choice(
                     f"{group}=null: a config group cannot be set to null on the command line; "
                     f"leave {group}=... out to use configs' default"
                 )
-            if value and value not in options:
+            if value and value not in options and not where.opaque:
                 return (
                     f"unknown {hints[group]} {group}={value}: choose one of {', '.join(options)} "
-                    f"(configs/{group}/)"
+                    f"({where.places(group)})"
                 )
     return None
 

@@ -75,6 +75,14 @@ def nothing(root: Path, synthetic_root: Path) -> None:
     """No data, no runs: the command must fail on its arguments alone."""
 
 
+def own_experiment(root: Path, synthetic_root: Path) -> None:
+    """A researcher's config folder outside the repo, for --config-dir: experiment/mine.yaml."""
+    copy_dataset(root, synthetic_root)
+    (root / "my_configs" / "experiment").mkdir(parents=True)
+    (root / "my_configs" / "experiment" / "mine.yaml").write_text(
+        "# @package _global_\nexperiment_name: mine\n")
+
+
 def good_runs(root: Path, synthetic_root: Path) -> None:
     """Three finished runs in sweep.train's record format under root/runs/exp/."""
     for n in (1000, 2000, 4000):
@@ -171,6 +179,14 @@ ROWS = (
         ("data=wikitext", "choose one of fineweb_edu")),
     Row("unknown-experiment", train("experiment=smok"), 2,
         ("experiment=smok", "choose one of horizons, isoflop, kaplan")),
+    Row("unknown-experiment-under-config-dir",
+        ("-m", "sweep.train", "--config-dir", "{root}/my_configs", *train("experiment=mien")[2:]),
+        2, ("experiment=mien", "choose one of horizons, isoflop, kaplan, ladder_300m, mine, smoke",
+            "(configs/experiment/, {root}/my_configs/experiment/)"), setup=own_experiment),
+    Row("config-dir-not-a-folder",
+        ("-m", "sweep.train", "-cd", "{root}/my_confgs", *train("experiment=mine")[2:]), 2,
+        ("--config-dir {root}/my_confgs: no such directory", "give a folder holding"),
+        setup=own_experiment),
     Row("config-group-set-to-null", train("experiment=null"), 2,
         ("experiment=null: a config group cannot be set to null", "leave experiment=... out")),
     Row("prepare-not-a-config-group", ("-m", "data.prepare", "paths.root_dir={root}",

@@ -42,3 +42,41 @@ def test_too_few_points_are_skipped_with_a_reason():
                            draw_weights=np.zeros((0, 3)))
     assert "needs 4 distinct N" in out["with_offset"]["skipped"]
     assert "alpha_N" in out["without_offset"]
+
+
+def _noisy_law(points: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.random.Generator]:
+    rng = np.random.default_rng(seed)
+    n = np.geomspace(1e5, 1e7, points)
+    return n, (2.0 + (3e4 / n) ** 0.4) * np.exp(0.01 * rng.standard_normal(points)), rng
+
+
+@pytest.mark.parametrize(("points", "key"), [(3, "without_offset"), (4, "with_offset")])
+def test_as_many_points_as_the_fit_needs_give_no_interval_and_say_why(points: int,
+                                                                       key: str) -> None:
+    # A usable draw must hold every point once: each refit is the fit, a zero-width "interval"
+    n, loss, rng = _noisy_law(points, seed=0)
+    out = power_law_report(n, loss, name="N", weights=np.ones(points),
+                           draw_weights=bootstrap_weights(points, 200, rng))
+    fit = out[key]
+    assert fit["bootstrap"] > 0  # there were usable draws, all of them the data itself
+    assert fit["ci95"] == {}
+    assert fit["no_ci"] == (f"no CI: {points} points (a bootstrap draw needs all {points} "
+                            "distinct N values, so every usable draw is the fit itself)")
+
+
+def test_one_point_more_than_the_fit_needs_keeps_a_real_interval() -> None:
+    n, loss, rng = _noisy_law(5, seed=0)
+    out = power_law_report(n, loss, name="N", weights=np.ones(5),
+                           draw_weights=bootstrap_weights(5, 200, rng))
+    for key in ("without_offset", "with_offset"):
+        fit = out[key]
+        assert "no_ci" not in fit, key
+        lo, hi = fit["ci95"]["alpha_N"]
+        assert lo < fit["alpha_N"] < hi and hi - lo > 0.01, key
+
+
+def test_no_bootstrap_asked_is_not_explained_as_too_few_points() -> None:
+    n, loss, _ = _noisy_law(3, seed=0)
+    fit = power_law_report(n, loss, name="N", weights=np.ones(3),
+                           draw_weights=np.zeros((0, 3)))["without_offset"]
+    assert fit["ci95"] == {} and "no_ci" not in fit

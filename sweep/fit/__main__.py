@@ -125,6 +125,7 @@ def _summary(report: dict) -> list[str]:
         lines.append(f"extrapolation: {s['n_held_out']} held-out runs, mean |error| "
                      f"{100 * s['mean_abs_rel_error']:.2f} %")
     lines += [f"skipped {k}: {v}" for k, v in report["skipped"].items()]
+    lines += [f"warning: {w}" for w in report.get("warnings", [])]
     return lines
 
 
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         data = load(args.source, columns, skip_unreadable=args.skip_unreadable)
         # How many runs a runs directory gave and why the rest (diverged, ...) were left out.
         for note in data.notes:
-            if note.startswith(("runs directory: ", "D derived", "C derived")):
+            if note.startswith(("runs directory: ", "D derived", "C derived", "dropped ")):
                 print(note)
         report = fit_report(data, options)
         write_report(out, report, data.runs, data.curves)

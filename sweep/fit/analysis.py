@@ -25,10 +25,11 @@ from sweep.fit.extrapolate import extrapolation_check
 from sweep.fit.isoflop import fit_approach2
 from sweep.fit.kaplan import power_law_report
 from sweep.fit.optimize import bootstrap_weights
-from sweep.fit.table import FitData, log_clusters
+from sweep.fit.table import SAME_D_DECADES, FitData, log_clusters
 
-# Runs whose D agree to 1 % share a D for L(D) (step rounding makes "the same" D differ slightly).
-SAME_D_DECADES = 0.005
+# A fitted E above the lowest loss by more than this fraction is warned about: a run that ends
+# near the floor may sit a little below a well-fitted E by noise alone (~1 % in loss).
+FLOOR_MARGIN = 0.01
 # C values spanning the runs' exact FLOPs for approach 3's allocation under them.
 EXACT_POINTS = 9
 # ... when they span at least this many decades (slopes over less would be rounding noise)
@@ -61,7 +62,8 @@ def fit_report(data: FitData, options: FitOptions) -> dict[str, Any]:
     report: dict[str, Any] = {
         "source": data.source, "columns": asdict(data.columns), "n_runs": len(runs),
         "n_curve_points": 0 if data.curves is None else len(data.curves),
-        "notes": list(data.notes), "options": asdict(options), "timings_s": {}, "skipped": {},
+        "notes": list(data.notes), "warnings": list(data.warnings), "options": asdict(options),
+        "timings_s": {}, "skipped": {},
     }
 
     def record(name: str, section: dict[str, Any] | None, reason: str | None, t0: float) -> None:
@@ -118,7 +120,35 @@ def fit_report(data: FitData, options: FitOptions) -> dict[str, Any]:
     t0 = time.perf_counter()
     section, reason = extrapolation_check(runs, options.holdout_factor)
     record("extrapolation", section, reason, t0)
+    warning = floor_warning(report, runs)
+    if warning is not None:
+        report["warnings"].append(warning)
     return report
+
+
+def floor_warning(report: dict[str, Any], runs: pd.DataFrame) -> str | None:
+    """One line when a fitted irreducible loss E is above a loss the runs themselves reach.
+
+    Such a law cannot describe that run (it never goes below E): the runs are too far from the
+    floor to locate it, and every prediction beyond the data inherits the error.
+    """
+    fitted = []
+    if "approach3" in report:
+        fitted.append(("approach 3", report["approach3"]["E"]))
+    for law, x in (("L_N", "N"), ("L_D", "D"), ("L_C", "C")):
+        offset = report.get("kaplan", {}).get(law, {}).get("with_offset", {})
+        if "E" in offset:
+            fitted.append((f"Kaplan L({x})", offset["E"]))
+    lowest = int(runs["loss"].to_numpy(dtype=float).argmin())
+    floor = float(runs["loss"].iloc[lowest])
+    above = [(name, e) for name, e in fitted if e > floor * (1 + FLOOR_MARGIN)]
+    if not above:
+        return None
+    which = "; ".join(f"{name} E = {e:.4g}" for name, e in above)
+    return (f"fitted irreducible loss above the lowest loss in the table ({which}; run "
+            f"{runs['run'].iloc[lowest]} reached {floor:.4g}): the law cannot go below E, so "
+            "these runs are too far from the loss floor to pin it and its predictions beyond the "
+            "data are unreliable; train longer or larger runs to reach closer to the floor")
 
 
 def _exact_allocation(fit: Approach3, runs: pd.DataFrame, approach2: dict[str, Any] | None
@@ -167,7 +197,7 @@ def _kaplan(runs: pd.DataFrame, grid: Any, draws: int, rng: np.random.Generator
             draw_weights=bootstrap_weights(len(best), draws, rng))
     out["L_C"] = _kaplan_compute(c, loss, grid, draws, rng)
     out["L_N"]["note"] = "best run per N"
-    out["L_D"]["note"] = "best run per D"
+    out["L_D"]["note"] = "best run per D (D values within 1.2 % of the next are one D)"
     return out
 
 

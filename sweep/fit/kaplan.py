@@ -29,6 +29,9 @@ OFFSET_STARTS = np.array(list(itertools.product(_E, _C, _ALPHA)))
 MIN_POINTS = {False: 3, True: 4}
 # Bootstrap refits start from the main fit's best distinct optima, not the whole grid.
 REFIT_STARTS = 8
+# Bootstrap refits that agree to this relative spread are the fit itself (float noise only):
+# their percentile interval has zero width and means nothing.
+ZERO_WIDTH = 1e-6
 # Above this rms log residual (~5 % in loss) the points are not one power law: say so.
 POOR_FIT_RMS = 0.05
 
@@ -125,10 +128,37 @@ def power_law_report(
             ci["E"] = percentile_ci(np.array([s.E for s in samples]))
         residual = np.log(law.loss(x[used])) - log_loss[used]
         rms = float(np.sqrt(np.mean(residual**2)))
-        out[key] = {**entry, "ci95": ci if samples else {}, "bootstrap": len(samples),
-                    "rms_log_residual": rms}
+        no_ci = _no_interval(samples, law, int(used.sum()), distinct, need, name, len(draw_weights))
+        out[key] = {**entry, "ci95": ci if samples and not no_ci else {},
+                    "bootstrap": len(samples), "rms_log_residual": rms}
+        if no_ci:
+            out[key]["no_ci"] = no_ci
         if rms > POOR_FIT_RMS:
             out[key]["warning"] = (f"poor fit (rms log residual {rms:.3f}): these points do not "
                                    f"follow one power law in {name}; L({name}) needs runs not "
                                    "limited by the other resource")
     return out
+
+
+def _no_interval(samples: list[PowerLaw], law: PowerLaw, points: int, distinct: int, need: int,
+                 name: str, draws: int) -> str | None:
+    """Why the bootstrap gives no interval, or None when it gives a real one.
+
+    With exactly as many points as the fit needs, a usable draw must hold every point once: it
+    is the data itself, every refit is the fit, and the "interval" has zero width, which would
+    read as an exact result.
+    """
+    if draws == 0:
+        return None  # --bootstrap 0 asked for no intervals: nothing to explain
+    if not samples:
+        return (f"no CI: {points} points, and no bootstrap draw holds the {need} distinct "
+                f"{name} values a refit needs")
+    # Relative spread; the floor keeps float noise around E = 0 (the line) from counting.
+    spread = max(float(np.ptp([getattr(s, k) for s in samples]))
+                 / max(abs(getattr(law, k)), 1e-3) for k in ("E", "x_c", "alpha"))
+    if spread > ZERO_WIDTH:
+        return None
+    if distinct == need:
+        return (f"no CI: {points} points (a bootstrap draw needs all {need} distinct {name} "
+                "values, so every usable draw is the fit itself)")
+    return f"no CI: all {len(samples)} usable bootstrap refits equal the fit ({points} points)"

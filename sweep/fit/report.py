@@ -125,6 +125,7 @@ def _kaplan(s: dict[str, Any]) -> list[str]:
                          f"{_g(fit[f'{x}_c'])} {_ci(fit, f'{x}_c')}",
                          f"{_g(fit[f'alpha_{x}'])} {_ci(fit, f'alpha_{x}')}",
                          f"rms log residual {_g(fit['rms_log_residual'], 3)}; {s[law]['note']}"
+                         + (f"; {fit['no_ci']}" if "no_ci" in fit else "")
                          + ("; **poor fit**" if "warning" in fit else "")])
     return lines + _table(["law", "E", "x_c", "alpha", "notes"], rows)
 
@@ -151,6 +152,8 @@ def render_markdown(report: dict[str, Any], plots: list[str]) -> str:
              f"{report['n_curve_points']} eval points. Columns: "
              + ", ".join(f"{k} = `{v}`" for k, v in cols.items() if v is not None) + ".", ""]
     lines += [f"- {note}" for note in report["notes"]] + ([""] if report["notes"] else [])
+    for warning in report.get("warnings", []):
+        lines += [f"**Warning: {warning}.**", ""]
     for name, render in (("approach3", _approach3), ("approach2", _approach2),
                          ("approach1", _approach1), ("kaplan", _kaplan),
                          ("extrapolation", _extrapolation)):

@@ -1,0 +1,141 @@
+"""Several rows at one (N, D): the same run collected from several experiments counts once, and
+distinct runs there (an LR probe, another seed, older code) are fitted with a one-line warning.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sweep.collect import collect_runs
+from sweep.fit.__main__ import main
+from sweep.fit.table import Columns, load
+from tests.test_sweep_collect import make_run
+
+# (N, tokens, loss): three sizes at two budgets, the sweep itself.
+GRID = [(1000, 20_000, 3.2), (2000, 20_000, 3.0), (4000, 20_000, 2.9),
+        (1000, 80_000, 3.0), (2000, 80_000, 2.7), (4000, 80_000, 2.5)]
+
+
+def _edit_summary(run_dir: Path, **fields: object) -> None:
+    path = run_dir / "summary.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **fields}))
+
+
+def _runs_with_copies_and_a_probe(root: Path) -> None:
+    """The grid in exA; its first run also collected into exS and exS1 (the very same run: same
+    run id and config hash); an LR probe at (2000, 80k) with its own config hash and seed."""
+    for n, tokens, loss in GRID:
+        make_run(root, n, tokens, loss, experiment="exA")
+    # retrained there: the same loss but for float noise, as the reviewer's copies (~1e-9)
+    for experiment, loss in (("exS", 3.2 * (1 + 3e-9)), ("exS1", 3.2)):
+        make_run(root, 1000, 20_000, loss, experiment=experiment)
+    probe = make_run(root, 2000, 80_000, 3.4, experiment="exA", run_id="n2000-d80000-lr")
+    hparams = {"warmup_steps": 10, "schedule": "cosine", "windows": "shuffled"}
+    _edit_summary(root / "exA" / "n2000-d80000", hparams={"lr": 3e-3, **hparams})
+    _edit_summary(probe, config_hash="0a", seed=1, hparams={"lr": 1e-3, **hparams})
+
+
+@pytest.mark.parametrize("as_table", [False, True])
+def test_the_same_run_in_three_experiments_is_fitted_once(tmp_path: Path, as_table: bool) -> None:
+    _runs_with_copies_and_a_probe(tmp_path / "runs")
+    data = load(write_collected(tmp_path / "runs") if as_table else tmp_path / "runs", Columns())
+    # 9 collected rows: 6 grid runs, 2 copies, 1 probe; the copies go, the probe stays
+    assert len(data.runs) == 7
+    assert list(data.runs["run"]).count("exA/n1000-d20000") == 1
+    assert not data.runs["run"].str.startswith(("exS/", "exS1/")).any()
+    dropped = [n for n in data.notes if n.startswith("dropped ")]
+    assert dropped == ["dropped 2 repeated rows: the same run (same run_id, config_hash, N, D and "
+                       "loss to 1e-04) collected more than once, e.g. n1000-d20000 in exA, exS, "
+                       "exS1; each run is fitted once (its first row), not weighted by how many "
+                       "experiments hold it"]
+    if not as_table:
+        # The curves lose the copies too: 7 runs of 4 eval points each (step 0 has no tokens)
+        assert data.curves is not None and len(data.curves) == 7 * 4
+        assert data.curves["run"].nunique() == 7
+
+
+def test_two_runs_at_one_point_are_fitted_with_a_warning_naming_them(tmp_path: Path) -> None:
+    _runs_with_copies_and_a_probe(tmp_path)
+    data = load(tmp_path, Columns())
+    assert len(data.warnings) == 1
+    warning = data.warnings[0]
+    assert "\n" not in warning
+    assert warning.startswith("1 (N, D) points have more than one run")
+    assert ("(e.g. N=2,000, D=80,000: exA/n2000-d80000 (loss 2.7), exA/n2000-d80000-lr "
+            "(loss 3.4); they differ in seed, hparams_lr, config_hash)") in warning
+    assert "filtering the table's rows" in warning and "fit runs/<experiment>" in warning
+
+
+def test_one_run_id_trained_twice_to_other_losses_is_two_runs_and_warned(tmp_path: Path) -> None:
+    # Same run id and config hash but 3 % apart: code the hash does not cover changed, so these
+    # are two trainings; both stay (sweep.collect keys them by experiment) and are named.
+    for n, tokens, loss in GRID:
+        make_run(tmp_path, n, tokens, loss, experiment="exA")
+    make_run(tmp_path, 4000, 80_000, 2.575, experiment="exB")
+    for source in (tmp_path, write_collected(tmp_path)):
+        data = load(source, Columns())
+        assert len(data.runs) == 7 and not any(n.startswith("dropped ") for n in data.notes)
+        (warning,) = data.warnings
+        assert ("(e.g. N=4,000, D=80,000: exA/n4000-d80000 (loss 2.5), exB/n4000-d80000 "
+                "(loss 2.575); they differ in experiment)") in warning
+
+
+def write_collected(root: Path) -> Path:
+    """sweep.collect's table of the runs under root, as a CSV beside it."""
+    path = root.parent / f"{root.name}.csv"
+    collect_runs(root).table.to_csv(path, index=False)
+    return path
+
+
+def test_a_table_without_run_ids_warns_and_says_nothing_tells_the_runs_apart(
+        tmp_path: Path) -> None:
+    rows = [{"N": n, "D": d, "loss": loss} for n, d, loss in GRID]
+    rows += [{"N": 4000, "D": 80_000, "loss": 2.6}, {"N": 4000, "D": 80_000, "loss": 2.55},
+             {"N": 1000, "D": 20_000 * 1.004, "loss": 3.25}]  # 0.4 % more D: step rounding
+    path = tmp_path / "t.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    data = load(path, Columns())
+    assert len(data.runs) == 9  # no run ids: nothing says two rows are one run
+    assert not any(n.startswith("dropped ") for n in data.notes)
+    (warning,) = data.warnings
+    assert warning.startswith("2 (N, D) points have more than one run")
+    assert ("N=4,000, D=80,000: row5 (loss 2.5), row6 (loss 2.6), row7 (loss 2.55); the table "
+            "has no column (seed, config_hash, ...) that says how they differ") in warning
+
+
+def test_a_table_of_distinct_points_has_no_warning(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    pd.DataFrame([{"run_id": f"r{i}", "N": n, "D": d, "loss": x}
+                  for i, (n, d, x) in enumerate(GRID)]).to_csv(path, index=False)
+    data = load(path, Columns())
+    assert data.warnings == [] and len(data.runs) == 6
+
+
+def test_cli_prints_and_reports_the_dropped_copies_and_the_warning(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    runs = tmp_path / "runs"
+    _runs_with_copies_and_a_probe(runs)
+    out = tmp_path / "report"
+    assert main([str(runs), "--out", str(out), "--bootstrap", "20"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("dropped 2 repeated rows: the same run") for line in lines)
+    warned = [line for line in lines if line.startswith("warning: ")]
+    assert len(warned) == 1 and warned[0].startswith(
+        "warning: 1 (N, D) points have more than one run")
+    report = json.loads((out / "report.json").read_text())
+    assert report["n_runs"] == 7
+    assert report["warnings"] == [warned[0].removeprefix("warning: ")]
+    markdown = (out / "report.md").read_text()
+    assert f"**Warning: {report['warnings'][0]}.**" in markdown
+    # The Kaplan L(N) here has 3 sizes, the fewest its line needs: no interval, and the reason
+    row = next(line for line in markdown.splitlines()
+               if line.startswith("| L(N), without offset"))
+    assert "no CI: 3 points" in row and "[" not in row
+    assert report["kaplan"]["L_N"]["without_offset"]["ci95"] == {}
+    np.testing.assert_allclose(sorted(p["N"] for p in report["kaplan"]["L_N"]["points"]),
+                               [1000, 2000, 4000])
