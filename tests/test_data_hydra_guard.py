@@ -155,6 +155,7 @@ def train_cli(root: Path, *argv: str) -> subprocess.CompletedProcess:
         timeout=600)
 
 
+@pytest.mark.slow  # 5 s of training; the dry runs above check what the guard decides
 def test_an_experiment_and_a_model_from_a_config_dir_train_a_run(
         own_configs: Path, synthetic_root: Path, tmp_path: Path) -> None:
     root = linked_root(tmp_path, synthetic_root, "root")

@@ -125,6 +125,7 @@ def test_a_run_killed_anywhere_and_relaunched_ends_bit_for_bit_as_an_uninterrupt
     assert _temps(run_dir) == []
 
 
+@pytest.mark.slow  # 11 s; the kill-anywhere test above kills in every phase of a step in CI
 def test_a_run_killed_at_random_moments_ends_as_an_uninterrupted_one(
     tmp_path, synthetic_root, reference
 ):

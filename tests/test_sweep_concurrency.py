@@ -142,6 +142,7 @@ def check_finished_run(run_dir: Path, resumes: int) -> dict[str, Any]:
     return summary
 
 
+@pytest.mark.slow  # 17 s; CI keeps the two-sweeps-at-once and pool-launcher tests
 def test_four_runs_of_one_submitit_sweep_write_at_once_and_corrupt_nothing(
     tmp_path: Path, synthetic_root: Path, started: list[subprocess.Popen],
     capsys: pytest.CaptureFixture[str],
