@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -178,19 +177,18 @@ def test_dry_run_of_one_run_prints_its_plan_and_trains_nothing(tmp_path, synthet
 
 @pytest.mark.slow
 def test_demo_script_runs_the_smoke_sweep_and_a_relaunch_trains_nothing(tmp_path):
-    """scripts/demo.sh as the README runs it (about 7 min on 2 CPU cores): nine finished runs, a
+    """scripts/demo.sh as the README runs it (about 8 min on 2 CPU cores): nine finished runs, a
     report with plots, the best loss well below the val tokens' unigram cross-entropy; run again,
-    it trains nothing and takes under a tenth of the time."""
+    it trains nothing. (No wall-clock bounds: the README's times are measured, not asserted.)"""
     env = {**os.environ, "WANDB_MODE": "disabled", "SCALING_ROOT": str(tmp_path)}
 
-    def demo() -> float:
-        start = time.perf_counter()
+    def demo() -> str:
         result = subprocess.run(["bash", str(REPO / "scripts" / "demo.sh")], cwd=tmp_path,
                                 env=env, capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
-        return time.perf_counter() - start
+        return result.stdout
 
-    first = demo()
+    demo()
     paths = sorted((tmp_path / "runs/smoke").glob("*/summary.json"))
     summaries = [json.loads(p.read_text()) for p in paths]
     assert [s["status"] for s in summaries] == ["finished"] * 9
@@ -202,16 +200,15 @@ def test_demo_script_runs_the_smoke_sweep_and_a_relaunch_trains_nothing(tmp_path
     val = np.concatenate(ds.tokens("val"))[:8192].astype(np.int64)  # smoke's eval.tokens
     unigram_nats = float(-np.log(np.maximum(unigram[val], 1e-12)).mean())
     assert min(s["val_loss"] for s in summaries) < unigram_nats - 1.0
-    assert first < 600
     mtimes = {p: p.stat().st_mtime for p in (tmp_path / "runs/smoke").glob("*/summary.json")}
     again = demo()
-    assert again < 0.1 * first
+    assert again.count("skip (finished, val_loss") == 9 and "nothing to train" in again
     assert {p: p.stat().st_mtime for p in mtimes} == mtimes  # nothing retrained
 
 
 @pytest.mark.slow
 def test_synthetic_demo_learns_toward_the_entropy_rate(tmp_path):
-    """The README's synthetic-corpus commands (about 40 s on 2 CPU cores)."""
+    """The README's synthetic-corpus commands (about 35 s on 2 CPU cores)."""
     env = {**os.environ, "WANDB_MODE": "disabled", "SCALING_ROOT": str(tmp_path)}
     subprocess.run([sys.executable, "-m", "data.prepare", "data=synthetic"], cwd=tmp_path,
                    env=env, check=True, capture_output=True)
@@ -219,7 +216,6 @@ def test_synthetic_demo_learns_toward_the_entropy_rate(tmp_path):
     assert result.returncode == 0, result.stderr
     summary = json.loads(next((tmp_path / "runs").glob("default/*/summary.json")).read_text())
     truth = json.loads((tmp_path / "data_cache/synthetic/manifest.json").read_text())["synthetic"]
-    assert summary["wall_time_s"] < 120
     assert summary["val_loss"] < truth["unigram_entropy_nats"] - 3.0
     assert summary["val_loss"] < 2.5 * truth["entropy_rate_nats"]
 
