@@ -127,9 +127,13 @@ def main(cfg: DictConfig) -> float | None:
 
 def _torch_out_of_memory(err: BaseException) -> bool:
     # Only torch raises its OutOfMemoryError, so where torch was never imported it cannot be one
-    # (and the error path does not load torch to find out).
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(err, torch.OutOfMemoryError)
+    # (and the error path does not load torch to find out). Where it was, the one classifier the
+    # step, eval and bench use, which also knows the OOMs torch.compile and cuBLAS wrap.
+    if "torch" not in sys.modules:
+        return False
+    from sweep.hardware import out_of_memory
+
+    return out_of_memory(err)
 
 
 def _is_machine_failure(err: BaseException) -> bool:

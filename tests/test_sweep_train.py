@@ -81,6 +81,18 @@ def test_eval_steps_are_log_spaced_with_both_ends():
     assert eval_steps(1, 8) == [0, 1]
 
 
+def test_a_wrapped_out_of_memory_is_the_machine_not_the_code():
+    """torch.compile re-raises an OOM while it autotunes inside its own error: the run is
+    reported as out of device memory (with the relaunch advice), as a plain OOM is."""
+    import torch
+
+    compile_failed = RuntimeError("backend='inductor' raised: OutOfMemoryError")
+    compile_failed.inner_exception = torch.OutOfMemoryError("CUDA out of memory")
+    for err in (torch.OutOfMemoryError("CUDA out of memory"), compile_failed):
+        assert train_module._is_machine_failure(err)
+    assert not train_module._is_machine_failure(RuntimeError("shape mismatch"))
+
+
 def test_one_run_end_to_end(synthetic_root):
     result = train_cli(synthetic_root, "model=gpt_1m", "budget.tokens=3e4", "eval.points=4")
     assert result.returncode == 0, result.stderr
