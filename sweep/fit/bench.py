@@ -5,7 +5,6 @@ Prints the timing and how close the fit lands to the law the table was drawn fro
 
 from __future__ import annotations
 
-import inspect
 import math
 import os
 import platform
@@ -16,13 +15,12 @@ import numpy as np
 from sweep.errors import OneLineParser
 from sweep.fit.analysis import FitOptions
 from sweep.fit.approach3 import fit_approach3, fit_law, start_grid
-from sweep.fit.synthetic import EPOCH_LAW, isoflop_table
+from sweep.fit.synthetic import EPOCH_LAW, NOISE, isoflop_table
 
 BUDGETS = 10
 MIN_SIZES = 3  # per budget: the fewest that put a parabola through each IsoFLOP curve
 # Single sources: the fitter's bootstrap count and the synthetic tables' noise.
 _BOOTSTRAP = FitOptions().bootstrap
-_NOISE = inspect.signature(isoflop_table).parameters["noise"].default
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -33,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
                         f"{BUDGETS * MIN_SIZES} (default: %(default)s)")
     p.add_argument("--bootstrap", type=int, default=_BOOTSTRAP,
                    help="bootstrap refits (default: %(default)s; 0 times the grid only)")
-    p.add_argument("--noise", type=float, default=_NOISE,
+    p.add_argument("--noise", type=float, default=NOISE,
                    help="multiplicative loss noise, a standard deviation in log loss "
                         "(default: %(default)s)")
     args = p.parse_args(argv)
@@ -45,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"(the fitter uses {_BOOTSTRAP})")
     if not 0 <= args.noise < math.inf:
         p.error(f"--noise {args.noise:g} must be a finite number >= 0: give e.g. "
-                f"--noise {_NOISE:g}")
+                f"--noise {NOISE:g}")
     table = isoflop_table(EPOCH_LAW, budgets=tuple(np.geomspace(1e16, 1e19, BUDGETS)),
                           sizes_per_budget=args.runs // BUDGETS, noise=args.noise)
     print(f"host: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus; "
