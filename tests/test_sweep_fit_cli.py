@@ -29,7 +29,7 @@ ENV = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1",
        "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 PLOTS = {"isoflop.png", "loss_vs_compute.png", "optimal_allocation.png",
          "approach3_contours.png", "extrapolation.png"}
-SECTIONS = ("approach1", "approach2", "approach3", "kaplan", "extrapolation")
+SECTIONS = ("approach1", "approach2", "approach3", "kaplan", "kaplan_nd", "extrapolation")
 # The fitter with every training-side dependency made unimportable.
 TORCH_FREE = """
 import runpy, sys
@@ -148,6 +148,11 @@ def test_curves_fit_writes_the_whole_report(fits: Fits) -> None:
     for name in PLOTS:
         assert f"![{name}]({name})" in markdown
     assert "## Approach 3" in markdown and "## Extrapolation check" in markdown
+    # Kaplan's form has no irreducible loss, which these runs (drawn with one) need
+    assert "## Kaplan L(N, D) = [(N_c / N)^(alpha_N / alpha_D) + D_c / D]^alpha_D" in markdown
+    assert "**Warning: poor fit (rms log residual" in markdown
+    assert "Kaplan L(N, D): alpha_N=" in fit.stdout
+    assert "Kaplan L(N, D) warning: poor fit" in fit.stdout
     assert "## Skipped" not in markdown
 
 
@@ -250,7 +255,7 @@ def test_table_without_curves_skips_approach1_and_says_why(fits: Fits) -> None:
     assert "approach1" not in report
     assert list(report["skipped"]) == ["approach1"]
     assert "needs per-eval-point curves" in report["skipped"]["approach1"]
-    for key in ("approach2", "approach3", "kaplan", "extrapolation"):
+    for key in ("approach2", "approach3", "kaplan", "kaplan_nd", "extrapolation"):
         assert key in report, key
     assert report["n_runs"] == 28 and report["n_curve_points"] == 0
     assert "skipped approach1: needs per-eval-point curves" in fits.final.stdout

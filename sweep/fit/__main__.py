@@ -120,6 +120,13 @@ def _summary(report: dict) -> list[str]:
                          f"b={s['b']:.3f}{exact}")
             if "warning" in s:
                 lines.append(f"{name.replace('approach', 'approach ')} warning: {s['warning']}")
+    if "kaplan_nd" in report:
+        s = report["kaplan_nd"]
+        lines.append(f"Kaplan L(N, D): alpha_N={s['alpha_N']:.4g} alpha_D={s['alpha_D']:.4g} "
+                     f"-> a={s['a']:.3f} b={s['b']:.3f}; within {100 * s['penalty']:g} % of L(N) "
+                     f"at D = {s['data_coefficient']:.3g} N^{s['data_exponent']:.3g}")
+        if "warning" in s:
+            lines.append(f"Kaplan L(N, D) warning: {s['warning']}")
     if "extrapolation" in report:
         s = report["extrapolation"]
         lines.append(f"extrapolation: {s['n_held_out']} held-out runs, mean |error| "

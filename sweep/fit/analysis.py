@@ -24,6 +24,7 @@ from sweep.fit.envelope import (
 from sweep.fit.extrapolate import extrapolation_check
 from sweep.fit.isoflop import fit_approach2
 from sweep.fit.kaplan import power_law_report
+from sweep.fit.kaplan_joint import fit_kaplan_joint
 from sweep.fit.optimize import bootstrap_weights
 from sweep.fit.table import SAME_D_DECADES, FitData, log_clusters
 
@@ -116,6 +117,15 @@ def fit_report(data: FitData, options: FitOptions) -> dict[str, Any]:
     t0 = time.perf_counter()
     record("kaplan", _kaplan(runs, grid, options.bootstrap, np.random.default_rng(seeds[3])),
            None, t0)
+
+    t0 = time.perf_counter()
+    if min(sizes, lengths) < 3:
+        record("kaplan_nd", None, f"{sizes} distinct N and {lengths} distinct D; Kaplan's "
+               "L(N, D) needs 3 or more of each", t0)
+    else:
+        record("kaplan_nd", fit_kaplan_joint(runs["N"], runs["D"], runs["loss"],
+                                             bootstrap=options.bootstrap,
+                                             rng=np.random.default_rng(seeds[4])), None, t0)
 
     t0 = time.perf_counter()
     section, reason = extrapolation_check(runs, options.holdout_factor)

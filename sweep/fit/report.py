@@ -130,6 +130,26 @@ def _kaplan(s: dict[str, Any]) -> list[str]:
     return lines + _table(["law", "E", "x_c", "alpha", "notes"], rows)
 
 
+def _kaplan_nd(s: dict[str, Any]) -> list[str]:
+    lines = ["## Kaplan L(N, D) = [(N_c / N)^(alpha_N / alpha_D) + D_c / D]^alpha_D", "",
+             f"{s['n_points']} runs; Kaplan et al.'s eq. 1.5, which has no irreducible loss "
+             "(approach 3's E); fitted as approach 3 is (Huber, delta "
+             f"{s['huber_delta']:g}, on log loss, L-BFGS from {s['starts']} grid starts), "
+             f"{s['bootstrap']} bootstrap refits; rms log residual "
+             f"{_g(s['rms_log_residual'], 3)}. Kaplan fitted it to early-stopped runs on D "
+             "tokens of data; here D is the tokens each run trained on.", ""]
+    if "warning" in s:
+        lines += [f"**Warning: {s['warning']}.**", ""]
+    lines += _table(["parameter", "value", "95% CI"],
+                    [[k, _g(s[k]), _ci(s, k)] for k in ("N_c", "D_c", "alpha_N", "alpha_D",
+                                                         "a", "b")])
+    return lines + [
+        f"a and b are the exponents of N_opt and D_opt in C under C = 6 N D. Tokens for a loss "
+        f"within {100 * s['penalty']:g} % of L(N) (Kaplan's eq. 4.4, their fit "
+        f"D = 5e3 N^0.74): D = {_g(s['data_coefficient'], 3)} {_ci(s, 'data_coefficient')} "
+        f"x N^{_g(s['data_exponent'], 3)} {_ci(s, 'data_exponent')}.", ""]
+
+
 def _extrapolation(s: dict[str, Any]) -> list[str]:
     lines = ["## Extrapolation check", "",
              f"Approach 3 fitted on the {s['n_fit']} runs whose C (their IsoFLOP budget's "
@@ -156,6 +176,7 @@ def render_markdown(report: dict[str, Any], plots: list[str]) -> str:
         lines += [f"**Warning: {warning}.**", ""]
     for name, render in (("approach3", _approach3), ("approach2", _approach2),
                          ("approach1", _approach1), ("kaplan", _kaplan),
+                         ("kaplan_nd", _kaplan_nd),
                          ("extrapolation", _extrapolation)):
         if name in report:
             lines += render(report[name])
