@@ -64,6 +64,15 @@ def test_bootstrap_cis_cover_the_truth(fitted):
         assert lo <= fit.law.values()[name] <= hi
 
 
+def test_rms_log_residual_is_the_noise_the_runs_were_drawn_with(fitted):
+    law, table, fit = fitted
+    noise = 0.01 if law is EPOCH_LAW else 0.02
+    assert fit.to_json()["rms_log_residual"] == pytest.approx(noise, rel=0.25)
+    # Huber, not least squares: the fit's rms may even exceed the truth's, but only just
+    truth = np.sqrt(np.mean(np.log(table.loss / law.loss(table.N, table.D)) ** 2))
+    assert fit.rms_log_residual == pytest.approx(truth, rel=0.02)
+
+
 def test_allocation_matches_the_closed_form(fitted):
     law, _, fit = fitted
     rows = fit.allocation()

@@ -178,6 +178,10 @@ def test_curves_fit_recovers_the_true_law(fits: Fits) -> None:
     assert abs(report["approach2"]["a"] - EPOCH_LAW.a) < 0.05
     assert report["approach2"]["budgets_from"] == "column 'budget' (--budget-col)"
     assert abs(report["approach1"]["a"] - EPOCH_LAW.a) < 0.1
+    # Both forms' residuals, side by side: the law the runs came from fits them ~10x closer
+    rms = report["kaplan_nd"]["approach3_rms_log_residual"]
+    assert rms == report["approach3"]["rms_log_residual"] < 0.01
+    assert report["kaplan_nd"]["rms_log_residual"] > 5 * rms
     # Fitted on the budgets up to 1e18, the seven runs at 1e19 are predicted to within 2 %.
     extrapolation = report["extrapolation"]
     assert (extrapolation["n_fit"], extrapolation["n_held_out"]) == (21, 7)

@@ -123,9 +123,11 @@ def fit_report(data: FitData, options: FitOptions) -> dict[str, Any]:
         record("kaplan_nd", None, f"{sizes} distinct N and {lengths} distinct D; Kaplan's "
                "L(N, D) needs 3 or more of each", t0)
     else:
-        record("kaplan_nd", fit_kaplan_joint(runs["N"], runs["D"], runs["loss"],
-                                             bootstrap=options.bootstrap,
-                                             rng=np.random.default_rng(seeds[4])), None, t0)
+        section = fit_kaplan_joint(runs["N"], runs["D"], runs["loss"],
+                                   bootstrap=options.bootstrap, rng=np.random.default_rng(seeds[4]))
+        if fit is not None:  # the two forms side by side: which describes these runs better
+            section["approach3_rms_log_residual"] = fit.rms_log_residual
+        record("kaplan_nd", section, None, t0)
 
     t0 = time.perf_counter()
     section, reason = extrapolation_check(runs, options.holdout_factor)

@@ -152,6 +152,7 @@ class Approach3:
     samples: np.ndarray = field(repr=False)  # (bootstrap, 5): E, A, B, alpha, beta per refit
     predict: list[tuple[float, float]] = field(default_factory=list)  # (N, D) to predict L at
     largest: tuple[float, float] = (math.nan, math.nan)  # the fitted runs' largest N and D
+    rms_log_residual: float = math.nan  # over the fitted runs: comparable with Kaplan's L(N, D)
 
     def ci95(self) -> dict[str, list[float]]:
         if len(self.samples) == 0:
@@ -216,6 +217,7 @@ class Approach3:
         return {**self.law.values(), **({"warning": warning} if warning else {}),
                 "ci95": self.ci95(), "n_points": self.n_points,
                 "objective": self.objective, "converged": self.converged,
+                "rms_log_residual": self.rms_log_residual,
                 "starts": self.n_starts, "starts_converged": self.n_converged,
                 "bootstrap": len(self.samples), "huber_delta": HUBER_DELTA,
                 "allocation": self.allocation(),
@@ -238,4 +240,5 @@ def fit_approach3(
         n_starts=len(start_grid()), n_converged=sum(o.converged for o in optima),
         compute=list(compute), samples=samples, predict=list(predict),
         largest=(float(n.max()), float(d.max())),
+        rms_log_residual=float(np.sqrt(np.mean((np.log(law.loss(n, d)) - np.log(loss)) ** 2))),
     )

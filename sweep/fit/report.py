@@ -40,7 +40,8 @@ def _approach3(s: dict[str, Any]) -> list[str]:
     lines = ["## Approach 3: L(N, D) = E + A / N^alpha + B / D^beta", "",
              f"{s['n_points']} runs; Huber (delta {s['huber_delta']:g}) on log loss, summed; "
              f"L-BFGS from {s['starts']} grid starts ({s['starts_converged']} converged); best "
-             f"objective {s['objective']:.6g}; {s['bootstrap']} bootstrap refits.", ""]
+             f"objective {s['objective']:.6g} (rms log residual {_g(s['rms_log_residual'], 3)}); "
+             f"{s['bootstrap']} bootstrap refits.", ""]
     if "warning" in s:
         lines += [f"**Warning: {s['warning']}.**", ""]
     lines += _table(["parameter", "value", "95% CI"],
@@ -130,14 +131,20 @@ def _kaplan(s: dict[str, Any]) -> list[str]:
     return lines + _table(["law", "E", "x_c", "alpha", "notes"], rows)
 
 
+def _against_approach3(s: dict[str, Any]) -> str:
+    rms = s.get("approach3_rms_log_residual")
+    return "" if rms is None else f" (approach 3's on the same runs: {_g(rms, 3)})"
+
+
 def _kaplan_nd(s: dict[str, Any]) -> list[str]:
     lines = ["## Kaplan L(N, D) = [(N_c / N)^(alpha_N / alpha_D) + D_c / D]^alpha_D", "",
              f"{s['n_points']} runs; Kaplan et al.'s eq. 1.5, which has no irreducible loss "
              "(approach 3's E); fitted as approach 3 is (Huber, delta "
              f"{s['huber_delta']:g}, on log loss, L-BFGS from {s['starts']} grid starts), "
              f"{s['bootstrap']} bootstrap refits; rms log residual "
-             f"{_g(s['rms_log_residual'], 3)}. Kaplan fitted it to early-stopped runs on D "
-             "tokens of data; here D is the tokens each run trained on.", ""]
+             f"{_g(s['rms_log_residual'], 3)}{_against_approach3(s)}. Kaplan fitted it to "
+             "early-stopped runs on D tokens of data; here D is the tokens each run trained on.",
+             ""]
     if "warning" in s:
         lines += [f"**Warning: {s['warning']}.**", ""]
     lines += _table(["parameter", "value", "95% CI"],
