@@ -57,7 +57,7 @@ def test_point_estimates_within_stated_tolerance(fitted):
 def test_bootstrap_cis_cover_the_truth(fitted):
     law, _, fit = fitted
     ci, truth = fit.ci95(), law.values()
-    assert len(fit.samples) == 200
+    assert len(fit.samples) == 200 and fit.to_json()["bootstrap_converged"] == 200
     for name in ("E", "A", "B", "alpha", "beta", "a", "b"):
         lo, hi = ci[name]
         assert lo < truth[name] < hi, (name, lo, truth[name], hi)

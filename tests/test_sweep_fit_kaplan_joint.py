@@ -88,7 +88,7 @@ def test_clean_runs_give_the_law_back_exactly():
 def test_noisy_runs_give_intervals_that_cover_the_law():
     section = fit_kaplan_joint(*_grid(KAPLAN_LAW, noise=0.01, seed=1), bootstrap=300,
                                rng=np.random.default_rng(1))
-    assert section["bootstrap"] == 300
+    assert section["bootstrap"] == section["bootstrap_converged"] == 300
     for name in ("alpha_N", "alpha_D", "a", "data_exponent"):
         lo, hi = section["ci95"][name]
         assert lo < KAPLAN_LAW.values()[name] < hi, (name, lo, hi)

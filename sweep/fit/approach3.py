@@ -19,6 +19,7 @@ from sweep.fit.optimize import (
     Optimum,
     bootstrap_weights,
     distinct_optima,
+    identifiable_draws,
     lse_objective,
     multistart,
     percentile_ci,
@@ -121,21 +122,21 @@ def fit_law(
 def bootstrap_laws(
     n: np.ndarray, d: np.ndarray, loss: np.ndarray, starts: np.ndarray, draws: int,
     rng: np.random.Generator,
-) -> np.ndarray:
-    """Refit on `draws` resamples of the runs; rows of (E, A, B, alpha, beta), one per draw.
+) -> tuple[np.ndarray, int]:
+    """Refit on `draws` resamples of the runs: rows of (E, A, B, alpha, beta), one per draw, and
+    how many of those refits converged (the others stopped at the iteration cap).
 
     A draw holding a single N or a single D cannot identify the law and is dropped (the report
     gives the number of draws kept).
     """
     weights = bootstrap_weights(len(n), draws, rng)
-    sizes = np.array([len(np.unique(n[w > 0])) for w in weights])
-    lengths = np.array([len(np.unique(d[w > 0])) for w in weights])
-    weights = weights[(sizes > 1) & (lengths > 1)]
+    weights = weights[identifiable_draws(n, d, weights)]
     fun = lse_objective(_design(n, d), np.log(loss), weights)
-    theta, _ = refit_batch(fun, starts, len(weights))
+    theta, converged = refit_batch(fun, starts, len(weights))
     with np.errstate(over="ignore"):
-        return np.column_stack([np.exp(theta[:, 2]), np.exp(theta[:, 0]), np.exp(theta[:, 1]),
-                                theta[:, 3], theta[:, 4]])
+        samples = np.column_stack([np.exp(theta[:, 2]), np.exp(theta[:, 0]),
+                                   np.exp(theta[:, 1]), theta[:, 3], theta[:, 4]])
+    return samples, int(converged.sum())
 
 
 @dataclass
@@ -153,6 +154,7 @@ class Approach3:
     predict: list[tuple[float, float]] = field(default_factory=list)  # (N, D) to predict L at
     largest: tuple[float, float] = (math.nan, math.nan)  # the fitted runs' largest N and D
     rms_log_residual: float = math.nan  # over the fitted runs: comparable with Kaplan's L(N, D)
+    bootstrap_converged: int = 0  # refits that converged (the rest hit the iteration cap)
 
     def ci95(self) -> dict[str, list[float]]:
         if len(self.samples) == 0:
@@ -219,7 +221,8 @@ class Approach3:
                 "objective": self.objective, "converged": self.converged,
                 "rms_log_residual": self.rms_log_residual,
                 "starts": self.n_starts, "starts_converged": self.n_converged,
-                "bootstrap": len(self.samples), "huber_delta": HUBER_DELTA,
+                "bootstrap": len(self.samples), "bootstrap_converged": self.bootstrap_converged,
+                "huber_delta": HUBER_DELTA,
                 "allocation": self.allocation(),
                 **({"predictions": self.predictions()} if self.predict else {})}
 
@@ -233,7 +236,8 @@ def fit_approach3(
     n, d, loss = (np.asarray(v, dtype=float) for v in (n, d, loss))
     law, optima = fit_law(n, d, loss)
     starts = np.array([o.theta for o in distinct_optima(optima, REFIT_STARTS)])
-    samples = bootstrap_laws(n, d, loss, starts, bootstrap, np.random.default_rng(seed))
+    samples, converged = bootstrap_laws(n, d, loss, starts, bootstrap,
+                                        np.random.default_rng(seed))
     best = optima[0]
     return Approach3(
         law=law, objective=best.objective, converged=best.converged, n_points=len(n),
@@ -241,4 +245,5 @@ def fit_approach3(
         compute=list(compute), samples=samples, predict=list(predict),
         largest=(float(n.max()), float(d.max())),
         rms_log_residual=float(np.sqrt(np.mean((np.log(law.loss(n, d)) - np.log(loss)) ** 2))),
+        bootstrap_converged=converged,
     )

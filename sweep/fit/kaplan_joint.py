@@ -20,6 +20,7 @@ from sweep.fit.optimize import (
     HUBER_DELTA,
     bootstrap_weights,
     distinct_optima,
+    identifiable_draws,
     multistart,
     percentile_ci,
     refit_batch,
@@ -136,12 +137,6 @@ class KaplanLaw:
         return None
 
 
-def _identifiable(n: np.ndarray, d: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    # A draw needs two N and two D at least: with one, a term's exponent has nothing to fit
-    return np.array([len(np.unique(n[w > 0])) > 1 and len(np.unique(d[w > 0])) > 1
-                     for w in weights], dtype=bool)
-
-
 def fit_kaplan_joint(n: np.ndarray, d: np.ndarray, loss: np.ndarray, *, bootstrap: int,
                      rng: np.random.Generator) -> dict[str, Any]:
     """The law from every start, then `bootstrap` refits on resampled runs; the report section."""
@@ -155,7 +150,7 @@ def fit_kaplan_joint(n: np.ndarray, d: np.ndarray, loss: np.ndarray, *, bootstra
     law = KaplanLaw.from_theta(optima[0].theta)
     starts = np.array([o.theta for o in distinct_optima(optima, REFIT_STARTS)])
     weights = bootstrap_weights(len(n), bootstrap, rng)
-    weights = weights[_identifiable(n, d, weights)]
+    weights = weights[identifiable_draws(n, d, weights)]
     theta, converged = refit_batch(objective(log_n, log_d, log_loss, weights), starts,
                                    len(weights))
     samples = [KaplanLaw.from_theta(t).values() for t in theta]

@@ -115,6 +115,13 @@ def bootstrap_weights(points: int, draws: int, rng: np.random.Generator) -> np.n
     return counts
 
 
+def identifiable_draws(n: np.ndarray, d: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Which bootstrap draws (rows of resample counts) hold two or more N and two or more D: a
+    draw with one cannot identify an exponent in that variable, so joint laws drop it."""
+    return np.array([len(np.unique(n[w > 0])) > 1 and len(np.unique(d[w > 0])) > 1
+                     for w in weights], dtype=bool)
+
+
 def loglog_fit(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
     """Least-squares slope and intercept of log y on log x (y = exp(intercept) * x**slope)."""
     slope, intercept = np.polyfit(np.log(x), np.log(y), 1)

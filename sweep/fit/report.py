@@ -41,7 +41,7 @@ def _approach3(s: dict[str, Any]) -> list[str]:
              f"{s['n_points']} runs; Huber (delta {s['huber_delta']:g}) on log loss, summed; "
              f"L-BFGS from {s['starts']} grid starts ({s['starts_converged']} converged); best "
              f"objective {s['objective']:.6g} (rms log residual {_g(s['rms_log_residual'], 3)}); "
-             f"{s['bootstrap']} bootstrap refits.", ""]
+             f"{s['bootstrap']} bootstrap refits ({s['bootstrap_converged']} converged).", ""]
     if "warning" in s:
         lines += [f"**Warning: {s['warning']}.**", ""]
     lines += _table(["parameter", "value", "95% CI"],
@@ -141,8 +141,9 @@ def _kaplan_nd(s: dict[str, Any]) -> list[str]:
              f"{s['n_points']} runs; Kaplan et al.'s eq. 1.5, which has no irreducible loss "
              "(approach 3's E); fitted as approach 3 is (Huber, delta "
              f"{s['huber_delta']:g}, on log loss, L-BFGS from {s['starts']} grid starts), "
-             f"{s['bootstrap']} bootstrap refits; rms log residual "
-             f"{_g(s['rms_log_residual'], 3)}{_against_approach3(s)}. Kaplan fitted it to "
+             f"{s['bootstrap']} bootstrap refits ({s['bootstrap_converged']} converged); rms "
+             f"log residual {_g(s['rms_log_residual'], 3)}{_against_approach3(s)}. Kaplan "
+             "fitted it to "
              "early-stopped runs on D tokens of data; here D is the tokens each run trained on.",
              ""]
     if "warning" in s:
