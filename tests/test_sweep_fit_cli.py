@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1",
        "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 PLOTS = {"isoflop.png", "loss_vs_compute.png", "optimal_allocation.png",
-         "approach3_contours.png", "extrapolation.png"}
+         "approach3_contours.png", "extrapolation.png", "residuals.png"}
 SECTIONS = ("approach1", "approach2", "approach3", "kaplan", "kaplan_nd", "extrapolation")
 # The fitter with every training-side dependency made unimportable.
 TORCH_FREE = """

@@ -11,11 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sweep.fit.plots import _contours, _loss_label, write_plots
+from sweep.fit.plots import _contours, _loss_label, _residuals, write_plots
 from sweep.fit.synthetic import EPOCH_LAW, isoflop_table
 
 ALL = ["isoflop.png", "loss_vs_compute.png", "optimal_allocation.png",
-       "approach3_contours.png", "extrapolation.png"]
+       "approach3_contours.png", "extrapolation.png", "residuals.png"]
+# Kaplan et al. 2020, Table 2: their L(N, D) fit (eq. 1.5).
+KAPLAN_ND = {"N_c": 6.4e13, "D_c": 1.8e13, "alpha_N": 0.076, "alpha_D": 0.103}
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +79,7 @@ def _report(runs: pd.DataFrame) -> dict:
                            "without_offset": {"C_c": 7.5e23, "alpha_C": 0.095},
                            "points": [{"C": float(c), "loss": float(v)}
                                       for c, v in frontier.items()]}},
+        "kaplan_nd": dict(KAPLAN_ND),
         "extrapolation": {"mean_abs_rel_error": float(np.mean([abs(r["rel_error"]) for r in
                                                                 extrapolation if r["held_out"]])),
                           "runs": extrapolation},
@@ -101,8 +104,35 @@ def test_approach3_only_without_curves(tables, tmp_path: Path) -> None:
     runs, _ = tables
     report = {"approach3": _report(runs)["approach3"],
               "skipped": {"approach2": "no budgets", "approach1": "too few runs"}}
-    expected = ["loss_vs_compute.png", "optimal_allocation.png", "approach3_contours.png"]
+    expected = ["loss_vs_compute.png", "optimal_allocation.png", "approach3_contours.png",
+                "residuals.png"]
     _check(write_plots(report, runs, None, tmp_path), expected, tmp_path)
+
+
+def test_residuals_are_each_runs_log_error_under_each_law(tables) -> None:
+    runs, _ = tables
+    ax = _residuals(_report(runs), runs).axes[0]
+    series = {c.get_label().split(":")[0]: c for c in ax.collections}
+    assert sorted(series) == ["Kaplan L(N, D)", "approach 3"]
+    # approach 3 here is the law the runs were drawn from: its residuals are the 1 % noise
+    truth = np.log(EPOCH_LAW.loss(runs["N"], runs["D"]) / runs["loss"]).to_numpy()
+    offsets = series["approach 3"].get_offsets()
+    np.testing.assert_allclose(offsets[:, 0], runs["C"])
+    np.testing.assert_allclose(offsets[:, 1], 100 * truth)
+    rms = 100 * np.sqrt(np.mean(truth**2))
+    assert f"(rms {rms:.2f}%)" in series["approach 3"].get_label() and 0.5 < rms < 1.5
+    assert len(series["Kaplan L(N, D)"].get_offsets()) == len(runs)
+    # A non-physical law is drawn too (its residuals still say how it fits); one with a
+    # parameter missing, or none finite, is simply absent
+    report = {"kaplan_nd": {**KAPLAN_ND, "alpha_N": -0.1},
+              "approach3": {**_report(runs)["approach3"], "alpha": -0.2}}
+    assert len(_residuals(report, runs).axes[0].collections) == 2
+    del report["kaplan_nd"]["D_c"]
+    report["approach3"]["alpha"] = 800.0  # N^-800 underflows: L = E + B/D^beta, finite
+    labels = [c.get_label() for c in _residuals(report, runs).axes[0].collections]
+    assert len(labels) == 1 and labels[0].startswith("approach 3")
+    report["approach3"]["alpha"] = -800.0  # overflows to inf at every run
+    assert not _residuals(report, runs).axes[0].collections
 
 
 def test_contours_show_the_predicted_runs_beyond_the_data(tables) -> None:

@@ -1,5 +1,5 @@
 """PNG plots for the fitter's report: IsoFLOP parabolas, loss vs compute, optimal allocation,
-approach 3 contours and the extrapolation check (matplotlib Figure + Agg, no pyplot state).
+approach 3 contours, the extrapolation check and the laws' residuals (matplotlib Figure + Agg).
 """
 
 from __future__ import annotations
@@ -324,6 +324,48 @@ def _extrapolation(report: dict) -> Figure:
     return fig
 
 
+Law = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def _fitted_laws(report: dict) -> list[tuple[str, str, str, Law]]:
+    """(label, color, marker, L(N, D)) of each joint law the report fitted, non-physical ones
+    included: their residuals still show how well they describe the runs."""
+    laws: list[tuple[str, str, str, Law]] = []
+    e, a, b, alpha, beta = (_num(_get(report, "approach3", k)) for k in LAW_KEYS)
+    if None not in (e, a, b, alpha, beta):
+        laws.append(("approach 3: E + A/N^alpha + B/D^beta", "tab:green", "o",
+                     lambda n, d: e + a / n**alpha + b / d**beta))
+    n_c, d_c, alpha_n, alpha_d = (_num(_get(report, "kaplan_nd", k))
+                                  for k in ("N_c", "D_c", "alpha_N", "alpha_D"))
+    if None not in (n_c, d_c, alpha_n, alpha_d) and n_c > 0 and d_c > 0 and alpha_d != 0:
+        laws.append(("Kaplan L(N, D): [(N_c/N)^(alpha_N/alpha_D) + D_c/D]^alpha_D",
+                     "tab:purple", "^",
+                     lambda n, d: ((n_c / n) ** (alpha_n / alpha_d) + d_c / d) ** alpha_d))
+    return laws
+
+
+def _residuals(report: dict, runs: pd.DataFrame) -> Figure:
+    """Each run's log(law / loss) against C under approach 3 and Kaplan's L(N, D): a form that
+    misses the data shows a trend in C, or a spread well beyond the runs' noise."""
+    fig = Figure(figsize=(7.0, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    n, d, c, loss = (runs[k].to_numpy(dtype=float) for k in ("N", "D", "C", "loss"))
+    for label, color, marker, law in _fitted_laws(report) if len(runs) else []:
+        with np.errstate(all="ignore"):  # a run-off law: its non-finite points are not drawn
+            residual = np.log(law(n, d) / loss)
+        if not np.isfinite(residual).any():
+            continue
+        rms = float(np.sqrt(np.nanmean(np.where(np.isfinite(residual), residual, np.nan)**2)))
+        ax.scatter(c, 100 * residual, s=14, color=color, marker=marker, alpha=0.8,
+                   label=f"{label} (rms {100 * rms:.2f}%)")
+    ax.axhline(0.0, color="black", lw=0.8)
+    ax.set(xscale="log", xlabel=C_LABEL, ylabel="log(law / loss), %",
+           title="Fit residuals per run")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    return fig
+
+
 def write_plots(
     report: dict, runs: pd.DataFrame, curves: pd.DataFrame | None, out_dir: Path
 ) -> list[str]:
@@ -343,5 +385,7 @@ def write_plots(
         ("optimal_allocation.png", allocation, lambda: _allocation(report, runs)),
         ("approach3_contours.png", "approach3" in report, lambda: _contours(report, runs)),
         ("extrapolation.png", "extrapolation" in report, lambda: _extrapolation(report)),
+        ("residuals.png", "approach3" in report or "kaplan_nd" in report,
+         lambda: _residuals(report, runs)),
     ]
     return [_save(build(), out_dir, name) for name, wanted, build in plots if wanted]
