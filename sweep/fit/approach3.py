@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -155,6 +156,8 @@ class Approach3:
     largest: tuple[float, float] = (math.nan, math.nan)  # the fitted runs' largest N and D
     rms_log_residual: float = math.nan  # over the fitted runs: comparable with Kaplan's L(N, D)
     bootstrap_converged: int = 0  # refits that converged (the rest hit the iteration cap)
+    # Seconds spent on the start grid and on the bootstrap refits (sweep.fit.bench prints them)
+    timings_s: dict[str, float] = field(default_factory=dict)
 
     def ci95(self) -> dict[str, list[float]]:
         if len(self.samples) == 0:
@@ -234,10 +237,13 @@ def fit_approach3(
     """Fit on all runs from the full start grid, then `bootstrap` refits on resampled runs;
     the report gives the loss at each (N, D) of `predict`."""
     n, d, loss = (np.asarray(v, dtype=float) for v in (n, d, loss))
+    t0 = time.perf_counter()
     law, optima = fit_law(n, d, loss)
+    t1 = time.perf_counter()
     starts = np.array([o.theta for o in distinct_optima(optima, REFIT_STARTS)])
     samples, converged = bootstrap_laws(n, d, loss, starts, bootstrap,
                                         np.random.default_rng(seed))
+    timings = {"grid": t1 - t0, "bootstrap": time.perf_counter() - t1}
     best = optima[0]
     return Approach3(
         law=law, objective=best.objective, converged=best.converged, n_points=len(n),
@@ -245,5 +251,5 @@ def fit_approach3(
         compute=list(compute), samples=samples, predict=list(predict),
         largest=(float(n.max()), float(d.max())),
         rms_log_residual=float(np.sqrt(np.mean((np.log(law.loss(n, d)) - np.log(loss)) ** 2))),
-        bootstrap_converged=converged,
+        bootstrap_converged=converged, timings_s=timings,
     )
