@@ -139,3 +139,53 @@ def test_cli_prints_and_reports_the_dropped_copies_and_the_warning(
     assert report["kaplan"]["L_N"]["without_offset"]["ci95"] == {}
     np.testing.assert_allclose(sorted(p["N"] for p in report["kaplan"]["L_N"]["points"]),
                                [1000, 2000, 4000])
+
+
+def _seed_table(tmp_path: Path, probe: bool = False) -> Path:
+    """GRID at seeds 0, 1, 2 (each seed a config hash of its own), the losses a per-seed offset
+    apart; with probe, one more run at (2000, 80k) with another LR as well."""
+    offsets = {0: 1.0, 1: 1.02, 2: 0.97}
+    rows = [{"run_id": f"n{n}-d{d}-s{seed}", "seed": seed, "config_hash": f"h{seed}{i}",
+             "N": n, "D": d, "loss": loss * offsets[seed]}
+            for i, (n, d, loss) in enumerate(GRID) for seed in offsets]
+    if probe:
+        rows.append({"run_id": "lr-probe", "seed": 0, "config_hash": "p", "lr": 1e-2, "N": 2000,
+                     "D": 80_000, "loss": 3.3})
+    path = tmp_path / "seeds.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def test_seed_replicates_are_a_note_with_their_measured_noise(tmp_path: Path) -> None:
+    data = load(_seed_table(tmp_path), Columns())
+    assert data.warnings == [] and len(data.runs) == 18
+    # Every point holds the same three offsets: the pooled sd is their sample sd
+    sd = float(np.std(np.log([1.0, 1.02, 0.97]), ddof=1))
+    assert data.seed_noise == {"points": 6, "runs": 18, "sd_log_loss": pytest.approx(sd)}
+    (note,) = [n for n in data.notes if "several seeds" in n]
+    assert note.startswith("seed replicates: 6 (N, D) points have runs at several seeds (18 "
+                           "runs, nothing else differs): each run is a fit point")
+    assert f"seed-to-seed spread of the loss {100 * sd:.2f} % (pooled sd of log loss)" in note
+
+
+def test_a_probe_among_seed_replicates_is_still_warned(tmp_path: Path) -> None:
+    data = load(_seed_table(tmp_path, probe=True), Columns())
+    assert data.seed_noise is None and not any("several seeds" in n for n in data.notes)
+    (warning,) = data.warnings
+    assert warning.startswith("6 (N, D) points have more than one run")
+    assert "lr-probe (loss 3.3); they differ in seed, lr, config_hash)" in warning
+
+
+def test_kaplan_takes_the_best_point_per_n_over_its_seeds_mean(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "report"
+    assert main([str(_seed_table(tmp_path)), "--out", str(out), "--bootstrap", "0"]) == 0
+    assert "\nseed replicates: 6 (N, D) points" in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert report["seed_noise"]["runs"] == 18
+    mean = float(np.exp(np.mean(np.log([1.0, 1.02, 0.97]))))
+    # Best per N is the 80k point (GRID's losses) times the seeds' geometric mean, not seed 2's
+    points = {p["N"]: p["loss"] for p in report["kaplan"]["L_N"]["points"]}
+    assert points == pytest.approx({1000: 3.0 * mean, 2000: 2.7 * mean, 4000: 2.5 * mean})
+    assert report["kaplan"]["L_N"]["note"] == "best (N, D) point, its seeds averaged, per N"
+    assert any("several seeds" in note for note in report["notes"])

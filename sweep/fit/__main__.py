@@ -148,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         data = load(args.source, columns, skip_unreadable=args.skip_unreadable)
         # How many runs a runs directory gave and why the rest (diverged, ...) were left out.
         for note in data.notes:
-            if note.startswith(("runs directory: ", "D derived", "C derived", "dropped ")):
+            if note.startswith(("runs directory: ", "D derived", "C derived", "dropped ",
+                                "seed replicates: ")):
                 print(note)
         report = fit_report(data, options)
         write_report(out, report, data.runs, data.curves)

@@ -26,7 +26,8 @@ from sweep.fit.isoflop import fit_approach2
 from sweep.fit.kaplan import power_law_report
 from sweep.fit.kaplan_joint import fit_kaplan_joint
 from sweep.fit.optimize import bootstrap_weights
-from sweep.fit.table import SAME_D_DECADES, FitData, log_clusters
+from sweep.fit.points import SAME_D_DECADES, log_clusters
+from sweep.fit.table import FitData
 
 # A fitted E above the lowest loss by more than this fraction is warned about: a run that ends
 # near the floor may sit a little below a well-fitted E by noise alone (~1 % in loss).
@@ -65,6 +66,7 @@ def fit_report(data: FitData, options: FitOptions) -> dict[str, Any]:
         "n_curve_points": 0 if data.curves is None else len(data.curves),
         "notes": list(data.notes), "warnings": list(data.warnings), "options": asdict(options),
         "timings_s": {}, "skipped": {},
+        **({"seed_noise": data.seed_noise} if data.seed_noise is not None else {}),
     }
 
     def record(name: str, section: dict[str, Any] | None, reason: str | None, t0: float) -> None:
@@ -115,8 +117,8 @@ def fit_report(data: FitData, options: FitOptions) -> dict[str, Any]:
         record("approach1", section, reason, t0)
 
     t0 = time.perf_counter()
-    record("kaplan", _kaplan(runs, grid, options.bootstrap, np.random.default_rng(seeds[3])),
-           None, t0)
+    record("kaplan", _kaplan(runs, grid, options.bootstrap, np.random.default_rng(seeds[3]),
+                             average_seeds=data.seed_noise is not None), None, t0)
 
     t0 = time.perf_counter()
     if min(sizes, lengths) < 3:
@@ -198,18 +200,34 @@ def _best_per_group(groups: np.ndarray, loss: np.ndarray) -> np.ndarray:
     return frame.groupby("g")["loss"].idxmin().to_numpy()
 
 
-def _kaplan(runs: pd.DataFrame, grid: Any, draws: int, rng: np.random.Generator
-            ) -> dict[str, Any]:
+def _seed_means(n: np.ndarray, d: np.ndarray, loss: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One point per (N, D): the geometric mean loss of its seeds, at their mean D."""
+    frame = pd.DataFrame({"N": n, "point": log_clusters(d, SAME_D_DECADES), "D": d,
+                          "log_loss": np.log(loss)})
+    means = frame.groupby(["N", "point"], sort=False).mean()
+    return (means.index.get_level_values("N").to_numpy(dtype=float),
+            means["D"].to_numpy(dtype=float), np.exp(means["log_loss"].to_numpy(dtype=float)))
+
+
+def _kaplan(runs: pd.DataFrame, grid: Any, draws: int, rng: np.random.Generator,
+            average_seeds: bool = False) -> dict[str, Any]:
     n, d, c, loss = (runs[k].to_numpy(dtype=float) for k in ("N", "D", "C", "loss"))
+    # With seed replicates the best run per N would be the luckiest seed, biased low by about
+    # the seed noise: the best point per N is taken over the seeds' means instead.
+    points = _seed_means(n, d, loss) if average_seeds else (n, d, loss)
     out: dict[str, Any] = {}
-    for name, x, groups in (("N", n, n), ("D", d, log_clusters(d, SAME_D_DECADES))):
-        best = _best_per_group(groups, loss)
+    for name, axis in (("N", 0), ("D", 1)):
+        x, point_loss = points[axis], points[2]
+        groups = x if name == "N" else log_clusters(x, SAME_D_DECADES)
+        best = _best_per_group(groups, point_loss)
         out[f"L_{name}"] = power_law_report(
-            x[best], loss[best], name=name, weights=np.ones(len(best)),
+            x[best], point_loss[best], name=name, weights=np.ones(len(best)),
             draw_weights=bootstrap_weights(len(best), draws, rng))
     out["L_C"] = _kaplan_compute(c, loss, grid, draws, rng)
-    out["L_N"]["note"] = "best run per N"
-    out["L_D"]["note"] = "best run per D (D values within 1.2 % of the next are one D)"
+    which = "(N, D) point, its seeds averaged," if average_seeds else "run"
+    out["L_N"]["note"] = f"best {which} per N"
+    out["L_D"]["note"] = f"best {which} per D (D values within 1.2 % of the next are one D)"
     return out
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from sweep.fit.optimize import loglog_fit, percentile_ci
-from sweep.fit.table import log_clusters
+from sweep.fit.points import log_clusters
 
 # Runs whose C lie within this many decades of a neighbour share a budget when no budget column
 # is given: step rounding moves a run's C by well under 1 %, and IsoFLOP budgets sit >= 0.1 apart.

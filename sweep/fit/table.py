@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from sweep.collect import CollectError, UnreadableRun, collect_runs, dataset_label
 from sweep.errors import first_line
+from sweep.fit.points import describing, drop_repeated_rows, several_runs
 
 # Approach 3 has five parameters: fewer runs than that cannot determine it.
 MIN_RUNS = 5
@@ -21,18 +23,6 @@ MIN_RUNS = 5
 # a spread or a level far beyond that means the rows mix units.
 MAX_RATIO_SPREAD = 100.0
 RATIO_RANGE = (1e-2, 1e2)
-# Runs whose D agree to 1 % are at one D: step rounding makes one token budget's D differ slightly.
-SAME_D_DECADES = 0.005
-# Two rows of one run id and config hash are one run when their losses agree to this (a retrain
-# of one config by the same code lands within ~1e-8; another training differs far more).
-SAME_LOSS_RTOL = 1e-4
-# Columns of a sweep.collect table (or any table) that say how two runs at one (N, D) were made;
-# the warning names those that differ, since the run ids alone (config hashes) do not say why.
-# (hparams_*: summary.json's hparams, flattened by sweep.collect.)
-DESCRIBING = ("experiment", "seed", "hparams_lr", "hparams_warmup_steps", "hparams_schedule",
-              "hparams_windows", "lr", "learning_rate", "batch_tokens", "config_hash",
-              "code_version", "budget_kind", "budget_value", "precision", "device", "world_size",
-              "torch_version")
 
 
 class TableError(ValueError):
@@ -70,6 +60,8 @@ class FitData:
     notes: list[str] = field(default_factory=list)
     budget_source: str | None = None  # what the runs' budget column holds (None: no budgets)
     warnings: list[str] = field(default_factory=list)  # problems the fit goes on despite
+    # Seed replicates at one (N, D): {points, runs, sd_log_loss}; None when there are none
+    seed_noise: dict[str, Any] | None = None
 
 
 def _flag(quantity: str) -> str:
@@ -225,7 +217,7 @@ def load(source: str | Path, cols: Columns, skip_unreadable: bool = False) -> Fi
         for unreadable in collected.unreadable:
             _note(notes, f"skipped unreadable {unreadable}")
         runs = _canonical(collected.table, cols, f"runs under {path}", notes)
-        described = _described(collected.table, cols)
+        described = describing(collected.table, cols.run_column)
         try:
             curve_collected = collect_runs(path, curves=True, skip_unreadable=skip_unreadable)
             curves = _canonical(curve_collected.table, cols, f"curves under {path}", notes)
@@ -257,90 +249,23 @@ def load(source: str | Path, cols: Columns, skip_unreadable: bool = False) -> Fi
             runs = curves.sort_values("C").groupby("run", sort=False).tail(1)
             runs = runs.sort_values(["N", "D"])
             # each run's final row of the source table, for what describes the run
-            described = _described(table.loc[runs.index], cols)
+            described = describing(table.loc[runs.index], cols.run_column)
             runs = runs.reset_index(drop=True)
             notes.append(f"{len(runs)} runs with {len(curves)} eval points; each run's point "
                          "at its largest C is its final loss")
         else:
             runs, curves = _canonical(table, cols, str(path), notes), None
-            described = _described(table, cols)
+            described = describing(table, cols.run_column)
     warnings: list[str] = []
-    runs, curves = _drop_repeated_rows(runs, curves, described, cols.run_column, notes)
-    warning = _several_runs_warning(runs, described.loc[runs.index])
-    if warning is not None:
-        warnings.append(warning)
+    runs, curves = drop_repeated_rows(runs, curves, described, cols.run_column, notes)
+    warning, note, seed_noise = several_runs(runs, described.loc[runs.index])
+    warnings += [warning] if warning is not None else []
+    notes += [note] if note is not None else []
     runs = runs.reset_index(drop=True)
     _check_fittable(runs, str(path))
     return FitData(runs=runs, curves=curves, source=str(path), columns=cols, notes=notes,
-                   budget_source=_budget_source(runs, cols), warnings=warnings)
-
-
-def _described(table: pd.DataFrame, cols: Columns) -> pd.DataFrame:
-    """The columns that identify and describe each row's run (run id, config hash, seed, ...),
-    aligned with the canonical rows (a RangeIndex); absent columns are left out."""
-    keep = [c for c in dict.fromkeys([cols.run_column, *DESCRIBING]) if c in table.columns]
-    return table[keep].reset_index(drop=True)
-
-
-def _drop_repeated_rows(runs: pd.DataFrame, curves: pd.DataFrame | None,
-                        described: pd.DataFrame, run_col: str, notes: list[str]
-                        ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """Keep one row of each run that the table holds several times (the same run id and config
-    hash, collected from several experiments): as separate points it would weigh 2x, 3x, ..."""
-    if run_col not in described.columns:
-        return runs, curves  # no run id column: nothing says two rows are one run
-    # A run id hashes the resolved config, so with its config hash it names one run, even when
-    # a second experiment retrained it: such copies end at the same loss but for float noise
-    # (~1e-8). A copy whose loss differs more is another training (code the hash does not cover)
-    # and stays, for the several-runs warning.
-    key = [described[run_col].astype(str)] + (
-        [described["config_hash"].astype(str)] if "config_hash" in described.columns else [])
-    frame = pd.concat([*key, runs["N"], runs["D"]], axis=1, ignore_index=True)
-    first_loss = runs["loss"].groupby([frame[c] for c in frame.columns]).transform("first")
-    same_loss = (runs["loss"] / first_loss - 1.0).abs() <= SAME_LOSS_RTOL
-    repeated = (frame.duplicated() & same_loss).to_numpy()
-    if not repeated.any():
-        return runs, curves
-    first = int(np.flatnonzero(repeated)[0])
-    copies = (frame.eq(frame.iloc[first]).all(axis=1) & same_loss).to_numpy()
-    where = (" in " + ", ".join(dict.fromkeys(described.loc[copies, "experiment"].astype(str)))
-             if "experiment" in described.columns else f" ({int(copies.sum())} rows)")
-    same = f"{run_col}, config_hash" if "config_hash" in described.columns else run_col
-    notes.append(
-        f"dropped {int(repeated.sum())} repeated rows: the same run (same {same}, N, D and "
-        f"loss to {SAME_LOSS_RTOL:.0e}) collected more than once, e.g. "
-        f"{described[run_col].iloc[first]}{where}; each run is fitted once (its first row), not "
-        "weighted by how many experiments hold it")
-    kept = runs[~repeated]
-    if curves is not None:
-        curves = curves[curves["run"].isin(set(kept["run"]))].reset_index(drop=True)
-    return kept, curves
-
-
-def _several_runs_warning(runs: pd.DataFrame, described: pd.DataFrame) -> str | None:
-    """One line when some (N, D) has several runs (an LR probe, other seeds, an older config):
-    the fit takes each as a sweep point, so a bad-LR probe drags the law silently."""
-    point = pd.Series(log_clusters(runs["D"].to_numpy(dtype=float), SAME_D_DECADES),
-                      index=runs.index)
-    sizes = runs.groupby([runs["N"], point]).size()
-    shared = sizes[sizes > 1]
-    if shared.empty:
-        return None
-    # The example: the point with the most runs (the smallest N, D among equals)
-    n, cluster = shared.sort_values(ascending=False, kind="stable").index[0]
-    members = runs[(runs["N"] == n) & (point == cluster)]
-    listed = [f"{r} (loss {loss:.4g})" for r, loss in zip(members["run"], members["loss"],
-                                                          strict=True)]
-    shown = ", ".join(listed[:4]) + (f" and {len(listed) - 4} more" if len(listed) > 4 else "")
-    info = described.loc[members.index]
-    differ = [c for c in DESCRIBING if c in info.columns and info[c].nunique(dropna=False) > 1]
-    how = (f"they differ in {', '.join(differ)}" if differ else
-           "the table has no column (seed, config_hash, ...) that says how they differ")
-    return (f"{len(shared)} (N, D) points have more than one run, and the fit takes each run as "
-            f"a sweep point (e.g. N={n:,.0f}, D={members['D'].iloc[0]:,.0f}: {shown}; {how}); "
-            "an LR probe, another seed or a run of older code then weighs in like the sweep's "
-            "own: keep one run per (N, D) by filtering the table's rows, or train side runs into "
-            "their own experiment folder and fit runs/<experiment>")
+                   budget_source=_budget_source(runs, cols), warnings=warnings,
+                   seed_noise=seed_noise)
 
 
 def _budget_source(runs: pd.DataFrame, cols: Columns) -> str | None:
@@ -384,13 +309,3 @@ def _check_fittable(runs: pd.DataFrame, where: str) -> None:
     if sizes < 2:
         raise TableError(f"every run in {where} has N = {runs['N'].iloc[0]:g}; a scaling law "
                          "needs runs at two or more model sizes (four or more for a useful fit)")
-
-
-def log_clusters(values: np.ndarray, gap_decades: float) -> np.ndarray:
-    """Group ids for values that sit within gap_decades (in log10) of their sorted neighbour."""
-    order = np.argsort(values)
-    logs = np.log10(values[order])
-    starts = np.concatenate([[True], np.diff(logs) > gap_decades])
-    ids = np.empty(len(values), dtype=int)
-    ids[order] = np.cumsum(starts) - 1
-    return ids
