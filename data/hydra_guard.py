@@ -166,6 +166,14 @@ def hydra_error_line(err: BaseException, command: str) -> str:
             f"{ambiguous[1]} lists several values: add --multirun to sweep over them, write "
             "key=[a,b] for a list, or give one value"
         )
+    twice = re.match(r"Multiple values for ([\w/]+)\. To override a value use 'override [^:]+: "
+                     r"([^']*)'", first)
+    if twice:
+        # `+group=x` appends a second entry for a group the defaults list already sets
+        return (
+            f"+{twice[1]}={twice[2]} adds {twice[1]} to {command}'s defaults list, which "
+            f"already has it: write {twice[1]}={twice[2]}, without the +"
+        )
     detail = first_line(cause) if cause else ""
     unknown = re.match(r"Could not override '([^']+)'", first)
     if unknown and "No match in the defaults list" in first:
