@@ -222,8 +222,17 @@ def test_curves_fit_predicts_the_requested_runs(fits: Fits) -> None:
         assert row["D"] / row["D_over_largest"] == pytest.approx(table.D.max())
     assert "Predicted loss at the requested runs" in markdown
     printed = [line for line in fits.curves.stdout.splitlines() if line.startswith("predicted")]
-    assert len(printed) == 2
+    assert len(printed) == 4  # approach 3's two, then Kaplan's form's two
     assert printed[1].startswith(f"predicted loss at N=1e+09, D=1e+11: {rows[1]['loss']:.4g} [")
+    kaplan = fits.curves.report()["kaplan_nd"]["predictions"]
+    assert printed[3] == (f"predicted loss at N=1e+09, D=1e+11: {kaplan[1]['loss']:.4g} "
+                          f"[{kaplan[1]['ci95']['loss'][0]:.4g}, "
+                          f"{kaplan[1]['ci95']['loss'][1]:.4g}] (Kaplan L(N, D))")
+    for mine, theirs in zip(kaplan, rows, strict=True):
+        assert mine["approach3_loss"] == pytest.approx(theirs["loss"], rel=1e-12)
+        # A law with a floor, fitted without one, predicts too low far out
+        assert mine["loss"] < theirs["loss"]
+    assert "| loss (Kaplan L(N, D)) | loss (approach 3) |" in markdown
 
 
 def test_curves_fit_prints_a_summary(fits: Fits) -> None:

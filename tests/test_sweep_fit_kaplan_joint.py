@@ -77,7 +77,10 @@ def test_gradient_is_exact():
 
 
 def test_clean_runs_give_the_law_back_exactly():
-    section = fit_kaplan_joint(*_grid(KAPLAN_LAW), bootstrap=20, rng=np.random.default_rng(0))
+    section = fit_kaplan_joint(*_grid(KAPLAN_LAW), bootstrap=20, rng=np.random.default_rng(0),
+                               predict=[(1e10, 1e12)])
+    (row,) = section["predictions"]
+    assert row["loss"] == pytest.approx(float(KAPLAN_LAW.loss(1e10, 1e12)), rel=1e-9)
     for name, truth in KAPLAN_LAW.values().items():
         assert section[name] == pytest.approx(truth, rel=1e-6), name
     assert section["rms_log_residual"] < 1e-10
@@ -86,8 +89,14 @@ def test_clean_runs_give_the_law_back_exactly():
 
 
 def test_noisy_runs_give_intervals_that_cover_the_law():
+    far = [(3e9, 1e11), (1e11, 3e12)]  # 10x and 300x past the largest N, 3x and 100x past D
     section = fit_kaplan_joint(*_grid(KAPLAN_LAW, noise=0.01, seed=1), bootstrap=300,
-                               rng=np.random.default_rng(1))
+                               rng=np.random.default_rng(1), predict=far)
+    for (n, d), row in zip(far, section["predictions"], strict=True):
+        truth = float(KAPLAN_LAW.loss(n, d))
+        lo, hi = row["ci95"]["loss"]
+        assert (row["N"], row["D"]) == (n, d) and lo < truth < hi and lo < row["loss"] < hi
+        assert row["loss"] == pytest.approx(truth, rel=0.03)
     assert section["bootstrap"] == section["bootstrap_converged"] == 300
     for name in ("alpha_N", "alpha_D", "a", "data_exponent"):
         lo, hi = section["ci95"][name]

@@ -127,6 +127,11 @@ def _summary(report: dict) -> list[str]:
                      f"at D = {s['data_coefficient']:.3g} N^{s['data_exponent']:.3g}")
         if "warning" in s:
             lines.append(f"Kaplan L(N, D) warning: {s['warning']}")
+        for p in s.get("predictions", []):
+            lo_hi = p.get("ci95", {}).get("loss")
+            interval = f" [{lo_hi[0]:.4g}, {lo_hi[1]:.4g}]" if lo_hi else ""
+            lines.append(f"predicted loss at N={p['N']:.3g}, D={p['D']:.3g}: {p['loss']:.4g}"
+                         f"{interval} (Kaplan L(N, D))")
     if "extrapolation" in report:
         s = report["extrapolation"]
         lines.append(f"extrapolation: {s['n_held_out']} held-out runs, mean |error| "

@@ -126,9 +126,12 @@ def fit_report(data: FitData, options: FitOptions) -> dict[str, Any]:
                "L(N, D) needs 3 or more of each", t0)
     else:
         section = fit_kaplan_joint(runs["N"], runs["D"], runs["loss"],
-                                   bootstrap=options.bootstrap, rng=np.random.default_rng(seeds[4]))
+                                   bootstrap=options.bootstrap, rng=np.random.default_rng(seeds[4]),
+                                   predict=options.predict)
         if fit is not None:  # the two forms side by side: which describes these runs better
             section["approach3_rms_log_residual"] = fit.rms_log_residual
+            for row in section.get("predictions", []):
+                row["approach3_loss"] = float(fit.law.loss(row["N"], row["D"]))
         record("kaplan_nd", section, None, t0)
 
     t0 = time.perf_counter()

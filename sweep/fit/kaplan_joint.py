@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,9 +138,20 @@ class KaplanLaw:
         return None
 
 
+def _prediction(law: KaplanLaw, laws: list[KaplanLaw], n: float, d: float) -> dict[str, Any]:
+    """The law's loss at (N, D) and the 95 % interval of the bootstrap laws' losses there."""
+    row: dict[str, Any] = {"N": n, "D": d, "loss": float(law.loss(n, d))}
+    if laws:
+        with np.errstate(all="ignore"):  # a run-off refit gives inf/nan, which the CI leaves out
+            row["ci95"] = {"loss": percentile_ci(np.array([float(s.loss(n, d)) for s in laws]))}
+    return row
+
+
 def fit_kaplan_joint(n: np.ndarray, d: np.ndarray, loss: np.ndarray, *, bootstrap: int,
-                     rng: np.random.Generator) -> dict[str, Any]:
-    """The law from every start, then `bootstrap` refits on resampled runs; the report section."""
+                     rng: np.random.Generator, predict: Sequence[tuple[float, float]] = ()
+                     ) -> dict[str, Any]:
+    """The law from every start, then `bootstrap` refits on resampled runs; the report section,
+    with the loss at each (N, D) of `predict`."""
     n, d, loss = (np.asarray(v, dtype=float) for v in (n, d, loss))
     log_n, log_d, log_loss = np.log(n), np.log(d), np.log(loss)
     optima = multistart(objective(log_n, log_d, log_loss, np.ones((1, len(n)))), start_grid())
@@ -153,7 +165,8 @@ def fit_kaplan_joint(n: np.ndarray, d: np.ndarray, loss: np.ndarray, *, bootstra
     weights = weights[identifiable_draws(n, d, weights)]
     theta, converged = refit_batch(objective(log_n, log_d, log_loss, weights), starts,
                                    len(weights))
-    samples = [KaplanLaw.from_theta(t).values() for t in theta]
+    laws = [KaplanLaw.from_theta(t) for t in theta]
+    samples = [refit.values() for refit in laws]
     ci = ({k: percentile_ci(np.array([s[k] for s in samples])) for k in PARAMS}
           if samples else {})
     residual = np.log(law.loss(n, d)) - log_loss
@@ -164,6 +177,8 @@ def fit_kaplan_joint(n: np.ndarray, d: np.ndarray, loss: np.ndarray, *, bootstra
         "huber_delta": HUBER_DELTA, "penalty": PENALTY,
         "rms_log_residual": float(np.sqrt(np.mean(residual**2))),
     }
+    if predict:
+        section["predictions"] = [_prediction(law, laws, float(a), float(b)) for a, b in predict]
     warning = law.warning()
     if warning is None and section["rms_log_residual"] > POOR_FIT_RMS:
         # Typically runs near the loss floor: this form has no irreducible term to bend into

@@ -155,7 +155,19 @@ def _kaplan_nd(s: dict[str, Any]) -> list[str]:
         f"a and b are the exponents of N_opt and D_opt in C under C = 6 N D. Tokens for a loss "
         f"within {100 * s['penalty']:g} % of L(N) (Kaplan's eq. 4.4, their fit "
         f"D = 5e3 N^0.74): D = {_g(s['data_coefficient'], 3)} {_ci(s, 'data_coefficient')} "
-        f"x N^{_g(s['data_exponent'], 3)} {_ci(s, 'data_exponent')}.", ""]
+        f"x N^{_g(s['data_exponent'], 3)} {_ci(s, 'data_exponent')}.", "",
+        *_kaplan_predictions(s.get("predictions", []))]
+
+
+def _kaplan_predictions(rows: list[dict[str, Any]]) -> list[str]:
+    if not rows:
+        return []
+    lines = ["Predicted loss at the requested runs (`--predict`) under this form, beside approach "
+             "3's: where they part, the functional form, not the bootstrap interval, is the "
+             "larger uncertainty.", ""]
+    return lines + _table(["N", "D", "loss (Kaplan L(N, D))", "loss (approach 3)"],
+                          [[_g(r["N"]), _g(r["D"]), f"{_g(r['loss'])} {_ci(r, 'loss')}",
+                            _g(r.get("approach3_loss"))] for r in rows])
 
 
 def _extrapolation(s: dict[str, Any]) -> list[str]:
