@@ -150,7 +150,7 @@ def test_curves_fit_writes_the_whole_report(fits: Fits) -> None:
     assert "## Approach 3" in markdown and "## Extrapolation check" in markdown
     # Kaplan's form has no irreducible loss, which these runs (drawn with one) need
     assert "## Kaplan L(N, D) = [(N_c / N)^(alpha_N / alpha_D) + D_c / D]^alpha_D" in markdown
-    assert "**Warning: poor fit (rms log residual" in markdown
+    assert "**Warning: poor fit next to approach 3's (rms log residual" in markdown
     assert "Kaplan L(N, D): alpha_N=" in fit.stdout
     assert "Kaplan L(N, D) warning: poor fit" in fit.stdout
     assert "## Skipped" not in markdown

@@ -47,3 +47,13 @@ def test_budgets_are_the_scale_only_when_every_run_has_one():
     runs.loc[0, "budget"] = np.nan
     section, _ = extrapolation_check(runs, holdout_factor=10)
     assert section["threshold_C"] == runs["C"].max() / 10
+
+
+def test_small_runs_on_one_budget_cannot_be_fitted():
+    # Held out at factor 10, only the 1e16 budget is left to fit on: N and D along one line
+    runs = _runs(0.01)
+    runs = runs[runs["budget"].isin([1e16, 1e18])]
+    section, reason = extrapolation_check(runs, holdout_factor=10)
+    assert section is None
+    assert reason.startswith("the 9 runs with C <= 1e+17 (max C / 10) cannot be fitted: the "
+                             "runs' N and D move together")

@@ -11,7 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sweep.fit.plots import _contours, _loss_label, _residuals, write_plots
+from sweep.fit.figures import loss_label
+from sweep.fit.plots import _contours, write_plots
+from sweep.fit.residuals import residuals_figure
 from sweep.fit.synthetic import EPOCH_LAW, isoflop_table
 
 ALL = ["isoflop.png", "loss_vs_compute.png", "optimal_allocation.png",
@@ -111,8 +113,8 @@ def test_approach3_only_without_curves(tables, tmp_path: Path) -> None:
 
 def test_residuals_are_each_runs_log_error_under_each_law(tables) -> None:
     runs, _ = tables
-    ax = _residuals(_report(runs), runs).axes[0]
-    series = {c.get_label().split(":")[0]: c for c in ax.collections}
+    by_c, by_n = residuals_figure(_report(runs), runs).axes
+    series = {c.get_label().split(":")[0]: c for c in by_c.collections}
     assert sorted(series) == ["Kaplan L(N, D)", "approach 3"]
     # approach 3 here is the law the runs were drawn from: its residuals are the 1 % noise
     truth = np.log(EPOCH_LAW.loss(runs["N"], runs["D"]) / runs["loss"]).to_numpy()
@@ -122,17 +124,34 @@ def test_residuals_are_each_runs_log_error_under_each_law(tables) -> None:
     rms = 100 * np.sqrt(np.mean(truth**2))
     assert f"(rms {rms:.2f}%)" in series["approach 3"].get_label() and 0.5 < rms < 1.5
     assert len(series["Kaplan L(N, D)"].get_offsets()) == len(runs)
-    # A non-physical law is drawn too (its residuals still say how it fits); one with a
-    # parameter missing, or none finite, is simply absent
+    # The same residuals against N in the second panel
+    (against_n,) = [c for c in by_n.collections if c.get_label().startswith("approach 3")]
+    np.testing.assert_allclose(against_n.get_offsets(), np.column_stack([runs["N"], 100 * truth]))
+
+
+def test_residuals_draw_non_physical_laws_and_name_the_ones_left_off(tables) -> None:
+    runs, _ = tables
+    # A non-physical law is drawn (its residuals still say how it fits)
     report = {"kaplan_nd": {**KAPLAN_ND, "alpha_N": -0.1},
               "approach3": {**_report(runs)["approach3"], "alpha": -0.2}}
-    assert len(_residuals(report, runs).axes[0].collections) == 2
+    assert len(residuals_figure(report, runs).axes[0].collections) == 2
+    # One with a parameter missing is named in the legend as not drawn
     del report["kaplan_nd"]["D_c"]
     report["approach3"]["alpha"] = 800.0  # N^-800 underflows: L = E + B/D^beta, finite
-    labels = [c.get_label() for c in _residuals(report, runs).axes[0].collections]
-    assert len(labels) == 1 and labels[0].startswith("approach 3")
+    ax = residuals_figure(report, runs).axes[0]
+    assert [c.get_label()[:10] for c in ax.collections] == ["approach 3"]
+    (left_off,) = ax.get_legend().get_texts()[1:]
+    assert left_off.get_text().startswith("Kaplan L(N, D)") and "not drawn" in left_off.get_text()
     report["approach3"]["alpha"] = -800.0  # overflows to inf at every run
-    assert not _residuals(report, runs).axes[0].collections
+    assert not residuals_figure(report, runs).axes[0].collections
+
+
+def test_residuals_of_one_budget_get_a_span_around_its_c(tables) -> None:
+    runs, _ = tables
+    one = runs[runs["budget"] == runs["budget"].min()]
+    one = one.assign(C=float(one["C"].iloc[0]))  # a single budget: one C for every run
+    lo, hi = residuals_figure(_report(runs), one).axes[0].get_xlim()
+    assert lo < one["C"].iloc[0] < hi and hi / lo == pytest.approx(1.5**2)
 
 
 def test_contours_show_the_predicted_runs_beyond_the_data(tables) -> None:
@@ -176,5 +195,5 @@ def test_partial_sections_do_not_crash(tables, tmp_path: Path) -> None:
 
 def test_the_loss_axis_names_a_mapped_loss_column():
     # --loss-col val_bpb is bits per byte: the axes said nats/token whatever the column
-    assert _loss_label({"columns": {"loss": "loss"}}) == "loss (nats/token)"
-    assert _loss_label({"columns": {"loss": "val_bpb"}}) == "val_bpb"
+    assert loss_label({"columns": {"loss": "loss"}}) == "loss (nats/token)"
+    assert loss_label({"columns": {"loss": "val_bpb"}}) == "val_bpb"

@@ -88,27 +88,36 @@ def _options(args: argparse.Namespace) -> FitOptions:
                       predict=tuple(_point(v) for v in args.predict or ()))
 
 
+def _predicted(row: dict, law: str) -> str:
+    """One --predict row: the loss at (N, D), its interval and which law gave it."""
+    lo_hi = row.get("ci95", {}).get("loss")
+    interval = f" [{lo_hi[0]:.4g}, {lo_hi[1]:.4g}]" if lo_hi else ""
+    return (f"predicted loss at N={row['N']:.3g}, D={row['D']:.3g}: {row['loss']:.4g}{interval} "
+            f"({law})")
+
+
+def _with_warning(law: str, section: dict, values: str) -> list[str]:
+    """A law's console line, and its warning's line when it has one."""
+    warning = [f"{law} warning: {section['warning']}"] if "warning" in section else []
+    return [f"{law}: {values}", *warning]
+
+
 def _summary(report: dict) -> list[str]:
     lines = []
     if "approach3" in report:
         s = report["approach3"]
-        lines.append(f"approach 3: E={s['E']:.4g} A={s['A']:.4g} B={s['B']:.4g} "
-                     f"alpha={s['alpha']:.4g} beta={s['beta']:.4g} -> a={s['a']:.3f} "
-                     f"b={s['b']:.3f}")
-        if "warning" in s:
-            lines.append(f"approach 3 warning: {s['warning']}")
+        lines += _with_warning("approach 3", s, f"E={s['E']:.4g} A={s['A']:.4g} B={s['B']:.4g} "
+                               f"alpha={s['alpha']:.4g} beta={s['beta']:.4g} -> a={s['a']:.3f} "
+                               f"b={s['b']:.3f}")
         if "allocation_exact" in s:
             x = s["allocation_exact"]
             ci = x["ci95"].get("a")
             interval = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
             lines.append(f"approach 3 with C in exact FLOPs (over {x['over']}): a={x['a']:.3f}"
                          f"{interval} b={x['b']:.3f}")
-        for p in s.get("predictions", []):
-            lo_hi = p.get("ci95", {}).get("loss")
-            interval = f" [{lo_hi[0]:.4g}, {lo_hi[1]:.4g}]" if lo_hi else ""
-            lines.append(f"predicted loss at N={p['N']:.3g}, D={p['D']:.3g}: {p['loss']:.4g}"
-                         f"{interval} (approach 3; {p['N_over_largest']:.3g}x the largest N, "
-                         f"{p['D_over_largest']:.3g}x the largest D)")
+        lines += [_predicted(p, f"approach 3; {p['N_over_largest']:.3g}x the largest N, "
+                                f"{p['D_over_largest']:.3g}x the largest D")
+                  for p in s.get("predictions", [])]
     for name in ("approach2", "approach1"):
         if name in report:
             s = report[name]
@@ -122,16 +131,11 @@ def _summary(report: dict) -> list[str]:
                 lines.append(f"{name.replace('approach', 'approach ')} warning: {s['warning']}")
     if "kaplan_nd" in report:
         s = report["kaplan_nd"]
-        lines.append(f"Kaplan L(N, D): alpha_N={s['alpha_N']:.4g} alpha_D={s['alpha_D']:.4g} "
-                     f"-> a={s['a']:.3f} b={s['b']:.3f}; within {100 * s['penalty']:g} % of L(N) "
-                     f"at D = {s['data_coefficient']:.3g} N^{s['data_exponent']:.3g}")
-        if "warning" in s:
-            lines.append(f"Kaplan L(N, D) warning: {s['warning']}")
-        for p in s.get("predictions", []):
-            lo_hi = p.get("ci95", {}).get("loss")
-            interval = f" [{lo_hi[0]:.4g}, {lo_hi[1]:.4g}]" if lo_hi else ""
-            lines.append(f"predicted loss at N={p['N']:.3g}, D={p['D']:.3g}: {p['loss']:.4g}"
-                         f"{interval} (Kaplan L(N, D))")
+        lines += _with_warning("Kaplan L(N, D)", s, f"alpha_N={s['alpha_N']:.4g} "
+                               f"alpha_D={s['alpha_D']:.4g} -> a={s['a']:.3f} b={s['b']:.3f}; "
+                               f"within {100 * s['penalty']:g} % of L(N) at "
+                               f"D = {s['data_coefficient']:.3g} N^{s['data_exponent']:.3g}")
+        lines += [_predicted(p, "Kaplan L(N, D)") for p in s.get("predictions", [])]
     if "extrapolation" in report:
         s = report["extrapolation"]
         lines.append(f"extrapolation: {s['n_held_out']} held-out runs, mean |error| "

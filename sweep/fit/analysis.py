@@ -26,7 +26,7 @@ from sweep.fit.isoflop import fit_approach2
 from sweep.fit.kaplan import power_law_report
 from sweep.fit.kaplan_joint import fit_kaplan_joint
 from sweep.fit.optimize import bootstrap_weights
-from sweep.fit.points import SAME_D_DECADES, log_clusters
+from sweep.fit.points import SAME_D_DECADES, joint_law_gap, log_clusters
 from sweep.fit.table import FitData
 
 # A fitted E above the lowest loss by more than this fraction is warned about: a run that ends
@@ -78,10 +78,9 @@ def fit_report(data: FitData, options: FitOptions) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     fit = None
-    sizes, lengths = runs["N"].nunique(), runs["D"].nunique()
-    if min(sizes, lengths) < 3:
-        record("approach3", None, f"{sizes} distinct N and {lengths} distinct D; each term "
-               "A/N^alpha and B/D^beta needs 3 or more values to be identified", t0)
+    gap = joint_law_gap(runs["N"], runs["D"], "A/N^alpha and B/D^beta")
+    if gap is not None:
+        record("approach3", None, gap, t0)
         if options.predict:
             report["skipped"]["predictions"] = ("--predict needs approach 3, which these runs "
                                                 "cannot support (see approach3)")
@@ -121,15 +120,16 @@ def fit_report(data: FitData, options: FitOptions) -> dict[str, Any]:
                              average_seeds=data.seed_noise is not None), None, t0)
 
     t0 = time.perf_counter()
-    if min(sizes, lengths) < 3:
-        record("kaplan_nd", None, f"{sizes} distinct N and {lengths} distinct D; Kaplan's "
-               "L(N, D) needs 3 or more of each", t0)
+    gap = joint_law_gap(runs["N"], runs["D"], "(N_c/N)^(alpha_N/alpha_D) and D_c/D")
+    if gap is not None:
+        record("kaplan_nd", None, gap, t0)
     else:
+        # The two forms side by side: which describes these runs better
         section = fit_kaplan_joint(runs["N"], runs["D"], runs["loss"],
                                    bootstrap=options.bootstrap, rng=np.random.default_rng(seeds[4]),
-                                   predict=options.predict)
-        if fit is not None:  # the two forms side by side: which describes these runs better
-            section["approach3_rms_log_residual"] = fit.rms_log_residual
+                                   predict=options.predict,
+                                   approach3_rms=None if fit is None else fit.rms_log_residual)
+        if fit is not None:
             for row in section.get("predictions", []):
                 row["approach3_loss"] = float(fit.law.loss(row["N"], row["D"]))
         record("kaplan_nd", section, None, t0)

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from sweep.fit.approach3 import fit_law
+from sweep.fit.points import joint_law_gap
 from sweep.fit.table import MIN_RUNS
 
 
@@ -33,6 +34,10 @@ def extrapolation_check(runs: pd.DataFrame, holdout_factor: float
         return None, (f"{fit.sum()} runs have C <= {threshold:.3g} (max C / {holdout_factor:g}); "
                       f"fitting needs {MIN_RUNS} with three or more N and D: lower "
                       "--holdout-factor or add small runs")
+    gap = joint_law_gap(n[fit], d[fit], "A/N^alpha and B/D^beta")
+    if gap is not None:
+        return None, (f"the {fit.sum()} runs with C <= {threshold:.3g} (max C / "
+                      f"{holdout_factor:g}) cannot be fitted: {gap}")
     law, optima = fit_law(n[fit], d[fit], loss[fit])
     predicted = law.loss(n, d)
     rel = predicted / loss - 1.0

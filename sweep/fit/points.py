@@ -12,6 +12,10 @@ import pandas as pd
 
 # Runs whose D agree to 1 % are at one D: step rounding makes one token budget's D differ slightly.
 SAME_D_DECADES = 0.005
+# Runs whose (log N, log D) lie within this fraction as wide as long of one line (a fixed D/N, one
+# IsoFLOP budget) cannot separate an N term from a D term: a ladder at 20 tokens per parameter
+# gives 2e-6, one IsoFLOP budget 0, two budgets 3x apart 0.17, the horizons grid 0.39.
+MIN_SPREAD = 0.05
 # Two rows of one run id and config hash are one run when their losses agree to this (a retrain
 # of one config by the same code lands within ~1e-8; another training differs far more).
 SAME_LOSS_RTOL = 1e-4
@@ -24,6 +28,26 @@ DESCRIBING = ("experiment", "seed", "hparams_lr", "hparams_warmup_steps", "hpara
               "torch_version")
 # What seed replicates of one sweep point may differ in: the seed, and so the config hash.
 SEED_ONLY = frozenset({"seed", "config_hash"})
+
+
+def joint_law_gap(n: np.ndarray, d: np.ndarray, terms: str) -> str | None:
+    """Why a law with separate N and D terms (`terms`, named for the message) cannot be fitted
+    to runs at these N and D, or None when it can."""
+    n, d = np.asarray(n, dtype=float), np.asarray(d, dtype=float)
+    sizes, lengths = len(np.unique(n)), len(np.unique(d))
+    if min(sizes, lengths) < 3:
+        return (f"{sizes} distinct N and {lengths} distinct D; each term {terms} needs 3 or more "
+                "values to be identified")
+    # The spread of the runs across the best line through (log N, log D) against along it
+    points = np.column_stack([np.log(n), np.log(d)])
+    across, along = np.linalg.svd(points - points.mean(axis=0), compute_uv=False)[::-1]
+    if across < MIN_SPREAD * along:
+        return (f"the runs' N and D move together (log D is nearly a line in log N, "
+                f"{across / along:.3f} as wide as long: one tokens-per-parameter ratio, or one "
+                "compute budget), so "
+                f"{terms} cannot be told apart; add runs off that line, at other tokens per "
+                "parameter or other budgets")
+    return None
 
 
 def log_clusters(values: np.ndarray, gap_decades: float) -> np.ndarray:

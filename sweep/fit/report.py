@@ -152,7 +152,9 @@ def _kaplan_nd(s: dict[str, Any]) -> list[str]:
                     [[k, _g(s[k]), _ci(s, k)] for k in ("N_c", "D_c", "alpha_N", "alpha_D",
                                                          "a", "b")])
     return lines + [
-        f"a and b are the exponents of N_opt and D_opt in C under C = 6 N D. Tokens for a loss "
+        "a and b are the exponents of N_opt and D_opt in C that this law implies under "
+        "C = 6 N D (not Kaplan's own N_opt ~ C^0.73, which comes from their L(N, S_min) fits to "
+        f"learning curves). Tokens for a loss "
         f"within {100 * s['penalty']:g} % of L(N) (Kaplan's eq. 4.4, their fit "
         f"D = 5e3 N^0.74): D = {_g(s['data_coefficient'], 3)} {_ci(s, 'data_coefficient')} "
         f"x N^{_g(s['data_exponent'], 3)} {_ci(s, 'data_exponent')}.", "",
