@@ -230,6 +230,13 @@ class Approach3:
                 **({"predictions": self.predictions()} if self.predict else {})}
 
 
+def _rms_log_residual(theta: np.ndarray, n: np.ndarray, d: np.ndarray, loss: np.ndarray
+                      ) -> float:
+    # From theta, as the fit saw it: finite even where a run-off term overflows A or B
+    fitted = np.logaddexp.reduce(_design(n, d) @ theta, axis=0)
+    return float(np.sqrt(np.mean((fitted - np.log(loss)) ** 2)))
+
+
 def fit_approach3(
     n: np.ndarray, d: np.ndarray, loss: np.ndarray, *, bootstrap: int, seed: int,
     compute: list[float], predict: Sequence[tuple[float, float]] = (),
@@ -250,6 +257,6 @@ def fit_approach3(
         n_starts=len(start_grid()), n_converged=sum(o.converged for o in optima),
         compute=list(compute), samples=samples, predict=list(predict),
         largest=(float(n.max()), float(d.max())),
-        rms_log_residual=float(np.sqrt(np.mean((np.log(law.loss(n, d)) - np.log(loss)) ** 2))),
+        rms_log_residual=_rms_log_residual(best.theta, n, d, loss),
         bootstrap_converged=converged, timings_s=timings,
     )
