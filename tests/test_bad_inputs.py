@@ -267,6 +267,11 @@ ROWS = (
     Row("fit-table-missing-column", ("-m", "sweep.fit", "table.csv", "--out", "report"), 2,
         ("column 'loss' (for loss) is not in", "name the right one with --loss-col"),
         setup=table_with(lambda table: table.drop(columns=["loss"]))),
+    Row("fit-where-unknown-column", ("-m", "sweep.fit", "table.csv", "--out", "report",
+                                     "--where", "sise > 3e6"), 2,
+        ("--where 'sise > 3e6' cannot be evaluated on the runs in table.csv (name 'sise' is not "
+         "defined)", "write a pandas query over their columns"),
+        setup=table_with(lambda table: table)),
 )
 
 

@@ -484,3 +484,64 @@ def test_rows_without_a_dataset_hash_are_not_a_second_dataset(tmp_path: Path) ->
     table = small_table().assign(dataset_config_hash="abc123", dataset_name="synthetic")
     table.loc[:4, ["dataset_config_hash", "dataset_name"]] = np.nan
     assert len(load(write(table, tmp_path / "runs.csv"), Columns()).runs) == len(table)
+
+
+# --- --where: fitting a subset of the runs -------------------------------------------------------
+
+
+def test_where_keeps_one_experiment_of_a_runs_directory_and_its_curves(tmp_path: Path) -> None:
+    for experiment, worse in (("probe", 0.1), ("sweep", 0.0)):
+        for n in (1000, 2000, 4000):
+            for tokens in (20_000, 40_000, 80_000):
+                make_run(tmp_path, n, tokens, 3.0 - n / 1e4 - tokens / 1e6 + worse,
+                         experiment=experiment)
+    data = load(tmp_path, Columns(), where='experiment == "sweep"')
+    assert len(data.runs) == 9 and data.runs["run"].str.startswith("sweep/").all()
+    assert data.curves is not None and set(data.curves["run"]) == set(data.runs["run"])
+    assert "--where 'experiment == \"sweep\"' kept 9 of 18 runs" in data.notes
+    # Without the filter the two experiments' runs sit at the same points, and are warned about
+    assert load(tmp_path, Columns()).warnings and not data.warnings
+
+
+def test_where_on_a_curves_table_reads_each_runs_final_row(tmp_path: Path) -> None:
+    table = small_table(curve_points=4)  # 15 runs, each with 4 eval points
+    final = table.loc[table.groupby("run_id")["C"].idxmax()]
+    cut = float(final["loss"].median())
+    data = load(write(table, tmp_path / "curves.csv"), Columns(), where=f"loss < {cut}")
+    # Runs whose final loss is under the cut, with every one of their eval points (their early
+    # points lie above it: a row-wise filter would have cut their curves short)
+    assert set(data.runs["run"]) == set(final.loc[final["loss"] < cut, "run_id"])
+    assert data.curves is not None and len(data.curves) == 4 * len(data.runs)
+
+
+def test_where_on_a_table_of_runs(tmp_path: Path) -> None:
+    table = small_table()
+    data = load(write(table, tmp_path / "runs.csv"), Columns(), where="N >= 1e8 or budget == 1e19")
+    expected = table[(table.N >= 1e8) | (table.budget == 1e19)]
+    np.testing.assert_allclose(sorted(data.runs["N"]), sorted(expected["N"]))
+
+
+@pytest.mark.parametrize(("where", "says"), [
+    ("sise > 3", "--where 'sise > 3' cannot be evaluated on the runs in "),
+    ("N >", "--where 'N >' cannot be evaluated"),
+    ("N = 3", "--where 'N = 3' assigns (a single =): compare with ==, e.g. --where 'seed == 0'"),
+    ("N * 2", "--where 'N * 2' is not a condition (it gives float64, not true/false per run)"),
+    ("N > 1e15", "--where 'N > 1e15' keeps none of the 15 runs in "),
+])
+def test_a_bad_where_is_one_line(tmp_path: Path, where: str, says: str) -> None:
+    path = write(small_table(), tmp_path / "runs.csv")
+    with pytest.raises(TableError) as info:
+        load(path, Columns(), where=where)
+    assert str(info.value).startswith(says) and "\n" not in str(info.value)
+
+
+def test_the_cli_fits_the_subset_and_says_so(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from sweep.fit.__main__ import main
+
+    path = write(small_table(), tmp_path / "runs.csv")
+    assert main([str(path), "--out", str(tmp_path / "report"), "--bootstrap", "0",
+                 "--where", "budget >= 1e18"]) == 0
+    assert "--where 'budget >= 1e18' kept 10 of 15 runs" in capsys.readouterr().out.splitlines()
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["n_runs"] == 10 and report["options"]["where"] == "budget >= 1e18"

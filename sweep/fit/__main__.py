@@ -37,6 +37,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--run-col", default=_COLUMNS.run,
                    help="run id column; repeated ids make a curves table (default: run_id, "
                         "if present)")
+    p.add_argument("--where", metavar="EXPR", default=None,
+                   help="fit only the runs whose row matches this pandas query over the "
+                        "source's columns (a run's final row in a curves table), e.g. "
+                        "'N >= 3e6', 'experiment == \"isoflop\"', 'seed == 0'")
     p.add_argument("--bootstrap", type=int, default=_DEFAULTS.bootstrap,
                    help="bootstrap refits per method (default: %(default)s; 0 for no CIs)")
     p.add_argument("--seed", type=int, default=_DEFAULTS.seed, help="bootstrap seed")
@@ -85,7 +89,7 @@ def _options(args: argparse.Namespace) -> FitOptions:
     return FitOptions(bootstrap=args.bootstrap, seed=args.seed,
                       holdout_factor=args.holdout_factor, isoflop_window=args.isoflop_window,
                       include_edge=args.include_edge, compute=tuple(args.compute or ()),
-                      predict=tuple(_point(v) for v in args.predict or ()))
+                      predict=tuple(_point(v) for v in args.predict or ()), where=args.where)
 
 
 def _predicted(row: dict, law: str) -> str:
@@ -154,11 +158,12 @@ def main(argv: list[str] | None = None) -> int:
         check_out_dir(out)  # before minutes of fitting, not after
         columns = Columns(N=args.n_col, D=args.d_col, C=args.c_col, loss=args.loss_col,
                           budget=args.budget_col, run=args.run_col)
-        data = load(args.source, columns, skip_unreadable=args.skip_unreadable)
+        data = load(args.source, columns, skip_unreadable=args.skip_unreadable,
+                    where=options.where)
         # How many runs a runs directory gave and why the rest (diverged, ...) were left out.
         for note in data.notes:
             if note.startswith(("runs directory: ", "D derived", "C derived", "dropped ",
-                                "seed replicates: ")):
+                                "seed replicates: ", "--where ")):
                 print(note)
         report = fit_report(data, options)
         write_report(out, report, data.runs, data.curves)

@@ -49,6 +49,7 @@ class FitOptions:
     include_edge: bool = False
     compute: tuple[float, ...] = ()  # C values for the allocation table; () = around the data
     predict: tuple[tuple[float, float], ...] = ()  # (N, D) points to predict the loss at
+    where: str | None = None  # the runs fitted: a pandas query over the source (see table.load)
 
 
 def default_compute(c_max: float) -> tuple[float, ...]:

@@ -193,11 +193,38 @@ def _check_units(n: np.ndarray, d: np.ndarray, c: np.ndarray, cols: Columns, whe
             f"C in FLOPs (not PF-days: 1 PF-day = 8.64e19 FLOPs), or drop '{cols.C}' to use 6ND")
 
 
-def load(source: str | Path, cols: Columns, skip_unreadable: bool = False) -> FitData:
+def select_runs(where: str, rows: pd.DataFrame, place: str) -> np.ndarray:
+    """Which runs `where` keeps (a pandas query over the source's columns), given each run's
+    row of the source (its final row in a curves table); `place` says where the runs are
+    ("under DIR", "in FILE"). A bad expression is a TableError."""
+    try:
+        kept = rows.eval(where, engine="python")
+    except (SyntaxError, NameError, KeyError, ValueError, TypeError, AttributeError) as exc:
+        reason = first_line(exc) or type(exc).__name__
+        raise TableError(f"--where {where!r} cannot be evaluated on the runs {place} ({reason}): "
+                         "write a pandas query over their columns "
+                         f"({', '.join(map(str, rows.columns[:8]))}, ...), e.g. "
+                         "--where 'N >= 3e6 and experiment == \"isoflop\"'") from None
+    if isinstance(kept, pd.DataFrame):  # `a = b` assigns a column in pandas' eval
+        raise TableError(f"--where {where!r} assigns (a single =): compare with ==, e.g. "
+                         "--where 'seed == 0'")
+    if not isinstance(kept, pd.Series) or kept.dtype != bool:
+        raise TableError(f"--where {where!r} is not a condition (it gives "
+                         f"{getattr(kept, 'dtype', type(kept).__name__)}, not true/false per run): "
+                         "compare columns, e.g. --where 'N >= 3e6'")
+    if not kept.any():
+        raise TableError(f"--where {where!r} keeps none of the {len(rows)} runs {place}: "
+                         "loosen it")
+    return kept.to_numpy()
+
+
+def load(source: str | Path, cols: Columns, skip_unreadable: bool = False,
+         where: str | None = None) -> FitData:
     """Read and check a source; every problem is a TableError naming the fix.
 
     For a runs directory, an unreadable run is a TableError unless skip_unreadable, which leaves
-    it out with a note (see sweep.collect.collect_runs).
+    it out with a note (see sweep.collect.collect_runs). `where` (a pandas query over the
+    source's columns) keeps only the runs whose row (final row, in a curves table) matches.
     """
     path = Path(source)
     notes: list[str] = []
@@ -218,6 +245,7 @@ def load(source: str | Path, cols: Columns, skip_unreadable: bool = False) -> Fi
             _note(notes, f"skipped unreadable {unreadable}")
         runs = _canonical(collected.table, cols, f"runs under {path}", notes)
         described = describing(collected.table, cols.run_column)
+        source_rows, place = collected.table, f"under {path}"
         try:
             curve_collected = collect_runs(path, curves=True, skip_unreadable=skip_unreadable)
             curves = _canonical(curve_collected.table, cols, f"curves under {path}", notes)
@@ -249,13 +277,22 @@ def load(source: str | Path, cols: Columns, skip_unreadable: bool = False) -> Fi
             runs = curves.sort_values("C").groupby("run", sort=False).tail(1)
             runs = runs.sort_values(["N", "D"])
             # each run's final row of the source table, for what describes the run
-            described = describing(table.loc[runs.index], cols.run_column)
+            source_rows = table.loc[runs.index].reset_index(drop=True)
+            described = describing(source_rows, cols.run_column)
             runs = runs.reset_index(drop=True)
             notes.append(f"{len(runs)} runs with {len(curves)} eval points; each run's point "
                          "at its largest C is its final loss")
         else:
             runs, curves = _canonical(table, cols, str(path), notes), None
             described = describing(table, cols.run_column)
+            source_rows = table.reset_index(drop=True)
+        place = f"in {path}"
+    if where is not None:
+        kept = select_runs(where, source_rows, place)
+        _note(notes, f"--where {where!r} kept {int(kept.sum())} of {len(kept)} runs")
+        runs, described = runs[kept], described[kept]
+        if curves is not None:
+            curves = curves[curves["run"].isin(set(runs["run"]))].reset_index(drop=True)
     warnings: list[str] = []
     runs, curves = drop_repeated_rows(runs, curves, described, cols.run_column, notes)
     warning, note, seed_noise = several_runs(runs, described.loc[runs.index])
