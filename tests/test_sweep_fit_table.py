@@ -35,6 +35,14 @@ def write(table: pd.DataFrame, path: Path) -> Path:
     return path
 
 
+def refused_where(path: Path, where: str) -> str:
+    """The one-line TableError message load() raises for path filtered by where."""
+    with pytest.raises(TableError) as info:
+        load(path, Columns(), where=where)
+    assert "\n" not in str(info.value)
+    return str(info.value)
+
+
 def refused(path: Path, cols: Columns | None = None) -> str:
     """The TableError message load() raises for path; it must be a single line."""
     with pytest.raises(TableError) as info:
@@ -451,9 +459,14 @@ def test_runs_on_two_datasets_are_not_fitted_as_one(tmp_path: Path) -> None:
     message = refused(runs)
     assert message == (
         f"the runs under {runs} trained on 2 datasets (synthetic (ab), stdlib (01234567)); a law "
-        f"fits runs on one: collect one dataset's runs with python -m sweep.collect {runs} "
-        "--dataset synthetic --out synthetic.csv, then fit that table")
+        "fits runs on one: pass --where 'dataset_name == \"synthetic\"', or collect one "
+        f"dataset's runs with python -m sweep.collect {runs} --dataset synthetic --out "
+        "synthetic.csv and fit that table")
     assert len(load(runs / "exp", Columns()).runs) == 5  # one experiment's folder is fine
+    # Both pieces of advice work: --where picks the dataset's runs (after it, one dataset) ...
+    assert len(load(runs, Columns(), where='dataset_name == "synthetic"').runs) == 5
+    assert refused_where(runs, "N > 0").startswith(
+        f"the runs under {runs} kept by --where 'N > 0' trained on 2 datasets")
     # ... and the advice works: the filtered table fits
     assert len(load(write(collect_runs(runs, dataset="synthetic").table,
                           tmp_path / "synthetic.csv"), Columns()).runs) == 5
@@ -468,8 +481,10 @@ def test_a_collected_table_on_two_datasets_is_refused_too(tmp_path: Path, kind: 
     table = write(collect_runs(runs, curves=kind.startswith("curves")).table, tmp_path / kind)
     assert refused(table) == (
         f"the runs in {table} trained on 2 datasets (synthetic (ab), stdlib (01234567)); a law "
-        "fits runs on one: collect one dataset's runs with python -m sweep.collect <runs folder> "
-        "--dataset synthetic --out synthetic.csv, then fit that table")
+        "fits runs on one: pass --where 'dataset_name == \"synthetic\"', or collect one "
+        "dataset's runs with python -m sweep.collect <runs folder> --dataset synthetic --out "
+        "synthetic.csv and fit that table")
+    assert len(load(table, Columns(), where='dataset_name == "synthetic"').runs) == 5
 
 
 def test_two_builds_of_one_named_dataset_are_told_apart_by_hash(tmp_path: Path) -> None:
@@ -521,8 +536,36 @@ def test_where_on_a_table_of_runs(tmp_path: Path) -> None:
     np.testing.assert_allclose(sorted(data.runs["N"]), sorted(expected["N"]))
 
 
+def test_where_matches_rows_by_position_whatever_index_a_parquet_file_kept(
+        tmp_path: Path) -> None:
+    pytest.importorskip("pyarrow")
+    table = small_table(curve_points=3)
+    table["seed"] = table.groupby("run_id").ngroup() % 2
+    # Sorted and written with its old index: parquet stores and restores it
+    shuffled = table.sample(frac=1.0, random_state=0)
+    shuffled.to_parquet(tmp_path / "curves.parquet")
+    data = load(tmp_path / "curves.parquet", Columns(), where="seed == 0")
+    assert set(data.runs["run"]) == set(table.loc[table["seed"] == 0, "run_id"])
+
+
+def test_where_on_a_nullable_column_treats_missing_as_false(tmp_path: Path) -> None:
+    pytest.importorskip("pyarrow")
+    table = small_table()
+    table["seed"] = pd.array([0] * 12 + [None, 1, 1], dtype="Int64")
+    data = load(write(table, tmp_path / "runs.parquet"), Columns(), where="seed == 0")
+    assert len(data.runs) == 12
+
+
+def test_where_keeping_too_few_runs_says_so(tmp_path: Path) -> None:
+    path = write(small_table(), tmp_path / "runs.csv")
+    assert refused_where(path, "N > 5e8") == (
+        f"--where 'N > 5e8' keeps 3 runs in {path}; a fit needs at least 5 (approach 3 has 5 "
+        "parameters): loosen it")
+
+
 @pytest.mark.parametrize(("where", "says"), [
     ("sise > 3", "--where 'sise > 3' cannot be evaluated on the runs in "),
+    ("N if seed else D", "--where 'N if seed else D' cannot be evaluated on the runs in "),
     ("N >", "--where 'N >' cannot be evaluated"),
     ("N = 3", "--where 'N = 3' assigns (a single =): compare with ==, e.g. --where 'seed == 0'"),
     ("N * 2", "--where 'N * 2' is not a condition (it gives float64, not true/false per run)"),

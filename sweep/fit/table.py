@@ -199,7 +199,8 @@ def select_runs(where: str, rows: pd.DataFrame, place: str) -> np.ndarray:
     ("under DIR", "in FILE"). A bad expression is a TableError."""
     try:
         kept = rows.eval(where, engine="python")
-    except (SyntaxError, NameError, KeyError, ValueError, TypeError, AttributeError) as exc:
+    except (SyntaxError, NameError, KeyError, ValueError, TypeError, AttributeError,
+            NotImplementedError) as exc:
         reason = first_line(exc) or type(exc).__name__
         raise TableError(f"--where {where!r} cannot be evaluated on the runs {place} ({reason}): "
                          "write a pandas query over their columns "
@@ -208,6 +209,8 @@ def select_runs(where: str, rows: pd.DataFrame, place: str) -> np.ndarray:
     if isinstance(kept, pd.DataFrame):  # `a = b` assigns a column in pandas' eval
         raise TableError(f"--where {where!r} assigns (a single =): compare with ==, e.g. "
                          "--where 'seed == 0'")
+    if isinstance(kept, pd.Series) and kept.dtype == "boolean":  # nullable: missing is false
+        kept = kept.fillna(False).astype(bool)
     if not isinstance(kept, pd.Series) or kept.dtype != bool:
         raise TableError(f"--where {where!r} is not a condition (it gives "
                          f"{getattr(kept, 'dtype', type(kept).__name__)}, not true/false per run): "
@@ -239,13 +242,12 @@ def load(source: str | Path, cols: Columns, skip_unreadable: bool = False,
         if cols.run is not None and cols.run not in collected.table.columns:
             raise TableError(f"--run-col '{cols.run}' is not a column of the runs under {path}; "
                              "leave --run-col out to key runs by experiment and run id")
-        _check_one_dataset(collected.table, f"the runs under {path}", str(path))
         notes.append(f"runs directory: {collected.describe()}")
         for unreadable in collected.unreadable:
             _note(notes, f"skipped unreadable {unreadable}")
         runs = _canonical(collected.table, cols, f"runs under {path}", notes)
         described = describing(collected.table, cols.run_column)
-        source_rows, place = collected.table, f"under {path}"
+        source_rows, place, runs_dir = collected.table, f"under {path}", str(path)
         try:
             curve_collected = collect_runs(path, curves=True, skip_unreadable=skip_unreadable)
             curves = _canonical(curve_collected.table, cols, f"curves under {path}", notes)
@@ -259,9 +261,9 @@ def load(source: str | Path, cols: Columns, skip_unreadable: bool = False,
             notes.append(f"curves left out: {exc}")
             curves = None
     else:
-        table = _read(path)
-        # sweep.collect's tables (runs or curves) carry the dataset: a mixed one is refused too
-        _check_one_dataset(table, f"the runs in {path}", "<runs folder>")
+        # Positions, not a stored index (a parquet file keeps the one it was written with):
+        # rows are matched to runs by position below
+        table = _read(path).reset_index(drop=True)
         if cols.run is not None and cols.run not in table.columns:
             raise TableError(f"--run-col '{cols.run}' is not a column of {path}; name the run id "
                              "column, or leave --run-col out for a table with a row per run")
@@ -286,19 +288,25 @@ def load(source: str | Path, cols: Columns, skip_unreadable: bool = False,
             runs, curves = _canonical(table, cols, str(path), notes), None
             described = describing(table, cols.run_column)
             source_rows = table.reset_index(drop=True)
-        place = f"in {path}"
+        place, runs_dir = f"in {path}", "<runs folder>"
     if where is not None:
         kept = select_runs(where, source_rows, place)
         _note(notes, f"--where {where!r} kept {int(kept.sum())} of {len(kept)} runs")
-        runs, described = runs[kept], described[kept]
+        runs, described, source_rows = runs[kept], described[kept], source_rows[kept]
         if curves is not None:
             curves = curves[curves["run"].isin(set(runs["run"]))].reset_index(drop=True)
+    # sweep.collect's tables (runs or curves) carry the dataset: a mix is refused (after
+    # --where, which may pick one dataset's runs)
+    _check_one_dataset(source_rows, f"the runs {place}", runs_dir, where)
     warnings: list[str] = []
     runs, curves = drop_repeated_rows(runs, curves, described, cols.run_column, notes)
     warning, note, seed_noise = several_runs(runs, described.loc[runs.index])
     warnings += [warning] if warning is not None else []
     notes += [note] if note is not None else []
     runs = runs.reset_index(drop=True)
+    if where is not None and len(runs) < MIN_RUNS:
+        raise TableError(f"--where {where!r} keeps {len(runs)} runs {place}; a fit needs at "
+                         f"least {MIN_RUNS} (approach 3 has 5 parameters): loosen it")
     _check_fittable(runs, str(path))
     return FitData(runs=runs, curves=curves, source=str(path), columns=cols, notes=notes,
                    budget_source=_budget_source(runs, cols), warnings=warnings,
@@ -314,7 +322,8 @@ def _budget_source(runs: pd.DataFrame, cols: Columns) -> str | None:
     return None
 
 
-def _check_one_dataset(table: pd.DataFrame, where: str, runs_dir: str) -> None:
+def _check_one_dataset(table: pd.DataFrame, where: str, runs_dir: str,
+                       selected: str | None = None) -> None:
     """TableError when the runs in a table trained on different datasets: losses on other data
     (or another tokenizer) follow other laws, and one fit across them means nothing. The fix
     names sweep.collect's --dataset filter, which works even where one folder holds both."""
@@ -328,11 +337,14 @@ def _check_one_dataset(table: pd.DataFrame, where: str, runs_dir: str) -> None:
     names = (built["dataset_name"].astype(str) if "dataset_name" in built.columns else hashes)
     # A name shared by two builds (another tokenizer) cannot select one: the hash prefix can
     pick = names.iloc[0] if names.is_unique else hashes.iloc[0][:8]
+    condition = (f'dataset_name == "{names.iloc[0]}"' if names.is_unique
+                 else f'dataset_config_hash == "{hashes.iloc[0]}"')
     labels = ", ".join(dataset_label(n, h) for n, h in zip(names, hashes, strict=True))
     raise TableError(
-        f"{where} trained on {len(built)} datasets ({labels}); a law fits runs on one: collect "
+        f"{where}{f' kept by --where {selected!r}' if selected else ''} trained on {len(built)} "
+        f"datasets ({labels}); a law fits runs on one: pass --where '{condition}', or collect "
         f"one dataset's runs with python -m sweep.collect {runs_dir} --dataset {pick} --out "
-        f"{pick}.csv, then fit that table")
+        f"{pick}.csv and fit that table")
 
 
 def _check_fittable(runs: pd.DataFrame, where: str) -> None:
