@@ -147,9 +147,19 @@ def unknown_choice(
     return None
 
 
-def hydra_error_line(err: BaseException, command: str) -> str:
-    """One line for an error Hydra raised while reading the command line or composing the config:
-    the override at fault and how to fix it."""
+def _added_twice(first: str, argv: Sequence[str]) -> str | None:
+    """The `+group=option` of the command line behind Hydra's "group given twice" errors, or None
+    (a config file's defaults list can set a group twice too, with no + typed)."""
+    twice = re.match(r"Multiple values for ([\w/]+)\.", first) or re.match(
+        r"([\w/]+) appears more than once in the final defaults list", first)
+    if twice is None:
+        return None
+    return next((arg for arg in argv if arg.startswith(f"+{twice[1]}=")), None)
+
+
+def hydra_error_line(err: BaseException, command: str, argv: Sequence[str] = ()) -> str:
+    """One line for an error Hydra raised while reading the command line (`argv`) or composing
+    the config: the override at fault and how to fix it."""
     from hydra.errors import OverrideParseException
 
     cause = err.__cause__
@@ -166,13 +176,13 @@ def hydra_error_line(err: BaseException, command: str) -> str:
             f"{ambiguous[1]} lists several values: add --multirun to sweep over them, write "
             "key=[a,b] for a list, or give one value"
         )
-    twice = re.match(r"Multiple values for ([\w/]+)\. To override a value use 'override [^:]+: "
-                     r"([^']*)'", first)
-    if twice:
+    added = _added_twice(first, argv)
+    if added is not None:
         # `+group=x` appends a second entry for a group the defaults list already sets
+        group, option = added[1:].split("=", 1)
         return (
-            f"+{twice[1]}={twice[2]} adds {twice[1]} to {command}'s defaults list, which "
-            f"already has it: write {twice[1]}={twice[2]}, without the +"
+            f"{added} adds {group} to {command}'s defaults list, which already has it: write "
+            f"{group}={option}, without the +"
         )
     detail = first_line(cause) if cause else ""
     unknown = re.match(r"Could not override '([^']+)'", first)
@@ -209,7 +219,7 @@ def run_hydra(task: Callable[[Any], Any], config_name: str, command: str) -> Non
             task
         )()
     except (ConfigCompositionException, MissingConfigException, OverrideParseException) as err:
-        print(f"error: {hydra_error_line(err, command)}", file=sys.stderr)
+        print(f"error: {hydra_error_line(err, command, sys.argv[1:])}", file=sys.stderr)
         raise SystemExit(2) from None
     except InstantiationException as err:
         # A plugin (the gpu_pool launcher, say) refusing a setting raises ValueError with one

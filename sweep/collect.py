@@ -191,11 +191,23 @@ def _curve_rows(
             # The fitter refuses a table mixing datasets; a curves table needs these to be checked
             "dataset_name": _dataset(summary).get("name"),
             "dataset_config_hash": _dataset(summary).get("config_hash"),
+            **_how_made(summary),
             "run_dir": run_dir,
         })
     if torn:
         unreadable.append((str(path), f"line {torn} is not a metrics row"))
     return rows
+
+
+def _how_made(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """What tells two runs at one (N, D) apart, for a curves table as for a runs table: the
+    seed, the hashes, the code and the hyperparameters (seed replicates, --where 'seed == 0')."""
+    hparams = summary.get("hparams")
+    return {
+        **{key: summary.get(key) for key in ("seed", "config_hash", "replicate_hash",
+                                             "code_version")},
+        **{f"hparams_{k}": v for k, v in (hparams if isinstance(hparams, Mapping) else {}).items()},
+    }
 
 
 def _dataset(summary: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -65,6 +65,8 @@ class RunPlan:
     max_epochs: float  # budget.max_epochs: passes over the train split the budget may take
     config_hash: str
     config: dict[str, Any]  # the resolved config plus the derived values, as written to config.yaml
+    # The hash of the run's identity without its seed: runs sharing it are seed replicates
+    replicate_hash: str = ""
 
 
 def _override_key(override: str) -> str:
@@ -320,6 +322,7 @@ def plan_run(
         "eval": {**OmegaConf.to_container(cfg.eval), **evaluation},
     }
     digest = config_hash(identity)
+    replicate = config_hash({k: v for k, v in identity.items() if k != "seed"})
     model_name = str(cfg.model.get("name", "custom"))
     if cfg.model.get("target_params") is not None:
         model_name = f"target{float(cfg.model.target_params):.3g}".replace("+", "")
@@ -343,6 +346,7 @@ def plan_run(
     resolved["resolved"] = {
         "run_id": run_id,
         "config_hash": digest,
+        "replicate_hash": replicate,
         "model": dataclasses.asdict(model),
         "budget": dataclasses.asdict(budget),
         "hparams": {
@@ -380,4 +384,5 @@ def plan_run(
         max_epochs=max_epochs,
         config_hash=digest,
         config=resolved,
+        replicate_hash=replicate,
     )

@@ -150,6 +150,8 @@ def build_summary(plan: RunPlan, status: str, **fields: Any) -> dict[str, Any]:
         "precision": plan.hardware.precision,
         "seed": plan.config["seed"],
         "config_hash": plan.config_hash,
+        # The identity without the seed: runs that share it differ in their seed alone
+        "replicate_hash": plan.replicate_hash,
         "code_version": code_version(),
         "torch_version": _version("torch"),
         "python_version": platform.python_version(),

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from data.hydra_guard import unknown_choice
+from data.hydra_guard import hydra_error_line, unknown_choice
 from tests.conftest import FIXED_HPARAMS
 from tests.helpers import linked_root
 
@@ -179,3 +179,19 @@ def test_a_config_dir_model_and_a_searchpath_experiment_dry_run(
     assert sweep.returncode == 0, sweep.stderr
     assert "sweep mine: 1 grid points" in sweep.stdout and " tiny2-" in sweep.stdout
     assert sorted(p.name for p in root.iterdir()) == ["data_cache"]  # a dry run writes nothing
+
+
+@pytest.mark.parametrize("message", [
+    "Multiple values for model. To override a value use 'override model: gpt_3m'",
+    "model appears more than once in the final defaults list",
+])
+def test_a_group_given_twice_says_drop_the_plus_only_when_a_plus_was_typed(message: str) -> None:
+    from hydra.errors import ConfigCompositionException
+
+    err = ConfigCompositionException(message)
+    typed = hydra_error_line(err, "python -m sweep.train", ["+model=gpt_3m", "seed=1"])
+    assert typed == ("+model=gpt_3m adds model to python -m sweep.train's defaults list, which "
+                     "already has it: write model=gpt_3m, without the +")
+    # A config file of one's own whose defaults list sets model twice: Hydra's advice stands
+    untyped = hydra_error_line(err, "python -m sweep.train", ["experiment=mine"])
+    assert "without the +" not in untyped and untyped.startswith(message.split(".")[0])

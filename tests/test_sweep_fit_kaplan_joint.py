@@ -218,6 +218,15 @@ def _fit(tmp_path, table: pd.DataFrame, bootstrap: int = 0) -> dict:
     (np.geomspace(1e6, 1e8, 9), 1e18 / (6 * np.geomspace(1e6, 1e8, 9)),
      "the runs' N and D move together (log D is nearly a line in log N, 0.000 as wide"),
     (np.geomspace(1e6, 1e8, 9), np.full(9, 1e9), "9 distinct N and 1 distinct D"),
+    # One D but for step rounding (the kaplan experiment): still one D
+    (np.geomspace(1e6, 1e8, 9), 2e9 * (1 + 1e-4 * np.arange(9)), "9 distinct N and 1 distinct D"),
+    # Two ladders barely apart, 20 and 20.5 tokens per parameter
+    (np.geomspace(1e6, 3e8, 10), np.r_[20 * np.geomspace(1e6, 3e8, 10)[:5],
+                                       20.5 * np.geomspace(1e6, 3e8, 10)[5:]],
+     "the runs' N and D move together"),
+    # A ladder and one run off it: the split would rest on that run
+    (np.r_[np.geomspace(1e6, 3e8, 11), 1e7], np.r_[20 * np.geomspace(1e6, 3e8, 11), 1e10],
+     "all the runs but one (N=1e+07, D=1e+10) lie on one line"),
 ])
 def test_runs_along_one_line_in_n_and_d_cannot_separate_the_terms(n, d, says):
     assert joint_law_gap(n, d, "X and Y").startswith(says)

@@ -164,16 +164,75 @@ def test_seed_replicates_are_a_note_with_their_measured_noise(tmp_path: Path) ->
     assert data.seed_noise == {"points": 6, "runs": 18, "sd_log_loss": pytest.approx(sd)}
     (note,) = [n for n in data.notes if "several seeds" in n]
     assert note.startswith("seed replicates: 6 (N, D) points have runs at several seeds (18 "
-                           "runs, nothing else differs): each run is a fit point")
+                           "runs, no describing column but the seed differs): each run is a fit "
+                           "point")
     assert f"seed-to-seed spread of the loss {100 * sd:.2f} % (pooled sd of log loss)" in note
+    assert sorted(data.runs["replicate"].unique()) == list(range(6))
 
 
-def test_a_probe_among_seed_replicates_is_still_warned(tmp_path: Path) -> None:
+def test_a_probe_among_seed_replicates_is_warned_and_the_other_points_noted(
+        tmp_path: Path) -> None:
     data = load(_seed_table(tmp_path, probe=True), Columns())
-    assert data.seed_noise is None and not any("several seeds" in n for n in data.notes)
+    # The probe's point is warned about, alone; the five pure points are still replicates
     (warning,) = data.warnings
-    assert warning.startswith("6 (N, D) points have more than one run")
+    assert warning.startswith("1 (N, D) points have more than one run")
     assert "lr-probe (loss 3.3); they differ in seed, lr, config_hash)" in warning
+    assert data.seed_noise is not None and data.seed_noise["points"] == 5
+    probe_point = (data.runs["N"] == 2000) & (data.runs["D"] == 80_000)
+    assert (data.runs.loc[probe_point, "replicate"] == -1).all()
+    assert (data.runs.loc[~probe_point, "replicate"] >= 0).all()
+
+
+def test_a_stray_point_beside_replicates_is_the_one_named(tmp_path: Path) -> None:
+    # Seed replicates everywhere, and an LR probe pair at a point of its own
+    table = pd.read_csv(_seed_table(tmp_path))
+    probes = pd.DataFrame([{"run_id": f"probe-{lr}", "seed": 0, "config_hash": f"p{lr}",
+                            "lr": lr, "N": 8000, "D": 80_000, "loss": loss}
+                           for lr, loss in ((1e-3, 2.3), (1e-2, 2.6))])
+    path = tmp_path / "mixed.csv"
+    pd.concat([table, probes]).to_csv(path, index=False)
+    data = load(path, Columns())
+    (warning,) = data.warnings
+    assert warning.startswith("1 (N, D) points have more than one run")
+    assert ("probe-0.001 (loss 2.3), probe-0.01 (loss 2.6); they differ in lr, config_hash"
+            in warning)
+    assert data.seed_noise["points"] == 6
+
+
+def test_replicates_by_hash_pooled_over_unequal_points(tmp_path: Path) -> None:
+    # sweep.train's replicate hash decides; two points with 2 and 4 seeds: a pooled sd, not a
+    # mean of the points' sds
+    losses = {(1000, 20_000): [3.0, 3.1], (2000, 20_000): [2.8, 2.75, 2.9, 2.85]}
+    rows = [{"run_id": f"n{n}-s{i}", "seed": i, "config_hash": f"h{n}{i}",
+             "replicate_hash": f"r{n}", "N": n, "D": d, "loss": loss}
+            for (n, d), point in losses.items() for i, loss in enumerate(point)]
+    rows += [{"run_id": f"x{i}", "seed": 0, "config_hash": f"x{i}", "replicate_hash": f"x{i}",
+              "N": n, "D": d, "loss": 3.5 - i / 10}
+             for i, (n, d) in enumerate([(4000, 20_000), (1000, 80_000), (2000, 80_000)])]
+    # ... and one point whose two runs share a seed's describing columns but not the hash
+    rows += [{"run_id": f"w{i}", "seed": i, "config_hash": f"w{i}", "replicate_hash": f"w{i}",
+              "N": 4000, "D": 80_000, "loss": 2.5 + i / 10} for i in range(2)]
+    path = tmp_path / "t.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    data = load(path, Columns())
+    logs = [np.log(v) for v in losses.values()]
+    pooled = np.sqrt(sum(((x - x.mean()) ** 2).sum() for x in logs) / (1 + 3))
+    assert data.seed_noise == {"points": 2, "runs": 6, "sd_log_loss": pytest.approx(pooled)}
+    assert "(6 runs, one config each, by sweep.train's replicate hash)" in data.notes[-1]
+    (warning,) = data.warnings
+    assert "w0 (loss 2.5), w1 (loss 2.6); they differ in seed, config_hash" in warning
+
+
+def test_the_same_seed_twice_is_not_a_replicate(tmp_path: Path) -> None:
+    rows = [{"run_id": f"r{i}", "seed": 0 if i < 2 else i, "config_hash": f"h{i}", "N": n,
+             "D": 20_000, "loss": 3.0 + i / 100}
+            for i, n in enumerate([1000, 1000, 2000, 4000, 8000])]
+    rows.append({"run_id": "r9", "seed": 0, "config_hash": "h9", "N": 2000, "D": 80_000,
+                 "loss": 2.5})
+    path = tmp_path / "t.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    data = load(path, Columns())
+    assert data.seed_noise is None and len(data.warnings) == 1
 
 
 def test_kaplan_takes_the_best_point_per_n_over_its_seeds_mean(
@@ -189,3 +248,19 @@ def test_kaplan_takes_the_best_point_per_n_over_its_seeds_mean(
     assert points == pytest.approx({1000: 3.0 * mean, 2000: 2.7 * mean, 4000: 2.5 * mean})
     assert report["kaplan"]["L_N"]["note"] == "best (N, D) point, its seeds averaged, per N"
     assert any("several seeds" in note for note in report["notes"])
+
+
+def test_a_curves_table_tells_seed_replicates_apart_as_a_runs_folder_does(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    for n, tokens, loss in GRID:
+        for seed, offset in ((0, 1.0), (1, 1.03)):
+            run = make_run(runs, n, tokens, loss * offset, run_id=f"n{n}-d{tokens}-s{seed}")
+            _edit_summary(run, seed=seed, config_hash=f"c{seed}", replicate_hash=f"r{n}{tokens}",
+                          hparams={"lr": 3e-3, "warmup_steps": 5, "schedule": "cosine",
+                                   "windows": "shuffled"})
+    curves = tmp_path / "curves.csv"
+    collect_runs(runs, curves=True).table.to_csv(curves, index=False)
+    for source in (runs, curves):
+        data = load(source, Columns())
+        assert data.warnings == [] and data.seed_noise["runs"] == 12, source
+        assert len(load(source, Columns(), where="seed == 0").runs) == 6

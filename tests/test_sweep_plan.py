@@ -214,6 +214,16 @@ def test_training_relevant_fields_change_the_identity(synthetic_root, change):
     base = plan_run(compose_train(synthetic_root, "budget.tokens=2e4"))
     changed = plan_run(compose_train(synthetic_root, "budget.tokens=2e4", change))
     assert changed.run_id != base.run_id
+    # ... and the replicate hash, unless the seed alone changed: then the runs are replicates
+    assert (changed.replicate_hash == base.replicate_hash) == (change.startswith("seed="))
+
+
+def test_seed_replicates_share_the_replicate_hash_and_the_record_carries_it(synthetic_root):
+    plans = [plan_run(compose_train(synthetic_root, "budget.tokens=2e4", f"seed={seed}"))
+             for seed in (0, 1, 7)]
+    assert len({p.config_hash for p in plans}) == 3
+    assert len({p.replicate_hash for p in plans}) == 1 and len(plans[0].replicate_hash) >= 16
+    assert plans[1].config["resolved"]["replicate_hash"] == plans[0].replicate_hash
 
 
 def test_wsd_cooldown_changes_the_identity(synthetic_root):

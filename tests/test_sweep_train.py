@@ -136,6 +136,9 @@ def test_one_run_end_to_end(synthetic_root):
     assert "entropy rate 0.5909" in result.stdout
     assert summary["device"] == "cpu" and summary["precision"] == "fp32"
     assert summary["dataset"]["config_hash"] == manifest["config_hash"]
+    # Its identity without the seed (another seed's run shares it), beside the one with it
+    assert summary["replicate_hash"] == config["resolved"]["replicate_hash"]
+    assert summary["replicate_hash"] != summary["config_hash"]
     # What tells it from another run at its (N, D) in a table: the pinned LR, the warmup the
     # schedule's fraction gave (5% of 29 steps), the schedule, the window order
     assert summary["hparams"] == {"lr": 3e-3, "warmup_steps": 1, "schedule": "cosine",

@@ -117,8 +117,8 @@ def fit_report(data: FitData, options: FitOptions) -> dict[str, Any]:
         record("approach1", section, reason, t0)
 
     t0 = time.perf_counter()
-    record("kaplan", _kaplan(runs, grid, options.bootstrap, np.random.default_rng(seeds[3]),
-                             average_seeds=data.seed_noise is not None), None, t0)
+    record("kaplan", _kaplan(runs, grid, options.bootstrap, np.random.default_rng(seeds[3])),
+           None, t0)
 
     t0 = time.perf_counter()
     gap = joint_law_gap(runs["N"], runs["D"], "(N_c/N)^(alpha_N/alpha_D) and D_c/D")
@@ -204,22 +204,26 @@ def _best_per_group(groups: np.ndarray, loss: np.ndarray) -> np.ndarray:
     return frame.groupby("g")["loss"].idxmin().to_numpy()
 
 
-def _seed_means(n: np.ndarray, d: np.ndarray, loss: np.ndarray
+def _seed_means(n: np.ndarray, d: np.ndarray, loss: np.ndarray, replicate: np.ndarray
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One point per (N, D): the geometric mean loss of its seeds, at their mean D."""
-    frame = pd.DataFrame({"N": n, "point": log_clusters(d, SAME_D_DECADES), "D": d,
-                          "log_loss": np.log(loss)})
-    means = frame.groupby(["N", "point"], sort=False).mean()
-    return (means.index.get_level_values("N").to_numpy(dtype=float),
-            means["D"].to_numpy(dtype=float), np.exp(means["log_loss"].to_numpy(dtype=float)))
+    """One point per seed-replicated (N, D), the geometric mean loss of its seeds at their
+    mean D; every other run as it is."""
+    own = np.where(replicate >= 0, replicate, -1 - np.arange(len(n)))  # a run alone: its own
+    frame = pd.DataFrame({"key": own, "N": n, "D": d, "log_loss": np.log(loss)})
+    means = frame.groupby("key", sort=False).mean()
+    return (means["N"].to_numpy(dtype=float), means["D"].to_numpy(dtype=float),
+            np.exp(means["log_loss"].to_numpy(dtype=float)))
 
 
-def _kaplan(runs: pd.DataFrame, grid: Any, draws: int, rng: np.random.Generator,
-            average_seeds: bool = False) -> dict[str, Any]:
+def _kaplan(runs: pd.DataFrame, grid: Any, draws: int, rng: np.random.Generator
+            ) -> dict[str, Any]:
     n, d, c, loss = (runs[k].to_numpy(dtype=float) for k in ("N", "D", "C", "loss"))
     # With seed replicates the best run per N would be the luckiest seed, biased low by about
     # the seed noise: the best point per N is taken over the seeds' means instead.
-    points = _seed_means(n, d, loss) if average_seeds else (n, d, loss)
+    replicate = (runs["replicate"].to_numpy() if "replicate" in runs
+                 else np.full(len(runs), -1))
+    average_seeds = bool((replicate >= 0).any())
+    points = _seed_means(n, d, loss, replicate) if average_seeds else (n, d, loss)
     out: dict[str, Any] = {}
     for name, axis in (("N", 0), ("D", 1)):
         x, point_loss = points[axis], points[2]

@@ -30,23 +30,35 @@ DESCRIBING = ("experiment", "seed", "hparams_lr", "hparams_warmup_steps", "hpara
 SEED_ONLY = frozenset({"seed", "config_hash"})
 
 
+def _spread(points: np.ndarray) -> float:
+    """How wide the cloud of (log N, log D) points is across its best line, against along it."""
+    across, along = np.linalg.svd(points - points.mean(axis=0), compute_uv=False)[::-1]
+    return float(across / along) if along > 0 else 0.0
+
+
 def joint_law_gap(n: np.ndarray, d: np.ndarray, terms: str) -> str | None:
     """Why a law with separate N and D terms (`terms`, named for the message) cannot be fitted
     to runs at these N and D, or None when it can."""
     n, d = np.asarray(n, dtype=float), np.asarray(d, dtype=float)
-    sizes, lengths = len(np.unique(n)), len(np.unique(d))
+    # D values within step rounding of each other are one D (one token budget)
+    sizes, lengths = len(np.unique(n)), len(np.unique(log_clusters(d, SAME_D_DECADES)))
     if min(sizes, lengths) < 3:
         return (f"{sizes} distinct N and {lengths} distinct D; each term {terms} needs 3 or more "
                 "values to be identified")
-    # The spread of the runs across the best line through (log N, log D) against along it
     points = np.column_stack([np.log(n), np.log(d)])
-    across, along = np.linalg.svd(points - points.mean(axis=0), compute_uv=False)[::-1]
-    if across < MIN_SPREAD * along:
+    spread = _spread(points)
+    if spread < MIN_SPREAD:
         return (f"the runs' N and D move together (log D is nearly a line in log N, "
-                f"{across / along:.3f} as wide as long: one tokens-per-parameter ratio, or one "
-                "compute budget), so "
-                f"{terms} cannot be told apart; add runs off that line, at other tokens per "
-                "parameter or other budgets")
+                f"{spread:.3f} as wide as long: one tokens-per-parameter ratio, or one "
+                f"compute budget), so {terms} cannot be told apart; add runs off that line, at "
+                "other tokens per parameter or other budgets")
+    # Nor may the split rest on a single run off that line
+    without = [_spread(np.delete(points, i, axis=0)) for i in range(len(points))]
+    alone = int(np.argmin(without))
+    if without[alone] < MIN_SPREAD:
+        return (f"all the runs but one (N={n[alone]:.3g}, D={d[alone]:.3g}) lie on one line in "
+                f"(log N, log D) (one tokens-per-parameter ratio, or one compute budget), so "
+                f"{terms} would be told apart by that run alone; add more runs off that line")
     return None
 
 
@@ -63,7 +75,8 @@ def log_clusters(values: np.ndarray, gap_decades: float) -> np.ndarray:
 def describing(table: pd.DataFrame, run_column: str) -> pd.DataFrame:
     """The columns that identify and describe each row's run (run id, config hash, seed, ...),
     aligned with the canonical rows (a RangeIndex); absent columns are left out."""
-    keep = [c for c in dict.fromkeys([run_column, *DESCRIBING]) if c in table.columns]
+    keep = [c for c in dict.fromkeys([run_column, *DESCRIBING, "replicate_hash"])
+            if c in table.columns]
     return table[keep].reset_index(drop=True)
 
 
@@ -107,55 +120,70 @@ def _differ(info: pd.DataFrame) -> list[str]:
     return [c for c in DESCRIBING if c in info.columns and info[c].nunique(dropna=False) > 1]
 
 
-def _seed_replicates(runs: pd.DataFrame, described: pd.DataFrame, point: pd.Series
-                     ) -> tuple[str, dict[str, Any]] | None:
-    """(note, seed noise) when every (N, D) point with several runs holds one run per seed and
-    nothing but the seed (and so the config hash) differs: a replicated sweep, not a stray run."""
-    groups = [g for _, g in runs.groupby([runs["N"], point]) if len(g) > 1]
-    for group in groups:
-        info = described.loc[group.index]
-        differ = _differ(info)
-        if "seed" not in differ or not set(differ) <= SEED_ONLY or (
-                info["seed"].nunique() < len(group)):
-            return None
-    # Pooled within-point standard deviation of log loss: the run-to-run noise at fixed (N, D)
+def _is_seed_replicate(info: pd.DataFrame) -> bool:
+    """Whether these runs at one (N, D) are one config at distinct seeds: by the replicate hash
+    (sweep.train's identity without the seed) where the rows have it, and in any case by the
+    describing columns (the code version among them) differing in the seed alone."""
+    if "seed" not in info.columns or info["seed"].isna().any():
+        return False
+    if info["seed"].nunique() < len(info):
+        return False  # the same seed twice is a retrain, not a replicate
+    hashes = info["replicate_hash"] if "replicate_hash" in info.columns else None
+    if hashes is not None and hashes.notna().all() and hashes.nunique() > 1:
+        return False
+    return set(_differ(info)) <= SEED_ONLY
+
+
+def _seed_note(groups: list[pd.DataFrame], by_hash: bool) -> tuple[str, dict[str, Any]]:
+    """The seed-replicates note and its measured noise, the pooled within-point standard
+    deviation of log loss."""
     log_loss = [np.log(g["loss"].to_numpy(dtype=float)) for g in groups]
     squares = sum(float(((x - x.mean()) ** 2).sum()) for x in log_loss)
     sd = math.sqrt(squares / sum(len(x) - 1 for x in log_loss))
     count = sum(len(g) for g in groups)
+    same = ("one config each, by sweep.train's replicate hash" if by_hash else
+            "no describing column but the seed differs")
     note = (f"seed replicates: {len(groups)} (N, D) points have runs at several seeds ({count} "
-            "runs, nothing else differs): each run is a fit point, and Kaplan's L(N) and L(D) "
-            "average each point's seeds before taking the best per N or D; seed-to-seed spread "
-            "of the loss "
+            f"runs, {same}): each run is a fit point, and Kaplan's L(N) and L(D) average each "
+            "point's seeds before taking the best per N or D; seed-to-seed spread of the loss "
             f"{100 * sd:.2f} % (pooled sd of log loss), the floor for a fit's rms log residual")
     return note, {"points": len(groups), "runs": count, "sd_log_loss": sd}
 
 
 def several_runs(runs: pd.DataFrame, described: pd.DataFrame
-                 ) -> tuple[str | None, str | None, dict[str, Any] | None]:
-    """(warning, note, seed noise) for (N, D) points with several runs. Seed replicates are a
-    note with their measured noise; anything else (an LR probe, an older config) is one warning
-    line: the fit takes each run as a sweep point, so a bad-LR probe drags the law silently."""
+                 ) -> tuple[str | None, str | None, dict[str, Any] | None, pd.Series]:
+    """(warning, note, seed noise, replicate) for (N, D) points with several runs, judged point
+    by point. Seed replicates are a note with their measured noise, and `replicate` numbers
+    each run's replicated point (-1: none); any other point (an LR probe, an older config) is
+    one warning line: the fit takes each run as a sweep point, so a bad-LR probe drags the law
+    silently."""
     point = pd.Series(log_clusters(runs["D"].to_numpy(dtype=float), SAME_D_DECADES),
                       index=runs.index)
-    sizes = runs.groupby([runs["N"], point]).size()
-    shared = sizes[sizes > 1]
-    if shared.empty:
-        return None, None, None
-    replicates = _seed_replicates(runs, described, point)
-    if replicates is not None:
-        return None, *replicates
-    # The example: the point with the most runs (the smallest N, D among equals)
-    n, cluster = shared.sort_values(ascending=False, kind="stable").index[0]
-    members = runs[(runs["N"] == n) & (point == cluster)]
+    replicate = pd.Series(-1, index=runs.index)
+    groups = [g for _, g in runs.groupby([runs["N"], point], sort=True) if len(g) > 1]
+    seeds = [g for g in groups if _is_seed_replicate(described.loc[g.index])]
+    stray = [g for g in groups if not any(g.index.equals(r.index) for r in seeds)]
+    note = noise = None
+    if seeds:
+        for number, group in enumerate(seeds):
+            replicate[group.index] = number
+        by_hash = "replicate_hash" in described.columns and bool(
+            described.loc[pd.concat(seeds).index, "replicate_hash"].notna().all())
+        note, noise = _seed_note(seeds, by_hash)
+    if not stray:
+        return None, note, noise, replicate
+    # The example: the stray point with the most runs (the smallest N, D among equals)
+    members = max(stray, key=len)
+    n = members["N"].iloc[0]
     listed = [f"{r} (loss {loss:.4g})" for r, loss in zip(members["run"], members["loss"],
                                                           strict=True)]
     shown = ", ".join(listed[:4]) + (f" and {len(listed) - 4} more" if len(listed) > 4 else "")
     differ = _differ(described.loc[members.index])
     how = (f"they differ in {', '.join(differ)}" if differ else
            "the table has no column (seed, config_hash, ...) that says how they differ")
-    return (f"{len(shared)} (N, D) points have more than one run, and the fit takes each run as "
+    return (f"{len(stray)} (N, D) points have more than one run, and the fit takes each run as "
             f"a sweep point (e.g. N={n:,.0f}, D={members['D'].iloc[0]:,.0f}: {shown}; {how}); "
             "an LR probe, another seed or a run of older code then weighs in like the sweep's "
-            "own: keep one run per (N, D) by filtering the table's rows, or train side runs into "
-            "their own experiment folder and fit runs/<experiment>"), None, None
+            "own: keep one run per (N, D) with --where or by filtering the table's rows, or "
+            "train side runs into their own experiment folder and fit runs/<experiment>"), \
+        note, noise, replicate

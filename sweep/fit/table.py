@@ -50,7 +50,8 @@ class FitData:
     """One row per run (`runs`) and, when the source has them, eval-point curves (`curves`).
 
     Both have float columns N, D, C, loss and a string column run; runs also has budget
-    (the --budget-col value, NaN without one).
+    (the --budget-col value, NaN without one) and replicate (the number of the seed-replicated
+    (N, D) point a run belongs to, -1 for none).
     """
 
     runs: pd.DataFrame
@@ -300,9 +301,10 @@ def load(source: str | Path, cols: Columns, skip_unreadable: bool = False,
     _check_one_dataset(source_rows, f"the runs {place}", runs_dir, where)
     warnings: list[str] = []
     runs, curves = drop_repeated_rows(runs, curves, described, cols.run_column, notes)
-    warning, note, seed_noise = several_runs(runs, described.loc[runs.index])
+    warning, note, seed_noise, replicate = several_runs(runs, described.loc[runs.index])
     warnings += [warning] if warning is not None else []
     notes += [note] if note is not None else []
+    runs = runs.assign(replicate=replicate)
     runs = runs.reset_index(drop=True)
     if where is not None and len(runs) < MIN_RUNS:
         raise TableError(f"--where {where!r} keeps {len(runs)} runs {place}; a fit needs at "
