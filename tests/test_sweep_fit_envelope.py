@@ -6,7 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sweep.fit.envelope import curve_grid, fit_approach1, frontier_runs, lower_envelope
+from sweep.fit.envelope import (
+    curve_grid,
+    fit_approach1,
+    frontier_runs,
+    lower_envelope,
+    merge_replicates,
+)
 from sweep.fit.synthetic import EPOCH_LAW, isoflop_table
 
 
@@ -90,3 +96,24 @@ def test_only_edge_sizes_winning_is_a_reason():
                                     rng=np.random.default_rng(0))
     assert section is None and "needs two sizes between the smallest and the largest" in reason
     assert "(0 of the 1 such sizes do;" in reason and reason.endswith(", 4 or more in all")
+
+
+def test_seed_replicates_merge_into_their_mean_curve() -> None:
+    # Two seeds of one point (one covers less C) and a run of its own
+    curves = pd.DataFrame([
+        *({"run": "a-s0", "N": 1e6, "C": c, "D": c / 6e6, "loss": 4.0 / c ** 0.05}
+          for c in (1e12, 1e13, 1e14)),
+        *({"run": "a-s1", "N": 1e6, "C": c, "D": c / 6e6, "loss": 4.4 / c ** 0.05}
+          for c in (1e12, 1e13)),
+        *({"run": "b", "N": 2e6, "C": c, "D": c / 1.2e7, "loss": 3.9 / c ** 0.05}
+          for c in (1e12, 1e13, 1e14)),
+    ])
+    grid = curve_grid(curves, points=21)
+    assert grid.runs == ("a-s0", "a-s1", "b")
+    merged = merge_replicates(grid, {"a-s0": 0, "a-s1": 0, "b": -1})
+    assert merged.runs == ("a-s0+a-s1", "b") and merged.n.tolist() == [1e6, 2e6]
+    both = np.isfinite(grid.loss[1])  # where the shorter seed has data
+    np.testing.assert_allclose(merged.loss[0][both], np.sqrt(grid.loss[0] * grid.loss[1])[both])
+    assert np.isinf(merged.loss[0][~both]).all() and (~both).sum() == 10
+    np.testing.assert_array_equal(merged.loss[1], grid.loss[2])
+    np.testing.assert_allclose(merged.d[0][both], grid.d[0][both])

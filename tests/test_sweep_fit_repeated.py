@@ -264,3 +264,14 @@ def test_a_curves_table_tells_seed_replicates_apart_as_a_runs_folder_does(tmp_pa
         data = load(source, Columns())
         assert data.warnings == [] and data.seed_noise["runs"] == 12, source
         assert len(load(source, Columns(), where="seed == 0").runs) == 6
+
+
+def test_the_compute_frontier_of_final_points_takes_the_seeds_mean(tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    assert main([str(_seed_table(tmp_path)), "--out", str(out), "--bootstrap", "0"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    mean = float(np.exp(np.mean(np.log([1.0, 1.02, 0.97]))))
+    grid_losses = {loss for _, _, loss in GRID}
+    # Every frontier point is a point's seed mean, never a single (lucky) seed's loss
+    for point in report["kaplan"]["L_C"]["points"]:
+        assert any(point["loss"] == pytest.approx(loss * mean, rel=1e-9) for loss in grid_losses)

@@ -20,6 +20,7 @@ from sweep.fit.envelope import (
     fit_approach1,
     frontier_runs,
     lower_envelope,
+    merge_replicates,
 )
 from sweep.fit.extrapolate import extrapolation_check
 from sweep.fit.isoflop import fit_approach2
@@ -107,6 +108,9 @@ def fit_report(data: FitData, options: FitOptions) -> dict[str, Any]:
             report["approach3"]["allocation_exact"] = exact
 
     grid = None if data.curves is None else curve_grid(data.curves)
+    if grid is not None and (runs["replicate"] >= 0).any():
+        # Seed replicates: their mean curve, not the luckiest seed's, competes for the envelope
+        grid = merge_replicates(grid, dict(zip(runs["run"], runs["replicate"], strict=True)))
     t0 = time.perf_counter()
     if grid is None:
         record("approach1", None, "needs per-eval-point curves: give a runs directory or a "
@@ -204,33 +208,33 @@ def _best_per_group(groups: np.ndarray, loss: np.ndarray) -> np.ndarray:
     return frame.groupby("g")["loss"].idxmin().to_numpy()
 
 
-def _seed_means(n: np.ndarray, d: np.ndarray, loss: np.ndarray, replicate: np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One point per seed-replicated (N, D), the geometric mean loss of its seeds at their
-    mean D; every other run as it is."""
-    own = np.where(replicate >= 0, replicate, -1 - np.arange(len(n)))  # a run alone: its own
-    frame = pd.DataFrame({"key": own, "N": n, "D": d, "log_loss": np.log(loss)})
-    means = frame.groupby("key", sort=False).mean()
-    return (means["N"].to_numpy(dtype=float), means["D"].to_numpy(dtype=float),
-            np.exp(means["log_loss"].to_numpy(dtype=float)))
+def _seed_means(runs: pd.DataFrame) -> tuple[np.ndarray, ...]:
+    """N, D, C and loss of one point per seed-replicated (N, D), its seeds' geometric means
+    (N taken as it is, one value, so it groups with the other runs of its size); every other
+    run as it is."""
+    replicate = runs["replicate"].to_numpy()
+    own = np.where(replicate >= 0, replicate, -1 - np.arange(len(runs)))  # a run alone: its own
+    frame = pd.DataFrame({"N": runs["N"].to_numpy(dtype=float), **{
+        k: np.log(runs[k].to_numpy(dtype=float)) for k in ("D", "C", "loss")}})
+    points = frame.groupby(own, sort=False).agg({"N": "first", "D": "mean", "C": "mean",
+                                                 "loss": "mean"})
+    return (points["N"].to_numpy(), *(np.exp(points[k].to_numpy()) for k in ("D", "C", "loss")))
 
 
 def _kaplan(runs: pd.DataFrame, grid: Any, draws: int, rng: np.random.Generator
             ) -> dict[str, Any]:
-    n, d, c, loss = (runs[k].to_numpy(dtype=float) for k in ("N", "D", "C", "loss"))
     # With seed replicates the best run per N would be the luckiest seed, biased low by about
-    # the seed noise: the best point per N is taken over the seeds' means instead.
-    replicate = (runs["replicate"].to_numpy() if "replicate" in runs
-                 else np.full(len(runs), -1))
-    average_seeds = bool((replicate >= 0).any())
-    points = _seed_means(n, d, loss, replicate) if average_seeds else (n, d, loss)
+    # the seed noise: the best point per N is taken over the seeds' means instead (and the
+    # frontier of final points too; a curve grid comes here with its replicates merged).
+    average_seeds = bool((runs["replicate"] >= 0).any())
+    n, d, c, loss = (_seed_means(runs) if average_seeds else
+                     tuple(runs[k].to_numpy(dtype=float) for k in ("N", "D", "C", "loss")))
     out: dict[str, Any] = {}
-    for name, axis in (("N", 0), ("D", 1)):
-        x, point_loss = points[axis], points[2]
+    for name, x in (("N", n), ("D", d)):
         groups = x if name == "N" else log_clusters(x, SAME_D_DECADES)
-        best = _best_per_group(groups, point_loss)
+        best = _best_per_group(groups, loss)
         out[f"L_{name}"] = power_law_report(
-            x[best], point_loss[best], name=name, weights=np.ones(len(best)),
+            x[best], loss[best], name=name, weights=np.ones(len(best)),
             draw_weights=bootstrap_weights(len(best), draws, rng))
     out["L_C"] = _kaplan_compute(c, loss, grid, draws, rng)
     which = "(N, D) point, its seeds averaged," if average_seeds else "run"

@@ -31,14 +31,31 @@ class CurveGrid:
     loss: np.ndarray  # (R, G)
     d: np.ndarray  # (R, G)
     n: np.ndarray  # (R,)
+    runs: tuple[str, ...] = ()  # the run of each row
+
+
+def merge_replicates(grid: CurveGrid, replicate: dict[str, int]) -> CurveGrid:
+    """One row per seed-replicated (N, D) point, its seeds' geometric mean loss and D at each C
+    (inf where any seed has no data, so the envelope compares like with like); every other run
+    as it is. `replicate` maps a run to its point's number (-1 or absent: none)."""
+    keys = [replicate.get(run, -1) for run in grid.runs]
+    keys = [key if key >= 0 else -1 - row for row, key in enumerate(keys)]
+    order = list(dict.fromkeys(keys))
+    rows = [np.flatnonzero(np.array(keys) == key) for key in order]
+    with np.errstate(invalid="ignore"):  # inf - inf where a seed has no data: inf below
+        loss = np.array([np.exp(np.log(grid.loss[r]).mean(axis=0)) for r in rows])
+        d = np.array([np.exp(np.log(grid.d[r]).mean(axis=0)) for r in rows])
+    loss = np.where(np.isfinite(loss), loss, np.inf)
+    return CurveGrid(c=grid.c, loss=loss, d=d, n=np.array([grid.n[r[0]] for r in rows]),
+                     runs=tuple("+".join(grid.runs[i] for i in r) for r in rows))
 
 
 def curve_grid(curves: pd.DataFrame, points: int = GRID_POINTS) -> CurveGrid:
     """Interpolate each run's (log C, loss) and (log C, log D) curve onto a shared C grid."""
     grid = np.geomspace(curves["C"].min(), curves["C"].max(), points)
     log_grid = np.log(grid)
-    losses, ds, ns = [], [], []
-    for _, run in curves.groupby("run", sort=True):
+    losses, ds, ns, names = [], [], [], []
+    for name, run in curves.groupby("run", sort=True):
         run = run.sort_values("C")
         lc = np.log(run["C"].to_numpy(dtype=float))
         inside = (log_grid >= lc[0]) & (log_grid <= lc[-1])
@@ -47,7 +64,9 @@ def curve_grid(curves: pd.DataFrame, points: int = GRID_POINTS) -> CurveGrid:
         losses.append(np.where(inside, loss, np.inf))
         ds.append(np.where(inside, np.exp(log_d), np.nan))
         ns.append(float(run["N"].iloc[-1]))
-    return CurveGrid(c=grid, loss=np.array(losses), d=np.array(ds), n=np.array(ns))
+        names.append(str(name))
+    return CurveGrid(c=grid, loss=np.array(losses), d=np.array(ds), n=np.array(ns),
+                     runs=tuple(names))
 
 
 def lower_envelope(grid: CurveGrid, runs: np.ndarray | None = None

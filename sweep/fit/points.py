@@ -144,8 +144,9 @@ def _seed_note(groups: list[pd.DataFrame], by_hash: bool) -> tuple[str, dict[str
     same = ("one config each, by sweep.train's replicate hash" if by_hash else
             "no describing column but the seed differs")
     note = (f"seed replicates: {len(groups)} (N, D) points have runs at several seeds ({count} "
-            f"runs, {same}): each run is a fit point, and Kaplan's L(N) and L(D) average each "
-            "point's seeds before taking the best per N or D; seed-to-seed spread of the loss "
+            f"runs, {same}): each run is a fit point, and the methods that take a best run "
+            "(Kaplan's L(N), L(D), L(C), approach 1's envelope) take the best point's seed mean "
+            "instead; seed-to-seed spread of the loss "
             f"{100 * sd:.2f} % (pooled sd of log loss), the floor for a fit's rms log residual")
     return note, {"points": len(groups), "runs": count, "sd_log_loss": sd}
 
