@@ -143,9 +143,8 @@ def _kaplan_nd(s: dict[str, Any]) -> list[str]:
              f"{s['huber_delta']:g}, on log loss, L-BFGS from {s['starts']} grid starts), "
              f"{s['bootstrap']} bootstrap refits ({s['bootstrap_converged']} converged); rms "
              f"log residual {_g(s['rms_log_residual'], 3)}{_against_approach3(s)}. Kaplan "
-             "fitted it to "
-             "early-stopped runs on D tokens of data; here D is the tokens each run trained on.",
-             ""]
+             "fitted it to early-stopped runs on D tokens of data; here D is the tokens each run "
+             "trained on.", ""]
     if "warning" in s:
         lines += [f"**Warning: {s['warning']}.**", ""]
     lines += _table(["parameter", "value", "95% CI"],
@@ -154,8 +153,8 @@ def _kaplan_nd(s: dict[str, Any]) -> list[str]:
     return lines + [
         "a and b are the exponents of N_opt and D_opt in C that this law implies under "
         "C = 6 N D (not Kaplan's own N_opt ~ C^0.73, which comes from their L(N, S_min) fits to "
-        f"learning curves). Tokens for a loss "
-        f"within {100 * s['penalty']:g} % of L(N) (Kaplan's eq. 4.4, their fit "
+        f"learning curves). Tokens for a loss within {100 * s['penalty']:g} % of L(N) (Kaplan's "
+        "eq. 4.4, their fit "
         f"D = 5e3 N^0.74): D = {_g(s['data_coefficient'], 3)} {_ci(s, 'data_coefficient')} "
         f"x N^{_g(s['data_exponent'], 3)} {_ci(s, 'data_exponent')}.", "",
         *_kaplan_predictions(s.get("predictions", []))]
