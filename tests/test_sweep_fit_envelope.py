@@ -117,3 +117,13 @@ def test_seed_replicates_merge_into_their_mean_curve() -> None:
     assert np.isinf(merged.loss[0][~both]).all() and (~both).sum() == 10
     np.testing.assert_array_equal(merged.loss[1], grid.loss[2])
     np.testing.assert_allclose(merged.d[0][both], grid.d[0][both])
+
+
+def test_a_seed_with_no_curve_leaves_its_point_without_a_mean_curve() -> None:
+    curves = pd.DataFrame([{"run": run, "N": 1e6, "C": c, "D": c / 6e6, "loss": 4.0 / c ** 0.05}
+                           for run in ("a-s0", "b") for c in (1e12, 1e13)])
+    grid = curve_grid(curves, points=5)
+    # a-s1, a second seed of a-s0's point, wrote no eval rows: the mean of one seed is not it
+    merged = merge_replicates(grid, {"a-s0": 0, "a-s1": 0, "b": -1})
+    assert merged.runs == ("a-s0", "b") and np.isinf(merged.loss[0]).all()
+    assert np.isfinite(merged.loss[1]).all()

@@ -226,7 +226,11 @@ def _fit(tmp_path, table: pd.DataFrame, bootstrap: int = 0) -> dict:
      "the runs' N and D move together"),
     # A ladder and one run off it: the split would rest on that run
     (np.r_[np.geomspace(1e6, 3e8, 11), 1e7], np.r_[20 * np.geomspace(1e6, 3e8, 11), 1e10],
-     "all the runs but one (N=1e+07, D=1e+10) lie on one line"),
+     "all the runs but those at one point (N=1e+07, D=1e+10) lie on one line"),
+    # ... or on three seeds of that one point
+    (np.r_[np.geomspace(1e6, 3e8, 11), [1e7] * 3],
+     np.r_[20 * np.geomspace(1e6, 3e8, 11), 1e10, 1e10 * 1.001, 1e10 * 0.999],
+     "all the runs but those at one point (N=1e+07, D=1e+10) lie on one line"),
 ])
 def test_runs_along_one_line_in_n_and_d_cannot_separate_the_terms(n, d, says):
     assert joint_law_gap(n, d, "X and Y").startswith(says)
@@ -236,6 +240,11 @@ def test_grids_that_separate_the_terms_pass():
     assert joint_law_gap(*_horizons()[:2], "X and Y") is None
     two = isoflop_table(budgets=(1e18, 3e18), sizes_per_budget=5)
     assert joint_law_gap(two.N, two.D, "X and Y") is None
+    # D spread evenly over three decades, 0.3 % apart: hundreds of D, not one chained "D"
+    rng = np.random.default_rng(0)
+    n = rng.choice(np.geomspace(1e6, 1e8, 8), 2000)
+    d = np.exp(np.linspace(np.log(1e8), np.log(1e11), 2000))
+    assert joint_law_gap(n, d, "X and Y") is None
 
 
 def test_two_token_counts_are_skipped_with_a_reason(tmp_path):

@@ -13,6 +13,9 @@ import pytest
 
 from sweep.collect import collect_runs
 from sweep.fit.__main__ import main
+from sweep.fit.analysis import FitOptions, fit_report
+from sweep.fit.points import SAME_D_DECADES, log_clusters, point_ids
+from sweep.fit.synthetic import isoflop_table
 from sweep.fit.table import Columns, load
 from tests.test_sweep_collect import make_run
 
@@ -260,6 +263,7 @@ def test_a_curves_table_tells_seed_replicates_apart_as_a_runs_folder_does(tmp_pa
                                    "windows": "shuffled"})
     curves = tmp_path / "curves.csv"
     collect_runs(runs, curves=True).table.to_csv(curves, index=False)
+    assert {"seed", "replicate_hash", "code_version", "hparams_lr"} <= set(pd.read_csv(curves))
     for source in (runs, curves):
         data = load(source, Columns())
         assert data.warnings == [] and data.seed_noise["runs"] == 12, source
@@ -275,3 +279,69 @@ def test_the_compute_frontier_of_final_points_takes_the_seeds_mean(tmp_path: Pat
     # Every frontier point is a point's seed mean, never a single (lucky) seed's loss
     for point in report["kaplan"]["L_C"]["points"]:
         assert any(point["loss"] == pytest.approx(loss * mean, rel=1e-9) for loss in grid_losses)
+
+
+def test_d_values_close_in_a_chain_are_not_one_point() -> None:
+    # Each D 0.3 % above the last: neighbours are within step rounding, the chain is a decade
+    d = 1e9 * 1.003 ** np.arange(800)
+    ids = log_clusters(d, SAME_D_DECADES)
+    assert len(np.unique(ids)) > 100
+    spans = [np.log10(d[ids == k].max() / d[ids == k].min()) for k in np.unique(ids)]
+    assert max(spans) <= SAME_D_DECADES
+    # Two runs of one point, 0.4 % apart, stay one point whatever other sizes' D do
+    n = np.array([1e6, 1e6, 2e6, 2e6, 2e6])
+    d = np.array([1e9, 1.004e9, 0.999e9, 1.0025e9, 1.03e9])
+    ids = point_ids(n, d)
+    assert ids[0] == ids[1] and len(set(ids)) == 3
+
+
+def test_approach_1_and_the_frontier_use_each_replicated_points_mean_curve(
+        tmp_path: Path) -> None:
+    # An IsoFLOP grid with curves, each run at two seeds 3 % apart (the first seed the better)
+    table = isoflop_table(budgets=(1e16, 1e17, 1e18, 1e19), sizes_per_budget=7, curve_points=4,
+                          noise=0.005, seed=1)
+    seeds = [table.assign(run_id=table.run_id + f"-s{seed}", seed=seed,
+                          config_hash=table.run_id + f"-s{seed}", replicate_hash=table.run_id,
+                          loss=table.loss * factor)
+             for seed, factor in ((0, 1.0), (1, 1.03))]
+    path = tmp_path / "curves.csv"
+    pd.concat(seeds).to_csv(path, index=False)
+    report = fit_report(load(path, Columns()), FitOptions(bootstrap=0))
+    assert report["seed_noise"]["points"] == 28
+    assert report["approach1"]["runs"] == 28 and report["approach1"]["seed_replicates_merged"]
+    assert report["kaplan"]["L_C"]["note"] == ("lower envelope of the learning curves, seed "
+                                               "replicates averaged")
+    # The envelope is the seeds' geometric mean, sqrt(1.03) above the better seed's curve
+    alone = fit_report(load(_write(seeds[0], tmp_path / "s0.csv"), Columns()),
+                       FitOptions(bootstrap=0))
+    ratio = np.array([p["loss"] for p in report["kaplan"]["L_C"]["points"]]) / np.array(
+        [p["loss"] for p in alone["kaplan"]["L_C"]["points"]])
+    np.testing.assert_allclose(ratio, np.sqrt(1.03), rtol=1e-6)
+
+
+def _write(table: pd.DataFrame, path: Path) -> Path:
+    table.to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize(("column", "values", "replicated"), [
+    ("device", ["NVIDIA H100", "NVIDIA A100"], True),  # the machine is not the run's identity
+    ("experiment", ["isoflop", "isoflop_seeds"], True),  # nor is the folder it went into
+    ("replicate_hash", ["r1", np.nan], False),  # one run cannot be shown the same config
+    ("replicate_hash", ["r1", "r2"], False),
+    ("code_version", ["abc", "def"], False),
+])
+def test_what_replicates_may_differ_in(tmp_path: Path, column: str, values: list,
+                                       replicated: bool) -> None:
+    rows = [{"run_id": f"n{n}-d{d}-s{seed}", "seed": seed, "config_hash": f"h{n}{d}{seed}",
+             "replicate_hash": f"r{n}-{d}", "N": n, "D": d, "loss": loss * (1 + seed / 50)}
+            for n, d, loss in GRID for seed in (0, 1)]
+    frame = pd.DataFrame(rows)
+    if column not in frame:
+        frame[column] = values[0]
+    # The first point's two seeds differ in the column, in seed order
+    frame[column] = frame[column].astype(object)
+    frame.loc[frame.index[:2], column] = values
+    data = load(_write(frame, tmp_path / "t.csv"), Columns())
+    assert data.seed_noise["points"] == (6 if replicated else 5)
+    assert bool(data.warnings) != replicated

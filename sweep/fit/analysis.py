@@ -108,7 +108,8 @@ def fit_report(data: FitData, options: FitOptions) -> dict[str, Any]:
             report["approach3"]["allocation_exact"] = exact
 
     grid = None if data.curves is None else curve_grid(data.curves)
-    if grid is not None and (runs["replicate"] >= 0).any():
+    merged = grid is not None and bool((runs["replicate"] >= 0).any())
+    if merged:
         # Seed replicates: their mean curve, not the luckiest seed's, competes for the envelope
         grid = merge_replicates(grid, dict(zip(runs["run"], runs["replicate"], strict=True)))
     t0 = time.perf_counter()
@@ -118,6 +119,8 @@ def fit_report(data: FitData, options: FitOptions) -> dict[str, Any]:
     else:
         section, reason = fit_approach1(grid, bootstrap=options.bootstrap,
                                         rng=np.random.default_rng(seeds[2]))
+        if section is not None and merged:
+            section["seed_replicates_merged"] = True  # its "runs" count points, not runs
         record("approach1", section, reason, t0)
 
     t0 = time.perf_counter()
@@ -239,7 +242,9 @@ def _kaplan(runs: pd.DataFrame, grid: Any, draws: int, rng: np.random.Generator
     out["L_C"] = _kaplan_compute(c, loss, grid, draws, rng)
     which = "(N, D) point, its seeds averaged," if average_seeds else "run"
     out["L_N"]["note"] = f"best {which} per N"
-    out["L_D"]["note"] = f"best {which} per D (D values within 1.2 % of the next are one D)"
+    out["L_D"]["note"] = f"best {which} per D (D values within 1.2 % of the first are one D)"
+    if average_seeds:
+        out["L_C"]["note"] += ", seed replicates averaged"
     return out
 
 

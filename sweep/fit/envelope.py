@@ -7,6 +7,7 @@ resample whole runs and recompute the envelope.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,9 +43,14 @@ def merge_replicates(grid: CurveGrid, replicate: dict[str, int]) -> CurveGrid:
     keys = [key if key >= 0 else -1 - row for row, key in enumerate(keys)]
     order = list(dict.fromkeys(keys))
     rows = [np.flatnonzero(np.array(keys) == key) for key in order]
+    seeds = Counter(key for key in replicate.values() if key >= 0)
     with np.errstate(invalid="ignore"):  # inf - inf where a seed has no data: inf below
         loss = np.array([np.exp(np.log(grid.loss[r]).mean(axis=0)) for r in rows])
         d = np.array([np.exp(np.log(grid.d[r]).mean(axis=0)) for r in rows])
+    # A seed with no curve at all has data at no C: its point has no mean curve anywhere
+    missing = np.array([key >= 0 and len(r) < seeds[key] for key, r in zip(order, rows,
+                                                                            strict=True)])
+    loss[missing] = np.inf
     loss = np.where(np.isfinite(loss), loss, np.inf)
     return CurveGrid(c=grid.c, loss=loss, d=d, n=np.array([grid.n[r[0]] for r in rows]),
                      runs=tuple("+".join(grid.runs[i] for i in r) for r in rows))

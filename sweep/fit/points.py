@@ -26,13 +26,18 @@ DESCRIBING = ("experiment", "seed", "hparams_lr", "hparams_warmup_steps", "hpara
               "hparams_windows", "lr", "learning_rate", "batch_tokens", "config_hash",
               "code_version", "budget_kind", "budget_value", "precision", "device", "world_size",
               "torch_version")
-# What seed replicates of one sweep point may differ in: the seed, and so the config hash.
-SEED_ONLY = frozenset({"seed", "config_hash"})
+# What seed replicates of one sweep point may differ in: the seed, and so the config hash; and,
+# as sweep.train's run identity leaves them out, the experiment folder and the machine.
+REPLICATES_MAY_DIFFER = frozenset({"seed", "config_hash", "experiment", "device", "world_size",
+                                   "torch_version"})
 
 
-def _spread(points: np.ndarray) -> float:
-    """How wide the cloud of (log N, log D) points is across its best line, against along it."""
-    across, along = np.linalg.svd(points - points.mean(axis=0), compute_uv=False)[::-1]
+def _spread(count: float, total: np.ndarray, scatter: np.ndarray) -> float:
+    """How wide a cloud of (log N, log D) points is across its best line, against along it,
+    from its count, sum and sum of outer products."""
+    mean = total / count
+    cov = scatter / count - np.outer(mean, mean)
+    across, along = np.sqrt(np.clip(np.linalg.eigvalsh(cov), 0.0, None))
     return float(across / along) if along > 0 else 0.0
 
 
@@ -46,29 +51,55 @@ def joint_law_gap(n: np.ndarray, d: np.ndarray, terms: str) -> str | None:
         return (f"{sizes} distinct N and {lengths} distinct D; each term {terms} needs 3 or more "
                 "values to be identified")
     points = np.column_stack([np.log(n), np.log(d)])
-    spread = _spread(points)
-    if spread < MIN_SPREAD:
+    total, scatter = points.sum(axis=0), points.T @ points
+    if _spread(len(points), total, scatter) < MIN_SPREAD:
         return (f"the runs' N and D move together (log D is nearly a line in log N, "
-                f"{spread:.3f} as wide as long: one tokens-per-parameter ratio, or one "
-                f"compute budget), so {terms} cannot be told apart; add runs off that line, at "
-                "other tokens per parameter or other budgets")
-    # Nor may the split rest on a single run off that line
-    without = [_spread(np.delete(points, i, axis=0)) for i in range(len(points))]
-    alone = int(np.argmin(without))
-    if without[alone] < MIN_SPREAD:
-        return (f"all the runs but one (N={n[alone]:.3g}, D={d[alone]:.3g}) lie on one line in "
-                f"(log N, log D) (one tokens-per-parameter ratio, or one compute budget), so "
-                f"{terms} would be told apart by that run alone; add more runs off that line")
+                f"{_spread(len(points), total, scatter):.3f} as wide as long: one "
+                f"tokens-per-parameter ratio, or one compute budget), so {terms} cannot be told "
+                "apart; add runs off that line, at other tokens per parameter or other budgets")
+    # Nor may the split rest on a single (N, D) point off that line, however many seeds it has
+    ids = point_ids(n, d)
+    for point in np.unique(ids):
+        rows = ids == point
+        rest = points[~rows]
+        if len(rest) and _spread(len(rest), total - points[rows].sum(axis=0),
+                                 scatter - points[rows].T @ points[rows]) < MIN_SPREAD:
+            first = int(np.flatnonzero(rows)[0])
+            return (f"all the runs but those at one point (N={n[first]:.3g}, D={d[first]:.3g}) "
+                    "lie on one line in (log N, log D) (one tokens-per-parameter ratio, or one "
+                    f"compute budget), so {terms} would be told apart by that point alone; add "
+                    "more runs off that line")
     return None
 
 
 def log_clusters(values: np.ndarray, gap_decades: float) -> np.ndarray:
-    """Group ids for values that sit within gap_decades (in log10) of their sorted neighbour."""
+    """Group ids for values within gap_decades (in log10) of the smallest value of their group.
+
+    Anchored at each group's first value, so a run of close values never chains into one group
+    wider than the gap (D spread evenly over decades would otherwise be "one D").
+    """
     order = np.argsort(values)
-    logs = np.log10(values[order])
-    starts = np.concatenate([[True], np.diff(logs) > gap_decades])
-    ids = np.empty(len(values), dtype=int)
-    ids[order] = np.cumsum(starts) - 1
+    logs = np.log10(np.asarray(values, dtype=float)[order])
+    ids = np.empty(len(logs), dtype=int)
+    group, anchor = -1, -np.inf
+    for i, value in enumerate(logs):
+        if value - anchor > gap_decades:
+            group, anchor = group + 1, value
+        ids[order[i]] = group
+    return ids
+
+
+def point_ids(n: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """The (N, D) point of each run: its N, and its D up to step rounding (clustered within its
+    N, so another size's D cannot shift the boundary between two runs of one point)."""
+    n, d = np.asarray(n, dtype=float), np.asarray(d, dtype=float)
+    ids = np.empty(len(n), dtype=int)
+    first = 0
+    for size in np.unique(n):
+        rows = np.flatnonzero(n == size)
+        clusters = log_clusters(d[rows], SAME_D_DECADES)
+        ids[rows] = first + clusters
+        first += int(clusters.max()) + 1
     return ids
 
 
@@ -129,9 +160,10 @@ def _is_seed_replicate(info: pd.DataFrame) -> bool:
     if info["seed"].nunique() < len(info):
         return False  # the same seed twice is a retrain, not a replicate
     hashes = info["replicate_hash"] if "replicate_hash" in info.columns else None
-    if hashes is not None and hashes.notna().all() and hashes.nunique() > 1:
-        return False
-    return set(_differ(info)) <= SEED_ONLY
+    if hashes is not None and hashes.notna().any() and (
+            hashes.isna().any() or hashes.nunique() > 1):
+        return False  # a run without the hash beside one with it cannot be shown the same
+    return set(_differ(info)) <= REPLICATES_MAY_DIFFER
 
 
 def _seed_note(groups: list[pd.DataFrame], by_hash: bool) -> tuple[str, dict[str, Any]]:
@@ -158,12 +190,13 @@ def several_runs(runs: pd.DataFrame, described: pd.DataFrame
     each run's replicated point (-1: none); any other point (an LR probe, an older config) is
     one warning line: the fit takes each run as a sweep point, so a bad-LR probe drags the law
     silently."""
-    point = pd.Series(log_clusters(runs["D"].to_numpy(dtype=float), SAME_D_DECADES),
-                      index=runs.index)
+    point = pd.Series(point_ids(runs["N"], runs["D"]), index=runs.index)
     replicate = pd.Series(-1, index=runs.index)
-    groups = [g for _, g in runs.groupby([runs["N"], point], sort=True) if len(g) > 1]
-    seeds = [g for g in groups if _is_seed_replicate(described.loc[g.index])]
-    stray = [g for g in groups if not any(g.index.equals(r.index) for r in seeds)]
+    seeds: list[pd.DataFrame] = []
+    stray: list[pd.DataFrame] = []
+    for _, group in runs.groupby(point, sort=True):
+        if len(group) > 1:
+            (seeds if _is_seed_replicate(described.loc[group.index]) else stray).append(group)
     note = noise = None
     if seeds:
         for number, group in enumerate(seeds):

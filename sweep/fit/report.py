@@ -99,11 +99,18 @@ def _approach2(s: dict[str, Any]) -> list[str]:
     return lines + [""] if s.get("budgets_skipped") else lines
 
 
+def _curves_of(s: dict[str, Any]) -> str:
+    """What approach 1's curves are: runs, or points whose seed replicates were merged."""
+    return ("points (seed replicates merged into their mean curve)"
+            if s.get("seed_replicates_merged") else "runs")
+
+
 def _approach1(s: dict[str, Any]) -> list[str]:
     return ["## Approach 1: lower envelope of the learning curves", "",
             f"N_opt ~ C^a with a = {_g(s['a'])} {_ci(s, 'a')}; D_opt ~ C^b with b = {_g(s['b'])} "
-            f"{_ci(s, 'b')}; {s['runs']} runs, {s['grid_points']} C values where two or more "
-            f"runs compete and a size inside the grid wins ({s['edge_points']} more, won by the "
+            f"{_ci(s, 'b')}; {s['runs']} {_curves_of(s)}, {s['grid_points']} C values where "
+            "two or more runs compete and a size inside the grid wins "
+            f"({s['edge_points']} more, won by the "
             "smallest or largest size, only bound N_opt and are left out), "
             f"{s['bootstrap']} bootstrap draws over runs. Note: a point inside a "
             "cosine schedule is not a finished run of that length, which biases this method.",

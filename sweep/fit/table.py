@@ -277,8 +277,8 @@ def load(source: str | Path, cols: Columns, skip_unreadable: bool = False,
                 raise TableError(f"run id '{sizes[sizes > 1].index[0]}' in column "
                                  f"'{cols.run_column}' has rows with different N; --run-col "
                                  "must name a column that is unique per run")
-            runs = curves.sort_values("C").groupby("run", sort=False).tail(1)
-            runs = runs.sort_values(["N", "D"])
+            runs = curves.sort_values("C", kind="stable").groupby("run", sort=False).tail(1)
+            runs = runs.sort_values(["N", "D"], kind="stable")
             # each run's final row of the source table, for what describes the run
             source_rows = table.loc[runs.index].reset_index(drop=True)
             described = describing(source_rows, cols.run_column)
