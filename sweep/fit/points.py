@@ -154,7 +154,8 @@ def _differ(info: pd.DataFrame) -> list[str]:
 def _is_seed_replicate(info: pd.DataFrame) -> bool:
     """Whether these runs at one (N, D) are one config at distinct seeds: by the replicate hash
     (sweep.train's identity without the seed) where the rows have it, and in any case by the
-    describing columns (the code version among them) differing in the seed alone."""
+    describing columns (the code version among them) differing in nothing but the seed, the
+    experiment folder and the machine (REPLICATES_MAY_DIFFER)."""
     if "seed" not in info.columns or info["seed"].isna().any():
         return False
     if info["seed"].nunique() < len(info):
