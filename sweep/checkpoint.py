@@ -58,7 +58,7 @@ def checkpoint_policy(cfg: Mapping[str, Any] | None) -> CheckpointPolicy:
     ):
         raise ConfigError(
             f"checkpoint.interval_s={interval!r} must be a number of seconds >= 0: set e.g. "
-            "checkpoint.interval_s=300 (0 checkpoints at every logging.interval)"
+            "checkpoint.interval_s=300 (0: at every logging.interval; inf: only at the end)"
         )
     if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
         raise ConfigError(
@@ -104,22 +104,27 @@ def remove_stale_temps(run_dir: Path) -> list[Path]:
     return stale
 
 
-def save_checkpoint(run_dir: Path, step: int, payload: Mapping[str, Any], keep: int) -> Path:
+def save_checkpoint(
+    run_dir: Path, step: int, payload: Mapping[str, Any], keep: int | None
+) -> Path:
     """torch.save payload as run_dir's checkpoint for `step`, atomically, keeping the newest `keep`.
 
     A crash at any point leaves the previous checkpoint intact and never a partial file under a
     checkpoint name: the bytes go to a temp file, are fsynced, renamed, and the rename fsynced.
+    keep=None keeps every checkpoint and leaves others' temp files alone: a folder several runs
+    write into (the stable phases of sweep.stable), where a temp file may be another's in progress.
     """
     import torch
 
     run_dir = Path(run_dir)
-    remove_stale_temps(run_dir)
+    if keep is not None:
+        remove_stale_temps(run_dir)
     final = checkpoint_path(run_dir, step)
     # A hidden temp name: never listed as a checkpoint, and removed by remove_stale_temps.
     tmp = run_dir / f".{final.name}.tmp-{os.getpid()}"
     # Streamed into the file: no second copy of the state in memory.
     atomic_write(final, lambda handle: torch.save(dict(payload), handle), tmp=tmp)
-    for old in list_checkpoints(run_dir)[:-keep]:
+    for old in list_checkpoints(run_dir)[:-keep] if keep is not None else []:
         old.unlink(missing_ok=True)
     return final
 
@@ -199,6 +204,8 @@ class LoopState:
     started_at: str = field(default_factory=_now)
     micro_batch_size: int | None = None  # set once an out-of-memory error has lowered the plan's
     oom_retries: int = 0  # training steps retried with a smaller micro-batch after running out
+    # A run that continued another's stable phase (sweep.stable): that run's id, step and tokens
+    branched_from: dict[str, Any] | None = None
 
     @classmethod
     def fresh(cls, device: torch.device) -> LoopState:
@@ -210,7 +217,7 @@ class LoopState:
 
 def save_training_state(
     run_dir: Path,
-    keep: int,
+    keep: int | None,
     *,
     run_id: str,
     config_hash: str,
@@ -220,11 +227,13 @@ def save_training_state(
     loop: LoopState,
     wall_time_s: float,
     states: tuple[Mapping[str, Any], Mapping[str, Any]] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> Path:
     """Checkpoint the run after loop.step optimizer steps; `model` is the uncompiled module.
 
     `states`: the model's and optimizer's full state dicts where the module's own are sharded
     (FSDP, gathered by sweep.distributed.full_states; the optimizer's keyed by parameter name).
+    `extra`: more keys for the payload (a stable phase's hash and metrics rows).
     """
     model_state, optim_state = states or (model.state_dict(), optimizer.state_dict())
     payload = {
@@ -249,8 +258,10 @@ def save_training_state(
             "started_at": loop.started_at,
             "micro_batch_size": loop.micro_batch_size,
             "oom_retries": loop.oom_retries,
+            "branched_from": loop.branched_from,
         },
         "saved_at": _now(),
+        **(extra or {}),
     }
     return save_checkpoint(run_dir, loop.step, payload, keep)
 
@@ -275,6 +286,73 @@ def resume_training_state(
             f"checkpoint {path} belongs to run {payload.get('run_id')} (config_hash "
             f"{str(payload.get('config_hash'))[:10]}), not {run_id}: delete it to retrain this run"
         )
+    _restore(payload, path, model, optimizer, loader, load_states)
+    loop = payload["loop"]
+    return LoopState(
+        loss_sum=loop["loss_sum"].to(device),
+        step=payload["step"],
+        loss_steps=loop["loss_steps"],
+        last=dict(loop["last"]),
+        train_time_s=loop["train_time_s"],
+        wall_before_s=loop["wall_time_s"],
+        resumes=loop["resumes"] + 1,
+        started_at=loop["started_at"],
+        # A run resumed on a smaller GPU may run out again; on a bigger one it keeps the lowered
+        # micro-batch, which changes speed but not the trajectory's hyperparameters.
+        micro_batch_size=loop.get("micro_batch_size"),
+        oom_retries=loop.get("oom_retries", 0),
+        branched_from=loop.get("branched_from"),
+    )
+
+
+def branch_training_state(
+    path: Path,
+    *,
+    stable_hash: str,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: TrainWindows,
+    device: torch.device,
+    load_states: Callable[[Mapping[str, Any], Mapping[str, Any]], None] | None = None,
+) -> tuple[LoopState, list[dict[str, Any]]]:
+    """Load another run's stable-phase state (sweep.stable) as this run's start: model, optimizer,
+    loader and RNGs as that run had them after the step, and its metrics rows up to it.
+
+    The loop's bookkeeping goes on from that run's (its training time covers the shared steps, so
+    tokens/s stays the trajectory's), as a fresh attempt: no resumes, started now.
+    """
+    payload = load_checkpoint(path)
+    if payload.get("stable_hash") != stable_hash:
+        raise ConfigError(
+            f"stable state {path} is of another trajectory (stable_hash "
+            f"{str(payload.get('stable_hash'))[:10]}): delete it"
+        )
+    _restore(payload, path, model, optimizer, loader, load_states)
+    loop = payload["loop"]
+    step = payload["step"]
+    state = LoopState(
+        loss_sum=loop["loss_sum"].to(device),
+        step=step,
+        loss_steps=loop["loss_steps"],
+        last=dict(loop["last"]),
+        train_time_s=loop["train_time_s"],
+        wall_before_s=loop["wall_time_s"],
+        branched_from={"run_id": payload["run_id"], "step": step,
+                       "tokens": payload["loader"]["batch_size"] * payload["loader"]["seq_len"]
+                       * step},
+    )
+    return state, list(payload.get("rows", []))
+
+
+def _restore(
+    payload: Mapping[str, Any],
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: TrainWindows,
+    load_states: Callable[[Mapping[str, Any], Mapping[str, Any]], None] | None,
+) -> None:
+    """Load a checked checkpoint's model, optimizer, loader and RNG states."""
     step = payload["step"]
     if payload["loader"].get("step") != step:
         raise ConfigError(
@@ -295,18 +373,3 @@ def resume_training_state(
         optimizer.load_state_dict(payload["optimizer"])
     loader.load_state_dict(payload["loader"])
     set_rng_state(payload["rng"])
-    loop = payload["loop"]
-    return LoopState(
-        loss_sum=loop["loss_sum"].to(device),
-        step=step,
-        loss_steps=loop["loss_steps"],
-        last=dict(loop["last"]),
-        train_time_s=loop["train_time_s"],
-        wall_before_s=loop["wall_time_s"],
-        resumes=loop["resumes"] + 1,
-        started_at=loop["started_at"],
-        # A run resumed on a smaller GPU may run out again; on a bigger one it keeps the lowered
-        # micro-batch, which changes speed but not the trajectory's hyperparameters.
-        micro_batch_size=loop.get("micro_batch_size"),
-        oom_retries=loop.get("oom_retries", 0),
-    )

@@ -47,6 +47,9 @@ class GridPoint:
     batch_tokens: int
     action: str  # train | resume | skip
     reason: str
+    # schedule.share_stable: the trajectory's hash, and the tokens before the run's cooldown
+    stable_hash: str | None = None
+    stable_tokens: int | None = None
 
     @property
     def tokens_per_param(self) -> float:
@@ -218,6 +221,57 @@ def grid_point(
         batch_tokens=plan.batch_tokens,
         action=action,
         reason=reason,
+        stable_hash=plan.stable_hash,
+        stable_tokens=(
+            plan.schedule.cooldown_start * plan.batch_tokens if plan.stable_hash else None
+        ),
+    )
+
+
+def launch_order(points: Sequence[GridPoint]) -> list[GridPoint]:
+    """The points to train or resume, in grid order but for shared stable phases: those runs go
+    smallest budget first, at the place of the first of them, so each continues the one before."""
+    first: dict[str, int] = {}
+    for p in points:
+        if p.stable_hash is not None:
+            first.setdefault(p.stable_hash, p.index)
+
+    def key(p: GridPoint) -> tuple[int, int]:
+        return (first[p.stable_hash], p.D) if p.stable_hash is not None else (p.index, 0)
+
+    return sorted((p for p in points if p.action != "skip"), key=key)
+
+
+def sharing_note(points: Sequence[GridPoint]) -> str | None:
+    """What sharing stable phases saves the points to train (in launch order), or why they share
+    nothing; None when no point shares (schedule.share_stable=false)."""
+    todo = [p for p in launch_order(points) if p.stable_hash is not None]
+    if not todo:
+        return None
+    groups: dict[str, list[GridPoint]] = {}
+    for p in todo:
+        groups.setdefault(p.stable_hash or "", []).append(p)
+    if len(todo) > 1 and all(len(g) == 1 for g in groups.values()):
+        return (
+            "note: schedule.share_stable=true, but no two points of this grid share a stable "
+            "phase: their LR, batch or warmup differ with the budget; set "
+            "hparams.horizon.tokens_per_param to the grid's largest D/N (the rules then see one D "
+            "per size) or pin train.lr and train.batch_tokens"
+        )
+    total = sum(p.D for p in todo)
+    trained = 0
+    for group in groups.values():
+        saved = [0]  # tokens of the stable states the runs before have saved (0: none)
+        for p in group:
+            own = p.stable_tokens or 0
+            trained += p.D - max(t for t in saved if t <= own)
+            saved.append(own)
+    return (
+        f"shared stable phases: {len(todo)} runs in {len(groups)} trajector"
+        f"{'y' if len(groups) == 1 else 'ies'} train {trained:,} of their {total:,} tokens "
+        f"({trained / total:.0%}) when launched in this order, each from the state the one "
+        "before saved where its cooldown began (one at a time; runs launched at once each "
+        "train from step 0)"
     )
 
 

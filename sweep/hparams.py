@@ -41,6 +41,7 @@ class Rules:
     batch_min_steps: int
     warmup_tokens_per_param: float
     warmup_max_fraction: float
+    horizon_tokens_per_param: float | None = None  # rules for D = this x N, not the run's own D
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,11 @@ def load_rules(cfg: Mapping[str, Any]) -> Rules:
         batch_min_steps=_number(cfg, "batch.min_steps", ">= 1", integer=True),
         warmup_tokens_per_param=_number(cfg, "warmup.tokens_per_param", ">= 0"),
         warmup_max_fraction=_number(cfg, "warmup.max_fraction", ">= 0"),
+        horizon_tokens_per_param=(
+            _number(cfg, "horizon.tokens_per_param", "> 0")
+            if (cfg.get("horizon") or {}).get("tokens_per_param") is not None
+            else None
+        ),
     )
     if rules.lr_min > rules.lr_max:
         raise ConfigError(
@@ -169,7 +175,8 @@ def resolve_hparams(
 
     Order matters: the target tokens D, then the batch (the rule needs C), then whole steps of
     that batch, then the LR and the warmup (which needs the steps). C is the budget's own for
-    budget.flops, so every run of one isoFLOP profile shares its LR and batch, else 6 N D.
+    budget.flops, so every run of one isoFLOP profile shares its LR and batch, else 6 N D; with
+    hparams.horizon.tokens_per_param = k it is 6 N (k N) for every budget of a size.
     """
     train, schedule = cfg["train"], cfg["schedule"]
     seq_len = _positive_int(train, "seq_len")
@@ -201,9 +208,15 @@ def resolve_hparams(
     # C of their own: Kaplan's 6ND with N non-embedding (DeepSeek's M also leaves embeddings out).
     six_nd = 6.0 * non_embedding_params * target.tokens
     compute = target.value if target.kind == "flops" else six_nd
+    # hparams.horizon: the rules see one D per size (horizon x N), whatever the run's budget, so
+    # that WSD runs of several budgets train with one LR, batch and warmup until their cooldowns
+    horizon = rules.horizon_tokens_per_param if rules is not None else None
+    rule_tokens = horizon * non_embedding_params if horizon else target.tokens
+    if horizon:
+        compute = 6.0 * non_embedding_params * rule_tokens
 
     if rules is not None and unpinned["batch_tokens"]:
-        sequences = rule_batch_sequences(rules, compute, seq_len, target.tokens)
+        sequences = rule_batch_sequences(rules, compute, seq_len, rule_tokens)
         micro = micro_batch(micro, sequences)
         batch_tokens = sequences * seq_len
         batch_name = "hparams.batch.min_sequences x train.seq_len"
@@ -226,7 +239,8 @@ def resolve_hparams(
             raise ConfigError(f"train.lr={train.get('lr')!r} {rule}")
     warmup_steps = None
     if rules is not None and unpinned["warmup_steps"]:
-        warmup_steps = rule_warmup_steps(rules, non_embedding_params, batch_tokens, budget.steps)
+        rule_steps = int(rule_tokens // batch_tokens) if horizon else budget.steps
+        warmup_steps = rule_warmup_steps(rules, non_embedding_params, batch_tokens, rule_steps)
     return Hyperparameters(
         lr=lr,
         batch_tokens=batch_tokens,

@@ -29,6 +29,7 @@ from sweep.lock import signals_deferred
 from sweep.logger import RunLogger
 from sweep.plan import RunPlan
 from sweep.records import RunRecord, build_summary
+from sweep.stable import branch_step, needs_stable_save, stable_dir
 from sweep.step import accumulate_with_backoff, apply_gradients, fitting_micro_batch
 
 
@@ -58,6 +59,7 @@ def train_loop(
     total_steps = plan.budget.steps
     batch_tokens = plan.batch_tokens
     evals_at = set(eval_steps(total_steps, cfg["eval"]["points"]))
+    branch_at = branch_step(plan)  # None unless schedule.share_stable
     interval = max(1, int(cfg["logging"]["interval"]))
     sequences = batch_tokens // plan.seq_len // dist.world_size  # per optimizer step and rank
     # A rank's share of the batch must split into whole micro-batches.
@@ -107,7 +109,9 @@ def train_loop(
             record.append_metrics(row)
         logger.metrics(row)
 
-    def checkpoint() -> None:
+    def checkpoint(stable: bool = False) -> None:
+        """The run's own checkpoint, or (stable) its state where its cooldown begins, with its
+        metrics rows so far, for the runs that share its stable phase (sweep.stable)."""
         # The ranks hold identical loader states, and weights and optimizer states too (DDP) or
         # shards of them that every rank gathers onto rank 0 (FSDP): rank 0's checkpoint
         # resumes every rank.
@@ -115,10 +119,14 @@ def train_loop(
         error: Exception | None = None
         if dist.is_main:
             try:
+                folder = stable_dir(plan) if stable else plan.run_dir
+                assert folder is not None
+                if stable:
+                    folder.mkdir(parents=True, exist_ok=True)
                 with signals_deferred():  # a write stopped midway reads as a failure
                     save_training_state(
-                        plan.run_dir,
-                        policy.keep,
+                        folder,
+                        None if stable else policy.keep,
                         run_id=plan.run_id,
                         config_hash=plan.config_hash,
                         model=model,
@@ -127,6 +135,8 @@ def train_loop(
                         loop=loop,
                         wall_time_s=loop.wall_before_s + time.perf_counter() - wall_start,
                         states=states,
+                        extra={"stable_hash": plan.stable_hash, "rows": record.read_metrics()}
+                        if stable else None,
                     )
             except Exception as exc:
                 error = exc
@@ -150,6 +160,7 @@ def train_loop(
             resumes=loop.resumes,
             micro_batch_size=micro,
             oom_retries=loop.oom_retries,
+            branched_from=loop.branched_from,
             world_size=dist.world_size,
             data_parallel=dist.strategy if dist.enabled else None,
             wall_time_s=loop.wall_before_s + time.perf_counter() - wall_start,
@@ -233,7 +244,9 @@ def train_loop(
             loop.loss_steps += 1
             window_steps += 1
             at_eval = step in evals_at
-            if not (at_eval or step % interval == 0):
+            # Where the cooldown begins the loss is read too: a diverged run shares no state
+            at_branch = step == branch_at
+            if not (at_eval or at_branch or step % interval == 0):
                 continue
             # Reading the loss syncs the GPU, so it happens only every `interval` steps.
             hw.synchronize()
@@ -260,6 +273,10 @@ def train_loop(
                     # Stopped before the checkpoint below: the newest one stays a finite model.
                     status, error = "diverged", f"non-finite validation loss at step {step}"
                     break
+                paused = True
+            # Rank 0's view of the folder decides: all ranks gather the states together (FSDP).
+            if at_branch and dist.from_main(needs_stable_save(plan, step)):
+                checkpoint(stable=True)
                 paused = True
             # Rank 0's clock decides, so that all ranks checkpoint (and so pause) together.
             if dist.from_main(

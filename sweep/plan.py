@@ -67,6 +67,9 @@ class RunPlan:
     config: dict[str, Any]  # the resolved config plus the derived values, as written to config.yaml
     # The hash of the run's identity without its seed: runs sharing it are seed replicates
     replicate_hash: str = ""
+    # schedule.share_stable: the hash of the trajectory up to the cooldown (the identity without
+    # the budget, the schedule as warmup alone), shared by the runs that differ in their budget
+    stable_hash: str | None = None
 
 
 def _override_key(override: str) -> str:
@@ -323,6 +326,7 @@ def plan_run(
     }
     digest = config_hash(identity)
     replicate = config_hash({k: v for k, v in identity.items() if k != "seed"})
+    stable = stable_hash(identity, schedule) if _share_stable(cfg.schedule, schedule) else None
     model_name = str(cfg.model.get("name", "custom"))
     if cfg.model.get("target_params") is not None:
         model_name = f"target{float(cfg.model.target_params):.3g}".replace("+", "")
@@ -347,6 +351,7 @@ def plan_run(
         "run_id": run_id,
         "config_hash": digest,
         "replicate_hash": replicate,
+        "stable_hash": stable,
         "model": dataclasses.asdict(model),
         "budget": dataclasses.asdict(budget),
         "hparams": {
@@ -385,4 +390,27 @@ def plan_run(
         config_hash=digest,
         config=resolved,
         replicate_hash=replicate,
+        stable_hash=stable,
     )
+
+
+def _share_stable(cfg: DictConfig, schedule: Schedule) -> bool:
+    """schedule.share_stable, checked: a yes or no, and only for a WSD schedule."""
+    share = cfg.get("share_stable", False)
+    if not isinstance(share, bool):
+        raise ConfigError(f"schedule.share_stable={share!r} must be true or false")
+    if share and schedule.kind != "wsd":
+        raise ConfigError(
+            f"schedule.share_stable=true needs schedule.kind=wsd, not {schedule.kind}: only a "
+            "warmup-stable-decay run holds its LR until a cooldown, so only WSD runs of several "
+            "budgets share a trajectory (set schedule.kind=wsd or schedule.share_stable=false)"
+        )
+    return share
+
+
+def stable_hash(identity: dict[str, Any], schedule: Schedule) -> str:
+    """The hash of a WSD run's trajectory up to its cooldown: its identity without the budget, and
+    the schedule as its warmup alone. Runs that share it are one run until the first cooldown."""
+    trunk = {k: v for k, v in identity.items() if k != "tokens"}
+    trunk["schedule"] = {"kind": schedule.kind, "warmup_steps": schedule.warmup_steps}
+    return config_hash(trunk)

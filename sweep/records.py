@@ -11,7 +11,7 @@ import math
 import os
 import platform
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -192,13 +192,19 @@ class RunRecord:
             path.unlink(missing_ok=True)
         return stale
 
-    def start(self, config_yaml: str) -> None:
-        """Create the directory and write config.yaml; a fresh start truncates old metrics."""
+    def start(self, config_yaml: str, rows: Sequence[Mapping[str, Any]] = ()) -> None:
+        """Create the directory and write config.yaml; a fresh start replaces old metrics with
+        `rows` (a stable phase's, taken over from another run), or none."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.remove_stale_temps()
         atomic_write_bytes(self.config_path, config_yaml.encode())
-        self.metrics_path.write_text("")
+        atomic_write_bytes(self.metrics_path, "".join(dumps(r) + "\n" for r in rows).encode())
         self.summary_path.unlink(missing_ok=True)
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """The metrics rows written so far (by this process: no torn line to expect)."""
+        text = self.metrics_path.read_text() if self.metrics_path.exists() else ""
+        return [json.loads(line) for line in text.splitlines() if line]
 
     def resume(self, config_yaml: str, step: int) -> int:
         """Continue the run from its checkpoint after `step`: rewrite config.yaml, cut metrics back

@@ -25,6 +25,14 @@ class Schedule:
     min_lr_ratio: float
     cooldown_steps: int
 
+    @property
+    def cooldown_start(self) -> int:
+        """Optimizer steps done at the peak LR (or in its warmup) before the decay begins (wsd);
+        for cosine the decay begins right after the warmup."""
+        if self.kind == "wsd":
+            return self.total_steps - self.cooldown_steps
+        return self.total_steps if self.kind == "constant" else self.warmup_steps
+
     def multiplier(self, step: int) -> float:
         """Fraction of the peak LR to use for optimizer step `step`."""
         if step < self.warmup_steps:

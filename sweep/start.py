@@ -19,6 +19,7 @@ from data.loader import train_windows
 from models import GPT
 from sweep.checkpoint import (
     LoopState,
+    branch_training_state,
     checkpoint_policy,
     latest_checkpoint,
     remove_stale_temps,
@@ -30,6 +31,7 @@ from sweep.lock import RunLock, sigterm_interrupts
 from sweep.loop import train_loop
 from sweep.plan import RunPlan
 from sweep.records import RunRecord
+from sweep.stable import find_stable_state
 from sweep.step import build_optimizer
 
 
@@ -123,7 +125,12 @@ def run(plan: RunPlan, rerun_failed: bool = False, dist: Distributed = SINGLE) -
                     decision = ("skip", previous)
                 else:
                     newest = latest_checkpoint(plan.run_dir)
-                    decision = ("resume", str(newest)) if newest else ("fresh", None)
+                    stable = None if newest else find_stable_state(plan)
+                    decision = (
+                        ("resume", str(newest)) if newest
+                        else ("branch", str(stable)) if stable
+                        else ("fresh", None)
+                    )
             except Exception as err:
                 # Without this the other ranks would wait for the decision forever (under
                 # SLURM nothing ends them as torchrun does).
@@ -147,11 +154,28 @@ def run(plan: RunPlan, rerun_failed: bool = False, dist: Distributed = SINGLE) -
             fused=hw.device.type == "cuda" and not dist.sharded,
         )
         config_yaml = OmegaConf.to_yaml(OmegaConf.create(cfg))
+        load_states = (
+            (lambda m, o: load_full_states(model, optimizer, m, o)) if dist.sharded else None
+        )
         if kind == "fresh":
             if dist.is_main:
                 remove_stale_temps(plan.run_dir)
                 record.start(config_yaml)
             loop = LoopState.fresh(hw.device)
+        elif kind == "branch":
+            assert plan.stable_hash is not None
+            loop, rows = branch_training_state(
+                Path(value), stable_hash=plan.stable_hash, model=model, optimizer=optimizer,
+                loader=batches, device=hw.device, load_states=load_states,
+            )
+            if dist.is_main:
+                remove_stale_temps(plan.run_dir)
+                record.start(config_yaml, rows)
+            donor = loop.branched_from or {}
+            dist.say(
+                f"{plan.run_id}: continuing the stable phase of {donor.get('run_id')} after step "
+                f"{loop.step} of {plan.budget.steps} ({donor.get('tokens'):,} tokens not retrained)"
+            )
         else:
             newest = Path(value)
             loop = resume_training_state(
@@ -162,11 +186,7 @@ def run(plan: RunPlan, rerun_failed: bool = False, dist: Distributed = SINGLE) -
                 optimizer=optimizer,
                 loader=batches,
                 device=hw.device,
-                load_states=(
-                    (lambda m, o: load_full_states(model, optimizer, m, o))
-                    if dist.sharded
-                    else None
-                ),
+                load_states=load_states,
             )
             if dist.is_main:
                 record.resume(config_yaml, loop.step)

@@ -27,8 +27,10 @@ class ScalingSweeper(BasicSweeper):
             describe_failures,
             format_plan,
             held_points,
+            launch_order,
             plan_grid,
             runs_outside,
+            sharing_note,
             write_manifest,
         )
 
@@ -58,8 +60,9 @@ class ScalingSweeper(BasicSweeper):
             print(f"error: {err}", file=sys.stderr)
             raise SystemExit(2) from None
         print(format_plan(experiment, points), flush=True)
-        if note := runs_outside(points):
-            print(note, flush=True)
+        for note in (runs_outside(points), sharing_note(points)):
+            if note:
+                print(note, flush=True)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         if self.config.launch.dry_run:
             # Nothing written either: a preview of another grid must not replace the plan that
@@ -67,7 +70,7 @@ class ScalingSweeper(BasicSweeper):
             print("dry run: nothing launched", flush=True)
             return []
         write_manifest(sweep_dir, experiment, points)
-        todo = [list(p.overrides) for p in points if p.action != "skip"]
+        todo = [list(p.overrides) for p in launch_order(points)]
         held = held_points(points)
         if not todo:
             print("nothing to train", flush=True)

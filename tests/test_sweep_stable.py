@@ -1,0 +1,126 @@
+"""Tests for sweep.stable: WSD runs of several budgets share their stable phase, and a run that
+continues another's ends exactly as it would have alone.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import sweep.start as start_module
+from sweep.checkpoint import checkpoint_step, list_checkpoints
+from sweep.errors import ConfigError
+from sweep.plan import plan_run
+from sweep.stable import find_stable_state, stable_dir
+from tests.conftest import RULE_HPARAMS, compose_train
+
+# A one-layer model at 1024 tokens a step, WSD with a 25% cooldown: 8 steps cool down from step 6,
+# 16 from step 12, 24 from step 18. Dropout draws from the RNG every step, so its state must carry.
+TINY = ("model=base", "model.n_layer=1", "model.d_model=64", "model.n_head=2",
+        "model.dropout=0.1", "eval.tokens=4096", "eval.points=3", "logging.interval=2",
+        "checkpoint.interval_s=inf", "schedule.kind=wsd", "schedule.cooldown_fraction=0.25",
+        "schedule.warmup_fraction=null", "hparams.warmup.tokens_per_param=0",
+        "schedule.min_lr_ratio=0.0")
+SHARED = ("schedule.share_stable=true",)
+TIMING = ("tokens_per_s", "mfu")
+
+
+@pytest.fixture
+def plan(synthetic_root: Path, tmp_path: Path):
+    """plan(experiment, tokens, *overrides): a tiny run in tmp_path/experiment, so each test has
+    a runs folder, and a stable store, of its own."""
+
+    def make(experiment: str, tokens: int, *overrides: str):
+        return plan_run(compose_train(synthetic_root, *TINY, f"paths.runs_dir={tmp_path}",
+                                      f"experiment_name={experiment}", f"budget.tokens={tokens}",
+                                      *overrides))
+
+    return make
+
+
+def rows(run_dir: Path) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in lines]
+
+
+def test_runs_of_several_budgets_share_one_stable_hash_and_no_run_id(plan, tmp_path):
+    short, long = plan("a", 8192, *SHARED), plan("a", 24576, *SHARED)
+    assert short.stable_hash == long.stable_hash is not None
+    assert short.run_id != long.run_id
+    assert (short.schedule.cooldown_start, long.schedule.cooldown_start) == (6, 18)
+    # Not part of the run id: a shared run is the run it would be alone
+    alone = plan("a", 8192)
+    assert alone.run_id == short.run_id and alone.stable_hash is None
+    assert stable_dir(short) == tmp_path / ".stable" / short.stable_hash[:16]
+    # What changes the stable phase changes the hash: the LR, the seed, the warmup
+    for other in ("train.lr=1e-3", "seed=1", "schedule.warmup_fraction=0.25"):
+        assert plan("a", 8192, *SHARED, other).stable_hash != short.stable_hash
+    # What only the cooldown sees does not
+    assert plan("a", 8192, *SHARED, "schedule.min_lr_ratio=0.1",
+                "schedule.cooldown_fraction=0.5").stable_hash == short.stable_hash
+
+
+def test_a_run_continuing_another_stable_phase_ends_bit_for_bit_as_alone(plan, tmp_path, capsys):
+    first = start_module.run(plan("shared", 8192, *SHARED))
+    folder = stable_dir(plan("shared", 8192, *SHARED))
+    assert [checkpoint_step(p) for p in list_checkpoints(folder)] == [6]
+    assert first["branched_from"] is None
+
+    second_plan = plan("shared", 24576, *SHARED)
+    assert find_stable_state(second_plan) == list_checkpoints(folder)[0]
+    second = start_module.run(second_plan)
+    assert f"{second_plan.run_id}: continuing the stable phase of {first['run_id']} after step 6 " \
+           "of 24 (6,144 tokens not retrained)" in capsys.readouterr().out
+    assert second["branched_from"] == {"run_id": first["run_id"], "step": 6, "tokens": 6144}
+    # It saved its own cooldown start for longer budgets; the first run's state stays
+    assert [checkpoint_step(p) for p in list_checkpoints(folder)] == [6, 18]
+
+    alone = start_module.run(plan("alone", 24576))
+    assert alone["run_id"] == second["run_id"]
+    for key in ("steps", "tokens", "val_loss", "val_bpb", "flops_exact", "config_hash"):
+        assert second[key] == alone[key], key
+    shared_rows = rows(second_plan.run_dir)
+    alone_rows = rows(tmp_path / "alone" / alone["run_id"])
+    # Rows up to the branch are the first run's evals (at steps 0, 1, 3 of its own schedule, not
+    # the lone run's 0, 1, 5); after it, the run's own, equal to the lone run's but for the train
+    # loss of the first one (its average began at the first run's last eval, not the lone run's)
+    assert [r["step"] for r in shared_rows] == [0, 1, 3, 24]
+    assert [r["step"] for r in alone_rows] == [0, 1, 5, 24]
+    assert shared_rows[-1] == {**alone_rows[-1], "train_loss": shared_rows[-1]["train_loss"]}
+    assert shared_rows[:3] == rows(tmp_path / "shared" / first["run_id"])[:3]
+
+
+def test_a_stable_state_past_the_run_cooldown_or_of_another_trajectory_is_not_taken(
+    plan, tmp_path
+):
+    start_module.run(plan("past", 24576, *SHARED))  # saves step 18
+    short = plan("past", 8192, *SHARED)  # cooldown from step 6
+    assert find_stable_state(short) is None
+    assert start_module.run(short)["branched_from"] is None
+    other = plan("past", 24576, *SHARED, "seed=3")
+    assert find_stable_state(other) is None
+
+
+def test_share_stable_needs_a_wsd_schedule_and_a_boolean(plan, tmp_path):
+    with pytest.raises(ConfigError, match=r"schedule.share_stable=true needs schedule.kind=wsd, "
+                                          r"not cosine"):
+        plan("bad", 8192, *SHARED, "schedule.kind=cosine")
+    with pytest.raises(ConfigError, match=r"schedule.share_stable='yes' must be true or false"):
+        plan("bad", 8192, "schedule.share_stable=yes")
+
+
+def test_the_horizon_gives_every_budget_of_a_size_the_rules_of_one_d(plan, tmp_path):
+    rules = (*RULE_HPARAMS, "hparams.lr.max=1", "hparams.batch.min_steps=4")
+    own = [plan("h", t, *SHARED, *rules) for t in (4096, 65536)]
+    # The run's own D: C, and so the LR, differ by budget
+    assert own[0].lr != own[1].lr and own[0].stable_hash != own[1].stable_hash
+    fixed = [plan("h", t, *SHARED, *rules, "hparams.horizon.tokens_per_param=2")
+             for t in (4096, 65536)]
+    assert fixed[0].lr == fixed[1].lr and fixed[0].batch_tokens == fixed[1].batch_tokens
+    assert fixed[0].stable_hash == fixed[1].stable_hash
+    n = fixed[0].params.non_embedding
+    assert fixed[0].config["resolved"]["hparams"]["compute"] == 6.0 * n * 2 * n
+    with pytest.raises(ConfigError, match=r"hparams.horizon.tokens_per_param=-1 must be"):
+        plan("h", 4096, *rules, "hparams.horizon.tokens_per_param=-1")
