@@ -5,6 +5,9 @@ continues another's ends exactly as it would have alone.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,9 +15,10 @@ import pytest
 import sweep.start as start_module
 from sweep.checkpoint import checkpoint_step, list_checkpoints
 from sweep.errors import ConfigError
+from sweep.grid import GridPoint, launch_order, sharing_note
 from sweep.plan import plan_run
 from sweep.stable import find_stable_state, stable_dir
-from tests.conftest import RULE_HPARAMS, compose_train
+from tests.conftest import FIXED_HPARAMS, RULE_HPARAMS, compose_train
 
 # A one-layer model at 1024 tokens a step, WSD with a 25% cooldown: 8 steps cool down from step 6,
 # 16 from step 12, 24 from step 18. Dropout draws from the RNG every step, so its state must carry.
@@ -124,3 +128,51 @@ def test_the_horizon_gives_every_budget_of_a_size_the_rules_of_one_d(plan, tmp_p
     assert fixed[0].config["resolved"]["hparams"]["compute"] == 6.0 * n * 2 * n
     with pytest.raises(ConfigError, match=r"hparams.horizon.tokens_per_param=-1 must be"):
         plan("h", 4096, *rules, "hparams.horizon.tokens_per_param=-1")
+
+
+def point(index: int, d: int, stable: str | None, stable_tokens: int | None = None,
+          action: str = "train") -> GridPoint:
+    return GridPoint(index=index, overrides=(f"budget.tokens={d}",), run_id=f"r{index}",
+                     run_dir=f"/runs/x/r{index}", model="m", N=100, D=d, C=600.0 * d, lr=1e-3,
+                     batch_tokens=10, action=action, reason="", stable_hash=stable,
+                     stable_tokens=stable_tokens)
+
+
+def test_shared_runs_launch_smallest_budget_first_and_the_note_counts_what_they_train():
+    points = [point(0, 8000, "a", 6400), point(1, 500, None), point(2, 2000, "a", 1600),
+              point(3, 4000, "b", 3200), point(4, 1000, "a", 800), point(5, 900, "a", 720,
+                                                                         action="skip")]
+    # Trajectory a at its first point's place, smallest first; skipped points never launch
+    assert [p.index for p in launch_order(points)] == [4, 2, 0, 1, 3]
+    # a: 1000 from 0, 2000 from 800, 8000 from 1600; b: 4000 from 0
+    trained = 1000 + (2000 - 800) + (8000 - 1600) + 4000
+    assert sharing_note(points) == (
+        f"shared stable phases: 4 runs in 2 trajectories train {trained:,} of their 15,000 "
+        f"tokens ({trained / 15000:.0%}) when launched in this order, each from the state the "
+        "one before saved where its cooldown began (one at a time; runs launched at once each "
+        "train from step 0)")
+    assert sharing_note([point(0, 8000, None), point(1, 500, None)]) is None
+    # Every run on a trajectory of its own: the rules saw each run's D
+    assert sharing_note([point(0, 8000, "a", 6400), point(1, 500, "b", 400)]).startswith(
+        "note: schedule.share_stable=true, but no two points of this grid share a stable phase: "
+        "their LR, batch or warmup differ with the budget; set hparams.horizon.tokens_per_param")
+
+
+def test_a_sweep_of_budgets_continues_each_run_from_the_one_before(synthetic_root, tmp_path):
+    # Listed largest first: the sweep still trains the smallest first
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    result = subprocess.run(
+        [sys.executable, "-m", "sweep.train", "--multirun", f"paths.root_dir={synthetic_root}",
+         f"paths.runs_dir={tmp_path}", "experiment_name=wsd", *TINY, *SHARED,
+         "logging.wandb.mode=disabled", "logging.progress=false", *FIXED_HPARAMS,
+         "schedule.warmup_fraction=null", "budget.tokens=24576,8192,16384"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    # 8 steps from 0, 16 from step 6 (8's cooldown), 24 from step 12 (16's)
+    trained = 8192 + (16384 - 6144) + (24576 - 12288)
+    assert f"train {trained:,} of their 49,152 tokens (62%)" in result.stdout
+    continued = [line for line in result.stdout.splitlines() if "continuing" in line]
+    assert [line.split("after step ")[1].split(" of")[0] for line in continued] == ["6", "12"]
+    summaries = [json.loads(p.read_text()) for p in (tmp_path / "wsd").glob("*/summary.json")]
+    assert sorted((s["tokens"], (s["branched_from"] or {}).get("tokens")) for s in summaries) \
+        == [(8192, None), (16384, 6144), (24576, 12288)]
