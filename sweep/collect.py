@@ -205,7 +205,7 @@ def _how_made(summary: Mapping[str, Any]) -> dict[str, Any]:
     hparams = summary.get("hparams")
     return {
         **{key: summary.get(key) for key in ("seed", "config_hash", "replicate_hash",
-                                             "code_version")},
+                                             "stable_hash", "code_version")},
         **{f"hparams_{k}": v for k, v in (hparams if isinstance(hparams, Mapping) else {}).items()},
     }
 

@@ -152,6 +152,8 @@ def build_summary(plan: RunPlan, status: str, **fields: Any) -> dict[str, Any]:
         "config_hash": plan.config_hash,
         # The identity without the seed: runs that share it differ in their seed alone
         "replicate_hash": plan.replicate_hash,
+        # schedule.share_stable: the trajectory the run shares with the other budgets (else null)
+        "stable_hash": plan.stable_hash,
         "code_version": code_version(),
         "torch_version": _version("torch"),
         "python_version": platform.python_version(),

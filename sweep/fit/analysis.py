@@ -17,6 +17,7 @@ from sweep.fit.approach3 import Approach3, fit_approach3
 from sweep.fit.envelope import (
     REPORT_POINTS,
     curve_grid,
+    finished_curves,
     fit_approach1,
     frontier_runs,
     lower_envelope,
@@ -107,7 +108,13 @@ def fit_report(data: FitData, options: FitOptions) -> dict[str, Any]:
         if exact is not None:
             report["approach3"]["allocation_exact"] = exact
 
-    grid = None if data.curves is None else curve_grid(data.curves)
+    # A WSD run's own curve is unfinished until its cooldown: its trajectory's finished runs
+    # stand in for it (approach 1 and L(C) alike)
+    trajectories = 0
+    grid = None
+    if data.curves is not None:
+        curves, trajectories = finished_curves(data.curves, runs)
+        grid = curve_grid(curves)
     merged = grid is not None and bool((runs["replicate"] >= 0).any())
     if merged:
         # Seed replicates: their mean curve, not the luckiest seed's, competes for the envelope
@@ -121,11 +128,15 @@ def fit_report(data: FitData, options: FitOptions) -> dict[str, Any]:
                                         rng=np.random.default_rng(seeds[2]))
         if section is not None and merged:
             section["seed_replicates_merged"] = True  # its "runs" count points, not runs
+        if section is not None and trajectories:
+            section["wsd_trajectories"] = trajectories  # curves of finished runs, not of runs
         record("approach1", section, reason, t0)
 
     t0 = time.perf_counter()
-    record("kaplan", _kaplan(runs, grid, options.bootstrap, np.random.default_rng(seeds[3])),
-           None, t0)
+    kaplan = _kaplan(runs, grid, options.bootstrap, np.random.default_rng(seeds[3]))
+    if trajectories and grid is not None and "L_C" in kaplan:
+        kaplan["L_C"]["note"] += ", WSD runs as their trajectories' finished runs"
+    record("kaplan", kaplan, None, t0)
 
     t0 = time.perf_counter()
     gap = joint_law_gap(runs["N"], runs["D"], "(N_c/N)^(alpha_N/alpha_D) and D_c/D")

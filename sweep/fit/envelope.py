@@ -56,6 +56,26 @@ def merge_replicates(grid: CurveGrid, replicate: dict[str, int]) -> CurveGrid:
                      runs=tuple("+".join(grid.runs[i] for i in r) for r in rows))
 
 
+def finished_curves(curves: pd.DataFrame, runs: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """The curves with each WSD run's replaced by its trajectory's (runs' `trajectory` column,
+    from sweep.fit.points.wsd_trajectories): the final points of the runs that share its stable
+    phase, one curve of finished runs; and how many such trajectories there are.
+
+    A WSD run's points before its cooldown sit well above a finished run of that length (its LR
+    has not decayed), so its own curve would set approach 1's envelope wherever no cooldown
+    happens to fall; its trajectory's finished runs are what Hagele et al. 2024 fit instead.
+    """
+    if "trajectory" not in runs.columns or runs["trajectory"].isna().all():
+        return curves, 0
+    trajectory = dict(zip(runs["run"], runs["trajectory"], strict=True))
+    key = curves["run"].map(trajectory)
+    wsd = key.notna().to_numpy()
+    finals = curves[wsd].sort_values("C", kind="stable").groupby("run", sort=False).tail(1)
+    finals = finals.assign(run=key[finals.index])
+    return (pd.concat([curves[~wsd], finals], ignore_index=True),
+            int(finals["run"].nunique()))
+
+
 def curve_grid(curves: pd.DataFrame, points: int = GRID_POINTS) -> CurveGrid:
     """Interpolate each run's (log C, loss) and (log C, log D) curve onto a shared C grid."""
     grid = np.geomspace(curves["C"].min(), curves["C"].max(), points)

@@ -106,9 +106,31 @@ def point_ids(n: np.ndarray, d: np.ndarray) -> np.ndarray:
 def describing(table: pd.DataFrame, run_column: str) -> pd.DataFrame:
     """The columns that identify and describe each row's run (run id, config hash, seed, ...),
     aligned with the canonical rows (a RangeIndex); absent columns are left out."""
-    keep = [c for c in dict.fromkeys([run_column, *DESCRIBING, "replicate_hash"])
+    keep = [c for c in dict.fromkeys([run_column, *DESCRIBING, "replicate_hash", "stable_hash"])
             if c in table.columns]
     return table[keep].reset_index(drop=True)
+
+
+def wsd_trajectories(described: pd.DataFrame, n: pd.Series) -> pd.Series:
+    """Each WSD run's trajectory (None for other runs): the runs that share its stable phase,
+    by `stable_hash` (schedule.share_stable), else its experiment, N and seed. Approach 1 takes a
+    trajectory's finished runs as one curve (envelope.finished_curves)."""
+    index = n.index
+    if "hparams_schedule" not in described.columns:
+        return pd.Series(None, index=index, dtype=object)
+    described = described.set_axis(index)
+
+    def column(name: str) -> pd.Series:
+        return described[name].astype(str) if name in described.columns else pd.Series(
+            "", index=index)
+
+    fallback = "wsd:" + column("experiment") + ":" + n.astype(str) + ":" + column("seed")
+    stable = described["stable_hash"] if "stable_hash" in described.columns else None
+    key = fallback if stable is None else ("stable:" + stable.astype(str)).where(
+        stable.notna(), fallback)
+    key = key.astype(object)
+    key[(described["hparams_schedule"] != "wsd").to_numpy()] = None
+    return key
 
 
 def drop_repeated_rows(runs: pd.DataFrame, curves: pd.DataFrame | None,

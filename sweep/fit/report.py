@@ -112,8 +112,13 @@ def _approach1(s: dict[str, Any]) -> list[str]:
             "two or more runs compete and a size inside the grid wins "
             f"({s['edge_points']} more, won by the "
             "smallest or largest size, only bound N_opt and are left out), "
-            f"{s['bootstrap']} bootstrap draws over runs. Note: a point inside a "
-            "cosine schedule is not a finished run of that length, which biases this method.",
+            f"{s['bootstrap']} bootstrap draws over runs. "
+            + (f"The WSD runs' curves are their {s['wsd_trajectories']} trajectories' finished "
+               "runs (the runs sharing a stable phase, or of one size and seed), since a point "
+               "before a cooldown is far from a finished run of that length. "
+               if s.get("wsd_trajectories") else "")
+            + "Note: a point inside a cosine schedule is not a finished run of that length, "
+            "which biases this method.",
             ""]
 
 

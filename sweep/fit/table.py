@@ -15,7 +15,7 @@ import pandas as pd
 
 from sweep.collect import CollectError, UnreadableRun, collect_runs, dataset_label
 from sweep.errors import first_line
-from sweep.fit.points import describing, drop_repeated_rows, several_runs
+from sweep.fit.points import describing, drop_repeated_rows, several_runs, wsd_trajectories
 
 # Approach 3 has five parameters: fewer runs than that cannot determine it.
 MIN_RUNS = 5
@@ -304,7 +304,8 @@ def load(source: str | Path, cols: Columns, skip_unreadable: bool = False,
     warning, note, seed_noise, replicate = several_runs(runs, described.loc[runs.index])
     warnings += [warning] if warning is not None else []
     notes += [note] if note is not None else []
-    runs = runs.assign(replicate=replicate)
+    runs = runs.assign(replicate=replicate,
+                       trajectory=wsd_trajectories(described.loc[runs.index], runs["N"]))
     runs = runs.reset_index(drop=True)
     if where is not None and len(runs) < MIN_RUNS:
         raise TableError(f"--where {where!r} keeps {len(runs)} runs {place}; a fit needs at "
