@@ -27,7 +27,7 @@ FORMAT = "sweep-checkpoint"
 VERSION = 1
 _NAME = re.compile(r"^checkpoint-(\d+)\.pt$")
 # Temp files start with a dot so no glob for checkpoints can ever match a half-written one.
-_TEMP_GLOB = ".checkpoint-*.pt.tmp-*"
+TEMP_GLOB = ".checkpoint-*.pt.tmp-*"
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 def remove_stale_temps(run_dir: Path) -> list[Path]:
     """Delete temp files a killed writer left behind (the run lock makes this process the only
     writer, so none of them is in progress); returns what was removed."""
-    stale = sorted(Path(run_dir).glob(_TEMP_GLOB))
+    stale = sorted(Path(run_dir).glob(TEMP_GLOB))
     for path in stale:
         path.unlink(missing_ok=True)
     return stale
@@ -287,6 +287,11 @@ def resume_training_state(
             f"{str(payload.get('config_hash'))[:10]}), not {run_id}: delete it to retrain this run"
         )
     _restore(payload, path, model, optimizer, loader, load_states)
+    return _resumed_loop(payload, device)
+
+
+def _resumed_loop(payload: Mapping[str, Any], device: torch.device) -> LoopState:
+    """The loop state of a run continuing its own checkpoint: one more resume."""
     loop = payload["loop"]
     return LoopState(
         loss_sum=loop["loss_sum"].to(device),
@@ -308,6 +313,7 @@ def resume_training_state(
 def branch_training_state(
     path: Path,
     *,
+    run_id: str,
     stable_hash: str,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -319,9 +325,16 @@ def branch_training_state(
     loader and RNGs as that run had them after the step, and its metrics rows up to it.
 
     The loop's bookkeeping goes on from that run's (its training time covers the shared steps, so
-    tokens/s stays the trajectory's), as a fresh attempt: no resumes, started now.
+    tokens/s stays the trajectory's), as a fresh attempt: no resumes, started now. A state this
+    run saved itself (an attempt that stopped before its next checkpoint) resumes it instead.
     """
-    payload = load_checkpoint(path)
+    try:
+        payload = load_checkpoint(path)
+    except ConfigError as err:
+        raise ConfigError(
+            f"stable state {path} cannot be read ({str(err).split(': delete')[0]}): delete it; "
+            "the runs of its trajectory then continue from an older state or from step 0"
+        ) from None
     if payload.get("stable_hash") != stable_hash:
         raise ConfigError(
             f"stable state {path} is of another trajectory (stable_hash "
@@ -330,6 +343,8 @@ def branch_training_state(
     _restore(payload, path, model, optimizer, loader, load_states)
     loop = payload["loop"]
     step = payload["step"]
+    if payload["run_id"] == run_id:
+        return _resumed_loop(payload, device), list(payload.get("rows", []))
     state = LoopState(
         loss_sum=loop["loss_sum"].to(device),
         step=step,
@@ -339,7 +354,9 @@ def branch_training_state(
         wall_before_s=loop["wall_time_s"],
         branched_from={"run_id": payload["run_id"], "step": step,
                        "tokens": payload["loader"]["batch_size"] * payload["loader"]["seq_len"]
-                       * step},
+                       * step,
+                       # the code that trained the shared steps: a state outlives code changes
+                       "code_version": payload.get("code_version")},
     )
     return state, list(payload.get("rows", []))
 

@@ -240,6 +240,10 @@ def _is_number(value: Any) -> bool:
 
 def _tidy(rows: list[dict[str, Any]], sort_by: list[str]) -> pd.DataFrame:
     table = pd.DataFrame.from_records(rows)
+    # A field that is null in some summaries and an object in others (branched_from) flattens
+    # to its parts; the bare name would be one more column, null in every row
+    table = table.drop(columns=[c for c in table.columns if table[c].isna().all() and any(
+        str(other).startswith(f"{c}_") for other in table.columns)])
     for column in table.columns:
         values = table[column]
         # FLOP totals pass 2**63 at the top of the ladder, where pandas would keep Python ints as

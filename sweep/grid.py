@@ -18,9 +18,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from data import DataError
 from data.shards import atomic_write_bytes
+from sweep.checkpoint import checkpoint_step, list_checkpoints
 from sweep.errors import ConfigError, RunHeld, first_line
 from sweep.lock import lock_holder
 from sweep.plan import RunPlan, check_epochs, plan_run
+from sweep.stable import stable_dir
 from sweep.state import read_run_state
 
 MANIFEST = "sweep.json"  # in the sweep directory: the grid as last planned, for sweep.status
@@ -47,9 +49,11 @@ class GridPoint:
     batch_tokens: int
     action: str  # train | resume | skip
     reason: str
-    # schedule.share_stable: the trajectory's hash, and the tokens before the run's cooldown
+    # schedule.share_stable: the trajectory's hash, the tokens before the run's cooldown, and
+    # the tokens of the trajectory's states saved already (by earlier sweeps)
     stable_hash: str | None = None
     stable_tokens: int | None = None
+    stable_saved: tuple[int, ...] = ()
 
     @property
     def tokens_per_param(self) -> float:
@@ -208,6 +212,7 @@ def grid_point(
 ) -> GridPoint:
     """The GridPoint of a planned run."""
     n, d = plan.params.non_embedding, plan.budget.tokens
+    folder = stable_dir(plan)
     return GridPoint(
         index=index,
         overrides=tuple(overrides),
@@ -225,6 +230,8 @@ def grid_point(
         stable_tokens=(
             plan.schedule.cooldown_start * plan.batch_tokens if plan.stable_hash else None
         ),
+        stable_saved=tuple(checkpoint_step(p) * plan.batch_tokens
+                           for p in (list_checkpoints(folder) if folder else [])),
     )
 
 
@@ -243,34 +250,42 @@ def launch_order(points: Sequence[GridPoint]) -> list[GridPoint]:
 
 
 def sharing_note(points: Sequence[GridPoint]) -> str | None:
-    """What sharing stable phases saves the points to train (in launch order), or why they share
-    nothing; None when no point shares (schedule.share_stable=false)."""
+    """What sharing stable phases saves the points to train (in launch order), or why two
+    points of one size share nothing; None when no point shares (schedule.share_stable=false)."""
     todo = [p for p in launch_order(points) if p.stable_hash is not None]
     if not todo:
         return None
     groups: dict[str, list[GridPoint]] = {}
     for p in todo:
         groups.setdefault(p.stable_hash or "", []).append(p)
-    if len(todo) > 1 and all(len(g) == 1 for g in groups.values()):
-        return (
-            "note: schedule.share_stable=true, but no two points of this grid share a stable "
-            "phase: their LR, batch or warmup differ with the budget; set "
-            "hparams.horizon.tokens_per_param to the grid's largest D/N (the rules then see one D "
-            "per size) or pin train.lr and train.batch_tokens"
-        )
-    total = sum(p.D for p in todo)
+    # States a run can continue: those on disk, and those the grid's finished runs saved
+    saved = {key: {0, *group[0].stable_saved} for key, group in groups.items()}
+    for p in points:
+        if p.action == "skip" and p.stable_hash in saved and p.stable_tokens:
+            saved[p.stable_hash].add(p.stable_tokens)
     trained = 0
-    for group in groups.values():
-        saved = [0]  # tokens of the stable states the runs before have saved (0: none)
+    for key, group in groups.items():
         for p in group:
             own = p.stable_tokens or 0
-            trained += p.D - max(t for t in saved if t <= own)
-            saved.append(own)
+            trained += p.D - max(t for t in saved[key] if t <= own)
+            saved[key].add(own)
+    total = sum(p.D for p in todo)
+    sizes = [p.N for p in todo]
+    if trained == total and len(set(sizes)) < len(sizes):
+        return (
+            "note: schedule.share_stable=true, but no two points of one size in this grid share "
+            "a stable phase: their LR, batch or warmup differ with the budget; set "
+            "hparams.horizon.tokens_per_param to the grid's largest D/N (the rules then see one D "
+            "per size) with schedule.warmup_fraction=null (a fraction is of each run's own "
+            "steps), or pin train.lr and train.batch_tokens"
+        )
+    if trained == total:
+        return None  # one budget per size: nothing to share
     return (
-        f"shared stable phases: {len(todo)} runs in {len(groups)} trajector"
-        f"{'y' if len(groups) == 1 else 'ies'} train {trained:,} of their {total:,} tokens "
-        f"({trained / total:.0%}) when launched in this order, each from the state the one "
-        "before saved where its cooldown began (one at a time; runs launched at once each "
+        f"shared stable phases: {len(todo)} run{'s' if len(todo) > 1 else ''} in {len(groups)} "
+        f"trajector{'y' if len(groups) == 1 else 'ies'} train {trained:,} of their {total:,} "
+        f"tokens ({trained / total:.0%}) when launched in this order, each from the state the "
+        "one before saved where its cooldown began (one at a time; runs launched at once each "
         "train from step 0)"
     )
 

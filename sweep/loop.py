@@ -28,8 +28,8 @@ from sweep.hardware import out_of_memory
 from sweep.lock import signals_deferred
 from sweep.logger import RunLogger
 from sweep.plan import RunPlan
-from sweep.records import RunRecord, build_summary
-from sweep.stable import branch_step, needs_stable_save, stable_dir
+from sweep.records import RunRecord, build_summary, code_version
+from sweep.stable import branch_step, needs_stable_save, remove_abandoned_temps, stable_dir
 from sweep.step import accumulate_with_backoff, apply_gradients, fitting_micro_batch
 
 
@@ -50,7 +50,10 @@ def train_loop(
     val: list[tuple[torch.Tensor, torch.Tensor]],
     loop: LoopState,
     dist: Distributed,
+    eval_now: bool = False,
 ) -> dict[str, Any]:
+    """Train from `loop`'s step to the end of the budget (evaluating first when `eval_now`),
+    checkpointing, and write the summary; returns it."""
     cfg = plan.config
     hw = plan.hardware
     token_bytes = None
@@ -119,10 +122,11 @@ def train_loop(
         error: Exception | None = None
         if dist.is_main:
             try:
-                folder = stable_dir(plan) if stable else plan.run_dir
+                folder = stable_dir(plan, dist.sharded) if stable else plan.run_dir
                 assert folder is not None
                 if stable:
                     folder.mkdir(parents=True, exist_ok=True)
+                    remove_abandoned_temps(folder)
                 with signals_deferred():  # a write stopped midway reads as a failure
                     save_training_state(
                         folder,
@@ -135,11 +139,20 @@ def train_loop(
                         loop=loop,
                         wall_time_s=loop.wall_before_s + time.perf_counter() - wall_start,
                         states=states,
-                        extra={"stable_hash": plan.stable_hash, "rows": record.read_metrics()}
+                        extra={"stable_hash": plan.stable_hash, "rows": record.read_metrics(),
+                               "code_version": code_version()}
                         if stable else None,
                     )
             except Exception as exc:
                 error = exc
+            if stable and isinstance(error, OSError):
+                # Sharing saves compute; this run's own record is unharmed, so it goes on
+                logger.print(
+                    f"{plan.run_id}: warning: could not save its stable state at step "
+                    f"{loop.step} ({first_line(error)}); the run goes on, and runs of longer "
+                    "budgets of its trajectory will train this phase themselves"
+                )
+                error = None
         # Every rank learns whether rank 0 saved: the others would go on into the next
         # collective and wait there for a rank 0 that has stopped (NCCL: until its timeout)
         if not dist.from_main(error is None):
@@ -189,6 +202,13 @@ def train_loop(
     try:
         if loop.step == 0:
             log_eval(0, 0.0, None)
+        elif eval_now:
+            # A run continuing a stable phase at one of its own eval steps the other run did not
+            # evaluate: the eval it would have made there (the train loss since that run's last)
+            last["train_loss"] = loop.loss_sum.item() / max(loop.loss_steps, 1)
+            loop.loss_sum.zero_()
+            loop.loss_steps = 0
+            log_eval(loop.step, plan.lr * plan.schedule.multiplier(loop.step - 1), None)
         saved_at_train_s = loop.train_time_s
         # mark: where unaccounted training time starts; window: where the throughput window does.
         mark = window_start = time.perf_counter()
@@ -275,7 +295,7 @@ def train_loop(
                     break
                 paused = True
             # Rank 0's view of the folder decides: all ranks gather the states together (FSDP).
-            if at_branch and dist.from_main(needs_stable_save(plan, step)):
+            if at_branch and dist.from_main(needs_stable_save(plan, step, dist.sharded)):
                 checkpoint(stable=True)
                 paused = True
             # Rank 0's clock decides, so that all ranks checkpoint (and so pause) together.

@@ -91,10 +91,17 @@ def build_schedule(
         )
     cooldown_steps = max(1, round(cfg["cooldown_fraction"] * total_steps)) if kind == "wsd" else 0
     if warmup_steps + cooldown_steps > total_steps:
+        lower = (
+            "schedule.warmup_fraction/cooldown_fraction" if fraction is not None
+            # The rule's warmup is capped by a fraction of the steps of its own D, which is the
+            # horizon's (hparams.horizon.tokens_per_param), not this run's, when one is set
+            else "hparams.warmup.tokens_per_param (the warmup rule's; with "
+            "hparams.horizon.tokens_per_param its cap counts the horizon's steps), "
+            "schedule.cooldown_fraction"
+        )
         raise ConfigError(
             f"schedule: warmup ({warmup_steps}) plus cooldown ({cooldown_steps}) steps exceed the "
-            f"run's {total_steps} steps: lower schedule.warmup_fraction/cooldown_fraction "
-            "or raise the budget"
+            f"run's {total_steps} steps: lower {lower} or raise the budget"
         )
     return Schedule(
         kind=kind,

@@ -8,23 +8,33 @@ at or before its own cooldown: a sweep of budgets costs its longest run plus the
 
 from __future__ import annotations
 
+import contextlib
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sweep.checkpoint import checkpoint_path, checkpoint_step, list_checkpoints
+from sweep.checkpoint import TEMP_GLOB, checkpoint_path, checkpoint_step, list_checkpoints
 
 if TYPE_CHECKING:
     from sweep.plan import RunPlan
 
 # Hidden, so sweep.status and sweep.collect never take it for an experiment or a run.
 STABLE_DIR = ".stable"
+# A temp file no writer has touched for this long was left by a killed one (a writer streams a
+# state of GBs in well under a minute, touching the file as it goes): removed before a save.
+ABANDONED_TEMP_S = 600.0
 
 
-def stable_dir(plan: RunPlan) -> Path | None:
-    """Where the run's trajectory keeps its stable-phase states, or None when it shares none."""
+def stable_dir(plan: RunPlan, sharded: bool = False) -> Path | None:
+    """Where the run's trajectory keeps its stable-phase states, or None when it shares none.
+
+    States of sharded runs (FSDP: the optimizer state keyed by parameter name) and of replicated
+    ones (one process or DDP) live apart: each kind continues only its own.
+    """
     if plan.stable_hash is None:
         return None
-    return Path(plan.config["paths"]["runs_dir"]) / STABLE_DIR / plan.stable_hash[:16]
+    layout = "sharded" if sharded else "replicated"
+    return Path(plan.config["paths"]["runs_dir"]) / STABLE_DIR / plan.stable_hash[:16] / layout
 
 
 def branch_step(plan: RunPlan) -> int | None:
@@ -32,24 +42,37 @@ def branch_step(plan: RunPlan) -> int | None:
     return plan.schedule.cooldown_start if plan.stable_hash is not None else None
 
 
-def find_stable_state(plan: RunPlan) -> Path | None:
+def find_stable_state(plan: RunPlan, sharded: bool = False) -> Path | None:
     """The newest saved state of the run's trajectory at or before its own cooldown, if any.
 
-    A state at its cooldown step itself is the run's own (an earlier attempt's) and is taken too:
-    the cooldown then starts at once. States of later steps are past this run's cooldown.
+    A state at its cooldown step itself may be the run's own (an earlier attempt's) and is taken
+    too: the cooldown then starts at once. States of later steps are past this run's cooldown.
     """
-    folder, last = stable_dir(plan), branch_step(plan)
+    folder, last = stable_dir(plan, sharded), branch_step(plan)
     if folder is None or last is None:
         return None
     usable = [p for p in list_checkpoints(folder) if 0 < checkpoint_step(p) <= last]
     return usable[-1] if usable else None
 
 
-def needs_stable_save(plan: RunPlan, step: int) -> bool:
+def needs_stable_save(plan: RunPlan, step: int, sharded: bool = False) -> bool:
     """Whether the run should save its stable state after `step` (not already saved there)."""
-    folder = stable_dir(plan)
+    folder = stable_dir(plan, sharded)
     return (
         folder is not None
         and step == branch_step(plan)
         and not checkpoint_path(folder, step).exists()
     )
+
+
+def remove_abandoned_temps(folder: Path, now: float | None = None) -> list[Path]:
+    """Delete the temp files of killed writers in a stable folder (untouched for ABANDONED_TEMP_S;
+    a younger one may be another run's save in progress); returns what was removed."""
+    now = time.time() if now is None else now
+    removed = []
+    for path in sorted(folder.glob(TEMP_GLOB)):
+        with contextlib.suppress(FileNotFoundError):  # its writer renamed or removed it meanwhile
+            if now - path.stat().st_mtime > ABANDONED_TEMP_S:
+                path.unlink()
+                removed.append(path)
+    return removed

@@ -28,7 +28,7 @@ from sweep.checkpoint import (
 from sweep.distributed import SINGLE, Distributed, load_full_states
 from sweep.errors import ConfigError
 from sweep.lock import RunLock, sigterm_interrupts
-from sweep.loop import train_loop
+from sweep.loop import eval_steps, train_loop
 from sweep.plan import RunPlan
 from sweep.records import RunRecord
 from sweep.stable import find_stable_state
@@ -125,7 +125,7 @@ def run(plan: RunPlan, rerun_failed: bool = False, dist: Distributed = SINGLE) -
                     decision = ("skip", previous)
                 else:
                     newest = latest_checkpoint(plan.run_dir)
-                    stable = None if newest else find_stable_state(plan)
+                    stable = None if newest else find_stable_state(plan, dist.sharded)
                     decision = (
                         ("resume", str(newest)) if newest
                         else ("branch", str(stable)) if stable
@@ -154,6 +154,7 @@ def run(plan: RunPlan, rerun_failed: bool = False, dist: Distributed = SINGLE) -
             fused=hw.device.type == "cuda" and not dist.sharded,
         )
         config_yaml = OmegaConf.to_yaml(OmegaConf.create(cfg))
+        eval_now = False
         load_states = (
             (lambda m, o: load_full_states(model, optimizer, m, o)) if dist.sharded else None
         )
@@ -165,17 +166,25 @@ def run(plan: RunPlan, rerun_failed: bool = False, dist: Distributed = SINGLE) -
         elif kind == "branch":
             assert plan.stable_hash is not None
             loop, rows = branch_training_state(
-                Path(value), stable_hash=plan.stable_hash, model=model, optimizer=optimizer,
-                loader=batches, device=hw.device, load_states=load_states,
+                Path(value), run_id=plan.run_id, stable_hash=plan.stable_hash, model=model,
+                optimizer=optimizer, loader=batches, device=hw.device, load_states=load_states,
             )
             if dist.is_main:
                 remove_stale_temps(plan.run_dir)
                 record.start(config_yaml, rows)
+            # One of the run's own eval steps that the other run did not evaluate
+            eval_now = loop.step in eval_steps(plan.budget.steps, cfg["eval"]["points"]) and all(
+                row.get("step") != loop.step for row in rows)
             donor = loop.branched_from or {}
-            dist.say(
-                f"{plan.run_id}: continuing the stable phase of {donor.get('run_id')} after step "
-                f"{loop.step} of {plan.budget.steps} ({donor.get('tokens'):,} tokens not retrained)"
-            )
+            if loop.resumes:  # its own state: an earlier attempt stopped before its checkpoint
+                dist.say(f"{plan.run_id}: resuming from its stable-phase state at step "
+                         f"{loop.step} (resume {loop.resumes})")
+            else:
+                dist.say(
+                    f"{plan.run_id}: continuing the stable phase of {donor.get('run_id')} after "
+                    f"step {loop.step} of {plan.budget.steps} ({donor.get('tokens'):,} tokens not "
+                    "retrained)"
+                )
         else:
             newest = Path(value)
             loop = resume_training_state(
@@ -192,5 +201,6 @@ def run(plan: RunPlan, rerun_failed: bool = False, dist: Distributed = SINGLE) -
                 record.resume(config_yaml, loop.step)
             dist.say(f"{plan.run_id}: resuming from {newest.name} (resume {loop.resumes})")
         return train_loop(
-            plan, policy, record, model, step_model, optimizer, batches, val, loop, dist
+            plan, policy, record, model, step_model, optimizer, batches, val, loop, dist,
+            eval_now=eval_now,
         )

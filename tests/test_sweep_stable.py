@@ -14,11 +14,18 @@ import pytest
 
 import sweep.start as start_module
 from sweep.checkpoint import checkpoint_step, list_checkpoints
+from sweep.collect import collect_runs
 from sweep.errors import ConfigError
 from sweep.grid import GridPoint, launch_order, sharing_note
 from sweep.plan import plan_run
-from sweep.stable import find_stable_state, stable_dir
+from sweep.stable import (
+    ABANDONED_TEMP_S,
+    find_stable_state,
+    remove_abandoned_temps,
+    stable_dir,
+)
 from tests.conftest import FIXED_HPARAMS, RULE_HPARAMS, compose_train
+from tests.test_sweep_checkpoint import raise_at_loader_step
 
 # A one-layer model at 1024 tokens a step, WSD with a 25% cooldown: 8 steps cool down from step 6,
 # 16 from step 12, 24 from step 18. Dropout draws from the RNG every step, so its state must carry.
@@ -57,7 +64,9 @@ def test_runs_of_several_budgets_share_one_stable_hash_and_no_run_id(plan, tmp_p
     # Not part of the run id: a shared run is the run it would be alone
     alone = plan("a", 8192)
     assert alone.run_id == short.run_id and alone.stable_hash is None
-    assert stable_dir(short) == tmp_path / ".stable" / short.stable_hash[:16]
+    # Sharded (FSDP) states key the optimizer by name, replicated ones by index: kept apart
+    assert stable_dir(short) == tmp_path / ".stable" / short.stable_hash[:16] / "replicated"
+    assert stable_dir(short, sharded=True) == stable_dir(short).parent / "sharded"
     # What changes the stable phase changes the hash: the LR, the seed, the warmup
     for other in ("train.lr=1e-3", "seed=1", "schedule.warmup_fraction=0.25"):
         assert plan("a", 8192, *SHARED, other).stable_hash != short.stable_hash
@@ -77,7 +86,8 @@ def test_a_run_continuing_another_stable_phase_ends_bit_for_bit_as_alone(plan, t
     second = start_module.run(second_plan)
     assert f"{second_plan.run_id}: continuing the stable phase of {first['run_id']} after step 6 " \
            "of 24 (6,144 tokens not retrained)" in capsys.readouterr().out
-    assert second["branched_from"] == {"run_id": first["run_id"], "step": 6, "tokens": 6144}
+    assert second["branched_from"] == {"run_id": first["run_id"], "step": 6, "tokens": 6144,
+                                       "code_version": first["code_version"]}
     # It saved its own cooldown start for longer budgets; the first run's state stays
     assert [checkpoint_step(p) for p in list_checkpoints(folder)] == [6, 18]
 
@@ -128,14 +138,20 @@ def test_the_horizon_gives_every_budget_of_a_size_the_rules_of_one_d(plan, tmp_p
     assert fixed[0].config["resolved"]["hparams"]["compute"] == 6.0 * n * 2 * n
     with pytest.raises(ConfigError, match=r"hparams.horizon.tokens_per_param=-1 must be"):
         plan("h", 4096, *rules, "hparams.horizon.tokens_per_param=-1")
+    # The horizon's long run warms up over more steps than a short budget holds: the message
+    # names the rule, not the schedule.warmup_fraction that is null here
+    with pytest.raises(ConfigError, match=r"plus cooldown \(\d+\) steps exceed the run's \d+ "
+                                          r"steps: lower hparams.warmup.tokens_per_param"):
+        plan("h", 4096, *rules, "hparams.horizon.tokens_per_param=40",
+             "hparams.warmup.tokens_per_param=1")
 
 
 def point(index: int, d: int, stable: str | None, stable_tokens: int | None = None,
-          action: str = "train") -> GridPoint:
+          action: str = "train", n: int = 100, saved: tuple[int, ...] = ()) -> GridPoint:
     return GridPoint(index=index, overrides=(f"budget.tokens={d}",), run_id=f"r{index}",
-                     run_dir=f"/runs/x/r{index}", model="m", N=100, D=d, C=600.0 * d, lr=1e-3,
+                     run_dir=f"/runs/x/r{index}", model="m", N=n, D=d, C=600.0 * d, lr=1e-3,
                      batch_tokens=10, action=action, reason="", stable_hash=stable,
-                     stable_tokens=stable_tokens)
+                     stable_tokens=stable_tokens, stable_saved=saved)
 
 
 def test_shared_runs_launch_smallest_budget_first_and_the_note_counts_what_they_train():
@@ -144,18 +160,26 @@ def test_shared_runs_launch_smallest_budget_first_and_the_note_counts_what_they_
                                                                          action="skip")]
     # Trajectory a at its first point's place, smallest first; skipped points never launch
     assert [p.index for p in launch_order(points)] == [4, 2, 0, 1, 3]
-    # a: 1000 from 0, 2000 from 800, 8000 from 1600; b: 4000 from 0
-    trained = 1000 + (2000 - 800) + (8000 - 1600) + 4000
+    # a: 1000 from 720 (the finished point 5 saved it), 2000 from 800, 8000 from 1600; b: 4000
+    # from 0
+    trained = (1000 - 720) + (2000 - 800) + (8000 - 1600) + 4000
     assert sharing_note(points) == (
         f"shared stable phases: 4 runs in 2 trajectories train {trained:,} of their 15,000 "
         f"tokens ({trained / 15000:.0%}) when launched in this order, each from the state the "
         "one before saved where its cooldown began (one at a time; runs launched at once each "
         "train from step 0)")
     assert sharing_note([point(0, 8000, None), point(1, 500, None)]) is None
-    # Every run on a trajectory of its own: the rules saw each run's D
+    # A state on disk from an earlier sweep counts; one run alone is "run"
+    assert sharing_note([point(0, 8000, "a", 6400, saved=(1600,))]).startswith(
+        "shared stable phases: 1 run in 1 trajectory train 6,400 of their 8,000 tokens (80%)")
+    # Every run of a size on a trajectory of its own: the rules saw each run's D
     assert sharing_note([point(0, 8000, "a", 6400), point(1, 500, "b", 400)]).startswith(
-        "note: schedule.share_stable=true, but no two points of this grid share a stable phase: "
-        "their LR, batch or warmup differ with the budget; set hparams.horizon.tokens_per_param")
+        "note: schedule.share_stable=true, but no two points of one size in this grid share a "
+        "stable phase: their LR, batch or warmup differ with the budget; set "
+        "hparams.horizon.tokens_per_param to the grid's largest D/N (the rules then see one D "
+        "per size) with schedule.warmup_fraction=null")
+    # One budget per size: nothing to share, nothing to say
+    assert sharing_note([point(0, 8000, "a", 6400), point(1, 500, "b", 400, n=200)]) is None
 
 
 def test_a_sweep_of_budgets_continues_each_run_from_the_one_before(synthetic_root, tmp_path):
@@ -176,3 +200,84 @@ def test_a_sweep_of_budgets_continues_each_run_from_the_one_before(synthetic_roo
     summaries = [json.loads(p.read_text()) for p in (tmp_path / "wsd").glob("*/summary.json")]
     assert sorted((s["tokens"], (s["branched_from"] or {}).get("tokens")) for s in summaries) \
         == [(8192, None), (16384, 6144), (24576, 12288)]
+    # The table: one trajectory; where a run started, in columns of their own (no empty
+    # branched_from column beside them); the .stable folder is no run
+    table = collect_runs(tmp_path).table
+    assert len(table) == 3 and table["stable_hash"].nunique() == 1
+    assert table.sort_values("D")["branched_from_tokens"].fillna(0).tolist() == [0, 6144, 12288]
+    assert "branched_from" not in table.columns
+
+
+def test_a_continued_run_stopped_before_its_checkpoint_resumes_from_its_own_stable_state(
+    plan, tmp_path, monkeypatch, capsys
+):
+    first = start_module.run(plan("own", 8192, *SHARED))
+    second = plan("own", 24576, *SHARED)
+    with monkeypatch.context() as m:
+        raise_at_loader_step(m, 20, KeyboardInterrupt())  # after its state at step 18
+        with pytest.raises(KeyboardInterrupt):
+            start_module.run(second)
+    assert list_checkpoints(second.run_dir) == []  # checkpoint.interval_s=inf: none of its own
+    capsys.readouterr()
+    again = start_module.run(second)
+    assert f"{second.run_id}: resuming from its stable-phase state at step 18 (resume 1)" \
+        in capsys.readouterr().out
+    # Still the run that continued the first one's stable phase, resumed once
+    assert again["branched_from"]["run_id"] == first["run_id"]
+    assert again["branched_from"]["step"] == 6 and again["resumes"] == 1
+    alone = start_module.run(plan("alone", 24576))
+    assert again["val_loss"] == alone["val_loss"]
+
+
+def test_a_branch_at_one_of_the_run_own_eval_steps_evaluates_there(plan, tmp_path):
+    # 16 steps at 4 points evaluate at 0, 1, 3, 6, 16: step 6 is where the 8-step run (evals at
+    # 0, 1, 2, 4, 8) cooled down
+    start_module.run(plan("evals", 8192, *SHARED, "eval.points=4"))
+    second = start_module.run(plan("evals", 16384, *SHARED, "eval.points=4"))
+    alone = start_module.run(plan("alone", 16384, "eval.points=4"))
+    shared_rows = rows(tmp_path / "evals" / second["run_id"])
+    alone_rows = rows(tmp_path / "alone" / alone["run_id"])
+    assert [r["step"] for r in alone_rows] == [0, 1, 3, 6, 16]
+    assert [r["step"] for r in shared_rows] == [0, 1, 2, 4, 6, 16]
+    # The same model at step 6 (its train loss averages since the 8-step run's last eval, 4)
+    for mine, lone in ((shared_rows[4], alone_rows[3]), (shared_rows[5], alone_rows[4])):
+        assert mine == {**lone, "train_loss": mine["train_loss"]}
+
+
+def test_a_stable_state_that_cannot_be_saved_leaves_the_run_going(plan, monkeypatch, capsys):
+    import sweep.loop as loop_module
+
+    original = loop_module.save_training_state
+
+    def full_disk(folder, keep, **kwargs):
+        if keep is None:  # the stable state's save
+            raise OSError(28, "No space left on device")
+        return original(folder, keep, **kwargs)
+
+    monkeypatch.setattr(loop_module, "save_training_state", full_disk)
+    summary = start_module.run(plan("full", 8192, *SHARED))
+    assert summary["status"] == "finished"
+    assert f"{summary['run_id']}: warning: could not save its stable state at step 6 ([Errno 28] " \
+           "No space left on device); the run goes on" in capsys.readouterr().out
+
+
+def test_an_unreadable_stable_state_is_one_line_saying_what_to_delete(plan):
+    start_module.run(plan("bad", 8192, *SHARED))
+    longer = plan("bad", 16384, *SHARED)
+    state = find_stable_state(longer)
+    state.write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match=r"^stable state .*checkpoint-00000006.pt cannot be read "
+                                          r"\(checkpoint .* is unreadable \(\w+\)\): delete it; "
+                                          r"the runs of its trajectory then continue from an "
+                                          r"older state or from step 0$"):
+        start_module.run(longer)
+
+
+def test_abandoned_temp_files_in_a_stable_folder_are_removed_and_young_ones_kept(tmp_path):
+    old, young = tmp_path / ".checkpoint-00000006.pt.tmp-11", tmp_path / ".checkpoint-9.pt.tmp-12"
+    for path in (old, young):
+        path.write_bytes(b"x")
+    os.utime(old, (1000.0, 1000.0))
+    os.utime(young, (1000.0 + ABANDONED_TEMP_S, 1000.0 + ABANDONED_TEMP_S))
+    assert remove_abandoned_temps(tmp_path, now=1001.0 + ABANDONED_TEMP_S) == [old]
+    assert young.exists() and not old.exists()
