@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sweep.checkpoint import TEMP_GLOB, checkpoint_path, checkpoint_step, list_checkpoints
 
@@ -51,8 +51,26 @@ def find_stable_state(plan: RunPlan, sharded: bool = False) -> Path | None:
     folder, last = stable_dir(plan, sharded), branch_step(plan)
     if folder is None or last is None:
         return None
-    usable = [p for p in list_checkpoints(folder) if 0 < checkpoint_step(p) <= last]
+    return newest_state(folder, last)
+
+
+def newest_state(folder: Path, last_step: int) -> Path | None:
+    """The newest state in a stable folder at a step in [1, last_step], if any."""
+    usable = [p for p in list_checkpoints(folder) if 0 < checkpoint_step(p) <= last_step]
     return usable[-1] if usable else None
+
+
+def state_for(run_dir: Path, resolved: dict[str, Any]) -> Path | None:
+    """The stable state a run would continue from when started afresh, from its config.yaml's
+    resolved section (sweep.status: it has no plan); its runs folder is two levels up."""
+    stable, schedule = resolved.get("stable_hash"), resolved.get("schedule")
+    try:
+        last = int(schedule["total_steps"]) - int(schedule["cooldown_steps"])  # type: ignore[index]
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not isinstance(stable, str):
+        return None
+    return newest_state(run_dir.parent.parent / STABLE_DIR / stable[:16] / "replicated", last)
 
 
 def needs_stable_save(plan: RunPlan, step: int, sharded: bool = False) -> bool:

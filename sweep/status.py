@@ -17,8 +17,10 @@ from typing import Any
 import yaml
 
 from models.counting import non_embedding_params
+from sweep.checkpoint import checkpoint_step
 from sweep.errors import OneLineParser
 from sweep.grid import MANIFEST, finite_or_none, read_manifest
+from sweep.stable import state_for
 from sweep.state import STATES, read_run_state
 
 ORDER = (*STATES, "skipped")  # `skipped`: a grid point the sweep left out (e.g. D/N range)
@@ -93,8 +95,10 @@ def _row(run_dir: Path, planned: dict[str, Any]) -> StatusRow:
     if st.state in ("failed", "diverged"):
         note = str(summary.get("error") or "")
     elif st.state == "interrupted":
+        shared = state_for(run_dir, resolved) if st.checkpoint_step is None else None
         note = (f"resumes from step {st.checkpoint_step}" if st.checkpoint_step is not None
-                else "no checkpoint: restarts")
+                else f"no checkpoint: continues the stable state of step {checkpoint_step(shared)}"
+                if shared is not None else "no checkpoint: restarts")
     if not finished and loss is not None and last.get("step") != step:
         # Evals are few (eval.points): the latest can be far behind the progress shown
         note = "; ".join(filter(None, [note, f"loss of the eval at step {last.get('step')}"]))

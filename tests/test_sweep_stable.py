@@ -24,6 +24,7 @@ from sweep.stable import (
     remove_abandoned_temps,
     stable_dir,
 )
+from sweep.status import run_status
 from tests.conftest import FIXED_HPARAMS, RULE_HPARAMS, compose_train
 from tests.test_sweep_checkpoint import raise_at_loader_step
 
@@ -218,6 +219,8 @@ def test_a_continued_run_stopped_before_its_checkpoint_resumes_from_its_own_stab
         with pytest.raises(KeyboardInterrupt):
             start_module.run(second)
     assert list_checkpoints(second.run_dir) == []  # checkpoint.interval_s=inf: none of its own
+    assert run_status(second.run_dir).note.startswith(
+        "no checkpoint: continues the stable state of step 18")
     capsys.readouterr()
     again = start_module.run(second)
     assert f"{second.run_id}: resuming from its stable-phase state at step 18 (resume 1)" \
