@@ -204,7 +204,8 @@ class LoopState:
     started_at: str = field(default_factory=_now)
     micro_batch_size: int | None = None  # set once an out-of-memory error has lowered the plan's
     oom_retries: int = 0  # training steps retried with a smaller micro-batch after running out
-    # A run that continued another's stable phase (sweep.stable): that run's id, step and tokens
+    # A run that continued another's stable phase (sweep.stable): that run's id, its step and
+    # tokens there, and the code version that trained them
     branched_from: dict[str, Any] | None = None
 
     @classmethod

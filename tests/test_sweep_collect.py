@@ -188,7 +188,7 @@ def test_curves_one_row_per_eval_point_and_torn_line_skipped(tmp_path: Path) -> 
     extra = ["step", "train_loss", "val_bpb", "lr", "flops_6nd_total", "flops_exact",
              "tokens_per_s", "mfu", "final_loss", "model_name", "budget_kind", "budget_value",
              "dataset_name", "dataset_config_hash", "seed", "config_hash", "replicate_hash",
-             "code_version", "run_dir"]
+             "stable_hash", "code_version", "run_dir"]
     assert list(table.columns) == ["run_id", "experiment", "N", "N_total", "D", "C", "loss", *extra]
     assert table.run_id.tolist() == ["n1000-d20000"] * 4 + ["n2000-d40000"] * 4
     assert table.step.tolist() == [1, 2, 4, 8] * 2

@@ -34,33 +34,59 @@ def wsd_curves(stable_excess: float) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def test_a_trajectory_is_its_stable_hash_else_its_experiment_size_and_seed():
-    described = pd.DataFrame({"hparams_schedule": ["wsd", "wsd", "cosine", "wsd"],
-                              "stable_hash": ["abc", None, None, "abc"],
-                              "experiment": ["e", "e", "e", "f"], "seed": [0, 1, 0, 0]})
-    n = pd.Series([1e6, 2e6, 1e6, 3e6], index=[4, 7, 9, 12])
+def test_a_trajectory_is_its_stable_hash_else_what_its_runs_share_but_the_budget():
+    described = pd.DataFrame({"hparams_schedule": ["wsd", "wsd", "cosine", "wsd", "wsd"],
+                              "stable_hash": ["abc", None, None, "abc", None],
+                              "experiment": ["e", "e", "e", "f", "e"],
+                              "seed": [0, 1, 0, 0, np.nan],
+                              "hparams_lr": [1e-3, 2e-3, 1e-3, 1e-3, 1e-3]})
+    n = pd.Series([1e6, 2e6, 1e6, 3e6, 2e6], index=[4, 7, 9, 12, 13])
     keys = wsd_trajectories(described, n)
-    assert list(keys.index) == [4, 7, 9, 12]
-    assert keys.tolist() == ["stable:abc", "wsd:e:2000000.0:1", None, "stable:abc"]
+    assert list(keys.index) == [4, 7, 9, 12, 13]
+    # The LR is no part of it (a rule sets it per budget); a missing seed is a value too
+    assert keys.tolist() == ["stable:abc", "wsd:2000000.0:e:1.0", None, "stable:abc",
+                             "wsd:2000000.0:e:nan"]
     # No schedule column (a table from elsewhere): no run is taken for WSD
     assert wsd_trajectories(described.drop(columns="hparams_schedule"), n).isna().all()
 
 
+def runs_of(curves: pd.DataFrame, seeds: int = 1) -> pd.DataFrame:
+    """The runs frame the fitter builds: one row per run, its trajectory (a size and seed) and
+    its replicate point (one per size and budget when there are several seeds)."""
+    runs = curves.groupby("run", sort=False).tail(1)[["run", "N", "D"]]
+    point = runs.groupby(["N", "D"], sort=False).ngroup()
+    seed = runs["run"].str.extract(r"(-s\d+)$", expand=False).fillna("")
+    return runs.assign(trajectory="t" + runs["N"].astype(str) + seed,
+                       replicate=point if seeds > 1 else -1)
+
+
 def test_approach1_on_finished_runs_recovers_the_law_that_raw_wsd_curves_bias():
     curves = wsd_curves(stable_excess=0.05)
-    runs = curves.groupby("run", sort=False).tail(1)[["run", "N"]].assign(
-        trajectory=lambda r: "t" + r["N"].astype(str))
-    finished, trajectories = finished_curves(curves, runs)
-    assert trajectories == len(SIZES)
-    assert len(finished) == len(SIZES) * len(TOKENS_PER_PARAM)  # one point per run
+    finished = finished_curves(curves, runs_of(curves))
+    assert (finished.trajectories, finished.single_run, finished.seeds_merged) == (
+        len(SIZES), 0, False)
+    assert len(finished.curves) == len(SIZES) * len(TOKENS_PER_PARAM)  # one point per run
     rng = np.random.default_rng(0)
-    fair, _ = fit_approach1(curve_grid(finished), bootstrap=20, rng=rng)
+    fair, _ = fit_approach1(curve_grid(finished.curves), bootstrap=20, rng=rng)
     raw, _ = fit_approach1(curve_grid(curves), bootstrap=20, rng=rng)
     # 0.504 against a true 0.513; the runs' own curves give 0.434
     assert fair["a"] == pytest.approx(EPOCH_LAW.a, abs=0.015)
     assert raw["a"] < EPOCH_LAW.a - 0.05
     # Runs of no trajectory keep their own curves
-    assert finished_curves(curves, runs.assign(trajectory=None))[0] is curves
+    assert finished_curves(curves, runs_of(curves).assign(trajectory=None)).curves is curves
+
+
+def test_seed_replicated_trajectories_are_one_curve_of_their_mean_losses():
+    one = wsd_curves(stable_excess=0.05)
+    two = one.assign(run=one["run"] + "-s1", loss=one["loss"] * 1.02)
+    curves = pd.concat([one.assign(run=one["run"] + "-s0"), two], ignore_index=True)
+    finished = finished_curves(curves, runs_of(curves, seeds=2))  # a trajectory per seed
+    assert (finished.trajectories, finished.seeds_merged) == (len(SIZES), True)
+    point = finished.curves[np.isclose(finished.curves["D"], 5 * SIZES[0])]
+    # The geometric mean of the two seeds' final losses, not the luckier seed's
+    truth = float(EPOCH_LAW.loss(SIZES[0], 5 * SIZES[0]))
+    assert point["loss"].tolist() == [pytest.approx(truth * np.sqrt(1.02), rel=1e-12)]
+    assert point["run"].str.count(r"\+").tolist() == [1]
 
 
 def test_fit_of_a_wsd_curves_table_says_its_curves_are_finished_runs(tmp_path):
@@ -72,7 +98,28 @@ def test_fit_of_a_wsd_curves_table_says_its_curves_are_finished_runs(tmp_path):
     report = strict_json((tmp_path / "report" / "report.json").read_text())
     assert report["approach1"]["wsd_trajectories"] == len(SIZES)
     assert report["approach1"]["a"] == pytest.approx(EPOCH_LAW.a, abs=0.015)
-    assert report["kaplan"]["L_C"]["note"].endswith(
-        ", WSD runs as their trajectories' finished runs")
+    assert report["kaplan"]["L_C"]["note"] == (
+        "frontier of final points (a WSD run's curve before its cooldown is no finished run)")
     text = (tmp_path / "report" / "report.md").read_text()
     assert f"The WSD runs' curves are their {len(SIZES)} trajectories' finished runs" in text
+
+
+def test_a_wsd_ladder_of_one_budget_per_size_says_why_approach1_has_no_curves(tmp_path):
+    curves = wsd_curves(stable_excess=0.05)
+    one_budget = curves[curves["run"].str.endswith(("-k20", "-k80"))]
+    # Each size's two budgets in experiments of their own: no stable_hash joins them
+    one_budget = one_budget.assign(stable_hash=None,
+                                   experiment=one_budget["run"].str.split("-").str[1])
+    source = tmp_path / "ladder.csv"
+    one_budget.to_csv(source, index=False)
+    result = fit_cli(source, "--out", tmp_path / "report", "--run-col", "run",
+                     "--bootstrap", 10, timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = strict_json((tmp_path / "report" / "report.json").read_text())
+    assert "approach1" not in report
+    assert report["skipped"]["approach1"].endswith(
+        f"(WSD runs enter as their {2 * len(SIZES)} trajectories' finished runs, "
+        f"{2 * len(SIZES)} of them a single run with no curve: a WSD sweep needs several budgets "
+        "per size)")
+    # Kaplan's L(C) takes the frontier of the finished runs
+    assert report["kaplan"]["L_C"]["note"].startswith("frontier of final points")

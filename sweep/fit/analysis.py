@@ -109,16 +109,18 @@ def fit_report(data: FitData, options: FitOptions) -> dict[str, Any]:
             report["approach3"]["allocation_exact"] = exact
 
     # A WSD run's own curve is unfinished until its cooldown: its trajectory's finished runs
-    # stand in for it (approach 1 and L(C) alike)
-    trajectories = 0
+    # stand in for it in approach 1, and Kaplan's L(C) takes the frontier of final points
+    finished = None
     grid = None
+    merged = False
     if data.curves is not None:
-        curves, trajectories = finished_curves(data.curves, runs)
-        grid = curve_grid(curves)
-    merged = grid is not None and bool((runs["replicate"] >= 0).any())
-    if merged:
+        finished = finished_curves(data.curves, runs)
+        grid = curve_grid(finished.curves)
+        replicate = dict(zip(runs["run"], runs["replicate"], strict=True))
+        merged = finished.seeds_merged or any(replicate.get(r, -1) >= 0 for r in grid.runs)
         # Seed replicates: their mean curve, not the luckiest seed's, competes for the envelope
-        grid = merge_replicates(grid, dict(zip(runs["run"], runs["replicate"], strict=True)))
+        grid = merge_replicates(grid, replicate)
+    trajectories = finished.trajectories if finished is not None else 0
     t0 = time.perf_counter()
     if grid is None:
         record("approach1", None, "needs per-eval-point curves: give a runs directory or a "
@@ -130,12 +132,19 @@ def fit_report(data: FitData, options: FitOptions) -> dict[str, Any]:
             section["seed_replicates_merged"] = True  # its "runs" count points, not runs
         if section is not None and trajectories:
             section["wsd_trajectories"] = trajectories  # curves of finished runs, not of runs
+        if reason is not None and trajectories:
+            reason += (f" (WSD runs enter as their {trajectories} trajectories' finished runs, "
+                       f"{finished.single_run if finished else 0} of them a single run with no "
+                       "curve: a WSD sweep needs several budgets per size)")
         record("approach1", section, reason, t0)
 
     t0 = time.perf_counter()
-    kaplan = _kaplan(runs, grid, options.bootstrap, np.random.default_rng(seeds[3]))
-    if trajectories and grid is not None and "L_C" in kaplan:
-        kaplan["L_C"]["note"] += ", WSD runs as their trajectories' finished runs"
+    # Final points are finished runs, WSD or not; envelope points inside a WSD run are not
+    kaplan = _kaplan(runs, None if trajectories else grid, options.bootstrap,
+                     np.random.default_rng(seeds[3]))
+    if trajectories:
+        kaplan["L_C"]["note"] = kaplan["L_C"]["note"].replace(
+            "(no curves)", "(a WSD run's curve before its cooldown is no finished run)")
     record("kaplan", kaplan, None, t0)
 
     t0 = time.perf_counter()

@@ -56,24 +56,58 @@ def merge_replicates(grid: CurveGrid, replicate: dict[str, int]) -> CurveGrid:
                      runs=tuple("+".join(grid.runs[i] for i in r) for r in rows))
 
 
-def finished_curves(curves: pd.DataFrame, runs: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+@dataclass(frozen=True)
+class Finished:
+    """finished_curves' result: the curves, how many WSD trajectories they hold, and whether
+    seed replicates were averaged into one trajectory."""
+
+    curves: pd.DataFrame
+    trajectories: int
+    seeds_merged: bool
+    single_run: int = 0  # trajectories of one run: a single point, no curve
+
+
+def finished_curves(curves: pd.DataFrame, runs: pd.DataFrame) -> Finished:
     """The curves with each WSD run's replaced by its trajectory's (runs' `trajectory` column,
     from sweep.fit.points.wsd_trajectories): the final points of the runs that share its stable
-    phase, one curve of finished runs; and how many such trajectories there are.
+    phase, one curve of finished runs. Trajectories whose runs are seed replicates of the same
+    points (runs' `replicate`) are one curve of their geometric mean losses, as merge_replicates
+    does for runs: the luckiest seed's would set the envelope.
 
     A WSD run's points before its cooldown sit well above a finished run of that length (its LR
     has not decayed), so its own curve would set approach 1's envelope wherever no cooldown
     happens to fall; its trajectory's finished runs are what Hagele et al. 2024 fit instead.
     """
     if "trajectory" not in runs.columns or runs["trajectory"].isna().all():
-        return curves, 0
+        return Finished(curves, 0, False)
     trajectory = dict(zip(runs["run"], runs["trajectory"], strict=True))
+    replicate = dict(zip(runs["run"], runs.get("replicate", pd.Series(-1, index=runs.index)),
+                         strict=True))
     key = curves["run"].map(trajectory)
     wsd = key.notna().to_numpy()
     finals = curves[wsd].sort_values("C", kind="stable").groupby("run", sort=False).tail(1)
-    finals = finals.assign(run=key[finals.index])
-    return (pd.concat([curves[~wsd], finals], ignore_index=True),
-            int(finals["run"].nunique()))
+    finals = finals.assign(rep=finals["run"].map(replicate), run=key[finals.index])
+    # Trajectories made of the same replicated points are seeds of one trajectory
+    points = finals.groupby("run", sort=True)["rep"].agg(
+        lambda reps: tuple(sorted(reps)) if (reps >= 0).all() else None)
+    merged_name: dict[str, str] = {}
+    for _, names in points.dropna().groupby(points.dropna()).groups.items():
+        for name in names:
+            merged_name[name] = "+".join(sorted(names))
+    seeds_merged = any("+" in name for name in merged_name.values())
+    finals["run"] = finals["run"].map(lambda name: merged_name.get(name, name))
+    if seeds_merged:
+        logs = finals.assign(loss=np.log(finals["loss"]), D=np.log(finals["D"]),
+                             C=np.log(finals["C"]))
+        group = [logs["run"], logs["rep"].where(logs["rep"] >= 0, -1 - np.arange(len(logs)))]
+        mean = logs.groupby(group, sort=False)[["N", "D", "C", "loss"]].mean()
+        finals = mean.reset_index(level=0).reset_index(drop=True).assign(
+            D=lambda f: np.exp(f["D"]), C=lambda f: np.exp(f["C"]),
+            loss=lambda f: np.exp(f["loss"]))
+    finals = finals.drop(columns=["rep"], errors="ignore")
+    sizes = finals.groupby("run").size()
+    return Finished(pd.concat([curves[~wsd], finals], ignore_index=True), len(sizes),
+                    seeds_merged, int((sizes == 1).sum()))
 
 
 def curve_grid(curves: pd.DataFrame, points: int = GRID_POINTS) -> CurveGrid:

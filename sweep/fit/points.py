@@ -26,6 +26,11 @@ DESCRIBING = ("experiment", "seed", "hparams_lr", "hparams_warmup_steps", "hpara
               "hparams_windows", "lr", "learning_rate", "batch_tokens", "config_hash",
               "code_version", "budget_kind", "budget_value", "precision", "device", "world_size",
               "torch_version")
+# What runs of one WSD trajectory share, where no stable_hash says so: all but the budget and
+# what rules derive from it (the LR and warmup of sweep.hparams), so a size's runs of a WSD
+# horizons sweep trained apart still make one curve of finished runs. An LR probe across budgets
+# joins that curve too; at one (N, D) the several-runs warning names it.
+TRAJECTORY_COLUMNS = ("experiment", "seed", "hparams_windows", "code_version")
 # What seed replicates of one sweep point may differ in: the seed, and so the config hash; and,
 # as sweep.train's run identity leaves them out, the experiment folder and the machine.
 REPLICATES_MAY_DIFFER = frozenset({"seed", "config_hash", "experiment", "device", "world_size",
@@ -113,20 +118,18 @@ def describing(table: pd.DataFrame, run_column: str) -> pd.DataFrame:
 
 def wsd_trajectories(described: pd.DataFrame, n: pd.Series) -> pd.Series:
     """Each WSD run's trajectory (None for other runs): the runs that share its stable phase,
-    by `stable_hash` (schedule.share_stable), else its experiment, N and seed. Approach 1 takes a
+    by `stable_hash` (schedule.share_stable), else the runs alike in all but their budget as far
+    as the table says (N, experiment, seed, window order, code). Approach 1 takes a
     trajectory's finished runs as one curve (envelope.finished_curves)."""
     index = n.index
     if "hparams_schedule" not in described.columns:
         return pd.Series(None, index=index, dtype=object)
     described = described.set_axis(index)
-
-    def column(name: str) -> pd.Series:
-        return described[name].astype(str) if name in described.columns else pd.Series(
-            "", index=index)
-
-    fallback = "wsd:" + column("experiment") + ":" + n.astype(str) + ":" + column("seed")
+    parts = [n.map(str)] + [described[name].map(str) for name in TRAJECTORY_COLUMNS
+                            if name in described.columns]
+    fallback = "wsd:" + pd.concat(parts, axis=1).agg(":".join, axis=1)
     stable = described["stable_hash"] if "stable_hash" in described.columns else None
-    key = fallback if stable is None else ("stable:" + stable.astype(str)).where(
+    key = fallback if stable is None else ("stable:" + stable.map(str)).where(
         stable.notna(), fallback)
     key = key.astype(object)
     key[(described["hparams_schedule"] != "wsd").to_numpy()] = None

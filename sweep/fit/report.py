@@ -100,9 +100,13 @@ def _approach2(s: dict[str, Any]) -> list[str]:
 
 
 def _curves_of(s: dict[str, Any]) -> str:
-    """What approach 1's curves are: runs, or points whose seed replicates were merged."""
-    return ("points (seed replicates merged into their mean curve)"
-            if s.get("seed_replicates_merged") else "runs")
+    """What approach 1's curves are: runs, points whose seed replicates were merged, or WSD
+    trajectories' finished runs."""
+    merged = "seed replicates merged into their mean curve"
+    if s.get("wsd_trajectories"):
+        return ("curves (runs, and WSD trajectories of finished runs"
+                + (f"; {merged})" if s.get("seed_replicates_merged") else ")"))
+    return f"points ({merged})" if s.get("seed_replicates_merged") else "runs"
 
 
 def _approach1(s: dict[str, Any]) -> list[str]:
@@ -112,10 +116,11 @@ def _approach1(s: dict[str, Any]) -> list[str]:
             "two or more runs compete and a size inside the grid wins "
             f"({s['edge_points']} more, won by the "
             "smallest or largest size, only bound N_opt and are left out), "
-            f"{s['bootstrap']} bootstrap draws over runs. "
+            f"{s['bootstrap']} bootstrap draws over these curves. "
             + (f"The WSD runs' curves are their {s['wsd_trajectories']} trajectories' finished "
-               "runs (the runs sharing a stable phase, or of one size and seed), since a point "
-               "before a cooldown is far from a finished run of that length. "
+               "runs (the runs sharing a stable phase, else of one experiment, size, seed, "
+               "window order and code version), since a point before a cooldown is far from a "
+               "finished run of that length. "
                if s.get("wsd_trajectories") else "")
             + "Note: a point inside a cosine schedule is not a finished run of that length, "
             "which biases this method.",
