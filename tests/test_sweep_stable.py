@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -284,3 +285,36 @@ def test_abandoned_temp_files_in_a_stable_folder_are_removed_and_young_ones_kept
     os.utime(young, (1000.0 + ABANDONED_TEMP_S, 1000.0 + ABANDONED_TEMP_S))
     assert remove_abandoned_temps(tmp_path, now=1001.0 + ABANDONED_TEMP_S) == [old]
     assert young.exists() and not old.exists()
+
+
+def test_a_continued_run_killed_anywhere_ends_as_the_lone_run(plan, synthetic_root, tmp_path):
+    """SIGKILL (tests/faults.py) between the stable state's temp file and its rename, then
+    mid-step after the branch: each relaunch continues the first run's state again, and the
+    run ends with the lone run's losses."""
+
+    def train(*faults: str, tokens: int) -> subprocess.CompletedProcess:
+        prefix = [str(Path(__file__).parent / "faults.py"), *faults, "--"] if faults else ["-m"]
+        return subprocess.run(
+            [sys.executable, *prefix, "sweep.train", f"paths.root_dir={synthetic_root}",
+             f"paths.runs_dir={tmp_path}", "experiment_name=kill", *TINY, *SHARED,
+             *FIXED_HPARAMS, "schedule.warmup_fraction=null", f"budget.tokens={tokens}"],
+            cwd=tmp_path, env={**os.environ, "WANDB_MODE": "disabled"}, capture_output=True,
+            text=True, timeout=300)
+
+    assert train(tokens=8192).returncode == 0
+    longer = plan("kill", 24576, *SHARED)
+    folder = stable_dir(longer)
+    # Its stable state at step 18 exists only as a temp file; its own checkpoint never came
+    assert train("kill@checkpoint=1", tokens=24576).returncode == -signal.SIGKILL
+    assert [checkpoint_step(p) for p in list_checkpoints(folder)] == [6]
+    assert [p.name.split(".tmp-")[0] for p in folder.glob(".*")] == [".checkpoint-00000018.pt"]
+    assert train("kill@step=4", tokens=24576).returncode == -signal.SIGKILL  # step 10
+    done = train(tokens=24576)
+    assert done.returncode == 0, done.stderr
+    assert "continuing the stable phase of" in done.stdout
+    summary = json.loads((longer.run_dir / "summary.json").read_text())
+    assert summary["branched_from"]["step"] == 6 and summary["resumes"] == 0
+    alone = start_module.run(plan("alone", 24576))
+    assert summary["val_loss"] == alone["val_loss"]
+    assert rows(longer.run_dir)[-1] == {**rows(tmp_path / "alone" / alone["run_id"])[-1],
+                                        "train_loss": rows(longer.run_dir)[-1]["train_loss"]}
