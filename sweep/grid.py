@@ -235,18 +235,28 @@ def grid_point(
     )
 
 
-def launch_order(points: Sequence[GridPoint]) -> list[GridPoint]:
-    """The points to train or resume, in grid order but for shared stable phases: those runs go
-    smallest budget first, at the place of the first of them, so each continues the one before."""
-    first: dict[str, int] = {}
-    for p in points:
+def launch_waves(points: Sequence[GridPoint]) -> list[list[GridPoint]]:
+    """The points to train or resume, in waves the sweeper launches one after another: wave k
+    holds the k-th smallest budget of every shared trajectory (and wave 0 every point that shares
+    nothing), in grid order. A parallel launcher then trains the trajectories side by side, each
+    run continuing the state the wave before saved; the basic launcher trains them in turn."""
+    todo = [p for p in points if p.action != "skip"]
+    trajectories: dict[str, list[GridPoint]] = {}
+    for p in todo:
         if p.stable_hash is not None:
-            first.setdefault(p.stable_hash, p.index)
+            trajectories.setdefault(p.stable_hash, []).append(p)
+    wave = {id(p): 0 for p in todo}
+    for runs in trajectories.values():
+        for k, p in enumerate(sorted(runs, key=lambda p: p.D)):
+            wave[id(p)] = k
+    waves = [[p for p in todo if wave[id(p)] == k] for k in range(max(wave.values(), default=-1)
+                                                                 + 1)]
+    return [w for w in waves if w]
 
-    def key(p: GridPoint) -> tuple[int, int]:
-        return (first[p.stable_hash], p.D) if p.stable_hash is not None else (p.index, 0)
 
-    return sorted((p for p in points if p.action != "skip"), key=key)
+def launch_order(points: Sequence[GridPoint]) -> list[GridPoint]:
+    """The points to train or resume in the order they launch (launch_waves, one after another)."""
+    return [p for wave in launch_waves(points) for p in wave]
 
 
 def sharing_note(points: Sequence[GridPoint]) -> str | None:
@@ -281,12 +291,13 @@ def sharing_note(points: Sequence[GridPoint]) -> str | None:
         )
     if trained == total:
         return None  # one budget per size: nothing to share
+    waves = len(launch_waves(points))
     return (
         f"shared stable phases: {len(todo)} run{'s' if len(todo) > 1 else ''} in {len(groups)} "
         f"trajector{'y' if len(groups) == 1 else 'ies'} train {trained:,} of their {total:,} "
-        f"tokens ({trained / total:.0%}) when launched in this order, each from the state the "
-        "one before saved where its cooldown began (one at a time; runs launched at once each "
-        "train from step 0)"
+        f"tokens ({trained / total:.0%}), each from the state the one before it saved where its "
+        f"cooldown began: launched in {waves} wave{'s' if waves > 1 else ''}, one budget of each "
+        "trajectory a wave"
     )
 
 

@@ -17,7 +17,7 @@ import sweep.start as start_module
 from sweep.checkpoint import checkpoint_step, list_checkpoints
 from sweep.collect import collect_runs
 from sweep.errors import ConfigError
-from sweep.grid import GridPoint, launch_order, sharing_note
+from sweep.grid import GridPoint, launch_waves, sharing_note
 from sweep.plan import plan_run
 from sweep.stable import (
     ABANDONED_TEMP_S,
@@ -160,16 +160,16 @@ def test_shared_runs_launch_smallest_budget_first_and_the_note_counts_what_they_
     points = [point(0, 8000, "a", 6400), point(1, 500, None), point(2, 2000, "a", 1600),
               point(3, 4000, "b", 3200), point(4, 1000, "a", 800), point(5, 900, "a", 720,
                                                                          action="skip")]
-    # Trajectory a at its first point's place, smallest first; skipped points never launch
-    assert [p.index for p in launch_order(points)] == [4, 2, 0, 1, 3]
+    # A wave per budget of a trajectory, smallest first (wave 0 also holds what shares nothing);
+    # skipped points never launch
+    assert [[p.index for p in wave] for wave in launch_waves(points)] == [[1, 3, 4], [2], [0]]
     # a: 1000 from 720 (the finished point 5 saved it), 2000 from 800, 8000 from 1600; b: 4000
     # from 0
     trained = (1000 - 720) + (2000 - 800) + (8000 - 1600) + 4000
     assert sharing_note(points) == (
         f"shared stable phases: 4 runs in 2 trajectories train {trained:,} of their 15,000 "
-        f"tokens ({trained / 15000:.0%}) when launched in this order, each from the state the "
-        "one before saved where its cooldown began (one at a time; runs launched at once each "
-        "train from step 0)")
+        f"tokens ({trained / 15000:.0%}), each from the state the one before it saved where its "
+        "cooldown began: launched in 3 waves, one budget of each trajectory a wave")
     assert sharing_note([point(0, 8000, None), point(1, 500, None)]) is None
     # A state on disk from an earlier sweep counts; one run alone is "run"
     assert sharing_note([point(0, 8000, "a", 6400, saved=(1600,))]).startswith(
@@ -318,3 +318,26 @@ def test_a_continued_run_killed_anywhere_ends_as_the_lone_run(plan, synthetic_ro
     assert summary["val_loss"] == alone["val_loss"]
     assert rows(longer.run_dir)[-1] == {**rows(tmp_path / "alone" / alone["run_id"])[-1],
                                         "train_loss": rows(longer.run_dir)[-1]["train_loss"]}
+
+
+def test_the_pool_launcher_trains_trajectories_side_by_side_a_budget_a_wave(
+    synthetic_root, tmp_path
+):
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    result = subprocess.run(
+        [sys.executable, "-m", "sweep.train", "--multirun", f"paths.root_dir={synthetic_root}",
+         f"paths.runs_dir={tmp_path}", "experiment_name=pool", *TINY, *SHARED, *FIXED_HPARAMS,
+         "schedule.warmup_fraction=null", "model.n_layer=1,2", "budget.tokens=16384,8192",
+         "hydra/launcher=workstation", "hydra.launcher.cpu_slots=2",
+         "hydra.launcher.cpus_per_task=1"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "launched in 2 waves, one budget of each trajectory a wave" in result.stdout
+    summaries = [json.loads(p.read_text()) for p in (tmp_path / "pool").glob("*/summary.json")]
+    # Both sizes' longer runs continued their own size's shorter run, saved in the wave before
+    donors = {s["run_id"]: s["params"]["non_embedding"] for s in summaries if s["tokens"] == 8192}
+    continued = [s for s in summaries if s["tokens"] == 16384]
+    assert len(donors) == len(continued) == 2
+    for s in continued:
+        assert s["branched_from"]["step"] == 6
+        assert donors[s["branched_from"]["run_id"]] == s["params"]["non_embedding"]

@@ -27,7 +27,7 @@ class ScalingSweeper(BasicSweeper):
             describe_failures,
             format_plan,
             held_points,
-            launch_order,
+            launch_waves,
             plan_grid,
             runs_outside,
             sharing_note,
@@ -70,7 +70,10 @@ class ScalingSweeper(BasicSweeper):
             print("dry run: nothing launched", flush=True)
             return []
         write_manifest(sweep_dir, experiment, points)
-        todo = [list(p.overrides) for p in launch_order(points)]
+        # Waves: a shared stable phase's runs go one budget a wave, each continuing the state
+        # the wave before saved (one wave of everything when nothing is shared)
+        waves = [[list(p.overrides) for p in wave] for wave in launch_waves(points)]
+        todo = [job for wave in waves for job in wave]
         held = held_points(points)
         if not todo:
             print("nothing to train", flush=True)
@@ -80,10 +83,14 @@ class ScalingSweeper(BasicSweeper):
             return []
 
         start = time.perf_counter()
-        size = self.max_batch_size or len(todo)
         returns = []
-        for first in range(0, len(todo), size):
-            returns.append(self.launcher.launch(todo[first : first + size], initial_job_idx=first))
+        first = 0
+        for wave in waves:
+            size = self.max_batch_size or len(wave)
+            for offset in range(0, len(wave), size):
+                returns.append(self.launcher.launch(wave[offset : offset + size],
+                                                    initial_job_idx=first + offset))
+            first += len(wave)
         # A job that raised is recorded, not re-raised: the other runs of the sweep went on.
         failures = [
             (r.overrides, r._return_value)
