@@ -331,10 +331,10 @@ def branch_training_state(
     """
     try:
         payload = load_checkpoint(path)
-    except ConfigError as err:
+    except ConfigError:
+        # Short: a sweep's failure line keeps 200 characters, and the path is long
         raise ConfigError(
-            f"stable state {path} cannot be read ({str(err).split(': delete')[0]}): delete it; "
-            "the runs of its trajectory then continue from an older state or from step 0"
+            f"stable state {path} is unreadable: delete it (runs then continue an older one)"
         ) from None
     if payload.get("stable_hash") != stable_hash:
         raise ConfigError(

@@ -22,7 +22,7 @@ from sweep.checkpoint import checkpoint_step, list_checkpoints
 from sweep.errors import ConfigError, RunHeld, first_line
 from sweep.lock import lock_holder
 from sweep.plan import RunPlan, check_epochs, plan_run
-from sweep.stable import stable_dir
+from sweep.stable import find_stable_state, stable_dir
 from sweep.state import read_run_state
 
 MANIFEST = "sweep.json"  # in the sweep directory: the grid as last planned, for sweep.status
@@ -170,6 +170,10 @@ def plan_grid(
         else:
             first_of[plan.config_hash] = i
             action, reason = decide(plan.run_dir, launch["rerun_failed"])
+            shared = find_stable_state(plan) if reason.endswith("starts again") else None
+            if shared is not None:
+                reason = reason.replace("starts again", "continues the stable state of step "
+                                        f"{checkpoint_step(shared)}")
         points.append(grid_point(i, overrides, plan, action, reason))
     return points
 
@@ -286,8 +290,8 @@ def sharing_note(points: Sequence[GridPoint]) -> str | None:
             "note: schedule.share_stable=true, but no two points of one size in this grid share "
             "a stable phase: their LR, batch or warmup differ with the budget; set "
             "hparams.horizon.tokens_per_param to the grid's largest D/N (the rules then see one D "
-            "per size) with schedule.warmup_fraction=null (a fraction is of each run's own "
-            "steps), or pin train.lr and train.batch_tokens"
+            "per size) with schedule.warmup_fraction=null (pinning train.lr and "
+            "train.batch_tokens is not enough: the warmup is a fraction of each run's own steps)"
         )
     if trained == total:
         return None  # one budget per size: nothing to share

@@ -95,8 +95,8 @@ def build_schedule(
             "schedule.warmup_fraction/cooldown_fraction" if fraction is not None
             # The rule's warmup is capped by a fraction of the steps of its own D, which is the
             # horizon's (hparams.horizon.tokens_per_param), not this run's, when one is set
-            else "hparams.warmup.tokens_per_param (the warmup rule's; with "
-            "hparams.horizon.tokens_per_param its cap counts the horizon's steps), "
+            else "hparams.warmup.tokens_per_param or hparams.warmup.max_fraction (the warmup "
+            "rule's; with hparams.horizon.tokens_per_param its cap counts the horizon's steps), "
             "schedule.cooldown_fraction"
         )
         raise ConfigError(

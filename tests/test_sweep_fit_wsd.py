@@ -123,3 +123,20 @@ def test_a_wsd_ladder_of_one_budget_per_size_says_why_approach1_has_no_curves(tm
         "per size)")
     # Kaplan's L(C) takes the frontier of the finished runs
     assert report["kaplan"]["L_C"]["note"].startswith("frontier of final points")
+
+
+def test_too_few_curves_for_the_bootstrap_give_no_interval_and_say_why():
+    curves = wsd_curves(stable_excess=0.05)
+    rng = np.random.default_rng(0)
+    for sizes, interval in ((4, False), (6, True)):
+        some = curves[curves["N"].isin(SIZES[2:2 + sizes])]
+        section, _ = fit_approach1(curve_grid(finished_curves(some, runs_of(some)).curves),
+                                   bootstrap=100, rng=rng)
+        assert bool(section["ci95"]) is interval
+        assert ("no_ci" in section) is not interval
+    # 4 curves: most draws have no crossing envelope (13 of 100 with this seed)
+    section, _ = fit_approach1(curve_grid(finished_curves(
+        curves[curves["N"].isin(SIZES[2:6])], runs_of(curves[curves["N"].isin(SIZES[2:6])])
+    ).curves), bootstrap=100, rng=np.random.default_rng(0))
+    assert section["no_ci"] == ("no CI: 13 of 100 bootstrap draws over 4 curves place the "
+                                "envelope (more sizes give an interval)")

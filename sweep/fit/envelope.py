@@ -181,11 +181,20 @@ def fit_approach1(grid: CurveGrid, *, bootstrap: int, rng: np.random.Generator
             samples.append((loglog_fit(c_draw, n_draw)["slope"],
                             loglog_fit(c_draw, d_draw)["slope"]))
     s = np.array(samples).reshape(-1, 2)
+    ci = {"a": percentile_ci(s[:, 0]), "b": percentile_ci(s[:, 1])} if len(s) else {}
+    # Few curves (a WSD sweep has one a size) leave most draws without a crossing envelope, or
+    # every draw on the same one: no interval rather than a misleadingly narrow one
+    no_ci = None
+    if len(s) < max(2, bootstrap // 2):
+        no_ci = (f"no CI: {len(s)} of {bootstrap} bootstrap draws over {len(grid.n)} curves place "
+                 "the envelope (more sizes give an interval)")
+    elif ci["a"][0] == ci["a"][1]:
+        no_ci = f"no CI: every bootstrap draw over the {len(grid.n)} curves gives one allocation"
     keep = np.unique(np.linspace(0, len(c) - 1, REPORT_POINTS).round().astype(int))
     points = [{"C": float(c[i]), "N_opt": float(n_opt[i]), "D_opt": float(d_opt[i]),
                "loss": float(env[i])} for i in keep]
     return {"a": n_fit["slope"], "b": d_fit["slope"],
-            "ci95": {"a": percentile_ci(s[:, 0]), "b": percentile_ci(s[:, 1])} if len(s) else {},
+            "ci95": {} if no_ci else ci, **({"no_ci": no_ci} if no_ci else {}),
             "N_fit": n_fit, "D_fit": d_fit, "bootstrap": len(s), "runs": len(grid.n),
             "grid_points": int(len(c)), "edge_points": edge, "points": points}, None
 

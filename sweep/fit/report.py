@@ -116,14 +116,16 @@ def _approach1(s: dict[str, Any]) -> list[str]:
             "two or more runs compete and a size inside the grid wins "
             f"({s['edge_points']} more, won by the "
             "smallest or largest size, only bound N_opt and are left out), "
-            f"{s['bootstrap']} bootstrap draws over these curves. "
+            f"{s['bootstrap']} bootstrap draws over these curves"
+            + (f" ({s['no_ci']})" if s.get("no_ci") else "") + ". "
             + (f"The WSD runs' curves are their {s['wsd_trajectories']} trajectories' finished "
                "runs (the runs sharing a stable phase, else of one experiment, size, seed, "
                "window order and code version), since a point before a cooldown is far from a "
                "finished run of that length. "
                if s.get("wsd_trajectories") else "")
-            + "Note: a point inside a cosine schedule is not a finished run of that length, "
-            "which biases this method.",
+            + ("" if s.get("wsd_trajectories") == s["runs"] else
+               "Note: a point inside a cosine schedule is not a finished run of that length, "
+               "which biases this method."),
             ""]
 
 
