@@ -133,6 +133,19 @@ def decide(run_dir: Path, rerun_failed: bool) -> tuple[str, str]:
     return "train", ""
 
 
+def decide_run(plan: RunPlan, rerun_failed: bool) -> tuple[str, str]:
+    """decide() for a planned run, which also knows its shared stable phase: a run with no
+    checkpoint of its own continues the newest stable state it may take, not step 0."""
+    action, reason = decide(plan.run_dir, rerun_failed)
+    shared = find_stable_state(plan) if action == "train" else None
+    if shared is not None:
+        step = checkpoint_step(shared)
+        reason = (reason.replace("starts again", f"continues the stable state of step {step}")
+                  if reason.endswith("starts again")
+                  else "; ".join(filter(None, [reason, f"from the stable state of step {step}"])))
+    return action, reason
+
+
 def plan_grid(
     jobs: Sequence[Sequence[str]], configs: Sequence[DictConfig], task_overrides: Sequence[str]
 ) -> list[GridPoint]:
@@ -169,11 +182,7 @@ def plan_grid(
             action, reason = "skip", f"same run as grid point #{first_of[plan.config_hash]}"
         else:
             first_of[plan.config_hash] = i
-            action, reason = decide(plan.run_dir, launch["rerun_failed"])
-            shared = find_stable_state(plan) if reason.endswith("starts again") else None
-            if shared is not None:
-                reason = reason.replace("starts again", "continues the stable state of step "
-                                        f"{checkpoint_step(shared)}")
+            action, reason = decide_run(plan, launch["rerun_failed"])
         points.append(grid_point(i, overrides, plan, action, reason))
     return points
 

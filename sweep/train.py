@@ -24,7 +24,7 @@ from sweep.errors import (
     RunHeld,
     first_line,
 )
-from sweep.grid import check_launch_flags, decide, format_plan, grid_point
+from sweep.grid import check_launch_flags, decide_run, format_plan, grid_point
 from sweep.lock import RunLocked, Terminated
 from sweep.plan import RunPlan, plan_run
 
@@ -89,7 +89,7 @@ def main(cfg: DictConfig) -> float | None:
         # run() builds the data loaders (which check the split against seq_len) before it
         # writes anything, so their errors too leave no run directory behind.
         if cfg.launch.dry_run and not multirun:  # a sweep's dry run is the sweeper's
-            point = grid_point(0, [], plan, *decide(plan.run_dir, rerun_failed))
+            point = grid_point(0, [], plan, *decide_run(plan, rerun_failed))
             print(format_plan(plan.experiment, [point]), flush=True)
             print("dry run: nothing trained", flush=True)
             return None

@@ -291,12 +291,13 @@ def test_a_continued_run_killed_anywhere_ends_as_the_lone_run(plan, synthetic_ro
     mid-step after the branch: each relaunch continues the first run's state again, and the
     run ends with the lone run's losses."""
 
-    def train(*faults: str, tokens: int) -> subprocess.CompletedProcess:
+    def train(*faults: str, tokens: int, dry_run: bool = False) -> subprocess.CompletedProcess:
         prefix = [str(Path(__file__).parent / "faults.py"), *faults, "--"] if faults else ["-m"]
         return subprocess.run(
             [sys.executable, *prefix, "sweep.train", f"paths.root_dir={synthetic_root}",
              f"paths.runs_dir={tmp_path}", "experiment_name=kill", *TINY, *SHARED,
-             *FIXED_HPARAMS, "schedule.warmup_fraction=null", f"budget.tokens={tokens}"],
+             *FIXED_HPARAMS, "schedule.warmup_fraction=null", f"budget.tokens={tokens}",
+             f"launch.dry_run={str(dry_run).lower()}"],
             cwd=tmp_path, env={**os.environ, "WANDB_MODE": "disabled"}, capture_output=True,
             text=True, timeout=300)
 
@@ -308,6 +309,9 @@ def test_a_continued_run_killed_anywhere_ends_as_the_lone_run(plan, synthetic_ro
     assert [checkpoint_step(p) for p in list_checkpoints(folder)] == [6]
     assert [p.name.split(".tmp-")[0] for p in folder.glob(".*")] == [".checkpoint-00000018.pt"]
     assert train("kill@step=4", tokens=24576).returncode == -signal.SIGKILL  # step 10
+    dry = train(tokens=24576, dry_run=True)
+    assert "train (interrupted before its first checkpoint: continues the stable state of step " \
+        "6)" in dry.stdout, dry.stdout
     done = train(tokens=24576)
     assert done.returncode == 0, done.stderr
     assert "continuing the stable phase of" in done.stdout
