@@ -267,15 +267,11 @@ def launch_waves(points: Sequence[GridPoint]) -> list[list[GridPoint]]:
     return [w for w in waves if w]
 
 
-def launch_order(points: Sequence[GridPoint]) -> list[GridPoint]:
-    """The points to train or resume in the order they launch (launch_waves, one after another)."""
-    return [p for wave in launch_waves(points) for p in wave]
-
-
 def sharing_note(points: Sequence[GridPoint]) -> str | None:
     """What sharing stable phases saves the points to train (in launch order), or why two
     points of one size share nothing; None when no point shares (schedule.share_stable=false)."""
-    todo = [p for p in launch_order(points) if p.stable_hash is not None]
+    waves = launch_waves(points)
+    todo = [p for wave in waves for p in wave if p.stable_hash is not None]
     if not todo:
         return None
     groups: dict[str, list[GridPoint]] = {}
@@ -304,13 +300,12 @@ def sharing_note(points: Sequence[GridPoint]) -> str | None:
         )
     if trained == total:
         return None  # one budget per size: nothing to share
-    waves = len(launch_waves(points))
     return (
         f"shared stable phases: {len(todo)} run{'s' if len(todo) > 1 else ''} in {len(groups)} "
         f"trajector{'y' if len(groups) == 1 else 'ies'} train {trained:,} of their {total:,} "
         f"tokens ({trained / total:.0%}), each from the state the one before it saved where its "
-        f"cooldown began: launched in {waves} wave{'s' if waves > 1 else ''}, one budget of each "
-        "trajectory a wave"
+        f"cooldown began: launched in {len(waves)} wave{'s' if len(waves) > 1 else ''}, one budget "
+        "of each trajectory a wave"
     )
 
 
