@@ -6,7 +6,7 @@ Each message is a single line that names the offending value and says how to fix
 import argparse
 import math
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
 
 class ConfigError(ValueError):
@@ -68,3 +68,12 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         print(f"error: {message}; see {self.prog} --help", file=sys.stderr)
         sys.exit(2)
+
+
+def finite_or_none(value: Any) -> float | None:
+    """value as a float when it is a finite number, else None."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None

@@ -7,7 +7,6 @@ The Hydra sweeper (hydra_plugins/scaling_sweeper) composes the points; this modu
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -387,12 +386,3 @@ def _first(failures: Sequence[tuple[Sequence[str], BaseException]]) -> str:
     overrides, error = failures[0]
     more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
     return f"{' '.join(overrides)}: {first_line(error)}{more}"
-
-
-def finite_or_none(value: Any) -> float | None:
-    """value as a float when it is a finite number, else None."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None

@@ -33,8 +33,11 @@ def stable_dir(plan: RunPlan, sharded: bool = False) -> Path | None:
     """
     if plan.stable_hash is None:
         return None
-    layout = "sharded" if sharded else "replicated"
-    return Path(plan.config["paths"]["runs_dir"]) / STABLE_DIR / plan.stable_hash[:16] / layout
+    return _folder(Path(plan.config["paths"]["runs_dir"]), plan.stable_hash, sharded)
+
+
+def _folder(runs_dir: Path, stable_hash: str, sharded: bool) -> Path:
+    return runs_dir / STABLE_DIR / stable_hash[:16] / ("sharded" if sharded else "replicated")
 
 
 def branch_step(plan: RunPlan) -> int | None:
@@ -70,7 +73,7 @@ def state_for(run_dir: Path, resolved: dict[str, Any]) -> Path | None:
         return None
     if not isinstance(stable, str):
         return None
-    return newest_state(run_dir.parent.parent / STABLE_DIR / stable[:16] / "replicated", last)
+    return newest_state(_folder(run_dir.parent.parent, stable, sharded=False), last)
 
 
 def needs_stable_save(plan: RunPlan, step: int, sharded: bool = False) -> bool:

@@ -18,8 +18,8 @@ import yaml
 
 from models.counting import non_embedding_params
 from sweep.checkpoint import checkpoint_step
-from sweep.errors import OneLineParser
-from sweep.grid import MANIFEST, finite_or_none, read_manifest
+from sweep.errors import OneLineParser, finite_or_none
+from sweep.grid import MANIFEST, read_manifest
 from sweep.stable import state_for
 from sweep.state import STATES, read_run_state
 

@@ -4,7 +4,6 @@ partial report never crashes a plot), log-axis spans and the atomic PNG save.
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -14,20 +13,14 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
+# A finite float, or None for anything missing or unusable (a partial report never crashes)
+from sweep.errors import finite_or_none as num
+
 DPI = 130
 N_LABEL = "N (parameters)"
 D_LABEL, C_LABEL = "D (tokens)", "C (FLOPs)"
 METHOD_COLORS = {"approach1": "tab:blue", "approach2": "tab:orange", "approach3": "tab:green"}
 LAW_KEYS = ("E", "A", "B", "alpha", "beta")
-
-
-def num(value: Any) -> float | None:
-    """A finite float, or None for anything missing or unusable (a partial report never crashes)."""
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
 
 
 def get(tree: Any, *keys: str) -> Any:
