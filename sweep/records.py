@@ -126,6 +126,8 @@ def build_summary(plan: RunPlan, status: str, **fields: Any) -> dict[str, Any]:
             "warmup_steps": plan.schedule.warmup_steps,
             "schedule": plan.schedule.kind,
             "windows": plan.config["train"]["windows"],
+            # the C the LR and batch rules see: what python -m sweep.fit.hparams fits them on
+            "compute": plan.config["resolved"]["hparams"]["compute"],
         },
         "budget": {
             "kind": plan.budget.kind,

@@ -140,9 +140,11 @@ def test_one_run_end_to_end(synthetic_root):
     assert summary["replicate_hash"] == config["resolved"]["replicate_hash"]
     assert summary["replicate_hash"] != summary["config_hash"]
     # What tells it from another run at its (N, D) in a table: the pinned LR, the warmup the
-    # schedule's fraction gave (5% of 29 steps), the schedule, the window order
+    # schedule's fraction gave (5% of 29 steps), the schedule, the window order; and the C the
+    # LR and batch rules see (6 N D of the budget's D), which sweep.fit.hparams fits them on
     assert summary["hparams"] == {"lr": 3e-3, "warmup_steps": 1, "schedule": "cosine",
-                                  "windows": "shuffled"}
+                                  "windows": "shuffled",
+                                  "compute": 6.0 * summary["params"]["non_embedding"] * 3e4}
 
     # Relaunching the same config skips the finished run and leaves its record alone.
     before = (run_dir / "summary.json").read_text()

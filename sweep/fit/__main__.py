@@ -13,7 +13,7 @@ from pathlib import Path
 
 from sweep.errors import OneLineParser
 from sweep.fit.analysis import FitOptions, fit_report
-from sweep.fit.report import check_out_dir, write_report
+from sweep.fit.report import check_out_dir, unwritable, write_report
 from sweep.fit.table import Columns, TableError, load
 
 _DEFAULTS = FitOptions()
@@ -170,10 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     except TableError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:  # --out on a read-only or missing file system, say
-        print(f"error: cannot write the report to {out} ({exc.strerror or exc}"
-              + (f": {exc.filename}" if exc.filename else "") + "): choose a writable --out",
-              file=sys.stderr)
+    except OSError as exc:
+        print(f"error: {unwritable(out, exc)}", file=sys.stderr)
         return 2
     for line in _summary(report):
         print(line)

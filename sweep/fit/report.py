@@ -10,14 +10,20 @@ import json
 import math
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 
 from sweep.fit.plots import write_plots
 from sweep.fit.table import TableError
 from sweep.records import json_safe
+
+# What a report directory may hold besides PNGs (sweep.fit's report; sweep.fit.hparams' also
+# writes hparams.yaml): one of them replaces the other, nothing else is ever replaced
+REPORT_FILES = ("report.json", "report.md", "hparams.yaml")
+T = TypeVar("T")
 
 
 def _g(value: Any, digits: int = 4) -> str:
@@ -243,8 +249,7 @@ def check_out_dir(out: Path) -> None:
     entries = {p.name: p for p in out.iterdir()}
     # An earlier report's files; its plots may be another version's (a stale one is dropped)
     other = sorted(name for name, p in entries.items()
-                   if name not in ("report.json", "report.md")
-                   and not (name.endswith(".png") and p.is_file()))
+                   if name not in REPORT_FILES and not (name.endswith(".png") and p.is_file()))
     if entries and ("report.json" not in entries or other):
         what = f" (it holds {', '.join(other[:3])}{', ...' if len(other) > 3 else ''})" if (
             other) else ""
@@ -252,9 +257,21 @@ def check_out_dir(out: Path) -> None:
                          "or empty directory (one holding only an earlier report is replaced)")
 
 
-def write_report(out: Path, report: dict[str, Any], runs: pd.DataFrame,
-                 curves: pd.DataFrame | None) -> list[str]:
-    """Write report.json, report.md and the plots into `out` as a whole; returns the plots."""
+def unwritable(out: Path, exc: OSError) -> str:
+    """The one line for a report that cannot be written (--out on a read-only or missing file
+    system, say)."""
+    return (f"cannot write the report to {out} ({exc.strerror or exc}"
+            + (f": {exc.filename}" if exc.filename else "") + "): choose a writable --out")
+
+
+def dump_json(report: dict[str, Any]) -> str:
+    """report.json's text: strict JSON (NaN and inf as null), numpy values as plain ones."""
+    return json.dumps(json_safe(report), indent=2, allow_nan=False, default=_plain) + "\n"
+
+
+def replace_dir(out: Path, fill: Callable[[Path], T]) -> T:
+    """Run fill(tmp) on an empty temporary sibling of `out`, then swap it in for `out` whole:
+    a failure leaves `out` as it was. Returns what fill returns."""
     out = Path(out).resolve()  # "." has no name to build the temporary sibling from
     check_out_dir(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -263,10 +280,7 @@ def write_report(out: Path, report: dict[str, Any], runs: pd.DataFrame,
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir()
-        plots = write_plots(report, runs, curves, tmp)
-        text = json.dumps(json_safe(report), indent=2, allow_nan=False, default=_plain)
-        (tmp / "report.json").write_text(text + "\n")
-        (tmp / "report.md").write_text(render_markdown(report, plots))
+        result = fill(tmp)
         if out.exists():
             os.replace(out, old)
         os.replace(tmp, out)
@@ -276,4 +290,17 @@ def write_report(out: Path, report: dict[str, Any], runs: pd.DataFrame,
             os.replace(old, out)
         raise
     shutil.rmtree(old, ignore_errors=True)
-    return plots
+    return result
+
+
+def write_report(out: Path, report: dict[str, Any], runs: pd.DataFrame,
+                 curves: pd.DataFrame | None) -> list[str]:
+    """Write report.json, report.md and the plots into `out` as a whole; returns the plots."""
+
+    def fill(tmp: Path) -> list[str]:
+        plots = write_plots(report, runs, curves, tmp)
+        (tmp / "report.json").write_text(dump_json(report))
+        (tmp / "report.md").write_text(render_markdown(report, plots))
+        return plots
+
+    return replace_dir(out, fill)

@@ -70,7 +70,7 @@ def _flag(quantity: str) -> str:
             "budget": "--budget-col", "run": "--run-col"}[quantity]
 
 
-def _read(source: Path) -> pd.DataFrame:
+def read_table(source: Path) -> pd.DataFrame:
     suffix = source.suffix.lower()
     try:
         if suffix == ".csv":
@@ -91,11 +91,14 @@ def _rows(mask: np.ndarray) -> str:
     return shown + (f" and {len(idx) - 5} more" if len(idx) > 5 else "")
 
 
-def _numeric(table: pd.DataFrame, name: str, quantity: str, where: str) -> np.ndarray:
+def numeric_column(table: pd.DataFrame, name: str, quantity: str, where: str,
+                   flag: str | None = None) -> np.ndarray:
+    """A column's values as positive finite floats; `flag` is the CLI flag that names it
+    (default: sweep.fit's for the quantity)."""
     if name not in table.columns:
         have = ", ".join(map(str, table.columns[:12]))
         raise TableError(f"column '{name}' (for {quantity}) is not in {where} (it has: {have}); "
-                         f"name the right one with {_flag(quantity)}")
+                         f"name the right one with {flag or _flag(quantity)}")
     values = pd.to_numeric(table[name], errors="coerce").to_numpy(dtype=float)
     bad = ~np.isfinite(values)
     if bad.any():
@@ -110,8 +113,8 @@ def _numeric(table: pd.DataFrame, name: str, quantity: str, where: str) -> np.nd
 
 
 def _canonical(table: pd.DataFrame, cols: Columns, where: str, notes: list[str]) -> pd.DataFrame:
-    n = _numeric(table, cols.N, "N", where)
-    loss = _numeric(table, cols.loss, "loss", where)
+    n = numeric_column(table, cols.N, "N", where)
+    loss = numeric_column(table, cols.loss, "loss", where)
     has_d, has_c = cols.D in table.columns, cols.C in table.columns
     for quantity, has in (("D", has_d), ("C", has_c)):
         # A column named on the command line must exist: deriving it instead would hide a typo
@@ -123,8 +126,8 @@ def _canonical(table: pd.DataFrame, cols: Columns, where: str, notes: list[str])
     if not has_d and not has_c:
         raise TableError(f"{where} has neither a D column '{cols.D}' nor a C column '{cols.C}'; "
                          "name one with --d-col or --c-col")
-    d = _numeric(table, cols.D, "D", where) if has_d else None
-    c = _numeric(table, cols.C, "C", where) if has_c else None
+    d = numeric_column(table, cols.D, "D", where) if has_d else None
+    c = numeric_column(table, cols.C, "C", where) if has_c else None
     if d is None:
         d = c / (6.0 * n)
         if d.size and d.min() < 1.0:
@@ -144,7 +147,7 @@ def _canonical(table: pd.DataFrame, cols: Columns, where: str, notes: list[str])
         if cols.budget not in table.columns:
             raise TableError(f"column '{cols.budget}' (for budget) is not in {where}; name the "
                              "right one with --budget-col, or leave it out to bin C")
-        out["budget"] = _numeric(table, cols.budget, "budget", where)
+        out["budget"] = numeric_column(table, cols.budget, "budget", where)
     elif {"budget_kind", "budget_value"} <= set(table.columns):
         # sweep.collect's columns: a budget.flops run's IsoFLOP budget is its own. Binning C
         # instead splits such budgets (C = 6ND spreads 0.2 decades along one exact-FLOP profile).
@@ -264,7 +267,7 @@ def load(source: str | Path, cols: Columns, skip_unreadable: bool = False,
     else:
         # Positions, not a stored index (a parquet file keeps the one it was written with):
         # rows are matched to runs by position below
-        table = _read(path).reset_index(drop=True)
+        table = read_table(path).reset_index(drop=True)
         if cols.run is not None and cols.run not in table.columns:
             raise TableError(f"--run-col '{cols.run}' is not a column of {path}; name the run id "
                              "column, or leave --run-col out for a table with a row per run")
@@ -298,7 +301,7 @@ def load(source: str | Path, cols: Columns, skip_unreadable: bool = False,
             curves = curves[curves["run"].isin(set(runs["run"]))].reset_index(drop=True)
     # sweep.collect's tables (runs or curves) carry the dataset: a mix is refused (after
     # --where, which may pick one dataset's runs)
-    _check_one_dataset(source_rows, f"the runs {place}", runs_dir, where)
+    check_one_dataset(source_rows, f"the runs {place}", runs_dir, where)
     warnings: list[str] = []
     runs, curves = drop_repeated_rows(runs, curves, described, cols.run_column, notes)
     warning, note, seed_noise, replicate = several_runs(runs, described.loc[runs.index])
@@ -325,7 +328,7 @@ def _budget_source(runs: pd.DataFrame, cols: Columns) -> str | None:
     return None
 
 
-def _check_one_dataset(table: pd.DataFrame, where: str, runs_dir: str,
+def check_one_dataset(table: pd.DataFrame, where: str, runs_dir: str,
                        selected: str | None = None) -> None:
     """TableError when the runs in a table trained on different datasets: losses on other data
     (or another tokenizer) follow other laws, and one fit across them means nothing. The fix

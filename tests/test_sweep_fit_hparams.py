@@ -1,0 +1,153 @@
+"""`python -m sweep.fit.hparams`: a sweep's table or runs in, the report and a usable
+configs/hparams file out; bad input is one line and nothing written."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from sweep.fit.hparams import main
+from tests.test_sweep_collect import make_run
+from tests.test_sweep_fit_optimum import B_E, B_K, LR_E, LR_K, SIZES, sweep
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _csv(path: Path, **kwargs: object) -> Path:
+    table = sweep(**kwargs).rename(columns={"C": "hparams_compute", "lr": "hparams_lr",
+                                            "batch": "batch_tokens"})
+    table.insert(0, "run_id", [f"r{i}" for i in range(len(table))])
+    table.to_csv(path, index=False)
+    return path
+
+
+def test_a_table_gives_the_laws_and_a_hparams_config_hydra_composes(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "report"
+    assert main([str(_csv(tmp_path / "sweep.csv", noise=0.002)), "--out", str(out),
+                 "--bootstrap", "100"]) == 0
+    printed = capsys.readouterr().out
+    assert "lr_opt = 0.3" in printed and "(4 budgets)" in printed
+    assert "copy it to configs/hparams/fitted.yaml and train with hparams=fitted" in printed
+    assert sorted(p.name for p in out.iterdir()) == ["hparams.yaml", "hparams_fit.png",
+                                                     "report.json", "report.md"]
+    report = json.loads((out / "report.json").read_text())
+    lr = report["laws"]["lr"]
+    assert lr["exponent"] == pytest.approx(LR_E, abs=0.01)
+    assert "![hparams_fit.png](hparams_fit.png)" in (out / "report.md").read_text()
+
+    rules = yaml.safe_load((out / "hparams.yaml").read_text())
+    assert rules["defaults"] == ["power_law", "_self_"] and rules["name"] == "fitted"
+    assert rules["lr"]["coefficient"] == pytest.approx(lr["coefficient"], rel=1e-5)
+    assert rules["batch"]["exponent"] == pytest.approx(report["laws"]["batch"]["exponent"],
+                                                       rel=1e-5)
+    # these budgets' optimum LRs (1.9e-3 to 3.1e-3) pass power_law's clamp of 3e-3 at the
+    # smallest: the file lifts it there, to the law's LR at that budget
+    assert rules["lr"]["max"] == pytest.approx(float(f"{LR_K * SIZES[0][1]**LR_E:.2g}"))
+    assert "min" not in rules["lr"]
+
+    # As a config of the hparams group: the ladder table at a budget inside the fitted range
+    # gets the law's LR (gpt_49m at 20 tokens per parameter: C = 2.9e17)
+    (tmp_path / "configs" / "hparams").mkdir(parents=True)
+    (tmp_path / "configs" / "hparams" / "fitted.yaml").write_text(
+        (out / "hparams.yaml").read_text())
+    table = subprocess.run(
+        [sys.executable, "-m", "sweep.hparams", "hparams=fitted", "budget.tokens_per_param=20",
+         f"hydra.searchpath=[file://{tmp_path / 'configs'}]", "--models", "gpt_49m"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert table.returncode == 0, table.stderr
+    row = table.stdout.splitlines()[1].split()
+    c, lr_shown = float(row[3]), float(row[4])
+    assert lr_shown == pytest.approx(lr["coefficient"] * c ** lr["exponent"], rel=0.01)
+
+
+def test_runs_directory_reads_each_runs_lr_batch_and_rule_compute(tmp_path: Path) -> None:
+    # Two budgets of 5 LRs at one batch, as sweep.train records them; the second budget's
+    # runs predate summary.hparams.compute, so their C is 6 N x the budget's tokens
+    runs = tmp_path / "runs"
+    for n, tokens, with_compute in ((1000, 20_000, True), (4000, 80_000, False)):
+        c = 6.0 * n * tokens
+        for i, step in enumerate(np.arange(-2.3, 2.7)):
+            lr = LR_K * c**LR_E * 2.0**step
+            loss = 3.0 * float(np.exp(0.2 * np.log10(lr / (LR_K * c**LR_E)) ** 2))
+            run = make_run(runs, n, tokens, loss, run_id=f"n{n}-lr{i}")
+            summary = json.loads((run / "summary.json").read_text())
+            summary["hparams"] = {"lr": lr, "schedule": "cosine",
+                                  **({"compute": c} if with_compute else {})}
+            summary["batch_tokens"] = 4096
+            (run / "summary.json").write_text(json.dumps(summary))
+    make_run(runs, 1000, 20_000, None, status="diverged", run_id="n1000-lr9")
+    out = tmp_path / "report"
+    assert main([str(runs), "--out", str(out), "--bootstrap", "0"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert [row["C"] for row in report["budgets"]] == [1.2e8, 1.92e9]
+    for row in report["budgets"]:
+        assert row["lr"] == pytest.approx(LR_K * row["C"] ** LR_E, rel=1e-6)
+    assert report["laws"]["lr"]["exponent"] == pytest.approx(LR_E, abs=1e-6)
+    assert "batch" in report["skipped"] and "batch" not in json.loads(
+        json.dumps(yaml.safe_load((out / "hparams.yaml").read_text())))
+    assert any(n.startswith("1 diverged runs left out") for n in report["notes"])
+    assert "C: 5 runs without 'hparams_compute' (older summaries)" in " ".join(report["notes"])
+
+
+def test_one_budget_gives_its_optimum_but_no_rules_file(tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    assert main([str(_csv(tmp_path / "one.csv", sizes=SIZES[:1])), "--out", str(out),
+                 "--bootstrap", "0"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["laws"] == {} and "needs 2 or more at distinct C" in report["skipped"]["lr"]
+    assert report["budgets"][0]["batch"] == pytest.approx(B_K * SIZES[0][1] ** B_E, rel=1e-6)
+    assert not (out / "hparams.yaml").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--lr-col", "lr"], "column 'lr' (for the peak LR) is not in the runs in"),
+    (["--window", "0"], "--window 0 must be > 0 decades"),
+    (["--near-optimal", "1.5"], "--near-optimal 1.5 must be in [0, 1)"),
+    (["--base", "nope"], "--base nope: "),
+    (["--name", "a b"], "--name 'a b' is not a config name"),
+    (["--where", "N > 1e12"], "--where 'N > 1e12' keeps none of the 80 runs"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str) -> None:
+    out = tmp_path / "report"
+    assert main([str(_csv(tmp_path / "sweep.csv")), "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_a_sweep_with_no_locatable_optimum_and_an_occupied_out_are_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "report"
+    two = _csv(tmp_path / "two.csv", lr_steps=np.array([-0.5, 0.5]), batch_steps=np.array([0.3]))
+    assert main([str(two), "--out", str(out)]) == 2
+    assert "no budget's optimum can be located" in capsys.readouterr().err
+    assert not out.exists()
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert main([str(_csv(tmp_path / "sweep.csv")), "--out", str(out)]) == 2
+    assert "is not a report directory (it holds notes.txt)" in capsys.readouterr().err
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_the_cli_runs_without_torch_hydra_or_pyyaml(tmp_path: Path) -> None:
+    # The fitter's promise (numpy, scipy, pandas, matplotlib only); without PyYAML the base's
+    # LR clamps go unchecked, and the report says so
+    blocked = ("torch", "hydra", "omegaconf", "yaml", "datasets", "tokenizers", "wandb")
+    code = (f"import runpy, sys\nfor name in {blocked!r}:\n    sys.modules[name] = None\n"
+            "sys.argv = ['sweep.fit.hparams', *sys.argv[1:]]\n"
+            "runpy.run_module('sweep.fit.hparams', run_name='__main__', alter_sys=True)\n")
+    out = tmp_path / "report"
+    done = subprocess.run([sys.executable, "-c", code, str(_csv(tmp_path / "sweep.csv")),
+                           "--out", str(out), "--bootstrap", "20"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "lr clamps of power_law.yaml not checked against the law (no PyYAML)" in done.stdout
+    assert "max:" not in (out / "hparams.yaml").read_text()
