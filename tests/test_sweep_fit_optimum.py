@@ -52,7 +52,7 @@ def test_noisy_grid_recovers_deepseeks_laws_and_the_intervals_cover_them() -> No
         assert lo < e < hi and hi - lo < 0.1
         lo, hi = law["ci95"]["at_pivot"]
         assert lo < k * pivot**e < hi
-    assert report["skipped"] == {} and report["no_ci"] == {}
+    assert report["skipped"] == {} and report["no_ci"] == {} and report["warnings"] == []
     assert all(row["form"] == ["2d"] and not any(row["edge"].values())
                for row in report["budgets"])
 
@@ -103,7 +103,7 @@ def test_an_optimum_at_the_grid_edge_stays_out_of_the_law_unless_asked() -> None
 def test_budgets_that_cannot_place_an_optimum_say_why() -> None:
     two = sweep(lr_steps=np.array([-0.5, 0.5]), batch_steps=np.array([0.3]))
     report = fit_optimum(two, OptimumOptions(bootstrap=0))
-    assert all(row["skipped"] == "2 LRs and 1 batch sizes lie within 1 decades of the best run; "
+    assert all(row["skipped"] == "2 LRs and 1 batch sizes lie within 0.75 decades of the best run; "
                "a parabola needs 3 values of one (along one line of the other)"
                for row in report["budgets"])
     # loss rising towards the middle LR: no minimum
@@ -144,3 +144,34 @@ def test_several_sizes_at_one_compute_are_separate_budgets() -> None:
     assert [(row["N"], row["C"]) for row in report["budgets"][:2]] == [
         (SIZES[0][0], SIZES[0][1]), (2 * SIZES[0][0], SIZES[0][1])]
     assert report["laws"]["lr"]["budgets"] == 8
+
+
+def test_a_law_against_every_published_fit_or_through_2_budgets_is_warned() -> None:
+    # the optimum LR rising with C (a tiny-budget sweep can show that), at only two budgets
+    table = sweep(sizes=SIZES[:2])
+    table.loc[table["C"] == SIZES[1][1], "lr"] *= 4
+    report = fit_optimum(table, OptimumOptions(bootstrap=0))
+    assert report["laws"]["lr"]["exponent"] > 0
+    assert report["warnings"] == [
+        f"the lr law rises with C (exponent {report['laws']['lr']['exponent']:.3g}), against "
+        "every published fit (DeepSeek: -0.125): tiny or few budgets, or grids that barely "
+        "bracket the optima, can do that; check the per-budget fits before training with it",
+        "the lr law passes through its 2 budgets exactly: add budgets to test the power law "
+        "itself",
+        "the batch law passes through its 2 budgets exactly: add budgets to test the power law "
+        "itself"]
+
+
+def test_loss_falling_to_the_smallest_batch_still_locates_the_lr() -> None:
+    # the CPU regime: smaller batches (more steps) win everywhere, so the 2-D surface has no
+    # minimum; the LR parabola at the best batch still places the LR optimum
+    table = sweep(batch_steps=np.array([-0.3, 0.7, 1.7]))
+    u = np.log10(table["lr"] / (LR_K * table["C"] ** LR_E))
+    v = np.log10(table["batch"] / table.groupby("C")["batch"].transform("min"))
+    table["loss"] = 3.0 * np.exp(0.2 * u * u + 0.05 * v - 0.02 * v * v)  # rising, concave
+    report = fit_optimum(table, OptimumOptions(bootstrap=0))
+    for row in report["budgets"]:
+        assert row["form"] == ["lr"] and "batch" not in row
+        assert row["unlocated"]["batch"].startswith("log loss has no minimum in log batch")
+        assert row["best_run"]["batch"] == table.loc[table["C"] == row["C"], "batch"].min()
+    assert report["laws"]["lr"]["budgets"] == 4 and "batch" in report["skipped"]

@@ -197,6 +197,7 @@ def _summary(report: dict) -> list[str]:
             continue
         parts = [f"{axis}_opt={row[axis]:.3g}" + (" (edge)" if row["edge"][axis] else "")
                  for axis in ("lr", "batch") if axis in row]
+        parts += [f"(no {axis} optimum: {why})" for axis, why in row.get("unlocated", {}).items()]
         lines.append(f"{head} {' '.join(parts)}")
     for axis, law in report["laws"].items():
         ci = law.get("ci95", {}).get("exponent")
@@ -205,6 +206,7 @@ def _summary(report: dict) -> list[str]:
                      f"({law['budgets']} budgets)")
     lines += [f"skipped {axis} law: {why}" for axis, why in report["skipped"].items()]
     lines += [f"no interval for the {axis} law: {why}" for axis, why in report["no_ci"].items()]
+    lines += [f"warning: {w}" for w in report["warnings"]]
     return lines
 
 

@@ -41,7 +41,9 @@ def _budget_rows(report: dict[str, Any]) -> list[str]:
             mark = " (edge)" if r["edge"].get(axis) else ""
             cells.append(_g(r[axis], 3) + mark if axis in r else "-")
         unused = [a for a, used in r["used"].items() if not used]
-        note = f"{', '.join(unused)} left out of the law (edge)" if unused else ""
+        notes = [f"{', '.join(unused)} left out of the law (edge)"] if unused else []
+        notes += [f"no {a} optimum: {why}" for a, why in r.get("unlocated", {}).items()]
+        note = "; ".join(notes)
         lines.append("| " + " | ".join(cells + [_g(r["loss"]), note]) + " |")
     return lines
 
@@ -70,6 +72,7 @@ def render_markdown(report: dict[str, Any], plots: list[str]) -> str:
     lines += [f"- no {AXIS_LABELS[a]} law: {why}" for a, why in report["skipped"].items()]
     lines += [f"- no interval for the {AXIS_LABELS[a]} law: {why}"
               for a, why in report["no_ci"].items()]
+    lines += [f"- **warning**: {w}" for w in report["warnings"]]
     band = report["near_optimal"]
     lines += ["", "## DeepSeek's near-optimal band", "",
               f"DeepSeek LLM (sec. 3.1) fitted its laws to every run within "

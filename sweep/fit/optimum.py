@@ -29,7 +29,9 @@ SAME_C_DECADES = 0.01
 class OptimumOptions:
     """The knobs of `python -m sweep.fit.hparams` (its flags), with their defaults."""
 
-    window_decades: float = 1.0  # LR and batch values within this of the best run's are fitted
+    # LR and batch values within this of the best run's are fitted: +-2 steps of a factor-2
+    # grid (as approach 2's window in N), so the steep side of a divergence skews it less
+    window_decades: float = 0.75
     include_edge: bool = False  # use optima at (or beyond) the edge of their grid in the laws
     near_optimal: float = 0.0025  # DeepSeek's band: loss within this fraction of the minimum
     bootstrap: int = 1000
@@ -78,17 +80,17 @@ def _vertex(form: str, coef: np.ndarray) -> tuple[dict[str, float], float] | Non
 
 
 def surfaces(x: np.ndarray, y: np.ndarray, z: np.ndarray, window: float) -> list[Surface] | str:
-    """The quadratics that locate a budget's optimum, or why none can: the 2-D one over both
-    axes where 3 or more of each lie in the window around the best run, else a parabola along
-    each axis that has 3 values along one line of the other (a cross-shaped grid)."""
+    """The quadratics that may locate a budget's optimum, or why none can: the 2-D one over both
+    axes where 3 or more of each lie in the window around the best run, and a parabola along
+    each axis that has 3 values along one line of the other (a cross-shaped grid, or the
+    fallback where the 2-D surface has no minimum: loss falling to the grid's edge in batch)."""
     k = int(np.argmin(z))
     near = (np.abs(x - x[k]) <= window + 1e-9) & (np.abs(y - y[k]) <= window + 1e-9)
-    origin = (float(x[k]), float(y[k]))
-    full = Surface("2d", np.flatnonzero(near), origin)
+    full = Surface("2d", np.flatnonzero(near), (float(x[k]), float(y[k])))
+    found = []
     if min(len(np.unique(x[near])), len(np.unique(y[near]))) >= MIN_VALUES and \
             _coefficients(full, x, y, z) is not None:
-        return [full]
-    lines = []
+        found.append(full)
     for form, along, held in (("lr", x, y), ("batch", y, x)):
         # the line through the window with the most values of this axis (a cross-shaped grid's
         # best run may sit on the other arm); of equals, the one holding the lowest loss
@@ -99,9 +101,9 @@ def surfaces(x: np.ndarray, y: np.ndarray, z: np.ndarray, window: float) -> list
                    key=lambda r: (len(np.unique(along[r])), -z[r].min()))
         if len(np.unique(along[rows])) >= MIN_VALUES:
             best = int(rows[np.argmin(z[rows])])
-            lines.append(Surface(form, rows, (float(x[best]), float(y[best]))))
-    if lines:
-        return lines
+            found.append(Surface(form, rows, (float(x[best]), float(y[best]))))
+    if found:
+        return found
     return (f"{len(np.unique(x[near]))} LRs and {len(np.unique(y[near]))} batch sizes lie within "
             f"{window:g} decades of the best run; a parabola needs {MIN_VALUES} values of one "
             "(along one line of the other)")
@@ -163,17 +165,34 @@ def _coordinates(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
 def _optimum(budget: Budget, x: np.ndarray, y: np.ndarray, z: np.ndarray
              ) -> dict[str, Any] | str:
-    """A budget's optimum from all its surfaces (a cross-shaped grid has one per axis)."""
+    """A budget's optimum: the 2-D surface's vertex, or where it has none (or cannot be fitted)
+    whatever the parabolas along each axis locate; `unlocated` names an axis none could."""
     if isinstance(budget.fits, str):
         return budget.fits
-    merged: dict[str, Any] = {"edge": {}, "form": [s.form for s in budget.fits]}
+    reasons = []
     for s in budget.fits:
+        if s.form != "2d":
+            continue
+        found = locate(s, x, y, z)
+        if not isinstance(found, str):
+            return {**found, "form": ["2d"]}
+        reasons.append(found)
+    merged: dict[str, Any] = {"edge": {}, "form": [], "unlocated": {}}
+    for s in budget.fits:
+        if s.form == "2d":
+            continue
         found = locate(s, x, y, z)
         if isinstance(found, str):
-            return found
+            merged["unlocated"][s.form] = found
+            continue
+        merged["form"].append(s.form)
         merged["edge"].update(found.pop("edge"))
         merged["loss"] = min(found.pop("loss"), merged.get("loss", np.inf))
         merged.update(found)
+    if not merged["form"]:
+        return "; ".join(dict.fromkeys(reasons + list(merged["unlocated"].values())))
+    if not merged["unlocated"]:
+        del merged["unlocated"]
     return merged
 
 
@@ -255,11 +274,20 @@ def fit_optimum(table: pd.DataFrame, options: OptimumOptions) -> dict[str, Any]:
         pivot = float(np.exp(np.mean(np.log([p[0] for p in pts]))))
         laws[axis] = {**law, "budgets": len(pts), "pivot_C": pivot,
                       "at_pivot": law["coefficient"] * pivot ** law["exponent"]}
+    warnings = [f"the {axis} law {'rises' if law['exponent'] > 0 else 'falls'} with C "
+                f"(exponent {law['exponent']:.3g}), against every published fit (DeepSeek: "
+                f"{'-0.125' if axis == 'lr' else '+0.327'}): tiny or few budgets, or grids that "
+                "barely bracket the optima, can do that; check the per-budget fits before "
+                "training with it" for axis, law in laws.items()
+                if (law["exponent"] > 0) == (axis == "lr")]
+    warnings += [f"the {axis} law passes through its 2 budgets exactly: add budgets to test "
+                 "the power law itself" for axis, law in laws.items() if law["budgets"] == 2]
     intervals, why = _bootstrap(table, groups, laws, options)
     for axis, ci in intervals.items():
         laws[axis]["ci95"] = ci
     notes = {axis: reason for axis, reason in why.items() if axis in laws}
     return {"budgets": rows, "laws": laws, "skipped": skipped, "no_ci": notes,
+            "warnings": warnings,
             "near_optimal": near_optimal_laws(table, groups, options.near_optimal)}
 
 
@@ -279,7 +307,10 @@ def _bootstrap(table: pd.DataFrame, groups: list[Budget], laws: dict[str, Any],
             fitted.append(None)
             continue
         smooth = z.copy()
-        for s in b.fits:
+        # the surfaces the real fit located its optimum with: they alone describe the loss
+        found = _optimum(b, x[b.rows], y[b.rows], z[b.rows])
+        used = [] if isinstance(found, str) else found["form"]
+        for s in (s for s in b.fits if s.form in used):
             coef = _coefficients(s, x[b.rows], y[b.rows], z[b.rows])
             if coef is None:
                 continue
