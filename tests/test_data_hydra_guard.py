@@ -102,7 +102,7 @@ def test_a_typo_under_a_config_dir_lists_the_options_of_both_folders(own_configs
     line = unknown_choice(["--config-dir", str(own_configs), "experiment=mien"], TRAIN_HINTS)
     assert line == (
         "unknown experiment experiment=mien: choose one of horizons, horizons_wsd, isoflop, "
-        f"kaplan, ladder_300m, mine, smoke (configs/experiment/, {own_configs}/experiment/)")
+        f"kaplan, ladder_300m, lr_batch, mine, smoke (configs/experiment/, {own_configs}/experiment/)")
     line = unknown_choice([f"hydra.searchpath=[file://{own_configs}]", "model=tiny3"],
                           TRAIN_HINTS)
     assert line is not None and "\n" not in line
@@ -114,7 +114,7 @@ def test_a_typo_under_a_config_dir_lists_the_options_of_both_folders(own_configs
 def test_without_another_folder_the_repo_configs_alone_are_listed() -> None:
     assert unknown_choice(["experiment=mine"], TRAIN_HINTS) == (
         "unknown experiment experiment=mine: choose one of horizons, horizons_wsd, isoflop, "
-        "kaplan, ladder_300m, smoke (configs/experiment/)")
+        "kaplan, ladder_300m, lr_batch, smoke (configs/experiment/)")
     assert unknown_choice(["model=gpt_1m", "experiment=smoke"], TRAIN_HINTS) is None
 
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -48,23 +49,26 @@ def test_a_table_gives_the_laws_and_a_hparams_config_hydra_composes(
     assert rules["batch"]["exponent"] == pytest.approx(report["laws"]["batch"]["exponent"],
                                                        rel=1e-5)
     # these budgets' optimum LRs (1.9e-3 to 3.1e-3) pass power_law's clamp of 3e-3 at the
-    # smallest: the file lifts it there, to the law's LR at that budget
-    assert rules["lr"]["max"] == pytest.approx(float(f"{LR_K * SIZES[0][1]**LR_E:.2g}"))
-    assert "min" not in rules["lr"]
+    # smallest: the file lifts it to the law's LR there, rounded up
+    assert LR_K * SIZES[0][1]**LR_E == pytest.approx(3.118e-3, rel=1e-3)
+    assert rules["lr"]["max"] == 3.2e-3 and "min" not in rules["lr"]
 
     # As a config of the hparams group: the ladder table at a budget inside the fitted range
     # gets the law's LR (gpt_49m at 20 tokens per parameter: C = 2.9e17)
     (tmp_path / "configs" / "hparams").mkdir(parents=True)
     (tmp_path / "configs" / "hparams" / "fitted.yaml").write_text(
         (out / "hparams.yaml").read_text())
+    # gets the law's LR (gpt_49m at 20 tokens per parameter: C = 2.9e17), and one below it the
+    # lifted clamp (gpt_3m: C = 1.2e15, where the law gives 4.4e-3)
     table = subprocess.run(
         [sys.executable, "-m", "sweep.hparams", "hparams=fitted", "budget.tokens_per_param=20",
-         f"hydra.searchpath=[file://{tmp_path / 'configs'}]", "--models", "gpt_49m"],
+         f"hydra.searchpath=[file://{tmp_path / 'configs'}]", "--models", "gpt_3m,gpt_49m"],
         cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert table.returncode == 0, table.stderr
-    row = table.stdout.splitlines()[1].split()
-    c, lr_shown = float(row[3]), float(row[4])
+    small, large = (line.split() for line in table.stdout.splitlines()[1:3])
+    c, lr_shown = float(large[3]), float(large[4])
     assert lr_shown == pytest.approx(lr["coefficient"] * c ** lr["exponent"], rel=0.01)
+    assert small[0] == "gpt_3m" and float(small[4]) == 3.2e-3
 
 
 def test_runs_directory_reads_each_runs_lr_batch_and_rule_compute(tmp_path: Path) -> None:
@@ -113,6 +117,7 @@ def test_one_budget_gives_its_optimum_but_no_rules_file(tmp_path: Path) -> None:
     (["--base", "nope"], "--base nope: "),
     (["--name", "a b"], "--name 'a b' is not a config name"),
     (["--where", "N > 1e12"], "--where 'N > 1e12' keeps none of the 80 runs"),
+    (["--name", "power_law"], "--name power_law is --base's name"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str) -> None:
@@ -151,3 +156,30 @@ def test_the_cli_runs_without_torch_hydra_or_pyyaml(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "lr clamps of power_law.yaml not checked against the law (no PyYAML)" in done.stdout
     assert "max:" not in (out / "hparams.yaml").read_text()
+
+
+def test_repeated_rows_count_once_and_a_missing_base_is_refused_for_any_law(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _csv(tmp_path / "sweep.csv", noise=0.002)
+    once = tmp_path / "once"
+    assert main([str(path), "--out", str(once), "--bootstrap", "0"]) == 0
+    capsys.readouterr()
+    table = pd.read_csv(path)
+    copies = table.iloc[:5].assign(run_id=[f"copy{i}" for i in range(5)])
+    pd.concat([table, copies]).to_csv(tmp_path / "twice.csv", index=False)
+    twice = tmp_path / "twice"
+    assert main([str(tmp_path / "twice.csv"), "--out", str(twice), "--bootstrap", "0"]) == 0
+    assert "dropped 5 rows repeating another row's N, C, LR, batch and loss exactly" in (
+        capsys.readouterr().out)
+    assert json.loads((twice / "report.json").read_text())["laws"] == json.loads(
+        (once / "report.json").read_text())["laws"]
+    # a batch-only sweep (one LR a budget) still names its base in hparams.yaml: it must exist
+    batch_only = table[table.groupby("hparams_compute")["hparams_lr"].transform(
+        lambda lr: lr == sorted(lr.unique())[2])]
+    batch_only.to_csv(tmp_path / "batch.csv", index=False)
+    out = tmp_path / "batch"
+    assert main([str(tmp_path / "batch.csv"), "--out", str(out), "--base", "nope"]) == 2
+    assert "--base nope: " in capsys.readouterr().err and not out.exists()
+    assert main([str(tmp_path / "batch.csv"), "--out", str(out), "--bootstrap", "0"]) == 0
+    rules = yaml.safe_load((out / "hparams.yaml").read_text())
+    assert set(rules) == {"defaults", "name", "batch"}

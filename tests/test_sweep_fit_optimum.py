@@ -71,7 +71,8 @@ def test_noiseless_quadratic_with_a_tilt_is_located_exactly() -> None:
 
 
 def test_a_cross_shaped_grid_fits_a_parabola_along_each_axis() -> None:
-    # LRs at the middle batch, batches at the middle LR: 9 runs a budget, no full grid
+    # LRs at the second batch, batches at the middle LR: 8 runs a budget, no full grid; the best
+    # run, (middle LR, third batch), is on the batch arm, off the LR arm
     full = sweep()
     keep = []
     for _, group in full.groupby("C"):
@@ -175,3 +176,26 @@ def test_loss_falling_to_the_smallest_batch_still_locates_the_lr() -> None:
         assert row["unlocated"]["batch"].startswith("log loss has no minimum in log batch")
         assert row["best_run"]["batch"] == table.loc[table["C"] == row["C"], "batch"].min()
     assert report["laws"]["lr"]["budgets"] == 4 and "batch" in report["skipped"]
+
+
+def test_a_plateau_has_no_optimum_whatever_the_row_order() -> None:
+    table = sweep(noise=0.001)
+    first = table["C"] == SIZES[0][1]
+    table.loc[first, "loss"] = 3.0
+    report = fit_optimum(table, OptimumOptions(bootstrap=0))
+    assert report["budgets"][0]["skipped"].startswith("the loss is flat (its runs within 0 % of")
+    assert report["laws"]["lr"]["budgets"] == 3
+
+
+def test_the_bootstrap_refits_the_law_over_the_fits_budgets_only() -> None:
+    # budget 0's LR optimum is at the grid's edge: out of the law, and out of every draw's law
+    table = sweep(noise=0.003)
+    first = table["C"] == SIZES[0][1]
+    table.loc[first, "lr"] /= 16
+    table.loc[first, "loss"] = [_loss(lr, b, c) for lr, b, c in
+                                table.loc[first, ["lr", "batch", "C"]].to_numpy()]
+    report = fit_optimum(table, OptimumOptions(bootstrap=200, seed=3))
+    lr = report["laws"]["lr"]
+    assert lr["budgets"] == 3 and lr["ci95"]["draws"] == 200
+    lo, hi = lr["ci95"]["exponent"]
+    assert lo < lr["exponent"] < hi and lo < LR_E < hi

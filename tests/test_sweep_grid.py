@@ -94,7 +94,8 @@ def test_fineweb_edu_holds_every_shipped_experiment_in_one_epoch():
                 bounds = cfg.launch.tokens_per_param
                 for values in itertools.product(*params.values()):
                     for key, value in zip(params, values, strict=True):
-                        OmegaConf.update(cfg, key, float(value))
+                        # as Hydra reads a sweep value: 16384 an int (a batch), 2e9 a float
+                        OmegaConf.update(cfg, key, int(value) if value.isdigit() else float(value))
                     d = resolve_hparams(cfg, non_embedding_params=n,
                                         flops_per_token=exact).budget.tokens
                     if (bounds.min or 0) <= d / n <= (bounds.max or math.inf):

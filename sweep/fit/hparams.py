@@ -94,31 +94,57 @@ def _options(args: argparse.Namespace) -> OptimumOptions:
         if not value.replace("_", "").replace("-", "").isalnum():
             raise TableError(f"{flag} {value!r} is not a config name: use letters, digits, _ "
                              "and -, e.g. fitted")
+    if args.name == args.base:
+        raise TableError(f"--name {args.name} is --base's name: copied into configs/hparams/ "
+                         "the file would replace the config it inherits from; choose another "
+                         "name, e.g. --name fitted")
     return OptimumOptions(window_decades=args.window, include_edge=args.include_edge,
                           near_optimal=args.near_optimal, bootstrap=args.bootstrap,
                           seed=args.seed)
 
 
+def _lr_block(base: str, seen: tuple[str, ...] = ()) -> dict:
+    """configs/hparams/<base>.yaml's `lr` keys, with those it inherits through its defaults list
+    (an earlier fitted file, say) underneath: a TableError for a missing or cyclic file."""
+    import yaml
+
+    path = HPARAMS_DIR / f"{base}.yaml"
+    if not path.is_file() or base in seen:
+        have = ", ".join(sorted(p.stem for p in HPARAMS_DIR.glob("*.yaml")))
+        what = "includes itself" if base in seen else "does not exist"
+        raise TableError(f"--base {seen[0] if seen else base}: {path} {what}; name a file of "
+                         f"configs/hparams ({have})")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise TableError(f"--base {base}: cannot read {path} ({exc})") from None
+    lr: dict = {}
+    for entry in data.get("defaults") or []:
+        if isinstance(entry, str) and entry != "_self_":
+            lr.update(_lr_block(entry, (*seen, base)))
+    lr.update(data.get("lr") or {})
+    return lr
+
+
 def base_lr_clamps(base: str, notes: list[str]) -> tuple[float, float] | None:
     """(lr.min, lr.max) of configs/hparams/<base>.yaml, which hparams.yaml inherits: the fitted
-    law must not be clamped inside the budgets it was fitted on. None (with a note) where PyYAML,
-    which comes with hydra-core, is not installed: the fitter needs only numpy, scipy, pandas."""
-    path = HPARAMS_DIR / f"{base}.yaml"
-    if not path.is_file():
-        have = ", ".join(sorted(p.stem for p in HPARAMS_DIR.glob("*.yaml")))
-        raise TableError(f"--base {base}: {path} does not exist; name a file of configs/hparams "
-                         f"({have})")
+    law must not be clamped inside the budgets it was fitted on. None (with a note) where they
+    cannot be read, or PyYAML (which comes with hydra-core) is not installed: the fitter needs
+    only numpy, scipy, pandas and matplotlib."""
+    if not (HPARAMS_DIR / f"{base}.yaml").is_file():
+        _lr_block(base)  # the error naming the files there
     try:
-        import yaml
+        import yaml  # noqa: F401 (only whether it is there)
     except ImportError:
         notes.append(f"lr clamps of {base}.yaml not checked against the law (no PyYAML)")
         return None
+    lr = _lr_block(base)
     try:
-        lr = yaml.safe_load(path.read_text())["lr"]
         return float(lr["min"]), float(lr["max"])
-    except (OSError, yaml.YAMLError, TypeError, KeyError, ValueError) as exc:
-        raise TableError(f"--base {base}: cannot read lr.min and lr.max from {path} ({exc})"
-                         ) from None
+    except (KeyError, TypeError, ValueError):
+        notes.append(f"lr clamps of {base}.yaml not checked against the law (it sets no numeric "
+                     "lr.min and lr.max)")
+        return None
 
 
 def _compute(table: pd.DataFrame, cols: SweepColumns, where: str, notes: list[str]
@@ -185,6 +211,12 @@ def load_sweep(source: str | Path, cols: SweepColumns, skip_unreadable: bool = F
                                 flag="--batch-col"),
         "loss": numeric_column(table, cols.loss, "loss", what, flag="--loss-col"),
     })
+    copies = out.duplicated()
+    if copies.any():
+        # the same run collected twice (two tables concatenated, say) would weigh double
+        notes.append(f"dropped {int(copies.sum())} rows repeating another row's N, C, LR, batch "
+                     "and loss exactly: each run is fitted once")
+        out = out[~copies].reset_index(drop=True)
     return out, notes
 
 
@@ -230,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
             "window_decades": options.window_decades, "include_edge": options.include_edge,
             "near_optimal": options.near_optimal, "bootstrap": options.bootstrap,
             "seed": options.seed, "where": args.where, "name": args.name, "base": args.base})
-        clamps = base_lr_clamps(args.base, notes) if "lr" in report["laws"] else None
+        clamps = base_lr_clamps(args.base, notes) if report["laws"] else None
         yaml_text = render_yaml(report, args.name, args.base, clamps) if report["laws"] else None
 
         def fill(tmp: Path) -> None:

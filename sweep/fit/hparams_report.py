@@ -4,6 +4,8 @@ rules, inheriting every other key from a base) and hparams_fit.png.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -112,13 +114,19 @@ def _unclamped(law: dict[str, Any], cs: list[float], clamps: tuple[float, float]
         return []
     ends = [law["coefficient"] * c ** law["exponent"] for c in (min(cs), max(cs))]
     lines = []
+    # 2 significant figures, rounded outwards so the clamp never cuts into the range
     if min(ends) < clamps[0]:
-        lines.append(f"  min: {_number(float(f'{min(ends):.2g}'))}  # base's {_g(clamps[0])} "
-                     "would clamp the fitted range")
+        lines.append(f"  min: {_number(_round(min(ends), math.floor))}  # base's "
+                     f"{_g(clamps[0])} would clamp the fitted range")
     if max(ends) > clamps[1]:
-        lines.append(f"  max: {_number(float(f'{max(ends):.2g}'))}  # base's {_g(clamps[1])} "
-                     "would clamp the fitted range")
+        lines.append(f"  max: {_number(_round(max(ends), math.ceil))}  # base's "
+                     f"{_g(clamps[1])} would clamp the fitted range")
     return lines
+
+
+def _round(value: float, direction: Callable[[float], int]) -> float:
+    scale = 10.0 ** (math.floor(math.log10(value)) - 1)
+    return float(f"{direction(value / scale) * scale:.2g}")
 
 
 def render_yaml(report: dict[str, Any], name: str, base: str,

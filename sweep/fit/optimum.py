@@ -23,6 +23,9 @@ MIN_VALUES = 3
 # Runs of one budget share its C exactly when the sweep made them; a table from elsewhere may
 # round it. Budgets of one LR sweep sit a factor 2 or more apart.
 SAME_C_DECADES = 0.01
+# A surface whose runs' losses all lie within this (relative) of each other is a plateau: its
+# vertex would be set by rounding and row order, not by the loss
+FLAT_LOSS = 1e-4
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,10 @@ def surfaces(x: np.ndarray, y: np.ndarray, z: np.ndarray, window: float) -> list
 
 def locate(s: Surface, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> dict[str, Any] | str:
     """The optimum one surface gives, with edge flags per axis, or why it gives none."""
+    spread = float(np.ptp(z[s.rows]))
+    if spread < FLAT_LOSS:
+        return (f"the loss is flat (its runs within {100 * spread:.2g} % of each other): the "
+                "grid does not see the optimum")
     coef = _coefficients(s, x, y, z)
     vertex = None if coef is None else _vertex(s.form, coef)
     if vertex is None:
@@ -220,10 +227,17 @@ def near_optimal_laws(table: pd.DataFrame, groups: list[Budget], tolerance: floa
         c[b.rows] = b.c
     out: dict[str, Any] = {"tolerance": tolerance, "runs": int(keep.sum())}
     for axis in AXES:
+        if not varied(table, groups, axis):
+            continue  # the band would trace the design (say, each budget's one batch)
         law = _law(c[keep], table[axis].to_numpy(dtype=float)[keep])
         if law is not None and np.unique(table[axis].to_numpy(dtype=float)[keep]).size > 1:
             out[axis] = law
     return out
+
+
+def varied(table: pd.DataFrame, groups: list[Budget], axis: str) -> bool:
+    """Whether any budget's runs try more than one value of `axis`."""
+    return any(table[axis].iloc[b.rows].nunique() > 1 for b in groups)
 
 
 def fit_optimum(table: pd.DataFrame, options: OptimumOptions) -> dict[str, Any]:
@@ -257,7 +271,7 @@ def fit_optimum(table: pd.DataFrame, options: OptimumOptions) -> dict[str, Any]:
     for axis in AXES:
         pts = [(r["C"], r[axis]) for r in rows if r.get("used", {}).get(axis)]
         law = _law(np.array([p[0] for p in pts]), np.array([p[1] for p in pts])) if pts else None
-        if law is None and all(table[axis].iloc[b.rows].nunique() == 1 for b in groups):
+        if law is None and not varied(table, groups, axis):
             skipped[axis] = (f"no budget's runs vary the {axis} (one value a budget): grid "
                              f"{'train.lr' if axis == 'lr' else 'train.batch_tokens'} too to "
                              "fit its law")
@@ -282,7 +296,7 @@ def fit_optimum(table: pd.DataFrame, options: OptimumOptions) -> dict[str, Any]:
                 if (law["exponent"] > 0) == (axis == "lr")]
     warnings += [f"the {axis} law passes through its 2 budgets exactly: add budgets to test "
                  "the power law itself" for axis, law in laws.items() if law["budgets"] == 2]
-    intervals, why = _bootstrap(table, groups, laws, options)
+    intervals, why = _bootstrap(table, groups, optima, laws, options)
     for axis, ci in intervals.items():
         laws[axis]["ci95"] = ci
     notes = {axis: reason for axis, reason in why.items() if axis in laws}
@@ -291,26 +305,26 @@ def fit_optimum(table: pd.DataFrame, options: OptimumOptions) -> dict[str, Any]:
             "near_optimal": near_optimal_laws(table, groups, options.near_optimal)}
 
 
-def _bootstrap(table: pd.DataFrame, groups: list[Budget], laws: dict[str, Any],
-               options: OptimumOptions) -> tuple[dict[str, Any], dict[str, str]]:
+def _bootstrap(table: pd.DataFrame, groups: list[Budget], optima: list[dict[str, Any] | str],
+               laws: dict[str, Any], options: OptimumOptions
+               ) -> tuple[dict[str, Any], dict[str, str]]:
     """95 % intervals of each law's exponent and of its value at the budgets' middle C.
 
-    As approach 2's: every budget keeps its runs, and their log loss is redrawn as the fitted
-    surface plus residuals pooled over the budgets (eval noise is alike at every budget), scaled
-    up for the coefficients each surface fitted. Returns (intervals, reasons for none)."""
+    As approach 2's: every budget keeps its runs, and their log loss is redrawn as the surfaces
+    that located its optimum (`optima`, the fit's) plus residuals pooled over the budgets (eval
+    noise is alike at every budget), scaled up for the coefficients each surface fitted. A
+    draw refits the law over the budgets the fit used, no others; one in which such a budget's
+    optimum cannot be located is dropped (counted). Returns (intervals, reasons for none)."""
     if not laws or options.bootstrap == 0:
         return {}, {axis: "--bootstrap 0" for axis in laws} if laws else {}
     x, y, z = _coordinates(table)
-    fitted, pooled = [], []
-    for b in groups:
-        if isinstance(b.fits, str):
-            fitted.append(None)
-            continue
-        smooth = z.copy()
-        # the surfaces the real fit located its optimum with: they alone describe the loss
-        found = _optimum(b, x[b.rows], y[b.rows], z[b.rows])
-        used = [] if isinstance(found, str) else found["form"]
-        for s in (s for s in b.fits if s.form in used):
+    chosen = {axis: [i for i, found in enumerate(optima) if not isinstance(found, str)
+                     and _used(found, axis, options.include_edge)] for axis in laws}
+    smooth, pooled = z.copy(), []
+    for i in sorted(set().union(*chosen.values())):
+        b, found = groups[i], optima[i]
+        assert not isinstance(b.fits, str) and not isinstance(found, str)
+        for s in (s for s in b.fits if s.form in found["form"]):
             coef = _coefficients(s, x[b.rows], y[b.rows], z[b.rows])
             if coef is None:
                 continue
@@ -319,39 +333,38 @@ def _bootstrap(table: pd.DataFrame, groups: list[Budget], laws: dict[str, Any],
             free = len(rows) - len(coef)
             if free > 0:
                 pooled.append((z[rows] - smooth[rows]) * np.sqrt(len(rows) / free))
-        fitted.append(smooth)
     residuals = np.concatenate(pooled) if pooled else np.empty(0)
     if residuals.size == 0 or not np.any(residuals):
         reason = ("every surface fits its runs exactly (as many runs as coefficients), so there "
                   "are no residuals to resample: add LR or batch values per budget")
         return {}, {axis: reason for axis in laws}
     rng = np.random.default_rng(options.seed)
-    pivot = {axis: law["pivot_C"] for axis, law in laws.items()}
     draws: dict[str, list[tuple[float, float]]] = {axis: [] for axis in laws}
     for _ in range(options.bootstrap):
-        zs = z.copy()
-        for b, smooth in zip(groups, fitted, strict=True):
-            if smooth is not None:
-                zs[b.rows] = smooth[b.rows] + rng.choice(residuals, len(b.rows))
-        pts: dict[str, list[tuple[float, float]]] = {axis: [] for axis in laws}
-        for b in groups:
-            found = _optimum(b, x[b.rows], y[b.rows], zs[b.rows])
-            if isinstance(found, str):
-                continue
-            for axis in laws:
-                if _used(found, axis, options.include_edge):
-                    pts[axis].append((b.c, found[axis]))
-        for axis in laws:
-            law = _law(np.array([p[0] for p in pts[axis]]), np.array([p[1] for p in pts[axis]])) \
-                if pts[axis] else None
-            if law is not None:
+        zs = smooth + rng.choice(residuals, len(z))
+        redrawn: dict[int, dict[str, Any] | str] = {}
+        for axis, budgets_used in chosen.items():
+            pts = []
+            for i in budgets_used:
+                b = groups[i]
+                if i not in redrawn:
+                    redrawn[i] = _optimum(b, x[b.rows], y[b.rows], zs[b.rows])
+                found = redrawn[i]
+                if isinstance(found, str) or axis not in found:
+                    break
+                pts.append((b.c, found[axis]))
+            else:
+                law = _law(np.array([p[0] for p in pts]), np.array([p[1] for p in pts]))
+                assert law is not None  # the fit's budgets, at 2 or more distinct C
+                pivot = laws[axis]["pivot_C"]
                 draws[axis].append((law["exponent"],
-                                    law["coefficient"] * pivot[axis] ** law["exponent"]))
+                                    law["coefficient"] * pivot ** law["exponent"]))
     intervals, reasons = {}, {}
     for axis, samples in draws.items():
         if len(samples) < options.bootstrap / 2:
-            reasons[axis] = (f"only {len(samples)} of {options.bootstrap} redrawn sweeps place "
-                             f"two or more usable {axis} optima: the grids barely bracket them")
+            reasons[axis] = (f"in only {len(samples)} of {options.bootstrap} redrawn sweeps do "
+                             f"the fitted budgets all place a {axis} optimum: the grids barely "
+                             "bracket them")
             continue
         arr = np.array(samples)
         intervals[axis] = {"exponent": percentile_ci(arr[:, 0]),
