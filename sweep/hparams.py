@@ -56,6 +56,7 @@ class Hyperparameters:
     budget: Budget
     compute: float  # the C the rules are functions of: budget.flops, else 6 N D of the target
     from_rule: dict[str, bool]  # RULE_KEYS -> chosen by a rule (True) or pinned in train.yaml
+    lr_clamp: str | None = None  # "min" or "max": the rule's LR lay beyond that hparams.lr bound
 
 
 def _number(cfg: Mapping[str, Any], path: str, bound: str = "", integer: bool = False) -> Any:
@@ -121,6 +122,12 @@ def rule_lr(rules: Rules, compute: float) -> float:
     """Peak LR = coefficient x C^exponent, clamped to [lr.min, lr.max]."""
     lr = rules.lr_coefficient * compute**rules.lr_exponent
     return min(max(lr, rules.lr_min), rules.lr_max)
+
+
+def lr_clamp(rules: Rules, compute: float) -> str | None:
+    """Which bound of [lr.min, lr.max] rule_lr clamped at C, if either."""
+    lr = rules.lr_coefficient * compute**rules.lr_exponent
+    return "min" if lr < rules.lr_min else "max" if lr > rules.lr_max else None
 
 
 def rule_batch_sequences(rules: Rules, compute: float, seq_len: int, target_tokens: float) -> int:
@@ -230,8 +237,9 @@ def resolve_hparams(
         batch_name = "train.batch_tokens"
     budget = whole_steps(target, batch_tokens, batch_name=batch_name)
 
+    clamp = None
     if rules is not None and unpinned["lr"]:
-        lr = rule_lr(rules, compute)
+        lr, clamp = rule_lr(rules, compute), lr_clamp(rules, compute)
     else:
         rule = "is out of range: use a number >= 0 (e.g. 3.0e-3) or null for the rule"
         lr = finite_number("train.lr", train.get("lr"), rule)
@@ -250,6 +258,7 @@ def resolve_hparams(
         budget=budget,
         compute=compute,
         from_rule=unpinned,
+        lr_clamp=clamp,
     )
 
 
@@ -320,7 +329,7 @@ def ladder_table(rungs: Sequence[Rung]) -> str:
                 f"{n:,}",
                 f"{d:,}",
                 f"{6 * n * d:.2e}",
-                f"{hp.lr:.2e}",
+                f"{hp.lr:.2e}" + ("*" if hp.lr_clamp else ""),
                 f"{hp.batch_tokens:,}",
                 str(hp.batch_tokens // r.seq_len),
                 f"{hp.micro_batch_size} x {hp.grad_accum}",
@@ -339,6 +348,11 @@ def ladder_table(rungs: Sequence[Rung]) -> str:
         ruled = ", ".join(k for k, rule in from_rule.items() if rule) or "nothing"
         pinned = ", ".join(RULE_KEYS[k] for k, rule in from_rule.items() if not rule)
         lines.append(f"from rules: {ruled}" + (f"; pinned: {pinned}" if pinned else ""))
+        bounds = sorted({r.hparams.lr_clamp for r in rungs if r.hparams.lr_clamp})
+        if bounds:
+            # a fitted rule (python -m sweep.fit.hparams) clamped here is not the fit's LR
+            lines.append("* the LR rule's value lies beyond hparams.lr."
+                         + " and hparams.lr.".join(bounds) + ", which clamps it")
     return "\n".join(lines)
 
 

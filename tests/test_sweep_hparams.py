@@ -251,10 +251,16 @@ def test_cli_prints_every_rung(capsys):
     main(["budget.tokens_per_param=20"])
     out = capsys.readouterr().out.splitlines()
     assert out[0].split()[:5] == ["model", "N", "D", "C=6ND", "lr"]
-    assert [line.split()[0] for line in out[1:-1]] == sorted(
-        ladder_rungs(), key=lambda name: float(name[4:-1]))
-    assert out[-2].split()[4:6] == ["1.32e-03", "524,288"]  # gpt_287m
-    assert out[-1] == "from rules: lr, batch_tokens, warmup_steps"
+    rows = [line.split() for line in out[1:-2]]
+    assert [row[0] for row in rows] == sorted(ladder_rungs(), key=lambda name: float(name[4:-1]))
+    assert rows[-1][4:6] == ["1.32e-03", "524,288"]  # gpt_287m
+    assert out[-2] == "from rules: lr, batch_tokens, warmup_steps"
+    # Below C ~ 1.4e16 the rule's LR exceeds lr.max = 3e-3 (gpt_11m: 0.3118 x 1.35e16^-0.125 =
+    # 3.006e-3): those rungs' LRs are marked, and the last line says why
+    assert [row[0] for row in rows if row[4] == "3.00e-03*"] == [
+        "gpt_1m", "gpt_3m", "gpt_6m", "gpt_11m"]
+    assert not any(row[4].endswith("*") for row in rows[4:])
+    assert out[-1] == "* the LR rule's value lies beyond hparams.lr.max, which clamps it"
 
 
 def test_cli_reports_pins_and_errors_in_one_line(capsys):
