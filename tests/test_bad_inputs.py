@@ -182,7 +182,8 @@ ROWS = (
     Row("unknown-experiment-under-config-dir",
         ("-m", "sweep.train", "--config-dir", "{root}/my_configs", *train("experiment=mien")[2:]),
         2, ("experiment=mien",
-            "choose one of horizons, horizons_wsd, isoflop, kaplan, ladder_300m, lr_batch, mine, smoke",
+            "choose one of horizons, horizons_wsd, isoflop, kaplan, ladder_300m, lr_batch, mine, "
+            "smoke",
             "(configs/experiment/, {root}/my_configs/experiment/)"), setup=own_experiment),
     Row("config-dir-not-a-folder",
         ("-m", "sweep.train", "-cd", "{root}/my_confgs", *train("experiment=mine")[2:]), 2,

@@ -102,7 +102,8 @@ def test_a_typo_under_a_config_dir_lists_the_options_of_both_folders(own_configs
     line = unknown_choice(["--config-dir", str(own_configs), "experiment=mien"], TRAIN_HINTS)
     assert line == (
         "unknown experiment experiment=mien: choose one of horizons, horizons_wsd, isoflop, "
-        f"kaplan, ladder_300m, lr_batch, mine, smoke (configs/experiment/, {own_configs}/experiment/)")
+        f"kaplan, ladder_300m, lr_batch, mine, smoke (configs/experiment/, "
+        f"{own_configs}/experiment/)")
     line = unknown_choice([f"hydra.searchpath=[file://{own_configs}]", "model=tiny3"],
                           TRAIN_HINTS)
     assert line is not None and "\n" not in line
