@@ -34,7 +34,7 @@ def test_a_table_gives_the_laws_and_a_hparams_config_hydra_composes(
     assert main([str(_csv(tmp_path / "sweep.csv", noise=0.002)), "--out", str(out),
                  "--bootstrap", "100"]) == 0
     printed = capsys.readouterr().out
-    assert "lr_opt = 0.3" in printed and "(4 budgets)" in printed
+    assert "lr_opt = 0.3" in printed and "(4 budgets; 1.00x power_law's at C=8.3e+16)" in printed
     assert "copy it to configs/hparams/fitted.yaml and train with hparams=fitted" in printed
     assert sorted(p.name for p in out.iterdir()) == ["hparams.yaml", "hparams_fit.png",
                                                      "report.json", "report.md"]
@@ -68,7 +68,7 @@ def test_a_table_gives_the_laws_and_a_hparams_config_hydra_composes(
     small, large = (line.split() for line in table.stdout.splitlines()[1:3])
     c, lr_shown = float(large[3]), float(large[4])
     assert lr_shown == pytest.approx(lr["coefficient"] * c ** lr["exponent"], rel=0.01)
-    assert small[0] == "gpt_3m" and float(small[4]) == 3.2e-3
+    assert small[0] == "gpt_3m" and small[4] == "3.20e-03*"  # * : the clamp set it
 
 
 def test_runs_directory_reads_each_runs_lr_batch_and_rule_compute(tmp_path: Path) -> None:
@@ -154,7 +154,8 @@ def test_the_cli_runs_without_torch_hydra_or_pyyaml(tmp_path: Path) -> None:
                            "--out", str(out), "--bootstrap", "20"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "lr clamps of power_law.yaml not checked against the law (no PyYAML)" in done.stdout
+    assert ("power_law.yaml not read (no PyYAML): its lr clamps are not checked against the "
+            "law, nor its rules compared") in done.stdout
     assert "max:" not in (out / "hparams.yaml").read_text()
 
 
@@ -183,3 +184,44 @@ def test_repeated_rows_count_once_and_a_missing_base_is_refused_for_any_law(
     assert main([str(tmp_path / "batch.csv"), "--out", str(out), "--bootstrap", "0"]) == 0
     rules = yaml.safe_load((out / "hparams.yaml").read_text())
     assert set(rules) == {"defaults", "name", "batch"}
+
+
+def test_the_base_rules_are_compared_and_read_through_their_defaults(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # Runs drawn from DeepSeek's laws against power_law (DeepSeek's): ratios of 1, and the
+    # base's values per budget beside the optima
+    path = _csv(tmp_path / "sweep.csv", noise=0.002)
+    out = tmp_path / "report"
+    assert main([str(path), "--out", str(out), "--bootstrap", "0"]) == 0
+    assert "(4 budgets; 1.00x power_law's at C=8.3e+16)" in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert report["base_rule"]["lr"] == {"coefficient": 0.3118, "exponent": -0.125,
+                                         "min": 1e-4, "max": 3e-3}
+    assert report["laws"]["lr"]["over_base"] == pytest.approx(1.0, abs=0.02)
+    assert report["laws"]["batch"]["over_base"] == pytest.approx(1.0, abs=0.04)
+    smallest = report["budgets"][0]
+    assert smallest["base"] == {"lr": 3e-3,  # clamped: the rule gives 3.12e-3 at 1e16
+                                "batch": pytest.approx(B_K * SIZES[0][1] ** B_E)}
+    assert "| power_law: LR, batch |" in (out / "report.md").read_text()
+
+    # An earlier fitted file as the base: its own lr over power_law's clamps
+    configs = tmp_path / "hparams"
+    configs.mkdir()
+    (configs / "power_law.yaml").write_text((ROOT / "configs/hparams/power_law.yaml").read_text())
+    (configs / "v1.yaml").write_text("defaults:\n  - power_law\n  - _self_\n\nname: v1\nlr:\n"
+                                     "  coefficient: 0.6236\n  exponent: -0.125\n")
+    monkeypatch.setattr("sweep.fit.base_rules.HPARAMS_DIR", configs)
+    assert main([str(path), "--out", str(out), "--bootstrap", "0", "--base", "v1",
+                 "--name", "v2"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["base_rule"]["lr"] == {"coefficient": 0.6236, "exponent": -0.125,
+                                         "min": 1e-4, "max": 3e-3}
+    # v1's rule, twice DeepSeek's, gives 4.8e-3 at the middle C: power_law's lr.max clamps it
+    lr = report["laws"]["lr"]
+    assert lr["over_base"] == pytest.approx(lr["at_pivot"] / 3e-3) == pytest.approx(0.8, abs=0.02)
+    assert "defaults:\n  - v1\n  - _self_\n\nname: v2\n" in (out / "hparams.yaml").read_text()
+    (configs / "v1.yaml").write_text("defaults:\n  - v1\n")
+    assert main([str(path), "--out", str(out), "--base", "v1", "--name", "v2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --base v1: ") and "v1.yaml includes itself" in err

@@ -18,6 +18,7 @@ import pandas as pd
 
 from sweep.collect import CollectError, collect_runs
 from sweep.errors import OneLineParser
+from sweep.fit.base_rules import compare, read_base
 from sweep.fit.hparams_report import render_markdown, render_yaml, write_figure
 from sweep.fit.optimum import OptimumOptions, fit_optimum
 from sweep.fit.report import check_out_dir, dump_json, replace_dir, unwritable
@@ -30,7 +31,6 @@ from sweep.fit.table import (
 )
 
 _DEFAULTS = OptimumOptions()
-HPARAMS_DIR = Path(__file__).resolve().parents[2] / "configs" / "hparams"
 
 
 @dataclass(frozen=True)
@@ -101,50 +101,6 @@ def _options(args: argparse.Namespace) -> OptimumOptions:
     return OptimumOptions(window_decades=args.window, include_edge=args.include_edge,
                           near_optimal=args.near_optimal, bootstrap=args.bootstrap,
                           seed=args.seed)
-
-
-def _lr_block(base: str, seen: tuple[str, ...] = ()) -> dict:
-    """configs/hparams/<base>.yaml's `lr` keys, with those it inherits through its defaults list
-    (an earlier fitted file, say) underneath: a TableError for a missing or cyclic file."""
-    import yaml
-
-    path = HPARAMS_DIR / f"{base}.yaml"
-    if not path.is_file() or base in seen:
-        have = ", ".join(sorted(p.stem for p in HPARAMS_DIR.glob("*.yaml")))
-        what = "includes itself" if base in seen else "does not exist"
-        raise TableError(f"--base {seen[0] if seen else base}: {path} {what}; name a file of "
-                         f"configs/hparams ({have})")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise TableError(f"--base {base}: cannot read {path} ({exc})") from None
-    lr: dict = {}
-    for entry in data.get("defaults") or []:
-        if isinstance(entry, str) and entry != "_self_":
-            lr.update(_lr_block(entry, (*seen, base)))
-    lr.update(data.get("lr") or {})
-    return lr
-
-
-def base_lr_clamps(base: str, notes: list[str]) -> tuple[float, float] | None:
-    """(lr.min, lr.max) of configs/hparams/<base>.yaml, which hparams.yaml inherits: the fitted
-    law must not be clamped inside the budgets it was fitted on. None (with a note) where they
-    cannot be read, or PyYAML (which comes with hydra-core) is not installed: the fitter needs
-    only numpy, scipy, pandas and matplotlib."""
-    if not (HPARAMS_DIR / f"{base}.yaml").is_file():
-        _lr_block(base)  # the error naming the files there
-    try:
-        import yaml  # noqa: F401 (only whether it is there)
-    except ImportError:
-        notes.append(f"lr clamps of {base}.yaml not checked against the law (no PyYAML)")
-        return None
-    lr = _lr_block(base)
-    try:
-        return float(lr["min"]), float(lr["max"])
-    except (KeyError, TypeError, ValueError):
-        notes.append(f"lr clamps of {base}.yaml not checked against the law (it sets no numeric "
-                     "lr.min and lr.max)")
-        return None
 
 
 def _compute(table: pd.DataFrame, cols: SweepColumns, where: str, notes: list[str]
@@ -234,8 +190,10 @@ def _summary(report: dict) -> list[str]:
     for axis, law in report["laws"].items():
         ci = law.get("ci95", {}).get("exponent")
         interval = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+        ratio = (f"; {law['over_base']:.2f}x {report['base_rule']['name']}'s at C="
+                 f"{law['pivot_C']:.2g}" if "over_base" in law else "")
         lines.append(f"{axis}_opt = {law['coefficient']:.4g} C^{law['exponent']:.4f}{interval} "
-                     f"({law['budgets']} budgets)")
+                     f"({law['budgets']} budgets{ratio})")
     lines += [f"skipped {axis} law: {why}" for axis, why in report["skipped"].items()]
     lines += [f"no interval for the {axis} law: {why}" for axis, why in report["no_ci"].items()]
     lines += [f"warning: {w}" for w in report["warnings"]]
@@ -252,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         cols = SweepColumns(N=args.n_col, C=args.c_col, lr=args.lr_col, batch=args.batch_col,
                             loss=args.loss_col)
         table, notes = load_sweep(args.source, cols, args.skip_unreadable, args.where)
+        base = read_base(args.base, notes)  # before the fit: a wrong --base fails at once
         report = fit_optimum(table, options)
         if not any("skipped" not in row for row in report["budgets"]):
             reasons = "; ".join(f"N={r['N']:.3g}, C={r['C']:.3g}: {r['skipped']}"
@@ -262,7 +221,9 @@ def main(argv: list[str] | None = None) -> int:
             "window_decades": options.window_decades, "include_edge": options.include_edge,
             "near_optimal": options.near_optimal, "bootstrap": options.bootstrap,
             "seed": options.seed, "where": args.where, "name": args.name, "base": args.base})
-        clamps = base_lr_clamps(args.base, notes) if report["laws"] else None
+        if base is not None:
+            compare(report, base)
+        clamps = base.clamps() if base is not None else None
         yaml_text = render_yaml(report, args.name, args.base, clamps) if report["laws"] else None
 
         def fill(tmp: Path) -> None:

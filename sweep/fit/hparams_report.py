@@ -30,14 +30,19 @@ def _interval(pair: list[float] | None, digits: int = 4) -> str:
 
 
 def _budget_rows(report: dict[str, Any]) -> list[str]:
-    lines = ["| N | C (FLOPs) | runs | best run: LR, batch, loss | LR_opt | batch_opt | "
-             "loss at optimum | note |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    base = report.get("base_rule", {}).get("name")
+    extra = [f"{base}: LR, batch"] if base else []
+    header = ["N", "C (FLOPs)", "runs", "best run: LR, batch, loss", "LR_opt", "batch_opt",
+              "loss at optimum", *extra, "note"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for r in report["budgets"]:
         best = r["best_run"]
         cells = [_g(r["N"], 3), _g(r["C"], 3), str(r["runs"]),
                  f"{_g(best['lr'], 3)}, {_g(best['batch'], 3)}, {_g(best['loss'])}"]
+        given = [", ".join(_g(r["base"][a], 3) if a in r["base"] else "-"
+                           for a in ("lr", "batch"))] if base else []
         if "skipped" in r:
-            lines.append("| " + " | ".join(cells + ["-", "-", "-", r["skipped"]]) + " |")
+            lines.append("| " + " | ".join(cells + ["-", "-", "-", *given, r["skipped"]]) + " |")
             continue
         for axis in ("lr", "batch"):
             mark = " (edge)" if r["edge"].get(axis) else ""
@@ -46,7 +51,7 @@ def _budget_rows(report: dict[str, Any]) -> list[str]:
         notes = [f"{', '.join(unused)} left out of the law (edge)"] if unused else []
         notes += [f"no {a} optimum: {why}" for a, why in r.get("unlocated", {}).items()]
         note = "; ".join(notes)
-        lines.append("| " + " | ".join(cells + [_g(r["loss"]), note]) + " |")
+        lines.append("| " + " | ".join(cells + [_g(r["loss"]), *given, note]) + " |")
     return lines
 
 
@@ -70,7 +75,9 @@ def render_markdown(report: dict[str, Any], plots: list[str]) -> str:
                      f"{_g(law['exponent'])} over {law['budgets']} budgets; exponent 95 % "
                      f"interval {_interval(ci.get('exponent'))}; at C = "
                      f"{_g(law['pivot_C'], 3)} (the budgets' middle) {_g(law['at_pivot'])} "
-                     f"{_interval(ci.get('at_pivot'))}")
+                     f"{_interval(ci.get('at_pivot'))}"
+                     + (f", {law['over_base']:.2f}x what {report['base_rule']['name']}'s "
+                        "rule gives there" if "over_base" in law else ""))
     lines += [f"- no {AXIS_LABELS[a]} law: {why}" for a, why in report["skipped"].items()]
     lines += [f"- no interval for the {AXIS_LABELS[a]} law: {why}"
               for a, why in report["no_ci"].items()]
@@ -189,6 +196,13 @@ def write_figure(report: dict[str, Any], table: pd.DataFrame, out_dir: Path) -> 
         if law:
             ax.plot(cs, law["coefficient"] * cs ** law["exponent"], color="tab:blue",
                     label=f"{_g(law['coefficient'], 3)} C^{_g(law['exponent'], 3)}")
+        given = report.get("base_rule", {}).get(axis, {})
+        if {"coefficient", "exponent"} <= set(given):
+            values = given["coefficient"] * cs ** given["exponent"]
+            if axis == "lr":  # as sweep.hparams clamps it (the batch's clamps are in sequences)
+                values = np.clip(values, given.get("min", 0.0), given.get("max", np.inf))
+            ax.plot(cs, values, color="tab:orange", ls=":",
+                    label=f"{report['base_rule']['name']} rule")
         band = report["near_optimal"].get(axis)
         if band:
             ax.plot(cs, band["coefficient"] * cs ** band["exponent"], color="tab:gray", ls="--",
