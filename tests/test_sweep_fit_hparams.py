@@ -166,14 +166,18 @@ def test_repeated_rows_count_once_and_a_missing_base_is_refused_for_any_law(
     assert main([str(path), "--out", str(once), "--bootstrap", "0"]) == 0
     capsys.readouterr()
     table = pd.read_csv(path)
-    copies = table.iloc[:5].assign(run_id=[f"copy{i}" for i in range(5)])
-    pd.concat([table, copies]).to_csv(tmp_path / "twice.csv", index=False)
+    # two collected tables concatenated: the repeated rows count once
+    pd.concat([table, table.iloc[:5]]).to_csv(tmp_path / "twice.csv", index=False)
     twice = tmp_path / "twice"
     assert main([str(tmp_path / "twice.csv"), "--out", str(twice), "--bootstrap", "0"]) == 0
-    assert "dropped 5 rows repeating another row's N, C, LR, batch and loss exactly" in (
-        capsys.readouterr().out)
+    assert "dropped 5 rows repeating another row in every column" in capsys.readouterr().out
     assert json.loads((twice / "report.json").read_text())["laws"] == json.loads(
         (once / "report.json").read_text())["laws"]
+    # one run id with two different rows is not one run: refused
+    table.assign(loss=table["loss"] * 1.01).iloc[:1].pipe(
+        lambda other: pd.concat([table, other])).to_csv(tmp_path / "clash.csv", index=False)
+    assert main([str(tmp_path / "clash.csv"), "--out", str(twice)]) == 2
+    assert "has run ids in several rows that differ" in capsys.readouterr().err
     # a batch-only sweep (one LR a budget) still names its base in hparams.yaml: it must exist
     batch_only = table[table.groupby("hparams_compute")["hparams_lr"].transform(
         lambda lr: lr == sorted(lr.unique())[2])]
@@ -225,3 +229,37 @@ def test_the_base_rules_are_compared_and_read_through_their_defaults(
     assert main([str(path), "--out", str(out), "--base", "v1", "--name", "v2"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --base v1: ") and "v1.yaml includes itself" in err
+
+
+@pytest.mark.parametrize("base_text, outcome", [
+    # PyYAML reads 2e-3 as a string; Hydra (OmegaConf) as 0.002, and so must the check
+    ("defaults:\n  - power_law\n  - _self_\nlr:\n  max: 2e-3\n", {"max": 2e-3}),
+    # _self_ first: power_law, composed after it, wins
+    ("defaults:\n  - _self_\n  - power_law\nlr:\n  max: 0.01\n", {"max": 3e-3}),
+    ("defaults:\n  - power_law\nlr: 0.003\n", "is not an hparams config"),
+    ("defaults:\n  - mine\n", "mine.yaml includes itself"),
+])
+def test_a_base_is_read_as_hydra_composes_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        base_text: str, outcome: dict | str) -> None:
+    configs = tmp_path / "hparams"
+    configs.mkdir()
+    (configs / "power_law.yaml").write_text((ROOT / "configs/hparams/power_law.yaml").read_text())
+    (configs / "mine.yaml").write_text(base_text)
+    monkeypatch.setattr("sweep.fit.base_rules.HPARAMS_DIR", configs)
+    out = tmp_path / "report"
+    code = main([str(_csv(tmp_path / "sweep.csv")), "--out", str(out), "--bootstrap", "0",
+                 "--base", "mine"])
+    if isinstance(outcome, str):
+        assert code == 2 and outcome in capsys.readouterr().err and not out.exists()
+        return
+    assert code == 0
+    lr = json.loads((out / "report.json").read_text())["base_rule"]["lr"]
+    assert lr["max"] == outcome["max"] and lr["min"] == 1e-4
+    rules = yaml.safe_load((out / "hparams.yaml").read_text())
+    # the fitted optima reach 3.1e-3: a max of 2e-3 or 3e-3 is lifted to 3.2e-3
+    assert rules["lr"]["max"] == 3.2e-3
+    # a name on the base's chain would overwrite a file it inherits from
+    assert main([str(_csv(tmp_path / "sweep.csv")), "--out", str(out), "--base", "mine",
+                 "--name", "power_law"]) == 2
+    assert "--name power_law is a config --base mine inherits from" in capsys.readouterr().err

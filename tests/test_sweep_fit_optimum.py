@@ -142,6 +142,10 @@ def test_several_sizes_at_one_compute_are_separate_budgets() -> None:
     one, other = sweep(), sweep()
     other["N"] *= 2
     report = fit_optimum(pd.concat([one, other], ignore_index=True), OptimumOptions(bootstrap=0))
+    one_c = fit_optimum(pd.concat([one, other])[lambda t: t["C"] == SIZES[0][1]],
+                        OptimumOptions(bootstrap=0))
+    assert one_c["skipped"]["lr"] == ("the 2 budgets with a usable lr optimum all sit at C = "
+                                      "1e+16: a law in C needs budgets at 2 or more C")
     assert [(row["N"], row["C"]) for row in report["budgets"][:2]] == [
         (SIZES[0][0], SIZES[0][1]), (2 * SIZES[0][0], SIZES[0][1])]
     assert report["laws"]["lr"]["budgets"] == 8
@@ -176,15 +180,25 @@ def test_loss_falling_to_the_smallest_batch_still_locates_the_lr() -> None:
         assert row["unlocated"]["batch"].startswith("log loss has no minimum in log batch")
         assert row["best_run"]["batch"] == table.loc[table["C"] == row["C"], "batch"].min()
     assert report["laws"]["lr"]["budgets"] == 4 and "batch" in report["skipped"]
+    # each LR optimum is the one at the smallest batch tried, not a joint optimum: warned
+    assert all(row["conditional"] == {"lr": {"batch": pytest.approx(row["best_run"]["batch"])}}
+               for row in report["budgets"])
+    assert report["warnings"] == [
+        "4 of the lr law's 4 budgets place their lr optimum at one batch (the best run's), "
+        "where the batch has no minimum in the grid: the law holds at those batch values, not "
+        "at a joint optimum; extend the batch grid to locate it"]
 
 
 def test_a_plateau_has_no_optimum_whatever_the_row_order() -> None:
     table = sweep(noise=0.001)
     first = table["C"] == SIZES[0][1]
     table.loc[first, "loss"] = 3.0
-    report = fit_optimum(table, OptimumOptions(bootstrap=0))
-    assert report["budgets"][0]["skipped"].startswith("the loss is flat (its runs within 0 % of")
-    assert report["laws"]["lr"]["budgets"] == 3
+    for seed in (0, 1):  # argmin would pick whichever tied run comes first
+        shuffled = table.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+        report = fit_optimum(shuffled, OptimumOptions(bootstrap=0))
+        assert report["budgets"][0]["skipped"].startswith(
+            "the loss is flat (its runs within 0 % of")
+        assert report["laws"]["lr"]["budgets"] == 3
 
 
 def test_the_bootstrap_refits_the_law_over_the_fits_budgets_only() -> None:
@@ -199,3 +213,5 @@ def test_the_bootstrap_refits_the_law_over_the_fits_budgets_only() -> None:
     assert lr["budgets"] == 3 and lr["ci95"]["draws"] == 200
     lo, hi = lr["ci95"]["exponent"]
     assert lo < lr["exponent"] < hi and lo < LR_E < hi
+    # refitting over the edge budget as well would spread the draws (to [-0.21, -0.06])
+    assert hi - lo < 0.03

@@ -26,24 +26,47 @@ def _path(base: str, seen: tuple[str, ...] = ()) -> Path:
     return path
 
 
-def _blocks(base: str, seen: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
-    """The `lr` and `batch` keys of <base>.yaml over those it inherits through its defaults list
-    (an earlier fitted file, say), as Hydra composes them (`_self_` last)."""
+def _number(value: Any) -> float | None:
+    """A YAML value as a number: PyYAML reads 2e-3 (no dot) as a string, OmegaConf as 0.002."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, numbers.Real):
+        return float(value)
+    try:
+        return float(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
+def _blocks(base: str, seen: tuple[str, ...] = ()) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """(the `lr` and `batch` keys of <base>.yaml over those it inherits through its defaults
+    list, merged in that list's order as Hydra composes it (`_self_` last where it is absent);
+    the names of every file on the chain)."""
     import yaml
 
     path = _path(base, seen)
     try:
         data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise TableError(f"--base {base}: cannot read {path} ({exc})") from None
+    if not isinstance(data, dict) or not all(
+            isinstance(data.get(block) or {}, dict) for block in BLOCKS):
+        raise TableError(f"--base {base}: {path} is not an hparams config (its top level, lr "
+                         "and batch must be mappings, as in power_law.yaml)")
+    entries = [e for e in data.get("defaults") or [] if isinstance(e, str)]
+    if "_self_" not in entries:
+        entries.append("_self_")
     merged: dict[str, dict[str, Any]] = {block: {} for block in BLOCKS}
-    for entry in data.get("defaults") or []:
-        if isinstance(entry, str) and entry != "_self_":
-            for block, keys in _blocks(entry, (*seen, base)).items():
-                merged[block].update(keys)
-    for block in BLOCKS:
-        merged[block].update(data.get(block) or {})
-    return merged
+    chain = [base]
+    for entry in entries:
+        if entry == "_self_":
+            inherited = {block: data.get(block) or {} for block in BLOCKS}
+        else:
+            inherited, names = _blocks(entry, (*seen, base))
+            chain += names
+        for block, keys in inherited.items():
+            merged[block].update(keys)
+    return merged, chain
 
 
 @dataclass(frozen=True)
@@ -54,6 +77,7 @@ class BaseRules:
     name: str
     lr: dict[str, float]
     batch: dict[str, float]
+    chain: tuple[str, ...] = ()  # the base and every file it inherits from
 
     def clamps(self) -> tuple[float, float] | None:
         """(lr.min, lr.max), or None where it does not set both."""
@@ -85,13 +109,13 @@ def read_base(base: str, notes: list[str]) -> BaseRules | None:
         notes.append(f"{base}.yaml not read (no PyYAML): its lr clamps are not checked against "
                      "the law, nor its rules compared")
         return None
-    blocks = _blocks(base)
+    blocks, chain = _blocks(base)
 
     def numbers_of(block: str) -> dict[str, float]:
-        return {k: float(v) for k, v in blocks[block].items()
-                if isinstance(v, numbers.Real) and not isinstance(v, bool)}
+        values = {k: _number(v) for k, v in blocks[block].items()}
+        return {k: v for k, v in values.items() if v is not None}
 
-    rules = BaseRules(base, numbers_of("lr"), numbers_of("batch"))
+    rules = BaseRules(base, numbers_of("lr"), numbers_of("batch"), tuple(chain))
     if rules.clamps() is None:
         notes.append(f"lr clamps of {base}.yaml not checked against the law (it sets no numeric "
                      "lr.min and lr.max)")

@@ -146,10 +146,19 @@ def load_sweep(source: str | Path, cols: SweepColumns, skip_unreadable: bool = F
                          "beyond the optimum, which the fit needs no run to show")
         table, place, runs_dir = collected.table, f"under {path}", str(path)
     else:
-        table = read_table(path).reset_index(drop=True)
-        if "run_id" in table.columns and table["run_id"].duplicated().any():
-            raise TableError(f"{path} repeats run ids (a curves table?): give a row per run, "
-                             f"e.g. python -m sweep.collect RUNS --out runs.csv")
+        table = read_table(path)
+        # the same run twice (two tables concatenated, say) would weigh double: fitted once
+        copies = table.duplicated()
+        if copies.any():
+            notes.append(f"dropped {int(copies.sum())} rows repeating another row in every "
+                         "column: each run is fitted once")
+            table = table[~copies]
+        table = table.reset_index(drop=True)
+        keys = [c for c in ("experiment", "run_id") if c in table.columns]
+        if "run_id" in keys and table.duplicated(keys).any():
+            raise TableError(f"{path} has run ids in several rows that differ (a curves "
+                             "table?): give a row per run, e.g. python -m sweep.collect RUNS "
+                             "--out runs.csv")
         place, runs_dir = f"in {path}", "<runs folder>"
     if table.empty:
         raise TableError(f"no finished runs {place}: train the sweep first")
@@ -167,12 +176,6 @@ def load_sweep(source: str | Path, cols: SweepColumns, skip_unreadable: bool = F
                                 flag="--batch-col"),
         "loss": numeric_column(table, cols.loss, "loss", what, flag="--loss-col"),
     })
-    copies = out.duplicated()
-    if copies.any():
-        # the same run collected twice (two tables concatenated, say) would weigh double
-        notes.append(f"dropped {int(copies.sum())} rows repeating another row's N, C, LR, batch "
-                     "and loss exactly: each run is fitted once")
-        out = out[~copies].reset_index(drop=True)
     return out, notes
 
 
@@ -211,6 +214,10 @@ def main(argv: list[str] | None = None) -> int:
                             loss=args.loss_col)
         table, notes = load_sweep(args.source, cols, args.skip_unreadable, args.where)
         base = read_base(args.base, notes)  # before the fit: a wrong --base fails at once
+        if base is not None and args.name in base.chain:
+            raise TableError(f"--name {args.name} is a config --base {args.base} inherits from: "
+                             f"copied into configs/hparams/ the file would replace it and "
+                             f"inherit from itself; choose another name, e.g. --name fitted")
         report = fit_optimum(table, options)
         if not any("skipped" not in row for row in report["budgets"]):
             reasons = "; ".join(f"N={r['N']:.3g}, C={r['C']:.3g}: {r['skipped']}"

@@ -50,6 +50,8 @@ def _budget_rows(report: dict[str, Any]) -> list[str]:
         unused = [a for a, used in r["used"].items() if not used]
         notes = [f"{', '.join(unused)} left out of the law (edge)"] if unused else []
         notes += [f"no {a} optimum: {why}" for a, why in r.get("unlocated", {}).items()]
+        notes += [f"{a} at {other} {_g(value, 3)} only" for a, held in
+                  r.get("conditional", {}).items() for other, value in held.items()]
         note = "; ".join(notes)
         lines.append("| " + " | ".join(cells + [_g(r["loss"]), *given, note]) + " |")
     return lines
@@ -62,9 +64,10 @@ def render_markdown(report: dict[str, Any], plots: list[str]) -> str:
     lines += ["## Optimum per budget", "",
               "Each budget's optimum is the vertex of a quadratic of log loss in (log LR, log "
               f"batch) over the runs within {report['options']['window_decades']:g} decades of "
-              "its best run (a parabola in one of them where the other has fewer than 3 values "
-              "there). An optimum at or beyond the edge of its grid (edge) is only a bound and "
-              "stays out of the laws unless --include-edge.", ""]
+              "its best run; where the other has fewer than 3 values there, or that surface has "
+              "no minimum, the vertex of a parabola along each axis (at one value of the other). "
+              "An optimum at or beyond the edge of its grid (edge) is only a bound and stays out "
+              "of the laws unless --include-edge.", ""]
     lines += _budget_rows(report) + [""]
     lines += ["## Laws", "", "C is the compute the hparams rules see (a budget.flops run's "
               "budget, else 6 N D with N non-embedding), as in configs/hparams/power_law.yaml.",
@@ -76,6 +79,9 @@ def render_markdown(report: dict[str, Any], plots: list[str]) -> str:
                      f"interval {_interval(ci.get('exponent'))}; at C = "
                      f"{_g(law['pivot_C'], 3)} (the budgets' middle) {_g(law['at_pivot'])} "
                      f"{_interval(ci.get('at_pivot'))}"
+                     + (f" ({ci['draws']} of {report['options']['bootstrap']} redrawn sweeps "
+                        "placed every budget's optimum; the rest are left out)"
+                        if ci and ci["draws"] < report["options"]["bootstrap"] else "")
                      + (f", {law['over_base']:.2f}x what {report['base_rule']['name']}'s "
                         "rule gives there" if "over_base" in law else ""))
     lines += [f"- no {AXIS_LABELS[a]} law: {why}" for a, why in report["skipped"].items()]
@@ -105,7 +111,7 @@ def render_markdown(report: dict[str, Any], plots: list[str]) -> str:
 
 
 def _number(value: float) -> str:
-    # YAML 1.1 (PyYAML, under OmegaConf) reads 3e-05 as a string: a float needs its dot
+    # PyYAML reads 3e-05 (no dot) as a string, OmegaConf as a float: with its dot, both agree
     text = f"{value:.6g}"
     if "e" in text and "." not in text.split("e")[0]:
         text = text.replace("e", ".0e", 1)

@@ -200,6 +200,14 @@ def _optimum(budget: Budget, x: np.ndarray, y: np.ndarray, z: np.ndarray
         return "; ".join(dict.fromkeys(reasons + list(merged["unlocated"].values())))
     if not merged["unlocated"]:
         del merged["unlocated"]
+    elif reasons:
+        # the 2-D surface had no minimum and one axis none either: the other's optimum is taken
+        # along one value of it, which may be far from the joint optimum (the report warns)
+        for s in budget.fits:
+            if s.form in merged["form"]:
+                other = "batch" if s.form == "lr" else "lr"
+                held = s.origin[1] if s.form == "lr" else s.origin[0]
+                merged.setdefault("conditional", {})[s.form] = {other: float(10.0**held)}
     return merged
 
 
@@ -276,6 +284,10 @@ def fit_optimum(table: pd.DataFrame, options: OptimumOptions) -> dict[str, Any]:
                              f"{'train.lr' if axis == 'lr' else 'train.batch_tokens'} too to "
                              "fit its law")
             continue
+        if law is None and len({p[0] for p in pts}) == 1 and len(pts) > 1:
+            skipped[axis] = (f"the {len(pts)} budgets with a usable {axis} optimum all sit at C "
+                             f"= {pts[0][0]:.3g}: a law in C needs budgets at 2 or more C")
+            continue
         if law is None:
             fitted = sum(axis in r for r in rows)
             edge = sum(1 for r in rows if axis in r and r["edge"][axis])
@@ -296,6 +308,16 @@ def fit_optimum(table: pd.DataFrame, options: OptimumOptions) -> dict[str, Any]:
                 if (law["exponent"] > 0) == (axis == "lr")]
     warnings += [f"the {axis} law passes through its 2 budgets exactly: add budgets to test "
                  "the power law itself" for axis, law in laws.items() if law["budgets"] == 2]
+    for axis in laws:
+        held = [r for r in rows if r.get("used", {}).get(axis) and axis in r.get("conditional",
+                                                                                  {})]
+        if held:
+            other = "batch" if axis == "lr" else "lr"
+            warnings.append(
+                f"{len(held)} of the {axis} law's {laws[axis]['budgets']} budgets place their "
+                f"{axis} optimum at one {other} (the best run's), where the {other} has no "
+                f"minimum in the grid: the law holds at those {other} values, not at a joint "
+                f"optimum; extend the {other} grid to locate it")
     intervals, why = _bootstrap(table, groups, optima, laws, options)
     for axis, ci in intervals.items():
         laws[axis]["ci95"] = ci
