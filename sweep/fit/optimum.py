@@ -200,9 +200,9 @@ def _optimum(budget: Budget, x: np.ndarray, y: np.ndarray, z: np.ndarray
         return "; ".join(dict.fromkeys(reasons + list(merged["unlocated"].values())))
     if not merged["unlocated"]:
         del merged["unlocated"]
-    elif reasons:
-        # the 2-D surface had no minimum and one axis none either: the other's optimum is taken
-        # along one value of it, which may be far from the joint optimum (the report warns)
+    else:
+        # one axis has no minimum: the other's optimum is taken along one value of it, which
+        # may be far from the joint optimum (the report warns)
         for s in budget.fits:
             if s.form in merged["form"]:
                 other = "batch" if s.form == "lr" else "lr"
