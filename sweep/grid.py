@@ -53,6 +53,8 @@ class GridPoint:
     stable_hash: str | None = None
     stable_tokens: int | None = None
     stable_saved: tuple[int, ...] = ()
+    horizon: float | None = None  # hparams.horizon.tokens_per_param: the D/N the rules see
+
 
     @property
     def tokens_per_param(self) -> float:
@@ -244,6 +246,7 @@ def grid_point(
         ),
         stable_saved=tuple(checkpoint_step(p) * plan.batch_tokens
                            for p in (list_checkpoints(folder) if folder else [])),
+        horizon=((plan.config.get("hparams") or {}).get("horizon") or {}).get("tokens_per_param"),
     )
 
 
@@ -306,6 +309,22 @@ def sharing_note(points: Sequence[GridPoint]) -> str | None:
         f"cooldown began: launched in {len(waves)} wave{'s' if len(waves) > 1 else ''}, one budget "
         "of each trajectory a wave"
     )
+
+
+def horizon_note(points: Sequence[GridPoint]) -> str | None:
+    """A note when hparams.horizon.tokens_per_param is below the D/N of points that will train:
+    the rules then give them the LR, batch and warmup of a shorter run than they are."""
+    beyond = [p for p in points if p.action != "skip" and p.horizon
+              and p.tokens_per_param > 1.01 * p.horizon]
+    if not beyond:
+        return None
+    horizons = ", ".join(f"{k:g}" for k in sorted({p.horizon for p in beyond if p.horizon}))
+    largest = max(p.tokens_per_param for p in beyond)
+    return (f"note: hparams.horizon.tokens_per_param={horizons} is below the D/N of "
+            f"{len(beyond)} point{'s' if len(beyond) > 1 else ''} (up to {largest:.3g}, e.g. "
+            f"#{beyond[0].index} {beyond[0].run_id}): the rules give them the LR, batch and "
+            f"warmup of a shorter run than they train; set it to the grid's largest D/N "
+            f"({largest:.3g}) so that the longest run trains as it would alone")
 
 
 def _si(value: float) -> str:

@@ -17,7 +17,7 @@ import sweep.start as start_module
 from sweep.checkpoint import checkpoint_step, list_checkpoints
 from sweep.collect import collect_runs
 from sweep.errors import ConfigError
-from sweep.grid import GridPoint, launch_waves, sharing_note
+from sweep.grid import GridPoint, horizon_note, launch_waves, sharing_note
 from sweep.plan import plan_run
 from sweep.stable import (
     ABANDONED_TEMP_S,
@@ -149,11 +149,25 @@ def test_the_horizon_gives_every_budget_of_a_size_the_rules_of_one_d(plan, tmp_p
 
 
 def point(index: int, d: int, stable: str | None, stable_tokens: int | None = None,
-          action: str = "train", n: int = 100, saved: tuple[int, ...] = ()) -> GridPoint:
+          action: str = "train", n: int = 100, saved: tuple[int, ...] = (),
+          horizon: float | None = None) -> GridPoint:
     return GridPoint(index=index, overrides=(f"budget.tokens={d}",), run_id=f"r{index}",
                      run_dir=f"/runs/x/r{index}", model="m", N=n, D=d, C=600.0 * d, lr=1e-3,
                      batch_tokens=10, action=action, reason="", stable_hash=stable,
-                     stable_tokens=stable_tokens, stable_saved=saved)
+                     stable_tokens=stable_tokens, stable_saved=saved, horizon=horizon)
+
+
+def test_a_horizon_below_a_points_d_over_n_is_noted():
+    # horizon 20 x N = 2000 tokens: the 4000- and 8000-token runs train longer than the rules
+    # assume; the skipped one and those within 1 % (step rounding) are not named
+    points = [point(0, 8000, "a", 6400, horizon=20), point(1, 2000, "a", 1600, horizon=20),
+              point(2, 4000, "a", 3200, horizon=20), point(3, 2010, "a", 1600, horizon=20),
+              point(4, 9000, "a", 7200, horizon=20, action="skip")]
+    assert horizon_note(points) == (
+        "note: hparams.horizon.tokens_per_param=20 is below the D/N of 2 points (up to 80, e.g. "
+        "#0 r0): the rules give them the LR, batch and warmup of a shorter run than they train; "
+        "set it to the grid's largest D/N (80) so that the longest run trains as it would alone")
+    assert horizon_note([point(0, 8000, "a", 6400, horizon=80), point(1, 500, None)]) is None
 
 
 def test_shared_runs_launch_smallest_budget_first_and_the_note_counts_what_they_train():

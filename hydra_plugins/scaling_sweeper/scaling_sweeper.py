@@ -27,6 +27,7 @@ class ScalingSweeper(BasicSweeper):
             describe_failures,
             format_plan,
             held_points,
+            horizon_note,
             launch_waves,
             plan_grid,
             runs_outside,
@@ -60,7 +61,7 @@ class ScalingSweeper(BasicSweeper):
             print(f"error: {err}", file=sys.stderr)
             raise SystemExit(2) from None
         print(format_plan(experiment, points), flush=True)
-        for note in (runs_outside(points), sharing_note(points)):
+        for note in (runs_outside(points), sharing_note(points), horizon_note(points)):
             if note:
                 print(note, flush=True)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
