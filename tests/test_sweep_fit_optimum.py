@@ -85,13 +85,19 @@ def test_a_cross_shaped_grid_fits_a_parabola_along_each_axis() -> None:
         assert row["batch"] == pytest.approx(B_K * row["C"]**B_E, rel=1e-6)
 
 
-def test_an_optimum_at_the_grid_edge_stays_out_of_the_law_unless_asked() -> None:
-    # at the smallest budget every LR is below the optimum: the best run is the grid's largest LR
-    table = sweep(noise=0.001)
+def _lr_below_the_optimum_at_the_smallest_budget(noise: float) -> pd.DataFrame:
+    """The sweep with the smallest budget's LRs 16x lower (noiseless there): its best run is
+    its grid's largest LR, so its LR optimum is at the edge."""
+    table = sweep(noise=noise)
     first = table["C"] == SIZES[0][1]
     table.loc[first, "lr"] /= 16
     table.loc[first, "loss"] = [_loss(lr, b, c) for lr, b, c in
                                 table.loc[first, ["lr", "batch", "C"]].to_numpy()]
+    return table
+
+
+def test_an_optimum_at_the_grid_edge_stays_out_of_the_law_unless_asked() -> None:
+    table = _lr_below_the_optimum_at_the_smallest_budget(noise=0.001)
     report = fit_optimum(table, OptimumOptions(bootstrap=0))
     row = report["budgets"][0]
     assert row["edge"] == {"lr": True, "batch": False}
@@ -203,11 +209,7 @@ def test_a_plateau_has_no_optimum_whatever_the_row_order() -> None:
 
 def test_the_bootstrap_refits_the_law_over_the_fits_budgets_only() -> None:
     # budget 0's LR optimum is at the grid's edge: out of the law, and out of every draw's law
-    table = sweep(noise=0.003)
-    first = table["C"] == SIZES[0][1]
-    table.loc[first, "lr"] /= 16
-    table.loc[first, "loss"] = [_loss(lr, b, c) for lr, b, c in
-                                table.loc[first, ["lr", "batch", "C"]].to_numpy()]
+    table = _lr_below_the_optimum_at_the_smallest_budget(noise=0.003)
     report = fit_optimum(table, OptimumOptions(bootstrap=200, seed=3))
     lr = report["laws"]["lr"]
     assert lr["budgets"] == 3 and lr["ci95"]["draws"] == 200
