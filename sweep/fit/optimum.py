@@ -274,6 +274,20 @@ def fit_optimum(table: pd.DataFrame, options: OptimumOptions) -> dict[str, Any]:
                            if axis in found}
         rows.append(row)
         optima.append(found)
+    laws, skipped = _fit_laws(table, groups, rows)
+    warnings = _warnings(rows, laws)
+    intervals, why = _bootstrap(table, groups, optima, laws, options)
+    for axis, ci in intervals.items():
+        laws[axis]["ci95"] = ci
+    notes = {axis: reason for axis, reason in why.items() if axis in laws}
+    return {"budgets": rows, "laws": laws, "skipped": skipped, "no_ci": notes,
+            "warnings": warnings,
+            "near_optimal": near_optimal_laws(table, groups, options.near_optimal)}
+
+
+def _fit_laws(table: pd.DataFrame, groups: list[Budget], rows: list[dict[str, Any]]
+              ) -> tuple[dict[str, Any], dict[str, str]]:
+    """(each axis's law over the budgets whose optimum it may use, why an axis has none)."""
     laws: dict[str, Any] = {}
     skipped: dict[str, str] = {}
     for axis in AXES:
@@ -300,6 +314,11 @@ def fit_optimum(table: pd.DataFrame, options: OptimumOptions) -> dict[str, Any]:
         pivot = float(np.exp(np.mean(np.log([p[0] for p in pts]))))
         laws[axis] = {**law, "budgets": len(pts), "pivot_C": pivot,
                       "at_pivot": law["coefficient"] * pivot ** law["exponent"]}
+    return laws, skipped
+
+
+def _warnings(rows: list[dict[str, Any]], laws: dict[str, Any]) -> list[str]:
+    """What a law's user should know before training with it."""
     warnings = [f"the {axis} law {'rises' if law['exponent'] > 0 else 'falls'} with C "
                 f"(exponent {law['exponent']:.3g}), against every published fit (DeepSeek: "
                 f"{'-0.125' if axis == 'lr' else '+0.327'}): tiny or few budgets, or grids that "
@@ -318,13 +337,7 @@ def fit_optimum(table: pd.DataFrame, options: OptimumOptions) -> dict[str, Any]:
                 f"{axis} optimum at one {other} (the best run's), where the {other} has no "
                 f"minimum in the grid: the law holds at those {other} values, not at a joint "
                 f"optimum; extend the {other} grid to locate it")
-    intervals, why = _bootstrap(table, groups, optima, laws, options)
-    for axis, ci in intervals.items():
-        laws[axis]["ci95"] = ci
-    notes = {axis: reason for axis, reason in why.items() if axis in laws}
-    return {"budgets": rows, "laws": laws, "skipped": skipped, "no_ci": notes,
-            "warnings": warnings,
-            "near_optimal": near_optimal_laws(table, groups, options.near_optimal)}
+    return warnings
 
 
 def _bootstrap(table: pd.DataFrame, groups: list[Budget], optima: list[dict[str, Any] | str],
