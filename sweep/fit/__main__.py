@@ -13,7 +13,7 @@ from pathlib import Path
 
 from sweep.errors import OneLineParser
 from sweep.fit.analysis import FitOptions, fit_report
-from sweep.fit.report import check_out_dir, unwritable, write_report
+from sweep.fit.report import check_out_dir, refused, write_report
 from sweep.fit.table import Columns, TableError, load
 
 _DEFAULTS = FitOptions()
@@ -152,9 +152,9 @@ def _summary(report: dict) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     start = time.perf_counter()
+    out = Path(args.out)
     try:
         options = _options(args)
-        out = Path(args.out)
         check_out_dir(out)  # before minutes of fitting, not after
         columns = Columns(N=args.n_col, D=args.d_col, C=args.c_col, loss=args.loss_col,
                           budget=args.budget_col, run=args.run_col)
@@ -167,12 +167,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(note)
         report = fit_report(data, options)
         write_report(out, report, data.runs, data.curves)
-    except TableError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"error: {unwritable(out, exc)}", file=sys.stderr)
-        return 2
+    except (TableError, OSError) as exc:
+        return refused(exc, out)
     for line in _summary(report):
         print(line)
     print(f"report: {out / 'report.md'} ({time.perf_counter() - start:.1f} s)")

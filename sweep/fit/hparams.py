@@ -21,7 +21,7 @@ from sweep.errors import OneLineParser
 from sweep.fit.base_rules import compare, read_base
 from sweep.fit.hparams_report import render_markdown, render_yaml, write_figure
 from sweep.fit.optimum import OptimumOptions, fit_optimum
-from sweep.fit.report import check_out_dir, dump_json, replace_dir, unwritable
+from sweep.fit.report import check_out_dir, dump_json, refused, replace_dir
 from sweep.fit.table import (
     TableError,
     check_one_dataset,
@@ -241,12 +241,8 @@ def main(argv: list[str] | None = None) -> int:
                 (tmp / "hparams.yaml").write_text(yaml_text)
 
         replace_dir(out, fill)
-    except TableError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"error: {unwritable(out, exc)}", file=sys.stderr)
-        return 2
+    except (TableError, OSError) as exc:
+        return refused(exc, out)
     for line in [*notes, *_summary(report)]:
         print(line)
     if yaml_text is not None:

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -257,11 +258,16 @@ def check_out_dir(out: Path) -> None:
                          "or empty directory (one holding only an earlier report is replaced)")
 
 
-def unwritable(out: Path, exc: OSError) -> str:
-    """The one line for a report that cannot be written (--out on a read-only or missing file
-    system, say)."""
-    return (f"cannot write the report to {out} ({exc.strerror or exc}"
-            + (f": {exc.filename}" if exc.filename else "") + "): choose a writable --out")
+def refused(exc: TableError | OSError, out: Path) -> int:
+    """Print a fitter CLI's one `error:` line for input it cannot use (a TableError) or a report
+    it cannot write (--out on a read-only or missing file system, say); the exit code, 2."""
+    if isinstance(exc, TableError):
+        line = str(exc)
+    else:
+        line = (f"cannot write the report to {out} ({exc.strerror or exc}"
+                + (f": {exc.filename}" if exc.filename else "") + "): choose a writable --out")
+    print(f"error: {line}", file=sys.stderr)
+    return 2
 
 
 def dump_json(report: dict[str, Any]) -> str:
