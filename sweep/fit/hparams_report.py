@@ -15,7 +15,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from sweep.fit.base_rules import BaseRules
 from sweep.fit.figures import C_LABEL, log_norm, save
+from sweep.fit.optimum import SAME_C_DECADES
 
 AXIS_LABELS = {"lr": "peak LR", "batch": "batch (tokens)"}
 FIGURE = "hparams_fit.png"
@@ -173,6 +175,8 @@ def write_figure(report: dict[str, Any], table: pd.DataFrame, out_dir: Path) -> 
     fig = Figure(figsize=(14.0, 4.6), layout="constrained")
     axes = fig.subplots(1, 3)
     budgets = report["budgets"]
+    given = report.get("base_rule")
+    base = BaseRules(given["name"], given["lr"], given["batch"]) if given else None
     norm = log_norm([r["C"] for r in budgets])
     cmap = matplotlib.colormaps["viridis"]
     ax = axes[0]
@@ -180,7 +184,7 @@ def write_figure(report: dict[str, Any], table: pd.DataFrame, out_dir: Path) -> 
         color = cmap(norm(r["C"])) if norm is not None else "tab:blue"
         at = table[(np.isclose(table["N"], r["N"])) & (np.isclose(table["batch"],
                                                                   r["best_run"]["batch"]))]
-        at = at[np.abs(np.log10(at["C"] / r["C"])) < 0.01].sort_values("lr")
+        at = at[np.abs(np.log10(at["C"] / r["C"])) <= SAME_C_DECADES].sort_values("lr")
         ax.plot(at["lr"], at["loss"], "o-", color=color, ms=4,
                 label=f"C={_g(r['C'], 2)}, B={_g(r['best_run']['batch'], 3)}")
         if "lr" in r:
@@ -202,13 +206,10 @@ def write_figure(report: dict[str, Any], table: pd.DataFrame, out_dir: Path) -> 
         if law:
             ax.plot(cs, law["coefficient"] * cs ** law["exponent"], color="tab:blue",
                     label=f"{_g(law['coefficient'], 3)} C^{_g(law['exponent'], 3)}")
-        given = report.get("base_rule", {}).get(axis, {})
-        if {"coefficient", "exponent"} <= set(given):
-            values = given["coefficient"] * cs ** given["exponent"]
-            if axis == "lr":  # as sweep.hparams clamps it (the batch's clamps are in sequences)
-                values = np.clip(values, given.get("min", 0.0), given.get("max", np.inf))
-            ax.plot(cs, values, color="tab:orange", ls=":",
-                    label=f"{report['base_rule']['name']} rule")
+        if base is not None:
+            values = [base.lr_at(c) if axis == "lr" else base.batch_at(c) for c in cs]
+            if values[0] is not None:
+                ax.plot(cs, values, color="tab:orange", ls=":", label=f"{base.name} rule")
         band = report["near_optimal"].get(axis)
         if band:
             ax.plot(cs, band["coefficient"] * cs ** band["exponent"], color="tab:gray", ls="--",
