@@ -50,75 +50,84 @@ def minimize_batch(
     batch, dim = x.shape
     rows = np.arange(batch) if rows is None else np.asarray(rows)
     f, g = fun(x, rows)
-    s_hist = np.zeros((batch, MEMORY, dim))
-    y_hist = np.zeros((batch, MEMORY, dim))
-    rho = np.zeros((batch, MEMORY))  # 0 marks an empty or skipped slot
-    slot = np.zeros(batch, dtype=int)
-    done = np.abs(g).max(axis=1) < gtol
-    converged = done.copy()
+    converged = np.abs(g).max(axis=1) < gtol
     iterations = np.zeros(batch, dtype=int)
-    for _ in range(max_iter):
-        act = np.flatnonzero(~done)
+    # The problems still going, and their state, compacted so that each step touches only them.
+    # Every one of them has taken the same number of steps, so one ring slot serves them all.
+    act = np.flatnonzero(~converged)
+    xa, fa, ga = x[act], f[act], g[act]
+    s_hist = np.zeros((MEMORY, act.size, dim))
+    y_hist = np.zeros((MEMORY, act.size, dim))
+    rho = np.zeros((MEMORY, act.size))  # 0 marks an empty or skipped slot
+    for it in range(max_iter):
         if act.size == 0:
             break
+        slot = it % MEMORY
         iterations[act] += 1
-        p = -_two_loop(g[act], s_hist[act], y_hist[act], rho[act], slot[act])
-        slope = np.einsum("bp,bp->b", p, g[act])
+        p = -_two_loop(ga, s_hist, y_hist, rho, slot)
+        slope = np.einsum("bp,bp->b", p, ga)
         reset = ~(slope < 0)  # not a descent direction: forget the history, go downhill
         if reset.any():
-            p[reset] = -g[act][reset]
-            rho[act[reset]] = 0.0
-            slope = np.einsum("bp,bp->b", p, g[act])
+            p[reset] = -ga[reset]
+            rho[:, reset] = 0.0
+            slope = np.einsum("bp,bp->b", p, ga)
         step = np.ones(act.size)
-        fresh = rho[act].sum(axis=1) == 0  # no curvature yet: keep the first step modest
+        fresh = rho.sum(axis=0) == 0  # no curvature yet: keep the first step modest
         step[fresh] = np.minimum(1.0, 1.0 / np.maximum(np.abs(p[fresh]).sum(axis=1), 1e-300))
-        x_new, f_new, g_new, ok = _line_search(fun, x[act], f[act], p, slope, step, rows[act])
-        failed = act[~ok]
-        converged[failed] = np.abs(g[failed]).max(axis=1) < 1e3 * gtol
-        done[failed] = True
-        acc = act[ok]
-        s = x_new[ok] - x[acc]
-        y = g_new[ok] - g[acc]
-        decrease = f[acc] - f_new[ok]
-        x[acc], f[acc], g[acc] = x_new[ok], f_new[ok], g_new[ok]
+        x_new, f_new, g_new, ok = _line_search(fun, xa, fa, p, slope, step, rows[act])
+        failed = ~ok
+        converged[act[failed]] = np.abs(ga[failed]).max(axis=1) < 1e3 * gtol
+        s = x_new[ok] - xa[ok]
+        y = g_new[ok] - ga[ok]
+        decrease = fa[ok] - f_new[ok]
+        xa[ok], fa[ok], ga[ok] = x_new[ok], f_new[ok], g_new[ok]
         sy = np.einsum("bp,bp->b", s, y)
         # Curvature pairs that are not clearly positive (or would overflow 1/sy) are skipped.
         keep = (sy > 1e-12 * np.linalg.norm(s, axis=1) * np.linalg.norm(y, axis=1)) & (
             sy > 1e-200)
-        i = slot[acc]
-        s_hist[acc, i] = s
-        y_hist[acc, i] = y
-        rho[acc, i] = np.where(keep, 1.0 / np.where(keep, sy, 1.0), 0.0)
-        slot[acc] = (i + 1) % MEMORY
-        stop = (np.abs(g[acc]).max(axis=1) < gtol) | (
-            decrease <= ftol * np.maximum(np.abs(f[acc]), 1.0))
-        done[acc[stop]] = True
-        converged[acc[stop]] = True
+        s_hist[slot, ok] = s
+        y_hist[slot, ok] = y
+        rho[slot, ok] = np.where(keep, 1.0 / np.where(keep, sy, 1.0), 0.0)
+        stop = (np.abs(ga[ok]).max(axis=1) < gtol) | (
+            decrease <= ftol * np.maximum(np.abs(fa[ok]), 1.0))
+        converged[act[np.flatnonzero(ok)[stop]]] = True
+        going = ok.copy()
+        going[np.flatnonzero(ok)[stop]] = False
+        if not going.all():
+            leaving = ~going
+            x[act[leaving]], f[act[leaving]] = xa[leaving], fa[leaving]
+            act, xa, fa, ga = act[going], xa[going], fa[going], ga[going]
+            s_hist, y_hist, rho = s_hist[:, going], y_hist[:, going], rho[:, going]
+    x[act], f[act] = xa, fa  # what max_iter cut off
+    done = np.ones(batch, dtype=bool)
+    done[act] = False
     return BatchResult(x=x, f=f, converged=converged & done, iterations=iterations)
 
 
 def _two_loop(g: np.ndarray, s: np.ndarray, y: np.ndarray, rho: np.ndarray,
-              slot: np.ndarray) -> np.ndarray:
-    # Newest to oldest: the slot before `slot` is the latest; empty slots have rho 0 and vanish.
+              slot: int) -> np.ndarray:
+    # History is (MEMORY, problems, dim); newest to oldest starts at the slot before `slot`, and
+    # empty or skipped slots have rho 0 and vanish.
+    order = [(slot - 1 - k) % MEMORY for k in range(MEMORY)]
     batch = g.shape[0]
-    order = (slot[:, None] - 1 - np.arange(MEMORY)[None, :]) % MEMORY
-    idx = np.arange(batch)[:, None]
-    s, y, rho = s[idx, order], y[idx, order], rho[idx, order]
     q = g.copy()
     alpha = np.zeros((batch, MEMORY))
-    for k in range(MEMORY):
-        alpha[:, k] = rho[:, k] * np.einsum("bp,bp->b", s[:, k], q)
-        q -= alpha[:, k, None] * y[:, k]
+    for k, j in enumerate(order):
+        alpha[:, k] = rho[j] * np.einsum("bp,bp->b", s[j], q)
+        q -= alpha[:, k, None] * y[j]
     # Initial Hessian scale from the newest valid pair, as in Nocedal & Wright (7.20).
-    newest = np.argmax(rho != 0, axis=1)
-    s_new, y_new = s[np.arange(batch), newest], y[np.arange(batch), newest]
+    valid = rho[order] != 0
+    newest = np.asarray(order)[np.argmax(valid, axis=0)]
+    idx = np.arange(batch)
+    s_new, y_new = s[newest, idx], y[newest, idx]
     yy = np.einsum("bp,bp->b", y_new, y_new)
-    has = (rho[np.arange(batch), newest] != 0) & (yy > 0)
+    has = valid.any(axis=0) & (yy > 0)
     gamma = np.where(has, np.einsum("bp,bp->b", s_new, y_new) / np.where(has, yy, 1.0), 1.0)
     r = gamma[:, None] * q
     for k in reversed(range(MEMORY)):
-        beta = rho[:, k] * np.einsum("bp,bp->b", y[:, k], r)
-        r += s[:, k] * (alpha[:, k] - beta)[:, None]
+        j = order[k]
+        beta = rho[j] * np.einsum("bp,bp->b", y[j], r)
+        r += s[j] * (alpha[:, k] - beta)[:, None]
     return r
 
 
