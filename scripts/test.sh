@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export WANDB_MODE=disabled  # tests never touch the network
 .venv/bin/ruff check .
-.venv/bin/python -m pytest -m "not slow" "$@"
+.venv/bin/python -m pytest -m "not slow" -n auto --dist loadfile "$@"

@@ -9,12 +9,18 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from data import prepare
 
 os.environ["WANDB_MODE"] = "disabled"
+# Under pytest-xdist each worker, and every CLI it launches, gets one thread: the workers share
+# the cores, and torch's default of one thread per core each would oversubscribe them.
+if os.environ.get("PYTEST_XDIST_WORKER") and "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 # Small enough to build in well under a second, large enough for a few hundred training steps.
 TINY_DATA = {"train_tokens": 300_000, "val_tokens": 40_000}
