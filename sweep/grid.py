@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,9 @@ class GridPoint:
     stable_tokens: int | None = None
     stable_saved: tuple[int, ...] = ()
     horizon: float | None = None  # hparams.horizon.tokens_per_param: the D/N the rules see
+    # The state of the point's run directory that made it a skip (finished, diverged, running,
+    # failed); None for a point skipped by the plan itself (D/N range, a duplicate) or not skipped
+    run_state: str | None = None
 
 
     @property
@@ -184,7 +187,10 @@ def plan_grid(
         else:
             first_of[plan.config_hash] = i
             action, reason = decide_run(plan, launch["rerun_failed"])
-        points.append(grid_point(i, overrides, plan, action, reason))
+        point = grid_point(i, overrides, plan, action, reason)
+        if action == "skip":
+            point = replace(point, run_state=read_run_state(plan.run_dir).state)
+        points.append(point)
     return points
 
 

@@ -157,6 +157,11 @@ def sweep_status(sweep_dir: Path) -> list[StatusRow]:
             continue
         seen.add(run_id)
         skipped = point.get("action") == "skip"
+        note = str(point.get("reason") or "") if skipped else "not started"
+        if skipped and point.get("run_state"):
+            # Skipped for a run that has since been deleted: the next launch trains it afresh
+            skipped = False
+            note = f"not started: its {point['run_state']} run's directory is gone"
         rows.append(
             StatusRow(
                 state="skipped" if skipped else "new",
@@ -167,7 +172,7 @@ def sweep_status(sweep_dir: Path) -> list[StatusRow]:
                 loss=None,
                 step=None,
                 steps=None,
-                note=str(point.get("reason") or "") if skipped else "not started",
+                note=note,
             )
         )
     rank = {state: i for i, state in enumerate(ORDER)}

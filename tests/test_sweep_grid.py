@@ -8,6 +8,7 @@ import itertools
 import json
 import math
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -243,6 +244,13 @@ def test_sweep_trains_then_relaunch_skips_everything(synthetic_root):
                             cwd=synthetic_root, capture_output=True, text=True, timeout=120)
     assert status.returncode == 0, status.stderr
     assert status.stdout.splitlines()[-1] == "runs/twice: 2 runs: 2 finished"
+    # The plan records why each point was skipped; a run deleted since is to train again
+    points = json.loads((synthetic_root / "runs/twice/sweep.json").read_text())["points"]
+    assert [p["run_state"] for p in points] == ["finished", "finished"]
+    shutil.rmtree(summaries[0].parent)
+    status = subprocess.run([sys.executable, "-m", "sweep.status", "runs/twice"],
+                            cwd=synthetic_root, capture_output=True, text=True, timeout=120)
+    assert status.stdout.splitlines()[-1] == "runs/twice: 2 runs: 1 new, 1 finished"
 
 
 def _write_summary(run_dir: Path, status: str, error: str | None = None) -> None:

@@ -76,6 +76,24 @@ def test_a_run_planned_twice_shows_as_the_point_that_trains_it(tmp_path):
     assert (row.state, row.note) == ("new", "not started")
 
 
+def test_a_point_skipped_for_a_run_since_deleted_is_new_again(tmp_path):
+    # Planned as a skip because its run had finished; the run's directory was deleted since, so
+    # the next launch trains it: status must not call it skipped (nor finished)
+    sweep = tmp_path / "runs" / "exp"
+    sweep.mkdir(parents=True)
+    planned = [
+        {"run_id": "a-gone", "N": 1000, "D": 20_000, "C": 1.2e8, "action": "skip",
+         "reason": "finished, val_loss 3.5000", "run_state": "finished"},
+        {"run_id": "b-far", "N": 2000, "D": 1e7, "C": 1.2e11, "action": "skip",
+         "reason": "D/N=5e+03 is above launch.tokens_per_param.max=250", "run_state": None},
+    ]
+    (sweep / MANIFEST).write_text(json.dumps({"points": planned}))
+    rows = {r.run_id: r for r in sweep_status(sweep)}
+    assert (rows["a-gone"].state, rows["a-gone"].note) == (
+        "new", "not started: its finished run's directory is gone")
+    assert rows["b-far"].state == "skipped"
+
+
 def test_cli_table_and_json(tmp_path, capsys):
     sweep = tmp_path / "exp"
     _run(sweep, "a-done", summary=_finished(1000, 20_000, 3.5))
