@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweep.budget import Budget, budget_target, whole_steps
 from sweep.errors import ConfigError, OneLineParser, finite_number
+from sweep.schedule import SCHEDULE_KINDS
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 # What a rule can choose, and the train.yaml key whose null asks for it.
@@ -42,6 +43,7 @@ class Rules:
     warmup_tokens_per_param: float
     warmup_max_fraction: float
     horizon_tokens_per_param: float | None = None  # rules for D = this x N, not the run's own D
+    fitted_schedule: str | None = None  # schedule.kind of the sweep the LR and batch were fitted on
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,7 @@ def load_rules(cfg: Mapping[str, Any]) -> Rules:
             if (cfg.get("horizon") or {}).get("tokens_per_param") is not None
             else None
         ),
+        fitted_schedule=_fitted_schedule(cfg),
     )
     if rules.lr_min > rules.lr_max:
         raise ConfigError(
@@ -116,6 +119,24 @@ def load_rules(cfg: Mapping[str, Any]) -> Rules:
             f"hparams.warmup.max_fraction={rules.warmup_max_fraction:g} must be at most 1"
         )
     return rules
+
+
+def _fitted_schedule(cfg: Mapping[str, Any]) -> str | None:
+    value = (cfg.get("fitted") or {}).get("schedule")
+    if value is not None and value not in SCHEDULE_KINDS:
+        raise ConfigError(f"hparams.fitted.schedule={value!r} must be one of "
+                          f"{', '.join(SCHEDULE_KINDS)} or null")
+    return value
+
+
+def check_fitted_schedule(rules: Rules, kind: str, name: Any) -> None:
+    """Refuse rules fitted on one LR schedule to a run of another: the optimum LR (and batch) of
+    a cosine sweep is not a WSD run's, and nothing else would say so."""
+    if rules.fitted_schedule is not None and kind != rules.fitted_schedule:
+        raise ConfigError(
+            f"hparams={name} was fitted on {rules.fitted_schedule} runs, but schedule.kind={kind}:"
+            f" fit the rules on {kind} runs (python -m sweep.fit.hparams), pin train.lr and "
+            "train.batch_tokens, or set hparams.fitted.schedule=null to use them anyway")
 
 
 def rule_lr(rules: Rules, compute: float) -> float:
@@ -205,6 +226,8 @@ def resolve_hparams(
         if isinstance(group, DictConfig):
             group = OmegaConf.to_container(group, resolve=True)
         rules = load_rules(group)
+        if unpinned["lr"] or unpinned["batch_tokens"]:
+            check_fitted_schedule(rules, schedule.get("kind"), group.get("name"))
 
     target = budget_target(
         cfg["budget"], non_embedding_params=non_embedding_params, flops_per_token=flops_per_token

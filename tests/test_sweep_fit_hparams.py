@@ -31,8 +31,9 @@ def _csv(path: Path, **kwargs: object) -> Path:
 def test_a_table_gives_the_laws_and_a_hparams_config_hydra_composes(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "report"
-    assert main([str(_csv(tmp_path / "sweep.csv", noise=0.002)), "--out", str(out),
-                 "--bootstrap", "100"]) == 0
+    source = _csv(tmp_path / "sweep.csv", noise=0.002)
+    pd.read_csv(source).assign(hparams_schedule="cosine").to_csv(source, index=False)
+    assert main([str(source), "--out", str(out), "--bootstrap", "100"]) == 0
     printed = capsys.readouterr().out
     assert "lr_opt = 0.3" in printed and "(4 budgets; 1.00x power_law's at C=8.3e+16)" in printed
     assert "copy it to configs/hparams/fitted.yaml and train with hparams=fitted" in printed
@@ -69,6 +70,13 @@ def test_a_table_gives_the_laws_and_a_hparams_config_hydra_composes(
     c, lr_shown = float(large[3]), float(large[4])
     assert lr_shown == pytest.approx(lr["coefficient"] * c ** lr["exponent"], rel=0.01)
     assert small[0] == "gpt_3m" and small[4] == "3.20e-03*"  # * : the clamp set it
+    # Fitted on cosine runs (train.yaml's schedule): a WSD run is refused them, in one line
+    wsd = subprocess.run(
+        [sys.executable, "-m", "sweep.hparams", "hparams=fitted", "schedule.kind=wsd",
+         f"hydra.searchpath=[file://{tmp_path / 'configs'}]", "--models", "gpt_3m"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert wsd.returncode == 2 and len(wsd.stderr.strip().splitlines()) == 1, wsd.stderr
+    assert "hparams=fitted was fitted on cosine runs, but schedule.kind=wsd" in wsd.stderr
 
 
 def test_runs_directory_reads_each_runs_lr_batch_and_rule_compute(tmp_path: Path) -> None:
@@ -98,6 +106,31 @@ def test_runs_directory_reads_each_runs_lr_batch_and_rule_compute(tmp_path: Path
         json.dumps(yaml.safe_load((out / "hparams.yaml").read_text())))
     assert any(n.startswith("1 diverged runs left out") for n in report["notes"])
     assert "C: 5 runs without 'hparams_compute' (older summaries)" in " ".join(report["notes"])
+
+
+def test_the_runs_schedule_is_written_into_the_rules_and_a_mix_is_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = _csv(tmp_path / "sweep.csv")
+    table = pd.read_csv(source).assign(hparams_schedule="wsd")
+    table.to_csv(source, index=False)
+    out = tmp_path / "report"
+    assert main([str(source), "--out", str(out), "--bootstrap", "0"]) == 0
+    assert "schedule: every run trained with wsd" in capsys.readouterr().out
+    assert yaml.safe_load((out / "hparams.yaml").read_text())["fitted"] == {"schedule": "wsd"}
+    assert json.loads((out / "report.json").read_text())["schedule"] == "wsd"
+    assert "trained with the wsd LR schedule" in (out / "report.md").read_text()
+    # A sweep of two schedules has no one optimum LR per budget: refused, and --where picks one
+    table.loc[table.index[:10], "hparams_schedule"] = "cosine"
+    table.to_csv(source, index=False)
+    mixed = tmp_path / "mixed"
+    assert main([str(source), "--out", str(mixed), "--bootstrap", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: the runs in {source} mix LR schedules: wsd (70 runs), cosine (10 "
+                   "runs); the optimum LR depends on the schedule: fit one at a time, e.g. "
+                   "--where \"hparams_schedule == 'wsd'\"")
+    assert not mixed.exists()
+    assert main([str(source), "--out", str(mixed), "--bootstrap", "0",
+                 "--where", "hparams_schedule == 'wsd'"]) == 0
 
 
 def test_one_budget_gives_its_optimum_but_no_rules_file(tmp_path: Path) -> None:

@@ -176,6 +176,23 @@ def test_rules_and_pins_mix():
     assert hp.from_rule == {"lr": True, "batch_tokens": False, "warmup_steps": True}
 
 
+def test_rules_fitted_on_one_schedule_are_refused_to_a_run_of_another():
+    fitted = {**GROUP, "name": "fitted", "fitted": {"schedule": "cosine"}}
+    assert resolve(run_cfg(schedule={"kind": "cosine"}, hparams=fitted)).from_rule["lr"]
+    with pytest.raises(ConfigError) as err:
+        resolve(run_cfg(schedule={"kind": "wsd"}, hparams=fitted))
+    assert str(err.value).startswith(
+        "hparams=fitted was fitted on cosine runs, but schedule.kind=wsd: fit the rules on wsd "
+        "runs (python -m sweep.fit.hparams), pin train.lr and train.batch_tokens")
+    # With the LR and batch pinned only the base's warmup rule applies: nothing fitted is used
+    pinned = run_cfg(train={"lr": 3e-3, "batch_tokens": 1024}, schedule={"kind": "wsd"},
+                     hparams=fitted)
+    assert resolve(pinned).warmup_steps is not None
+    # The shipped rules were fitted elsewhere (DeepSeek): any schedule takes them
+    assert GROUP["fitted"] == {"schedule": None}
+    assert resolve(run_cfg(schedule={"kind": "wsd"})).from_rule["lr"]
+
+
 def bad_group(path, value):
     group = copy.deepcopy(GROUP)
     section, key = path.split(".")
@@ -199,6 +216,8 @@ def bad_group(path, value):
         ("batch.min_steps", 0, "hparams.batch.min_steps=0 must be an integer >= 1"),
         ("warmup.tokens_per_param", -1, "hparams.warmup.tokens_per_param=-1 must be"),
         ("warmup.max_fraction", 1.5, "hparams.warmup.max_fraction=1.5 must be at most 1"),
+        ("fitted.schedule", "linear", "hparams.fitted.schedule='linear' must be one of cosine, "
+         "constant, wsd or null"),
     ],
 )
 def test_bad_rule_configs_are_one_line_errors(path, value, needle):

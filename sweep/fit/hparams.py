@@ -45,6 +45,7 @@ class SweepColumns:
 
 
 _COLUMNS = SweepColumns()
+SCHEDULE_COLUMN = "hparams_schedule"  # sweep.collect's column of each run's schedule.kind
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -128,8 +129,9 @@ def _compute(table: pd.DataFrame, cols: SweepColumns, where: str, notes: list[st
 
 
 def load_sweep(source: str | Path, cols: SweepColumns, skip_unreadable: bool = False,
-               where: str | None = None) -> tuple[pd.DataFrame, list[str]]:
-    """(a table with float columns N, C, lr, batch, loss and a row per run, notes)."""
+               where: str | None = None) -> tuple[pd.DataFrame, list[str], str | None]:
+    """(a table with float columns N, C, lr, batch, loss and a row per run, notes, the runs'
+    LR schedule: None where the source does not say)."""
     path = Path(source)
     if not path.exists():
         raise TableError(f"SOURCE {source} does not exist; give a runs directory or a "
@@ -168,6 +170,7 @@ def load_sweep(source: str | Path, cols: SweepColumns, skip_unreadable: bool = F
         table = table[kept].reset_index(drop=True)
     check_one_dataset(table, f"the runs {place}", runs_dir, where)
     what = f"the runs {place}"
+    schedule = _one_schedule(table, what)
     out = pd.DataFrame({
         "N": numeric_column(table, cols.N, "N", what, flag="--n-col"),
         "C": _compute(table, cols, what, notes),
@@ -176,11 +179,26 @@ def load_sweep(source: str | Path, cols: SweepColumns, skip_unreadable: bool = F
                                 flag="--batch-col"),
         "loss": numeric_column(table, cols.loss, "loss", what, flag="--loss-col"),
     })
-    return out, notes
+    return out, notes, schedule
+
+
+def _one_schedule(table: pd.DataFrame, what: str) -> str | None:
+    """The schedule.kind all the runs trained with (sweep.collect's hparams_schedule); refused
+    when they mix several, since the optimum LR of a cosine run is not a WSD run's."""
+    if SCHEDULE_COLUMN not in table.columns:
+        return None
+    counts = table[SCHEDULE_COLUMN].dropna().astype(str).value_counts()
+    if len(counts) > 1:
+        mix = ", ".join(f"{kind} ({n} runs)" for kind, n in counts.items())
+        raise TableError(f"{what} mix LR schedules: {mix}; the optimum LR depends on the "
+                         f"schedule: fit one at a time, e.g. --where "
+                         f"\"{SCHEDULE_COLUMN} == '{counts.index[0]}'\"")
+    return str(counts.index[0]) if len(counts) else None
 
 
 def _summary(report: dict) -> list[str]:
-    lines = []
+    lines = [f"schedule: every run trained with {report['schedule']}"] if report.get(
+        "schedule") else []
     for row in report["budgets"]:
         head = f"N={row['N']:.3g} C={row['C']:.3g} ({row['runs']} runs):"
         if "skipped" in row:
@@ -212,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         check_out_dir(out)
         cols = SweepColumns(N=args.n_col, C=args.c_col, lr=args.lr_col, batch=args.batch_col,
                             loss=args.loss_col)
-        table, notes = load_sweep(args.source, cols, args.skip_unreadable, args.where)
+        table, notes, schedule = load_sweep(args.source, cols, args.skip_unreadable, args.where)
         base = read_base(args.base, notes)  # before the fit: a wrong --base fails at once
         if base is not None and args.name in base.chain:
             raise TableError(f"--name {args.name} is a config --base {args.base} inherits from: "
@@ -224,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
                                 for r in report["budgets"][:2])
             raise TableError(f"no budget's optimum can be located ({reasons}): a budget needs 3 "
                              "or more LRs (or batches) around its best run")
-        report.update(source=str(args.source), notes=notes, options={
+        report.update(source=str(args.source), notes=notes, schedule=schedule, options={
             "window_decades": options.window_decades, "include_edge": options.include_edge,
             "near_optimal": options.near_optimal, "bootstrap": options.bootstrap,
             "seed": options.seed, "where": args.where, "name": args.name, "base": args.base})

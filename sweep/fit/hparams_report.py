@@ -62,6 +62,10 @@ def _budget_rows(report: dict[str, Any]) -> list[str]:
 def render_markdown(report: dict[str, Any], plots: list[str]) -> str:
     """report.md: the budgets' optima, the laws with their intervals, DeepSeek's band."""
     lines = ["# LR and batch rules", "", f"Source: `{report['source']}`.", ""]
+    if report.get("schedule"):
+        lines += [f"The runs trained with the {report['schedule']} LR schedule: hparams.yaml "
+                  "says so (fitted.schedule), and a run of another schedule.kind is refused "
+                  "these rules.", ""]
     lines += [f"- {note}" for note in report["notes"]] + ([""] if report["notes"] else [])
     lines += ["## Optimum per budget", "",
               "Each budget's optimum is the vertex of a quadratic of log loss in (log LR, log "
@@ -158,6 +162,9 @@ def render_yaml(report: dict[str, Any], name: str, base: str,
              f"# whose clamps apply: `python -m sweep.hparams hparams={name}` shows what each "
              "rung gets.",
              "defaults:", f"  - {base}", "  - _self_", "", f"name: {name}"]
+    if report.get("schedule"):
+        lines += ["fitted:", f"  schedule: {report['schedule']}  # the sweep's schedule.kind: a "
+                  "run of another kind is refused these rules"]
     for axis, law in report["laws"].items():
         ci = law.get("ci95", {}).get("exponent")
         note = f"  # 95 % interval {_interval(ci)}" if ci else ""
