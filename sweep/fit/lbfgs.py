@@ -90,9 +90,10 @@ def minimize_batch(
         rho[slot, ok] = np.where(keep, 1.0 / np.where(keep, sy, 1.0), 0.0)
         stop = (np.abs(ga[ok]).max(axis=1) < gtol) | (
             decrease <= ftol * np.maximum(np.abs(fa[ok]), 1.0))
-        converged[act[np.flatnonzero(ok)[stop]]] = True
+        finished = np.flatnonzero(ok)[stop]
+        converged[act[finished]] = True
         going = ok.copy()
-        going[np.flatnonzero(ok)[stop]] = False
+        going[finished] = False
         if not going.all():
             leaving = ~going
             x[act[leaving]], f[act[leaving]] = xa[leaving], fa[leaving]
