@@ -133,6 +133,29 @@ def test_the_runs_schedule_is_written_into_the_rules_and_a_mix_is_refused(
                  "--where", "hparams_schedule == 'wsd'"]) == 0
 
 
+@pytest.mark.parametrize(("seq_len", "batch_lines"), [
+    # The batch law gives 5.0e4 to 2.1e5 tokens over the budgets: at 16384 tokens a sequence the
+    # smallest is 3 sequences, 4 as sweep.hparams rounds it, under power_law's min of 8
+    ([16384], {"min_sequences": 4}),
+    # at 8, 6250 to 26206 sequences: 32768 rounded, over its max of 4096
+    ([8], {"max_sequences": 32768}),
+    ([1024], {}),  # 49 to 205 sequences: inside [8, 4096]
+    ([1024, 2048], {}),  # sequences are not one number: nothing is checked, and a note says so
+])
+def test_batch_clamps_that_would_cut_into_the_fitted_range_are_widened(
+        tmp_path: Path, seq_len: list[int], batch_lines: dict[str, int]) -> None:
+    source = _csv(tmp_path / "sweep.csv")
+    table = pd.read_csv(source)
+    table.assign(shape_seq_len=np.resize(seq_len, len(table))).to_csv(source, index=False)
+    out = tmp_path / "report"
+    assert main([str(source), "--out", str(out), "--bootstrap", "0"]) == 0
+    rules = yaml.safe_load((out / "hparams.yaml").read_text())
+    assert {k: v for k, v in rules["batch"].items() if k.endswith("_sequences")} == batch_lines
+    notes = json.loads((out / "report.json").read_text())["notes"]
+    assert any("runs of 2 sequence lengths (1024, 2048)" in n for n in notes) == (
+        len(seq_len) == 2)
+
+
 def test_one_budget_gives_its_optimum_but_no_rules_file(tmp_path: Path) -> None:
     out = tmp_path / "report"
     assert main([str(_csv(tmp_path / "one.csv", sizes=SIZES[:1])), "--out", str(out),

@@ -83,6 +83,11 @@ class BaseRules:
         """(lr.min, lr.max), or None where it does not set both."""
         return (self.lr["min"], self.lr["max"]) if {"min", "max"} <= set(self.lr) else None
 
+    def batch_clamps(self) -> tuple[int, int] | None:
+        """(batch.min_sequences, batch.max_sequences), or None where it does not set both."""
+        keys = ("min_sequences", "max_sequences")
+        return tuple(int(self.batch[k]) for k in keys) if set(keys) <= set(self.batch) else None
+
     def lr_at(self, compute: float) -> float | None:
         """The peak LR its rule gives at C, clamped as sweep.hparams clamps it."""
         if not {"coefficient", "exponent"} <= set(self.lr):

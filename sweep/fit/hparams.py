@@ -46,6 +46,7 @@ class SweepColumns:
 
 _COLUMNS = SweepColumns()
 SCHEDULE_COLUMN = "hparams_schedule"  # sweep.collect's column of each run's schedule.kind
+SEQ_LEN_COLUMN = "shape_seq_len"  # and of its train.seq_len
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -128,10 +129,19 @@ def _compute(table: pd.DataFrame, cols: SweepColumns, where: str, notes: list[st
     return numeric_column(table.assign(**{cols.C: given}), cols.C, "C", where, flag="--c-col")
 
 
+@dataclass(frozen=True)
+class Sweep:
+    """The runs to fit and what the source says of how they were trained."""
+
+    table: pd.DataFrame  # float columns N, C, lr, batch, loss; a row per run
+    notes: list[str]
+    schedule: str | None  # their schedule.kind; None where the source does not say
+    seq_len: int | None  # their train.seq_len; None where it does not say or they differ
+
+
 def load_sweep(source: str | Path, cols: SweepColumns, skip_unreadable: bool = False,
-               where: str | None = None) -> tuple[pd.DataFrame, list[str], str | None]:
-    """(a table with float columns N, C, lr, batch, loss and a row per run, notes, the runs'
-    LR schedule: None where the source does not say)."""
+               where: str | None = None) -> Sweep:
+    """Read and check a runs directory or table; every problem is a TableError naming the fix."""
     path = Path(source)
     if not path.exists():
         raise TableError(f"SOURCE {source} does not exist; give a runs directory or a "
@@ -179,7 +189,19 @@ def load_sweep(source: str | Path, cols: SweepColumns, skip_unreadable: bool = F
                                 flag="--batch-col"),
         "loss": numeric_column(table, cols.loss, "loss", what, flag="--loss-col"),
     })
-    return out, notes, schedule
+    return Sweep(out, notes, schedule, _one_seq_len(table, notes))
+
+
+def _one_seq_len(table: pd.DataFrame, notes: list[str]) -> int | None:
+    """The runs' sequence length (sweep.collect's shape_seq_len), which turns the batch law's
+    tokens into the sequences that hparams.batch clamps."""
+    if SEQ_LEN_COLUMN not in table.columns:
+        return None
+    found = sorted(set(pd.to_numeric(table[SEQ_LEN_COLUMN], errors="coerce").dropna()))
+    if len(found) > 1:
+        notes.append(f"runs of {len(found)} sequence lengths ({', '.join(f'{v:g}' for v in found)}"
+                     "): the batch clamps, in sequences, are not checked against the batch law")
+    return int(found[0]) if len(found) == 1 else None
 
 
 def _one_schedule(table: pd.DataFrame, what: str) -> str | None:
@@ -230,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         check_out_dir(out)
         cols = SweepColumns(N=args.n_col, C=args.c_col, lr=args.lr_col, batch=args.batch_col,
                             loss=args.loss_col)
-        table, notes, schedule = load_sweep(args.source, cols, args.skip_unreadable, args.where)
+        sweep = load_sweep(args.source, cols, args.skip_unreadable, args.where)
+        table, notes = sweep.table, sweep.notes
         base = read_base(args.base, notes)  # before the fit: a wrong --base fails at once
         if base is not None and args.name in base.chain:
             raise TableError(f"--name {args.name} is a config --base {args.base} inherits from: "
@@ -242,14 +265,17 @@ def main(argv: list[str] | None = None) -> int:
                                 for r in report["budgets"][:2])
             raise TableError(f"no budget's optimum can be located ({reasons}): a budget needs 3 "
                              "or more LRs (or batches) around its best run")
-        report.update(source=str(args.source), notes=notes, schedule=schedule, options={
+        report.update(source=str(args.source), notes=notes, schedule=sweep.schedule,
+                      seq_len=sweep.seq_len, options={
             "window_decades": options.window_decades, "include_edge": options.include_edge,
             "near_optimal": options.near_optimal, "bootstrap": options.bootstrap,
             "seed": options.seed, "where": args.where, "name": args.name, "base": args.base})
         if base is not None:
             compare(report, base)
         clamps = base.clamps() if base is not None else None
-        yaml_text = render_yaml(report, args.name, args.base, clamps) if report["laws"] else None
+        batch_clamps = base.batch_clamps() if base is not None else None
+        yaml_text = (render_yaml(report, args.name, args.base, clamps, batch_clamps)
+                     if report["laws"] else None)
 
         def fill(tmp: Path) -> None:
             plots = [write_figure(report, table, tmp)]

@@ -143,16 +143,37 @@ def _unclamped(law: dict[str, Any], cs: list[float], clamps: tuple[float, float]
     return lines
 
 
+def _unclamped_batch(law: dict[str, Any], cs: list[float], clamps: tuple[int, int] | None,
+                     seq_len: int | None) -> list[str]:
+    """batch.min_sequences / max_sequences lines where the base's clamps would override the law
+    over the budgets it was fitted on: sweep.hparams takes the power of two of sequences nearest
+    the law's tokens / seq_len, then clamps it, so a bound is widened to that power of two."""
+    if clamps is None or seq_len is None:
+        return []
+    ends = [2 ** round(math.log2(law["coefficient"] * c ** law["exponent"] / seq_len))
+            for c in (min(cs), max(cs))]
+    lines = []
+    if min(ends) < clamps[0]:
+        lines.append(f"  min_sequences: {max(min(ends), 1)}  # base's {clamps[0]} would clamp "
+                     f"the fitted range (at seq_len {seq_len})")
+    if max(ends) > clamps[1]:
+        lines.append(f"  max_sequences: {max(ends)}  # base's {clamps[1]} would clamp the "
+                     f"fitted range (at seq_len {seq_len})")
+    return lines
+
+
 def _round(value: float, direction: Callable[[float], int]) -> float:
     scale = 10.0 ** (math.floor(math.log10(value)) - 1)
     return float(f"{direction(value / scale) * scale:.2g}")
 
 
 def render_yaml(report: dict[str, Any], name: str, base: str,
-                clamps: tuple[float, float] | None = None) -> str:
+                clamps: tuple[float, float] | None = None,
+                batch_clamps: tuple[int, int] | None = None) -> str:
     """hparams.yaml: the fitted rules as a config of the hparams group, every other key (clamps,
     warmup, horizon) taken from configs/hparams/<base>.yaml through its defaults list; the base's
-    lr clamps (`clamps`, None: unknown) are widened where they cut into the fitted range."""
+    lr clamps (`clamps`) and batch clamps in sequences (`batch_clamps`, checked where the runs'
+    seq_len is known; None: unknown) are widened where they cut into the fitted range."""
     cs = [r["C"] for r in report["budgets"] if any(r.get("used", {}).values())]
     lines = [f"# LR and batch rules fitted by `python -m sweep.fit.hparams {report['source']}`",
              f"# on {date.today().isoformat()} from {len(cs)} budgets, C = {_g(min(cs), 3)} to "
@@ -170,9 +191,11 @@ def render_yaml(report: dict[str, Any], name: str, base: str,
         note = f"  # 95 % interval {_interval(ci)}" if ci else ""
         lines += [f"{axis}:", f"  coefficient: {_number(law['coefficient'])}",
                   f"  exponent: {_number(law['exponent'])}{note}"]
+        used = [r["C"] for r in report["budgets"] if r.get("used", {}).get(axis)]
         if axis == "lr":
-            used = [r["C"] for r in report["budgets"] if r.get("used", {}).get("lr")]
             lines += _unclamped(law, used, clamps)
+        else:
+            lines += _unclamped_batch(law, used, batch_clamps, report.get("seq_len"))
     return "\n".join(lines) + "\n"
 
 
