@@ -22,6 +22,7 @@ import pandas as pd
 from data.shards import atomic_write, atomic_write_bytes
 from sweep.errors import OneLineParser
 from sweep.records import read_json_object
+from sweep.where import WhereError, select_runs
 
 CURVE_METRICS = (
     "train_loss", "val_bpb", "lr", "flops_6nd_total", "flops_exact", "tokens_per_s", "mfu",
@@ -388,6 +389,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-unreadable", action="store_true",
                         help="leave out runs whose summary.json (or metrics.jsonl lines, with "
                              "--curves) cannot be read, with a warning, instead of refusing")
+    parser.add_argument("--where", metavar="EXPR",
+                        help="only the runs this pandas query over the table's columns keeps "
+                             "(a run's final row with --curves), as the fitters' --where, e.g. "
+                             "\"seed == 0 and N >= 3e6\"")
     args = parser.parse_args(argv)
     try:
         _check_out(args.out)
@@ -395,15 +400,37 @@ def main(argv: list[str] | None = None) -> int:
                                  skip_unreadable=args.skip_unreadable, dataset=args.dataset)
         for path in collected.unreadable:
             print(f"warning: skipped unreadable {path}", file=sys.stderr)
+        table, kept = collected.table, ""
+        if args.where is not None:
+            table, kept = _where(table, args.where, args.curves, args.runs_dir)
         try:
-            write_table(collected.table, args.out)
+            write_table(table, args.out)
         except OSError as exc:
             raise CollectError(f"cannot write --out {args.out}: {exc}") from None
     except CollectError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"{collected.describe()} -> {args.out}")
+    print(f"{collected.describe()}{kept} -> {args.out}")
     return 0
+
+
+def _where(table: pd.DataFrame, where: str, curves: bool, runs_dir: Path
+           ) -> tuple[pd.DataFrame, str]:
+    """The rows of the runs `where` keeps (judged on a run's final row of a curves table), and
+    what it kept, for the summary line."""
+    run = ["experiment", "run_id"]
+    finals = table.groupby(run, sort=False).tail(1) if curves else table
+    try:
+        kept = select_runs(where, finals.reset_index(drop=True), f"under {runs_dir}")
+    except WhereError as exc:
+        raise CollectError(str(exc)) from None
+    chosen = finals[kept]
+    if curves:
+        keys = pd.MultiIndex.from_frame(chosen[run])
+        table = table[pd.MultiIndex.from_frame(table[run]).isin(keys)]
+    else:
+        table = chosen
+    return table.reset_index(drop=True), f"; --where {where!r} kept {len(chosen)} of {len(finals)}"
 
 
 if __name__ == "__main__":

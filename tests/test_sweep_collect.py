@@ -272,6 +272,41 @@ def test_cli_errors_are_one_line_and_write_nothing(tmp_path: Path, case: str,
     assert list(out.parent.iterdir()) == []
 
 
+@pytest.mark.parametrize("curves", [False, True])
+def test_where_keeps_the_runs_it_selects_as_the_fitters_do(tmp_path: Path, curves: bool) -> None:
+    runs = tmp_path / "runs"
+    for n, tokens, loss in ((1000, 20_000, 3.0), (2000, 40_000, 2.5), (4000, 80_000, 2.2)):
+        make_run(runs, n, tokens, loss)
+    out = tmp_path / "t.csv"
+    # Judged on a run's final row: each curve's last point has loss == final_loss == 2.5 here
+    done = cli(runs, "--out", out, "--where", "N >= 2000 and loss > 2.4",
+               *(["--curves"] if curves else []))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (f"3 runs collected; left out: 0 unfinished, 0 diverged, "
+                                   f"0 failed; --where 'N >= 2000 and loss > 2.4' kept 1 of 3 "
+                                   f"-> {out}")
+    table = pd.read_csv(out)
+    assert set(table.run_id) == {"n2000-d40000"}
+    assert len(table) == (len(STEPS) - 1 if curves else 1)
+
+
+@pytest.mark.parametrize("where, expect", [
+    ("N > 1e12", "--where 'N > 1e12' keeps none of the 1 runs under"),
+    ("N = 3", "--where 'N = 3' assigns (a single =): compare with =="),
+    ("nope > 1", "--where 'nope > 1' cannot be evaluated on the runs under"),
+])
+def test_a_bad_where_is_one_line_and_writes_nothing(tmp_path: Path, where: str,
+                                                    expect: str) -> None:
+    runs = tmp_path / "runs"
+    make_run(runs, 1000, 20_000, 3.0)
+    out = tmp_path / "out" / "t.csv"
+    out.parent.mkdir()
+    done = cli(runs, "--out", out, "--where", where)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith(f"error: {expect}") and len(done.stderr.splitlines()) == 1
+    assert list(out.parent.iterdir()) == []
+
+
 def test_out_in_a_missing_folder_is_refused_before_any_work(tmp_path: Path) -> None:
     make_run(tmp_path / "runs", 1000, 20_000, 3.0)
     out = tmp_path / "nowhere" / "deeper" / "runs.csv"

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from sweep import where as where_module
 from sweep.collect import CollectError, UnreadableRun, collect_runs, dataset_label
 from sweep.errors import first_line
 from sweep.fit.points import describing, drop_repeated_rows, several_runs, wsd_trajectories
@@ -198,31 +199,11 @@ def _check_units(n: np.ndarray, d: np.ndarray, c: np.ndarray, cols: Columns, whe
 
 
 def select_runs(where: str, rows: pd.DataFrame, place: str) -> np.ndarray:
-    """Which runs `where` keeps (a pandas query over the source's columns), given each run's
-    row of the source (its final row in a curves table); `place` says where the runs are
-    ("under DIR", "in FILE"). A bad expression is a TableError."""
+    """sweep.where.select_runs, its error a TableError."""
     try:
-        kept = rows.eval(where, engine="python")
-    except (SyntaxError, NameError, KeyError, ValueError, TypeError, AttributeError,
-            NotImplementedError) as exc:
-        reason = first_line(exc) or type(exc).__name__
-        raise TableError(f"--where {where!r} cannot be evaluated on the runs {place} ({reason}): "
-                         "write a pandas query over their columns "
-                         f"({', '.join(map(str, rows.columns[:8]))}, ...), e.g. "
-                         "--where 'N >= 3e6 and experiment == \"isoflop\"'") from None
-    if isinstance(kept, pd.DataFrame):  # `a = b` assigns a column in pandas' eval
-        raise TableError(f"--where {where!r} assigns (a single =): compare with ==, e.g. "
-                         "--where 'seed == 0'")
-    if isinstance(kept, pd.Series) and kept.dtype == "boolean":  # nullable: missing is false
-        kept = kept.fillna(False).astype(bool)
-    if not isinstance(kept, pd.Series) or kept.dtype != bool:
-        raise TableError(f"--where {where!r} is not a condition (it gives "
-                         f"{getattr(kept, 'dtype', type(kept).__name__)}, not true/false per run): "
-                         "compare columns, e.g. --where 'N >= 3e6'")
-    if not kept.any():
-        raise TableError(f"--where {where!r} keeps none of the {len(rows)} runs {place}: "
-                         "loosen it")
-    return kept.to_numpy()
+        return where_module.select_runs(where, rows, place)
+    except where_module.WhereError as exc:
+        raise TableError(str(exc)) from None
 
 
 def load(source: str | Path, cols: Columns, skip_unreadable: bool = False,
