@@ -9,7 +9,6 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
@@ -20,6 +19,8 @@ os.environ["WANDB_MODE"] = "disabled"
 # the cores, and torch's default of one thread per core each would oversubscribe them.
 if os.environ.get("PYTEST_XDIST_WORKER") and "OMP_NUM_THREADS" not in os.environ:
     os.environ["OMP_NUM_THREADS"] = "1"
+    import torch  # here: a serial run has no reason to import it before its tests do
+
     torch.set_num_threads(1)
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 # Small enough to build in well under a second, large enough for a few hundred training steps.
