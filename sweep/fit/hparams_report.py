@@ -132,15 +132,9 @@ def _unclamped(law: dict[str, Any], cs: list[float], clamps: tuple[float, float]
     if clamps is None:
         return []
     ends = [law["coefficient"] * c ** law["exponent"] for c in (min(cs), max(cs))]
-    lines = []
     # 2 significant figures, rounded outwards so the clamp never cuts into the range
-    if min(ends) < clamps[0]:
-        lines.append(f"  min: {_number(_round(min(ends), math.floor))}  # base's "
-                     f"{_g(clamps[0])} would clamp the fitted range")
-    if max(ends) > clamps[1]:
-        lines.append(f"  max: {_number(_round(max(ends), math.ceil))}  # base's "
-                     f"{_g(clamps[1])} would clamp the fitted range")
-    return lines
+    values = (_number(_round(min(ends), math.floor)), _number(_round(max(ends), math.ceil)))
+    return _widened(("min", "max"), ends, clamps, values)
 
 
 def _unclamped_batch(law: dict[str, Any], cs: list[float], clamps: tuple[int, int] | None,
@@ -152,14 +146,16 @@ def _unclamped_batch(law: dict[str, Any], cs: list[float], clamps: tuple[int, in
         return []
     ends = [2 ** round(math.log2(law["coefficient"] * c ** law["exponent"] / seq_len))
             for c in (min(cs), max(cs))]
-    lines = []
-    if min(ends) < clamps[0]:
-        lines.append(f"  min_sequences: {max(min(ends), 1)}  # base's {clamps[0]} would clamp "
-                     f"the fitted range (at seq_len {seq_len})")
-    if max(ends) > clamps[1]:
-        lines.append(f"  max_sequences: {max(ends)}  # base's {clamps[1]} would clamp the "
-                     f"fitted range (at seq_len {seq_len})")
-    return lines
+    return _widened(("min_sequences", "max_sequences"), ends, clamps,
+                    (str(max(min(ends), 1)), str(max(ends))), f" (at seq_len {seq_len})")
+
+
+def _widened(keys: tuple[str, str], ends: list[float], clamps: tuple[float, float],
+             values: tuple[str, str], where: str = "") -> list[str]:
+    """`key: value` lines for the bounds of `clamps` that cut into [min(ends), max(ends)]."""
+    cuts = (min(ends) < clamps[0], max(ends) > clamps[1])
+    return [f"  {key}: {value}  # base's {_g(bound)} would clamp the fitted range{where}"
+            for key, value, bound, cut in zip(keys, values, clamps, cuts, strict=True) if cut]
 
 
 def _round(value: float, direction: Callable[[float], int]) -> float:
