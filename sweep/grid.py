@@ -22,7 +22,7 @@ from sweep.errors import ConfigError, RunHeld, first_line
 from sweep.lock import lock_holder
 from sweep.plan import RunPlan, check_epochs, plan_run
 from sweep.stable import find_stable_state, stable_dir
-from sweep.state import read_run_state
+from sweep.state import RunState, read_run_state
 
 MANIFEST = "sweep.json"  # in the sweep directory: the grid as last planned, for sweep.status
 ACTIONS = ("train", "resume", "skip")
@@ -112,9 +112,11 @@ def held_points(points: Sequence[GridPoint]) -> list[tuple[Sequence[str], RunHel
             for p in points if p.action == "skip" and p.reason == RUNNING_ELSEWHERE]
 
 
-def decide(run_dir: Path, rerun_failed: bool) -> tuple[str, str]:
-    """What relaunching a sweep does with the run in `run_dir`, and why."""
-    state = read_run_state(run_dir)
+def decide(run_dir: Path, rerun_failed: bool, state: RunState | None = None
+           ) -> tuple[str, str]:
+    """What relaunching a sweep does with the run in `run_dir` (its state, if read already),
+    and why."""
+    state = read_run_state(run_dir) if state is None else state
     step = state.checkpoint_step
     if state.state == "finished":
         loss = (state.summary or {}).get("val_loss")
@@ -137,10 +139,11 @@ def decide(run_dir: Path, rerun_failed: bool) -> tuple[str, str]:
     return "train", ""
 
 
-def decide_run(plan: RunPlan, rerun_failed: bool) -> tuple[str, str]:
+def decide_run(plan: RunPlan, rerun_failed: bool, state: RunState | None = None
+               ) -> tuple[str, str]:
     """decide() for a planned run, which also knows its shared stable phase: a run with no
     checkpoint of its own continues the newest stable state it may take, not step 0."""
-    action, reason = decide(plan.run_dir, rerun_failed)
+    action, reason = decide(plan.run_dir, rerun_failed, state)
     shared = find_stable_state(plan) if action == "train" else None
     if shared is not None:
         step = checkpoint_step(shared)
@@ -180,17 +183,19 @@ def plan_grid(
     first_of: dict[str, int] = {}
     for i, (overrides, plan) in enumerate(zip(jobs, plans, strict=True)):
         out_of_range = _range_reason(plan.budget.tokens / plan.params.non_embedding, lo, hi)
+        run_state = None  # set where the run's own state makes the point a skip
         if out_of_range:
             action, reason = "skip", out_of_range
         elif plan.config_hash in first_of:
             action, reason = "skip", f"same run as grid point #{first_of[plan.config_hash]}"
         else:
             first_of[plan.config_hash] = i
-            action, reason = decide_run(plan, launch["rerun_failed"])
-        point = grid_point(i, overrides, plan, action, reason)
-        if action == "skip":
-            point = replace(point, run_state=read_run_state(plan.run_dir).state)
-        points.append(point)
+            state = read_run_state(plan.run_dir)
+            action, reason = decide_run(plan, launch["rerun_failed"], state)
+            if action == "skip":
+                run_state = state.state
+        points.append(replace(grid_point(i, overrides, plan, action, reason),
+                              run_state=run_state))
     return points
 
 
