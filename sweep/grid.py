@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -194,8 +194,7 @@ def plan_grid(
             action, reason = decide_run(plan, launch["rerun_failed"], state)
             if action == "skip":
                 run_state = state.state
-        points.append(replace(grid_point(i, overrides, plan, action, reason),
-                              run_state=run_state))
+        points.append(grid_point(i, overrides, plan, action, reason, run_state))
     return points
 
 
@@ -233,9 +232,10 @@ def runs_outside(points: Sequence[GridPoint]) -> str | None:
 
 
 def grid_point(
-    index: int, overrides: Sequence[str], plan: RunPlan, action: str, reason: str
+    index: int, overrides: Sequence[str], plan: RunPlan, action: str, reason: str,
+    run_state: str | None = None,
 ) -> GridPoint:
-    """The GridPoint of a planned run."""
+    """The GridPoint of a planned run (`run_state`: see GridPoint)."""
     n, d = plan.params.non_embedding, plan.budget.tokens
     folder = stable_dir(plan)
     return GridPoint(
@@ -251,6 +251,7 @@ def grid_point(
         batch_tokens=plan.batch_tokens,
         action=action,
         reason=reason,
+        run_state=run_state,
         stable_hash=plan.stable_hash,
         stable_tokens=(
             plan.schedule.cooldown_start * plan.batch_tokens if plan.stable_hash else None
