@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweep.budget import Budget, budget_target, whole_steps
 from sweep.errors import ConfigError, OneLineParser, finite_number
+from sweep.rules import halved_for_steps, nearest_power_of_two, warmup_length
 from sweep.schedule import SCHEDULE_KINDS
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -154,17 +155,11 @@ def lr_clamp(rules: Rules, compute: float) -> str | None:
 def rule_batch_sequences(rules: Rules, compute: float, seq_len: int, target_tokens: float) -> int:
     """The rule's batch in sequences of `seq_len`: a power of two within the configured bounds."""
     raw = rules.batch_coefficient * compute**rules.batch_exponent / seq_len
-    # Nearest power of two in log space: a factor sqrt(2) at most from the rule, whose fit is
-    # only good to about that anyway (DeepSeek shows a broad near-optimal band around it).
-    sequences = 2.0 ** round(math.log2(raw))
+    sequences = nearest_power_of_two(raw)
     sequences = int(min(max(sequences, rules.batch_min_sequences), rules.batch_max_sequences))
-    # Too few steps and the warmup and decay have nothing to work with: trade batch for steps.
-    while (
-        sequences > rules.batch_min_sequences
-        and target_tokens // (sequences * seq_len) < rules.batch_min_steps
-    ):
-        sequences //= 2
-    return sequences
+    return halved_for_steps(
+        sequences, rules.batch_min_sequences, seq_len, target_tokens, rules.batch_min_steps
+    )
 
 
 def micro_batch(micro_batch_size: int, batch_sequences: int) -> int:
@@ -184,9 +179,13 @@ def rule_warmup_steps(
     rules: Rules, non_embedding_params: int, batch_tokens: int, total_steps: int
 ) -> int:
     """About tokens_per_param x N tokens of warmup, at most max_fraction of the run, at least 1."""
-    wanted = round(rules.warmup_tokens_per_param * non_embedding_params / batch_tokens)
-    cap = math.floor(rules.warmup_max_fraction * total_steps)
-    return max(1, min(wanted, cap))
+    return warmup_length(
+        rules.warmup_tokens_per_param,
+        rules.warmup_max_fraction,
+        non_embedding_params,
+        batch_tokens,
+        total_steps,
+    )
 
 
 def _positive_int(train: Mapping[str, Any], key: str) -> int:

@@ -12,8 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from omegaconf import OmegaConf
 
 from sweep.fit.hparams import main
+from sweep.hparams import load_rules, rule_batch_sequences
 from tests.test_sweep_collect import make_run
 from tests.test_sweep_fit_optimum import B_E, B_K, LR_E, LR_K, SIZES, sweep
 
@@ -154,6 +156,82 @@ def test_batch_clamps_that_would_cut_into_the_fitted_range_are_widened(
     notes = json.loads((out / "report.json").read_text())["notes"]
     assert any("runs of 2 sequence lengths (1024, 2048)" in n for n in notes) == (
         len(seq_len) == 2)
+
+
+def test_min_steps_that_would_halve_the_laws_batch_is_lowered(tmp_path: Path) -> None:
+    # The law's batch at C = 1e16 is 5.0e4 tokens: 64 sequences of 1024 as sweep.hparams rounds
+    # it. A budget of 9e5 tokens there is 13 steps of it, under power_law's min_steps of 32, so
+    # the base would halve the batch the sweep found best: hparams.yaml lowers min_steps to 13
+    source = _csv(tmp_path / "sweep.csv")
+    table = pd.read_csv(source).assign(shape_seq_len=1024, budget_kind="tokens")
+    table["budget_value"] = np.where(table["hparams_compute"] == SIZES[0][1], 9e5, 1e9)
+    table.to_csv(source, index=False)
+    out = tmp_path / "report"
+    assert main([str(source), "--out", str(out), "--bootstrap", "0"]) == 0
+    text = (out / "hparams.yaml").read_text()
+    assert ("  min_steps: 13  # base's 32 would halve the law's batch at the fitted budget "
+            "C = 1e+16") in text
+    fitted = OmegaConf.merge(OmegaConf.load(ROOT / "configs/hparams/power_law.yaml"),
+                             {k: v for k, v in yaml.safe_load(text).items() if k != "defaults"})
+    base = load_rules(OmegaConf.load(ROOT / "configs/hparams/power_law.yaml"))
+    assert rule_batch_sequences(load_rules(fitted), SIZES[0][1], 1024, 9e5) == 64
+    assert rule_batch_sequences(base, SIZES[0][1], 1024, 9e5) == 16
+    # Budgets of 1e9 tokens everywhere: nothing halves, no line; nor without budget columns
+    table.assign(budget_value=1e9).to_csv(source, index=False)
+    assert main([str(source), "--out", str(out), "--bootstrap", "0"]) == 0
+    assert "  min_steps:" not in (out / "hparams.yaml").read_text()
+    table.drop(columns=["budget_kind", "budget_value"]).to_csv(source, index=False)
+    assert main([str(source), "--out", str(out), "--bootstrap", "0"]) == 0
+    assert "  min_steps:" not in (out / "hparams.yaml").read_text()
+    assert any(n.startswith("batch.min_steps of power_law.yaml not checked against the batch "
+                            "law: the source has no budget_kind and budget_value columns")
+               for n in json.loads((out / "report.json").read_text())["notes"])
+
+
+def _warmup_runs(root: Path, fraction: float | None) -> Path:
+    """Two budgets of 5 LRs at a batch of 4096 tokens, warmed up as power_law's rule gives
+    (fraction None: N tokens, here 24 and 98 steps) or over `fraction` of their steps."""
+    for n, tokens in ((100_000, 2_000_000), (400_000, 8_000_000)):
+        c, steps = 6.0 * n * tokens, tokens // 4096
+        warmup = round(n / 4096) if fraction is None else max(1, round(fraction * steps))
+        for i, step in enumerate(np.arange(-2.3, 2.7)):
+            lr = LR_K * c**LR_E * 2.0**step
+            loss = 3.0 * float(np.exp(0.2 * np.log10(lr / (LR_K * c**LR_E)) ** 2))
+            run = make_run(root, n, tokens, loss, run_id=f"n{n}-lr{i}")
+            summary = json.loads((run / "summary.json").read_text())
+            summary.update(batch_tokens=4096, steps=steps, hparams={
+                "lr": lr, "schedule": "cosine", "compute": c, "warmup_steps": warmup})
+            (run / "summary.json").write_text(json.dumps(summary))
+    return root
+
+
+def test_the_sweeps_warmup_is_checked_against_the_rule_the_file_inherits(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "report"
+    assert main([str(_warmup_runs(tmp_path / "rule", None)), "--out", str(out),
+                 "--bootstrap", "0"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["warmup"] == {"runs": 10, "off_rule": 0}
+    assert not any("warmed up" in w for w in report["warnings"])
+    assert ("warmup: all 10 runs warmed up as power_law's warmup rule (warmup.tokens_per_param=1, "
+            "max_fraction=0.1) gives") in capsys.readouterr().out
+    # A sweep that pinned schedule.warmup_fraction=0.1 (49 and 195 steps): the fitted LR is the
+    # optimum at that warmup, not at the rule's, which the file would train with
+    assert main([str(_warmup_runs(tmp_path / "pinned", 0.1)), "--out", str(out),
+                 "--bootstrap", "0"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["warmup"]["off_rule"] == 10 and report["warmup"]["fraction"] == 0.1
+    warning = ("10 of 10 runs warmed up otherwise than power_law's warmup rule "
+               "(warmup.tokens_per_param=1, max_fraction=0.1), which training with these rules "
+               "follows (run n100000-lr0: 49 steps, the rule 24); the LR optimum depends on the "
+               "warmup: they fit schedule.warmup_fraction=0.1: train with these rules and "
+               "schedule.warmup_fraction=0.1, or refit on a sweep with the rule's warmup")
+    assert report["warnings"][-1] == warning
+    assert f"warning: {warning}" in capsys.readouterr().out
+    assert f"**warning**: {warning}" in (out / "report.md").read_text()
+    header = [line[2:] for line in (out / "hparams.yaml").read_text().splitlines()
+              if line.startswith("# ")]
+    assert f"Warning: {warning}." in " ".join(header)
 
 
 def test_one_budget_gives_its_optimum_but_no_rules_file(tmp_path: Path) -> None:

@@ -5,14 +5,14 @@ its defaults list: its LR clamps, and what its own rules give at the budgets tha
 from __future__ import annotations
 
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sweep.fit.table import TableError
 
 HPARAMS_DIR = Path(__file__).resolve().parents[2] / "configs" / "hparams"
-BLOCKS = ("lr", "batch")
+BLOCKS = ("lr", "batch", "warmup", "horizon")
 
 
 def _path(base: str, seen: tuple[str, ...] = ()) -> Path:
@@ -39,7 +39,7 @@ def _number(value: Any) -> float | None:
 
 
 def _blocks(base: str, seen: tuple[str, ...] = ()) -> tuple[dict[str, dict[str, Any]], list[str]]:
-    """(the `lr` and `batch` keys of <base>.yaml over those it inherits through its defaults
+    """(the BLOCKS' keys of <base>.yaml over those it inherits through its defaults
     list, merged in that list's order as Hydra composes it (`_self_` last where it is absent);
     the names of every file on the chain)."""
     import yaml
@@ -51,8 +51,8 @@ def _blocks(base: str, seen: tuple[str, ...] = ()) -> tuple[dict[str, dict[str, 
         raise TableError(f"--base {base}: cannot read {path} ({exc})") from None
     if not isinstance(data, dict) or not all(
             isinstance(data.get(block) or {}, dict) for block in BLOCKS):
-        raise TableError(f"--base {base}: {path} is not an hparams config (its top level, lr "
-                         "and batch must be mappings, as in power_law.yaml)")
+        raise TableError(f"--base {base}: {path} is not an hparams config (its top level and "
+                         f"its {', '.join(BLOCKS)} must be mappings, as in power_law.yaml)")
     entries = [e for e in data.get("defaults") or [] if isinstance(e, str)]
     if "_self_" not in entries:
         entries.append("_self_")
@@ -71,13 +71,15 @@ def _blocks(base: str, seen: tuple[str, ...] = ()) -> tuple[dict[str, dict[str, 
 
 @dataclass(frozen=True)
 class BaseRules:
-    """A base config's LR and batch rules: whichever of coefficient, exponent, min, max it sets
-    as numbers."""
+    """A base config's rules: whichever numbers it sets in each block (lr and batch: coefficient,
+    exponent, clamps; batch.min_steps; warmup; horizon)."""
 
     name: str
     lr: dict[str, float]
     batch: dict[str, float]
     chain: tuple[str, ...] = ()  # the base and every file it inherits from
+    warmup: dict[str, float] = field(default_factory=dict)
+    horizon: dict[str, float] = field(default_factory=dict)
 
     def clamps(self) -> tuple[float, float] | None:
         """(lr.min, lr.max), or None where it does not set both."""
@@ -112,7 +114,7 @@ def read_base(base: str, notes: list[str]) -> BaseRules | None:
         import yaml  # noqa: F401 (only whether it is there)
     except ImportError:
         notes.append(f"{base}.yaml not read (no PyYAML): its lr clamps are not checked against "
-                     "the law, nor its rules compared")
+                     "the law, nor its rules compared, nor its min_steps and warmup checked")
         return None
     blocks, chain = _blocks(base)
 
@@ -120,7 +122,8 @@ def read_base(base: str, notes: list[str]) -> BaseRules | None:
         values = {k: _number(v) for k, v in blocks[block].items()}
         return {k: v for k, v in values.items() if v is not None}
 
-    rules = BaseRules(base, numbers_of("lr"), numbers_of("batch"), tuple(chain))
+    rules = BaseRules(base, numbers_of("lr"), numbers_of("batch"), tuple(chain),
+                      numbers_of("warmup"), numbers_of("horizon"))
     if rules.clamps() is None:
         notes.append(f"lr clamps of {base}.yaml not checked against the law (it sets no numeric "
                      "lr.min and lr.max)")

@@ -22,6 +22,7 @@ from sweep.fit.base_rules import compare, read_base
 from sweep.fit.hparams_report import render_markdown, render_yaml, write_figure
 from sweep.fit.optimum import OptimumOptions, fit_optimum
 from sweep.fit.report import check_out_dir, dump_json, refused, replace_dir
+from sweep.fit.rule_checks import check_warmup, min_steps_line
 from sweep.fit.table import (
     TableError,
     check_one_dataset,
@@ -137,6 +138,7 @@ class Sweep:
     notes: list[str]
     schedule: str | None  # their schedule.kind; None where the source does not say
     seq_len: int | None  # their train.seq_len; None where it does not say or they differ
+    source: pd.DataFrame  # the source's rows of those runs, every column, aligned with table
 
 
 def load_sweep(source: str | Path, cols: SweepColumns, skip_unreadable: bool = False,
@@ -189,7 +191,7 @@ def load_sweep(source: str | Path, cols: SweepColumns, skip_unreadable: bool = F
                                 flag="--batch-col"),
         "loss": numeric_column(table, cols.loss, "loss", what, flag="--loss-col"),
     })
-    return Sweep(out, notes, schedule, _one_seq_len(table, notes))
+    return Sweep(out, notes, schedule, _one_seq_len(table, notes), table)
 
 
 def _one_seq_len(table: pd.DataFrame, notes: list[str]) -> int | None:
@@ -272,9 +274,14 @@ def main(argv: list[str] | None = None) -> int:
             "seed": options.seed, "where": args.where, "name": args.name, "base": args.base})
         if base is not None:
             compare(report, base)
+        warmup = check_warmup(table, sweep.source, base, notes)
+        if warmup is not None:
+            report["warmup"] = warmup
+            report["warnings"] += [warmup["warning"]] if "warning" in warmup else []
         clamps = base.clamps() if base is not None else None
         batch_clamps = base.batch_clamps() if base is not None else None
-        yaml_text = (render_yaml(report, args.name, args.base, clamps, batch_clamps)
+        min_steps = min_steps_line(report, table, sweep.source, base, sweep.seq_len, notes)
+        yaml_text = (render_yaml(report, args.name, args.base, clamps, batch_clamps, min_steps)
                      if report["laws"] else None)
 
         def fill(tmp: Path) -> None:

@@ -5,6 +5,7 @@ rules, inheriting every other key from a base) and hparams_fit.png.
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
@@ -165,11 +166,13 @@ def _round(value: float, direction: Callable[[float], int]) -> float:
 
 def render_yaml(report: dict[str, Any], name: str, base: str,
                 clamps: tuple[float, float] | None = None,
-                batch_clamps: tuple[int, int] | None = None) -> str:
+                batch_clamps: tuple[int, int] | None = None,
+                min_steps: list[str] | None = None) -> str:
     """hparams.yaml: the fitted rules as a config of the hparams group, every other key (clamps,
     warmup, horizon) taken from configs/hparams/<base>.yaml through its defaults list; the base's
     lr clamps (`clamps`) and batch clamps in sequences (`batch_clamps`, checked where the runs'
-    seq_len is known; None: unknown) are widened where they cut into the fitted range."""
+    seq_len is known; None: unknown) are widened where they cut into the fitted range, and
+    `min_steps` (rule_checks.min_steps_line) lowers batch.min_steps where it would."""
     cs = [r["C"] for r in report["budgets"] if any(r.get("used", {}).values())]
     lines = [f"# LR and batch rules fitted by `python -m sweep.fit.hparams {report['source']}`",
              f"# on {date.today().isoformat()} from {len(cs)} budgets, C = {_g(min(cs), 3)} to "
@@ -177,8 +180,12 @@ def render_yaml(report: dict[str, Any], name: str, base: str,
              f"# Copy it to configs/hparams/{name}.yaml and train with hparams={name}. Keys not "
              f"set here come from {base}.yaml,",
              f"# whose clamps apply: `python -m sweep.hparams hparams={name}` shows what each "
-             "rung gets.",
-             "defaults:", f"  - {base}", "  - _self_", "", f"name: {name}"]
+             "rung gets."]
+    warning = report.get("warmup", {}).get("warning")
+    if warning:
+        lines += textwrap.wrap(f"Warning: {warning}.", 98, initial_indent="# ",
+                               subsequent_indent="# ")
+    lines += ["defaults:", f"  - {base}", "  - _self_", "", f"name: {name}"]
     if report.get("schedule"):
         lines += ["fitted:", f"  schedule: {report['schedule']}  # the sweep's schedule.kind: a "
                   "run of another kind is refused these rules"]
@@ -192,6 +199,7 @@ def render_yaml(report: dict[str, Any], name: str, base: str,
             lines += _unclamped(law, used, clamps)
         else:
             lines += _unclamped_batch(law, used, batch_clamps, report.get("seq_len"))
+            lines += min_steps or []
     return "\n".join(lines) + "\n"
 
 
