@@ -281,9 +281,24 @@ def launch_waves(points: Sequence[GridPoint]) -> list[list[GridPoint]]:
     return [w for w in waves if w]
 
 
-def sharing_note(points: Sequence[GridPoint]) -> str | None:
+def predecessors(order: Sequence[GridPoint]) -> list[int | None]:
+    """For points in launch order (the waves, one after another): the position of the point
+    each continues, the one before it on its shared trajectory (None: it continues none), which a
+    launcher that can (gpu_pool's launch_after) waits for instead of a whole wave."""
+    last: dict[str, int] = {}
+    after: list[int | None] = []
+    for i, p in enumerate(order):
+        after.append(last.get(p.stable_hash) if p.stable_hash is not None else None)
+        if p.stable_hash is not None:
+            last[p.stable_hash] = i
+    return after
+
+
+def sharing_note(points: Sequence[GridPoint], chained: bool = False) -> str | None:
     """What sharing stable phases saves the points to train (in launch order), or why two
-    points of one size share nothing; None when no point shares (schedule.share_stable=false)."""
+    points of one size share nothing; None when no point shares (schedule.share_stable=false).
+    `chained`: the launcher starts each run once the one it continues has ended (launch_after),
+    rather than wave by wave."""
     waves = launch_waves(points)
     todo = [p for wave in waves for p in wave if p.stable_hash is not None]
     if not todo:
@@ -318,8 +333,10 @@ def sharing_note(points: Sequence[GridPoint]) -> str | None:
         f"shared stable phases: {len(todo)} run{'s' if len(todo) > 1 else ''} in {len(groups)} "
         f"trajector{'y' if len(groups) == 1 else 'ies'} train {trained:,} of their {total:,} "
         f"tokens ({trained / total:.0%}), each from the state the one before it saved where its "
-        f"cooldown began: launched in {len(waves)} wave{'s' if len(waves) > 1 else ''}, one budget "
-        "of each trajectory a wave"
+        "cooldown began: "
+        + ("each launched once the run before it on its trajectory has ended" if chained else
+           f"launched in {len(waves)} wave{'s' if len(waves) > 1 else ''}, one budget of each "
+           "trajectory a wave")
     )
 
 

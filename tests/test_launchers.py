@@ -83,14 +83,17 @@ def pool_launcher(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, executor: Fak
 
 
 def run_pool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, durations: Sequence[int],
-             dies: Collection[int] = (), **pool: Any) -> tuple[list, list[FakeJob], list]:
-    """Launches len(durations) fake jobs through the pool; time passes one tick per sleep."""
+             dies: Collection[int] = (), after: Sequence[int | None] | None = None,
+             **pool: Any) -> tuple[list, list[FakeJob], list]:
+    """Launches len(durations) fake jobs through the pool (with launch_after where `after` is
+    given); time passes one tick per sleep."""
     clock = SimpleNamespace(now=0)
     executor = FakeExecutor(clock, durations, dies)
     launcher = pool_launcher(tmp_path, monkeypatch, executor,
                              lambda: setattr(clock, "now", clock.now + 1), **pool)
     overrides = [[f"budget.tokens={1000 + i}"] for i in range(len(durations))]
-    returns = list(launcher.launch(overrides, initial_job_idx=FIRST_JOB))
+    returns = list(launcher.launch(overrides, initial_job_idx=FIRST_JOB) if after is None else
+                   launcher.launch_after(overrides, initial_job_idx=FIRST_JOB, after=after))
     return returns, executor.jobs, overrides
 
 
@@ -145,6 +148,25 @@ def test_a_job_whose_process_died_returns_failed_in_its_place(tmp_path, monkeypa
     assert returns[1].overrides == overrides[1]
     assert "killed" in str(returns[1]._return_value)
     assert busiest(jobs) == 1
+
+
+def test_a_chained_job_starts_once_the_one_it_continues_has_ended(tmp_path, monkeypatch):
+    # Two trajectories in wave order: a small size's three budgets (1 tick each) and a large
+    # size's two (5 ticks each): [a1, b1, a2, b2, a3], each continuing the one before on its own
+    returns, jobs, overrides = run_pool(tmp_path, monkeypatch, [1, 5, 1, 5, 1],
+                                        after=[None, None, 0, 1, 2], gpus=[0, 1])
+    started = {job.num - FIRST_JOB: job for job in jobs}
+    a1, b1, a2, b2, a3 = (started[i] for i in range(5))
+    # a's chain runs on while b1 is still going (waves would hold a2 until b1 ends at tick 5)
+    assert (a1.start, a2.start, a3.start) == (0, 1, 2) and a3.end == 3
+    assert (b1.start, b2.start) == (0, 5) and max(job.end for job in jobs) == 10
+    assert [r.overrides for r in returns] == overrides
+    assert busiest(jobs) == 2
+    # A job that died still ends its chain's wait: the next run starts (and finds no state)
+    returns, jobs, _ = run_pool(tmp_path, monkeypatch, [2, 1], dies={0}, after=[None, 0],
+                                gpus=[0, 1])
+    assert jobs[1].start == jobs[0].end == 2
+    assert [r.status for r in returns] == [JobStatus.FAILED, JobStatus.COMPLETED]
 
 
 def test_ctrl_c_cancels_the_running_jobs(tmp_path, monkeypatch):

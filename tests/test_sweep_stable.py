@@ -17,7 +17,7 @@ import sweep.start as start_module
 from sweep.checkpoint import checkpoint_step, list_checkpoints
 from sweep.collect import collect_runs
 from sweep.errors import ConfigError
-from sweep.grid import GridPoint, horizon_note, launch_waves, sharing_note
+from sweep.grid import GridPoint, horizon_note, launch_waves, predecessors, sharing_note
 from sweep.plan import plan_run
 from sweep.stable import (
     ABANDONED_TEMP_S,
@@ -177,6 +177,9 @@ def test_shared_runs_launch_smallest_budget_first_and_the_note_counts_what_they_
     # A wave per budget of a trajectory, smallest first (wave 0 also holds what shares nothing);
     # skipped points never launch
     assert [[p.index for p in wave] for wave in launch_waves(points)] == [[1, 3, 4], [2], [0]]
+    # in that order, which run each continues (its trajectory's one before it), for gpu_pool
+    assert predecessors([p for wave in launch_waves(points) for p in wave]) == [
+        None, None, None, 2, 3]
     # a: 1000 from 720 (the finished point 5 saved it), 2000 from 800, 8000 from 1600; b: 4000
     # from 0
     trained = (1000 - 720) + (2000 - 800) + (8000 - 1600) + 4000
@@ -184,6 +187,8 @@ def test_shared_runs_launch_smallest_budget_first_and_the_note_counts_what_they_
         f"shared stable phases: 4 runs in 2 trajectories train {trained:,} of their 15,000 "
         f"tokens ({trained / 15000:.0%}), each from the state the one before it saved where its "
         "cooldown began: launched in 3 waves, one budget of each trajectory a wave")
+    assert sharing_note(points, chained=True).endswith(
+        "cooldown began: each launched once the run before it on its trajectory has ended")
     assert sharing_note([point(0, 8000, None), point(1, 500, None)]) is None
     # A state on disk from an earlier sweep counts; one run alone is "run"
     assert sharing_note([point(0, 8000, "a", 6400, saved=(1600,))]).startswith(
@@ -337,7 +342,7 @@ def test_a_continued_run_killed_anywhere_ends_as_the_lone_run(plan, synthetic_ro
                                         "train_loss": rows(longer.run_dir)[-1]["train_loss"]}
 
 
-def test_the_pool_launcher_trains_trajectories_side_by_side_a_budget_a_wave(
+def test_the_pool_launcher_trains_trajectories_side_by_side_each_run_after_its_donor(
     synthetic_root, tmp_path
 ):
     env = {**os.environ, "WANDB_MODE": "disabled"}
@@ -349,7 +354,7 @@ def test_the_pool_launcher_trains_trajectories_side_by_side_a_budget_a_wave(
          "hydra.launcher.cpus_per_task=1"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "launched in 2 waves, one budget of each trajectory a wave" in result.stdout
+    assert "each launched once the run before it on its trajectory has ended" in result.stdout
     summaries = [json.loads(p.read_text()) for p in (tmp_path / "pool").glob("*/summary.json")]
     # Both sizes' longer runs continued their own size's shorter run, saved in the wave before
     donors = {s["run_id"]: s["params"]["non_embedding"] for s in summaries if s["tokens"] == 8192}
@@ -358,3 +363,6 @@ def test_the_pool_launcher_trains_trajectories_side_by_side_a_budget_a_wave(
     for s in continued:
         assert s["branched_from"]["step"] == 6
         assert donors[s["branched_from"]["run_id"]] == s["params"]["non_embedding"]
+        # launched once its donor had ended (launch_after), not merely after it in the order
+        donor = next(d for d in summaries if d["run_id"] == s["branched_from"]["run_id"])
+        assert s["started_at"] >= donor["finished_at"]

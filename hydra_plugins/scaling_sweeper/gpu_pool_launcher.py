@@ -7,7 +7,6 @@ submitit_local starts every job at once on the same CUDA_VISIBLE_DEVICES; this p
 # sys.modules, where dataclasses look up string annotations, so @dataclass would fail on them.
 import os
 import time
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,8 +134,22 @@ class GpuPoolLauncher(submitit_launcher.LocalLauncher):
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
+        return self.launch_after(job_overrides, initial_job_idx, [None] * len(job_overrides))
+
+    def launch_after(
+        self,
+        job_overrides: Sequence[Sequence[str]],
+        initial_job_idx: int,
+        after: Sequence[int | None],
+    ) -> Sequence[JobReturn]:
+        """launch(), where job i starts only once job after[i] (a position in job_overrides,
+        earlier than i) has ended: the sweeper chains a shared stable phase's runs so, and each
+        starts as soon as the run whose saved state it continues has ended, not when a whole
+        wave of runs has.
+        A free slot takes the first job in order whose predecessor has ended."""
         assert self.config is not None
-        assert len(job_overrides) > 0
+        assert len(job_overrides) > 0 and len(after) == len(job_overrides)
+        assert all(a is None or 0 <= a < i for i, a in enumerate(after))
         slots = self.slots()
         executor = self.make_executor()
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
@@ -150,19 +163,22 @@ class GpuPoolLauncher(submitit_launcher.LocalLauncher):
             flush=True,
         )
 
-        pending = deque(enumerate(job_overrides))
+        pending = list(range(len(job_overrides)))
         running: dict[int, tuple[int, Any]] = {}  # slot -> (input position, submitit job)
         jobs: list[Any] = [None] * len(job_overrides)
+        done = [False] * len(job_overrides)
         try:
             while pending or running:
-                while pending and (slot := self._free_slot(slots, running)) is not None:
-                    position, overrides = pending.popleft()
+                while (position := self._ready(pending, after, done)) is not None and (
+                    slot := self._free_slot(slots, running)
+                ) is not None:
+                    pending.remove(position)
                     jobs[position] = self._submit(executor, slots, slot, position,
-                                                  initial_job_idx, overrides)
+                                                  initial_job_idx, job_overrides[position])
                     running[slot] = (position, jobs[position])
                 ended = [slot for slot, (_, job) in running.items() if job.done()]
                 for slot in ended:
-                    del running[slot]
+                    done[running.pop(slot)[0]] = True
                 if not ended:
                     time.sleep(self.poll_s)
         except KeyboardInterrupt:
@@ -172,6 +188,11 @@ class GpuPoolLauncher(submitit_launcher.LocalLauncher):
                 job.cancel(check=False)
             raise
         return [self._result(job, list(o)) for job, o in zip(jobs, job_overrides, strict=True)]
+
+    @staticmethod
+    def _ready(pending: list[int], after: Sequence[int | None], done: list[bool]) -> int | None:
+        """The first pending job whose predecessor (if any) has ended, or None."""
+        return next((i for i in pending if after[i] is None or done[after[i]]), None)
 
     @staticmethod
     def _free_slot(slots: list[int | None], running: dict[int, tuple[int, Any]]) -> int | None:

@@ -30,6 +30,7 @@ class ScalingSweeper(BasicSweeper):
             horizon_note,
             launch_waves,
             plan_grid,
+            predecessors,
             runs_outside,
             sharing_note,
             write_manifest,
@@ -61,7 +62,11 @@ class ScalingSweeper(BasicSweeper):
             print(f"error: {err}", file=sys.stderr)
             raise SystemExit(2) from None
         print(format_plan(experiment, points), flush=True)
-        for note in (runs_outside(points), sharing_note(points), horizon_note(points)):
+        # A launcher that can wait for one job (gpu_pool) starts each run of a shared stable
+        # phase once the run it continues has ended; others go wave by wave, where a wave ends
+        # with its slowest run and leaves the other slots idle
+        chained = hasattr(self.launcher, "launch_after") and not self.max_batch_size
+        for note in (runs_outside(points), sharing_note(points, chained), horizon_note(points)):
             if note:
                 print(note, flush=True)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
@@ -73,7 +78,8 @@ class ScalingSweeper(BasicSweeper):
         write_manifest(sweep_dir, experiment, points)
         # Waves: a shared stable phase's runs go one budget a wave, each continuing the state
         # the wave before saved (one wave of everything when nothing is shared)
-        waves = [[list(p.overrides) for p in wave] for wave in launch_waves(points)]
+        order = launch_waves(points)
+        waves = [[list(p.overrides) for p in wave] for wave in order]
         todo = [job for wave in waves for job in wave]
         held = held_points(points)
         if not todo:
@@ -84,14 +90,17 @@ class ScalingSweeper(BasicSweeper):
             return []
 
         start = time.perf_counter()
-        returns = []
-        first = 0
-        for wave in waves:
-            size = self.max_batch_size or len(wave)
-            for offset in range(0, len(wave), size):
-                returns.append(self.launcher.launch(wave[offset : offset + size],
-                                                    initial_job_idx=first + offset))
-            first += len(wave)
+        if chained:
+            after = predecessors([p for wave in order for p in wave])
+            returns = [self.launcher.launch_after(todo, initial_job_idx=0, after=after)]
+        else:
+            returns, first = [], 0
+            for wave in waves:
+                size = self.max_batch_size or len(wave)
+                for offset in range(0, len(wave), size):
+                    returns.append(self.launcher.launch(wave[offset : offset + size],
+                                                        initial_job_idx=first + offset))
+                first += len(wave)
         # A job that raised is recorded, not re-raised: the other runs of the sweep went on.
         failures = [
             (r.overrides, r._return_value)
