@@ -30,7 +30,7 @@ from sweep.errors import ConfigError
 from sweep.lock import RunLock, sigterm_interrupts
 from sweep.loop import eval_steps, train_loop
 from sweep.plan import RunPlan
-from sweep.records import RunRecord
+from sweep.records import RunRecord, code_version
 from sweep.stable import find_stable_state
 from sweep.step import build_optimizer
 
@@ -185,6 +185,7 @@ def run(plan: RunPlan, rerun_failed: bool = False, dist: Distributed = SINGLE) -
                     f"step {loop.step} of {plan.budget.steps} ({donor.get('tokens'):,} tokens not "
                     "retrained)"
                 )
+                _note_other_code(plan.run_id, donor.get("code_version"), Path(value), dist)
         else:
             newest = Path(value)
             loop = resume_training_state(
@@ -204,3 +205,12 @@ def run(plan: RunPlan, rerun_failed: bool = False, dist: Distributed = SINGLE) -
             plan, policy, record, model, step_model, optimizer, batches, val, loop, dist,
             eval_now=eval_now,
         )
+
+
+def _note_other_code(run_id: str, trained_by: str | None, state: Path, dist: Distributed) -> None:
+    """Say so when a stable state was saved by other code than this: states outlive code
+    changes, and the continued run is then not the run this code would train alone."""
+    here = code_version()
+    if trained_by not in (None, "unknown", here) and here != "unknown":
+        dist.say(f"{run_id}: note: its shared steps were trained by code {trained_by}, this is "
+                 f"{here}; delete {state.parent} to retrain them with this code")

@@ -108,6 +108,17 @@ def test_a_run_continuing_another_stable_phase_ends_bit_for_bit_as_alone(plan, t
     assert shared_rows[:3] == rows(tmp_path / "shared" / first["run_id"])[:3]
 
 
+def test_a_state_saved_by_other_code_is_continued_with_a_note(plan, monkeypatch, capsys):
+    first = start_module.run(plan("code", 8192, *SHARED))
+    monkeypatch.setattr(start_module, "code_version", lambda: "v2-edited")
+    second_plan = plan("code", 16384, *SHARED)
+    second = start_module.run(second_plan)
+    assert second["branched_from"]["code_version"] == first["code_version"] != "v2-edited"
+    assert (f"{second_plan.run_id}: note: its shared steps were trained by code "
+            f"{first['code_version']}, this is v2-edited; delete {stable_dir(second_plan)} to "
+            "retrain them with this code") in capsys.readouterr().out
+
+
 def test_a_stable_state_past_the_run_cooldown_or_of_another_trajectory_is_not_taken(
     plan, tmp_path
 ):
