@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from sweep.fit.base_rules import BaseRules
 from sweep.fit.figures import C_LABEL, log_norm, save
 from sweep.fit.optimum import SAME_C_DECADES
+from sweep.rules import nearest_power_of_two
 
 AXIS_LABELS = {"lr": "peak LR", "batch": "batch (tokens)"}
 FIGURE = "hparams_fit.png"
@@ -145,10 +146,10 @@ def _unclamped_batch(law: dict[str, Any], cs: list[float], clamps: tuple[int, in
     the law's tokens / seq_len, then clamps it, so a bound is widened to that power of two."""
     if clamps is None or seq_len is None:
         return []
-    ends = [2 ** round(math.log2(law["coefficient"] * c ** law["exponent"] / seq_len))
+    ends = [nearest_power_of_two(law["coefficient"] * c ** law["exponent"] / seq_len)
             for c in (min(cs), max(cs))]
     return _widened(("min_sequences", "max_sequences"), ends, clamps,
-                    (str(max(min(ends), 1)), str(max(ends))), f" (at seq_len {seq_len})")
+                    (str(max(int(min(ends)), 1)), str(int(max(ends)))), f" (at seq_len {seq_len})")
 
 
 def _widened(keys: tuple[str, str], ends: list[float], clamps: tuple[float, float],
