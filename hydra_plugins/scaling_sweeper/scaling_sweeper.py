@@ -78,9 +78,9 @@ class ScalingSweeper(BasicSweeper):
         write_manifest(sweep_dir, experiment, points)
         # Waves: a shared stable phase's runs go one budget a wave, each continuing the state
         # the wave before saved (one wave of everything when nothing is shared)
-        order = launch_waves(points)
-        waves = [[list(p.overrides) for p in wave] for wave in order]
-        todo = [job for wave in waves for job in wave]
+        waves = launch_waves(points)
+        order = [p for wave in waves for p in wave]
+        todo = [list(p.overrides) for p in order]
         held = held_points(points)
         if not todo:
             print("nothing to train", flush=True)
@@ -91,15 +91,15 @@ class ScalingSweeper(BasicSweeper):
 
         start = time.perf_counter()
         if chained:
-            after = predecessors([p for wave in order for p in wave])
-            returns = [self.launcher.launch_after(todo, initial_job_idx=0, after=after)]
+            returns = [self.launcher.launch_after(todo, initial_job_idx=0,
+                                                  after=predecessors(order))]
         else:
             returns, first = [], 0
             for wave in waves:
                 size = self.max_batch_size or len(wave)
                 for offset in range(0, len(wave), size):
-                    returns.append(self.launcher.launch(wave[offset : offset + size],
-                                                        initial_job_idx=first + offset))
+                    jobs = [list(p.overrides) for p in wave[offset : offset + size]]
+                    returns.append(self.launcher.launch(jobs, initial_job_idx=first + offset))
                 first += len(wave)
         # A job that raised is recorded, not re-raised: the other runs of the sweep went on.
         failures = [
