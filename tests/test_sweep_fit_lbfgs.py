@@ -61,3 +61,34 @@ def test_a_start_at_the_minimum_takes_no_step(dim):
 
     result = minimize_batch(fun, np.zeros((2, dim)))
     assert result.converged.all() and (result.iterations == 0).all()
+
+
+def test_starts_stalled_far_above_their_sets_best_stop_early_and_change_no_optimum():
+    # Approach 3 on exact data from Epoch's law: some grid starts crawl on plateaus (a term
+    # switched off) at f ~ 1e-3 while the best optimum is ~1e-24
+    from sweep.fit.approach3 import _design, start_grid
+    from sweep.fit.optimize import lse_objective
+    from sweep.fit.synthetic import EPOCH_LAW
+
+    n = np.repeat(np.geomspace(1e7, 1e9, 4), 4)
+    d = np.tile([5.0, 20.0, 80.0, 320.0], 4) * n
+    fun = lse_objective(_design(n, d), np.log(EPOCH_LAW.loss(n, d)), np.ones((2, len(n))))
+    starts = start_grid()[::9]
+    rows = np.zeros(len(starts), dtype=int)
+    ruled = minimize_batch(fun, starts, rows)
+    plain = minimize_batch(fun, starts, rows, stall_pace=None)
+    assert not plain.stalled.any() and ruled.stalled.sum() > 50
+    # The best optimum is the same; every stalled start, left to run, ended above it anyway
+    # (some converging to worse optima, the others cut off by max_iter)
+    assert ruled.f.min() == plain.f.min() < 1e-20
+    np.testing.assert_array_equal(ruled.x[ruled.f.argmin()], plain.x[plain.f.argmin()])
+    assert (plain.f[ruled.stalled] > plain.f.min()).all()
+    assert not ruled.converged[ruled.stalled].any()
+    assert ruled.iterations.sum() < 0.5 * plain.iterations.sum()
+
+    # The bar is per data set: a stalled start alone in data set 1 has no converged optimum to
+    # fall short of, and goes on while set 0's crawlers stall
+    crawler = np.flatnonzero(ruled.stalled)[0]
+    both = minimize_batch(fun, np.vstack([starts, starts[crawler]]), np.r_[rows, 1])
+    assert not both.stalled[-1] and both.stalled[:-1].sum() > 50
+    assert both.iterations[-1] > ruled.iterations[crawler]

@@ -156,6 +156,7 @@ class Approach3:
     largest: tuple[float, float] = (math.nan, math.nan)  # the fitted runs' largest N and D
     rms_log_residual: float = math.nan  # over the fitted runs: comparable with Kaplan's L(N, D)
     bootstrap_converged: int = 0  # refits that converged (the rest hit the iteration cap)
+    n_stalled: int = 0  # starts dropped far above the best optimum (lbfgs' stall rule)
     # Seconds spent on the start grid and on the bootstrap refits (sweep.fit.bench prints them)
     timings_s: dict[str, float] = field(default_factory=dict)
 
@@ -224,6 +225,7 @@ class Approach3:
                 "objective": self.objective, "converged": self.converged,
                 "rms_log_residual": self.rms_log_residual,
                 "starts": self.n_starts, "starts_converged": self.n_converged,
+                "starts_stalled": self.n_stalled,
                 "bootstrap": len(self.samples), "bootstrap_converged": self.bootstrap_converged,
                 "huber_delta": HUBER_DELTA,
                 "allocation": self.allocation(),
@@ -259,4 +261,5 @@ def fit_approach3(
         largest=(float(n.max()), float(d.max())),
         rms_log_residual=_rms_log_residual(best.theta, n, d, loss),
         bootstrap_converged=converged, timings_s=timings,
+        n_stalled=sum(o.stalled for o in optima),
     )

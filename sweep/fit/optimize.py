@@ -55,13 +55,15 @@ class Optimum:
     theta: np.ndarray
     objective: float
     converged: bool
+    stalled: bool = False  # dropped by minimize_batch's stall rule, far above the best
 
 
 def multistart(fun: BatchObjective, starts: np.ndarray) -> list[Optimum]:
     """L-BFGS from every start on data set 0; all finite optima, best converged first."""
     result = minimize_batch(fun, starts, np.zeros(len(starts), dtype=int))
-    found = [Optimum(x, float(f), bool(c))
-             for x, f, c in zip(result.x, result.f, result.converged, strict=True)
+    found = [Optimum(x, float(f), bool(c), bool(s))
+             for x, f, c, s in zip(result.x, result.f, result.converged, result.stalled,
+                                   strict=True)
              if np.isfinite(f) and np.all(np.isfinite(x))]
     found.sort(key=lambda o: (not o.converged, o.objective))
     return found

@@ -43,10 +43,16 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
             *("| " + " | ".join(r) + " |" for r in rows), ""]
 
 
+def _stalled(s: dict[str, Any]) -> str:
+    stalled = s["starts_stalled"]
+    return f", {stalled} left early, stalled far above the best optimum" if stalled else ""
+
+
 def _approach3(s: dict[str, Any]) -> list[str]:
     lines = ["## Approach 3: L(N, D) = E + A / N^alpha + B / D^beta", "",
              f"{s['n_points']} runs; Huber (delta {s['huber_delta']:g}) on log loss, summed; "
-             f"L-BFGS from {s['starts']} grid starts ({s['starts_converged']} converged); best "
+             f"L-BFGS from {s['starts']} grid starts ({s['starts_converged']} converged"
+             f"{_stalled(s)}); best "
              f"objective {s['objective']:.6g} (rms log residual {_g(s['rms_log_residual'], 3)}); "
              f"{s['bootstrap']} bootstrap refits ({s['bootstrap_converged']} converged).", ""]
     if "warning" in s:
