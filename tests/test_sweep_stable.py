@@ -377,3 +377,28 @@ def test_the_pool_launcher_trains_trajectories_side_by_side_each_run_after_its_d
         # launched once its donor had ended (launch_after), not merely after it in the order
         donor = next(d for d in summaries if d["run_id"] == s["branched_from"]["run_id"])
         assert s["started_at"] >= donor["finished_at"]
+
+
+@pytest.mark.parametrize(("batch", "launch"), [
+    ([], "each launched once the run before it on its trajectory has ended"),
+    # A capped batch is the sweeper's own waves, which it cannot chain: it says so
+    (["hydra.sweeper.max_batch_size=1"],
+     "launched in 2 waves, one budget of each trajectory a wave"),
+])
+def test_the_pool_launchers_plan_says_whether_it_chains_or_goes_in_waves(
+    synthetic_root, tmp_path, batch, launch
+):
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    result = subprocess.run(
+        [sys.executable, "-m", "sweep.train", "--multirun", f"paths.root_dir={synthetic_root}",
+         f"paths.runs_dir={tmp_path}", "experiment_name=pool", *TINY, *SHARED, *FIXED_HPARAMS,
+         "schedule.warmup_fraction=null", "model.n_layer=1,2", "budget.tokens=16384,8192",
+         "hydra/launcher=workstation", "launch.dry_run=true", *batch],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    # Each 16,384-token run continues the 8,192-token run's state at its 6,144th token
+    assert ("shared stable phases: 4 runs in 2 trajectories train 36,864 of their 49,152 "
+            "tokens (75%), each from the state the one before it saved where its cooldown "
+            f"began: {launch}") in result.stdout
+    assert "dry run: nothing launched" in result.stdout
+    assert not (tmp_path / "pool").exists()
