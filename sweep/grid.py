@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from data import DataError
 from data.shards import atomic_write_bytes
-from sweep.checkpoint import checkpoint_step, list_checkpoints
+from sweep.checkpoint import checkpoint_path, checkpoint_step, list_checkpoints
 from sweep.errors import ConfigError, RunHeld, first_line
 from sweep.lock import lock_holder
 from sweep.plan import RunPlan, check_epochs, plan_run
@@ -53,6 +53,9 @@ class GridPoint:
     stable_hash: str | None = None
     stable_tokens: int | None = None
     stable_saved: tuple[int, ...] = ()
+    # The state file the run saves where its cooldown begins (a single process's: the
+    # workstation pool runs each point in one), which releases the run that continues it
+    stable_state: str | None = None
     horizon: float | None = None  # hparams.horizon.tokens_per_param: the D/N the rules see
     # The state of the point's run directory that made it a skip (finished, diverged, running,
     # failed); None for a point skipped by the plan itself (D/N range, a duplicate) or not skipped
@@ -258,6 +261,8 @@ def grid_point(
         ),
         stable_saved=tuple(checkpoint_step(p) * plan.batch_tokens
                            for p in (list_checkpoints(folder) if folder else [])),
+        stable_state=(str(checkpoint_path(folder, plan.schedule.cooldown_start)) if folder
+                      else None),
         horizon=((plan.config.get("hparams") or {}).get("horizon") or {}).get("tokens_per_param"),
     )
 
@@ -292,6 +297,13 @@ def predecessors(order: Sequence[GridPoint]) -> list[int | None]:
         if p.stable_hash is not None:
             last[p.stable_hash] = i
     return after
+
+
+def release_files(order: Sequence[GridPoint], after: Sequence[int | None]) -> list[str | None]:
+    """For points in launch order and their predecessors: the state file whose save releases
+    each (its predecessor's, at that run's cooldown start), so that it trains while the
+    predecessor cools down; None where it continues nothing."""
+    return [None if a is None else order[a].stable_state for a in after]
 
 
 def sharing_note(points: Sequence[GridPoint], chained: bool = False) -> str | None:
@@ -334,7 +346,8 @@ def sharing_note(points: Sequence[GridPoint], chained: bool = False) -> str | No
         f"trajector{'y' if len(groups) == 1 else 'ies'} train {trained:,} of their {total:,} "
         f"tokens ({trained / total:.0%}), each from the state the one before it saved where its "
         "cooldown began: "
-        + ("each launched once the run before it on its trajectory has ended" if chained else
+        + ("each launched once the run before it on its trajectory has saved that state (while "
+           "it cools down) or has ended" if chained else
            f"launched in {len(waves)} wave{'s' if len(waves) > 1 else ''}, one budget of each "
            "trajectory a wave")
     )

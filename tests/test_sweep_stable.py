@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -199,7 +200,8 @@ def test_shared_runs_launch_smallest_budget_first_and_the_note_counts_what_they_
         f"tokens ({trained / 15000:.0%}), each from the state the one before it saved where its "
         "cooldown began: launched in 3 waves, one budget of each trajectory a wave")
     assert sharing_note(points, chained=True).endswith(
-        "cooldown began: each launched once the run before it on its trajectory has ended")
+        "cooldown began: each launched once the run before it on its trajectory has saved that "
+        "state (while it cools down) or has ended")
     assert sharing_note([point(0, 8000, None), point(1, 500, None)]) is None
     # A state on disk from an earlier sweep counts; one run alone is "run"
     assert sharing_note([point(0, 8000, "a", 6400, saved=(1600,))]).startswith(
@@ -365,7 +367,8 @@ def test_the_pool_launcher_trains_trajectories_side_by_side_each_run_after_its_d
          "hydra.launcher.cpus_per_task=1"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "each launched once the run before it on its trajectory has ended" in result.stdout
+    assert ("each launched once the run before it on its trajectory has saved that state "
+            "(while it cools down) or has ended") in result.stdout
     summaries = [json.loads(p.read_text()) for p in (tmp_path / "pool").glob("*/summary.json")]
     # Both sizes' longer runs continued their own size's shorter run, saved in the wave before
     donors = {s["run_id"]: s["params"]["non_embedding"] for s in summaries if s["tokens"] == 8192}
@@ -374,13 +377,17 @@ def test_the_pool_launcher_trains_trajectories_side_by_side_each_run_after_its_d
     for s in continued:
         assert s["branched_from"]["step"] == 6
         assert donors[s["branched_from"]["run_id"]] == s["params"]["non_embedding"]
-        # launched once its donor had ended (launch_after), not merely after it in the order
-        donor = next(d for d in summaries if d["run_id"] == s["branched_from"]["run_id"])
-        assert s["started_at"] >= donor["finished_at"]
+        # launched once its donor had saved the state it continues (launch_after), not merely
+        # after it in the order; its donor may still be cooling down (started_at has seconds)
+        state = (tmp_path / ".stable" / s["stable_hash"][:16] / "replicated"
+                 / "checkpoint-00000006.pt")
+        started = datetime.fromisoformat(s["started_at"]).timestamp()
+        assert started >= int(state.stat().st_mtime)
 
 
 @pytest.mark.parametrize(("batch", "launch"), [
-    ([], "each launched once the run before it on its trajectory has ended"),
+    ([], "each launched once the run before it on its trajectory has saved that state (while "
+         "it cools down) or has ended"),
     # A capped batch is the sweeper's own waves, which it cannot chain: it says so
     (["hydra.sweeper.max_batch_size=1"],
      "launched in 2 waves, one budget of each trajectory a wave"),

@@ -141,15 +141,20 @@ class GpuPoolLauncher(submitit_launcher.LocalLauncher):
         job_overrides: Sequence[Sequence[str]],
         initial_job_idx: int,
         after: Sequence[int | None],
+        released_by: Sequence[str | None] | None = None,
     ) -> Sequence[JobReturn]:
         """launch(), where job i starts only once job after[i] (a position in job_overrides,
-        earlier than i) has ended: the sweeper chains a shared stable phase's runs so, and each
-        starts as soon as the run whose saved state it continues has ended, not when a whole
-        wave of runs has.
-        A free slot takes the first job in order whose predecessor has ended."""
+        earlier than i) has ended, or once the file released_by[i] exists if one is named: the
+        sweeper chains a shared stable phase's runs so, each starting as soon as the state it
+        continues is saved (at its predecessor's cooldown start, while that run cools down) and
+        not when a whole wave of runs has ended. A predecessor that ended without saving it
+        still releases its successor, which then continues an earlier state or starts afresh.
+        A free slot takes the first job in order that is released."""
         assert self.config is not None
         assert len(job_overrides) > 0 and len(after) == len(job_overrides)
         assert all(a is None or 0 <= a < i for i, a in enumerate(after))
+        released_by = released_by or [None] * len(job_overrides)
+        assert len(released_by) == len(job_overrides)
         slots = self.slots()
         executor = self.make_executor()
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
@@ -169,7 +174,7 @@ class GpuPoolLauncher(submitit_launcher.LocalLauncher):
         done = [False] * len(job_overrides)
         try:
             while pending or running:
-                while (position := self._ready(pending, after, done)) is not None and (
+                while (position := self._ready(pending, after, done, released_by)) is not None and (
                     slot := self._free_slot(slots, running)
                 ) is not None:
                     pending.remove(position)
@@ -190,9 +195,15 @@ class GpuPoolLauncher(submitit_launcher.LocalLauncher):
         return [self._result(job, list(o)) for job, o in zip(jobs, job_overrides, strict=True)]
 
     @staticmethod
-    def _ready(pending: list[int], after: Sequence[int | None], done: list[bool]) -> int | None:
-        """The first pending job whose predecessor (if any) has ended, or None."""
-        return next((i for i in pending if after[i] is None or done[after[i]]), None)
+    def _ready(pending: list[int], after: Sequence[int | None], done: list[bool],
+               released_by: Sequence[str | None]) -> int | None:
+        """The first pending job whose predecessor (if any) has ended or has written the job's
+        release file, or None."""
+        def released(i: int) -> bool:
+            a, file = after[i], released_by[i]
+            return a is None or done[a] or (file is not None and Path(file).exists())
+
+        return next((i for i in pending if released(i)), None)
 
     @staticmethod
     def _free_slot(slots: list[int | None], running: dict[int, tuple[int, Any]]) -> int | None:

@@ -31,6 +31,7 @@ class ScalingSweeper(BasicSweeper):
             launch_waves,
             plan_grid,
             predecessors,
+            release_files,
             runs_outside,
             sharing_note,
             write_manifest,
@@ -63,8 +64,8 @@ class ScalingSweeper(BasicSweeper):
             raise SystemExit(2) from None
         print(format_plan(experiment, points), flush=True)
         # A launcher that can wait for one job (gpu_pool) starts each run of a shared stable
-        # phase once the run it continues has ended; others go wave by wave, where a wave ends
-        # with its slowest run and leaves the other slots idle
+        # phase once the run it continues has saved its state (or ended); others go wave by
+        # wave, where a wave ends with its slowest run and leaves the other slots idle
         chained = hasattr(self.launcher, "launch_after") and not self.max_batch_size
         for note in (runs_outside(points), sharing_note(points, chained), horizon_note(points)):
             if note:
@@ -91,8 +92,9 @@ class ScalingSweeper(BasicSweeper):
 
         start = time.perf_counter()
         if chained:
-            returns = [self.launcher.launch_after(todo, initial_job_idx=0,
-                                                  after=predecessors(order))]
+            after = predecessors(order)
+            returns = [self.launcher.launch_after(todo, initial_job_idx=0, after=after,
+                                                  released_by=release_files(order, after))]
         else:
             returns, first = [], 0
             for wave in waves:
