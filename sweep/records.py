@@ -147,6 +147,10 @@ def build_summary(plan: RunPlan, status: str, **fields: Any) -> dict[str, Any]:
             "name": plan.dataset.name,
             "config_hash": plan.dataset.manifest.get("config_hash"),
             "tokenizer_hash": plan.dataset.manifest.get("tokenizer", {}).get("hash"),
+            # The data's exact loss floor where it is known (the synthetic corpus), else null:
+            # sweep.fit sets a fitted irreducible loss beside it
+            "entropy_rate_nats": (plan.dataset.manifest.get("synthetic") or {}).get(
+                "entropy_rate_nats"),
         },
         "device": plan.hardware.device_name,
         "precision": plan.hardware.precision,
