@@ -1,4 +1,5 @@
-"""A fitted irreducible loss E above a loss the runs reach: warned about, with both numbers."""
+"""Fitted irreducible losses E against the loss floor: above a loss the runs reach (warned about,
+with both numbers), and beside the data's entropy rate where the table gives it."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ import pandas as pd
 import pytest
 
 from sweep.fit.__main__ import _summary, main
-from sweep.fit.analysis import floor_warning
+from sweep.fit.floor import (
+    ENTROPY_RATE_COLUMN,
+    below_rate_warning,
+    describe_law,
+    entropy_rate,
+    floor_check,
+    floor_warning,
+)
 
 # The reviewer's case: approach 3's E 2.266 and Kaplan L(D)'s 2.147 against a run at 1.946.
 REVIEW = {"approach3": {"E": 2.266},
@@ -65,3 +73,63 @@ def test_cli_warns_when_a_run_goes_below_the_fitted_e(
                               "cannot go below E")
     assert f"warning: {warning}" in capsys.readouterr().out.splitlines()
     assert f"**Warning: {warning}.**" in (out / "report.md").read_text()
+
+
+def test_each_fitted_e_is_set_beside_the_entropy_rate_with_its_interval() -> None:
+    report = {"approach3": {"E": 0.62, "ci95": {"E": [0.60, 0.65]}},
+              "kaplan": {"L_N": {"with_offset": {"E": 0.55, "ci95": {"E": [0.50, 0.58]}}},
+                         "L_D": {"with_offset": {"E": 0.59, "ci95": {}}},  # no interval
+                         "L_C": {"with_offset": {"skipped": "needs 4 distinct C values"}}}}
+    check = floor_check(report, 0.5909)
+    assert check is not None and check["entropy_rate"] == 0.5909
+    a3, l_n, l_d = check["laws"]
+    assert (a3["law"], a3["covers"], a3["ci95"]) == ("approach 3", False, [0.60, 0.65])
+    assert a3["relative"] == pytest.approx(0.62 / 0.5909 - 1)
+    assert (l_n["law"], l_n["covers"]) == ("Kaplan L(N)", False)
+    assert l_d["law"] == "Kaplan L(D)" and "covers" not in l_d and "ci95" not in l_d
+    assert describe_law(a3) == "approach 3 E = 0.62 [0.6, 0.65], +4.9 %, interval excludes it"
+    assert describe_law(l_d) == "Kaplan L(D) E = 0.59, -0.2 %"
+    # Kaplan L(N)'s whole interval is below the rate, and L(D)'s E itself: a floor no model
+    # reaches; approach 3's interval above it is no warning (windows pay a little more)
+    assert below_rate_warning(check) == (
+        "fitted irreducible loss below the data's entropy rate 0.5909 nats/token (Kaplan L(N) "
+        "E = 0.55 [0.5, 0.58]; Kaplan L(D) E = 0.59): no model can reach that floor, so the law "
+        "predicts too low a loss beyond the data; the runs are too far from the floor to place "
+        "it")
+    assert below_rate_warning(floor_check({"approach3": {"E": 0.6}}, 0.5909)) is None
+    assert floor_check({"kaplan": {}}, 0.5909) is None  # no E fitted at all
+
+
+def test_the_entropy_rate_comes_from_sweep_collects_column_when_there_is_one() -> None:
+    assert entropy_rate(pd.DataFrame({"loss": [1.0, 2.0]})) is None
+    assert entropy_rate(pd.DataFrame({ENTROPY_RATE_COLUMN: [None, None]})) is None  # text data
+    assert entropy_rate(pd.DataFrame({ENTROPY_RATE_COLUMN: [0.59, 0.59, None]})) == 0.59
+
+
+def test_cli_sets_the_fitted_floors_beside_the_tables_entropy_rate(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Exact losses from L = 2 + (5e3/N)^0.5 + (1e4/D)^0.5, whose floor is 2, at two D (which
+    # leaves approach 3 out): L(N) on the best run per N (D = 8e4) fits E = 2 + (1e4/8e4)^0.5
+    rows = [{"run_id": f"n{i}-d{d}", "N": n, "D": d, ENTROPY_RATE_COLUMN: 2.0,
+             "loss": 2.0 + (5e3 / n) ** 0.5 + (1e4 / d) ** 0.5}
+            for i, n in enumerate((1e3, 2e3, 4e3, 8e3, 1.6e4, 3.2e4)) for d in (20_000, 80_000)]
+    source = tmp_path / "runs.csv"
+    pd.DataFrame(rows).to_csv(source, index=False)
+    out = tmp_path / "report"
+    assert main([str(source), "--out", str(out), "--bootstrap", "20"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    check = report["loss_floor"]
+    assert check["entropy_rate"] == 2.0
+    l_n = next(law for law in check["laws"] if law["law"] == "Kaplan L(N)")
+    assert l_n["E"] == pytest.approx(2 + 0.125**0.5, rel=1e-4)
+    assert l_n["relative"] == pytest.approx(0.125**0.5 / 2, rel=1e-3)
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("loss floor"))
+    assert line.startswith("loss floor: the data's entropy rate is 2 nats/token; ")
+    assert describe_law(l_n) in line
+    text = (out / "report.md").read_text()
+    assert "## The fitted floors against the data's entropy rate" in text
+    assert "| Kaplan L(N) | 2.354 |" in text
+    # Without the column there is no such section
+    pd.DataFrame(rows).drop(columns=ENTROPY_RATE_COLUMN).to_csv(source, index=False)
+    assert main([str(source), "--out", str(out), "--bootstrap", "0"]) == 0
+    assert "loss_floor" not in json.loads((out / "report.json").read_text())

@@ -24,6 +24,7 @@ from sweep.fit.envelope import (
     merge_replicates,
 )
 from sweep.fit.extrapolate import extrapolation_check
+from sweep.fit.floor import below_rate_warning, floor_check, floor_warning
 from sweep.fit.isoflop import fit_approach2
 from sweep.fit.kaplan import power_law_report
 from sweep.fit.kaplan_joint import fit_kaplan_joint
@@ -31,9 +32,6 @@ from sweep.fit.optimize import bootstrap_weights
 from sweep.fit.points import SAME_D_DECADES, joint_law_gap, log_clusters
 from sweep.fit.table import FitData
 
-# A fitted E above the lowest loss by more than this fraction is warned about: a run that ends
-# near the floor may sit a little below a well-fitted E by noise alone (~1 % in loss).
-FLOOR_MARGIN = 0.01
 # C values spanning the runs' exact FLOPs for approach 3's allocation under them.
 EXACT_POINTS = 9
 # ... when they span at least this many decades (slopes over less would be rounding noise)
@@ -168,32 +166,13 @@ def fit_report(data: FitData, options: FitOptions) -> dict[str, Any]:
     warning = floor_warning(report, runs)
     if warning is not None:
         report["warnings"].append(warning)
+    check = None if data.entropy_rate is None else floor_check(report, data.entropy_rate)
+    if check is not None:
+        report["loss_floor"] = check
+        warning = below_rate_warning(check)
+        if warning is not None:
+            report["warnings"].append(warning)
     return report
-
-
-def floor_warning(report: dict[str, Any], runs: pd.DataFrame) -> str | None:
-    """One line when a fitted irreducible loss E is above a loss the runs themselves reach.
-
-    Such a law cannot describe that run (it never goes below E): the runs are too far from the
-    floor to locate it, and every prediction beyond the data inherits the error.
-    """
-    fitted = []
-    if "approach3" in report:
-        fitted.append(("approach 3", report["approach3"]["E"]))
-    for law, x in (("L_N", "N"), ("L_D", "D"), ("L_C", "C")):
-        offset = report.get("kaplan", {}).get(law, {}).get("with_offset", {})
-        if "E" in offset:
-            fitted.append((f"Kaplan L({x})", offset["E"]))
-    lowest = int(runs["loss"].to_numpy(dtype=float).argmin())
-    floor = float(runs["loss"].iloc[lowest])
-    above = [(name, e) for name, e in fitted if e > floor * (1 + FLOOR_MARGIN)]
-    if not above:
-        return None
-    which = "; ".join(f"{name} E = {e:.4g}" for name, e in above)
-    return (f"fitted irreducible loss above the lowest loss in the table ({which}; run "
-            f"{runs['run'].iloc[lowest]} reached {floor:.4g}): the law cannot go below E, so "
-            "these runs are too far from the loss floor to pin it and its predictions beyond the "
-            "data are unreliable; train longer or larger runs to reach closer to the floor")
 
 
 def _exact_allocation(fit: Approach3, runs: pd.DataFrame, approach2: dict[str, Any] | None

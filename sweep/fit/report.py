@@ -217,6 +217,18 @@ def _extrapolation(s: dict[str, Any]) -> list[str]:
     return lines + _table(["run", "N", "D", "C", "loss", "predicted", "error"], rows)
 
 
+def _loss_floor(s: dict[str, Any]) -> list[str]:
+    lines = ["## The fitted floors against the data's entropy rate", "",
+             f"The data's entropy rate is {_g(s['entropy_rate'])} nats/token (exact, from the "
+             "dataset's manifest): no model's loss can go below it, and a model reading windows "
+             "pays slightly more, so a well-placed E lies at or a little above it.", ""]
+    rows = [[law["law"], _g(law["E"]), f"[{_g(law['ci95'][0])}, {_g(law['ci95'][1])}]"
+             if "ci95" in law else "", f"{100 * law['relative']:+.1f} %",
+             ("yes" if law["covers"] else "no") if "covers" in law else ""]
+            for law in s["laws"]]
+    return lines + _table(["law", "E", "95% CI", "E / rate - 1", "CI holds the rate"], rows)
+
+
 def render_markdown(report: dict[str, Any], plots: list[str]) -> str:
     """The human-readable report: every fitted method, what was skipped and why, the plots."""
     cols = report["columns"]
@@ -230,7 +242,7 @@ def render_markdown(report: dict[str, Any], plots: list[str]) -> str:
     for name, render in (("approach3", _approach3), ("approach2", _approach2),
                          ("approach1", _approach1), ("kaplan", _kaplan),
                          ("kaplan_nd", _kaplan_nd),
-                         ("extrapolation", _extrapolation)):
+                         ("extrapolation", _extrapolation), ("loss_floor", _loss_floor)):
         if name in report:
             lines += render(report[name])
     if report["skipped"]:

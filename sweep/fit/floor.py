@@ -1,0 +1,103 @@
+"""Fitted irreducible losses against what the runs and the data say of the loss floor.
+
+A fitted E above a loss some run reaches is impossible; one below the data's entropy rate (known
+exactly for the synthetic corpus) is a floor no model could reach.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+
+# A fitted E above the lowest loss by more than this fraction is warned about: a run that ends
+# near the floor may sit a little below a well-fitted E by noise alone (~1 % in loss).
+FLOOR_MARGIN = 0.01
+# sweep.collect's column for summary.json's dataset.entropy_rate_nats
+ENTROPY_RATE_COLUMN = "dataset_entropy_rate_nats"
+
+
+def fitted_floors(report: dict[str, Any]) -> list[tuple[str, float, list[float] | None]]:
+    """(law, E, its 95 % interval or None) for every law in the report that fitted an E."""
+    fitted: list[tuple[str, float, list[float] | None]] = []
+    if "approach3" in report:
+        section = report["approach3"]
+        fitted.append(("approach 3", section["E"], section.get("ci95", {}).get("E")))
+    for law, x in (("L_N", "N"), ("L_D", "D"), ("L_C", "C")):
+        offset = report.get("kaplan", {}).get(law, {}).get("with_offset", {})
+        if "E" in offset:
+            fitted.append((f"Kaplan L({x})", offset["E"], offset.get("ci95", {}).get("E")))
+    return fitted
+
+
+def floor_warning(report: dict[str, Any], runs: pd.DataFrame) -> str | None:
+    """One line when a fitted irreducible loss E is above a loss the runs themselves reach.
+
+    Such a law cannot describe that run (it never goes below E): the runs are too far from the
+    floor to locate it, and every prediction beyond the data inherits the error.
+    """
+    lowest = int(runs["loss"].to_numpy(dtype=float).argmin())
+    floor = float(runs["loss"].iloc[lowest])
+    above = [(name, e) for name, e, _ in fitted_floors(report) if e > floor * (1 + FLOOR_MARGIN)]
+    if not above:
+        return None
+    which = "; ".join(f"{name} E = {e:.4g}" for name, e in above)
+    return (f"fitted irreducible loss above the lowest loss in the table ({which}; run "
+            f"{runs['run'].iloc[lowest]} reached {floor:.4g}): the law cannot go below E, so "
+            "these runs are too far from the loss floor to pin it and its predictions beyond the "
+            "data are unreliable; train longer or larger runs to reach closer to the floor")
+
+
+def entropy_rate(rows: pd.DataFrame) -> float | None:
+    """The data's entropy rate in nats per token, from sweep.collect's column (one dataset per
+    fit, so one value), or None when the table does not give one (text corpora, other tables)."""
+    if ENTROPY_RATE_COLUMN not in rows.columns:
+        return None
+    values = pd.to_numeric(rows[ENTROPY_RATE_COLUMN], errors="coerce").dropna().unique()
+    if len(values) != 1 or not math.isfinite(values[0]) or values[0] <= 0:
+        return None
+    return float(values[0])
+
+
+def floor_check(report: dict[str, Any], rate: float) -> dict[str, Any] | None:
+    """Each fitted E beside the data's entropy rate: E / rate - 1, and whether E's interval
+    holds the rate. None when no law fitted an E.
+
+    The rate bounds any model's loss from below; a model reading windows pays a little more
+    (it does not know where a window starts within the data's structure), so a well-placed E
+    sits at or slightly above it.
+    """
+    fitted = fitted_floors(report)
+    if not fitted:
+        return None
+    laws = []
+    for name, e, ci in fitted:
+        usable = ci is not None and len(ci) == 2 and all(math.isfinite(v) for v in ci)
+        laws.append({"law": name, "E": e, "relative": e / rate - 1,
+                     **({"ci95": ci, "covers": bool(ci[0] <= rate <= ci[1])} if usable else {})})
+    return {"entropy_rate": rate, "laws": laws}
+
+
+def below_rate_warning(check: dict[str, Any]) -> str | None:
+    """One line when a fitted E lies below the data's entropy rate, interval and all: that
+    law's floor is one no model can reach, and it extrapolates too low."""
+    rate = check["entropy_rate"]
+    below = [law for law in check["laws"]
+             if (law["ci95"][1] if "ci95" in law else law["E"]) < rate]
+    if not below:
+        return None
+    which = "; ".join(f"{law['law']} E = {law['E']:.4g}"
+                      + (f" [{law['ci95'][0]:.4g}, {law['ci95'][1]:.4g}]" if "ci95" in law else "")
+                      for law in below)
+    return (f"fitted irreducible loss below the data's entropy rate {rate:.4g} nats/token "
+            f"({which}): no model can reach that floor, so the law predicts too low a loss beyond "
+            "the data; the runs are too far from the floor to place it")
+
+
+def describe_law(law: dict[str, Any]) -> str:
+    """'approach 3 E = 0.62 [0.60, 0.65], +5.0 %, interval excludes it' (console and report)."""
+    interval = (f" [{law['ci95'][0]:.4g}, {law['ci95'][1]:.4g}]" if "ci95" in law else "")
+    verdict = ("" if "covers" not in law else
+               ", interval holds it" if law["covers"] else ", interval excludes it")
+    return f"{law['law']} E = {law['E']:.4g}{interval}, {100 * law['relative']:+.1f} %{verdict}"
