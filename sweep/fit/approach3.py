@@ -78,7 +78,9 @@ class ChinchillaLaw:
 
     def loss(self, n: Any, d: Any) -> np.ndarray:
         n, d = np.asarray(n, dtype=float), np.asarray(d, dtype=float)
-        return self.E + self.A / n**self.alpha + self.B / d**self.beta
+        # A steep law far out (an optimum at N ~ 1e300) overflows N^alpha: its term is then 0
+        with np.errstate(over="ignore"):
+            return self.E + self.A / n**self.alpha + self.B / d**self.beta
 
     def optimal(self, compute: Any) -> tuple[np.ndarray, np.ndarray]:
         """N_opt, D_opt minimising L under C = 6 N D (Hoffmann et al. eq. 4)."""

@@ -201,7 +201,8 @@ def _contours(report: dict, runs: pd.DataFrame) -> Figure:
     d = np.geomspace(*d_span, 200)
     if law is not None:
         nn, dd = np.meshgrid(n, d)
-        reducible = law["A"] / nn ** law["alpha"] + law["B"] / dd ** law["beta"]
+        with np.errstate(over="ignore"):  # a run-off term's N^alpha overflows: the term is 0
+            reducible = law["A"] / nn ** law["alpha"] + law["B"] / dd ** law["beta"]
         # Log-spaced levels of the reducible loss keep contours apart near the floor E.
         levels = law["E"] + np.geomspace(reducible.min(), reducible.max(), 16)
         filled = ax.contourf(nn, dd, law["E"] + reducible, levels=levels, cmap="viridis",
