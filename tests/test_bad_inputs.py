@@ -178,12 +178,12 @@ ROWS = (
     Row("unknown-dataset", train("data=wikitext", "budget.tokens=2e5"), 2,
         ("data=wikitext", "choose one of fineweb_edu")),
     Row("unknown-experiment", train("experiment=smok"), 2,
-        ("experiment=smok", "choose one of horizons, horizons_wsd, isoflop, kaplan")),
+        ("experiment=smok", "choose one of floor_cpu, horizons, horizons_wsd, isoflop, kaplan")),
     Row("unknown-experiment-under-config-dir",
         ("-m", "sweep.train", "--config-dir", "{root}/my_configs", *train("experiment=mien")[2:]),
         2, ("experiment=mien",
-            "choose one of horizons, horizons_wsd, isoflop, kaplan, ladder_300m, lr_batch, mine, "
-            "smoke",
+            "choose one of floor_cpu, horizons, horizons_wsd, isoflop, kaplan, ladder_300m, "
+            "lr_batch, mine, smoke",
             "(configs/experiment/, {root}/my_configs/experiment/)"), setup=own_experiment),
     Row("config-dir-not-a-folder",
         ("-m", "sweep.train", "-cd", "{root}/my_confgs", *train("experiment=mine")[2:]), 2,

@@ -101,8 +101,8 @@ def test_a_relative_config_dir_is_read_from_the_working_directory(
 def test_a_typo_under_a_config_dir_lists_the_options_of_both_folders(own_configs: Path) -> None:
     line = unknown_choice(["--config-dir", str(own_configs), "experiment=mien"], TRAIN_HINTS)
     assert line == (
-        "unknown experiment experiment=mien: choose one of horizons, horizons_wsd, isoflop, "
-        f"kaplan, ladder_300m, lr_batch, mine, smoke (configs/experiment/, "
+        "unknown experiment experiment=mien: choose one of floor_cpu, horizons, horizons_wsd, "
+        f"isoflop, kaplan, ladder_300m, lr_batch, mine, smoke (configs/experiment/, "
         f"{own_configs}/experiment/)")
     line = unknown_choice([f"hydra.searchpath=[file://{own_configs}]", "model=tiny3"],
                           TRAIN_HINTS)
@@ -114,8 +114,8 @@ def test_a_typo_under_a_config_dir_lists_the_options_of_both_folders(own_configs
 
 def test_without_another_folder_the_repo_configs_alone_are_listed() -> None:
     assert unknown_choice(["experiment=mine"], TRAIN_HINTS) == (
-        "unknown experiment experiment=mine: choose one of horizons, horizons_wsd, isoflop, "
-        "kaplan, ladder_300m, lr_batch, smoke (configs/experiment/)")
+        "unknown experiment experiment=mine: choose one of floor_cpu, horizons, horizons_wsd, "
+        "isoflop, kaplan, ladder_300m, lr_batch, smoke (configs/experiment/)")
     assert unknown_choice(["model=gpt_1m", "experiment=smoke"], TRAIN_HINTS) is None
 
 
