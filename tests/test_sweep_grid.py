@@ -70,6 +70,21 @@ def test_every_experiment_is_a_stable_multirun_grid():
         assert cfg.hydra.sweeper.params, name
 
 
+def test_floor_cpu_plans_one_shared_trajectory_per_width(synthetic_root, tmp_path):
+    # Its horizon must cover its largest D/N, or the budgets of a width would share nothing
+    # (the plan would then say so in a note instead); max_epochs: the test dataset is tiny
+    result = subprocess.run(
+        [sys.executable, "-m", "sweep.train", "experiment=floor_cpu", "launch.dry_run=true",
+         f"paths.root_dir={synthetic_root}", f"paths.runs_dir={tmp_path}",
+         "budget.max_epochs=1000"],
+        cwd=tmp_path, env={**os.environ, "WANDB_MODE": "disabled"}, capture_output=True,
+        text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "sweep floor_cpu: 16 grid points: 16 to train" in result.stdout
+    assert "shared stable phases: 16 runs in 4 trajectories train" in result.stdout
+    assert "note:" not in result.stdout
+
+
 def test_smoke_grid_is_small_rungs_on_stdlib():
     cfg = hydra_node("experiment=smoke")
     assert cfg.data.name == "stdlib"
