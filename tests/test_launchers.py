@@ -84,11 +84,12 @@ def pool_launcher(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, executor: Fak
 
 def run_pool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, durations: Sequence[int],
              dies: Collection[int] = (), after: Sequence[int | None] | None = None,
+             released_by: Sequence[str | None] | None = None,
              saves: Mapping[int, Path] | None = None,
              **pool: Any) -> tuple[list, list[FakeJob], list]:
     """Launches len(durations) fake jobs through the pool (with launch_after where `after` is
-    given); time passes one tick per sleep. `saves` {tick: file}: the file appears at that tick
-    (a run saving its stable state), and releases the jobs whose predecessor saves it."""
+    given, and `released_by` its release files); time passes one tick per sleep. `saves`
+    {tick: file}: the file appears at that tick (a run saving its stable state)."""
     clock = SimpleNamespace(now=0)
     executor = FakeExecutor(clock, durations, dies)
     saves = dict(saves or {})
@@ -100,9 +101,6 @@ def run_pool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, durations: Sequenc
 
     launcher = pool_launcher(tmp_path, monkeypatch, executor, tick, **pool)
     overrides = [[f"budget.tokens={1000 + i}"] for i in range(len(durations))]
-    files = {str(f) for f in saves.values()}
-    released_by = [next(iter(files)) if a is not None and files else None
-                   for a in (after or [])]
     returns = list(launcher.launch(overrides, initial_job_idx=FIRST_JOB) if after is None else
                    launcher.launch_after(overrides, initial_job_idx=FIRST_JOB, after=after,
                                          released_by=released_by))
@@ -188,15 +186,16 @@ def test_a_chained_job_starts_once_its_predecessor_saved_the_state_it_continues(
     # begins: the next run continues that state from tick 4, beside the cooldown
     state = tmp_path / "checkpoint-00000040.pt"
     returns, jobs, overrides = run_pool(tmp_path, monkeypatch, [6, 3], after=[None, 0],
-                                        saves={4: state}, gpus=[0, 1])
+                                        released_by=[None, str(state)], saves={4: state},
+                                        gpus=[0, 1])
     first, second = jobs
     assert (first.start, first.end) == (0, 6)
     assert second.start == 4 and busiest(jobs) == 2
     assert [r.overrides for r in returns] == overrides
     # With one slot it still waits for the slot, not the save
     state.unlink()
-    _, jobs, _ = run_pool(tmp_path, monkeypatch, [6, 3], after=[None, 0], saves={4: state},
-                          gpus=[0])
+    _, jobs, _ = run_pool(tmp_path, monkeypatch, [6, 3], after=[None, 0],
+                          released_by=[None, str(state)], saves={4: state}, gpus=[0])
     assert jobs[1].start == jobs[0].end == 6
 
 

@@ -200,8 +200,7 @@ def test_shared_runs_launch_smallest_budget_first_and_the_note_counts_what_they_
         f"tokens ({trained / 15000:.0%}), each from the state the one before it saved where its "
         "cooldown began: launched in 3 waves, one budget of each trajectory a wave")
     assert sharing_note(points, chained=True).endswith(
-        "cooldown began: each launched once the run before it on its trajectory has saved that "
-        "state (while it cools down) or has ended")
+        f"cooldown began: {CHAINED}")
     assert sharing_note([point(0, 8000, None), point(1, 500, None)]) is None
     # A state on disk from an earlier sweep counts; one run alone is "run"
     assert sharing_note([point(0, 8000, "a", 6400, saved=(1600,))]).startswith(
@@ -355,20 +354,30 @@ def test_a_continued_run_killed_anywhere_ends_as_the_lone_run(plan, synthetic_ro
                                         "train_loss": rows(longer.run_dir)[-1]["train_loss"]}
 
 
+# The plan's note on the workstation pool: it chains each trajectory's runs
+CHAINED = ("each launched once the run before it on its trajectory has saved that state (while it "
+           "cools down) or has ended")
+
+
+def pool_sweep(root: Path, runs_dir: Path, *overrides: str, timeout: int
+               ) -> subprocess.CompletedProcess:
+    """Two sizes x two budgets sharing stable phases, swept on the workstation pool."""
+    return subprocess.run(
+        [sys.executable, "-m", "sweep.train", "--multirun", f"paths.root_dir={root}",
+         f"paths.runs_dir={runs_dir}", "experiment_name=pool", *TINY, *SHARED, *FIXED_HPARAMS,
+         "schedule.warmup_fraction=null", "model.n_layer=1,2", "budget.tokens=16384,8192",
+         "hydra/launcher=workstation", *overrides],
+        cwd=runs_dir, env={**os.environ, "WANDB_MODE": "disabled"}, capture_output=True,
+        text=True, timeout=timeout)
+
+
 def test_the_pool_launcher_trains_trajectories_side_by_side_each_run_after_its_donor(
     synthetic_root, tmp_path
 ):
-    env = {**os.environ, "WANDB_MODE": "disabled"}
-    result = subprocess.run(
-        [sys.executable, "-m", "sweep.train", "--multirun", f"paths.root_dir={synthetic_root}",
-         f"paths.runs_dir={tmp_path}", "experiment_name=pool", *TINY, *SHARED, *FIXED_HPARAMS,
-         "schedule.warmup_fraction=null", "model.n_layer=1,2", "budget.tokens=16384,8192",
-         "hydra/launcher=workstation", "hydra.launcher.cpu_slots=2",
-         "hydra.launcher.cpus_per_task=1"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    result = pool_sweep(synthetic_root, tmp_path, "hydra.launcher.cpu_slots=2",
+                        "hydra.launcher.cpus_per_task=1", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert ("each launched once the run before it on its trajectory has saved that state "
-            "(while it cools down) or has ended") in result.stdout
+    assert CHAINED in result.stdout
     summaries = [json.loads(p.read_text()) for p in (tmp_path / "pool").glob("*/summary.json")]
     # Both sizes' longer runs continued their own size's shorter run, saved in the wave before
     donors = {s["run_id"]: s["params"]["non_embedding"] for s in summaries if s["tokens"] == 8192}
@@ -386,8 +395,7 @@ def test_the_pool_launcher_trains_trajectories_side_by_side_each_run_after_its_d
 
 
 @pytest.mark.parametrize(("batch", "launch"), [
-    ([], "each launched once the run before it on its trajectory has saved that state (while "
-         "it cools down) or has ended"),
+    ([], CHAINED),
     # A capped batch is the sweeper's own waves, which it cannot chain: it says so
     (["hydra.sweeper.max_batch_size=1"],
      "launched in 2 waves, one budget of each trajectory a wave"),
@@ -395,13 +403,7 @@ def test_the_pool_launcher_trains_trajectories_side_by_side_each_run_after_its_d
 def test_the_pool_launchers_plan_says_whether_it_chains_or_goes_in_waves(
     synthetic_root, tmp_path, batch, launch
 ):
-    env = {**os.environ, "WANDB_MODE": "disabled"}
-    result = subprocess.run(
-        [sys.executable, "-m", "sweep.train", "--multirun", f"paths.root_dir={synthetic_root}",
-         f"paths.runs_dir={tmp_path}", "experiment_name=pool", *TINY, *SHARED, *FIXED_HPARAMS,
-         "schedule.warmup_fraction=null", "model.n_layer=1,2", "budget.tokens=16384,8192",
-         "hydra/launcher=workstation", "launch.dry_run=true", *batch],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    result = pool_sweep(synthetic_root, tmp_path, "launch.dry_run=true", *batch, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     # Each 16,384-token run continues the 8,192-token run's state at its 6,144th token
     assert ("shared stable phases: 4 runs in 2 trajectories train 36,864 of their 49,152 "
