@@ -43,6 +43,7 @@ OPTIONS = (
 # this keeps seed=1's train documents from being seed=0's val documents.
 _FACTS_STREAM = 0
 SPLIT_STREAMS = {"train": 1, "val": 2}
+FLOOR_STREAM = 3  # the windows data.synthetic_floor samples
 # Documents per generated chunk: bounds memory (~1M tokens) while keeping numpy calls large.
 _CHUNK_TOKENS = 1 << 20
 # Below this many possible facts we sample distinct ones without replacement; above it duplicates
@@ -119,18 +120,29 @@ class ZipfFacts:
         row-major, so chunked draws are the same stream as one big draw.
         """
         rng = np.random.default_rng([self.seed, stream])
-        cdf = np.cumsum(self.probs)
-        cdf[-1] = 1.0  # rounding must not leave a sliver of [0, 1) past the last fact
-        facts, n_content = self.facts, self.facts_per_doc * self.fact_len
         done = 0
         while done < n_docs:
             n = min(chunk_docs, n_docs - done)
-            draws = np.searchsorted(cdf, rng.random((n, self.facts_per_doc)), side="right")
-            out = np.empty((n, self.doc_tokens), dtype=facts.dtype)
-            out[:, :n_content] = facts[draws].reshape(n, n_content)
-            out[:, n_content] = EOT_ID
-            yield out.reshape(-1)
+            yield self.render(self.draw(rng, n)).reshape(-1)
             done += n
+
+    @cached_property
+    def _cdf(self) -> np.ndarray:
+        cdf = np.cumsum(self.probs)
+        cdf[-1] = 1.0  # rounding must not leave a sliver of [0, 1) past the last fact
+        return cdf
+
+    def draw(self, rng: np.random.Generator, n_docs: int) -> np.ndarray:
+        """[n_docs, facts_per_doc] fact indices (0-based: 0 is the most likely fact)."""
+        return np.searchsorted(self._cdf, rng.random((n_docs, self.facts_per_doc)), side="right")
+
+    def render(self, draws: np.ndarray) -> np.ndarray:
+        """[n_docs, doc_tokens] tokens of the documents whose facts are `draws`."""
+        n, n_content = len(draws), self.facts_per_doc * self.fact_len
+        out = np.empty((n, self.doc_tokens), dtype=self.facts.dtype)
+        out[:, :n_content] = self.facts[draws].reshape(n, n_content)
+        out[:, n_content] = EOT_ID
+        return out
 
 
 class SyntheticSource:

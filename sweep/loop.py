@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from data.loader import TrainWindows
+from data.synthetic_floor import WindowFloor, dataset_window_floor
 from models import GPT
 from sweep.checkpoint import (
     CheckpointPolicy,
@@ -181,6 +182,8 @@ def train_loop(
             tokens_per_s=(tokens / loop.train_time_s) if loop.train_time_s else None,
             started_at=loop.started_at,
             finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            # last: evaluated after the times above, so its second is not counted as the run's
+            window_floor=_window_floor(plan, logger) if dist.is_main else None,
         )
         if dist.is_main:
             record.write_summary(summary)
@@ -354,6 +357,18 @@ def _lost_rank(exc: BaseException) -> bool:
         isinstance(exc, RuntimeError) and "gloo" in text and "peer" in text)
 
 
+def _window_floor(plan: RunPlan, logger: RunLogger | None) -> WindowFloor | None:
+    """The lowest loss at the run's seq_len on the synthetic corpus (None for text). A run's
+    record matters more than this number: a failure to compute it is a warning, not a lost run."""
+    try:
+        return dataset_window_floor(plan.dataset.path, plan.dataset.manifest, plan.seq_len)
+    except Exception as exc:  # noqa: BLE001 - any bug here must still let summary.json be written
+        if logger is not None:
+            logger.print(f"{plan.run_id}: warning: no window floor in the record "
+                         f"({type(exc).__name__}: {first_line(exc)})")
+        return None
+
+
 def _fmt(value: float | None) -> str:
     return "null" if value is None else f"{value:.4f}"
 
@@ -368,9 +383,11 @@ def _report(plan: RunPlan, summary: dict[str, Any], logger: RunLogger) -> None:
     ]
     truth = plan.dataset.manifest.get("synthetic")
     if truth:
+        floor = summary["dataset"]["window_floor_nats"]
         parts.append(
             f"synthetic corpus: entropy rate {truth['entropy_rate_nats']:.4f} nats/token, "
-            f"unigram entropy {truth['unigram_entropy_nats']:.4f}"
+            + ("" if floor is None else f"floor at seq_len {plan.seq_len} {floor:.4f}, ")
+            + f"unigram entropy {truth['unigram_entropy_nats']:.4f}"
         )
     parts.append(f"record: {plan.run_dir}")
     for line in parts:

@@ -20,6 +20,7 @@ from data.shards import atomic_write_bytes
 from sweep.errors import ConfigError
 
 if TYPE_CHECKING:
+    from data.synthetic_floor import WindowFloor
     from sweep.plan import RunPlan
 
 SCHEMA_VERSION = 1
@@ -86,9 +87,10 @@ def _version(package: str) -> str:
         return "unknown"
 
 
-def build_summary(plan: RunPlan, status: str, **fields: Any) -> dict[str, Any]:
+def build_summary(plan: RunPlan, status: str, window_floor: WindowFloor | None = None,
+                  **fields: Any) -> dict[str, Any]:
     """summary.json's body: the plan's facts around the outcome in `fields` (tokens, steps,
-    losses, times, ...)."""
+    losses, times, ...); window_floor is the lowest loss at the run's seq_len, where known."""
     m = plan.model
     tokens = fields.pop("tokens")
     return {
@@ -151,6 +153,10 @@ def build_summary(plan: RunPlan, status: str, **fields: Any) -> dict[str, Any]:
             # sweep.fit sets a fitted irreducible loss beside it
             "entropy_rate_nats": (plan.dataset.manifest.get("synthetic") or {}).get(
                 "entropy_rate_nats"),
+            # ... and the higher floor of a model reading this run's seq_len-token windows,
+            # the loss a fitted E should find (data.synthetic_floor; null for text)
+            "window_floor_nats": None if window_floor is None else window_floor.nats,
+            "window_floor_stderr": None if window_floor is None else window_floor.stderr,
         },
         "device": plan.hardware.device_name,
         "precision": plan.hardware.precision,

@@ -13,6 +13,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from data import prepare
+from data.shards import read_manifest
+from data.synthetic_floor import dataset_window_floor
 
 os.environ["WANDB_MODE"] = "disabled"
 # Under pytest-xdist each worker, and every CLI it launches, gets one thread: the workers share
@@ -49,7 +51,10 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A root dir (as paths.root_dir) whose data_cache/synthetic holds a tiny prepared dataset."""
     root = tmp_path_factory.mktemp("root")
     data_cfg = OmegaConf.to_container(OmegaConf.load(CONFIGS / "data" / "synthetic.yaml"))
-    prepare({**data_cfg, **TINY_DATA}, root / "data_cache")
+    dataset = prepare({**data_cfg, **TINY_DATA}, root / "data_cache")
+    # The window floor at the default seq_len, cached in the dataset now: every run would
+    # otherwise wait a second for it, and every test's copy of the dataset compute it again
+    dataset_window_floor(dataset, read_manifest(dataset), 128)
     return root
 
 

@@ -33,9 +33,10 @@ ENV = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1",
 # One more process than usable cores: each start also waits on disk.
 WORKERS = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
            else os.cpu_count() or 2) + 1
-# The dataset's verification cache: a whole file (written atomically) whenever a run verifies the
-# shards, not an output of the failed command.
+# The dataset's caches: whole files (written atomically) whenever a run verifies the shards or
+# records the window floor, not outputs of the failed command.
 VERIFIED_CACHE = "data_cache/synthetic/.verified.json"
+FLOOR_CACHE = "data_cache/synthetic/.window_floor.json"
 TRAIN_SHARD = "data_cache/synthetic/train_00000.bin"
 # A one-layer model, 12 steps of 1024 tokens, a checkpoint at every check (as test_sweep_train).
 TINY = ("model=base", "model.n_layer=1", "model.d_model=64", "model.n_head=2",
@@ -300,12 +301,13 @@ def matches(path: str, pattern: str) -> bool:
 
 
 def paths_under(root: Path) -> frozenset[str]:
-    """Every file and folder under root (links not followed), relative, but the verify cache."""
+    """Every file and folder under root (links not followed), relative, but the dataset's
+    caches."""
     found = set()
     for dirpath, dirnames, filenames in os.walk(root):
         for name in (*dirnames, *filenames):
             found.add((Path(dirpath) / name).relative_to(root).as_posix())
-    return frozenset(found - {VERIFIED_CACHE})
+    return frozenset(found - {VERIFIED_CACHE, FLOOR_CACHE})
 
 
 def run_row(row: Row, root: Path, synthetic_root: Path) -> Outcome:

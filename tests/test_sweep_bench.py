@@ -134,14 +134,29 @@ def test_without_a_known_peak_mfu_is_null_not_a_guess(tmp_path):
      "error: --shape='2,64,2' is given twice: give each shape once"),
     (["--device", "cpu", "--peak-flops", "-1"], "error: --peak-flops=-1.0 must be a positive"),
 ])
-def test_bad_arguments_are_one_line(tmp_path, args, line):
+def test_bad_arguments_are_one_line(tmp_path, args, line, capsys, monkeypatch):
+    # In this process (a CLI process would spend 2 s importing torch per case); the test below
+    # runs one case as the real command
+    monkeypatch.chdir(REPO)
+    try:
+        code = bench.main(["--out", str(tmp_path / "b"), *args])
+    except SystemExit as exit_:  # argparse's own errors
+        code = exit_.code
+    assert code == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(line) and captured.out == ""
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_bad_argument_from_the_command_line_is_one_line(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "sweep.bench", "--out", str(tmp_path / "b"), *args],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        [sys.executable, "-m", "sweep.bench", "--out", str(tmp_path / "b"), "--device", "cpu",
+         "--shape", "2,65,2"], cwd=REPO, capture_output=True, text=True, timeout=120,
     )
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(line)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == ("error: --shape='2,65,2': n_head=2 does not divide d_model=65: "
+                             "pick n_head from 1, 5, 13, 65 or change d_model\n")
     assert not (tmp_path / "b").exists()
 
 

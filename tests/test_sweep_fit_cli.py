@@ -6,12 +6,14 @@ extrapolation check each search the 4500-start grid); every other test reads the
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 import subprocess
 import sys
 import time
+from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from sweep.fit.__main__ import _summary
+from sweep.fit.__main__ import _summary, main
 from sweep.fit.synthetic import EPOCH_LAW, isoflop_table
 from tests.test_sweep_collect import make_run
 
@@ -296,11 +298,18 @@ def good_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def refused(args: list[object], out: Path) -> str:
-    result = fit_cli(*args, "--out", out)
-    assert result.returncode == 2, (result.returncode, result.stderr)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert result.stdout == ""
+    """The one error line of a refused fit. Run in this process (a CLI process would spend a
+    second starting per case); the missing-source test runs the real command."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with redirect_stdout(stdout), redirect_stderr(stderr):
+        try:
+            code = main([*map(str, args), "--out", str(out)])
+        except SystemExit as exit_:  # argparse's own errors
+            code = exit_.code
+    assert code == 2, (code, stderr.getvalue())
+    lines = stderr.getvalue().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr.getvalue()
+    assert stdout.getvalue() == ""
     return lines[0]
 
 
@@ -358,8 +367,10 @@ def test_bad_option_exits_2_and_writes_nothing(tmp_path: Path, good_csv: Path,
 
 
 def test_missing_source_exits_2_and_writes_nothing(tmp_path: Path) -> None:
-    line = refused([tmp_path / "nowhere.csv"], tmp_path / "out")
-    assert "does not exist" in line
+    result = fit_cli(tmp_path / "nowhere.csv", "--out", tmp_path / "out")
+    assert result.returncode == 2 and result.stdout == ""
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: ") and "does not exist" in line
     assert not (tmp_path / "out").exists()
 
 

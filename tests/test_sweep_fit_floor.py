@@ -1,5 +1,6 @@
 """Fitted irreducible losses E against the loss floor: above a loss the runs reach (warned about,
-with both numbers), and beside the data's entropy rate where the table gives it."""
+with both numbers), and beside the data's floor where the table gives it (the window floor of the
+runs' seq_len, else the entropy rate)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,14 @@ import pytest
 from sweep.fit.__main__ import _summary, main
 from sweep.fit.floor import (
     ENTROPY_RATE_COLUMN,
-    below_rate_warning,
+    WINDOW_FLOOR_COLUMN,
+    below_floor_warning,
+    describe_floor,
     describe_law,
     entropy_rate,
     floor_check,
     floor_warning,
+    window_floor,
 )
 
 # The reviewer's case: approach 3's E 2.266 and Kaplan L(D)'s 2.147 against a run at 1.946.
@@ -80,8 +84,9 @@ def test_each_fitted_e_is_set_beside_the_entropy_rate_with_its_interval() -> Non
               "kaplan": {"L_N": {"with_offset": {"E": 0.55, "ci95": {"E": [0.50, 0.58]}}},
                          "L_D": {"with_offset": {"E": 0.59, "ci95": {}}},  # no interval
                          "L_C": {"with_offset": {"skipped": "needs 4 distinct C values"}}}}
-    check = floor_check(report, 0.5909)
+    check = floor_check(report, 0.5909, None)
     assert check is not None and check["entropy_rate"] == 0.5909
+    assert (check["floor"], check["floor_kind"]) == (0.5909, "entropy rate")
     a3, l_n, l_d = check["laws"]
     assert (a3["law"], a3["covers"], a3["ci95"]) == ("approach 3", False, [0.60, 0.65])
     assert a3["relative"] == pytest.approx(0.62 / 0.5909 - 1)
@@ -91,19 +96,47 @@ def test_each_fitted_e_is_set_beside_the_entropy_rate_with_its_interval() -> Non
     assert describe_law(l_d) == "Kaplan L(D) E = 0.59, -0.2 %"
     # Kaplan L(N)'s whole interval is below the rate, and L(D)'s E itself: a floor no model
     # reaches; approach 3's interval above it is no warning (windows pay a little more)
-    assert below_rate_warning(check) == (
+    assert below_floor_warning(check) == (
         "fitted irreducible loss below the data's entropy rate 0.5909 nats/token (Kaplan L(N) "
         "E = 0.55 [0.5, 0.58]; Kaplan L(D) E = 0.59): no model can reach that floor, so the law "
         "predicts too low a loss beyond the data; the runs are too far from the floor to place "
         "it")
-    assert below_rate_warning(floor_check({"approach3": {"E": 0.6}}, 0.5909)) is None
-    assert floor_check({"kaplan": {}}, 0.5909) is None  # no E fitted at all
+    assert below_floor_warning(floor_check({"approach3": {"E": 0.6}}, 0.5909, None)) is None
+    assert floor_check({"kaplan": {}}, 0.5909, None) is None  # no E fitted at all
+    assert floor_check(report, None, None) is None  # no floor given
 
 
-def test_the_entropy_rate_comes_from_sweep_collects_column_when_there_is_one() -> None:
+def test_the_window_floor_is_the_floor_e_is_set_against_where_the_table_gives_it() -> None:
+    report = {"approach3": {"E": 0.62, "ci95": {"E": [0.60, 0.625]}},
+              "kaplan": {"L_C": {"with_offset": {"E": 0.60, "ci95": {"E": [0.59, 0.61]}}}}}
+    check = floor_check(report, 0.5909, 0.6213)
+    assert check is not None
+    assert (check["floor"], check["floor_kind"], check["window_floor"]) == (
+        0.6213, "window floor", 0.6213)
+    a3, l_c = check["laws"]
+    assert a3["relative"] == pytest.approx(0.62 / 0.6213 - 1) and a3["covers"]
+    assert l_c["relative"] == pytest.approx(0.60 / 0.6213 - 1) and not l_c["covers"]
+    assert describe_floor(check) == ("the lowest loss a model reading the runs' windows can "
+                                     "reach is 0.6213 nats/token (the entropy rate is 0.5909)")
+    # L(C)'s interval holds the entropy rate but lies below what a model with these windows
+    # can reach: warned about, naming the window floor
+    assert below_floor_warning(check) == (
+        "fitted irreducible loss below the data's window floor 0.6213 nats/token (Kaplan L(C) "
+        "E = 0.6 [0.59, 0.61]): no model can reach that floor, so the law predicts too low a "
+        "loss beyond the data; the runs are too far from the floor to place it")
+    # A table of your own may give the window floor alone
+    alone = floor_check(report, None, 0.6213)
+    assert alone is not None and describe_floor(alone) == (
+        "the lowest loss a model reading the runs' windows can reach is 0.6213 nats/token")
+
+
+def test_the_entropy_rate_and_window_floor_come_from_sweep_collects_columns() -> None:
     assert entropy_rate(pd.DataFrame({"loss": [1.0, 2.0]})) is None
     assert entropy_rate(pd.DataFrame({ENTROPY_RATE_COLUMN: [None, None]})) is None  # text data
     assert entropy_rate(pd.DataFrame({ENTROPY_RATE_COLUMN: [0.59, 0.59, None]})) == 0.59
+    assert window_floor(pd.DataFrame({WINDOW_FLOOR_COLUMN: [0.62, 0.62]})) == 0.62
+    # Runs at two seq_lens have two floors: none is the table's
+    assert window_floor(pd.DataFrame({WINDOW_FLOOR_COLUMN: [0.62, 0.69]})) is None
 
 
 def test_cli_sets_the_fitted_floors_beside_the_tables_entropy_rate(
@@ -127,8 +160,21 @@ def test_cli_sets_the_fitted_floors_beside_the_tables_entropy_rate(
     assert line.startswith("loss floor: the data's entropy rate is 2 nats/token; ")
     assert describe_law(l_n) in line
     text = (out / "report.md").read_text()
-    assert "## The fitted floors against the data's entropy rate" in text
+    assert "## The fitted floors against the data's loss floor" in text
+    assert "The data's entropy rate is 2 nats/token: no model's loss" in text
     assert "| Kaplan L(N) | 2.354 |" in text
+    # With the window floor too, E is set against it, and both are named
+    pd.DataFrame([{**row, WINDOW_FLOOR_COLUMN: 2.2} for row in rows]).to_csv(source, index=False)
+    assert main([str(source), "--out", str(out), "--bootstrap", "0"]) == 0
+    check = json.loads((out / "report.json").read_text())["loss_floor"]
+    assert (check["floor"], check["entropy_rate"], check["window_floor"]) == (2.2, 2.0, 2.2)
+    l_n = next(law for law in check["laws"] if law["law"] == "Kaplan L(N)")
+    assert l_n["relative"] == pytest.approx((2 + 0.125**0.5) / 2.2 - 1, rel=1e-3)
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("loss floor"))
+    assert line.startswith("loss floor: the lowest loss a model reading the runs' windows can "
+                           "reach is 2.2 nats/token (the entropy rate is 2); ")
+    assert ("The lowest loss a model reading the runs' windows can reach is 2.2 nats/token (the "
+            "entropy rate is 2): a model reading windows" in (out / "report.md").read_text())
     # Without the column there is no such section
     pd.DataFrame(rows).drop(columns=ENTROPY_RATE_COLUMN).to_csv(source, index=False)
     assert main([str(source), "--out", str(out), "--bootstrap", "0"]) == 0

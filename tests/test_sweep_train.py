@@ -22,6 +22,8 @@ import sweep.start as start_module
 import sweep.train as train_module
 from data import TokenDataset
 from data.loader import TrainWindows
+from data.synthetic import ZipfFacts
+from data.synthetic_floor import window_floor
 from models import GPT, GPTConfig
 from sweep.checkpoint import list_checkpoints
 from sweep.errors import RunFailed
@@ -133,7 +135,12 @@ def test_one_run_end_to_end(synthetic_root):
     assert rows[0]["val_loss"] == pytest.approx(6.238, abs=0.1)
     assert summary["val_loss"] < truth["unigram_entropy_nats"] - 1.0
     assert summary["val_loss"] > truth["entropy_rate_nats"]
-    assert "entropy rate 0.5909" in result.stdout
+    # ... and the higher floor at its 128-token windows (data.synthetic_floor)
+    floor = window_floor(ZipfFacts(**{key: manifest["source"][key] for key in (
+        "vocab_size", "n_facts", "fact_len", "facts_per_doc", "zipf_exponent", "seed")}), 128)
+    assert summary["dataset"]["window_floor_nats"] == floor.nats == pytest.approx(0.6213, abs=5e-4)
+    assert summary["dataset"]["window_floor_stderr"] == floor.stderr
+    assert "entropy rate 0.5909 nats/token, floor at seq_len 128 0.6213" in result.stdout
     assert summary["device"] == "cpu" and summary["precision"] == "fp32"
     assert summary["dataset"]["config_hash"] == manifest["config_hash"]
     # Its identity without the seed (another seed's run shares it), beside the one with it

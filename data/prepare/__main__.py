@@ -86,7 +86,8 @@ def _print_summary(console: Console, ds: TokenDataset) -> None:
     syn = ds.manifest.get("synthetic")
     if syn:
         console.print(
-            f"  entropy rate {syn['entropy_rate_nats']:.4f} nats/token (the loss floor), "
+            f"  entropy rate {syn['entropy_rate_nats']:.4f} nats/token (the loss floor given the "
+            "whole past; a run records the higher one of its seq_len-token windows), "
             f"unigram entropy {syn['unigram_entropy_nats']:.4f} nats/token"
         )
 

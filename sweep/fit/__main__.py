@@ -13,7 +13,7 @@ from pathlib import Path
 
 from sweep.errors import OneLineParser
 from sweep.fit.analysis import FitOptions, fit_report
-from sweep.fit.floor import describe_law
+from sweep.fit.floor import describe_floor, describe_law
 from sweep.fit.report import check_out_dir, refused, write_report
 from sweep.fit.table import Columns, TableError, load
 
@@ -147,7 +147,7 @@ def _summary(report: dict) -> list[str]:
                      f"{100 * s['mean_abs_rel_error']:.2f} %")
     if "loss_floor" in report:
         s = report["loss_floor"]
-        lines.append(f"loss floor: the data's entropy rate is {s['entropy_rate']:.4g} nats/token; "
+        lines.append(f"loss floor: {describe_floor(s)}; "
                      + "; ".join(describe_law(law) for law in s["laws"]))
     lines += [f"skipped {k}: {v}" for k, v in report["skipped"].items()]
     lines += [f"warning: {w}" for w in report.get("warnings", [])]

@@ -24,7 +24,7 @@ from sweep.fit.envelope import (
     merge_replicates,
 )
 from sweep.fit.extrapolate import extrapolation_check
-from sweep.fit.floor import below_rate_warning, floor_check, floor_warning
+from sweep.fit.floor import below_floor_warning, floor_check, floor_warning
 from sweep.fit.isoflop import fit_approach2
 from sweep.fit.kaplan import power_law_report
 from sweep.fit.kaplan_joint import fit_kaplan_joint
@@ -166,10 +166,10 @@ def fit_report(data: FitData, options: FitOptions) -> dict[str, Any]:
     warning = floor_warning(report, runs)
     if warning is not None:
         report["warnings"].append(warning)
-    check = None if data.entropy_rate is None else floor_check(report, data.entropy_rate)
+    check = floor_check(report, data.entropy_rate, data.window_floor)
     if check is not None:
         report["loss_floor"] = check
-        warning = below_rate_warning(check)
+        warning = below_floor_warning(check)
         if warning is not None:
             report["warnings"].append(warning)
     return report

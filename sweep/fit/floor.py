@@ -1,7 +1,8 @@
 """Fitted irreducible losses against what the runs and the data say of the loss floor.
 
-A fitted E above a loss some run reaches is impossible; one below the data's entropy rate (known
-exactly for the synthetic corpus) is a floor no model could reach.
+A fitted E above a loss some run reaches is impossible; one below the data's floor (for the
+synthetic corpus: its exact entropy rate, and the higher floor of models reading seq_len-token
+windows) is a floor no model could reach.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import pandas as pd
 # A fitted E above the lowest loss by more than this fraction is warned about: a run that ends
 # near the floor may sit a little below a well-fitted E by noise alone (~1 % in loss).
 FLOOR_MARGIN = 0.01
-# sweep.collect's column for summary.json's dataset.entropy_rate_nats
+# sweep.collect's columns for summary.json's dataset.entropy_rate_nats and .window_floor_nats
 ENTROPY_RATE_COLUMN = "dataset_entropy_rate_nats"
+WINDOW_FLOOR_COLUMN = "dataset_window_floor_nats"
 
 
 def fitted_floors(report: dict[str, Any]) -> list[tuple[str, float, list[float] | None]]:
@@ -49,50 +51,76 @@ def floor_warning(report: dict[str, Any], runs: pd.DataFrame) -> str | None:
             "data are unreliable; train longer or larger runs to reach closer to the floor")
 
 
-def entropy_rate(rows: pd.DataFrame) -> float | None:
-    """The data's entropy rate in nats per token, from sweep.collect's column (one dataset per
-    fit, so one value), or None when the table does not give one (text corpora, other tables)."""
-    if ENTROPY_RATE_COLUMN not in rows.columns:
+def _one_value(rows: pd.DataFrame, column: str) -> float | None:
+    """The column's single finite positive value, or None (no column, no value, or several)."""
+    if column not in rows.columns:
         return None
-    values = pd.to_numeric(rows[ENTROPY_RATE_COLUMN], errors="coerce").dropna().unique()
+    values = pd.to_numeric(rows[column], errors="coerce").dropna().unique()
     if len(values) != 1 or not math.isfinite(values[0]) or values[0] <= 0:
         return None
     return float(values[0])
 
 
-def floor_check(report: dict[str, Any], rate: float) -> dict[str, Any] | None:
-    """Each fitted E beside the data's entropy rate: E / rate - 1, and whether E's interval
-    holds the rate. None when no law fitted an E.
+def entropy_rate(rows: pd.DataFrame) -> float | None:
+    """The data's entropy rate in nats per token, from sweep.collect's column (one dataset per
+    fit, so one value), or None when the table does not give one (text corpora, other tables)."""
+    return _one_value(rows, ENTROPY_RATE_COLUMN)
 
-    The rate bounds any model's loss from below; a model reading windows pays a little more
-    (it does not know where a window starts within the data's structure), so a well-placed E
-    sits at or slightly above it.
+
+def window_floor(rows: pd.DataFrame) -> float | None:
+    """The lowest mean loss a model reading the runs' windows can reach (data.synthetic_floor),
+    or None when the table does not give one, or gives several (runs at several seq_lens)."""
+    return _one_value(rows, WINDOW_FLOOR_COLUMN)
+
+
+def floor_check(report: dict[str, Any], rate: float | None, window: float | None
+                ) -> dict[str, Any] | None:
+    """Each fitted E beside the data's floor: E / floor - 1, and whether E's interval holds it.
+    None when no law fitted an E or the table gives no floor.
+
+    The floor is the window floor where the table gives it: a model reading seq_len-token
+    windows cannot reach the entropy rate (it does not know where a window starts within the
+    data's structure), and E is the loss of an unbounded model trained on unbounded data at
+    that seq_len. Without it, the entropy rate, which a well-placed E sits at or a little above.
     """
     fitted = fitted_floors(report)
-    if not fitted:
+    floor = window if window is not None else rate
+    if not fitted or floor is None:
         return None
     laws = []
     for name, e, ci in fitted:
         usable = ci is not None and len(ci) == 2 and all(math.isfinite(v) for v in ci)
-        laws.append({"law": name, "E": e, "relative": e / rate - 1,
-                     **({"ci95": ci, "covers": bool(ci[0] <= rate <= ci[1])} if usable else {})})
-    return {"entropy_rate": rate, "laws": laws}
+        laws.append({"law": name, "E": e, "relative": e / floor - 1,
+                     **({"ci95": ci, "covers": bool(ci[0] <= floor <= ci[1])} if usable else {})})
+    return {"entropy_rate": rate, "window_floor": window, "floor": floor,
+            "floor_kind": "window floor" if window is not None else "entropy rate", "laws": laws}
 
 
-def below_rate_warning(check: dict[str, Any]) -> str | None:
-    """One line when a fitted E lies below the data's entropy rate, interval and all: that
-    law's floor is one no model can reach, and it extrapolates too low."""
+def describe_floor(check: dict[str, Any]) -> str:
+    """'the lowest loss a model reading these windows can reach is 0.6216 nats/token (the
+    entropy rate is 0.5909)', or the entropy rate alone (console, report and warnings)."""
     rate = check["entropy_rate"]
+    if check["window_floor"] is None:
+        return f"the data's entropy rate is {rate:.4g} nats/token"
+    return (f"the lowest loss a model reading the runs' windows can reach is "
+            f"{check['window_floor']:.4g} nats/token"
+            + ("" if rate is None else f" (the entropy rate is {rate:.4g})"))
+
+
+def below_floor_warning(check: dict[str, Any]) -> str | None:
+    """One line when a fitted E lies below the data's floor, interval and all: that law's
+    floor is one no model can reach, and it extrapolates too low."""
+    floor = check["floor"]
     below = [law for law in check["laws"]
-             if (law["ci95"][1] if "ci95" in law else law["E"]) < rate]
+             if (law["ci95"][1] if "ci95" in law else law["E"]) < floor]
     if not below:
         return None
     which = "; ".join(f"{law['law']} E = {law['E']:.4g}"
                       + (f" [{law['ci95'][0]:.4g}, {law['ci95'][1]:.4g}]" if "ci95" in law else "")
                       for law in below)
-    return (f"fitted irreducible loss below the data's entropy rate {rate:.4g} nats/token "
-            f"({which}): no model can reach that floor, so the law predicts too low a loss beyond "
-            "the data; the runs are too far from the floor to place it")
+    return (f"fitted irreducible loss below the data's {check['floor_kind']} {floor:.4g} "
+            f"nats/token ({which}): no model can reach that floor, so the law predicts too low "
+            "a loss beyond the data; the runs are too far from the floor to place it")
 
 
 def describe_law(law: dict[str, Any]) -> str:

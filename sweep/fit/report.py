@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import pandas as pd
 
+from sweep.fit.floor import describe_floor
 from sweep.fit.plots import write_plots
 from sweep.fit.table import TableError
 from sweep.records import json_safe
@@ -218,15 +219,22 @@ def _extrapolation(s: dict[str, Any]) -> list[str]:
 
 
 def _loss_floor(s: dict[str, Any]) -> list[str]:
-    lines = ["## The fitted floors against the data's entropy rate", "",
-             f"The data's entropy rate is {_g(s['entropy_rate'])} nats/token (exact, from the "
-             "dataset's manifest): no model's loss can go below it, and a model reading windows "
-             "pays slightly more, so a well-placed E lies at or a little above it.", ""]
+    if s["window_floor"] is None:
+        why = ("no model's loss can go below it, and a model reading windows pays slightly "
+               "more, so a well-placed E lies at or a little above it")
+    else:
+        why = ("a model reading windows of the runs' seq_len cannot know where a window starts "
+               "within the data's structure, so this, not the entropy rate, is the loss an "
+               "unbounded model trained on unbounded data reaches, and where E belongs "
+               "(data.synthetic_floor computes it)")
+    floor = describe_floor(s)
+    lines = ["## The fitted floors against the data's loss floor", "",
+             f"{floor[0].upper()}{floor[1:]}: {why}.", ""]
     rows = [[law["law"], _g(law["E"]), f"[{_g(law['ci95'][0])}, {_g(law['ci95'][1])}]"
              if "ci95" in law else "", f"{100 * law['relative']:+.1f} %",
              ("yes" if law["covers"] else "no") if "covers" in law else ""]
             for law in s["laws"]]
-    return lines + _table(["law", "E", "95% CI", "E / rate - 1", "CI holds the rate"], rows)
+    return lines + _table(["law", "E", "95% CI", "E / floor - 1", "CI holds the floor"], rows)
 
 
 def render_markdown(report: dict[str, Any], plots: list[str]) -> str:

@@ -16,7 +16,7 @@ import pandas as pd
 from sweep import where as where_module
 from sweep.collect import CollectError, UnreadableRun, collect_runs, dataset_label
 from sweep.errors import first_line
-from sweep.fit.floor import entropy_rate
+from sweep.fit.floor import entropy_rate, window_floor
 from sweep.fit.points import describing, drop_repeated_rows, several_runs, wsd_trajectories
 
 # Approach 3 has five parameters: fewer runs than that cannot determine it.
@@ -65,8 +65,10 @@ class FitData:
     warnings: list[str] = field(default_factory=list)  # problems the fit goes on despite
     # Seed replicates at one (N, D): {points, runs, sd_log_loss}; None when there are none
     seed_noise: dict[str, Any] | None = None
-    # The data's entropy rate (nats/token) where the table gives it (the synthetic corpus)
+    # The data's entropy rate (nats/token) where the table gives it (the synthetic corpus), and
+    # the higher floor of a model reading the runs' seq_len-token windows
     entropy_rate: float | None = None
+    window_floor: float | None = None
 
 
 def _flag(quantity: str) -> str:
@@ -300,7 +302,8 @@ def load(source: str | Path, cols: Columns, skip_unreadable: bool = False,
     _check_fittable(runs, str(path))
     return FitData(runs=runs, curves=curves, source=str(path), columns=cols, notes=notes,
                    budget_source=_budget_source(runs, cols), warnings=warnings,
-                   seed_noise=seed_noise, entropy_rate=entropy_rate(source_rows))
+                   seed_noise=seed_noise, entropy_rate=entropy_rate(source_rows),
+                   window_floor=window_floor(source_rows))
 
 
 def _budget_source(runs: pd.DataFrame, cols: Columns) -> str | None:
