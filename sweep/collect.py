@@ -192,6 +192,9 @@ def _curve_rows(
             # The fitter refuses a table mixing datasets; a curves table needs these to be checked
             "dataset_name": _dataset(summary).get("name"),
             "dataset_config_hash": _dataset(summary).get("config_hash"),
+            # ... and its floors, which the fitter sets the fitted E against (synthetic data)
+            "dataset_entropy_rate_nats": _dataset(summary).get("entropy_rate_nats"),
+            "dataset_window_floor_nats": _dataset(summary).get("window_floor_nats"),
             **_how_made(summary),
             "run_dir": run_dir,
         })

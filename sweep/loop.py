@@ -182,7 +182,7 @@ def train_loop(
             tokens_per_s=(tokens / loop.train_time_s) if loop.train_time_s else None,
             started_at=loop.started_at,
             finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
-            # last: evaluated after the times above, so its second is not counted as the run's
+            # last: evaluated after the times above, so computing it is not in wall_time_s
             window_floor=_window_floor(plan, logger) if dist.is_main else None,
         )
         if dist.is_main:

@@ -187,7 +187,8 @@ def test_curves_one_row_per_eval_point_and_torn_line_skipped(tmp_path: Path) -> 
     assert got.unreadable == [str(big / "metrics.jsonl")]
     extra = ["step", "train_loss", "val_bpb", "lr", "flops_6nd_total", "flops_exact",
              "tokens_per_s", "mfu", "final_loss", "model_name", "budget_kind", "budget_value",
-             "dataset_name", "dataset_config_hash", "seed", "config_hash", "replicate_hash",
+             "dataset_name", "dataset_config_hash", "dataset_entropy_rate_nats",
+             "dataset_window_floor_nats", "seed", "config_hash", "replicate_hash",
              "stable_hash", "code_version", "run_dir"]
     assert list(table.columns) == ["run_id", "experiment", "N", "N_total", "D", "C", "loss", *extra]
     assert table.run_id.tolist() == ["n1000-d20000"] * 4 + ["n2000-d40000"] * 4
@@ -200,6 +201,18 @@ def test_curves_one_row_per_eval_point_and_torn_line_skipped(tmp_path: Path) -> 
     assert (first.final_loss == 3.0).all() and (first.budget_value == 20_000).all()
     # The dataset rides along, so the fitter can refuse a curves table that mixes corpora
     assert (first.dataset_name == "synthetic").all() and (first.dataset_config_hash == "ab").all()
+
+
+def test_the_datas_floors_ride_along_in_both_tables(tmp_path: Path) -> None:
+    run_dir = make_run(tmp_path, 1000, 20_000, 3.0)
+    summary = summary_of(run_dir)
+    summary["dataset"].update(entropy_rate_nats=0.5909, window_floor_nats=0.6213,
+                              window_floor_stderr=0.0002)
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    for curves in (False, True):
+        table = collect_runs(tmp_path, curves=curves).table
+        assert (table.dataset_entropy_rate_nats == 0.5909).all()
+        assert (table.dataset_window_floor_nats == 0.6213).all()
 
 
 def test_flop_counts_past_int64_become_floats(tmp_path: Path) -> None:

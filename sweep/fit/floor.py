@@ -97,8 +97,8 @@ def floor_check(report: dict[str, Any], rate: float | None, window: float | None
 
 
 def describe_floor(check: dict[str, Any]) -> str:
-    """'the lowest loss a model reading these windows can reach is 0.6216 nats/token (the
-    entropy rate is 0.5909)', or the entropy rate alone (console, report and warnings)."""
+    """'the lowest loss a model reading the runs' windows can reach is 0.6213 nats/token (the
+    entropy rate is 0.5909)', or the entropy rate alone (console and report)."""
     rate = check["entropy_rate"]
     if check["window_floor"] is None:
         return f"the data's entropy rate is {rate:.4g} nats/token"
