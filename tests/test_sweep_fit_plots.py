@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from sweep.fit.figures import loss_label
-from sweep.fit.plots import _contours, write_plots
+from sweep.fit.plots import _contours, _loss_vs_compute, write_plots
 from sweep.fit.residuals import residuals_figure
 from sweep.fit.synthetic import EPOCH_LAW, isoflop_table
 
@@ -170,6 +170,17 @@ def test_contours_show_the_predicted_runs_beyond_the_data(tables) -> None:
     ax = _contours(report, runs).axes[0]
     assert not [c for c in ax.collections if c.get_label() == "--predict"]
     assert ax.get_xlim()[1] == pytest.approx(3 * runs["N"].max())
+
+
+def test_loss_vs_compute_draws_the_datas_floor_where_the_report_has_one(tables) -> None:
+    runs, curves = tables
+    report = _report(runs)
+    assert not [line for line in _loss_vs_compute(report, runs, curves).axes[0].lines
+                if line.get_label().startswith("window floor")]
+    report["loss_floor"] = {"floor": 1.7, "floor_kind": "window floor"}
+    (line,) = [line for line in _loss_vs_compute(report, runs, curves).axes[0].lines
+               if line.get_label().startswith("window floor")]
+    assert line.get_label() == "window floor 1.7" and set(line.get_ydata()) == {1.7}
 
 
 def test_empty_report_writes_loss_vs_compute(tables, tmp_path: Path) -> None:

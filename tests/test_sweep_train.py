@@ -95,8 +95,12 @@ def test_a_wrapped_out_of_memory_is_the_machine_not_the_code():
     assert not train_module._is_machine_failure(RuntimeError("shape mismatch"))
 
 
+# 8192 held-out tokens per eval, not the default 32768: the evals were half the run's time
+ONE_RUN = ("model=gpt_1m", "budget.tokens=3e4", "eval.points=4", "eval.tokens=8192")
+
+
 def test_one_run_end_to_end(synthetic_root):
-    result = train_cli(synthetic_root, "model=gpt_1m", "budget.tokens=3e4", "eval.points=4")
+    result = train_cli(synthetic_root, *ONE_RUN)
     assert result.returncode == 0, result.stderr
     runs = list((synthetic_root / "runs" / "default").iterdir())
     assert len(runs) == 1
@@ -155,7 +159,7 @@ def test_one_run_end_to_end(synthetic_root):
 
     # Relaunching the same config skips the finished run and leaves its record alone.
     before = (run_dir / "summary.json").read_text()
-    again = train_cli(synthetic_root, "model=gpt_1m", "budget.tokens=3e4", "eval.points=4")
+    again = train_cli(synthetic_root, *ONE_RUN)
     assert again.returncode == 0 and "already finished" in again.stdout
     assert (run_dir / "summary.json").read_text() == before
 

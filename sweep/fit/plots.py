@@ -117,6 +117,11 @@ def _loss_vs_compute(report: dict, runs: pd.DataFrame, curves: pd.DataFrame | No
     if points:
         ax.scatter(*zip(*points, strict=True), s=16, color="black", zorder=3,
                    label="compute frontier")
+    # The data's floor where the table gives it (the synthetic corpus): where L(C)'s E belongs
+    floor = num(get(report, "loss_floor", "floor"))
+    if floor is not None and floor > 0:
+        ax.axhline(floor, ls=":", color="grey", lw=1.2,
+                   label=f"{get(report, 'loss_floor', 'floor_kind') or 'floor'} {floor:.4g}")
     ax.set(xscale="log", yscale="log", xlabel=C_LABEL, ylabel=loss_label(report),
            title="Loss vs compute" + (" (lines: eval curves)" if data is curves else ""))
     # Losses span about a decade: label the minor ticks too, as plain numbers.
