@@ -281,7 +281,7 @@ def test_nan_loss_stops_the_run_as_diverged_and_keeps_its_record(
 
     monkeypatch.setattr(start_module, "GPT", NaNAfterFirstStep)
     plan = plan_run(compose_train(synthetic_root, "budget.tokens=2e4", f"experiment_name={bad}",
-                                  "logging.interval=2"))
+                                  "logging.interval=2", "eval.tokens=4096"))
     summary = start_module.run(plan)
     assert summary["status"] == "diverged"
     assert summary["error"] == "non-finite training loss by step 4"
