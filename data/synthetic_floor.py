@@ -168,12 +168,9 @@ def dataset_window_floor(path: Path, manifest: dict[str, Any], seq_len: int) -> 
         return None
     cache = Path(path) / CACHE
     floors = _read_cache(cache)
-    known = floors.get(str(seq_len))
-    if isinstance(known, dict) and known.get("seq_len") == seq_len and all(
-            isinstance(known.get(key), float) and math.isfinite(known[key])
-            for key in ("nats", "stderr")) and isinstance(known.get("windows"), int):
-        return WindowFloor(**{key: known[key] for key in ("nats", "stderr", "seq_len",
-                                                          "windows")})
+    known = _as_floor(floors.get(str(seq_len)), seq_len)
+    if known is not None:
+        return known
     process = ZipfFacts(**{key: source[key] for key in (
         "vocab_size", "n_facts", "fact_len", "facts_per_doc", "zipf_exponent", "seed")})
     floor = window_floor(process, seq_len)
@@ -195,3 +192,14 @@ def _read_cache(cache: Path) -> dict[str, Any]:
         return {}
     floors = known.get("floors")
     return floors if isinstance(floors, dict) else {}
+
+
+def _as_floor(entry: Any, seq_len: int) -> WindowFloor | None:
+    """A cache entry as a WindowFloor, or None unless it is one for seq_len."""
+    if not isinstance(entry, dict) or entry.get("seq_len") != seq_len:
+        return None
+    nats, stderr, windows = entry.get("nats"), entry.get("stderr"), entry.get("windows")
+    if not (isinstance(nats, float) and isinstance(stderr, float) and isinstance(windows, int)
+            and math.isfinite(nats) and math.isfinite(stderr)):
+        return None
+    return WindowFloor(nats=nats, stderr=stderr, seq_len=seq_len, windows=windows)
