@@ -115,9 +115,7 @@ def below_floor_warning(check: dict[str, Any]) -> str | None:
              if (law["ci95"][1] if "ci95" in law else law["E"]) < floor]
     if not below:
         return None
-    which = "; ".join(f"{law['law']} E = {law['E']:.4g}"
-                      + (f" [{law['ci95'][0]:.4g}, {law['ci95'][1]:.4g}]" if "ci95" in law else "")
-                      for law in below)
+    which = "; ".join(_e_with_interval(law) for law in below)
     return (f"fitted irreducible loss below the data's {check['floor_kind']} {floor:.4g} "
             f"nats/token ({which}): no model can reach that floor, so the law predicts too low "
             "a loss beyond the data; the runs are too far from the floor to place it")
@@ -125,7 +123,12 @@ def below_floor_warning(check: dict[str, Any]) -> str | None:
 
 def describe_law(law: dict[str, Any]) -> str:
     """'approach 3 E = 0.62 [0.60, 0.65], +5.0 %, interval excludes it' (console and report)."""
-    interval = (f" [{law['ci95'][0]:.4g}, {law['ci95'][1]:.4g}]" if "ci95" in law else "")
     verdict = ("" if "covers" not in law else
                ", interval holds it" if law["covers"] else ", interval excludes it")
-    return f"{law['law']} E = {law['E']:.4g}{interval}, {100 * law['relative']:+.1f} %{verdict}"
+    return f"{_e_with_interval(law)}, {100 * law['relative']:+.1f} %{verdict}"
+
+
+def _e_with_interval(law: dict[str, Any]) -> str:
+    """'approach 3 E = 0.62 [0.6, 0.65]', the interval where the law has one."""
+    interval = (f" [{law['ci95'][0]:.4g}, {law['ci95'][1]:.4g}]" if "ci95" in law else "")
+    return f"{law['law']} E = {law['E']:.4g}{interval}"
