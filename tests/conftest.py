@@ -15,15 +15,22 @@ from omegaconf import DictConfig, OmegaConf
 from data import prepare
 from data.shards import read_manifest
 from data.synthetic_floor import dataset_window_floor
+from tests import preload
 
 os.environ["WANDB_MODE"] = "disabled"
 # Under pytest-xdist each worker, and every CLI it launches, gets one thread: the workers share
 # the cores, and torch's default of one thread per core each would oversubscribe them.
 if os.environ.get("PYTEST_XDIST_WORKER") and "OMP_NUM_THREADS" not in os.environ:
-    os.environ["OMP_NUM_THREADS"] = "1"
+    for threads in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[threads] = "1"
     import torch  # here: a serial run has no reason to import it before its tests do
 
     torch.set_num_threads(1)
+# The interpreter the end-to-end tests start their CLIs with (tests/preload.py): set here, before
+# any test module copies os.environ, which must name the preload server's socket.
+PYTHON = preload.python()
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    preload.launch()  # its imports overlap the worker's collection
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 # Small enough to build in well under a second, large enough for a few hundred training steps.
 TINY_DATA = {"train_tokens": 300_000, "val_tokens": 40_000}
@@ -44,6 +51,13 @@ SMALL_RUN = (
 )
 # Appended after FIXED_HPARAMS (the later override wins), these hand all three back to the rules.
 RULE_HPARAMS = ("train.lr=null", "train.batch_tokens=null", "schedule.warmup_fraction=null")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def preload_server() -> None:
+    """The server behind PYTHON, listening before the first test (a CLI started earlier would
+    run in a plain interpreter: correct, only slower)."""
+    preload.launch(wait_s=30)
 
 
 @pytest.fixture(scope="session")

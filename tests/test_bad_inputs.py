@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 
 from sweep.fit.synthetic import isoflop_table
-from tests.conftest import FIXED_HPARAMS
+from tests.conftest import FIXED_HPARAMS, PYTHON
 from tests.test_sweep_collect import make_run
 
 REPO = Path(__file__).resolve().parent.parent
@@ -314,7 +314,7 @@ def run_row(row: Row, root: Path, synthetic_root: Path) -> Outcome:
     row.setup(root, synthetic_root)
     before = paths_under(root)
     argv = [arg.format(root=root) for arg in row.argv]
-    done = subprocess.run([sys.executable, *argv], cwd=root, env=ENV, capture_output=True,
+    done = subprocess.run([PYTHON, *argv], cwd=root, env=ENV, capture_output=True,
                           text=True, timeout=300)
     return Outcome(root, done.returncode, done.stdout, done.stderr, before, paths_under(root))
 

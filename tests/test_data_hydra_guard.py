@@ -7,13 +7,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from data.hydra_guard import hydra_error_line, unknown_choice
-from tests.conftest import FIXED_HPARAMS
+from tests.conftest import FIXED_HPARAMS, PYTHON
 from tests.helpers import linked_root
 
 TRAIN_HINTS = {"model": "model preset", "data": "dataset", "experiment": "experiment",
@@ -150,7 +149,7 @@ def test_a_missing_config_dir_is_one_line(tmp_path: Path) -> None:
 
 def train_cli(root: Path, *argv: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "sweep.train", *argv, f"paths.root_dir={root}",
+        [PYTHON, "-m", "sweep.train", *argv, f"paths.root_dir={root}",
          "logging.wandb.mode=disabled", "logging.progress=false", *FIXED_HPARAMS],
         cwd=root, env={**os.environ, "WANDB_MODE": "disabled"}, capture_output=True, text=True,
         timeout=600)

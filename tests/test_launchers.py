@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,7 +20,7 @@ from omegaconf import OmegaConf
 
 from hydra_plugins.scaling_sweeper import gpu_pool_launcher
 from hydra_plugins.scaling_sweeper.gpu_pool_launcher import GpuPoolLauncher, visible_gpus
-from tests.conftest import CONFIGS, FIXED_HPARAMS
+from tests.conftest import CONFIGS, FIXED_HPARAMS, PYTHON
 
 FIRST_JOB = 10  # launch()'s initial_job_idx: the sweeper numbers jobs across batches
 
@@ -244,7 +243,7 @@ def test_bad_pool_settings_are_refused(pool):
 
 def test_a_bad_pool_setting_is_one_line_from_the_cli(tmp_path, synthetic_root):
     result = subprocess.run(
-        [sys.executable, "-m", "sweep.train", "-m", f"paths.root_dir={synthetic_root}",
+        [PYTHON, "-m", "sweep.train", "-m", f"paths.root_dir={synthetic_root}",
          "model=gpt_1m", "budget.tokens=2e4", "logging.wandb.mode=disabled",
          "hydra/launcher=workstation", "hydra.launcher.cpu_slots=0"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
@@ -287,7 +286,7 @@ def sweep_cli(root: Path, experiment: str, *overrides: str) -> subprocess.Comple
     # One torch thread per run: two runs share the CI machine's cores instead of fighting for them.
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "sweep.train", "-m", *overrides, f"paths.root_dir={root}",
+        [PYTHON, "-m", "sweep.train", "-m", *overrides, f"paths.root_dir={root}",
          "logging.wandb.mode=disabled", "logging.progress=false", f"experiment_name={experiment}",
          "model=base", "budget.tokens=8192,16384", "train.device=cpu", "eval.tokens=4096",
          "eval.points=2", *FIXED_HPARAMS],

@@ -28,7 +28,7 @@ from sweep.errors import OutOfMemory
 from sweep.lock import is_locked
 from sweep.plan import plan_run
 from sweep.step import smaller_micro_batch
-from tests.conftest import SMALL_RUN, compose_train
+from tests.conftest import PYTHON, SMALL_RUN, compose_train
 from tests.helpers import linked_root
 from tests.test_sweep_collect import make_run
 
@@ -45,7 +45,7 @@ def _train(root: Path, *faults: str, extra: tuple[str, ...] = ()) -> subprocess.
     """python -m sweep.train on RUN under root, with tests/faults.py FAULTs installed."""
     prefix = [str(FAULTS), *faults, "--"] if faults else ["-m"]
     return subprocess.run(
-        [sys.executable, *prefix, "sweep.train", f"paths.root_dir={root}", *RUN, *extra],
+        [PYTHON, *prefix, "sweep.train", f"paths.root_dir={root}", *RUN, *extra],
         cwd=root, env={**os.environ, "WANDB_MODE": "disabled"}, capture_output=True,
         text=True, timeout=300,
     )
@@ -164,7 +164,7 @@ def test_a_diverging_run_is_kept_as_diverged_and_the_sweep_goes_on(tmp_path, syn
     records, the other finishes, the sweep reports one failure, and collect leaves it out."""
     root = linked_root(tmp_path, synthetic_root, "sweep")
     result = subprocess.run(
-        [sys.executable, str(FAULTS), "nan@d_model=64", "--", "sweep.train", "--multirun",
+        [PYTHON, str(FAULTS), "nan@d_model=64", "--", "sweep.train", "--multirun",
          f"paths.root_dir={root}", *RUN, "model.d_model=64,128"],
         cwd=root, env={**os.environ, "WANDB_MODE": "disabled"}, capture_output=True, text=True,
         timeout=300,

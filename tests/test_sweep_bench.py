@@ -18,6 +18,7 @@ from sweep.bench import ladder_shapes, named_shapes
 from sweep.hardware import resolve_hardware
 from sweep.step import accumulate_gradients
 from sweep.throughput import REFERENCE, BenchFailed, measure
+from tests.conftest import PYTHON
 
 REPO = Path(__file__).resolve().parent.parent
 # The GPU image has torch but none of these: the benchmark must run without them.
@@ -90,7 +91,7 @@ def test_nanogpts_architecture_is_timed_as_the_baseline(tmp_path):
 def test_without_a_known_peak_mfu_is_null_not_a_guess(tmp_path):
     out = tmp_path / "bench.json"
     result = subprocess.run(
-        [sys.executable, "-m", "sweep.bench", "--device", "cpu", "--tiny", "--out", str(out),
+        [PYTHON, "-m", "sweep.bench", "--device", "cpu", "--tiny", "--out", str(out),
          "--loss-chunk-tokens", "100", "--profile", "4"],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )
@@ -151,7 +152,7 @@ def test_bad_arguments_are_one_line(tmp_path, args, line, capsys, monkeypatch):
 
 def test_a_bad_argument_from_the_command_line_is_one_line(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "sweep.bench", "--out", str(tmp_path / "b"), "--device", "cpu",
+        [PYTHON, "-m", "sweep.bench", "--out", str(tmp_path / "b"), "--device", "cpu",
          "--shape", "2,65,2"], cwd=REPO, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 2 and result.stdout == ""

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from sweep.collect import CollectError, UnreadableRun, collect_runs, write_table
+from tests.conftest import PYTHON
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS = (0, 1, 2, 4, 8)  # eval steps written to metrics.jsonl; step 0 has tokens 0
@@ -68,7 +69,7 @@ def summary_of(run_dir: Path) -> dict[str, Any]:
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "sweep.collect", *map(str, args)], cwd=REPO,
+    return subprocess.run([PYTHON, "-m", "sweep.collect", *map(str, args)], cwd=REPO,
                           capture_output=True, text=True, timeout=60)
 
 

@@ -29,7 +29,7 @@ from data.dataset import VERIFIED_CACHE
 from sweep import status as sweep_status
 from sweep.checkpoint import latest_checkpoint
 from sweep.lock import RunLock, is_locked
-from tests.conftest import FIXED_HPARAMS
+from tests.conftest import FIXED_HPARAMS, PYTHON
 
 # One torch thread a process: the runs share the machine's cores instead of fighting for them.
 ENV = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
@@ -66,9 +66,10 @@ def started() -> Iterator[list[subprocess.Popen]]:
             proc.wait(timeout=30)
 
 
-def train_cmd(root: Path, experiment: str, *overrides: str, multirun: bool = False) -> list[str]:
+def train_cmd(root: Path, experiment: str, *overrides: str, multirun: bool = False,
+              python: str = PYTHON) -> list[str]:
     """`python -m sweep.train` of tiny CPU runs in `root`; `overrides` come last and win."""
-    return [sys.executable, "-m", "sweep.train", *(["-m"] if multirun else []),
+    return [python, "-m", "sweep.train", *(["-m"] if multirun else []),
             f"paths.root_dir={root}", f"experiment_name={experiment}", *TINY_RUN, *overrides]
 
 
@@ -226,7 +227,9 @@ def test_a_second_trainer_is_refused_and_a_killed_holder_is_taken_over(
     root: Path, started: list[subprocess.Popen]
 ) -> None:
     """(b) One run id, two processes: the second exits 2 touching nothing; SIGKILL frees the run."""
-    cmd = train_cmd(root, "one", f"budget.tokens={STEPS * 1024}")
+    # A plain interpreter: the test stops the process it started and reads its pid in the lock
+    # (tests/preload.py's would be a stand-in of another pid).
+    cmd = train_cmd(root, "one", f"budget.tokens={STEPS * 1024}", python=sys.executable)
     sweep_dir = root / "runs" / "one"
     first = start(started, cmd, cwd=root)
     run_dir = wait_until(lambda: sweep_dir.is_dir() and run_dirs(sweep_dir)

@@ -9,7 +9,6 @@ import os
 import re
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ import torch
 from sweep.checkpoint import latest_checkpoint, resume_training_state
 from sweep.distributed import SINGLE, Distributed, check_batch
 from sweep.errors import ConfigError
-from tests.conftest import SMALL_RUN
+from tests.conftest import PYTHON, SMALL_RUN
 from tests.helpers import linked_root
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,7 +40,7 @@ def _run(root: Path, *prefix: str, extra: tuple[str, ...] = ()) -> subprocess.Co
 
 def _torchrun(*script: str) -> tuple[str, ...]:
     # --standalone: a rendezvous on a free local port, so tests never collide on one.
-    return (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+    return (PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
             "2", *script)
 
 
@@ -58,7 +57,7 @@ def _losses(rows: list[dict]) -> list[tuple[int, float | None, float]]:
 @pytest.fixture(scope="module")
 def single(tmp_path_factory: pytest.TempPathFactory, synthetic_root: Path) -> tuple:
     root = linked_root(tmp_path_factory.mktemp("single"), synthetic_root, "root")
-    result = _run(root, sys.executable, "-m")
+    result = _run(root, PYTHON, "-m")
     assert result.returncode == 0, result.stderr
     return _record(root)
 
@@ -178,7 +177,7 @@ def test_a_two_task_submitit_job_is_two_ranks_without_torchrun(tmp_path, synthet
     """hydra/launcher=submitit_local with tasks_per_node=2 runs the SLURM code path: each task
     joins the process group from submitit's environment."""
     root = linked_root(tmp_path, synthetic_root, "submitit")
-    result = _run(root, sys.executable, "-m", extra=(
+    result = _run(root, PYTHON, "-m", extra=(
         "--multirun", "hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2",
         "hydra.launcher.timeout_min=5"))
     assert result.returncode == 0, result.stderr
@@ -214,7 +213,7 @@ def test_when_rank_0_cannot_start_the_run_every_rank_stops(tmp_path, synthetic_r
         port = probe.getsockname()[1]
     ranks = [
         subprocess.Popen(
-            [sys.executable, str(FAULTS), f"erofs={root}/runs", "--", "sweep.train",
+            [PYTHON, str(FAULTS), f"erofs={root}/runs", "--", "sweep.train",
              f"paths.root_dir={root}", *RUN],
             cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "WANDB_MODE": "disabled", "RANK": str(rank), "LOCAL_RANK": str(rank),

@@ -23,6 +23,7 @@ import pytest
 
 from sweep.fit.__main__ import _summary, main
 from sweep.fit.synthetic import EPOCH_LAW, isoflop_table
+from tests.conftest import PYTHON
 from tests.test_sweep_collect import make_run
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,7 +55,7 @@ def strict_json(text: str) -> Any:
 
 
 def fit_cli(*args: object, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "sweep.fit", *map(str, args)], cwd=REPO,
+    return subprocess.run([PYTHON, "-m", "sweep.fit", *map(str, args)], cwd=REPO,
                           env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
@@ -99,7 +100,7 @@ def fits(tmp_path_factory: pytest.TempPathFactory) -> Fits:
     out_curves = root / "report"
     jobs = {
         "curves": (subprocess.Popen(
-            [sys.executable, "-m", "sweep.fit", str(curves_csv), "--out", str(out_curves),
+            [PYTHON, "-m", "sweep.fit", str(curves_csv), "--out", str(out_curves),
              "--bootstrap", "30", "--budget-col", "budget", "--predict", *PREDICT],
             cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
             out_curves, curves_csv),

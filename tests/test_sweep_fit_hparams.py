@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 from sweep.fit.hparams import main
 from sweep.hparams import load_rules, rule_batch_sequences
+from tests.conftest import PYTHON
 from tests.test_sweep_collect import make_run
 from tests.test_sweep_fit_optimum import B_E, B_K, LR_E, LR_K, SIZES, sweep
 
@@ -64,7 +65,7 @@ def test_a_table_gives_the_laws_and_a_hparams_config_hydra_composes(
     # gets the law's LR (gpt_49m at 20 tokens per parameter: C = 2.9e17), and one below it the
     # lifted clamp (gpt_3m: C = 1.2e15, where the law gives 4.4e-3)
     table = subprocess.run(
-        [sys.executable, "-m", "sweep.hparams", "hparams=fitted", "budget.tokens_per_param=20",
+        [PYTHON, "-m", "sweep.hparams", "hparams=fitted", "budget.tokens_per_param=20",
          f"hydra.searchpath=[file://{tmp_path / 'configs'}]", "--models", "gpt_3m,gpt_49m"],
         cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert table.returncode == 0, table.stderr
@@ -74,7 +75,7 @@ def test_a_table_gives_the_laws_and_a_hparams_config_hydra_composes(
     assert small[0] == "gpt_3m" and small[4] == "3.20e-03*"  # * : the clamp set it
     # Fitted on cosine runs (train.yaml's schedule): a WSD run is refused them, in one line
     wsd = subprocess.run(
-        [sys.executable, "-m", "sweep.hparams", "hparams=fitted", "schedule.kind=wsd",
+        [PYTHON, "-m", "sweep.hparams", "hparams=fitted", "schedule.kind=wsd",
          f"hydra.searchpath=[file://{tmp_path / 'configs'}]", "--models", "gpt_3m"],
         cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert wsd.returncode == 2 and len(wsd.stderr.strip().splitlines()) == 1, wsd.stderr

@@ -11,7 +11,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -34,7 +33,7 @@ from sweep.grid import (
 from sweep.hparams import resolve_hparams
 from sweep.lock import RunLock
 from sweep.plan import model_config
-from tests.conftest import CONFIGS, FIXED_HPARAMS
+from tests.conftest import CONFIGS, FIXED_HPARAMS, PYTHON
 
 REPO = Path(__file__).resolve().parent.parent
 EXPERIMENTS = available("experiment")
@@ -45,7 +44,7 @@ SMALL = ("logging.wandb.mode=disabled", "logging.progress=false", "eval.tokens=4
 def sweep_cli(root: Path, *overrides: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "disabled"}
     return subprocess.run(
-        [sys.executable, "-m", "sweep.train", "--multirun", f"paths.root_dir={root}", *SMALL,
+        [PYTHON, "-m", "sweep.train", "--multirun", f"paths.root_dir={root}", *SMALL,
          *overrides],
         cwd=root, env=env, capture_output=True, text=True, timeout=600,
     )
@@ -74,7 +73,7 @@ def test_floor_cpu_plans_one_shared_trajectory_per_width(synthetic_root, tmp_pat
     # Its horizon must cover its largest D/N, or the budgets of a width would share nothing
     # (the plan would then say so in a note instead); max_epochs: the test dataset is tiny
     result = subprocess.run(
-        [sys.executable, "-m", "sweep.train", "experiment=floor_cpu", "launch.dry_run=true",
+        [PYTHON, "-m", "sweep.train", "experiment=floor_cpu", "launch.dry_run=true",
          f"paths.root_dir={synthetic_root}", f"paths.runs_dir={tmp_path}",
          "budget.max_epochs=1000"],
         cwd=tmp_path, env={**os.environ, "WANDB_MODE": "disabled"}, capture_output=True,
@@ -255,7 +254,7 @@ def test_sweep_trains_then_relaunch_skips_everything(synthetic_root):
                            f"(e.g. {first_id} beside #")
     assert note.endswith(": sweep.collect and sweep.fit take every run there; set "
                          "experiment_name to keep this grid apart, or move those runs out")
-    status = subprocess.run([sys.executable, "-m", "sweep.status", "runs/twice"],
+    status = subprocess.run([PYTHON, "-m", "sweep.status", "runs/twice"],
                             cwd=synthetic_root, capture_output=True, text=True, timeout=120)
     assert status.returncode == 0, status.stderr
     assert status.stdout.splitlines()[-1] == "runs/twice: 2 runs: 2 finished"
@@ -263,7 +262,7 @@ def test_sweep_trains_then_relaunch_skips_everything(synthetic_root):
     points = json.loads((synthetic_root / "runs/twice/sweep.json").read_text())["points"]
     assert [p["run_state"] for p in points] == ["finished", "finished"]
     shutil.rmtree(summaries[0].parent)
-    status = subprocess.run([sys.executable, "-m", "sweep.status", "runs/twice"],
+    status = subprocess.run([PYTHON, "-m", "sweep.status", "runs/twice"],
                             cwd=synthetic_root, capture_output=True, text=True, timeout=120)
     assert status.stdout.splitlines()[-1] == "runs/twice: 2 runs: 1 new, 1 finished"
 

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from sweep.stable import (
     stable_dir,
 )
 from sweep.status import run_status
-from tests.conftest import FIXED_HPARAMS, RULE_HPARAMS, compose_train
+from tests.conftest import FIXED_HPARAMS, PYTHON, RULE_HPARAMS, compose_train
 from tests.test_sweep_checkpoint import raise_at_loader_step
 
 # A one-layer model at 1024 tokens a step, WSD with a 25% cooldown: 8 steps cool down from step 6,
@@ -220,7 +219,7 @@ def test_a_sweep_of_budgets_continues_each_run_from_the_one_before(synthetic_roo
     # Listed largest first: the sweep still trains the smallest first
     env = {**os.environ, "WANDB_MODE": "disabled"}
     result = subprocess.run(
-        [sys.executable, "-m", "sweep.train", "--multirun", f"paths.root_dir={synthetic_root}",
+        [PYTHON, "-m", "sweep.train", "--multirun", f"paths.root_dir={synthetic_root}",
          f"paths.runs_dir={tmp_path}", "experiment_name=wsd", *TINY, *SHARED,
          "logging.wandb.mode=disabled", "logging.progress=false", *FIXED_HPARAMS,
          "schedule.warmup_fraction=null", "budget.tokens=24576,8192,16384"],
@@ -325,7 +324,7 @@ def test_a_continued_run_killed_anywhere_ends_as_the_lone_run(plan, synthetic_ro
     def train(*faults: str, tokens: int, dry_run: bool = False) -> subprocess.CompletedProcess:
         prefix = [str(Path(__file__).parent / "faults.py"), *faults, "--"] if faults else ["-m"]
         return subprocess.run(
-            [sys.executable, *prefix, "sweep.train", f"paths.root_dir={synthetic_root}",
+            [PYTHON, *prefix, "sweep.train", f"paths.root_dir={synthetic_root}",
              f"paths.runs_dir={tmp_path}", "experiment_name=kill", *TINY, *SHARED,
              *FIXED_HPARAMS, "schedule.warmup_fraction=null", f"budget.tokens={tokens}",
              f"launch.dry_run={str(dry_run).lower()}"],
@@ -363,7 +362,7 @@ def pool_sweep(root: Path, runs_dir: Path, *overrides: str, timeout: int
                ) -> subprocess.CompletedProcess:
     """Two sizes x two budgets sharing stable phases, swept on the workstation pool."""
     return subprocess.run(
-        [sys.executable, "-m", "sweep.train", "--multirun", f"paths.root_dir={root}",
+        [PYTHON, "-m", "sweep.train", "--multirun", f"paths.root_dir={root}",
          f"paths.runs_dir={runs_dir}", "experiment_name=pool", *TINY, *SHARED, *FIXED_HPARAMS,
          "schedule.warmup_fraction=null", "model.n_layer=1,2", "budget.tokens=16384,8192",
          "hydra/launcher=workstation", *overrides],

@@ -31,7 +31,7 @@ from sweep.lock import RunLocked, is_locked
 from sweep.loop import eval_steps
 from sweep.plan import plan_run
 from sweep.records import METRIC_KEYS, RunRecord
-from tests.conftest import CONFIGS, FIXED_HPARAMS, compose_train
+from tests.conftest import CONFIGS, FIXED_HPARAMS, PYTHON, compose_train
 
 REPO = Path(__file__).resolve().parent.parent
 # A one-layer model and 12 steps of 1024 tokens: evals at 0, 1, 3, 12; loss syncs (and, with
@@ -72,7 +72,7 @@ def train_cli(
     env = {**os.environ, "WANDB_MODE": "disabled"}
     entry = ["-c", WITHOUT_TORCH] if without_torch else ["-m", "sweep.train"]
     return subprocess.run(
-        [sys.executable, *entry, f"paths.root_dir={root}",
+        [PYTHON, *entry, f"paths.root_dir={root}",
          "logging.wandb.mode=disabled", *FIXED_HPARAMS, *overrides],
         cwd=root, env=env, capture_output=True, text=True, timeout=600,
     )
@@ -238,7 +238,7 @@ def test_demo_script_runs_the_smoke_sweep_and_a_relaunch_trains_nothing(tmp_path
 def test_synthetic_demo_learns_toward_the_entropy_rate(tmp_path):
     """The README's synthetic-corpus commands (about 35 s on 2 CPU cores)."""
     env = {**os.environ, "WANDB_MODE": "disabled", "SCALING_ROOT": str(tmp_path)}
-    subprocess.run([sys.executable, "-m", "data.prepare", "data=synthetic"], cwd=tmp_path,
+    subprocess.run([PYTHON, "-m", "data.prepare", "data=synthetic"], cwd=tmp_path,
                    env=env, check=True, capture_output=True)
     result = train_cli(tmp_path, "model=gpt_1m", "data=synthetic", "budget.tokens=2e5")
     assert result.returncode == 0, result.stderr
