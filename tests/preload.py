@@ -1,16 +1,13 @@
-"""A preloaded Python for the end-to-end tests: a server that has imported torch, Hydra and the
-fitter's libraries once, and forks a fresh process for each CLI a test starts.
-
-Every training subprocess used to spend ~4 s of CPU importing torch, torch._dynamo (which every
-torch.optim optimizer imports) and Hydra before its first step; a test suite of some hundred such
-processes spent most of its time there. `python_shim.py`, given to tests as their `python`,
-hands its command line, environment, working directory and standard streams to this server,
-which forks: the child is a process of its own (own pid, own exit code, killed by its own
-faults), which imported only third-party libraries before the fork and imports the project's
-modules afresh, as `python -m MODULE` would.
-
-Set SWEEP_TEST_PRELOAD=0 to run every test CLI in a plain interpreter instead.
+"""A preloaded Python for the end-to-end tests: a server that imported torch, Hydra and the fitter's
+libraries once forks a fresh process for each CLI a test starts (SWEEP_TEST_PRELOAD=0: none).
 """
+
+# Why: every training subprocess spent ~4 s of CPU importing torch, torch._dynamo (which every
+# torch.optim optimizer imports) and Hydra before its first step, most of CI's time. The tests'
+# `python` is python_shim.py, which hands its command line, environment, working directory and
+# standard streams to this server and stands in for the forked child: a process of its own (own
+# pid, exit code, faults), which imported only third-party libraries before the fork and imports
+# the project's modules afresh, as `python -m MODULE` would.
 
 from __future__ import annotations
 
