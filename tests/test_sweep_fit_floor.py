@@ -13,6 +13,7 @@ import pytest
 from sweep.fit.__main__ import _summary, main
 from sweep.fit.floor import (
     ENTROPY_RATE_COLUMN,
+    SEQ_LEN_COLUMN,
     WINDOW_FLOOR_COLUMN,
     below_floor_warning,
     describe_floor,
@@ -20,6 +21,7 @@ from sweep.fit.floor import (
     entropy_rate,
     floor_check,
     floor_warning,
+    several_window_floors,
     window_floor,
 )
 
@@ -139,6 +141,21 @@ def test_the_entropy_rate_and_window_floor_come_from_sweep_collects_columns() ->
     assert window_floor(pd.DataFrame({WINDOW_FLOOR_COLUMN: [0.62, 0.69]})) is None
 
 
+def test_runs_at_several_seq_lens_are_told_why_their_floors_meet_the_entropy_rate() -> None:
+    two = pd.DataFrame({WINDOW_FLOOR_COLUMN: [0.6921, 0.6213, 0.6213, None],
+                        SEQ_LEN_COLUMN: [16, 128, 128, 128]})
+    assert several_window_floors(two) == (
+        "the runs were trained at seq_lens 16, 128, whose window floors differ (0.6213, 0.6921 "
+        "nats/token): one law's irreducible loss cannot sit at each, so the fitted floors are "
+        "checked against the entropy rate; fit each seq_len alone, e.g. --where "
+        "'shape_seq_len == 16'")
+    # A table of your own without the seq_len column still gets the line
+    assert several_window_floors(two.drop(columns=SEQ_LEN_COLUMN)).startswith(
+        "the runs were trained at several seq_lens, whose window floors differ")
+    assert several_window_floors(two.iloc[1:]) is None  # one floor
+    assert several_window_floors(two.drop(columns=WINDOW_FLOOR_COLUMN)) is None
+
+
 def test_cli_sets_the_fitted_floors_beside_the_tables_entropy_rate(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # Exact losses from L = 2 + (5e3/N)^0.5 + (1e4/D)^0.5, whose floor is 2, at two D (which
@@ -175,6 +192,13 @@ def test_cli_sets_the_fitted_floors_beside_the_tables_entropy_rate(
                            "reach is 2.2 nats/token (the entropy rate is 2); ")
     assert ("The lowest loss a model reading the runs' windows can reach is 2.2 nats/token (the "
             "entropy rate is 2): a model reading windows" in (out / "report.md").read_text())
+    # Runs at two seq_lens: set against the entropy rate, and the warning says why
+    pd.DataFrame([{**row, WINDOW_FLOOR_COLUMN: 2.2 + (i % 2) / 10, SEQ_LEN_COLUMN: 64 * (1 + i % 2)}
+                  for i, row in enumerate(rows)]).to_csv(source, index=False)
+    assert main([str(source), "--out", str(out), "--bootstrap", "0"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert (report["loss_floor"]["floor"], report["loss_floor"]["window_floor"]) == (2.0, None)
+    assert [w for w in report["warnings"] if "window floors differ (2.2, 2.3 nats/token)" in w]
     # Without the column there is no such section
     pd.DataFrame(rows).drop(columns=ENTROPY_RATE_COLUMN).to_csv(source, index=False)
     assert main([str(source), "--out", str(out), "--bootstrap", "0"]) == 0

@@ -18,6 +18,7 @@ FLOOR_MARGIN = 0.01
 # sweep.collect's columns for summary.json's dataset.entropy_rate_nats and .window_floor_nats
 ENTROPY_RATE_COLUMN = "dataset_entropy_rate_nats"
 WINDOW_FLOOR_COLUMN = "dataset_window_floor_nats"
+SEQ_LEN_COLUMN = "shape_seq_len"
 
 
 def fitted_floors(report: dict[str, Any]) -> list[tuple[str, float, list[float] | None]]:
@@ -71,6 +72,25 @@ def window_floor(rows: pd.DataFrame) -> float | None:
     """The lowest mean loss a model reading the runs' windows can reach (data.synthetic_floor),
     or None when the table does not give one, or gives several (runs at several seq_lens)."""
     return _one_value(rows, WINDOW_FLOOR_COLUMN)
+
+
+def several_window_floors(rows: pd.DataFrame) -> str | None:
+    """One line when the runs give several window floors (trained at several seq_lens): one
+    law's E cannot sit at each, so the fit checks its floors against the entropy rate."""
+    if WINDOW_FLOOR_COLUMN not in rows.columns:
+        return None
+    floors = sorted(pd.to_numeric(rows[WINDOW_FLOOR_COLUMN], errors="coerce").dropna().unique())
+    if len(floors) < 2:
+        return None
+    lens = (sorted(pd.to_numeric(rows[SEQ_LEN_COLUMN], errors="coerce").dropna().unique())
+            if SEQ_LEN_COLUMN in rows.columns else [])
+    trained = (f"at seq_lens {', '.join(f'{n:g}' for n in lens)}" if len(lens) > 1
+               else "at several seq_lens")
+    example = f"'{SEQ_LEN_COLUMN} == {lens[0]:g}'" if lens else f"'{SEQ_LEN_COLUMN} == 128'"
+    return (f"the runs were trained {trained}, whose window floors differ "
+            f"({', '.join(f'{f:.4g}' for f in floors)} nats/token): one law's irreducible loss "
+            "cannot sit at each, so the fitted floors are checked against the entropy rate; fit "
+            f"each seq_len alone, e.g. --where {example}")
 
 
 def floor_check(report: dict[str, Any], rate: float | None, window: float | None

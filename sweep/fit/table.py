@@ -16,7 +16,7 @@ import pandas as pd
 from sweep import where as where_module
 from sweep.collect import CollectError, UnreadableRun, collect_runs, dataset_label
 from sweep.errors import first_line
-from sweep.fit.floor import entropy_rate, window_floor
+from sweep.fit.floor import entropy_rate, several_window_floors, window_floor
 from sweep.fit.points import describing, drop_repeated_rows, several_runs, wsd_trajectories
 
 # Approach 3 has five parameters: fewer runs than that cannot determine it.
@@ -293,6 +293,8 @@ def load(source: str | Path, cols: Columns, skip_unreadable: bool = False,
     warning, note, seed_noise, replicate = several_runs(runs, described.loc[runs.index])
     warnings += [warning] if warning is not None else []
     notes += [note] if note is not None else []
+    warning = several_window_floors(source_rows)
+    warnings += [warning] if warning is not None else []
     runs = runs.assign(replicate=replicate,
                        trajectory=wsd_trajectories(described.loc[runs.index], runs["N"]))
     runs = runs.reset_index(drop=True)
