@@ -16,7 +16,11 @@ filter can stop there.
 
 Windows start at uniformly random stream positions, as the train loader's do; the val windows,
 which advance by seq_len, cover a document's positions evenly when seq_len and doc_tokens share
-no factor (128 and 129 by default).
+no factor (128 and 129 by default) and the eval set holds doc_tokens windows or more. Otherwise
+they start at some positions only, whose floors differ little: measured at seq_len 128 (60
+windows at each of 16 positions), every position's floor lies in 0.618-0.621 but a window that
+starts at an EOT (the rate, 0.5909: the EOT pins its position), which is 1 in doc_tokens of the
+uniform average. A val set missing or favouring positions moves its floor by ~0.3 % at most.
 """
 
 from __future__ import annotations
