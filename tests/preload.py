@@ -37,26 +37,34 @@ PRELOAD = ("numpy", "torch", "torch._dynamo", "torch.distributed", "hydra", "hyd
 # --- the test side --------------------------------------------------------------------------
 
 
-_FOLDER: Path | None = None
+_PYTHON: str | None = None
 _SERVER: subprocess.Popen | None = None
 
 
 def python() -> str:
     """The `python` a test gives its CLIs: the shim (written once per test process), or
-    sys.executable itself when SWEEP_TEST_PRELOAD=0. Until launch() has a server listening, the
-    shim runs a plain interpreter, so a test never waits for the server."""
-    global _FOLDER
-    if os.environ.get("SWEEP_TEST_PRELOAD", "1") == "0":
-        return sys.executable
-    if _FOLDER is None:
-        _FOLDER = Path(tempfile.mkdtemp(prefix="sweep-preload-"))
-        atexit.register(shutil.rmtree, _FOLDER, ignore_errors=True)
-        # -S starts the shim in ~15 ms (no site-packages); -E keeps PYTHONPATH out of it.
-        shim = _FOLDER / "python"
-        shim.write_text(f"#!{sys.executable} -SE\n" + SHIM_SOURCE.read_text())
-        shim.chmod(0o755)
-        os.environ[SOCKET_ENV] = str(_FOLDER / "server.sock")
-    return str(_FOLDER / "python")
+    sys.executable itself when SWEEP_TEST_PRELOAD=0 or the shim cannot run. Until launch() has a
+    server listening, the shim runs a plain interpreter, so a test never waits for the server."""
+    global _PYTHON
+    if _PYTHON is None:
+        shim = None if os.environ.get("SWEEP_TEST_PRELOAD", "1") == "0" else _write_shim()
+        _PYTHON = shim or sys.executable
+    return _PYTHON
+
+
+def _write_shim() -> str | None:
+    folder = Path(tempfile.mkdtemp(prefix="sweep-preload-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    # -S starts the shim in ~15 ms (no site-packages); -E keeps PYTHONPATH out of it.
+    shim = folder / "python"
+    shim.write_text(f"#!{sys.executable} -SE\n" + SHIM_SOURCE.read_text())
+    shim.chmod(0o755)
+    try:  # a temp folder mounted noexec, say: every test CLI runs plainly then
+        subprocess.run([str(shim), "-c", "pass"], check=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    os.environ[SOCKET_ENV] = str(folder / "server.sock")
+    return str(shim)
 
 
 def launch(wait_s: float = 0.0) -> None:

@@ -7,6 +7,7 @@ as it ends (exit code or signal), and a SIGKILL of the stand-in kills the proces
 """
 
 import array
+import io
 import json
 import os
 import signal
@@ -60,6 +61,16 @@ def differs_at_start(server: dict, env: dict) -> bool:
     return any(env.get(k) not in (before.get(k), after.get(k)) for k in keys)
 
 
+def reply(reader: io.TextIOBase, word: str, failure: str) -> str:
+    """The value of the server's next line, `WORD VALUE`; exit 1 saying `failure` without it."""
+    line = reader.readline().split()
+    if line[:1] != [word]:
+        print(f"error: the preload server {failure} (tests/preload.py); rerun with "
+              "SWEEP_TEST_PRELOAD=0", file=sys.stderr)
+        sys.exit(1)
+    return line[1]
+
+
 def main() -> None:
     request = parse(sys.argv[1:])
     path = os.environ.get("SWEEP_PRELOAD_SOCKET")
@@ -89,21 +100,11 @@ def main() -> None:
                  [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [0, 1, 2]))])
     conn.sendall(payload)
     reader = conn.makefile("r")
-    line = reader.readline().split()
-    if line[:1] != ["pid"]:
-        print("error: the preload server did not start the command (tests/preload.py); "
-              "rerun with SWEEP_TEST_PRELOAD=0", file=sys.stderr)
-        sys.exit(1)
-    child = int(line[1])
+    child = int(reply(reader, "pid", "did not start the command"))
     log(f"forked {child}")
     for sig in FORWARDED:
         signal.signal(sig, lambda sig, _frame: os.kill(child, sig))
-    line = reader.readline().split()
-    if line[:1] != ["exit"]:
-        print("error: the preload server ended before the command (tests/preload.py); "
-              "rerun with SWEEP_TEST_PRELOAD=0", file=sys.stderr)
-        sys.exit(1)
-    status = int(line[1])
+    status = int(reply(reader, "exit", "ended before the command"))
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         if sig not in (signal.SIGKILL, signal.SIGSTOP):
