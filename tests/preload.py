@@ -74,25 +74,23 @@ def launch(wait_s: float = 0.0) -> None:
     shim = python()
     if shim == sys.executable:
         return
-    if _SERVER is not None:
-        deadline = time.monotonic() + wait_s
-        while (not Path(os.environ[SOCKET_ENV]).exists() and _SERVER.poll() is None
-               and time.monotonic() < deadline):
-            time.sleep(0.05)
-        return
-    _SERVER = server = subprocess.Popen(
-        [sys.executable, __file__, os.environ[SOCKET_ENV], shim], stdin=subprocess.DEVNULL,
-        env=os.environ.copy())
+    if _SERVER is None:
+        _SERVER = subprocess.Popen(
+            [sys.executable, __file__, os.environ[SOCKET_ENV], shim], stdin=subprocess.DEVNULL,
+            env=os.environ.copy())
+        atexit.register(_stop, _SERVER)
+    deadline = time.monotonic() + wait_s
+    while (not Path(os.environ[SOCKET_ENV]).exists() and _SERVER.poll() is None
+           and time.monotonic() < deadline):
+        time.sleep(0.05)
 
-    def stop() -> None:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
 
-    atexit.register(stop)
-    launch(wait_s)
+def _stop(server: subprocess.Popen) -> None:
+    server.terminate()
+    try:
+        server.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        server.kill()
 
 
 # --- the server -----------------------------------------------------------------------------
