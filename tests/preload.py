@@ -277,11 +277,10 @@ if __name__ == "__main__":
         code = run_child(request, fds, shim_path)
         # The interpreter's own exit, less its teardown of every module (1.4 s with torch,
         # pandas and scipy loaded): non-daemon threads joined, atexit run, streams flushed.
-        import atexit as exit_hooks  # the module's name: this script's own import is atexit
         import threading
 
         threading._shutdown()
-        exit_hooks._run_exitfuncs()
+        atexit._run_exitfuncs()
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(OSError, ValueError):
                 stream.flush()

@@ -34,11 +34,9 @@ def log(what: str) -> None:
 
 
 def plain(why: str) -> None:
-    """Run the command in the real interpreter named in this file's shebang."""
+    """Run the command in the real interpreter: the one this file's shebang started."""
     log(f"plain ({why})")
-    with open(__file__, "rb") as handle:
-        real = handle.readline()[2:].split()[0].decode()
-    os.execv(real, [real, *sys.argv[1:]])
+    os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
 
 
 def parse(args: list[str]) -> dict | None:

@@ -150,8 +150,9 @@ def test_runs_at_several_seq_lens_are_told_why_their_floors_meet_the_entropy_rat
         "checked against the entropy rate; fit each seq_len alone, e.g. --where "
         "'shape_seq_len == 16'")
     # A table of your own without the seq_len column still gets the line
-    assert several_window_floors(two.drop(columns=SEQ_LEN_COLUMN)).startswith(
-        "the runs were trained at several seq_lens, whose window floors differ")
+    alone = several_window_floors(two.drop(columns=SEQ_LEN_COLUMN))
+    assert alone.startswith("the runs were trained at several seq_lens, whose window floors differ")
+    assert alone.endswith("fit each seq_len alone, with --where on the table's seq_len column")
     assert several_window_floors(two.iloc[1:]) is None  # one floor
     assert several_window_floors(two.drop(columns=WINDOW_FLOOR_COLUMN)) is None
 

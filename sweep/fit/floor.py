@@ -52,11 +52,16 @@ def floor_warning(report: dict[str, Any], runs: pd.DataFrame) -> str | None:
             "data are unreliable; train longer or larger runs to reach closer to the floor")
 
 
+def _distinct(rows: pd.DataFrame, column: str) -> list[float]:
+    """The column's distinct numeric values, ascending (none without the column)."""
+    if column not in rows.columns:
+        return []
+    return sorted(pd.to_numeric(rows[column], errors="coerce").dropna().unique())
+
+
 def _one_value(rows: pd.DataFrame, column: str) -> float | None:
     """The column's single finite positive value, or None (no column, no value, or several)."""
-    if column not in rows.columns:
-        return None
-    values = pd.to_numeric(rows[column], errors="coerce").dropna().unique()
+    values = _distinct(rows, column)
     if len(values) != 1 or not math.isfinite(values[0]) or values[0] <= 0:
         return None
     return float(values[0])
@@ -77,20 +82,19 @@ def window_floor(rows: pd.DataFrame) -> float | None:
 def several_window_floors(rows: pd.DataFrame) -> str | None:
     """One line when the runs give several window floors (trained at several seq_lens): one
     law's E cannot sit at each, so the fit checks its floors against the entropy rate."""
-    if WINDOW_FLOOR_COLUMN not in rows.columns:
-        return None
-    floors = sorted(pd.to_numeric(rows[WINDOW_FLOOR_COLUMN], errors="coerce").dropna().unique())
+    floors = _distinct(rows, WINDOW_FLOOR_COLUMN)
     if len(floors) < 2:
         return None
-    lens = (sorted(pd.to_numeric(rows[SEQ_LEN_COLUMN], errors="coerce").dropna().unique())
-            if SEQ_LEN_COLUMN in rows.columns else [])
+    lens = _distinct(rows, SEQ_LEN_COLUMN)
     trained = (f"at seq_lens {', '.join(f'{n:g}' for n in lens)}" if len(lens) > 1
                else "at several seq_lens")
-    example = f"'{SEQ_LEN_COLUMN} == {lens[0]:g}'" if lens else f"'{SEQ_LEN_COLUMN} == 128'"
+    # Without the column, a --where over it would fail: name no column the table lacks
+    how = (f"e.g. --where '{SEQ_LEN_COLUMN} == {lens[0]:g}'" if lens
+           else "with --where on the table's seq_len column")
     return (f"the runs were trained {trained}, whose window floors differ "
             f"({', '.join(f'{f:.4g}' for f in floors)} nats/token): one law's irreducible loss "
             "cannot sit at each, so the fitted floors are checked against the entropy rate; fit "
-            f"each seq_len alone, e.g. --where {example}")
+            f"each seq_len alone, {how}")
 
 
 def floor_check(report: dict[str, Any], rate: float | None, window: float | None
