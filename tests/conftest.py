@@ -6,26 +6,27 @@ wandb is forced off for every test, so nothing ever tries the network.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, OmegaConf
-
-from data import prepare
-from data.shards import read_manifest
-from data.synthetic_floor import dataset_window_floor
-from tests import preload
-
-os.environ["WANDB_MODE"] = "disabled"
 # Under pytest-xdist each worker, and every CLI it launches, gets one thread: the workers share
-# the cores, and torch's default of one thread per core each would oversubscribe them.
+# the cores, and one thread per core each would oversubscribe them. Set before anything imports
+# numpy: OpenBLAS reads it once, at load, and two threads per worker spun ~40 % more CPU in the
+# fit tests for nothing. (A plain `pytest` run keeps every library's default.)
 if os.environ.get("PYTEST_XDIST_WORKER") and "OMP_NUM_THREADS" not in os.environ:
     for threads in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[threads] = "1"
-    import torch  # here: a serial run has no reason to import it before its tests do
+os.environ["WANDB_MODE"] = "disabled"
 
-    torch.set_num_threads(1)
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from data import prepare  # noqa: E402
+from data.shards import read_manifest  # noqa: E402
+from data.synthetic_floor import dataset_window_floor  # noqa: E402
+from tests import preload  # noqa: E402
+
 # The interpreter the end-to-end tests start their CLIs with (tests/preload.py): set here, before
 # any test module copies os.environ, which must name the preload server's socket.
 PYTHON = preload.python()

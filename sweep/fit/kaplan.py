@@ -82,7 +82,9 @@ def fit_line(x: np.ndarray, log_loss: np.ndarray, weights: np.ndarray) -> np.nda
 
 def _to_law(theta: np.ndarray) -> PowerLaw:
     e, c, alpha = (float(v) for v in theta)
-    return PowerLaw(E=float(np.exp(e)), x_c=float(np.exp(c / alpha)), alpha=alpha)
+    with np.errstate(over="ignore"):  # alpha ~ 0 (a bootstrap draw of flat points): x_c = inf,
+        # which the percentile intervals leave out, rather than a RuntimeWarning on the console
+        return PowerLaw(E=float(np.exp(e)), x_c=float(np.exp(c / alpha)), alpha=alpha)
 
 
 def power_law_report(

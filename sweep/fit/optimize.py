@@ -13,6 +13,8 @@ from sweep.fit.lbfgs import BatchObjective, minimize_batch
 # Hoffmann et al. (2022) fit with delta = 1e-3 on log-loss residuals: small enough that the
 # objective is close to L1 on realistic (0.5-2 %) noise, so a few bad runs cannot drag the fit.
 HUBER_DELTA = 1e-3
+# Below this a sum of exps is subnormal and its log loses digits
+TINY = float(np.finfo(float).tiny)
 
 
 def lse_objective(
@@ -27,23 +29,49 @@ def lse_objective(
     """
     terms, points, dim = features.shape
     flat = features.reshape(terms * points, dim)
+    # A term equal at every point (the offset e) takes one exp per problem, not one per point:
+    # the exps are most of the cost, and approach 3's grid steps 4500 problems at once.
+    constant = np.array([bool(np.all(features[k] == features[k, 0])) for k in range(terms)])
+    varying = features[~constant].reshape(-1, dim)  # (varying terms x points, params)
+    offsets = features[constant, 0]  # (constant terms, params)
+    n_varying = int((~constant).sum())
+
+    def huber(log_fit: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # Per problem: the weighted Huber sum, and d(sum)/d(log_fit) at every point
+        target = log_loss if log_loss.ndim == 1 else log_loss[rows]
+        residual = log_fit - target
+        abs_r = np.abs(residual)
+        inner = np.minimum(abs_r, delta)
+        value = inner * (abs_r - 0.5 * inner)  # 0.5 r^2 inside delta, linear outside
+        weight = weights[0] if len(weights) == 1 else weights[rows]
+        return (weight * value).sum(axis=1), weight * np.clip(residual, -delta, delta)
+
+    def shifted(x: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # The textbook form, exp(z - max z): finite wherever the fast form below is not
+        z = (x @ flat.T).reshape(len(x), terms, points)
+        top = z.max(axis=1, keepdims=True)
+        w = np.exp(z - top)
+        total = w.sum(axis=1)
+        value, slope = huber(top[:, 0] + np.log(total), rows)
+        grad = ((slope / total)[:, None, :] * w).reshape(len(x), terms * points) @ flat
+        return value, grad
 
     def fun(x: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # A line search may try wild points; they come out non-finite and are rejected there.
-        with np.errstate(over="ignore", invalid="ignore"):
-            z = (x @ flat.T).reshape(len(x), terms, points)
-            top = z.max(axis=1, keepdims=True)
-            w = np.exp(z - top)
-            total = w.sum(axis=1)
-            target = log_loss if log_loss.ndim == 1 else log_loss[rows]
-            residual = top[:, 0] + np.log(total) - target
-            abs_r = np.abs(residual)
-            inner = np.minimum(abs_r, delta)
-            huber = inner * (abs_r - 0.5 * inner)  # 0.5 r^2 inside delta, linear outside
-            weight = weights[rows]
-            slope = weight * np.clip(residual, -delta, delta) / total
-            grad = (slope[:, None, :] * w).reshape(len(x), terms * points) @ flat
-            return (weight * huber).sum(axis=1), grad
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            w = np.exp(x @ varying.T).reshape(len(x), n_varying, points)
+            w_offset = np.exp(x @ offsets.T)  # (problems, constant terms)
+            total = w.sum(axis=1) + w_offset.sum(axis=1, keepdims=True)
+            value, slope = huber(np.log(total), rows)
+            slope = slope / total
+            grad = (slope[:, None, :] * w).reshape(len(x), -1) @ varying + (
+                slope.sum(axis=1, keepdims=True) * w_offset) @ offsets
+            # Unshifted exps overflow (or underflow, losing digits) only far from any fit: redo
+            # those problems shifted, so that they keep the values the shifted form gives
+            wild = ~(np.isfinite(total) & (total >= TINY)).all(axis=1)
+            if wild.any():
+                value[wild], grad[wild] = shifted(x[wild], rows[wild])
+            return value, grad
 
     return fun
 
