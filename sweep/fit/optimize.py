@@ -57,7 +57,6 @@ def lse_objective(
         return value, grad
 
     def fun(x: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        # A line search may try wild points; they come out non-finite and are rejected there.
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             w = np.exp(x @ varying.T).reshape(len(x), n_varying, points)
             w_offset = np.exp(x @ offsets.T)  # (problems, constant terms)
@@ -66,8 +65,8 @@ def lse_objective(
             slope = slope / total
             grad = (slope[:, None, :] * w).reshape(len(x), -1) @ varying + (
                 slope.sum(axis=1, keepdims=True) * w_offset) @ offsets
-            # Unshifted exps overflow (or underflow, losing digits) only far from any fit: redo
-            # those problems shifted, so that they keep the values the shifted form gives
+            # Unshifted exps overflow (or underflow, losing digits) only at wild points, such as a
+            # line search's long trial steps: those problems are redone in the shifted form
             wild = ~(np.isfinite(total) & (total >= TINY)).all(axis=1)
             if wild.any():
                 value[wild], grad[wild] = shifted(x[wild], rows[wild])
