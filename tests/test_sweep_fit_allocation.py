@@ -83,7 +83,7 @@ def test_approaches_2_and_3_agree_on_exact_flop_budgets(tmp_path: Path):
     allocation both land on the true exact-FLOP optimum, whose b is far from 6ND's 1 - a."""
     data = load(_exact_isoflop_csv(tmp_path), Columns())
     assert data.budget_source.startswith("each run's budget.flops")
-    report = fit_report(data, FitOptions(bootstrap=0))
+    report = fit_report(data, FitOptions(bootstrap=0, methods=("approach3", "approach2")))
     log_c = np.log(BUDGETS)
     n_true = np.array([_true_optimum(c) for c in BUDGETS])
     d_true = np.array(BUDGETS) / _flops_per_token(n_true)
@@ -113,7 +113,8 @@ def test_a_non_physical_law_has_no_exact_allocation(tmp_path: Path):
                          "loss": 2.0 + 0.1 * np.log(n) + 50 / d**0.2,
                          "flops_exact": _flops_per_token(n) * d})
     pd.DataFrame(rows).to_csv(tmp_path / "runs.csv", index=False)
-    report = fit_report(load(tmp_path / "runs.csv", Columns()), FitOptions(bootstrap=0))
+    report = fit_report(load(tmp_path / "runs.csv", Columns()),
+                        FitOptions(bootstrap=0, methods=("approach3",)))
     assert "non-physical" in report["approach3"]["warning"]
     assert "allocation_exact" not in report["approach3"]
 

@@ -22,6 +22,7 @@ import pandas as pd
 import pytest
 
 from sweep.fit.__main__ import _summary, main
+from sweep.fit.analysis import FitOptions
 from sweep.fit.synthetic import EPOCH_LAW, isoflop_table
 from tests.conftest import PYTHON
 from tests.test_sweep_collect import make_run
@@ -347,6 +348,33 @@ def test_predict_without_approach3_says_why(tmp_path: Path) -> None:
     assert not any(line.startswith("predicted") for line in result.stdout.splitlines())
 
 
+def test_only_the_methods_asked_for_run_and_the_others_say_so(tmp_path: Path,
+                                                              good_csv: Path) -> None:
+    out = tmp_path / "report"
+    result = fit_cli(good_csv, "--out", out, "--bootstrap", "0", "--methods", "kaplan",
+                     "approach2", "kaplan")
+    assert result.returncode == 0, result.stderr
+    report = strict_json((out / "report.json").read_text())
+    assert "kaplan" in report and "approach2" in report
+    not_asked = "not asked for (--methods kaplan approach2)"
+    assert report["skipped"] == {m: not_asked for m in ("approach3", "approach1", "kaplan_nd",
+                                                         "extrapolation")}
+    assert report["options"]["methods"] == ["kaplan", "approach2"]
+    assert set(report["timings_s"]) == {"kaplan", "approach2"}
+    assert f"skipped approach3: {not_asked}" in result.stdout.splitlines()
+    assert f"- extrapolation: {not_asked}" in (out / "report.md").read_text()
+    # The extrapolation, contour and residual plots need the methods left out
+    assert sorted(p.name for p in out.glob("*.png")) == [
+        "isoflop.png", "loss_vs_compute.png", "optimal_allocation.png"]
+    assert report["approach2"]["a"] == pytest.approx(EPOCH_LAW.a, abs=0.03)
+
+
+def test_methods_are_checked_in_the_options_too() -> None:
+    for methods in ((), ("approach3", "chinchilla")):
+        with pytest.raises(ValueError, match=r"choose one or more of approach3, approach2, "):
+            FitOptions(methods=methods)
+
+
 @pytest.mark.parametrize(("flags", "says"), [
     (["--holdout-factor", "1"], "--holdout-factor 1 must be > 1"),
     (["--bootstrap", "-1"], "--bootstrap -1 is negative"),
@@ -360,6 +388,9 @@ def test_predict_without_approach3_says_why(tmp_path: Path) -> None:
     (["--compute", "nan"], "--compute nan must be > 0 FLOPs (and finite)"),
     (["--holdout-factor", "inf"], "--holdout-factor inf must be > 1"),
     (["--isoflop-window", "inf"], "--isoflop-window inf must be > 0 decades (and finite)"),
+    (["--methods", "approach4"], "argument --methods: invalid choice: 'approach4'"),
+    (["--methods", "kaplan", "approach2", "--predict", "1e9,2e10"],
+     "--predict needs approach3 or kaplan_nd, which --methods kaplan approach2 leaves out"),
 ])
 def test_bad_option_exits_2_and_writes_nothing(tmp_path: Path, good_csv: Path,
                                                flags: list[str], says: str) -> None:
@@ -402,7 +433,8 @@ def test_out_with_a_report_and_other_files_is_left_untouched(tmp_path: Path,
 
 
 def test_out_that_cannot_be_written_is_one_line(tmp_path: Path, good_csv: Path) -> None:
-    line = refused([good_csv, "--bootstrap", "0"], good_csv / "report")  # under a file
+    # Under a file; one quick method is enough to reach the writing
+    line = refused([good_csv, "--bootstrap", "0", "--methods", "approach2"], good_csv / "report")
     assert line.startswith(f"error: cannot write the report to {good_csv / 'report'} (")
     assert line.endswith("): choose a writable --out")
 

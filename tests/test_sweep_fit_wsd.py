@@ -93,7 +93,8 @@ def test_fit_of_a_wsd_curves_table_says_its_curves_are_finished_runs(tmp_path):
     source = tmp_path / "wsd.csv"
     wsd_curves(stable_excess=0.05).to_csv(source, index=False)
     result = fit_cli(source, "--out", tmp_path / "report", "--run-col", "run",
-                     "--bootstrap", 0, timeout=120)
+                     "--bootstrap", 0, "--methods", "approach3", "approach1", "kaplan",
+                     timeout=120)
     assert result.returncode == 0, result.stderr
     report = strict_json((tmp_path / "report" / "report.json").read_text())
     assert report["approach1"]["wsd_trajectories"] == len(SIZES)
@@ -119,7 +120,7 @@ def test_a_wsd_ladder_of_one_budget_per_size_says_why_approach1_has_no_curves(tm
     source = tmp_path / "ladder.csv"
     one_budget.to_csv(source, index=False)
     result = fit_cli(source, "--out", tmp_path / "report", "--run-col", "run",
-                     "--bootstrap", 0, timeout=120)
+                     "--bootstrap", 0, "--methods", "approach1", "kaplan", timeout=120)
     assert result.returncode == 0, result.stderr
     report = strict_json((tmp_path / "report" / "report.json").read_text())
     assert "approach1" not in report

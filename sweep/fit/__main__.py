@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from sweep.errors import OneLineParser
-from sweep.fit.analysis import FitOptions, fit_report
+from sweep.fit.analysis import METHODS, FitOptions, fit_report
 from sweep.fit.floor import describe_floor, describe_law
 from sweep.fit.report import check_out_dir, refused, write_report
 from sweep.fit.table import Columns, TableError, load
@@ -54,6 +54,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="approach 2: use budgets whose minimum is at the grid edge")
     p.add_argument("--compute", type=float, nargs="+", default=None,
                    help="C values (FLOPs) for the compute-optimal table (default: around the data)")
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(_DEFAULTS.methods),
+                   metavar="METHOD",
+                   help="run only these methods, the others are skipped (default: all: "
+                        f"{' '.join(METHODS)})")
     p.add_argument("--predict", nargs="+", default=None, metavar="N,D",
                    help="predict the loss of runs with N parameters and D tokens (approach 3, "
                         "with a 95%% bootstrap interval), e.g. --predict 1e9,2e10")
@@ -84,13 +88,17 @@ def _options(args: argparse.Namespace) -> FitOptions:
     if not 0 < args.isoflop_window < math.inf:
         raise TableError(f"--isoflop-window {args.isoflop_window:g} must be > 0 decades "
                          "(and finite)")
+    if args.predict and not {"approach3", "kaplan_nd"} & set(args.methods):
+        raise TableError(f"--predict needs approach3 or kaplan_nd, which --methods "
+                         f"{' '.join(args.methods)} leaves out: add one of them")
     for c in args.compute or ():
         if not 0 < c < math.inf:
             raise TableError(f"--compute {c:g} must be > 0 FLOPs (and finite), e.g. 1e21")
     return FitOptions(bootstrap=args.bootstrap, seed=args.seed,
                       holdout_factor=args.holdout_factor, isoflop_window=args.isoflop_window,
                       include_edge=args.include_edge, compute=tuple(args.compute or ()),
-                      predict=tuple(_point(v) for v in args.predict or ()), where=args.where)
+                      predict=tuple(_point(v) for v in args.predict or ()), where=args.where,
+                      methods=tuple(dict.fromkeys(args.methods)))
 
 
 def _predicted(row: dict, law: str) -> str:

@@ -25,7 +25,7 @@ from sweep.fit.envelope import (
 )
 from sweep.fit.extrapolate import extrapolation_check
 from sweep.fit.floor import below_floor_warning, floor_check, floor_warning
-from sweep.fit.isoflop import fit_approach2
+from sweep.fit.isoflop import assign_budgets, fit_approach2
 from sweep.fit.kaplan import power_law_report
 from sweep.fit.kaplan_joint import fit_kaplan_joint
 from sweep.fit.optimize import bootstrap_weights
@@ -36,6 +36,8 @@ from sweep.fit.table import FitData
 EXACT_POINTS = 9
 # ... when they span at least this many decades (slopes over less would be rounding noise)
 EXACT_MIN_DECADES = 0.3
+# Every method fit_report runs, in its order (the report's section names, the CLI's --methods)
+METHODS = ("approach3", "approach2", "approach1", "kaplan", "kaplan_nd", "extrapolation")
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,13 @@ class FitOptions:
     compute: tuple[float, ...] = ()  # C values for the allocation table; () = around the data
     predict: tuple[tuple[float, float], ...] = ()  # (N, D) points to predict the loss at
     where: str | None = None  # the runs fitted: a pandas query over the source (see table.load)
+    methods: tuple[str, ...] = METHODS  # the methods run; the others are skipped, saying so
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown or not self.methods:
+            raise ValueError(f"methods {list(self.methods)}: choose one or more of "
+                             f"{', '.join(METHODS)}")
 
 
 def default_compute(c_max: float) -> tuple[float, ...]:
@@ -77,10 +86,21 @@ def fit_report(data: FitData, options: FitOptions) -> dict[str, Any]:
         else:
             report[name] = section
 
+    def left_out(name: str) -> bool:
+        # A method the user did not ask for is skipped with that reason (and no timing)
+        if name in options.methods:
+            return False
+        report["skipped"][name] = f"not asked for (--methods {' '.join(options.methods)})"
+        return True
+
     t0 = time.perf_counter()
     fit = None
     gap = joint_law_gap(runs["N"], runs["D"], "A/N^alpha and B/D^beta")
-    if gap is not None:
+    if left_out("approach3"):
+        if options.predict:
+            report["skipped"]["predictions"] = ("--predict: approach 3's predictions were not "
+                                                "asked for (--methods)")
+    elif gap is not None:
         record("approach3", None, gap, t0)
         if options.predict:
             report["skipped"]["predictions"] = ("--predict needs approach 3, which these runs "
@@ -93,12 +113,17 @@ def fit_report(data: FitData, options: FitOptions) -> dict[str, Any]:
         record("approach3", fit.to_json(), None, t0)
 
     t0 = time.perf_counter()
-    section, reason, budget = fit_approach2(
-        runs, window_decades=options.isoflop_window, include_edge=options.include_edge,
-        bootstrap=options.bootstrap, rng=np.random.default_rng(seeds[1]),
-        budget_source=data.budget_source)
-    runs["budget"] = budget
-    record("approach2", section, reason, t0)
+    section = None
+    if left_out("approach2"):
+        # The budgets still group the runs for the extrapolation check
+        runs["budget"] = assign_budgets(runs, data.budget_source)[0]
+    else:
+        section, reason, budget = fit_approach2(
+            runs, window_decades=options.isoflop_window, include_edge=options.include_edge,
+            bootstrap=options.bootstrap, rng=np.random.default_rng(seeds[1]),
+            budget_source=data.budget_source)
+        runs["budget"] = budget
+        record("approach2", section, reason, t0)
     if fit is not None:
         # approach 2's budgets are exact FLOPs when they are the runs' own budget.flops
         own = data.columns.budget is None and data.budget_source is not None
@@ -120,7 +145,9 @@ def fit_report(data: FitData, options: FitOptions) -> dict[str, Any]:
         grid = merge_replicates(grid, replicate)
     trajectories = finished.trajectories if finished is not None else 0
     t0 = time.perf_counter()
-    if grid is None:
+    if left_out("approach1"):
+        pass
+    elif grid is None:
         record("approach1", None, "needs per-eval-point curves: give a runs directory or a "
                "table with several rows per run (sweep.collect --curves)", t0)
     else:
@@ -137,17 +164,20 @@ def fit_report(data: FitData, options: FitOptions) -> dict[str, Any]:
         record("approach1", section, reason, t0)
 
     t0 = time.perf_counter()
-    # Final points are finished runs, WSD or not; envelope points inside a WSD run are not
-    kaplan = _kaplan(runs, None if trajectories else grid, options.bootstrap,
-                     np.random.default_rng(seeds[3]))
-    if trajectories:
-        kaplan["L_C"]["note"] = kaplan["L_C"]["note"].replace(
-            "(no curves)", "(a WSD run's curve before its cooldown is no finished run)")
-    record("kaplan", kaplan, None, t0)
+    if not left_out("kaplan"):
+        # Final points are finished runs, WSD or not; envelope points inside a WSD run are not
+        kaplan = _kaplan(runs, None if trajectories else grid, options.bootstrap,
+                         np.random.default_rng(seeds[3]))
+        if trajectories:
+            kaplan["L_C"]["note"] = kaplan["L_C"]["note"].replace(
+                "(no curves)", "(a WSD run's curve before its cooldown is no finished run)")
+        record("kaplan", kaplan, None, t0)
 
     t0 = time.perf_counter()
     gap = joint_law_gap(runs["N"], runs["D"], "(N_c/N)^(alpha_N/alpha_D) and D_c/D")
-    if gap is not None:
+    if left_out("kaplan_nd"):
+        pass
+    elif gap is not None:
         record("kaplan_nd", None, gap, t0)
     else:
         # The two forms side by side: which describes these runs better
@@ -161,8 +191,9 @@ def fit_report(data: FitData, options: FitOptions) -> dict[str, Any]:
         record("kaplan_nd", section, None, t0)
 
     t0 = time.perf_counter()
-    section, reason = extrapolation_check(runs, options.holdout_factor)
-    record("extrapolation", section, reason, t0)
+    if not left_out("extrapolation"):
+        section, reason = extrapolation_check(runs, options.holdout_factor)
+        record("extrapolation", section, reason, t0)
     warning = floor_warning(report, runs)
     if warning is not None:
         report["warnings"].append(warning)
