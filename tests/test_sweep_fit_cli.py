@@ -258,6 +258,25 @@ def test_the_summary_repeats_approach3s_warning() -> None:
                      "b=15.600", "approach 3 warning: non-physical fit: alpha=-0.21 (...)"]
 
 
+def test_the_summary_gives_kaplans_three_laws_and_their_warnings() -> None:
+    line_fit = {"N_c": 8.8e13, "alpha_N": 0.076}
+    kaplan = {
+        "L_N": {"without_offset": line_fit, "with_offset": {"E": 1.69, **line_fit}},
+        "L_D": {"without_offset": {"D_c": 5.4e13, "alpha_D": 0.095, "warning": "poor fit (...)"},
+                "with_offset": {"skipped": "needs 4 distinct D values, has 3"}},
+        "L_C": {"without_offset": {"C_c": 3.1e8, "alpha_C": 0.05},
+                "with_offset": {"E": 1.7, "C_c": 2e19, "alpha_C": 0.2, "warning": "degenerate"}},
+    }
+    assert _summary({"kaplan": kaplan, "skipped": {}}) == [
+        "Kaplan L(N): alpha_N=0.076 N_c=8.8e+13; with offset E=1.69 alpha_N=0.076 N_c=8.8e+13",
+        "Kaplan L(D): alpha_D=0.095 D_c=5.4e+13; with offset skipped: needs 4 distinct D "
+        "values, has 3",
+        "Kaplan L(D) warning: poor fit (...)",
+        "Kaplan L(C): alpha_C=0.05 C_c=3.1e+08; with offset E=1.7 alpha_C=0.2 C_c=2e+19",
+        "Kaplan L(C) with offset warning: degenerate",
+    ]
+
+
 # --- final points only, torch-free, over an earlier report -------------------------------------
 
 
@@ -362,6 +381,8 @@ def test_only_the_methods_asked_for_run_and_the_others_say_so(tmp_path: Path,
     assert report["options"]["methods"] == ["kaplan", "approach2"]
     assert set(report["timings_s"]) == {"kaplan", "approach2"}
     assert f"skipped approach3: {not_asked}" in result.stdout.splitlines()
+    assert result.stdout.startswith("approach 2: a=")  # then Kaplan's laws
+    assert sum(line.startswith("Kaplan L(") for line in result.stdout.splitlines()) >= 3
     assert f"- extrapolation: {not_asked}" in (out / "report.md").read_text()
     # The extrapolation, contour and residual plots need the methods left out
     assert sorted(p.name for p in out.glob("*.png")) == [

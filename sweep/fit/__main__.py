@@ -115,6 +115,26 @@ def _with_warning(law: str, section: dict, values: str) -> list[str]:
     return [f"{law}: {values}", *warning]
 
 
+def _kaplan_lines(kaplan: dict) -> list[str]:
+    """Kaplan's L(N), L(D) and L(C): each law's two fits on one line, then their warnings."""
+    lines = []
+    for x in ("N", "D", "C"):
+        section = kaplan[f"L_{x}"]
+        fits, warnings = [], []
+        for key, label in (("without_offset", ""), ("with_offset", "with offset ")):
+            fit = section[key]
+            if "skipped" in fit:
+                fits.append(f"{label or 'without offset '}skipped: {fit['skipped']}")
+                continue
+            offset = f"E={fit['E']:.4g} " if "E" in fit else ""
+            fits.append(f"{label}{offset}alpha_{x}={fit[f'alpha_{x}']:.4g} "
+                        f"{x}_c={fit[f'{x}_c']:.4g}")
+            if "warning" in fit:
+                warnings.append(f"Kaplan L({x}) {label}warning: {fit['warning']}")
+        lines += [f"Kaplan L({x}): {'; '.join(fits)}", *warnings]
+    return lines
+
+
 def _summary(report: dict) -> list[str]:
     lines = []
     if "approach3" in report:
@@ -142,6 +162,8 @@ def _summary(report: dict) -> list[str]:
                          f"b={s['b']:.3f}{exact}")
             if "warning" in s:
                 lines.append(f"{name.replace('approach', 'approach ')} warning: {s['warning']}")
+    if "kaplan" in report:
+        lines += _kaplan_lines(report["kaplan"])
     if "kaplan_nd" in report:
         s = report["kaplan_nd"]
         lines += _with_warning("Kaplan L(N, D)", s, f"alpha_N={s['alpha_N']:.4g} "
