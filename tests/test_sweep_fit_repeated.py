@@ -306,7 +306,7 @@ def test_approach_1_and_the_frontier_use_each_replicated_points_mean_curve(
              for seed, factor in ((0, 1.0), (1, 1.03))]
     path = tmp_path / "curves.csv"
     pd.concat(seeds).to_csv(path, index=False)
-    # Approach 3 and the laws fitted to final points only have no curves to merge
+    # Only approach 1 and Kaplan's L(C) read the curves; the methods of final points are left out
     options = FitOptions(bootstrap=0, methods=("approach1", "kaplan"))
     report = fit_report(load(path, Columns()), options)
     assert report["seed_noise"]["points"] == 15
