@@ -394,6 +394,9 @@ def test_methods_are_checked_in_the_options_too() -> None:
     for methods in ((), ("approach3", "chinchilla")):
         with pytest.raises(ValueError, match=r"choose one or more of approach3, approach2, "):
             FitOptions(methods=methods)
+    with pytest.raises(ValueError, match=r"--predict needs approach3 or kaplan_nd, which "
+                                         r"--methods kaplan leaves out"):
+        FitOptions(methods=("kaplan",), predict=((1e9, 2e10),))
 
 
 @pytest.mark.parametrize(("flags", "says"), [

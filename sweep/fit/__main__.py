@@ -88,17 +88,18 @@ def _options(args: argparse.Namespace) -> FitOptions:
     if not 0 < args.isoflop_window < math.inf:
         raise TableError(f"--isoflop-window {args.isoflop_window:g} must be > 0 decades "
                          "(and finite)")
-    if args.predict and not {"approach3", "kaplan_nd"} & set(args.methods):
-        raise TableError(f"--predict needs approach3 or kaplan_nd, which --methods "
-                         f"{' '.join(args.methods)} leaves out: add one of them")
     for c in args.compute or ():
         if not 0 < c < math.inf:
             raise TableError(f"--compute {c:g} must be > 0 FLOPs (and finite), e.g. 1e21")
-    return FitOptions(bootstrap=args.bootstrap, seed=args.seed,
-                      holdout_factor=args.holdout_factor, isoflop_window=args.isoflop_window,
-                      include_edge=args.include_edge, compute=tuple(args.compute or ()),
-                      predict=tuple(_point(v) for v in args.predict or ()), where=args.where,
-                      methods=tuple(dict.fromkeys(args.methods)))
+    try:  # FitOptions checks how the methods and --predict go together
+        return FitOptions(bootstrap=args.bootstrap, seed=args.seed,
+                          holdout_factor=args.holdout_factor,
+                          isoflop_window=args.isoflop_window, include_edge=args.include_edge,
+                          compute=tuple(args.compute or ()),
+                          predict=tuple(_point(v) for v in args.predict or ()), where=args.where,
+                          methods=tuple(dict.fromkeys(args.methods)))
+    except ValueError as exc:
+        raise TableError(str(exc)) from None
 
 
 def _predicted(row: dict, law: str) -> str:

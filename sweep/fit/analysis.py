@@ -59,6 +59,9 @@ class FitOptions:
         if unknown or not self.methods:
             raise ValueError(f"methods {list(self.methods)}: choose one or more of "
                              f"{', '.join(METHODS)}")
+        if self.predict and not {"approach3", "kaplan_nd"} & set(self.methods):
+            raise ValueError(f"--predict needs approach3 or kaplan_nd, which --methods "
+                             f"{' '.join(self.methods)} leaves out: add one of them")
 
 
 def default_compute(c_max: float) -> tuple[float, ...]:
