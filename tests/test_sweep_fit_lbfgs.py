@@ -54,6 +54,25 @@ def test_a_problem_that_cannot_descend_stops_unconverged_without_stalling_others
     assert result.iterations.max() < 100
 
 
+def test_a_quasi_newton_step_too_long_to_backtrack_is_retried_downhill():
+    # f = x + a exp(-k (x + 5)): nearly linear from the start 0 to x = -1, where the first
+    # (steepest descent) step lands, so the curvature pair has y = -1e-13 and the next L-BFGS
+    # direction is ~1e13 long: 40 halvings still overshoot into the exponential wall. A
+    # bootstrap refit hit this (|p| 1e15) and was reported unconverged; the minimum is at
+    # x* = -5 + ln(a k) / k.
+    k = 10.0
+    a = 1e-13 * np.exp(40.0) / k
+
+    def fun(x: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with np.errstate(over="ignore"):
+            wall = a * np.exp(-k * (x[:, 0] + 5.0))
+        return x[:, 0] + wall, (1.0 - k * wall)[:, None]
+
+    result = minimize_batch(fun, np.zeros((1, 1)))
+    assert result.converged.all()
+    np.testing.assert_allclose(result.x[0, 0], -5.0 + np.log(a * k) / k, atol=1e-8)
+
+
 @pytest.mark.parametrize("dim", [1, 5])
 def test_a_start_at_the_minimum_takes_no_step(dim):
     def fun(x: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -80,8 +99,10 @@ def test_starts_stalled_far_above_their_sets_best_stop_early_and_change_no_optim
     assert not plain.stalled.any() and ruled.stalled.sum() > 50
     # The best optimum is the same; every stalled start, left to run, ended above it anyway
     # (some converging to worse optima, the others cut off by max_iter)
-    assert ruled.f.min() == plain.f.min() < 1e-20
-    np.testing.assert_array_equal(ruled.x[ruled.f.argmin()], plain.x[plain.f.argmin()])
+    # (to rounding: the batch's make-up, which the stall rule changes, moves BLAS's last bits)
+    assert max(ruled.f.min(), plain.f.min()) < 1e-20
+    np.testing.assert_allclose(ruled.x[ruled.f.argmin()], plain.x[plain.f.argmin()], rtol=0,
+                               atol=1e-12)
     assert (plain.f[ruled.stalled] > plain.f.min()).all()
     assert not ruled.converged[ruled.stalled].any()
     assert ruled.iterations.sum() < 0.5 * plain.iterations.sum()

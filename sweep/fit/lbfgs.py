@@ -48,7 +48,8 @@ def minimize_batch(
 
     A problem stops when its largest gradient component is below gtol, or when an accepted step
     lowers f by no more than ftol * max(|f|, 1) (scipy's L-BFGS-B criteria); one whose line search
-    finds no decrease stops as not converged unless its gradient is already small. max_iter cuts
+    finds no decrease forgets its history and tries again downhill, and when that too finds none,
+    stops as not converged unless its gradient is already small. max_iter cuts
     off starts stranded on a plateau (a term switched off), which crawl for thousands of steps
     towards optima far worse than the best; it has never changed the best optimum in our tests.
     Such a start is dropped sooner (`stalled`, not converged) once its pace says it cannot
@@ -93,7 +94,13 @@ def minimize_batch(
         fresh = rho.sum(axis=0) == 0  # no curvature yet: keep the first step modest
         step[fresh] = np.minimum(1.0, 1.0 / np.maximum(np.abs(p[fresh]).sum(axis=1), 1e-300))
         x_new, f_new, g_new, ok = _line_search(fun, xa, fa, p, slope, step, rows[act])
-        failed = ~ok
+        # A failed line search on a quasi-Newton direction is retried from the same point with
+        # the history forgotten (as scipy's L-BFGS-B does): one bad curvature pair can make p
+        # so long (|p| 1e15 seen in a bootstrap refit) that 40 halvings never reach a decrease.
+        # Only a failure going straight downhill ends the problem.
+        retry = ~ok & ~fresh
+        rho[:, retry] = 0.0
+        failed = ~ok & fresh
         converged[act[failed]] = np.abs(ga[failed]).max(axis=1) < 1e3 * gtol
         np.minimum.at(best, group[act], np.where(failed & converged[act], fa, np.inf))
         s = x_new[ok] - xa[ok]
@@ -121,7 +128,7 @@ def minimize_batch(
             stall = ok & (reachable > best[group[act]])
             stall[finished] = False
         stalled[act[stall]] = True
-        going = ok & ~stall
+        going = (ok | retry) & ~stall
         going[finished] = False
         if not going.all():
             leaving = ~going
