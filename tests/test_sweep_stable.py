@@ -17,7 +17,7 @@ import sweep.start as start_module
 from sweep.checkpoint import checkpoint_step, list_checkpoints
 from sweep.collect import collect_runs
 from sweep.errors import ConfigError
-from sweep.grid import GridPoint, horizon_note, launch_waves, predecessors, sharing_note
+from sweep.grid import GridPoint, horizon_note
 from sweep.plan import plan_run
 from sweep.stable import (
     ABANDONED_TEMP_S,
@@ -26,6 +26,7 @@ from sweep.stable import (
     stable_dir,
 )
 from sweep.status import run_status
+from sweep.waves import launch_waves, predecessors, sharing_note
 from tests.conftest import FIXED_HPARAMS, PYTHON, RULE_HPARAMS, compose_train
 from tests.test_sweep_checkpoint import raise_at_loader_step
 

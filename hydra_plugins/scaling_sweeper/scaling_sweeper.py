@@ -28,14 +28,11 @@ class ScalingSweeper(BasicSweeper):
             format_plan,
             held_points,
             horizon_note,
-            launch_waves,
             plan_grid,
-            predecessors,
-            release_files,
             runs_outside,
-            sharing_note,
             write_manifest,
         )
+        from sweep.waves import launch_waves, predecessors, release_files, sharing_note
 
         assert self.config is not None and self.launcher is not None
         assert self.hydra_context is not None
