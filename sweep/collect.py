@@ -22,11 +22,9 @@ import pandas as pd
 from data.shards import atomic_write, atomic_write_bytes
 from sweep.errors import OneLineParser
 from sweep.records import read_json_object
+from sweep.rows import curve_rows, dataset_of, finite, summary_row
 from sweep.where import WhereError, select_runs
 
-CURVE_METRICS = (
-    "train_loss", "val_bpb", "lr", "flops_6nd_total", "flops_exact", "tokens_per_s", "mfu",
-)
 SUFFIXES = (".csv", ".parquet")
 
 
@@ -83,24 +81,6 @@ def _run_dirs(root: Path) -> Iterator[Path]:
             yield Path(dirpath)
 
 
-def _finite(value: Any) -> bool:
-    try:
-        return value is not None and not isinstance(value, bool) and math.isfinite(float(value))
-    except (TypeError, ValueError):
-        return False
-
-
-def _flatten(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in record.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{name}_"))
-        else:
-            flat[name] = value
-    return flat
-
-
 def _finished_at(summary: Mapping[str, Any]) -> float:
     try:
         return datetime.fromisoformat(str(summary["finished_at"])).timestamp()
@@ -113,7 +93,7 @@ def _malformed(summary: dict[str, Any]) -> str | None:
     # A summary from another schema (or hand-edited) is reported, not guessed at.
     try:
         if summary["status"] == "finished":
-            _summary_row(summary, "")
+            summary_row(summary, "")
     except KeyError as exc:
         return f"no field {exc}"
     except TypeError as exc:
@@ -137,88 +117,6 @@ def _why_unreadable(path: Path) -> str:
     return f"JSON {kind.get(type(value), 'a number')}, not an object"
 
 
-def _lead(summary: Mapping[str, Any], tokens: Any, flops: Any, loss: Any) -> dict[str, Any]:
-    """The columns every table starts with, in this order; the fitter's defaults name them."""
-    return {
-        "run_id": summary["run_id"],
-        "experiment": summary["experiment"],
-        "N": summary["params"]["non_embedding"],
-        "N_total": summary["params"]["total"],
-        "D": tokens,
-        "C": flops,
-        "loss": loss,
-    }
-
-
-def _summary_row(summary: dict[str, Any], run_dir: str) -> dict[str, Any]:
-    lead = _lead(summary, summary["tokens"], summary["flops_6nd"], summary["val_loss"])
-    rest = {k: v for k, v in _flatten(summary).items() if k not in lead}
-    return {**lead, **rest, "run_dir": run_dir}
-
-
-def _curve_rows(
-    path: Path, summary: dict[str, Any], run_dir: str, unreadable: list[tuple[str, str]]
-) -> list[dict[str, Any]]:
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as exc:
-        unreadable.append((str(path), exc.strerror or type(exc).__name__))
-        return []
-    except UnicodeDecodeError:
-        unreadable.append((str(path), "not UTF-8 text"))
-        return []
-    rows, torn = [], 0
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            point = json.loads(line)
-            keep = _finite(point["val_loss"]) and float(point["tokens"]) > 0
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-            # sweep.train drops a torn last line when it resumes, so a finished run has none:
-            # this file was damaged after the run.
-            torn = torn or number
-            continue
-        if not keep:
-            continue
-        rows.append({
-            **_lead(summary, point["tokens"], point.get("flops_6nd"), point["val_loss"]),
-            "step": point.get("step"),
-            **{key: point.get(key) for key in CURVE_METRICS},
-            "final_loss": summary["val_loss"],
-            "model_name": summary.get("model_name"),
-            "budget_kind": summary.get("budget", {}).get("kind"),
-            "budget_value": summary.get("budget", {}).get("value"),
-            # The fitter refuses a table mixing datasets; a curves table needs these to be checked
-            "dataset_name": _dataset(summary).get("name"),
-            "dataset_config_hash": _dataset(summary).get("config_hash"),
-            # ... and its floors, which the fitter sets the fitted E against (synthetic data)
-            "dataset_entropy_rate_nats": _dataset(summary).get("entropy_rate_nats"),
-            "dataset_window_floor_nats": _dataset(summary).get("window_floor_nats"),
-            **_how_made(summary),
-            "run_dir": run_dir,
-        })
-    if torn:
-        unreadable.append((str(path), f"line {torn} is not a metrics row"))
-    return rows
-
-
-def _how_made(summary: Mapping[str, Any]) -> dict[str, Any]:
-    """What tells two runs at one (N, D) apart, for a curves table as for a runs table: the
-    seed, the hashes, the code and the hyperparameters (seed replicates, --where 'seed == 0')."""
-    hparams = summary.get("hparams")
-    return {
-        **{key: summary.get(key) for key in ("seed", "config_hash", "replicate_hash",
-                                             "stable_hash", "code_version")},
-        **{f"hparams_{k}": v for k, v in (hparams if isinstance(hparams, Mapping) else {}).items()},
-    }
-
-
-def _dataset(summary: Mapping[str, Any]) -> Mapping[str, Any]:
-    dataset = summary.get("dataset")
-    return dataset if isinstance(dataset, Mapping) else {}
-
-
 def dataset_label(name: Any, config_hash: Any) -> str:
     """How a dataset is named in messages: its name and the first 8 characters of its hash."""
     return f"{name} ({str(config_hash)[:8]})"
@@ -226,14 +124,14 @@ def dataset_label(name: Any, config_hash: Any) -> str:
 
 def _dataset_entry(summary: Mapping[str, Any]) -> tuple[Any, str]:
     """(config hash, label) of the dataset a run trained on."""
-    built = _dataset(summary)
+    built = dataset_of(summary)
     return built.get("config_hash"), dataset_label(built.get("name"), built.get("config_hash"))
 
 
-def _on_dataset(summary: Mapping[str, Any], wanted: str) -> bool:
+def _ondataset_of(summary: Mapping[str, Any], wanted: str) -> bool:
     """Whether a run trained on `wanted`: a dataset name, or a prefix of its config hash (two
     builds of one corpus, e.g. with other tokenizers, share a name but not a hash)."""
-    dataset = _dataset(summary)
+    dataset = dataset_of(summary)
     config_hash = str(dataset.get("config_hash") or "")
     return dataset.get("name") == wanted or bool(config_hash) and config_hash.startswith(wanted)
 
@@ -291,7 +189,7 @@ def collect_runs(
             unreadable.append((str(path), why))
             continue
         datasets.update([_dataset_entry(summary)])
-        if dataset is not None and not _on_dataset(summary, dataset):
+        if dataset is not None and not _ondataset_of(summary, dataset):
             other_dataset += 1
             continue
         status = summary["status"]
@@ -299,7 +197,7 @@ def collect_runs(
         key = (str(summary.get("experiment")), str(summary.get("run_id")))
         if status != "finished":
             counts["diverged" if status == "diverged" else "failed"] += 1
-        elif not _finite(summary["val_loss"]):
+        elif not finite(summary["val_loss"]):
             counts["diverged"] += 1
         elif key in kept:
             duplicates += 1
@@ -321,9 +219,9 @@ def collect_runs(
     for summary, run_dir in kept.values():
         rel = run_dir.relative_to(root).as_posix()
         if curves:
-            rows += _curve_rows(run_dir / "metrics.jsonl", summary, rel, unreadable)
+            rows += curve_rows(run_dir / "metrics.jsonl", summary, rel, unreadable)
         else:
-            rows.append(_summary_row(summary, rel))
+            rows.append(summary_row(summary, rel))
     if unreadable and not skip_unreadable:
         raise UnreadableRun(unreadable)
     if not rows:
