@@ -99,10 +99,11 @@ def test_starts_stalled_far_above_their_sets_best_stop_early_and_change_no_optim
     assert not plain.stalled.any() and ruled.stalled.sum() > 50
     # The best optimum is the same; every stalled start, left to run, ended above it anyway
     # (some converging to worse optima, the others cut off by max_iter)
-    # (to rounding: the batch's make-up, which the stall rule changes, moves BLAS's last bits)
+    # (to rounding: the batch's make-up, which the stall rule changes, moves BLAS's last bits,
+    # and at f ~ 1e-22 the optimum is flat: 3e-10 apart in theta with OpenBLAS's Prescott kernels)
     assert max(ruled.f.min(), plain.f.min()) < 1e-20
     np.testing.assert_allclose(ruled.x[ruled.f.argmin()], plain.x[plain.f.argmin()], rtol=0,
-                               atol=1e-12)
+                               atol=1e-8)
     assert (plain.f[ruled.stalled] > plain.f.min()).all()
     assert not ruled.converged[ruled.stalled].any()
     assert ruled.iterations.sum() < 0.5 * plain.iterations.sum()
