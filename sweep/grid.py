@@ -18,9 +18,10 @@ from omegaconf import DictConfig, OmegaConf
 from data import DataError
 from data.shards import atomic_write_bytes
 from sweep.checkpoint import checkpoint_path, checkpoint_step, list_checkpoints
+from sweep.checks import check_epochs
 from sweep.errors import ConfigError, RunHeld, first_line
 from sweep.lock import lock_holder
-from sweep.plan import RunPlan, check_epochs, plan_run
+from sweep.plan import RunPlan, plan_run
 from sweep.stable import find_stable_state, stable_dir
 from sweep.state import RunState, read_run_state
 

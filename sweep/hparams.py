@@ -308,7 +308,7 @@ def ladder(overrides: Sequence[str], rungs: Sequence[str]) -> list[Rung]:
     from hydra import compose, initialize_config_dir
 
     from models import count_params, flops_per_token
-    from sweep.plan import model_config  # here: sweep.plan imports this module
+    from sweep.checks import model_config
     from sweep.schedule import build_schedule
 
     out = []

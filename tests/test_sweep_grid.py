@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 from data import prepare
 from data.hydra_guard import available
 from models import count_params, flops_per_token
+from sweep.checks import model_config
 from sweep.errors import RunFailed, RunHeld
 from sweep.grid import (
     GridError,
@@ -32,7 +33,6 @@ from sweep.grid import (
 )
 from sweep.hparams import resolve_hparams
 from sweep.lock import RunLock
-from sweep.plan import model_config
 from tests.conftest import CONFIGS, FIXED_HPARAMS, PYTHON
 
 REPO = Path(__file__).resolve().parent.parent

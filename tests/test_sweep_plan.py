@@ -10,8 +10,9 @@ from omegaconf import OmegaConf
 
 from data import TokenDataset, prepare
 from models import GPT, GPTConfig
+from sweep.checks import check_epochs
 from sweep.errors import ConfigError
-from sweep.plan import check_epochs, plan_run
+from sweep.plan import plan_run
 from tests.conftest import CONFIGS, RULE_HPARAMS, TINY_DATA, compose_train
 
 RULES = RULE_HPARAMS
