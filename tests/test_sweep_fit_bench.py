@@ -42,6 +42,10 @@ def test_a_noiseless_table_is_recovered_with_its_timings(small_grid: None,
     grid_s, total_s, per_refit_ms = (float(v) for v in timing.groups())
     assert total_s >= grid_s and total_s - grid_s == pytest.approx(2 * per_refit_ms / 1000,
                                                                    abs=0.11)
+    counts = re.search(r"^converged: (\d+) of 100 starts \((\d+) dropped as stalled\), "
+                       r"2 of 2 refits$", out, re.MULTILINE)
+    assert counts is not None, out
+    assert 0 < int(counts[1]) and int(counts[1]) + int(counts[2]) <= 100
     found = estimates(out)
     assert set(found) == set(EPOCH_LAW.values())
     for name, truth in EPOCH_LAW.values().items():

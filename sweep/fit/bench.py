@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"full start grid: {grid_s:.1f} s; grid + {len(fit.samples)} refits: "
           f"{grid_s + refits_s:.1f} s ({1000 * refits_s / max(1, len(fit.samples)):.1f} ms per "
           "refit)")
+    # How the optimiser fared, which a change to it should not worsen
+    print(f"converged: {fit.n_converged} of {fit.n_starts} starts ({fit.n_stalled} dropped as "
+          f"stalled), {fit.bootstrap_converged} of {len(fit.samples)} refits")
     ci = fit.ci95()
     for name, truth in EPOCH_LAW.values().items():
         value = fit.law.values()[name]
