@@ -31,6 +31,9 @@ def test_with_offset_recovers_the_law_and_covers_it():
     for name, truth in (("E", 1.7), ("N_c", 5e6), ("alpha_N", 0.5)):
         lo, hi = fit["ci95"][name]
         assert lo < truth < hi, name
+    # Every refit converged (the draws left out hold fewer than the 4 distinct N it needs)
+    assert 290 < fit["bootstrap"] == fit["bootstrap_converged"] <= 300
+    assert out["without_offset"]["bootstrap_converged"] == out["without_offset"]["bootstrap"]
     # Without the offset the same points bend away from a line: a worse, flatter fit.
     assert out["without_offset"]["rms_log_residual"] > 3 * fit["rms_log_residual"]
     assert out["without_offset"]["alpha_N"] < 0.5
@@ -80,3 +83,14 @@ def test_no_bootstrap_asked_is_not_explained_as_too_few_points() -> None:
     fit = power_law_report(n, loss, name="N", weights=np.ones(3),
                            draw_weights=np.zeros((0, 3)))["without_offset"]
     assert fit["ci95"] == {} and "no_ci" not in fit
+
+
+def test_the_report_names_bootstrap_refits_that_did_not_converge() -> None:
+    from sweep.fit.report import _kaplan
+
+    fit = {"E": 1.7, "N_c": 5e6, "alpha_N": 0.5, "ci95": {}, "bootstrap": 200,
+           "bootstrap_converged": 197, "rms_log_residual": 0.01}
+    text = "\n".join(_kaplan({"L_N": {"note": "sizes", "with_offset": fit,
+                                     "without_offset": {**fit, "bootstrap_converged": 200}}}))
+    assert text.count("did not converge") == 1
+    assert "; 3 of 200 bootstrap refits did not converge" in text

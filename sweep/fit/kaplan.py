@@ -54,11 +54,11 @@ def _design(x: np.ndarray) -> np.ndarray:
 
 
 def fit_offset(x: np.ndarray, log_loss: np.ndarray, weights: np.ndarray,
-               starts: np.ndarray = OFFSET_STARTS) -> np.ndarray:
-    """(e, c, alpha) per weight row: multi-start L-BFGS on the Huber log-loss objective."""
+               starts: np.ndarray = OFFSET_STARTS) -> tuple[np.ndarray, np.ndarray]:
+    """(e, c, alpha) per weight row: multi-start L-BFGS on the Huber log-loss objective; and per
+    row, whether its best start converged."""
     fun = lse_objective(_design(x), log_loss, weights)
-    theta, _ = refit_batch(fun, starts, len(weights))
-    return theta
+    return refit_batch(fun, starts, len(weights))
 
 
 def offset_refit_starts(x: np.ndarray, log_loss: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -116,11 +116,15 @@ def power_law_report(
         else:
             law = _to_law(fit_line(x, log_loss, weight[None, :])[0])
         enough = np.array([len(np.unique(x[w > 0])) >= need for w in draw_weights], dtype=bool)
-        samples = []
+        samples, converged = [], 0
         if enough.any():
             rows_y = draws_y if draws_y.ndim == 1 else draws_y[enough]
-            refits = (fit_offset(x, rows_y, draw_weights[enough], starts) if offset
-                      else fit_line(x, rows_y, draw_weights[enough]))
+            if offset:
+                refits, flags = fit_offset(x, rows_y, draw_weights[enough], starts)
+                converged = int(flags.sum())
+            else:  # least squares in closed form: nothing to converge
+                refits = fit_line(x, rows_y, draw_weights[enough])
+                converged = len(refits)
             samples = [_to_law(t) for t in refits]
         entry = {f"{name}_c": law.x_c, f"alpha_{name}": law.alpha}
         ci = {f"{name}_c": percentile_ci(np.array([s.x_c for s in samples])),
@@ -132,7 +136,8 @@ def power_law_report(
         rms = float(np.sqrt(np.mean(residual**2)))
         no_ci = _no_interval(samples, law, int(used.sum()), distinct, need, name, len(draw_weights))
         out[key] = {**entry, "ci95": ci if samples and not no_ci else {},
-                    "bootstrap": len(samples), "rms_log_residual": rms}
+                    "bootstrap": len(samples), "bootstrap_converged": converged,
+                    "rms_log_residual": rms}
         if no_ci:
             out[key]["no_ci"] = no_ci
         if rms > POOR_FIT_RMS:

@@ -160,8 +160,15 @@ def _kaplan(s: dict[str, Any]) -> list[str]:
                          f"{_g(fit[f'alpha_{x}'])} {_ci(fit, f'alpha_{x}')}",
                          f"rms log residual {_g(fit['rms_log_residual'], 3)}; {s[law]['note']}"
                          + (f"; {fit['no_ci']}" if "no_ci" in fit else "")
+                         + _unconverged(fit)
                          + ("; **poor fit**" if "warning" in fit else "")])
     return lines + _table(["law", "E", "x_c", "alpha", "notes"], rows)
+
+
+def _unconverged(fit: dict[str, Any]) -> str:
+    """A note when some bootstrap refits stopped short of an optimum (their laws still count)."""
+    short = fit["bootstrap"] - fit.get("bootstrap_converged", fit["bootstrap"])
+    return f"; {short} of {fit['bootstrap']} bootstrap refits did not converge" if short else ""
 
 
 def _against_approach3(s: dict[str, Any]) -> str:
