@@ -153,6 +153,15 @@ def test_a_term_that_runs_off_is_flagged():
     assert "warning" not in good.to_json()
 
 
+def test_a_fit_on_which_no_start_converged_is_flagged():
+    fit = Approach3(law=EPOCH_LAW, objective=0.0, converged=False, n_points=6, n_starts=4500,
+                    n_converged=0, compute=[], samples=np.zeros((0, 5)))
+    assert fit.to_json()["warning"] == (
+        "unconverged fit: none of the 4500 starts met the optimiser's tolerances, so these values "
+        "are the lowest point reached, not an optimum; look for runs far off the law (a diverged "
+        "or mislabelled run) in the table")
+
+
 def test_a_fit_whose_loss_rises_with_n_is_flagged():
     """The CPU smoke sweep's runs are far from convergence: alpha comes out negative."""
     law = ChinchillaLaw(E=0.0, A=0.0049, B=51.56, alpha=-0.2099, beta=0.1964)

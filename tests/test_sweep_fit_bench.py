@@ -45,7 +45,7 @@ def test_a_noiseless_table_is_recovered_with_its_timings(small_grid: None,
     counts = re.search(r"^converged: (\d+) of 100 starts \((\d+) dropped as stalled\), "
                        r"2 of 2 refits$", out, re.MULTILINE)
     assert counts is not None, out
-    assert 0 < int(counts[1]) and int(counts[1]) + int(counts[2]) <= 100
+    assert int(counts[1]) > 0 and int(counts[1]) + int(counts[2]) <= 100
     found = estimates(out)
     assert set(found) == set(EPOCH_LAW.values())
     for name, truth in EPOCH_LAW.values().items():

@@ -95,6 +95,20 @@ def test_clean_runs_give_the_law_back_exactly():
     assert section["bootstrap"] == 20 and section["starts"] == 576
 
 
+def test_a_fit_on_which_no_start_converged_is_warned(monkeypatch: pytest.MonkeyPatch):
+    import dataclasses
+
+    import sweep.fit.kaplan_joint as kaplan_joint
+
+    real = kaplan_joint.multistart
+    monkeypatch.setattr(kaplan_joint, "multistart", lambda fun, starts: [
+        dataclasses.replace(o, converged=False) for o in real(fun, starts)])
+    section = fit_kaplan_joint(*_grid(KAPLAN_LAW), bootstrap=0, rng=np.random.default_rng(0))
+    assert not section["converged"]
+    assert section["warning"].startswith("unconverged fit: none of the 576 starts met the "
+                                         "optimiser's tolerances")
+
+
 def test_noisy_runs_give_intervals_that_cover_the_law():
     far = [(3e9, 1e11), (1e11, 3e12)]  # 10x and 300x past the largest N, 3x and 100x past D
     section = fit_kaplan_joint(*_grid(KAPLAN_LAW, noise=0.01, seed=1), bootstrap=300,

@@ -25,6 +25,7 @@ from sweep.fit.optimize import (
     multistart,
     percentile_ci,
     refit_batch,
+    unconverged_warning,
 )
 
 PARAMS = ("E", "A", "B", "alpha", "beta")
@@ -204,8 +205,9 @@ class Approach3:
         return rows
 
     def warning(self) -> str | None:
-        """Why the fit should not be trusted: a term ran off to an extreme, or an exponent is not
-        positive (the loss would not fall with N or D, and no compute optimum exists)."""
+        """Why the fit should not be trusted: a term ran off to an extreme, an exponent is not
+        positive (the loss would not fall with N or D, and no compute optimum exists), or no
+        start converged."""
         values = self.law.values()
         if not all(np.isfinite(v) for v in values.values()) or max(self.law.alpha,
                                                                       self.law.beta) > 3:
@@ -218,7 +220,8 @@ class Approach3:
             return (f"non-physical fit: {' and '.join(flat)}, so there is no compute-optimal "
                     "allocation; the runs are too far from convergence, or span too little N and "
                     "D, to identify the law")
-        return None
+        # multistart puts a converged optimum first whenever there is one
+        return None if self.converged else unconverged_warning(self.n_starts)
 
     def to_json(self) -> dict[str, Any]:
         warning = self.warning()

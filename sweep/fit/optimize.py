@@ -96,6 +96,13 @@ def multistart(fun: BatchObjective, starts: np.ndarray) -> list[Optimum]:
     return found
 
 
+def unconverged_warning(starts: int) -> str:
+    """The warning for a fit whose best start did not converge: none of `starts` did."""
+    return (f"unconverged fit: none of the {starts} starts met the optimiser's tolerances, so "
+            "these values are the lowest point reached, not an optimum; look for runs far off "
+            "the law (a diverged or mislabelled run) in the table")
+
+
 # Problems stepped together: bounds the (problems x terms x points) work arrays' memory.
 CHUNK = 2048
 
