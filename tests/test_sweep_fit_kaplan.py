@@ -32,7 +32,7 @@ def test_with_offset_recovers_the_law_and_covers_it():
         lo, hi = fit["ci95"][name]
         assert lo < truth < hi, name
     # Every refit converged (the draws left out hold fewer than the 4 distinct N it needs)
-    assert 290 < fit["bootstrap"] == fit["bootstrap_converged"] <= 300
+    assert fit["converged"] and 290 < fit["bootstrap"] == fit["bootstrap_converged"] <= 300
     assert out["without_offset"]["bootstrap_converged"] == out["without_offset"]["bootstrap"]
     # Without the offset the same points bend away from a line: a worse, flatter fit.
     assert out["without_offset"]["rms_log_residual"] > 3 * fit["rms_log_residual"]
@@ -92,5 +92,8 @@ def test_the_report_names_bootstrap_refits_that_did_not_converge() -> None:
            "bootstrap_converged": 197, "rms_log_residual": 0.01}
     text = "\n".join(_kaplan({"L_N": {"note": "sizes", "with_offset": fit,
                                      "without_offset": {**fit, "bootstrap_converged": 200}}}))
-    assert text.count("did not converge") == 1
+    assert text.count("did not converge") == 1 and "no start converged" not in text
     assert "; 3 of 200 bootstrap refits did not converge" in text
+    text = "\n".join(_kaplan({"L_N": {"note": "sizes", "with_offset": {**fit, "converged": False},
+                                     "without_offset": {**fit, "bootstrap_converged": 200}}}))
+    assert "; no start converged: the lowest point reached, not an optimum; 3 of 200" in text

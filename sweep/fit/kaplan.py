@@ -61,11 +61,13 @@ def fit_offset(x: np.ndarray, log_loss: np.ndarray, weights: np.ndarray,
     return refit_batch(fun, starts, len(weights))
 
 
-def offset_refit_starts(x: np.ndarray, log_loss: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """The distinct optima of the full-grid fit: the starts for its bootstrap refits."""
+def offset_refit_starts(x: np.ndarray, log_loss: np.ndarray, weights: np.ndarray
+                        ) -> tuple[np.ndarray, bool]:
+    """The distinct optima of the full-grid fit, best first: the starts for its bootstrap refits;
+    and whether the best converged (multistart puts a converged one first if any is)."""
     fun = lse_objective(_design(x), log_loss, weights[None, :])
-    return np.array([o.theta for o in distinct_optima(multistart(fun, OFFSET_STARTS),
-                                                      REFIT_STARTS)])
+    optima = distinct_optima(multistart(fun, OFFSET_STARTS), REFIT_STARTS)
+    return np.array([o.theta for o in optima]), bool(optima[0].converged)
 
 
 def fit_line(x: np.ndarray, log_loss: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -110,8 +112,9 @@ def power_law_report(
             out[key] = {"skipped": f"needs {need} distinct {name} values, has {distinct}"}
             continue
         weight = weights.astype(float)
+        fit_converged = True  # the line is least squares in closed form
         if offset:
-            starts = offset_refit_starts(x, log_loss, weight)
+            starts, fit_converged = offset_refit_starts(x, log_loss, weight)
             law = _to_law(starts[0])
         else:
             law = _to_law(fit_line(x, log_loss, weight[None, :])[0])
@@ -136,8 +139,8 @@ def power_law_report(
         rms = float(np.sqrt(np.mean(residual**2)))
         no_ci = _no_interval(samples, law, int(used.sum()), distinct, need, name, len(draw_weights))
         out[key] = {**entry, "ci95": ci if samples and not no_ci else {},
-                    "bootstrap": len(samples), "bootstrap_converged": converged,
-                    "rms_log_residual": rms}
+                    "converged": fit_converged, "bootstrap": len(samples),
+                    "bootstrap_converged": converged, "rms_log_residual": rms}
         if no_ci:
             out[key]["no_ci"] = no_ci
         if rms > POOR_FIT_RMS:

@@ -166,9 +166,13 @@ def _kaplan(s: dict[str, Any]) -> list[str]:
 
 
 def _unconverged(fit: dict[str, Any]) -> str:
-    """A note when some bootstrap refits stopped short of an optimum (their laws still count)."""
+    """A note when the fit, or some of its bootstrap refits, stopped short of an optimum (those
+    refits' laws still count)."""
+    note = ("" if fit.get("converged", True) else
+            "; no start converged: the lowest point reached, not an optimum")
     short = fit["bootstrap"] - fit.get("bootstrap_converged", fit["bootstrap"])
-    return f"; {short} of {fit['bootstrap']} bootstrap refits did not converge" if short else ""
+    return note + (f"; {short} of {fit['bootstrap']} bootstrap refits did not converge"
+                   if short else "")
 
 
 def _against_approach3(s: dict[str, Any]) -> str:
