@@ -19,7 +19,7 @@ from sweep.errors import ConfigError
 SHAPE_KEYS = ("n_layer", "d_model", "n_head")
 
 
-def override_key(override: str) -> str:
+def _override_key(override: str) -> str:
     """The key a command-line override sets: `model.n_layer` of `+model.n_layer=4`."""
     return override.split("=", 1)[0].lstrip("+~")
 
@@ -47,7 +47,7 @@ def model_config(model_cfg: DictConfig, vocab_size: int, overrides: list[str]) -
         pinned = [
             o
             for o in overrides
-            if override_key(o) in {f"model.{k}" for k in SHAPE_KEYS}
+            if _override_key(o) in {f"model.{k}" for k in SHAPE_KEYS}
         ]
         if pinned:
             raise ConfigError(
@@ -79,7 +79,7 @@ def check_data_overrides(
     not be repeated when training."""
     built = dataset.manifest.get("source") or {}
     for override in overrides:
-        key = override_key(override)
+        key = _override_key(override)
         name = key.removeprefix("data.")
         if name == key or name == "name" or name not in built or data_cfg.get(name) == built[name]:
             continue
