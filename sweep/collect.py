@@ -128,7 +128,7 @@ def _dataset_entry(summary: Mapping[str, Any]) -> tuple[Any, str]:
     return built.get("config_hash"), dataset_label(built.get("name"), built.get("config_hash"))
 
 
-def _ondataset_of(summary: Mapping[str, Any], wanted: str) -> bool:
+def _on_dataset(summary: Mapping[str, Any], wanted: str) -> bool:
     """Whether a run trained on `wanted`: a dataset name, or a prefix of its config hash (two
     builds of one corpus, e.g. with other tokenizers, share a name but not a hash)."""
     dataset = dataset_of(summary)
@@ -189,7 +189,7 @@ def collect_runs(
             unreadable.append((str(path), why))
             continue
         datasets.update([_dataset_entry(summary)])
-        if dataset is not None and not _ondataset_of(summary, dataset):
+        if dataset is not None and not _on_dataset(summary, dataset):
             other_dataset += 1
             continue
         status = summary["status"]

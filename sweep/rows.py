@@ -70,6 +70,7 @@ def curve_rows(
         unreadable.append((str(path), "not UTF-8 text"))
         return []
     rows, torn = [], 0
+    dataset = dataset_of(summary)
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -92,11 +93,11 @@ def curve_rows(
             "budget_kind": summary.get("budget", {}).get("kind"),
             "budget_value": summary.get("budget", {}).get("value"),
             # The fitter refuses a table mixing datasets; a curves table needs these to be checked
-            "dataset_name": dataset_of(summary).get("name"),
-            "dataset_config_hash": dataset_of(summary).get("config_hash"),
+            "dataset_name": dataset.get("name"),
+            "dataset_config_hash": dataset.get("config_hash"),
             # ... and its floors, which the fitter sets the fitted E against (synthetic data)
-            "dataset_entropy_rate_nats": dataset_of(summary).get("entropy_rate_nats"),
-            "dataset_window_floor_nats": dataset_of(summary).get("window_floor_nats"),
+            "dataset_entropy_rate_nats": dataset.get("entropy_rate_nats"),
+            "dataset_window_floor_nats": dataset.get("window_floor_nats"),
             **_how_made(summary),
             "run_dir": run_dir,
         })

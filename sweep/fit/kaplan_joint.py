@@ -233,7 +233,7 @@ def fit_kaplan_joint(n: np.ndarray, d: np.ndarray, loss: np.ndarray, *, bootstra
         section["predictions"] = [_prediction(law, laws, float(a), float(b)) for a, b in predict]
     warning = law.warning()
     if warning is None and not optima[0].converged:  # converged optima sort first
-        warning = unconverged_warning(len(start_grid()))
+        warning = unconverged_warning(section["starts"])
     idle = _idle_term(log_n, log_d, log_loss, section["rms_log_residual"])
     if warning is None and idle is not None:
         warning = (f"the {idle} term is not needed: a power law in the other variable alone fits "
