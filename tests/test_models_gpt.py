@@ -137,6 +137,24 @@ def test_rope_scores_depend_only_on_relative_offset() -> None:
     assert abs(score(5, 2) - score(5, 4)) > 1e-3
 
 
+def test_rope_in_projection_layout_matches_rotating_each_head() -> None:
+    """apply_rope on [B, T, 2, H, D] (q and k as the qkv projection lays them out) gives, after
+    the transpose to [B, H, T, D], exactly the per-head rotation of channel pairs (i, i + D/2)."""
+    torch.manual_seed(0)
+    B, T, H, D = 2, 12, 3, 8
+    cos, sin = rope_tables(16, D)
+    qk = torch.randn(B, T, 2, H, D)
+    got = apply_rope(qk, cos[:T], sin[:T])
+    for which in range(2):
+        x = qk[:, :, which].transpose(1, 2)  # [B, H, T, D]
+        x1, x2 = x[..., : D // 2], x[..., D // 2 :]
+        c, s = cos[:T], sin[:T]
+        want = torch.cat((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1)
+        assert torch.equal(got[:, :, which].transpose(1, 2), want)
+    # the norm of each head's vector is kept: a rotation
+    torch.testing.assert_close(got.norm(dim=-1), qk.norm(dim=-1))
+
+
 def test_gpt2_init_statistics() -> None:
     n_layer, std = 4, 0.02
     model = make_model(n_layer=n_layer, d_model=128, n_head=4, bias=True, init_std=std)
