@@ -9,13 +9,14 @@
 # machine compiles every shape anew, ~30-60 s each; the log prints each step's real time):
 #   accept     issue 7's acceptance in the least device time: versions, the compiled-bf16-vs-fp32
 #              CUDA tests, then nanoGPT's six shapes smallest first, each timed in a process of
-#              its own as this project's GPT with the loss in chunks of GPU_CHECK_ACCEPT_CHUNK
-#              (8192, with a profile) and as nanoGPT's GPT (--arch nanogpt, the same-card
-#              baseline); then the six as this project's GPT with the plain loss; last the CUDA
-#              run test (MFU logged).
+#              its own as this project's GPT (the plain loss, with a profile) and, on a card that
+#              sweep/nanogpt.py has no nanoGPT numbers for (GPU_CHECK_ACCEPT_BASELINE=auto; 1 or
+#              0 to force), as nanoGPT's GPT (--arch nanogpt, the same-card baseline); then the
+#              six with the loss in chunks of GPU_CHECK_ACCEPT_CHUNK (8192); last the CUDA run
+#              test (MFU logged). On an H200 (2026-12-04) a shape took 36-94 s, compile included.
 #              Resumable: a rerun on the same (warm) machine skips what is done (state in
 #              .gpu_check/, compile caches in .gpu_cache/, both git-ignored and kept there
-#              between calls; delete .gpu_check/ to start over)               ~10-14 min
+#              between calls; delete .gpu_check/ to start over)       ~8 min, ~14 with a baseline
 #   tests      nvidia-smi, versions, imports, the CUDA tests (-k), then sweep.train on the synthetic
 #              corpus plain and under 1-GPU torchrun, with both tokens/s          ~5-6 min
 #   reference  sweep.bench --shapes reference (6 shapes)                          ~4-6 min
@@ -34,8 +35,8 @@
 #   suite      the whole non-slow test suite with a GPU present (-n 8)            optional
 # After the stages, sweep.bench_compare --check-goals goes over every bench-reference*.json in
 # $WORK, and apart over every bench-accept-*.json: each a table of the variants per shape, the best
-# against nanoGPT (timed here when an --arch nanogpt result is among them, else its H100 table on an
-# H100), and the goals met or missed (also in $WORK/compare-reference.md, compare-accept.md).
+# against nanoGPT (timed here when an --arch nanogpt result is among them, else sweep/nanogpt.py's
+# numbers for the card: H100, H200), and the goals met or missed (also in $WORK/compare-reference.md, compare-accept.md).
 # A task lent a device gets 15 device minutes in all, machine starts (1-2 min) and idle waits
 # (30 s after each call) included, so plan two calls, both `timeout_s: 600, carry: [".whl"]`:
 #   1. bash scripts/gpu_check.sh accept
@@ -220,21 +221,39 @@ accept_unit() {
     $BENCH_ARGS --out "$WORK/bench-$name.json"
 }
 
+# baseline_needed: whether accept times nanoGPT's GPT here: GPU_CHECK_ACCEPT_BASELINE 1 or 0, or
+# auto (the default): only on a card sweep/nanogpt.py has no nanoGPT numbers for (not an H100 or
+# an H200), which saves a shape's compile and timing each (~5 min of an H200's 15)
+baseline_needed() {
+  case ${GPU_CHECK_ACCEPT_BASELINE:-auto} in
+    0) return 1 ;;
+    1) return 0 ;;
+  esac
+  [[ $DEVICE == cuda ]] || return 0
+  ! "$PY" -c "import sys, torch
+from sweep.nanogpt import reference_for
+sys.exit(0 if reference_for(torch.cuda.get_device_name())[1] else 1)"
+}
+
 stage_accept() {
   [[ -f $WORK/pytest-accept.passed ]] || versions
   once_pytest pytest-accept -k "$ACCEPT_PYTEST_K"
-  local shape
-  # Two passes. First, shape by shape, what the goals need: the variant most likely to be this
-  # project's best (with a profile of where its time goes), then the baseline; so a call stopped
-  # midway still has whole comparisons, and all six come before anything optional. Then the
-  # plain loss at every shape: the A/B that sets train.loss_chunk_tokens' default, and the
-  # fallback should the chunked loss be the slower.
+  local shape baseline=0
+  baseline_needed && baseline=1
+  echo "=== nanoGPT's GPT timed here: $( ((baseline)) && echo yes || echo "no: sweep/nanogpt.py" \
+    "has its numbers for this card, or GPU_CHECK_ACCEPT_BASELINE=0")"
+  # Two passes. First, shape by shape, what the goals need: this project's GPT as it trains by
+  # default (the plain loss), with a profile of where its time goes, then the baseline where it
+  # is needed; so a call stopped midway still has whole comparisons, and all six come before
+  # anything optional. Then the loss in chunks at every shape: the A/B for
+  # train.loss_chunk_tokens (slower than the plain loss at 4x128 on an H200, 2026-12-04).
   for shape in $ACCEPT_SHAPES; do
-    accept_unit "$shape" "chunk$ACCEPT_CHUNK" --loss-chunk-tokens "$ACCEPT_CHUNK" \
-      --profile "$PROFILE_ROWS"
-    accept_unit "$shape" nanogpt --arch nanogpt
+    accept_unit "$shape" plain --profile "$PROFILE_ROWS"
+    ((baseline)) && accept_unit "$shape" nanogpt --arch nanogpt
   done
-  for shape in $ACCEPT_SHAPES; do accept_unit "$shape" plain; done
+  for shape in $ACCEPT_SHAPES; do
+    accept_unit "$shape" "chunk$ACCEPT_CHUNK" --loss-chunk-tokens "$ACCEPT_CHUNK"
+  done
   once_pytest pytest-accept-run -k "$ACCEPT_LATE_PYTEST_K"
 }
 

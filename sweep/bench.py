@@ -24,10 +24,10 @@ import torch
 
 from sweep.errors import ConfigError, OneLineParser
 from sweep.hardware import COMPILE_MODES, out_of_memory, resolve_hardware
+from sweep.nanogpt import REFERENCE
 from sweep.throughput import (
     ARCHES,
     CONFIGS,
-    REFERENCE,
     TINY,
     BenchFailed,
     Protocol,

@@ -6,7 +6,8 @@ Each file holds one variant (plain or chunked loss, a compile mode, copies, or n
 by `sweep.bench --arch nanogpt`), at some shapes: files of one variant at other shapes are merged.
 They must share the device, torch release, protocol, precision and MFU peak, or the comparison
 would mean nothing.
-nanoGPT's numbers are the ones timed on this card when given, else its H100 table (H100 only).
+nanoGPT's numbers are the ones timed on this card when given, else sweep/nanogpt.py's for the
+card (its H100 table, or its architecture timed earlier on the card, as on an H200).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from sweep.errors import OneLineParser
-from sweep.nanogpt import MFU_GOALS, PROTOCOL, RATIO_GOALS, REFERENCE
+from sweep.nanogpt import MFU_GOALS, PROTOCOL, RATIO_GOALS, reference_for
 
 # What results must share to be compared (MFU divides by peak_flops; precision is the step's)
 SHARED = ("device", "torch", "protocol", "precision", "peak_flops")
@@ -161,7 +162,7 @@ def _goals(name: str, shape: tuple[int, int, int], ratio: float | None, mfu: flo
 def compare(variants: list[Variant]) -> Comparison:
     """The variants side by side, shape by shape, with the best one-copy variant of this
     project's GPT against nanoGPT, and the goals where there are nanoGPT numbers: its GPT timed
-    here (an --arch nanogpt variant), else its H100 table (H100 results, default protocol)."""
+    here (an --arch nanogpt variant), else sweep/nanogpt.py's for the card (default protocol)."""
     names: dict[tuple[int, int, int], str] = {}
     for v in variants:
         for shape, entry in [*v.rows.items(), *v.failed.items()]:
@@ -169,12 +170,13 @@ def compare(variants: list[Variant]) -> Comparison:
     # Smallest first, as sweep.bench orders them (a failed shape has no row to keep its place).
     names = dict(sorted(names.items(), key=lambda item: (item[0][0] * item[0][1] ** 2, item[0])))
     first = variants[0].report
-    # sweep.bench gives rows a nanoGPT reference on an H100 with its default protocol only; a
-    # shape that failed there still has its goal (missed).
+    # sweep.bench gives rows a nanoGPT reference with its default protocol on a card that
+    # sweep/nanogpt.py has numbers for only; a shape that failed there still has its goal (missed).
     referenced = any(row.get("nanogpt_tokens_per_s") for v in variants for row in v.rows.values())
+    source, reference_table = reference_for(first["device"]) if referenced else ("", {})
     baseline = next((v for v in variants if v.arch == "nanogpt"), None)
     against = ("nanoGPT's GPT timed here (sweep.bench --arch nanogpt)" if baseline
-               else "nanoGPT's H100 table" if referenced else "no nanoGPT numbers for this device")
+               else source or "no nanoGPT numbers for this device")
     dates = sorted({day for v in variants for day in v.dates})
     taken = f"; taken {' to '.join(dict.fromkeys([dates[0], dates[-1]]))}" if dates else ""
     lines = [
@@ -182,7 +184,7 @@ def compare(variants: list[Variant]) -> Comparison:
         "In bold the best per shape of the variants of this project's GPT that train one copy "
         f"(copies measure a sweep, not a run); best / nanoGPT is against {against}.",
         "",
-        "| shape | L,d,h | nanoGPT H100 | " + " | ".join(v.label for v in variants)
+        "| shape | L,d,h | nanoGPT table | " + " | ".join(v.label for v in variants)
         + " | best / nanoGPT | best MFU 6N | goal |",
         "| --- " * (len(variants) + 6) + "|",
     ]
@@ -200,7 +202,7 @@ def compare(variants: list[Variant]) -> Comparison:
             else:
                 text = _millions(row["tokens_per_s"])
                 cells.append(f"**{text}**" if row is best else text)
-        table = REFERENCE.get(shape) if referenced else None
+        table = reference_table.get(shape)
         if baseline is not None:
             # A baseline that failed at a shape leaves its goal without a reference: missed
             measured = baseline.rows.get(shape)
@@ -230,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("results", nargs="+", type=Path, help="sweep.bench --out JSON files")
     p.add_argument("--check-goals", action="store_true",
                    help="exit 1 when a goal against nanoGPT is missed (needs an --arch "
-                        "nanogpt result among them, or H100 results)")
+                        "nanogpt result among them, or results from a card sweep/nanogpt.py "
+                        "has nanoGPT's numbers for: H100, H200)")
     args = p.parse_args(argv)
     try:
         variants = combine([read_variant(path) for path in args.results])
@@ -244,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --check-goals: no goal applies to these results (device "
               f"{report['device']!r}, protocol {report['protocol']}): goals need nanoGPT's "
               "shapes, sweep.bench's default protocol and nanoGPT's numbers for the device (an "
-              "--arch nanogpt result among them, or an H100): leave out --check-goals",
+              "--arch nanogpt result among them, or a card sweep/nanogpt.py has them for): "
+              "leave out --check-goals",
               file=sys.stderr)
         return 2
     print("\n".join(result.lines))

@@ -30,6 +30,36 @@ REFERENCE = {
     (24, 1024, 16): 0.205e6,
 }
 
+# nanoGPT's architecture timed on cards its table was not taken on: `sweep.bench --arch nanogpt`
+# (ARCHITECTURE above in this project's GPT, the plain loss, bf16, torch.compile's default mode),
+# default protocol, one process a shape. With the numbers here, a session on that card compares
+# against them instead of spending device time on the baseline (an --arch nanogpt result passed
+# to sweep.bench_compare still wins). The card's name as torch gives it -> (where the numbers come
+# from, tokens/s by shape).
+MEASURED = {
+    "NVIDIA H200": (
+        "nanoGPT's GPT timed on an NVIDIA H200 on 2026-12-04 (torch 2.11.0+cu130, "
+        "benchmarks/2026-12-04-h200)",
+        {
+            (4, 128, 2): 5.319e6,
+            (6, 256, 4): 3.186e6,
+            (8, 384, 6): 1.797e6,
+            (12, 512, 8): 1.008e6,
+            (12, 768, 12): 0.596e6,
+            (24, 1024, 16): 0.220e6,
+        },
+    ),
+}
+
+
+def reference_for(device_name: str) -> tuple[str, dict[tuple[int, int, int], float]]:
+    """nanoGPT's tokens/s by shape on this card with the default protocol, and where they come
+    from: its H100 table, or its architecture timed on the card (MEASURED); ("", {}) else."""
+    if device_name == REFERENCE_DEVICE:
+        return "nanoGPT's H100 table", REFERENCE
+    return MEASURED.get(device_name, ("", {}))
+
+
 # The goals, same card and protocol: tokens/s at least these multiples of nanoGPT's (1.3x where
 # the output head and the loss dominate, 1.05x at the larger shapes), and MFU (the 6N + 12LdT
 # convention) at least 50 % at the largest.

@@ -21,7 +21,7 @@ import torch
 
 from models import GPT, GPTConfig, count_params, flops_per_token
 from sweep.hardware import Hardware, resolve_hardware
-from sweep.nanogpt import ARCHITECTURE, PROTOCOL, REFERENCE, REFERENCE_DEVICE
+from sweep.nanogpt import ARCHITECTURE, PROTOCOL, reference_for
 from sweep.step import accumulate_gradients, apply_gradients, build_optimizer
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -69,7 +69,7 @@ class Row:
     mfu_exact: float | None  # exact forward+backward FLOPs per token x tokens/s / peak
     peak_memory_bytes: int | None
     loss: float
-    nanogpt_tokens_per_s: float | None  # the reference on an H100, where this shape has one
+    nanogpt_tokens_per_s: float | None  # nanoGPT's on this card, where sweep.nanogpt has it
     profile: str | None = None  # --profile: the top ops of three profiled steps, as a table
     copies: int = 1  # copies of the shape trained at once on the device
     # The warm-up steps' wall time, torch.compile's included: what a run pays before its first
@@ -129,9 +129,8 @@ def _row(
         tokens_per_s=tokens_per_s,
         mfu_6n=hw.mfu(flops_6n * tokens_per_s),
         mfu_exact=hw.mfu(exact * tokens_per_s),
-        nanogpt_tokens_per_s=(REFERENCE.get(shape)
-                              if protocol == Protocol() and hw.device_name == REFERENCE_DEVICE
-                              else None),
+        nanogpt_tokens_per_s=(reference_for(hw.device_name)[1].get(shape)
+                              if protocol == Protocol() else None),
         **rest,
     )
 

@@ -16,8 +16,9 @@ from models import GPT, GPTConfig
 from sweep import bench
 from sweep.bench import ladder_shapes, named_shapes
 from sweep.hardware import resolve_hardware
+from sweep.nanogpt import REFERENCE
 from sweep.step import accumulate_gradients
-from sweep.throughput import REFERENCE, BenchFailed, measure
+from sweep.throughput import BenchFailed, measure
 from tests.conftest import PYTHON
 
 REPO = Path(__file__).resolve().parent.parent

@@ -10,23 +10,24 @@ from pathlib import Path
 import pytest
 
 from sweep.bench_compare import main
-from sweep.nanogpt import PROTOCOL, REFERENCE
+from sweep.nanogpt import MEASURED, PROTOCOL, REFERENCE, reference_for
 
 H100 = "NVIDIA H100 80GB HBM3"
 
 
 def write_report(path: Path, ratios: dict, *, chunk=None, device=H100, mfu_302m=0.52,
-                 failed=(), copies=1, arch=None, date=None) -> Path:
-    """A sweep.bench JSON whose rows run at `ratios` x nanoGPT's tokens/s, shape by shape."""
+                 failed=(), copies=1, arch=None, date=None, table=REFERENCE) -> Path:
+    """A sweep.bench JSON whose rows run at `ratios` x nanoGPT's tokens/s (table), shape by
+    shape; its rows carry that reference where sweep.nanogpt has numbers for the device."""
     rows = []
-    for i, (shape, reference) in enumerate(REFERENCE.items()):
+    for i, (shape, reference) in enumerate(table.items()):
         if shape in failed or shape not in ratios:
             continue
         rows.append({
             "name": f"nanogpt-{i}", "n_layer": shape[0], "d_model": shape[1], "n_head": shape[2],
             "tokens_per_s": ratios[shape] * reference,
             "mfu_6n": mfu_302m if shape == (24, 1024, 16) else 0.3,
-            "nanogpt_tokens_per_s": reference if "H100" in device else None,
+            "nanogpt_tokens_per_s": reference if reference_for(device)[1] else None,
         })
     failures = [{"name": f"nanogpt-{list(REFERENCE).index(s)}", "n_layer": s[0],
                  "d_model": s[1], "n_head": s[2], "error": "ran out of device memory"}
@@ -52,7 +53,7 @@ def test_the_best_variant_per_shape_meets_the_goals(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("Device: NVIDIA H100 80GB HBM3; torch 2.11.0+cu128; protocol ")
     assert "best / nanoGPT is against nanoGPT's H100 table." in out[0]
-    assert out[2] == ("| shape | L,d,h | nanoGPT H100 | compile, loss plain | compile, loss "
+    assert out[2] == ("| shape | L,d,h | nanoGPT table | compile, loss plain | compile, loss "
                       "chunks of 8192 | best / nanoGPT | best MFU 6N | goal |")
     # The smallest shape: the chunked loss is the best, at 1.35 x 3.72M tokens/s
     assert out[4] == ("| nanogpt-0 | 4,128,2 | 3.720M | 4.464M | **5.022M** | 1.35x | 30.0% | "
@@ -88,33 +89,35 @@ def test_copies_are_shown_but_never_the_best_of_a_run(tmp_path, capsys):
 
 
 H200 = "NVIDIA H200"
+# A card sweep/nanogpt.py has no nanoGPT numbers for: its goals need a baseline timed on it
+A100 = "NVIDIA A100-SXM4-80GB"
 
 
 def test_on_another_card_the_goals_are_against_nanogpt_timed_there(tmp_path, capsys):
-    """An H200 has no reference row: an --arch nanogpt result is the baseline, never the best."""
+    """An A100 has no nanoGPT numbers: an --arch nanogpt result is the baseline, never the best."""
     everything = {**dict.fromkeys(SMALL, 1.0), **dict.fromkeys(LARGE, 1.0)}
-    baseline = write_report(tmp_path / "nanogpt.json", everything, device=H200, arch="nanogpt",
+    baseline = write_report(tmp_path / "nanogpt.json", everything, device=A100, arch="nanogpt",
                             date="2026-12-02T00:01:10+00:00")
     ours = write_report(tmp_path / "plain.json", {**dict.fromkeys(SMALL, 1.4),
-                                                   **dict.fromkeys(LARGE, 1.04)}, device=H200,
+                                                   **dict.fromkeys(LARGE, 1.04)}, device=A100,
                         date="2026-12-01T23:58:02+00:00")
     assert main([str(baseline), str(ours), "--check-goals"]) == 1
     captured = capsys.readouterr()
     out = captured.out.splitlines()
-    assert out[0].startswith("Device: NVIDIA H200; torch 2.11.0+cu128; taken 2026-12-01 to "
-                             "2026-12-02; protocol ")
+    assert out[0].startswith("Device: NVIDIA A100-SXM4-80GB; torch 2.11.0+cu128; taken "
+                             "2026-12-01 to 2026-12-02; protocol ")
     # Files of one variant merged keep each one's date
-    later = write_report(tmp_path / "later.json", dict.fromkeys(LARGE, 1.04), device=H200,
+    later = write_report(tmp_path / "later.json", dict.fromkeys(LARGE, 1.04), device=A100,
                          date="2026-12-05T10:00:00+00:00")
-    small = write_report(tmp_path / "small.json", dict.fromkeys(SMALL, 1.4), device=H200,
+    small = write_report(tmp_path / "small.json", dict.fromkeys(SMALL, 1.4), device=A100,
                          date="2026-12-01T23:58:02+00:00")
     main([str(baseline), str(small), str(later)])
     assert "; taken 2026-12-01 to 2026-12-05; " in capsys.readouterr().out.splitlines()[0]
     assert "best / nanoGPT is against nanoGPT's GPT timed here (sweep.bench --arch nanogpt)" \
         in out[0]
-    assert out[2].startswith("| shape | L,d,h | nanoGPT H100 | nanoGPT's GPT, compile | "
+    assert out[2].startswith("| shape | L,d,h | nanoGPT table | nanoGPT's GPT, compile | "
                              "compile, loss plain | best / nanoGPT |")
-    # The H100 table does not apply to an H200; the measured baseline does (3.72M here).
+    # The H100 table does not apply to an A100; the measured baseline does (3.72M here).
     assert out[4] == ("| nanogpt-0 | 4,128,2 | - | 3.720M | **5.208M** | 1.40x | 30.0% | "
                       "≥1.30x met |")
     assert captured.err.splitlines() == [
@@ -123,24 +126,48 @@ def test_on_another_card_the_goals_are_against_nanogpt_timed_there(tmp_path, cap
         "1.04x nanoGPT's tokens/s, goal 1.05x"]
 
 
+def test_a_card_with_measured_nanogpt_numbers_needs_no_baseline_run(tmp_path, capsys):
+    """On an H200, sweep.bench rows carry nanoGPT's architecture as timed there earlier
+    (sweep/nanogpt.py's MEASURED), and the goals apply without an --arch nanogpt file."""
+    source, table = MEASURED[H200]
+    ours = write_report(tmp_path / "plain.json", {**dict.fromkeys(SMALL, 1.35),
+                                                   **dict.fromkeys(LARGE, 1.04)},
+                        device=H200, table=table)
+    assert main([str(ours), "--check-goals"]) == 1
+    captured = capsys.readouterr()
+    out = captured.out.splitlines()
+    assert out[0].endswith(f"best / nanoGPT is against {source}.")
+    assert source.startswith("nanoGPT's GPT timed on an NVIDIA H200 on 2026-12-04")
+    assert out[4] == ("| nanogpt-0 | 4,128,2 | 5.319M | **7.181M** | 1.35x | 30.0% | "
+                      "≥1.30x met |")
+    assert captured.err.startswith("error: 3 of 7 goals missed: nanogpt-3 (12,512,8) 1.04x ")
+    # A baseline timed in the same call wins over the stored numbers
+    baseline = write_report(tmp_path / "nanogpt.json", dict.fromkeys(REFERENCE, 1.0),
+                            device=H200, table={s: v * 1.02 for s, v in table.items()},
+                            arch="nanogpt")
+    assert main([str(baseline), str(ours), "--check-goals"]) == 1
+    assert capsys.readouterr().out.splitlines()[4] == (
+        "| nanogpt-0 | 4,128,2 | 5.319M | 5.425M | **7.181M** | 1.32x | 30.0% | ≥1.30x met |")
+
+
 def test_files_of_one_variant_at_other_shapes_are_merged(tmp_path, capsys):
     """gpu_check.sh times each shape in a process of its own: one file per variant and shape."""
     paths = []
     for shape in SMALL:
         for arch, ratio in (("nanogpt", 1.0), (None, 1.5)):
             paths.append(write_report(tmp_path / f"{arch}-{shape[0]}.json", {shape: ratio},
-                                      device=H200, arch=arch))
+                                      device=A100, arch=arch))
     assert main([*map(str, paths), "--check-goals"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[2].startswith("| shape | L,d,h | nanoGPT H100 | nanoGPT's GPT, compile | "
+    assert out[2].startswith("| shape | L,d,h | nanoGPT table | nanoGPT's GPT, compile | "
                              "compile, loss plain | best / nanoGPT |")
     assert [line.split(" | ")[-3:] for line in out[4:]] == [["1.50x", "30.0%", "≥1.30x met |"]] * 3
 
 
 def test_a_shape_the_baseline_could_not_time_misses_its_goal(tmp_path, capsys):
-    baseline = write_report(tmp_path / "nanogpt.json", dict.fromkeys(SMALL, 1.0), device=H200,
+    baseline = write_report(tmp_path / "nanogpt.json", dict.fromkeys(SMALL, 1.0), device=A100,
                             arch="nanogpt", failed=[(4, 128, 2)])
-    ours = write_report(tmp_path / "plain.json", dict.fromkeys(SMALL, 1.5), device=H200)
+    ours = write_report(tmp_path / "plain.json", dict.fromkeys(SMALL, 1.5), device=A100)
     assert main([str(baseline), str(ours), "--check-goals"]) == 1
     captured = capsys.readouterr()
     assert captured.out.splitlines()[4] == (
@@ -164,8 +191,8 @@ def test_a_shape_the_baseline_could_not_time_misses_its_goal(tmp_path, capsys):
     ("goals", "error: --check-goals: no goal applies to these results (device 'cpu', protocol "
               "{{'vocab_size': 32768, 'seq_len': 1024, 'batch_size': 64, 'warmup_steps': 10, "
               "'timed_steps': 20}}): goals need nanoGPT's shapes, sweep.bench's default protocol "
-              "and nanoGPT's numbers for the device (an --arch nanogpt result among them, or an "
-              "H100): leave out --check-goals"),
+              "and nanoGPT's numbers for the device (an --arch nanogpt result among them, or a "
+              "card sweep/nanogpt.py has them for): leave out --check-goals"),
     ("tiny", "error: --check-goals: no goal applies to these results (device 'NVIDIA H200', "
              "protocol {{'vocab_size': 512,"),
     ("baselines", "error: {b} is a second nanoGPT baseline after {a}: pass one sweep.bench "
