@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.attention_loss import attention_cross_entropy, token_attention_cross_entropy
 from models.config import GPTConfig
 from models.loss import check_chunk_tokens, linear_cross_entropy, token_cross_entropy
 
@@ -100,14 +101,25 @@ class GPT(nn.Module):
     the cross-entropy over chunks of that many tokens (models/loss.py), and a forward without
     gradients (evaluation) makes its losses a chunk at a time, instead of the whole logits
     tensor; the loss is the same up to rounding, so it is a speed and memory knob only.
+    loss_attention: instead, the head and the cross-entropy run as two calls of the fused
+    attention kernels (models/attention_loss.py), which never write the logits out; a head
+    without bias only.
     """
 
-    def __init__(self, config: GPTConfig, loss_chunk_tokens: int | None = None) -> None:
+    def __init__(
+        self, config: GPTConfig, loss_chunk_tokens: int | None = None, loss_attention: bool = False
+    ) -> None:
         super().__init__()
         if loss_chunk_tokens is not None:
             check_chunk_tokens(loss_chunk_tokens, "loss_chunk_tokens")
+        if loss_attention and loss_chunk_tokens is not None:
+            raise ValueError(f"loss_attention and loss_chunk_tokens={loss_chunk_tokens} are two "
+                             "ways to fuse the head and loss: choose one")
+        if loss_attention and config.bias:
+            raise ValueError("loss_attention needs an output head without bias: set bias=False")
         self.config = config
         self.loss_chunk_tokens = loss_chunk_tokens
+        self.loss_attention = loss_attention
         self.wte = nn.Embedding(config.vocab_size, config.d_model)
         self.wpe = (
             nn.Embedding(config.max_seq_len, config.d_model)
@@ -169,6 +181,12 @@ class GPT(nn.Module):
         x = self.ln_f(x)
         if reduction not in ("mean", "none"):
             raise ValueError(f"reduction={reduction!r} is unknown: use 'mean' or 'none'")
+        if targets is not None and self.loss_attention:
+            if not torch.is_grad_enabled():
+                per_token = token_attention_cross_entropy(x, self.lm_head.weight, targets)
+                return per_token.mean() if reduction == "mean" else per_token
+            if reduction == "mean":
+                return attention_cross_entropy(x, self.lm_head.weight, targets)
         if targets is not None and self.loss_chunk_tokens is not None:
             head = (self.lm_head.weight, self.lm_head.bias)
             if not torch.is_grad_enabled():

@@ -64,7 +64,6 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 grad_weight = grad_weight + (grad.t() @ h).to(acc)
         ctx.tokens = tokens
         ctx.weight_dtype = weight.dtype
-        ctx.has_bias = bias is not None
         ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
         return loss_sum / tokens
 
@@ -73,14 +72,24 @@ class _LinearCrossEntropy(torch.autograd.Function):
         ctx: torch.autograd.function.FunctionCtx, grad_loss: torch.Tensor
     ) -> tuple[torch.Tensor | None, ...]:
         grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
-        scale = grad_loss / ctx.tokens  # the loss is the mean over tokens
-        return (
-            grad_hidden * scale.to(grad_hidden.dtype),
-            (grad_weight * scale).to(ctx.weight_dtype),
-            (grad_bias * scale).to(ctx.weight_dtype) if ctx.has_bias else None,
-            None,
-            None,
-        )
+        return (*scaled_gradients(ctx, grad_loss, grad_hidden, grad_weight, grad_bias), None, None)
+
+
+def scaled_gradients(
+    ctx: torch.autograd.function.FunctionCtx,
+    grad_loss: torch.Tensor,
+    grad_hidden: torch.Tensor,
+    grad_weight: torch.Tensor,
+    grad_bias: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The gradients of the summed losses, made in a fused forward, as those of the mean loss
+    times grad_loss, in the hidden state's and the weight's dtype (ctx.tokens, .weight_dtype)."""
+    scale = grad_loss / ctx.tokens  # the loss is the mean over tokens
+    return (
+        grad_hidden * scale.to(grad_hidden.dtype),
+        (grad_weight * scale).to(ctx.weight_dtype),
+        (grad_bias * scale).to(ctx.weight_dtype) if grad_bias is not None else None,
+    )
 
 
 def check_chunk_tokens(value: object, name: str = "chunk_tokens") -> None:

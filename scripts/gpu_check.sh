@@ -11,12 +11,14 @@
 #              CUDA tests, then nanoGPT's six shapes smallest first, each timed in a process of
 #              its own as this project's GPT (the plain loss, with a profile) and, on a card that
 #              sweep/nanogpt.py has no nanoGPT numbers for (GPU_CHECK_ACCEPT_BASELINE=auto; 1 or
-#              0 to force), as nanoGPT's GPT (--arch nanogpt, the same-card baseline); then the
-#              six with the loss in chunks of GPU_CHECK_ACCEPT_CHUNK (8192); last the CUDA run
-#              test (MFU logged). On an H200 (2026-12-04) a shape took 36-94 s, compile included.
+#              0 to force), as nanoGPT's GPT (--arch nanogpt, the same-card baseline), and at
+#              GPU_CHECK_ACCEPT_ATTENTION_SHAPES (the three smallest) with the loss as attention
+#              (--loss-attention, profiled); then that loss at the other shapes, the six with the
+#              loss in chunks of GPU_CHECK_ACCEPT_CHUNK (8192), last the CUDA run test (MFU
+#              logged). On an H200 (2026-12-04) a shape took 36-94 s, compile included.
 #              Resumable: a rerun on the same (warm) machine skips what is done (state in
 #              .gpu_check/, compile caches in .gpu_cache/, both git-ignored and kept there
-#              between calls; delete .gpu_check/ to start over)       ~8 min, ~14 with a baseline
+#              between calls; delete .gpu_check/ to start over)   ~10 min to the first pass's end
 #   tests      nvidia-smi, versions, imports, the CUDA tests (-k), then sweep.train on the synthetic
 #              corpus plain and under 1-GPU torchrun, with both tokens/s          ~5-6 min
 #   reference  sweep.bench --shapes reference (6 shapes)                          ~4-6 min
@@ -88,9 +90,12 @@ COMPILE_MODES=${GPU_CHECK_COMPILE_MODES-max-autotune-no-cudagraphs}
 COPIES=${GPU_CHECK_COPIES-2 4}
 ACCEPT_CHUNK=${GPU_CHECK_ACCEPT_CHUNK:-8192}
 ACCEPT_SHAPES=${GPU_CHECK_ACCEPT_SHAPES:-4,128,2 6,256,4 8,384,6 12,512,8 12,768,12 24,1024,16}
+# Where the loss as attention (--loss-attention) is timed in the first pass, beside the plain loss:
+# the small widths, where the head and loss weigh most; the other shapes get it in the second
+ACCEPT_ATTENTION_SHAPES=${GPU_CHECK_ACCEPT_ATTENTION_SHAPES-4,128,2 6,256,4 8,384,6}
 # First the acceptance's correctness test; the bf16 run that logs MFU (Hydra, data, a compile:
 # about a minute) comes after the benches
-ACCEPT_PYTEST_K=${GPU_CHECK_ACCEPT_PYTEST_K:-compiled_bf16_step_matches}
+ACCEPT_PYTEST_K=${GPU_CHECK_ACCEPT_PYTEST_K:-compiled_bf16_step_matches or attention_loss_on_cuda}
 ACCEPT_LATE_PYTEST_K=${GPU_CHECK_ACCEPT_LATE_PYTEST_K:-cuda_run_uses_bf16}
 PYTEST_K=${GPU_CHECK_PYTEST_K:-cuda or gpu or bf16 or compiled}
 SUITE_ARGS=${GPU_CHECK_SUITE_ARGS:--n 8}
@@ -243,14 +248,19 @@ stage_accept() {
   echo "=== nanoGPT's GPT timed here: $( ((baseline)) && echo yes || echo "no: sweep/nanogpt.py" \
     "has its numbers for this card, or GPU_CHECK_ACCEPT_BASELINE=0")"
   # Two passes. First, shape by shape, what the goals need: this project's GPT as it trains by
-  # default (the plain loss), with a profile of where its time goes, then the baseline where it
-  # is needed; so a call stopped midway still has whole comparisons, and all six come before
-  # anything optional. Then the loss in chunks at every shape: the A/B for
-  # train.loss_chunk_tokens (slower than the plain loss at 4x128 on an H200, 2026-12-04).
+  # default (the plain loss), with a profile of where its time goes, the baseline where it is
+  # needed, and at the small widths the loss as attention (profiled too), the candidate for the
+  # 1.3x there; so a call stopped midway still has whole comparisons. Then the loss as attention
+  # at the other shapes, and in chunks at every shape (the chunks were slower than the plain loss
+  # at 4x128 on an H200, 2026-12-04).
   for shape in $ACCEPT_SHAPES; do
     accept_unit "$shape" plain --profile "$PROFILE_ROWS"
     ((baseline)) && accept_unit "$shape" nanogpt --arch nanogpt
+    if [[ " $ACCEPT_ATTENTION_SHAPES " == *" $shape "* ]]; then
+      accept_unit "$shape" attention --loss-attention --profile "$PROFILE_ROWS"
+    fi
   done
+  for shape in $ACCEPT_SHAPES; do accept_unit "$shape" attention --loss-attention; done
   for shape in $ACCEPT_SHAPES; do
     accept_unit "$shape" "chunk$ACCEPT_CHUNK" --loss-chunk-tokens "$ACCEPT_CHUNK"
   done

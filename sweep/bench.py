@@ -87,16 +87,21 @@ def shape_failure(
     protocol: Protocol,
     loss_chunk_tokens: int | None,
     err: Exception,
+    loss_attention: bool = False,
 ) -> str:
     """One line saying which shape failed, why, and what to change."""
     if isinstance(err, BenchFailed):
         return str(err)  # it names the shape already
     label = f"{name} ({shape[0]},{shape[1]},{shape[2]})"
     # The protocol allows no gradient accumulation, so the fixes are a smaller head or more memory
-    smaller = ("fuse the head and loss with --loss-chunk-tokens 4096" if loss_chunk_tokens is None
-               else f"use smaller chunks than --loss-chunk-tokens {loss_chunk_tokens}")
+    if loss_attention:  # the head and loss hold no logits already
+        smaller = ""
+    elif loss_chunk_tokens is None:
+        smaller = "fuse the head and loss with --loss-chunk-tokens 4096 or "
+    else:
+        smaller = f"use smaller chunks than --loss-chunk-tokens {loss_chunk_tokens} or "
     return (f"{label} ran out of device memory at {protocol.batch_size} sequences of "
-            f"{protocol.seq_len} tokens: {smaller} or use a device with more memory")
+            f"{protocol.seq_len} tokens: {smaller}use a device with more memory")
 
 
 def release_memory(device: torch.device) -> None:
@@ -144,6 +149,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--loss-chunk-tokens", type=int, default=None, metavar="N",
                    help="fuse the output head and the loss over chunks of N tokens, as "
                         "train.loss_chunk_tokens=N (default: the plain head and loss)")
+    p.add_argument("--loss-attention", action="store_true",
+                   help="the output head and the loss as two fused attention calls, as "
+                        "train.loss_attention=true (the logits never written out)")
     p.add_argument("--peak-flops", type=float, default=None,
                    help="the device's peak FLOP/s for MFU (default: the known-device table)")
     p.add_argument("--profile", type=int, default=0, metavar="ROWS",
@@ -180,6 +188,9 @@ def argument_problem(args: argparse.Namespace) -> str | None:
     if args.loss_chunk_tokens is not None and args.loss_chunk_tokens < 1:
         return (f"--loss-chunk-tokens={args.loss_chunk_tokens} must be a positive number of "
                 "tokens: leave it out for the plain head and loss")
+    if args.loss_attention and args.loss_chunk_tokens is not None:
+        return (f"--loss-attention and --loss-chunk-tokens={args.loss_chunk_tokens} are two ways "
+                "to fuse the head and loss: give one")
     if args.profile < 0:
         return f"--profile={args.profile} must be a number of rows (0: no profile)"
     if not args.out.parent.is_dir():
@@ -192,6 +203,7 @@ def argument_problem(args: argparse.Namespace) -> str | None:
     if args.arch == "nanogpt":
         # The baseline is nanoGPT's own step: one run, torch.compile's default, the plain loss
         for flag, value, off in (("--loss-chunk-tokens", args.loss_chunk_tokens, None),
+                                 ("--loss-attention", args.loss_attention, False),
                                  ("--compile-mode", args.compile_mode, None),
                                  ("--copies", args.copies, 1)):
             if value != off:
@@ -238,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     shapes = named_shapes(which, shapes)
     compile_label = f"{hw.compile}" + (f" {args.compile_mode}" if args.compile_mode else "")
     loss_label = (f"fused in chunks of {args.loss_chunk_tokens} tokens"
-                  if args.loss_chunk_tokens else "plain")
+                  if args.loss_chunk_tokens else "as attention" if args.loss_attention
+                  else "plain")
     arch_label = "nanoGPT's GPT" if args.arch == "nanogpt" else "this project's GPT"
     print(f"{arch_label} on {hw.device_name} ({hw.precision}, compile {compile_label}, loss "
           f"{loss_label}), torch {torch.__version__}; {protocol}")
@@ -252,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         "arch": args.arch,
         "device": hw.device_name, "precision": hw.precision, "compile": hw.compile,
         "compile_mode": args.compile_mode, "loss_chunk_tokens": args.loss_chunk_tokens,
+        "loss_attention": args.loss_attention,
         "copies": args.copies,
         "peak_flops": hw.peak_flops, "torch": torch.__version__,
         "python": platform.python_version(),
@@ -263,14 +277,16 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if args.copies > 1:
                 rows.append(measure_copies(name, shape, protocol, hw, args.copies,
-                                           args.loss_chunk_tokens, args.arch))
+                                           args.loss_chunk_tokens, args.arch,
+                                           args.loss_attention))
             else:
                 rows.append(measure(name, shape, protocol, hw, args.loss_chunk_tokens,
-                                    args.profile, args.arch))
+                                    args.profile, args.arch, args.loss_attention))
         except Exception as err:  # a failed shape or out of memory; the rest re-raise
             if not isinstance(err, BenchFailed) and not out_of_memory(err):
                 raise
-            failure = shape_failure(name, shape, protocol, args.loss_chunk_tokens, err)
+            failure = shape_failure(name, shape, protocol, args.loss_chunk_tokens, err,
+                                    args.loss_attention)
         if failure is None:
             print(format_table(rows)[-1], flush=True)
             if rows[-1].profile:

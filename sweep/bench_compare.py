@@ -2,8 +2,9 @@
 by side, shape by shape, as a Markdown table for BENCHMARKS.md, with the best variant's ratio to
 nanoGPT and this project's throughput goals (`--check-goals` exits 1 when one is missed).
 
-Each file holds one variant (plain or chunked loss, a compile mode, copies, or nanoGPT's GPT timed
-by `sweep.bench --arch nanogpt`), at some shapes: files of one variant at other shapes are merged.
+Each file holds one variant (the loss plain, in chunks or as attention, a compile mode, copies, or
+nanoGPT's GPT timed by `sweep.bench --arch nanogpt`), at some shapes: files of one variant at other
+shapes are merged.
 They must share the device, torch release, protocol, precision and MFU peak, or the comparison
 would mean nothing.
 nanoGPT's numbers are the ones timed on this card when given, else sweep/nanogpt.py's for the
@@ -55,7 +56,9 @@ def _label(report: dict[str, Any]) -> str:
     if report.get("arch") == "nanogpt":
         return f"nanoGPT's GPT, {compile_}"
     chunk = report.get("loss_chunk_tokens")
-    label = f"{compile_}, loss {'chunks of ' + str(chunk) if chunk else 'plain'}"
+    loss = ("chunks of " + str(chunk) if chunk else "as attention" if report.get("loss_attention")
+            else "plain")
+    label = f"{compile_}, loss {loss}"
     copies = report.get("copies", 1)
     return label + (f", {copies} copies together" if copies > 1 else "")
 

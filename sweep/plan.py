@@ -196,6 +196,19 @@ def _check_train(train: DictConfig, model: GPTConfig) -> None:
             f"train.loss_chunk_tokens={chunk!r} must be a positive integer (tokens per chunk of "
             "the fused head and loss) or null (the plain head and loss)"
         )
+    attention = train.loss_attention
+    if not isinstance(attention, bool):
+        raise ConfigError(f"train.loss_attention={attention!r} must be true or false")
+    if attention and chunk is not None:
+        raise ConfigError(
+            f"train.loss_attention=true and train.loss_chunk_tokens={chunk} are two ways to fuse "
+            "the head and loss: set loss_chunk_tokens=null or loss_attention=false"
+        )
+    if attention and model.bias:
+        raise ConfigError(
+            "train.loss_attention=true needs an output head without bias: set model.bias=false "
+            "or train.loss_attention=false"
+        )
     if train.data_parallel not in ("ddp", "fsdp"):
         raise ConfigError(
             f"train.data_parallel={train.data_parallel!r} is unknown: use ddp (replicated) or "
@@ -264,15 +277,17 @@ def _evaluation(eval_cfg: DictConfig) -> dict[str, int]:
 
 
 # Where and how fast a run trains: not part of its identity (the run id)
-_TRAIN_COSMETIC = ("micro_batch_size", "min_micro_batch_size", "loss_chunk_tokens", "data_parallel",
-                   "device", "precision", "compile", "compile_mode", "peak_flops")
+_TRAIN_COSMETIC = ("micro_batch_size", "min_micro_batch_size", "loss_chunk_tokens",
+                   "loss_attention", "data_parallel", "device", "precision", "compile",
+                   "compile_mode", "peak_flops")
 
 
 def _train_identity(train: DictConfig) -> dict[str, Any]:
     """train.* as part of the run's identity, which is the science: shape, data, budget,
-    optimisation and evaluation, not the device, precision, compile, micro-batching, loss chunking
-    or logging. The caller adds the hyperparameters the run resolved to, not the nulls or rule
-    constants that chose them: a pinned value and a rule that land on one number are one run."""
+    optimisation and evaluation, not the device, precision, compile, micro-batching, how the loss
+    is fused, or logging. The caller adds the hyperparameters the run resolved to, not the nulls or
+    rule constants that chose them: a pinned value and a rule that land on one number are one
+    run."""
     identity = {k: v for k, v in OmegaConf.to_container(train).items()
                 if k not in _TRAIN_COSMETIC}
     # Every run from before train.windows existed read random windows: `random` stays out of the

@@ -144,12 +144,14 @@ def _timed(
     profile_rows: int,
     before_timing: Callable[[], object],
     arch: str,
+    loss_attention: bool = False,
 ) -> tuple[Row, float, float]:
     """measure(), also returning the timed window's ends on time.monotonic(), which every
     process of the machine shares; before_timing() runs between the warm-up and the window."""
     config = model_config(shape, protocol, arch)
     torch.manual_seed(0)
-    model = GPT(config, loss_chunk_tokens=loss_chunk_tokens).to(hw.device)
+    model = GPT(config, loss_chunk_tokens=loss_chunk_tokens,
+                loss_attention=loss_attention).to(hw.device)
     step_model = hw.compiled(model)
     optimizer = build_optimizer(model, **OPTIMIZER, fused=hw.device.type == "cuda")
     tokens = torch.randint(protocol.vocab_size, (protocol.batch_size, protocol.seq_len + 1),
@@ -199,12 +201,13 @@ def measure(
     loss_chunk_tokens: int | None = None,
     profile_rows: int = 0,
     arch: str = "project",
+    loss_attention: bool = False,
 ) -> Row:
     """Time the training step (forward, backward, clip, AdamW) of one shape on random tokens,
-    compiled as hw says; loss_chunk_tokens as train.loss_chunk_tokens; arch one of ARCHES.
+    compiled as hw says; loss_chunk_tokens and loss_attention as train.*; arch one of ARCHES.
     profile_rows > 0: then profile three more steps and keep that many top ops by device time."""
     return _timed(name, shape, protocol, hw, loss_chunk_tokens, profile_rows,
-                  before_timing=lambda: None, arch=arch)[0]
+                  before_timing=lambda: None, arch=arch, loss_attention=loss_attention)[0]
 
 
 def _profile(train_step: Callable[[], torch.Tensor], hw: Hardware, rows: int) -> str:
@@ -230,13 +233,13 @@ def _copy(
     results: multiprocessing.Queue,
 ) -> None:
     """One copy's process: warm up, wait for every copy, time; reports (index, result or why)."""
-    name, shape, protocol, hw, loss_chunk_tokens, arch = args
+    name, shape, protocol, hw, loss_chunk_tokens, arch, loss_attention = args
     try:
         # TF32 and the like are per process: resolve the hardware again here.
         hw = resolve_hardware(str(hw.device), hw.precision, hw.compile, hw.peak_flops,
                               hw.compile_mode)
         results.put((index, _timed(name, shape, protocol, hw, loss_chunk_tokens, 0,
-                                   barrier.wait, arch)))
+                                   barrier.wait, arch, loss_attention)))
     except threading.BrokenBarrierError:
         results.put((index, ANOTHER_FAILED))
     except Exception as exc:  # reported to the parent, which names it in one line
@@ -253,6 +256,7 @@ def measure_copies(
     copies: int,
     loss_chunk_tokens: int | None = None,
     arch: str = "project",
+    loss_attention: bool = False,
 ) -> Row:
     """Train `copies` copies of one shape at once on the device, each in its own process (as a
     sweep running several runs per GPU does); they start timing together, after every copy's
@@ -261,7 +265,7 @@ def measure_copies(
     context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
     barrier = context.Barrier(copies)
     results = context.Queue()
-    args = (name, shape, protocol, hw, loss_chunk_tokens, arch)
+    args = (name, shape, protocol, hw, loss_chunk_tokens, arch, loss_attention)
     workers = [context.Process(target=_copy, args=(i, args, barrier, results), daemon=True)
                for i in range(copies)]
     for worker in workers:

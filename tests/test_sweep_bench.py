@@ -106,6 +106,20 @@ def test_without_a_known_peak_mfu_is_null_not_a_guess(tmp_path):
         assert "aten::mm" in r["profile"] and r["profile"] in result.stdout
 
 
+def test_the_loss_as_attention_is_timed_and_recorded(tmp_path):
+    out = tmp_path / "bench.json"
+    result = bench_without_extras("--device", "cpu", "--tiny", "--shape", "2,64,2",
+                                  "--loss-attention", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("this project's GPT on cpu (fp32, compile False, loss as "
+                                    "attention)")
+    report = json.loads(out.read_text())
+    assert (report["loss_attention"], report["loss_chunk_tokens"]) == (True, None)
+    [row] = report["rows"]
+    # random tokens: ln 512 = 6.24 at the start, a little below after 5 steps on one batch
+    assert row["tokens_per_s"] > 0 and 5.0 < row["loss"] < 6.24
+
+
 @pytest.mark.parametrize(("args", "line"), [
     (["--device", "tpu"], "error: --device='tpu' is not a device"),
     (["--device", "cpu", "--loss-chunk-tokens", "0"],
@@ -124,6 +138,11 @@ def test_without_a_known_peak_mfu_is_null_not_a_guess(tmp_path):
     (["--device", "cpu", "--arch", "nanogpt", "--loss-chunk-tokens", "512"],
      "error: --loss-chunk-tokens=512 is not nanoGPT's step, which --arch nanogpt times as it "
      "is: leave out --loss-chunk-tokens there"),
+    (["--device", "cpu", "--arch", "nanogpt", "--loss-attention"],
+     "error: --loss-attention=True is not nanoGPT's step"),
+    (["--device", "cpu", "--loss-attention", "--loss-chunk-tokens", "512"],
+     "error: --loss-attention and --loss-chunk-tokens=512 are two ways to fuse the head and "
+     "loss: give one"),
     (["--device", "cpu", "--arch", "nanogpt", "--compile", "true", "--compile-mode",
       "max-autotune"], "error: --compile-mode=max-autotune is not nanoGPT's step"),
     (["--device", "cpu", "--arch", "nanogpt", "--copies", "2"],
@@ -233,16 +252,22 @@ def test_ladder_shapes_are_the_model_presets_smallest_first():
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("loss_chunk_tokens", [None, 3000])  # 3000: chunks of uneven size
-def test_compiled_bf16_step_matches_the_float32_eager_step(loss_chunk_tokens):
+@pytest.mark.parametrize(("d_model", "loss"), [
+    (256, {}),
+    (256, {"loss_chunk_tokens": 3000}),  # 3000: chunks of uneven size
+    (128, {"loss_attention": True}),  # cuDNN's kernels on a Hopper GPU, else flash
+    (256, {"loss_attention": True}),  # the flash kernels
+    (384, {"loss_attention": True}),  # wider than they take: the memory-efficient kernels
+])
+def test_compiled_bf16_step_matches_the_float32_eager_step(d_model, loss):
     """The CUDA training step (torch.compile, bf16 autocast) gives the float32 eager loss and
-    gradients on the same batch, within bf16 tolerance."""
-    config = GPTConfig(n_layer=4, d_model=256, n_head=4, vocab_size=32768, max_seq_len=1024,
+    gradients on the same batch, within bf16 tolerance, whichever way the head and loss run."""
+    config = GPTConfig(n_layer=4, d_model=d_model, n_head=4, vocab_size=32768, max_seq_len=1024,
                        positions="rope", tie_embeddings=False, bias=False, mlp_ratio=4,
                        dropout=0.0, init_std=0.02)
     torch.manual_seed(0)
     eager = GPT(config).cuda()
-    fast = GPT(config, loss_chunk_tokens=loss_chunk_tokens).cuda()
+    fast = GPT(config, **loss).cuda()
     fast.load_state_dict(eager.state_dict())
     tokens = torch.randint(32768, (8, 1025), device="cuda")
     xs, ys = tokens[:, :-1], tokens[:, 1:]

@@ -16,7 +16,8 @@ H100 = "NVIDIA H100 80GB HBM3"
 
 
 def write_report(path: Path, ratios: dict, *, chunk=None, device=H100, mfu_302m=0.52,
-                 failed=(), copies=1, arch=None, date=None, table=REFERENCE) -> Path:
+                 failed=(), copies=1, arch=None, date=None, table=REFERENCE,
+                 attention=False) -> Path:
     """A sweep.bench JSON whose rows run at `ratios` x nanoGPT's tokens/s (table), shape by
     shape; its rows carry that reference where sweep.nanogpt has numbers for the device."""
     rows = []
@@ -34,7 +35,8 @@ def write_report(path: Path, ratios: dict, *, chunk=None, device=H100, mfu_302m=
                 for s in failed]
     path.write_text(json.dumps({
         "device": device, "torch": "2.11.0+cu128", "protocol": PROTOCOL, "compile": True,
-        "compile_mode": None, "loss_chunk_tokens": chunk, "copies": copies, "rows": rows,
+        "compile_mode": None, "loss_chunk_tokens": chunk, "loss_attention": attention,
+        "copies": copies, "rows": rows,
         "failed": failures, "pending": [], **({"arch": arch} if arch else {}),
         **({"date": date} if date else {}),
     }))
@@ -148,6 +150,18 @@ def test_a_card_with_measured_nanogpt_numbers_needs_no_baseline_run(tmp_path, ca
     assert main([str(baseline), str(ours), "--check-goals"]) == 1
     assert capsys.readouterr().out.splitlines()[4] == (
         "| nanogpt-0 | 4,128,2 | 5.319M | 5.425M | **7.181M** | 1.32x | 30.0% | ≥1.30x met |")
+
+
+def test_the_loss_as_attention_is_a_variant_of_its_own(tmp_path, capsys):
+    plain = write_report(tmp_path / "plain.json", dict.fromkeys(SMALL, 1.0))
+    attention = write_report(tmp_path / "attention.json", dict.fromkeys(SMALL, 1.4),
+                             attention=True)
+    assert main([str(plain), str(attention), "--check-goals"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[2].startswith("| shape | L,d,h | nanoGPT table | compile, loss plain | compile, "
+                             "loss as attention | best / nanoGPT |")
+    assert out[4] == ("| nanogpt-0 | 4,128,2 | 3.720M | 3.720M | **5.208M** | 1.40x | 30.0% | "
+                      "≥1.30x met |")
 
 
 def test_files_of_one_variant_at_other_shapes_are_merged(tmp_path, capsys):

@@ -4,6 +4,7 @@ The run id hashes what the run resolved to (shape, data, tokens, hyperparameters
 """
 
 import dataclasses
+import re
 
 import pytest
 from omegaconf import OmegaConf
@@ -131,6 +132,21 @@ def test_target_params_refuses_pinned_shape_keys(synthetic_root):
         plan_run(cfg, overrides=["model.target_params=5e6", "model.n_layer=4"])
 
 
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["train.loss_attention=yes"], "train.loss_attention='yes' must be true or false"),
+    (["train.loss_attention=true", "train.loss_chunk_tokens=512"],
+     "train.loss_attention=true and train.loss_chunk_tokens=512 are two ways to fuse the head and "
+     "loss: set loss_chunk_tokens=null or loss_attention=false"),
+    (["train.loss_attention=true", "model.bias=true"],
+     "train.loss_attention=true needs an output head without bias: set model.bias=false or "
+     "train.loss_attention=false"),
+])
+def test_attention_loss_settings_no_run_can_use_are_refused(synthetic_root, overrides, message):
+    cfg = compose_train(synthetic_root, "budget.tokens=2e4", *overrides)
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        plan_run(cfg, overrides)
+
+
 def test_rules_choose_lr_batch_and_warmup_and_the_record_says_so(synthetic_root):
     plan = plan_run(compose_train(synthetic_root, *RULES, "budget.tokens=1e5"))
     # gpt_1m: N = 1,328,448, C = 6 N 1e5 = 7.97e11. LR 0.3118 C^-0.125 = 1.01e-2, clamped to 3e-3;
@@ -194,7 +210,8 @@ RUN_CHANGES = [
     "eval.tokens=16384", "eval.points=4", "eval.batch_size=16",
 ]
 COSMETIC = [
-    "train.micro_batch_size=4", "train.loss_chunk_tokens=256", "train.device=cpu",
+    "train.micro_batch_size=4", "train.loss_chunk_tokens=256", "train.loss_attention=true",
+    "train.device=cpu",
     "train.precision=fp32", "train.compile=false",
     "train.compile=true train.compile_mode=max-autotune",  # a mode needs compile on
     "train.peak_flops=1e12", "logging.interval=3", "logging.progress=true",

@@ -38,10 +38,12 @@ def test_the_bench_steps_with_the_optimizer_settings_of_train_yaml(synthetic_roo
         train.weight_decay, (train.beta1, train.beta2), train.eps, train.grad_clip)
 
 
-def test_the_chunked_loss_times_the_same_training():
+def test_the_fused_losses_time_the_same_training():
     plain = measure("tiny", TINY_SHAPES[0], TINY, CPU)
     chunked = measure("tiny", TINY_SHAPES[0], TINY, CPU, loss_chunk_tokens=100)
+    attention = measure("tiny", TINY_SHAPES[0], TINY, CPU, loss_attention=True)
     assert chunked.loss == pytest.approx(plain.loss, rel=1e-5)  # 5 AdamW steps, same batches
+    assert attention.loss == pytest.approx(plain.loss, rel=1e-5)
 
 
 def test_nanogpts_architecture_is_learned_positions_and_a_tied_head_with_the_same_blocks():

@@ -326,20 +326,23 @@ def test_sequential_windows_train_on_the_split_in_order(synthetic_root, monkeypa
     assert summary["val_loss"] < first["val_loss"] - 0.5  # it learned from those windows
 
 
-def test_chunked_loss_trains_the_same_run(synthetic_root):
-    """train.loss_chunk_tokens changes how the loss is computed, not the run: same run id, the
-    same learning curve up to float32 rounding."""
+def test_fused_losses_train_the_same_run(synthetic_root):
+    """train.loss_chunk_tokens and train.loss_attention change how the loss is computed, not the
+    run: same run id, the same learning curve up to float32 rounding."""
     summaries, curves = [], []
-    for experiment, chunk in (("plain", "null"), ("chunked", "300")):  # 300: not a divisor
-        plan = plan_run(tiny_cfg(synthetic_root, experiment, f"train.loss_chunk_tokens={chunk}"))
+    for experiment, override in (("plain", "train.loss_chunk_tokens=null"),
+                                 ("chunked", "train.loss_chunk_tokens=300"),  # not a divisor
+                                 ("attention", "train.loss_attention=true")):
+        plan = plan_run(tiny_cfg(synthetic_root, experiment, override))
         summaries.append(start_module.run(plan))
         curves.append([json.loads(line)["val_loss"]
                        for line in (plan.run_dir / "metrics.jsonl").read_text().splitlines()])
-    plain, chunked = summaries
-    assert plain["run_id"] == chunked["run_id"] and chunked["status"] == "finished"
-    assert chunked["val_loss"] < curves[1][0] - 0.3  # it learned
-    np.testing.assert_allclose(curves[1], curves[0], rtol=1e-4)
-    assert chunked["train_loss"] == pytest.approx(plain["train_loss"], rel=1e-4)
+    plain = summaries[0]
+    for fused, curve in zip(summaries[1:], curves[1:], strict=True):
+        assert plain["run_id"] == fused["run_id"] and fused["status"] == "finished"
+        assert fused["val_loss"] < curve[0] - 0.3  # it learned
+        np.testing.assert_allclose(curve, curves[0], rtol=1e-4)
+        assert fused["train_loss"] == pytest.approx(plain["train_loss"], rel=1e-4)
 
 
 DEVICE_READS = ("item", "tolist", "__float__", "__int__", "__bool__", "numpy", "cpu")

@@ -1,0 +1,148 @@
+"""The output head and cross-entropy as two calls of the fused attention kernels (cuDNN, flash or
+memory-efficient), so the [tokens, vocab] logits are made tile by tile on chip, never written out.
+
+Cross-entropy is softmax attention with scale 1: the tokens' hidden states query the head's rows
+(keys and values), and attention returns each token's log-sum-exp over the vocabulary, which the
+loss needs, and sum_v p_iv w_v, the softmax's part of the hidden state's gradient. The weight's
+gradient, sum_i p_iv h_i, is attention the other way: the head's rows query the tokens, whose
+values carry exp(-lse_i); that output, times exp of its own log-sum-exp, is the sum.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from models.loss import _compute_dtype, scaled_gradients
+
+# The widest head dim each CUDA kernel takes in this project's use, with the oldest GPU (compute
+# capability) it runs on; the first that fits is used, as SDPA would choose (cuDNN's is the
+# fastest on Hopper). float32, or anything wider: the memory-efficient kernels (slower).
+CUDNN_MAX_DIM, CUDNN_MIN_CAPABILITY = 128, 9
+FLASH_MAX_DIM, FLASH_MIN_CAPABILITY = 256, 8
+
+
+def cuda_kernel(dtype: torch.dtype, dim: int, capability: int) -> str:
+    """'cudnn', 'flash' or 'efficient': the CUDA attention kernel for inputs of this dtype and head
+    dim on a GPU of this compute capability (major version)."""
+    if dtype in (torch.bfloat16, torch.float16) and dim % 8 == 0:
+        if dim <= CUDNN_MAX_DIM and capability >= CUDNN_MIN_CAPABILITY:
+            return "cudnn"
+        if dim <= FLASH_MAX_DIM and capability >= FLASH_MIN_CAPABILITY:
+            return "flash"
+    return "efficient"
+
+
+# exp(x) is finite in float32 for x < 88.7: with the tokens' log-sum-exps at most this far apart,
+# the weight's gradient stays within range (70 + log(2^20 tokens) < 88). Language models'
+# log-sum-exps lie within a few tens of nats of each other; farther means a diverged run.
+MAX_LSE_SPREAD = 140.0
+LSE_SPREAD_MESSAGE = (
+    "loss_attention: the tokens' log-sum-exps are more than 140 nats apart, beyond what its "
+    "weight gradient can hold in float32: the run has diverged, or set train.loss_attention=false"
+)
+
+
+def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for bf16/fp16/float32 inputs, float64 for float64: what sums are kept in."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(q @ k.T) @ v and the log-sum-exp of each row of q @ k.T (float32, or float64 for
+    float64 inputs), for 2-D [rows, dim] inputs of one dtype, by the device's fused kernel (no
+    [rows, keys] tensor)."""
+    q, k, v = q[None, None], k[None, None], v[None, None]  # one batch, one head
+    rows, dim = q.shape[-2], q.shape[-1]
+    aten = torch.ops.aten
+    if q.device.type == "cpu":
+        out, lse = aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, scale=1.0)
+    else:
+        # dynamo folds get_device_properties to a constant: no graph break
+        kernel = cuda_kernel(q.dtype, dim, torch.cuda.get_device_properties(q.device).major)
+        if kernel == "cudnn":
+            out, lse = aten._scaled_dot_product_cudnn_attention(q, k, v, None, True, 0.0, False,
+                                                                False, scale=1.0)[:2]
+        elif kernel == "flash":
+            out, lse = aten._scaled_dot_product_flash_attention(q, k, v, 0.0, False, False,
+                                                                scale=1.0)[:2]
+        else:
+            out, lse = aten._scaled_dot_product_efficient_attention(q, k, v, None, True, 0.0,
+                                                                    False, scale=1.0)[:2]
+    # [1, 1, rows] or cuDNN's [1, 1, rows, 1]; the memory-efficient kernel pads rows to a
+    # multiple of 32
+    return out[0, 0], lse.reshape(-1)[:rows].to(_accumulate_dtype(q.dtype))
+
+
+def _token_losses(
+    h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
+    """(losses, attention output, log-sum-exps, target rows) of hidden h against head w; the
+    losses in float32 at least."""
+    out, lse = _attention(h, w, w)
+    target_rows = w[targets]
+    # h . w_target from the compute-dtype values the kernel saw, summed in float32 at least
+    acc = lse.dtype
+    losses = lse - (h.to(acc) * target_rows.to(acc)).sum(-1)
+    return losses, out, lse, target_rows
+
+
+class _AttentionCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        targets: torch.Tensor,
+    ) -> torch.Tensor:
+        dtype = _compute_dtype(hidden)
+        with torch.autocast(hidden.device.type, enabled=False):
+            h, w = hidden.to(dtype), weight.to(dtype)
+            losses, out, lse, target_rows = _token_losses(h, w, targets)
+            # d(sum of losses)/dh_i = sum_v p_iv w_v - w_target(i)
+            acc = lse.dtype
+            grad_hidden = (out.to(acc) - target_rows.to(acc)).to(hidden.dtype)
+            # d(sum of losses)/dw_v = sum_i p_iv h_i - (sum of h_i whose target is v); the first
+            # term: the rows of w query the tokens with values h_i exp(shift - lse_i), and the
+            # output times exp(lse'_v - shift) undoes the normalising. The shift, mid-range of
+            # the lse, keeps both factors within float32's (and bf16's) exponent range.
+            top, bottom = lse.max(), lse.min()
+            torch._assert_async(top - bottom <= MAX_LSE_SPREAD, LSE_SPREAD_MESSAGE)
+            shift = (top + bottom) / 2
+            values = (h.to(acc) * torch.exp(shift - lse)[:, None]).to(dtype)
+            out_w, lse_w = _attention(w, h, values)
+            grad_weight = out_w.to(acc) * torch.exp(lse_w - shift)[:, None]
+            grad_weight = grad_weight.index_add(0, targets, h.to(acc), alpha=-1.0)
+        ctx.tokens = hidden.shape[0]
+        ctx.weight_dtype = weight.dtype
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        return losses.sum() / hidden.shape[0]
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, grad_loss: torch.Tensor
+    ) -> tuple[torch.Tensor | None, ...]:
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return (*scaled_gradients(ctx, grad_loss, grad_hidden, grad_weight, None)[:2], None)
+
+
+def attention_cross_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
+    """Mean cross-entropy of `hidden @ weight.T` (a head without bias) against targets, by two
+    attention calls. hidden is [..., d_model], targets the matching [...] ids."""
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    return _AttentionCrossEntropy.apply(flat, weight, targets.reshape(-1))
+
+
+def token_attention_cross_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
+    """Per-token float32 cross-entropy of the head, shaped like targets, by one attention call:
+    for evaluation (no gradients)."""
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    dtype = _compute_dtype(flat)
+    with torch.autocast(flat.device.type, enabled=False):
+        losses = _token_losses(flat.to(dtype), weight.to(dtype), targets.reshape(-1))[0]
+    return losses.view(targets.shape)
