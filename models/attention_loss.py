@@ -5,14 +5,15 @@ Cross-entropy is softmax attention with scale 1: the tokens' hidden states query
 (keys and values), and attention returns each token's log-sum-exp over the vocabulary, which the
 loss needs, and sum_v p_iv w_v, the softmax's part of the hidden state's gradient. The weight's
 gradient, sum_i p_iv h_i, is attention the other way: the head's rows query the tokens, whose
-values carry exp(-lse_i); that output, times exp of its own log-sum-exp, is the sum.
+values carry exp(-lse_i) (shifted into float32's range); that output, times exp of its own
+log-sum-exp, is the sum.
 """
 
 from __future__ import annotations
 
 import torch
 
-from models.loss import _compute_dtype, scaled_gradients
+from models.loss import compute_dtype, scaled_gradients
 
 # The widest head dim each CUDA kernel takes in this project's use, with the oldest GPU (compute
 # capability) it runs on; the first that fits is used, as SDPA would choose (cuDNN's is the
@@ -96,7 +97,7 @@ class _AttentionCrossEntropy(torch.autograd.Function):
         weight: torch.Tensor,
         targets: torch.Tensor,
     ) -> torch.Tensor:
-        dtype = _compute_dtype(hidden)
+        dtype = compute_dtype(hidden)
         with torch.autocast(hidden.device.type, enabled=False):
             h, w = hidden.to(dtype), weight.to(dtype)
             losses, out, lse, target_rows = _token_losses(h, w, targets)
@@ -142,7 +143,7 @@ def token_attention_cross_entropy(
     """Per-token float32 cross-entropy of the head, shaped like targets, by one attention call:
     for evaluation (no gradients)."""
     flat = hidden.reshape(-1, hidden.shape[-1])
-    dtype = _compute_dtype(flat)
+    dtype = compute_dtype(flat)
     with torch.autocast(flat.device.type, enabled=False):
         losses = _token_losses(flat.to(dtype), weight.to(dtype), targets.reshape(-1))[0]
     return losses.view(targets.shape)

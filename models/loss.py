@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype autocast would give the head's matmul here (x's own dtype outside autocast)."""
     device = x.device.type
     if torch.is_autocast_enabled(device):
@@ -29,7 +29,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         targets: torch.Tensor,
         chunk_tokens: int,
     ) -> torch.Tensor:
-        dtype = _compute_dtype(hidden)
+        dtype = compute_dtype(hidden)
         # Casts done once, not per chunk; autocast is switched off below so that every dtype is
         # the one written here.
         w = weight.to(dtype)

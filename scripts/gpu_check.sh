@@ -25,7 +25,7 @@
 #              Every bench step passes --profile GPU_CHECK_PROFILE_ROWS (25): after timing a shape
 #              it profiles 3 more steps and prints (and keeps in the JSON) the top ops by device time.
 #   baseline   reference shapes as nanoGPT's GPT (--arch nanogpt): the goals' baseline on a card
-#              other than the H100 of nanoGPT's table (an H200, say)           ~4-6 min
+#              other than the H100 or H200 of sweep/nanogpt.py (an A100, say)   ~4-6 min
 #   chunk      reference shapes with --loss-chunk-tokens N for N in GPU_CHECK_CHUNKS (8192 16384)
 #              (~2-4 min each after `reference` in the same call: Triton kernels come from cache)
 #   autotune   reference shapes with --compile-mode M for M in GPU_CHECK_COMPILE_MODES
@@ -38,7 +38,8 @@
 # After the stages, sweep.bench_compare --check-goals goes over every bench-reference*.json in
 # $WORK, and apart over every bench-accept-*.json: each a table of the variants per shape, the best
 # against nanoGPT (timed here when an --arch nanogpt result is among them, else sweep/nanogpt.py's
-# numbers for the card: H100, H200), and the goals met or missed (also in $WORK/compare-reference.md, compare-accept.md).
+# numbers for the card: H100, H200), and the goals met or missed (also in
+# $WORK/compare-reference.md, compare-accept.md).
 # A task lent a device gets 15 device minutes in all, machine starts (1-2 min) and idle waits
 # (30 s after each call) included, so plan two calls, both `timeout_s: 600, carry: [".whl"]`:
 #   1. bash scripts/gpu_check.sh accept
