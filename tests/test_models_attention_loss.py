@@ -16,7 +16,12 @@ from models.attention_loss import (
     token_attention_cross_entropy,
 )
 from tests.helpers import gpt_config
-from tests.test_models_loss import LargestTensor, grads, leaves
+from tests.test_models_loss import (
+    LargestTensor,
+    assert_compiled_matches_eager,
+    grads,
+    leaves,
+)
 
 
 def reference(hidden, weight, targets, reduction="mean"):
@@ -131,19 +136,7 @@ def test_gpt_with_attention_loss_trains_and_evaluates_as_the_plain_model(tie):
 # adds the CPU C++ codegen (~15 s), so it runs with the slow tests.
 @pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
 def test_compiled_model_with_attention_loss_matches_eager(backend: str):
-    torch.manual_seed(0)
-    config = gpt_config(n_layer=1, vocab_size=64, bias=False)
-    eager = GPT(config, loss_attention=True)
-    compiled_model = GPT(config, loss_attention=True)
-    compiled_model.load_state_dict(eager.state_dict())
-    idx, targets = torch.randint(64, (2, 24)), torch.randint(64, (2, 24))
-    a = eager(idx, targets)
-    b = torch.compile(compiled_model, backend=backend)(idx, targets)
-    a.backward()
-    b.backward()
-    torch.testing.assert_close(b, a, rtol=1e-5, atol=0)
-    for p, q in zip(eager.parameters(), compiled_model.parameters(), strict=True):
-        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-7)
+    assert_compiled_matches_eager(backend, loss_attention=True)
 
 
 @pytest.mark.parametrize(("dtype", "dim", "capability", "kernel"), [

@@ -5,6 +5,8 @@ training and its chunked per-token losses for evaluation, which never makes the 
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -178,10 +180,16 @@ def test_evaluation_with_chunks_never_makes_the_whole_logits_and_gives_the_same_
 # breaks) in seconds; inductor adds the CPU C++ codegen, ~30 s, so it runs with the slow tests.
 @pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
 def test_compiled_chunked_model_matches_eager(backend: str):
+    assert_compiled_matches_eager(backend, loss_chunk_tokens=16)
+
+
+def assert_compiled_matches_eager(backend: str, **loss: Any) -> None:
+    """A one-layer GPT built with `loss` (GPT's keyword arguments) gives the eager model's loss
+    and gradients when compiled with `backend`."""
     torch.manual_seed(0)
     config = gpt_config(n_layer=1, vocab_size=64)
-    eager = GPT(config, loss_chunk_tokens=16)
-    compiled_model = GPT(config, loss_chunk_tokens=16)
+    eager = GPT(config, **loss)
+    compiled_model = GPT(config, **loss)
     compiled_model.load_state_dict(eager.state_dict())
     idx, targets = torch.randint(64, (2, 24)), torch.randint(64, (2, 24))
     a = eager(idx, targets)
