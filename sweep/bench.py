@@ -207,7 +207,8 @@ def argument_problem(args: argparse.Namespace) -> str | None:
                                  ("--compile-mode", args.compile_mode, None),
                                  ("--copies", args.copies, 1)):
             if value != off:
-                return (f"{flag}={value} is not nanoGPT's step, which --arch nanogpt times as "
+                given = flag if value is True else f"{flag}={value}"  # a switch, or a value
+                return (f"{given} is not nanoGPT's step, which --arch nanogpt times as "
                         f"it is: leave out {flag} there")
     if args.copies > 1 and args.profile:
         return (f"--profile={args.profile} profiles one process: leave it out with "

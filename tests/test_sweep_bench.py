@@ -139,7 +139,8 @@ def test_the_loss_as_attention_is_timed_and_recorded(tmp_path):
      "error: --loss-chunk-tokens=512 is not nanoGPT's step, which --arch nanogpt times as it "
      "is: leave out --loss-chunk-tokens there"),
     (["--device", "cpu", "--arch", "nanogpt", "--loss-attention"],
-     "error: --loss-attention=True is not nanoGPT's step"),
+     "error: --loss-attention is not nanoGPT's step, which --arch nanogpt times as it is: "
+     "leave out --loss-attention there"),
     (["--device", "cpu", "--loss-attention", "--loss-chunk-tokens", "512"],
      "error: --loss-attention and --loss-chunk-tokens=512 are two ways to fuse the head and "
      "loss: give one"),
