@@ -96,14 +96,15 @@ def test_two_ranks_train_the_single_process_trajectory(single, two_ranks):
     assert [p.name for p in run_dir.glob("checkpoint-*.pt")] == ["checkpoint-00000019.pt"]
 
 
-# 16 s, and CI's 10 minutes are nearly spent: FSDP and the chunked loss each have CI tests
+# 16 s each, and CI's 10 minutes are nearly spent: FSDP and the fused losses each have CI tests
 @pytest.mark.slow
-def test_sharded_ranks_train_with_the_chunked_loss(tmp_path, synthetic_root, single):
-    """FSDP2 gathers the output head's weight for the fused head + loss (models/loss.py) and
-    shards its gradient: the same trajectory as one process's plain loss, to float32 rounding."""
+@pytest.mark.parametrize("fused", ["train.loss_chunk_tokens=300", "train.loss_attention=true"])
+def test_sharded_ranks_train_with_a_fused_loss(tmp_path, synthetic_root, single, fused):
+    """FSDP2 gathers the output head's weight for the fused head + loss (models/loss.py,
+    models/attention_loss.py) and shards its gradient: the same trajectory as one process's plain
+    loss, to float32 rounding."""
     root = linked_root(tmp_path, synthetic_root, "root")
-    result = _run(root, *_torchrun("-m"),
-                  extra=("train.data_parallel=fsdp", "train.loss_chunk_tokens=300"))
+    result = _run(root, *_torchrun("-m"), extra=("train.data_parallel=fsdp", fused))
     assert result.returncode == 0, result.stderr
     run_dir, rows, summary = _record(root)
     assert run_dir.name == single[0].name and summary["data_parallel"] == "fsdp"
