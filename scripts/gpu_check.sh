@@ -200,26 +200,31 @@ stage_reference() { bench reference --shapes reference; }
 
 stage_baseline() { bench reference-nanogpt --shapes reference --arch nanogpt; }
 
-# once_pytest NAME ARGS...: pytest ARGS as step NAME, unless an earlier call on this machine passed
-# it (a failure, collection errors included, runs again and shows again)
+# once_pytest NAME ARGS...: pytest ARGS as step NAME, unless an earlier call on this machine ran it
+# to the end: a failure is not run again (device minutes are few and a rerun says nothing new), but
+# it stays in this call's list of failures; a run stopped at the deadline or skipped runs again.
 once_pytest() {
-  local name=$1
+  local name=$1 rc
   shift
-  if [[ -f $WORK/$name.passed ]]; then
-    echo "=== $name: passed in an earlier call"
+  if [[ -f $WORK/$name.rc ]]; then
+    rc=$(<"$WORK/$name.rc")
+    echo "=== $name: ran in an earlier call, rc=$rc (the details: that call's log, $name.xml)"
+    ((rc == 0)) || FAILED+=("$name(rc=$rc, earlier call)")
     return
   fi
   step "$name" "$PY" -m pytest -q -rs -p no:cacheprovider tests "$@" \
-    --junitxml "$WORK/$name.xml" && touch "$WORK/$name.passed"
+    --junitxml "$WORK/$name.xml"
+  rc=$?
+  if ((rc != 124)) && [[ -f $WORK/$name.xml ]]; then echo "$rc" >"$WORK/$name.rc"; fi
 }
 
-# accept_unit SHAPE VARIANT ARGS...: one shape of one variant in a process of its own, unless an
-# earlier call on this machine did it (a stopped step leaves no JSON, so it runs again).
+# accept_unit SHAPE VARIANT ARGS...: one shape of one variant in a process of its own, unless it
+# was done already, in this call or an earlier one (a stopped step leaves no JSON: it runs again).
 accept_unit() {
   local name="accept-$2-${1//,/x}" shape=$1
   shift 2
   if [[ -s $WORK/bench-$name.json ]]; then
-    echo "=== bench-$name: done in an earlier call"
+    echo "=== bench-$name: done already (its JSON is there)"
     return
   fi
   # shellcheck disable=SC2086  # BENCH_ARGS is a list of flags
@@ -242,7 +247,7 @@ sys.exit(0 if reference_for(torch.cuda.get_device_name())[1] else 1)"
 }
 
 stage_accept() {
-  [[ -f $WORK/pytest-accept.passed ]] || versions
+  [[ -f $WORK/pytest-accept.rc ]] || versions
   once_pytest pytest-accept -k "$ACCEPT_PYTEST_K"
   local shape baseline=0
   baseline_needed && baseline=1
