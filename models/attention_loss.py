@@ -79,14 +79,14 @@ def _attention(
 def _token_losses(
     h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor
 ) -> tuple[torch.Tensor, ...]:
-    """(losses, attention output, log-sum-exps, target rows) of hidden h against head w; the
-    losses in float32 at least."""
+    """(losses, attention output, log-sum-exps, h, target rows) of hidden h against head w; all
+    but the output in float32 at least (the dtype the gradients are summed in)."""
     out, lse = _attention(h, w, w)
-    target_rows = w[targets]
-    # h . w_target from the compute-dtype values the kernel saw, summed in float32 at least
     acc = lse.dtype
-    losses = lse - (h.to(acc) * target_rows.to(acc)).sum(-1)
-    return losses, out, lse, target_rows
+    # h . w_target from the compute-dtype values the kernel saw, summed in float32 at least
+    h_acc, target_rows = h.to(acc), w[targets].to(acc)
+    losses = lse - (h_acc * target_rows).sum(-1)
+    return losses, out, lse, h_acc, target_rows
 
 
 class _AttentionCrossEntropy(torch.autograd.Function):
@@ -100,10 +100,9 @@ class _AttentionCrossEntropy(torch.autograd.Function):
         dtype = compute_dtype(hidden)
         with torch.autocast(hidden.device.type, enabled=False):
             h, w = hidden.to(dtype), weight.to(dtype)
-            losses, out, lse, target_rows = _token_losses(h, w, targets)
+            losses, out, lse, h_acc, target_rows = _token_losses(h, w, targets)
             # d(sum of losses)/dh_i = sum_v p_iv w_v - w_target(i)
-            acc = lse.dtype
-            grad_hidden = (out.to(acc) - target_rows.to(acc)).to(hidden.dtype)
+            grad_hidden = (out.to(lse.dtype) - target_rows).to(hidden.dtype)
             # d(sum of losses)/dw_v = sum_i p_iv h_i - (sum of h_i whose target is v); the first
             # term: the rows of w query the tokens with values h_i exp(shift - lse_i), and the
             # output times exp(lse'_v - shift) undoes the normalising. The shift, mid-range of
@@ -111,10 +110,10 @@ class _AttentionCrossEntropy(torch.autograd.Function):
             top, bottom = lse.max(), lse.min()
             torch._assert_async(top - bottom <= MAX_LSE_SPREAD, LSE_SPREAD_MESSAGE)
             shift = (top + bottom) / 2
-            values = (h.to(acc) * torch.exp(shift - lse)[:, None]).to(dtype)
+            values = (h_acc * torch.exp(shift - lse)[:, None]).to(dtype)
             out_w, lse_w = _attention(w, h, values)
-            grad_weight = out_w.to(acc) * torch.exp(lse_w - shift)[:, None]
-            grad_weight = grad_weight.index_add(0, targets, h.to(acc), alpha=-1.0)
+            grad_weight = out_w.to(lse.dtype) * torch.exp(lse_w - shift)[:, None]
+            grad_weight = grad_weight.index_add(0, targets, h_acc, alpha=-1.0)
         ctx.tokens = hidden.shape[0]
         ctx.weight_dtype = weight.dtype
         ctx.save_for_backward(grad_hidden, grad_weight)
