@@ -33,6 +33,18 @@ def cuda_kernel(dtype: torch.dtype, dim: int, capability: int) -> str:
     return "efficient"
 
 
+def pays(device: torch.device, dtype: torch.dtype, d_model: int) -> bool:
+    """Whether the loss as attention is the faster head and loss on this device, for a model of
+    this width computing in dtype: where it runs on cuDNN's kernel (a Hopper or newer GPU, d_model
+    up to 128). Measured on an H200 (BENCHMARKS.md, 2026-12-04): 1.39x the plain step's tokens/s
+    at 4x128, but 0.87x at 6x256 (flash) and 0.5-0.7x from 8x384 on (memory-efficient), as it
+    does 8 M V d FLOPs against the plain path's 6 M V d."""
+    if device.type != "cuda":
+        return False
+    capability = torch.cuda.get_device_properties(device).major
+    return cuda_kernel(dtype, d_model, capability) == "cudnn"
+
+
 # exp(x) is finite in float32 for x < 88.7: with the tokens' log-sum-exps at most this far apart,
 # the weight's gradient stays within range (70 + log(2^20 tokens) < 88). Language models'
 # log-sum-exps lie within a few tens of nats of each other; farther means a diverged run.

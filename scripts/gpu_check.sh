@@ -9,20 +9,22 @@
 # machine compiles every shape anew, ~30-60 s each; the log prints each step's real time):
 #   accept     issue 7's acceptance in the least device time: versions, the compiled-bf16-vs-fp32
 #              CUDA tests, then nanoGPT's six shapes smallest first, each timed in a process of
-#              its own as this project's GPT (the plain loss, with a profile) and, on a card that
-#              sweep/nanogpt.py has no nanoGPT numbers for (GPU_CHECK_ACCEPT_BASELINE=auto; 1 or
-#              0 to force), as nanoGPT's GPT (--arch nanogpt, the same-card baseline), and at
-#              GPU_CHECK_ACCEPT_ATTENTION_SHAPES (the three smallest) with the loss as attention
-#              (--loss-attention, profiled); then that loss at the other shapes, the six with the
-#              loss in chunks of GPU_CHECK_ACCEPT_CHUNK (8192), last the CUDA run test (MFU
-#              logged). On an H200 (2026-12-04) a shape took 36-94 s, compile included.
+#              its own as this project's GPT trains by default (the loss train.loss_attention=auto
+#              picks, with a profile) and, on a card that sweep/nanogpt.py has no nanoGPT numbers
+#              for (GPU_CHECK_ACCEPT_BASELINE=auto; 1 or 0 to force), as nanoGPT's GPT (--arch
+#              nanogpt, the same-card baseline); then nanoGPT's GPT profiled at
+#              GPU_CHECK_ACCEPT_NANOGPT_PROFILE_SHAPES (12,768,12), the CUDA run test (MFU
+#              logged), CUDA graphs (--compile-mode reduce-overhead) at GPU_CHECK_ACCEPT_GRAPH_SHAPES
+#              (the three smallest), autotuned kernels (max-autotune-no-cudagraphs) at
+#              GPU_CHECK_ACCEPT_AUTOTUNE_SHAPES (the three largest, largest first). On an H200
+#              (2026-12-04) a shape took 27-79 s with the default compile, its compile included.
 #              Resumable: a rerun on the same (warm) machine skips what is done (state in
 #              .gpu_check/, compile caches in .gpu_cache/, both git-ignored and kept there
 #              between calls; delete .gpu_check/ to start over)   ~10 min to the first pass's end
 #   tests      nvidia-smi, versions, imports, the CUDA tests (-k), then sweep.train on the synthetic
 #              corpus plain and under 1-GPU torchrun, with both tokens/s          ~5-6 min
 #   reference  sweep.bench --shapes reference (6 shapes)                          ~4-6 min
-#              Every bench step passes --profile GPU_CHECK_PROFILE_ROWS (25): after timing a shape
+#              Every bench step passes --profile GPU_CHECK_PROFILE_ROWS (40): after timing a shape
 #              it profiles 3 more steps and prints (and keeps in the JSON) the top ops by device time.
 #   baseline   reference shapes as nanoGPT's GPT (--arch nanogpt): the goals' baseline on a card
 #              other than the H100 or H200 of sweep/nanogpt.py (an A100, say)   ~4-6 min
@@ -85,15 +87,15 @@ export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-$PWD/.gpu_cache/triton}
 DEVICE=${GPU_CHECK_DEVICE:-cuda}
 DEADLINE_S=${GPU_CHECK_DEADLINE_S:-570}
 BENCH_ARGS=${GPU_CHECK_BENCH_ARGS:-}
-PROFILE_ROWS=${GPU_CHECK_PROFILE_ROWS:-25}
+PROFILE_ROWS=${GPU_CHECK_PROFILE_ROWS:-40}
 CHUNKS=${GPU_CHECK_CHUNKS-8192 16384}
 COMPILE_MODES=${GPU_CHECK_COMPILE_MODES-max-autotune-no-cudagraphs}
 COPIES=${GPU_CHECK_COPIES-2 4}
-ACCEPT_CHUNK=${GPU_CHECK_ACCEPT_CHUNK:-8192}
 ACCEPT_SHAPES=${GPU_CHECK_ACCEPT_SHAPES:-4,128,2 6,256,4 8,384,6 12,512,8 12,768,12 24,1024,16}
-# Where the loss as attention (--loss-attention) is timed in the first pass, beside the plain loss:
-# the small widths, where the head and loss weigh most; the other shapes get it in the second
-ACCEPT_ATTENTION_SHAPES=${GPU_CHECK_ACCEPT_ATTENTION_SHAPES-4,128,2 6,256,4 8,384,6}
+# accept's later steps: nanoGPT's GPT profiled, CUDA graphs (reduce-overhead), autotuned kernels
+ACCEPT_NANOGPT_PROFILE_SHAPES=${GPU_CHECK_ACCEPT_NANOGPT_PROFILE_SHAPES-12,768,12}
+ACCEPT_GRAPH_SHAPES=${GPU_CHECK_ACCEPT_GRAPH_SHAPES-4,128,2 6,256,4 8,384,6}
+ACCEPT_AUTOTUNE_SHAPES=${GPU_CHECK_ACCEPT_AUTOTUNE_SHAPES-24,1024,16 12,768,12 12,512,8}
 # First the acceptance's correctness test; the bf16 run that logs MFU (Hydra, data, a compile:
 # about a minute) comes after the benches
 ACCEPT_PYTEST_K=${GPU_CHECK_ACCEPT_PYTEST_K:-compiled_bf16_step_matches or attention_loss_on_cuda}
@@ -220,9 +222,14 @@ once_pytest() {
 
 # accept_unit SHAPE VARIANT ARGS...: one shape of one variant in a process of its own, unless it
 # was done already, in this call or an earlier one (a stopped step leaves no JSON: it runs again).
-accept_unit() {
-  local name="accept-$2-${1//,/x}" shape=$1
-  shift 2
+# Its JSON is bench-accept-VARIANT-SHAPE.json, which the comparison reads; profile_unit's is
+# bench-profile-VARIANT-SHAPE.json, which it does not (a diagnosis, not a variant: e.g. nanoGPT's
+# GPT at one shape, which would stand in for the card's stored nanoGPT numbers at every shape).
+accept_unit() { unit accept "$@"; }
+profile_unit() { unit profile "$@"; }
+unit() {
+  local name="$1-$3-${2//,/x}" shape=$2
+  shift 3
   if [[ -s $WORK/bench-$name.json ]]; then
     echo "=== bench-$name: done already (its JSON is there)"
     return
@@ -253,24 +260,29 @@ stage_accept() {
   baseline_needed && baseline=1
   echo "=== nanoGPT's GPT timed here: $( ((baseline)) && echo yes || echo "no: sweep/nanogpt.py" \
     "has its numbers for this card, or GPU_CHECK_ACCEPT_BASELINE=0")"
-  # Two passes. First, shape by shape, what the goals need: this project's GPT as it trains by
-  # default (the plain loss), with a profile of where its time goes, the baseline where it is
-  # needed, and at the small widths the loss as attention (profiled too), the candidate for the
-  # 1.3x there; so a call stopped midway still has whole comparisons. Then the loss as attention
-  # at the other shapes, and in chunks at every shape (the chunks were slower than the plain loss
-  # at 4x128 on an H200, 2026-12-04).
+  # First, shape by shape, what the goals need: this project's GPT as it trains by default (the
+  # loss auto picks: as attention on cuDNN's kernel, d_model <= 128, else plain), with a profile
+  # of where its time goes, and the baseline where it is needed; so a call stopped midway still
+  # has whole comparisons. The plain, chunked and attention losses were each timed at every
+  # shape on an H200 on 2026-12-04 (BENCHMARKS.md); the `chunk` stage and --loss-attention
+  # redo them. Then nanoGPT's GPT profiled where the gap to it is widest (to set its kernels
+  # beside ours), the run test that logs MFU, and the compile modes not timed yet: CUDA graphs
+  # at the small shapes (the GPU idled a quarter of the 4x128 step), autotuned kernels at the
+  # large ones (slow to compile: last).
   for shape in $ACCEPT_SHAPES; do
-    accept_unit "$shape" plain --profile "$PROFILE_ROWS"
+    accept_unit "$shape" default --profile "$PROFILE_ROWS"
     ((baseline)) && accept_unit "$shape" nanogpt --arch nanogpt
-    if [[ " $ACCEPT_ATTENTION_SHAPES " == *" $shape "* ]]; then
-      accept_unit "$shape" attention --loss-attention --profile "$PROFILE_ROWS"
-    fi
   done
-  for shape in $ACCEPT_SHAPES; do accept_unit "$shape" attention --loss-attention; done
-  for shape in $ACCEPT_SHAPES; do
-    accept_unit "$shape" "chunk$ACCEPT_CHUNK" --loss-chunk-tokens "$ACCEPT_CHUNK"
+  for shape in $ACCEPT_NANOGPT_PROFILE_SHAPES; do
+    profile_unit "$shape" nanogpt --arch nanogpt --profile "$PROFILE_ROWS"
   done
   once_pytest pytest-accept-run -k "$ACCEPT_LATE_PYTEST_K"
+  for shape in $ACCEPT_GRAPH_SHAPES; do
+    accept_unit "$shape" graphs --compile-mode reduce-overhead
+  done
+  for shape in $ACCEPT_AUTOTUNE_SHAPES; do
+    accept_unit "$shape" autotune --compile-mode max-autotune-no-cudagraphs
+  done
 }
 
 stage_chunk() {

@@ -23,7 +23,12 @@ from pathlib import Path
 import torch
 
 from sweep.errors import ConfigError, OneLineParser
-from sweep.hardware import COMPILE_MODES, out_of_memory, resolve_hardware
+from sweep.hardware import (
+    COMPILE_MODES,
+    out_of_memory,
+    resolve_hardware,
+    resolve_loss_attention,
+)
 from sweep.nanogpt import REFERENCE
 from sweep.throughput import (
     ARCHES,
@@ -149,9 +154,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--loss-chunk-tokens", type=int, default=None, metavar="N",
                    help="fuse the output head and the loss over chunks of N tokens, as "
                         "train.loss_chunk_tokens=N (default: the plain head and loss)")
-    p.add_argument("--loss-attention", action="store_true",
-                   help="the output head and the loss as two fused attention calls, as "
-                        "train.loss_attention=true (the logits never written out)")
+    p.add_argument("--loss-attention", nargs="?", const="true", default="auto",
+                   choices=("auto", "true", "false"),
+                   help="the output head and the loss as two fused attention calls (the logits "
+                        "never written out), as train.loss_attention; auto (the default, as in "
+                        "training): per shape, where it is the faster loss; bare: true")
     p.add_argument("--peak-flops", type=float, default=None,
                    help="the device's peak FLOP/s for MFU (default: the known-device table)")
     p.add_argument("--profile", type=int, default=0, metavar="ROWS",
@@ -188,7 +195,7 @@ def argument_problem(args: argparse.Namespace) -> str | None:
     if args.loss_chunk_tokens is not None and args.loss_chunk_tokens < 1:
         return (f"--loss-chunk-tokens={args.loss_chunk_tokens} must be a positive number of "
                 "tokens: leave it out for the plain head and loss")
-    if args.loss_attention and args.loss_chunk_tokens is not None:
+    if args.loss_attention == "true" and args.loss_chunk_tokens is not None:
         return (f"--loss-attention and --loss-chunk-tokens={args.loss_chunk_tokens} are two ways "
                 "to fuse the head and loss: give one")
     if args.profile < 0:
@@ -203,7 +210,7 @@ def argument_problem(args: argparse.Namespace) -> str | None:
     if args.arch == "nanogpt":
         # The baseline is nanoGPT's own step: one run, torch.compile's default, the plain loss
         for flag, value, off in (("--loss-chunk-tokens", args.loss_chunk_tokens, None),
-                                 ("--loss-attention", args.loss_attention, False),
+                                 ("--loss-attention", args.loss_attention == "true", False),
                                  ("--compile-mode", args.compile_mode, None),
                                  ("--copies", args.copies, 1)):
             if value != off:
@@ -250,9 +257,11 @@ def main(argv: list[str] | None = None) -> int:
     which = args.shapes or ("custom" if shapes else "tiny" if args.tiny else "all")
     shapes = named_shapes(which, shapes)
     compile_label = f"{hw.compile}" + (f" {args.compile_mode}" if args.compile_mode else "")
+    attention = {"auto": "auto", "true": True, "false": False}[args.loss_attention]
     loss_label = (f"fused in chunks of {args.loss_chunk_tokens} tokens"
-                  if args.loss_chunk_tokens else "as attention" if args.loss_attention
-                  else "plain")
+                  if args.loss_chunk_tokens else "as attention" if attention is True
+                  else "plain" if attention is False or args.arch == "nanogpt"
+                  else "plain, or as attention where faster (auto)")
     arch_label = "nanoGPT's GPT" if args.arch == "nanogpt" else "this project's GPT"
     print(f"{arch_label} on {hw.device_name} ({hw.precision}, compile {compile_label}, loss "
           f"{loss_label}), torch {torch.__version__}; {protocol}")
@@ -266,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
         "arch": args.arch,
         "device": hw.device_name, "precision": hw.precision, "compile": hw.compile,
         "compile_mode": args.compile_mode, "loss_chunk_tokens": args.loss_chunk_tokens,
-        "loss_attention": args.loss_attention,
+        # true, false or "auto" (each row says which loss it ran)
+        "loss_attention": False if args.arch == "nanogpt" else attention,
         "copies": args.copies,
         "peak_flops": hw.peak_flops, "torch": torch.__version__,
         "python": platform.python_version(),
@@ -275,19 +285,21 @@ def main(argv: list[str] | None = None) -> int:
     }
     for done, (name, shape) in enumerate(shapes, start=1):
         failure = None
+        config = model_config(shape, protocol, args.arch)
+        as_attention = resolve_loss_attention(attention, hw, config.d_model, config.bias,
+                                              args.loss_chunk_tokens)
         try:
             if args.copies > 1:
                 rows.append(measure_copies(name, shape, protocol, hw, args.copies,
-                                           args.loss_chunk_tokens, args.arch,
-                                           args.loss_attention))
+                                           args.loss_chunk_tokens, args.arch, as_attention))
             else:
                 rows.append(measure(name, shape, protocol, hw, args.loss_chunk_tokens,
-                                    args.profile, args.arch, args.loss_attention))
+                                    args.profile, args.arch, as_attention))
         except Exception as err:  # a failed shape or out of memory; the rest re-raise
             if not isinstance(err, BenchFailed) and not out_of_memory(err):
                 raise
             failure = shape_failure(name, shape, protocol, args.loss_chunk_tokens, err,
-                                    args.loss_attention)
+                                    as_attention)
         if failure is None:
             print(format_table(rows)[-1], flush=True)
             if rows[-1].profile:

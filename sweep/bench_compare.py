@@ -56,8 +56,9 @@ def _label(report: dict[str, Any]) -> str:
     if report.get("arch") == "nanogpt":
         return f"nanoGPT's GPT, {compile_}"
     chunk = report.get("loss_chunk_tokens")
-    loss = ("chunks of " + str(chunk) if chunk else "as attention" if report.get("loss_attention")
-            else "plain")
+    attention = report.get("loss_attention")  # true, false, or "auto": each row says which ran
+    loss = ("chunks of " + str(chunk) if chunk else "auto" if attention == "auto"
+            else "as attention" if attention else "plain")
     label = f"{compile_}, loss {loss}"
     copies = report.get("copies", 1)
     return label + (f", {copies} copies together" if copies > 1 else "")

@@ -195,3 +195,20 @@ def resolve_hardware(
         device=dev, device_name=name, precision=precision, compile=compile_, peak_flops=peak,
         compile_mode=compile_mode,
     )
+
+
+def resolve_loss_attention(
+    setting: str | bool, hw: Hardware, d_model: int, bias: bool, loss_chunk_tokens: int | None
+) -> bool:
+    """Whether a run's head and loss run as attention (train.loss_attention): true and false as
+    given (plan.py refuses true with a bias or loss chunks), auto where it is the faster path on
+    this device (models.attention_loss.pays) and the model allows it: no bias, no loss chunks
+    asked for."""
+    if setting != "auto":
+        return bool(setting)
+    if bias or loss_chunk_tokens is not None:
+        return False
+    from models.attention_loss import pays
+
+    dtype = torch.bfloat16 if hw.precision == "bf16" else torch.float32
+    return pays(hw.device, dtype, d_model)

@@ -61,6 +61,8 @@ class RunPlan:
     # schedule.share_stable: the hash of the trajectory up to the cooldown (the identity without
     # the budget, the schedule as warmup alone), shared by the runs that differ in their budget
     stable_hash: str | None = None
+    # train.loss_attention resolved on this device (auto: where it is the faster loss)
+    loss_attention: bool = False
 
 
 def plan_run(
@@ -124,11 +126,13 @@ def plan_run(
         check_epochs(run_id, budget.tokens, dataset, max_epochs)
     # The device last, and torch (~2 s to import) with it: every check above is a fraction of a
     # second, so a typo is reported before torch loads.
-    from sweep.hardware import resolve_hardware
+    from sweep.hardware import resolve_hardware, resolve_loss_attention
 
     hardware = resolve_hardware(
         train.device, train.precision, train.compile, train.peak_flops, train.compile_mode
     )
+    loss_attention = resolve_loss_attention(train.loss_attention, hardware, model.d_model,
+                                            model.bias, train.loss_chunk_tokens)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     # config.yaml holds the numbers the run used (a rerun from it is the same run);
     # resolved.hparams.from_rule records which of them a rule chose.
@@ -156,6 +160,7 @@ def plan_run(
         "grad_accum": hp.grad_accum,  # also under hparams; kept here for existing readers
         "device": str(hardware.device),
         "precision": hardware.precision,
+        "loss_attention": loss_attention,  # train.loss_attention as it resolved here
     }
     return RunPlan(
         run_id=run_id,
@@ -180,6 +185,7 @@ def plan_run(
         config=resolved,
         replicate_hash=replicate,
         stable_hash=stable,
+        loss_attention=loss_attention,
     )
 
 
@@ -197,14 +203,14 @@ def _check_train(train: DictConfig, model: GPTConfig) -> None:
             "the fused head and loss) or null (the plain head and loss)"
         )
     attention = train.loss_attention
-    if not isinstance(attention, bool):
-        raise ConfigError(f"train.loss_attention={attention!r} must be true or false")
-    if attention and chunk is not None:
+    if attention != "auto" and not isinstance(attention, bool):
+        raise ConfigError(f"train.loss_attention={attention!r} must be auto, true or false")
+    if attention is True and chunk is not None:
         raise ConfigError(
             f"train.loss_attention=true and train.loss_chunk_tokens={chunk} are two ways to fuse "
             "the head and loss: set loss_chunk_tokens=null or loss_attention=false"
         )
-    if attention and model.bias:
+    if attention is True and model.bias:
         raise ConfigError(
             "train.loss_attention=true needs an output head without bias: set model.bias=false "
             "or train.loss_attention=false"

@@ -75,6 +75,7 @@ class Row:
     # The warm-up steps' wall time, torch.compile's included: what a run pays before its first
     # step at speed (the slowest copy's with copies > 1).
     warmup_s: float | None = None
+    loss_attention: bool = False  # the head and loss ran as attention (--loss-attention)
 
 
 def _scalar(text: str) -> int | float | bool | str | None:
@@ -189,6 +190,7 @@ def _timed(
         loss=float(loss),
         profile=profile,
         warmup_s=warmup_s,
+        loss_attention=loss_attention,
     )
     return row, start, end
 
@@ -312,4 +314,5 @@ def measure_copies(
         loss=rows[0].loss,
         copies=copies,
         warmup_s=max(row.warmup_s for row in rows),
+        loss_attention=loss_attention,
     )

@@ -5,6 +5,8 @@ compiled too, with logits far apart, and never makes a [tokens, vocab] tensor in
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,6 +15,7 @@ from models import GPT
 from models.attention_loss import (
     attention_cross_entropy,
     cuda_kernel,
+    pays,
     token_attention_cross_entropy,
 )
 from tests.helpers import gpt_config
@@ -150,6 +153,22 @@ def test_compiled_model_with_attention_loss_matches_eager(backend: str):
 ])
 def test_the_cuda_kernel_is_the_fastest_that_takes_the_inputs(dtype, dim, capability, kernel):
     assert cuda_kernel(dtype, dim, capability) == kernel
+
+
+@pytest.mark.parametrize(("capability", "dtype", "d_model", "faster"), [
+    (9, torch.bfloat16, 128, True),  # cuDNN's kernel: 1.39x the plain loss at 4x128 on an H200
+    (10, torch.bfloat16, 64, True),
+    (9, torch.bfloat16, 256, False),  # flash: 0.87x at 6x256
+    (9, torch.bfloat16, 384, False),  # memory-efficient: 0.47x at 8x384
+    (8, torch.bfloat16, 128, False),  # flash on an A100
+    (9, torch.float32, 128, False),
+])
+def test_it_pays_where_cudnns_kernel_runs_it(monkeypatch, capability, dtype, d_model, faster):
+    # A CUDA device as torch describes it, without needing one
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device: SimpleNamespace(major=capability))
+    assert pays(torch.device("cuda"), dtype, d_model) is faster
+    assert pays(torch.device("cpu"), dtype, d_model) is False
 
 
 def test_a_head_with_bias_or_chunks_too_is_refused():

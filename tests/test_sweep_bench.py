@@ -62,6 +62,10 @@ def test_tiny_cpu_bench_prints_a_table_and_writes_json_with_mfu_by_both_conventi
         assert 0 < r["warmup_s"] < 60  # the 2 warm-up steps' wall time, as printed
     assert "warm-up s" in result.stdout.splitlines()[1]
     assert not list(tmp_path.glob("*.tmp-*"))
+    # The loss as training picks it (train.loss_attention=auto): plain on a CPU, row by row
+    assert report["loss_attention"] == "auto"
+    assert "loss plain, or as attention where faster (auto)" in result.stdout.splitlines()[0]
+    assert [r["loss_attention"] for r in rows] == [False, False]
 
 
 def test_copies_of_a_chosen_shape_run_without_the_extras_too(tmp_path):
@@ -116,6 +120,7 @@ def test_the_loss_as_attention_is_timed_and_recorded(tmp_path):
     report = json.loads(out.read_text())
     assert (report["loss_attention"], report["loss_chunk_tokens"]) == (True, None)
     [row] = report["rows"]
+    assert row["loss_attention"] is True
     # random tokens: ln 512 = 6.24 at the start, a little below after 5 steps on one batch
     assert row["tokens_per_s"] > 0 and 5.0 < row["loss"] < 6.24
 
@@ -141,6 +146,11 @@ def test_the_loss_as_attention_is_timed_and_recorded(tmp_path):
     (["--device", "cpu", "--arch", "nanogpt", "--loss-attention"],
      "error: --loss-attention is not nanoGPT's step, which --arch nanogpt times as it is: "
      "leave out --loss-attention there"),
+    (["--device", "cpu", "--loss-attention", "maybe"],
+     "error: argument --loss-attention: invalid choice: 'maybe'"),
+    (["--device", "cpu", "--loss-attention", "true", "--loss-chunk-tokens", "512"],
+     "error: --loss-attention and --loss-chunk-tokens=512 are two ways to fuse the head and "
+     "loss: give one"),
     (["--device", "cpu", "--loss-attention", "--loss-chunk-tokens", "512"],
      "error: --loss-attention and --loss-chunk-tokens=512 are two ways to fuse the head and "
      "loss: give one"),

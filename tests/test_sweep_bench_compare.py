@@ -164,6 +164,13 @@ def test_the_loss_as_attention_is_a_variant_of_its_own(tmp_path, capsys):
                       "≥1.30x met |")
 
 
+def test_the_loss_as_training_picks_it_is_labelled_auto(tmp_path, capsys):
+    auto = write_report(tmp_path / "auto.json", dict.fromkeys(SMALL, 1.3), attention="auto")
+    assert main([str(auto)]) == 0
+    assert capsys.readouterr().out.splitlines()[2].startswith(
+        "| shape | L,d,h | nanoGPT table | compile, loss auto | best / nanoGPT |")
+
+
 def test_files_of_one_variant_at_other_shapes_are_merged(tmp_path, capsys):
     """gpu_check.sh times each shape in a process of its own: one file per variant and shape."""
     paths = []

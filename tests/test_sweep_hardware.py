@@ -3,8 +3,15 @@
 import pytest
 import torch
 
+import models.attention_loss
 from sweep.errors import ConfigError
-from sweep.hardware import Hardware, out_of_memory, peak_flops_for, resolve_hardware
+from sweep.hardware import (
+    Hardware,
+    out_of_memory,
+    peak_flops_for,
+    resolve_hardware,
+    resolve_loss_attention,
+)
 
 
 def test_cpu_auto_is_float32_uncompiled_and_has_no_mfu():
@@ -132,3 +139,21 @@ def test_which_compile_modes_replay_cuda_graphs(device, compile_, mode, graphs):
     hw = Hardware(device=torch.device(device), device_name="x", precision="bf16",
                   compile=compile_, peak_flops=None, compile_mode=mode)
     assert hw.cuda_graphs is graphs
+
+
+def test_loss_attention_auto_asks_where_it_pays_for_a_model_that_allows_it(monkeypatch):
+    cpu = resolve_hardware("cpu", "fp32", False, None)
+    assert resolve_loss_attention("auto", cpu, 128, False, None) is False  # not on a CPU
+    assert resolve_loss_attention(True, cpu, 384, False, None) is True  # as given
+    assert resolve_loss_attention(False, cpu, 128, False, None) is False
+    asked = []
+    monkeypatch.setattr(models.attention_loss, "pays",
+                        lambda device, dtype, d_model: asked.append((dtype, d_model)) or True)
+    assert resolve_loss_attention("auto", cpu, 128, False, None) is True
+    bf16 = Hardware(torch.device("cpu"), "cpu", "bf16", False, None)
+    assert resolve_loss_attention("auto", bf16, 64, False, None) is True
+    assert asked == [(torch.float32, 128), (torch.bfloat16, 64)]  # the step's compute dtype
+    # A bias or loss chunks rule it out: auto keeps the plain or chunked loss, no error
+    assert resolve_loss_attention("auto", cpu, 128, True, None) is False
+    assert resolve_loss_attention("auto", cpu, 128, False, 512) is False
+    assert len(asked) == 2

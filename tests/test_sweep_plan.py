@@ -7,8 +7,10 @@ import dataclasses
 import re
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
+import models.attention_loss
 from data import TokenDataset, prepare
 from models import GPT, GPTConfig
 from sweep.checks import check_epochs
@@ -133,7 +135,7 @@ def test_target_params_refuses_pinned_shape_keys(synthetic_root):
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
-    (["train.loss_attention=yes"], "train.loss_attention='yes' must be true or false"),
+    (["train.loss_attention=yes"], "train.loss_attention='yes' must be auto, true or false"),
     (["train.loss_attention=true", "train.loss_chunk_tokens=512"],
      "train.loss_attention=true and train.loss_chunk_tokens=512 are two ways to fuse the head and "
      "loss: set loss_chunk_tokens=null or loss_attention=false"),
@@ -145,6 +147,24 @@ def test_attention_loss_settings_no_run_can_use_are_refused(synthetic_root, over
     cfg = compose_train(synthetic_root, "budget.tokens=2e4", *overrides)
     with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
         plan_run(cfg, overrides)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="auto may choose it on this GPU")
+def test_loss_attention_auto_resolves_on_the_device_and_config_yaml_says_how(
+    synthetic_root, monkeypatch
+):
+    plan = plan_run(compose_train(synthetic_root, "budget.tokens=2e4"))
+    assert plan.config["train"]["loss_attention"] == "auto"  # the default
+    assert plan.loss_attention is False and plan.config["resolved"]["loss_attention"] is False
+    # Where it is the faster loss, auto takes it, and the run stays the same run
+    monkeypatch.setattr(models.attention_loss, "pays", lambda device, dtype, d_model: True)
+    faster = plan_run(compose_train(synthetic_root, "budget.tokens=2e4"))
+    assert faster.loss_attention is True and faster.config["resolved"]["loss_attention"] is True
+    assert faster.run_id == plan.run_id
+    # A model or setting that rules it out keeps the plain or chunked loss without an error
+    for override in ("model.bias=true", "train.loss_chunk_tokens=512"):
+        cfg = compose_train(synthetic_root, "budget.tokens=2e4", override)
+        assert plan_run(cfg, [override]).loss_attention is False
 
 
 def test_rules_choose_lr_batch_and_warmup_and_the_record_says_so(synthetic_root):

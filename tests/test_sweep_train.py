@@ -18,6 +18,7 @@ import pytest
 import torch
 import yaml
 
+import models.gpt
 import sweep.start as start_module
 import sweep.train as train_module
 from data import TokenDataset
@@ -326,15 +327,22 @@ def test_sequential_windows_train_on_the_split_in_order(synthetic_root, monkeypa
     assert summary["val_loss"] < first["val_loss"] - 0.5  # it learned from those windows
 
 
-def test_fused_losses_train_the_same_run(synthetic_root):
+def test_fused_losses_train_the_same_run(synthetic_root, monkeypatch):
     """train.loss_chunk_tokens and train.loss_attention change how the loss is computed, not the
     run: same run id, the same learning curve up to float32 rounding."""
+    calls = []
+    attention = models.gpt.attention_cross_entropy
+    monkeypatch.setattr(models.gpt, "attention_cross_entropy",
+                        lambda *args: calls.append(1) or attention(*args))
     summaries, curves = [], []
     for experiment, override in (("plain", "train.loss_chunk_tokens=null"),
                                  ("chunked", "train.loss_chunk_tokens=300"),  # not a divisor
                                  ("attention", "train.loss_attention=true")):
         plan = plan_run(tiny_cfg(synthetic_root, experiment, override))
+        before = len(calls)
         summaries.append(start_module.run(plan))
+        # the loss as attention trained that run, and only that one (auto is false on a CPU)
+        assert (len(calls) > before) is (experiment == "attention")
         curves.append([json.loads(line)["val_loss"]
                        for line in (plan.run_dir / "metrics.jsonl").read_text().splitlines()])
     plain = summaries[0]
