@@ -18,6 +18,7 @@ import pytest
 import torch
 import yaml
 
+import models.attention_loss
 import models.gpt
 import sweep.start as start_module
 import sweep.train as train_module
@@ -29,7 +30,7 @@ from models import GPT, GPTConfig
 from sweep.checkpoint import list_checkpoints
 from sweep.errors import RunFailed
 from sweep.lock import RunLocked, is_locked
-from sweep.loop import eval_steps
+from sweep.loop import LOSS_ATTENTION_DIVERGED, eval_steps
 from sweep.plan import plan_run
 from sweep.records import METRIC_KEYS, RunRecord
 from tests.conftest import CONFIGS, FIXED_HPARAMS, PYTHON, compose_train
@@ -351,6 +352,21 @@ def test_fused_losses_train_the_same_run(synthetic_root, monkeypatch):
         assert fused["val_loss"] < curve[0] - 0.3  # it learned
         np.testing.assert_allclose(curve, curves[0], rtol=1e-4)
         assert fused["train_loss"] == pytest.approx(plain["train_loss"], rel=1e-4)
+
+
+def test_a_batch_the_loss_as_attention_cannot_hold_ends_the_run_diverged(
+    synthetic_root, monkeypatch
+):
+    """Log-sum-exps too far apart for its weight gradient give a NaN loss (no sync, no crash):
+    the run is recorded as diverged, and the error names the setting that follows it further."""
+    monkeypatch.setattr(models.attention_loss, "MAX_LSE_SPREAD", -1.0)  # every batch beyond it
+    plan = plan_run(compose_train(synthetic_root, "budget.tokens=2e4", "logging.interval=2",
+                                  "eval.tokens=4096", "train.loss_attention=true",
+                                  "experiment_name=lse"))
+    summary = start_module.run(plan)
+    assert summary["status"] == "diverged"
+    assert summary["error"] == "non-finite training loss by step 1" + LOSS_ATTENTION_DIVERGED
+    assert "train.loss_attention=false follows the run further" in summary["error"]
 
 
 DEVICE_READS = ("item", "tolist", "__float__", "__int__", "__bool__", "numpy", "cpu")
