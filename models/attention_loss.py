@@ -17,16 +17,23 @@ from models.loss import compute_dtype, scaled_gradients
 
 # The widest head dim each CUDA kernel takes in this project's use, with the oldest GPU (compute
 # capability) it runs on; the first that fits is used, as SDPA would choose (cuDNN's is the
-# fastest on Hopper). float32, or anything wider: the memory-efficient kernels (slower).
+# fastest on Hopper: 700 TFLOP/s at d 128 on an H200, flash 330 at d 256). float32, or anything
+# wider: the memory-efficient kernels (slower). cuDNN from 9.10 takes head dims up to 256 on
+# Hopper (compute capability 9), as PyTorch's SDPA dispatch allows there.
 CUDNN_MAX_DIM, CUDNN_MIN_CAPABILITY = 128, 9
+CUDNN_HOPPER_MAX_DIM, CUDNN_HOPPER_MIN_VERSION = 256, 91000
 FLASH_MAX_DIM, FLASH_MIN_CAPABILITY = 256, 8
+# The cuDNN this torch loads (0: none), read once: dynamo folds it to a constant
+CUDNN_VERSION = (torch.backends.cudnn.version() or 0) if torch.backends.cudnn.is_available() else 0
 
 
-def cuda_kernel(dtype: torch.dtype, dim: int, capability: int) -> str:
+def cuda_kernel(dtype: torch.dtype, dim: int, capability: int, cudnn_version: int = 0) -> str:
     """'cudnn', 'flash' or 'efficient': the CUDA attention kernel for inputs of this dtype and head
-    dim on a GPU of this compute capability (major version)."""
+    dim on a GPU of this compute capability (major version) with this cuDNN (e.g. 91300)."""
     if dtype in (torch.bfloat16, torch.float16) and dim % 8 == 0:
-        if dim <= CUDNN_MAX_DIM and capability >= CUDNN_MIN_CAPABILITY:
+        cudnn_dim = (CUDNN_HOPPER_MAX_DIM if capability == 9
+                     and cudnn_version >= CUDNN_HOPPER_MIN_VERSION else CUDNN_MAX_DIM)
+        if dim <= cudnn_dim and capability >= CUDNN_MIN_CAPABILITY:
             return "cudnn"
         if dim <= FLASH_MAX_DIM and capability >= FLASH_MIN_CAPABILITY:
             return "flash"
@@ -42,7 +49,9 @@ def pays(device: torch.device, dtype: torch.dtype, d_model: int) -> bool:
     if device.type != "cuda":
         return False
     capability = torch.cuda.get_device_properties(device).major
-    return cuda_kernel(dtype, d_model, capability) == "cudnn"
+    # cuDNN at d_model 256 (cuDNN 9.10 on Hopper) is yet to be timed: only what was measured
+    return (d_model <= CUDNN_MAX_DIM
+            and cuda_kernel(dtype, d_model, capability, CUDNN_VERSION) == "cudnn")
 
 
 # The weight's gradient call normalises each head row's scores s_iv over the tokens by their
@@ -75,7 +84,8 @@ def _attention(
         out, lse = aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, scale=1.0)
     else:
         # dynamo folds get_device_properties to a constant: no graph break
-        kernel = cuda_kernel(q.dtype, dim, torch.cuda.get_device_properties(q.device).major)
+        kernel = cuda_kernel(q.dtype, dim, torch.cuda.get_device_properties(q.device).major,
+                             CUDNN_VERSION)
         if kernel == "cudnn":
             out, lse = aten._scaled_dot_product_cudnn_attention(q, k, v, None, True, 0.0, False,
                                                                 False, scale=1.0)[:2]

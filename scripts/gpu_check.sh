@@ -12,11 +12,13 @@
 #              its own as this project's GPT trains by default (the loss train.loss_attention=auto
 #              picks, with a profile) and, on a card that sweep/nanogpt.py has no nanoGPT numbers
 #              for (GPU_CHECK_ACCEPT_BASELINE=auto; 1 or 0 to force), as nanoGPT's GPT (--arch
-#              nanogpt, the same-card baseline); then nanoGPT's GPT profiled at
-#              GPU_CHECK_ACCEPT_NANOGPT_PROFILE_SHAPES (12,768,12), the CUDA run test (MFU
-#              logged), CUDA graphs (--compile-mode reduce-overhead) at GPU_CHECK_ACCEPT_GRAPH_SHAPES
-#              (the three smallest), autotuned kernels (max-autotune-no-cudagraphs) at
-#              GPU_CHECK_ACCEPT_AUTOTUNE_SHAPES (the three largest, largest first). On an H200
+#              nanogpt, the same-card baseline); then the loss as attention at
+#              GPU_CHECK_ACCEPT_ATTENTION_SHAPES (6,256,4: cuDNN's kernel at d 256), nanoGPT's GPT
+#              profiled at GPU_CHECK_ACCEPT_NANOGPT_PROFILE_SHAPES (12,768,12), the CUDA run test
+#              (MFU logged), CUDA graphs (--compile-mode reduce-overhead) at
+#              GPU_CHECK_ACCEPT_GRAPH_SHAPES (the three smallest), autotuned kernels
+#              (max-autotune-no-cudagraphs) at GPU_CHECK_ACCEPT_AUTOTUNE_SHAPES (the three
+#              largest, largest first). On an H200
 #              (2026-12-04) a shape took 27-79 s with the default compile, its compile included.
 #              Resumable: a rerun on the same (warm) machine skips what is done (state in
 #              .gpu_check/, compile caches in .gpu_cache/, both git-ignored and kept there
@@ -92,7 +94,9 @@ CHUNKS=${GPU_CHECK_CHUNKS-8192 16384}
 COMPILE_MODES=${GPU_CHECK_COMPILE_MODES-max-autotune-no-cudagraphs}
 COPIES=${GPU_CHECK_COPIES-2 4}
 ACCEPT_SHAPES=${GPU_CHECK_ACCEPT_SHAPES:-4,128,2 6,256,4 8,384,6 12,512,8 12,768,12 24,1024,16}
-# accept's later steps: nanoGPT's GPT profiled, CUDA graphs (reduce-overhead), autotuned kernels
+# accept's later steps: the loss as attention where cuDNN now runs it at d 256 (flash did, 0.87x
+# the plain loss), nanoGPT's GPT profiled, CUDA graphs (reduce-overhead), autotuned kernels
+ACCEPT_ATTENTION_SHAPES=${GPU_CHECK_ACCEPT_ATTENTION_SHAPES-6,256,4}
 ACCEPT_NANOGPT_PROFILE_SHAPES=${GPU_CHECK_ACCEPT_NANOGPT_PROFILE_SHAPES-12,768,12}
 ACCEPT_GRAPH_SHAPES=${GPU_CHECK_ACCEPT_GRAPH_SHAPES-4,128,2 6,256,4 8,384,6}
 ACCEPT_AUTOTUNE_SHAPES=${GPU_CHECK_ACCEPT_AUTOTUNE_SHAPES-24,1024,16 12,768,12 12,512,8}
@@ -265,13 +269,17 @@ stage_accept() {
   # of where its time goes, and the baseline where it is needed; so a call stopped midway still
   # has whole comparisons. The plain, chunked and attention losses were each timed at every
   # shape on an H200 on 2026-12-04 (BENCHMARKS.md); the `chunk` stage and --loss-attention
-  # redo them. Then nanoGPT's GPT profiled where the gap to it is widest (to set its kernels
+  # redo them. Then the loss as attention at d 256, on cuDNN's kernel since (flash's before),
+  # nanoGPT's GPT profiled where the gap to it is widest (to set its kernels
   # beside ours), the run test that logs MFU, and the compile modes not timed yet: CUDA graphs
   # at the small shapes (the GPU idled a quarter of the 4x128 step), autotuned kernels at the
   # large ones (slow to compile: last).
   for shape in $ACCEPT_SHAPES; do
     accept_unit "$shape" default --profile "$PROFILE_ROWS"
     ((baseline)) && accept_unit "$shape" nanogpt --arch nanogpt
+  done
+  for shape in $ACCEPT_ATTENTION_SHAPES; do
+    accept_unit "$shape" attention --loss-attention --profile "$PROFILE_ROWS"
   done
   for shape in $ACCEPT_NANOGPT_PROFILE_SHAPES; do
     profile_unit "$shape" nanogpt --arch nanogpt --profile "$PROFILE_ROWS"

@@ -11,8 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import models.attention_loss
 from models import GPT
 from models.attention_loss import (
+    CUDNN_VERSION,
     attention_cross_entropy,
     cuda_kernel,
     pays,
@@ -170,31 +172,37 @@ def test_compiled_model_with_attention_loss_matches_eager(backend: str):
     assert_compiled_matches_eager(backend, loss_attention=True)
 
 
-@pytest.mark.parametrize(("dtype", "dim", "capability", "kernel"), [
-    (torch.bfloat16, 128, 9, "cudnn"),  # Hopper
-    (torch.bfloat16, 128, 8, "flash"),  # Ampere, Ada
-    (torch.float16, 256, 9, "flash"),
-    (torch.bfloat16, 384, 9, "efficient"),  # wider than flash takes
-    (torch.bfloat16, 100, 9, "efficient"),  # not a multiple of 8
-    (torch.bfloat16, 128, 7, "efficient"),  # Turing: no flash kernels
-    (torch.float32, 64, 9, "efficient"),
+@pytest.mark.parametrize(("dtype", "dim", "capability", "cudnn", "kernel"), [
+    (torch.bfloat16, 128, 9, 90100, "cudnn"),  # Hopper
+    (torch.bfloat16, 256, 9, 91000, "cudnn"),  # Hopper with cuDNN 9.10 or later
+    (torch.bfloat16, 256, 9, 90800, "flash"),  # ... before it
+    (torch.bfloat16, 256, 10, 91300, "flash"),  # Blackwell: 128 at most for cuDNN
+    (torch.bfloat16, 128, 10, 91300, "cudnn"),
+    (torch.bfloat16, 128, 8, 91300, "flash"),  # Ampere, Ada
+    (torch.float16, 256, 8, 0, "flash"),
+    (torch.bfloat16, 384, 9, 91300, "efficient"),  # wider than flash or cuDNN take
+    (torch.bfloat16, 100, 9, 91300, "efficient"),  # not a multiple of 8
+    (torch.bfloat16, 128, 7, 91300, "efficient"),  # Turing: no flash kernels
+    (torch.float32, 64, 9, 91300, "efficient"),
 ])
-def test_the_cuda_kernel_is_the_fastest_that_takes_the_inputs(dtype, dim, capability, kernel):
-    assert cuda_kernel(dtype, dim, capability) == kernel
+def test_the_cuda_kernel_is_the_fastest_that_takes_the_inputs(dtype, dim, capability, cudnn,
+                                                              kernel):
+    assert cuda_kernel(dtype, dim, capability, cudnn) == kernel
 
 
 @pytest.mark.parametrize(("capability", "dtype", "d_model", "faster"), [
     (9, torch.bfloat16, 128, True),  # cuDNN's kernel: 1.39x the plain loss at 4x128 on an H200
     (10, torch.bfloat16, 64, True),
-    (9, torch.bfloat16, 256, False),  # flash: 0.87x at 6x256
+    (9, torch.bfloat16, 256, False),  # flash: 0.87x at 6x256; cuDNN's there not yet timed
     (9, torch.bfloat16, 384, False),  # memory-efficient: 0.47x at 8x384
     (8, torch.bfloat16, 128, False),  # flash on an A100
     (9, torch.float32, 128, False),
 ])
 def test_it_pays_where_cudnns_kernel_runs_it(monkeypatch, capability, dtype, d_model, faster):
-    # A CUDA device as torch describes it, without needing one
+    # A CUDA device as torch describes it, without needing one; a cuDNN that takes d 256 too
     monkeypatch.setattr(torch.cuda, "get_device_properties",
                         lambda device: SimpleNamespace(major=capability))
+    monkeypatch.setattr(models.attention_loss, "CUDNN_VERSION", 91300)
     assert pays(torch.device("cuda"), dtype, d_model) is faster
     assert pays(torch.device("cpu"), dtype, d_model) is False
 
@@ -217,7 +225,8 @@ def test_a_head_with_bias_or_chunks_too_is_refused():
 def test_attention_loss_on_cuda_matches_the_plain_path(dtype, d):
     """Each CUDA kernel the loss may pick gives the plain loss and gradients, over 4100 tokens
     (not a multiple of the kernels' 32- to 128-row blocks)."""
-    print(f"kernel: {cuda_kernel(dtype, d, torch.cuda.get_device_properties(0).major)}")
+    major = torch.cuda.get_device_properties(0).major
+    print(f"kernel: {cuda_kernel(dtype, d, major, CUDNN_VERSION)}, cuDNN {CUDNN_VERSION}")
     g = torch.Generator(device="cuda").manual_seed(0)
     hidden = torch.randn(4100, d, device="cuda", generator=g).requires_grad_()
     weight = (torch.randn(5000, d, device="cuda", generator=g) * d ** -0.5).requires_grad_()
