@@ -60,8 +60,9 @@ def pays(device: torch.device, dtype: torch.dtype, d_model: int) -> bool:
 # exp(spread - 87). Within 60 nats of spread, the terms lost weigh under vocab x exp(-27) of the
 # gradient (6e-8 at vocab 32768), below its rounding; the scaled values exp(shift - lse_i) stay
 # within exp(+-30). Measured (d 16, vocab 300): exact to 1e-6 up to a spread of 63 nats, 2e-3 off
-# at 86, 10 % at 110. Language models' log-sum-exps lie within a few tens of nats of each other:
-# a batch spread wider gets a NaN loss and weight gradient, which the training loop reports as a
+# at 86, 10 % at 110. Language models' log-sum-exps lie far closer (gpt_1m trained on the stdlib
+# corpus to a validation loss of 3.06: 6.7-9.1 nats apart in each batch of 64 x 128 tokens): a
+# batch spread wider gets a NaN loss and weight gradient, which the training loop reports as a
 # divergence.
 MAX_LSE_SPREAD = 60.0
 
