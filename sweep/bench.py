@@ -302,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
                                     as_attention)
         if failure is None:
             print(format_table(rows)[-1], flush=True)
+            if attention == "auto" and as_attention:
+                print(f"{'':<16} (the loss as attention: auto found it faster here)", flush=True)
             if rows[-1].profile:
                 print(rows[-1].profile, flush=True)
         else:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import models.attention_loss
 from models import GPT, GPTConfig
 from sweep import bench
 from sweep.bench import ladder_shapes, named_shapes
@@ -123,6 +124,23 @@ def test_the_loss_as_attention_is_timed_and_recorded(tmp_path):
     assert row["loss_attention"] is True
     # random tokens: ln 512 = 6.24 at the start, a little below after 5 steps on one batch
     assert row["tokens_per_s"] > 0 and 5.0 < row["loss"] < 6.24
+
+
+def test_auto_times_the_loss_as_attention_where_it_pays_and_says_so(tmp_path, capsys,
+                                                                    monkeypatch):
+    # As on a GPU where it is the faster loss: only the widths it pays at take it
+    monkeypatch.setattr(models.attention_loss, "pays",
+                        lambda device, dtype, d_model: d_model <= 64)
+    out = tmp_path / "bench.json"
+    assert bench.main(["--device", "cpu", "--tiny", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["loss_attention"] == "auto"
+    assert [(r["d_model"], r["loss_attention"]) for r in report["rows"]] == [(64, True),
+                                                                           (128, False)]
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].startswith("tiny-0") and lines[3].endswith(
+        "(the loss as attention: auto found it faster here)")
+    assert lines[4].startswith("tiny-1")
 
 
 @pytest.mark.parametrize(("args", "line"), [
