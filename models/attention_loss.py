@@ -65,6 +65,12 @@ def pays(device: torch.device, dtype: torch.dtype, d_model: int) -> bool:
 # batch spread wider gets a NaN loss and weight gradient, which the training loop reports as a
 # divergence.
 MAX_LSE_SPREAD = 60.0
+# What a run that ends diverged with this loss adds to its error
+DIVERGED_HINT = (
+    " (with train.loss_attention, also where a batch's tokens' log-sum-exps lie more than "
+    f"{MAX_LSE_SPREAD:.0f} nats apart, which its weight gradient cannot hold: "
+    "train.loss_attention=false follows the run further)"
+)
 
 
 def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:

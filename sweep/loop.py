@@ -15,7 +15,7 @@ import torch
 from data.loader import TrainWindows
 from data.synthetic_floor import WindowFloor, dataset_window_floor
 from models import GPT
-from models.attention_loss import MAX_LSE_SPREAD
+from models.attention_loss import DIVERGED_HINT
 from sweep.checkpoint import (
     CheckpointPolicy,
     LoopState,
@@ -33,13 +33,6 @@ from sweep.plan import RunPlan
 from sweep.records import RunRecord, build_summary, code_version
 from sweep.stable import branch_step, needs_stable_save, remove_abandoned_temps, stable_dir
 from sweep.step import accumulate_with_backoff, apply_gradients, fitting_micro_batch
-
-# The loss as attention's own NaN (models/attention_loss.py) among the reasons a loss is not finite
-LOSS_ATTENTION_DIVERGED = (
-    " (with train.loss_attention, also where a batch's tokens' log-sum-exps lie more than "
-    f"{MAX_LSE_SPREAD:.0f} nats apart, which its weight gradient cannot hold: "
-    "train.loss_attention=false follows the run further)"
-)
 
 
 def eval_steps(total_steps: int, points: int) -> list[int]:
@@ -294,7 +287,7 @@ def train_loop(
                 last["train_loss"] = train_loss
                 status, error = "diverged", f"non-finite training loss by step {step}"
                 if plan.loss_attention:
-                    error += LOSS_ATTENTION_DIVERGED
+                    error += DIVERGED_HINT  # the loss as attention's own NaN
                 break
             paused = False
             if at_eval:

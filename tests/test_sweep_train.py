@@ -27,10 +27,11 @@ from data.loader import TrainWindows
 from data.synthetic import ZipfFacts
 from data.synthetic_floor import window_floor
 from models import GPT, GPTConfig
+from models.attention_loss import DIVERGED_HINT
 from sweep.checkpoint import list_checkpoints
 from sweep.errors import RunFailed
 from sweep.lock import RunLocked, is_locked
-from sweep.loop import LOSS_ATTENTION_DIVERGED, eval_steps
+from sweep.loop import eval_steps
 from sweep.plan import plan_run
 from sweep.records import METRIC_KEYS, RunRecord
 from tests.conftest import CONFIGS, FIXED_HPARAMS, PYTHON, compose_train
@@ -365,7 +366,7 @@ def test_a_batch_the_loss_as_attention_cannot_hold_ends_the_run_diverged(
                                   "experiment_name=lse"))
     summary = start_module.run(plan)
     assert summary["status"] == "diverged"
-    assert summary["error"] == "non-finite training loss by step 1" + LOSS_ATTENTION_DIVERGED
+    assert summary["error"] == "non-finite training loss by step 1" + DIVERGED_HINT
     assert "train.loss_attention=false follows the run further" in summary["error"]
 
 
