@@ -142,12 +142,13 @@ class _AttentionCrossEntropy(torch.autograd.Function):
             shift = (top + bottom) / 2
             values = (h_acc * torch.exp(shift - lse)[:, None]).to(dtype)
             out_w, lse_w = _attention(w, h, values)
-            grad_weight = out_w.to(lse.dtype) * torch.exp(lse_w - shift)[:, None]
-            grad_weight = grad_weight.index_add(0, targets, h_acc, alpha=-1.0)
             # Past float32's range: NaN, not an overflowed or flushed gradient, nor an error,
-            # which on a GPU would need a sync each step (or kill the process unrecorded)
+            # which on a GPU would need a sync each step (or kill the process unrecorded). Set
+            # in the per-row scale, so the whole gradient is NaN without a pass of its own.
             beyond = top - bottom > MAX_LSE_SPREAD
-            grad_weight = torch.where(beyond, torch.nan, grad_weight)
+            scale = torch.where(beyond, torch.nan, torch.exp(lse_w - shift))
+            grad_weight = out_w.to(lse.dtype) * scale[:, None]
+            grad_weight = grad_weight.index_add(0, targets, h_acc, alpha=-1.0)
             loss = torch.where(beyond, torch.nan, losses.sum() / hidden.shape[0])
         ctx.tokens = hidden.shape[0]
         ctx.weight_dtype = weight.dtype
