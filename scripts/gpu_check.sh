@@ -15,7 +15,9 @@
 #              nanogpt, the same-card baseline); then the loss as attention at
 #              GPU_CHECK_ACCEPT_ATTENTION_SHAPES (6,256,4: cuDNN's kernel at d 256), nanoGPT's GPT
 #              profiled at GPU_CHECK_ACCEPT_NANOGPT_PROFILE_SHAPES (12,768,12), the CUDA run test
-#              (MFU logged), CUDA graphs (--compile-mode reduce-overhead) at
+#              (MFU logged), coordinate-descent tuning of inductor's own kernels
+#              (TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1) at GPU_CHECK_ACCEPT_TUNED_SHAPES
+#              (24,1024,16 12,768,12), CUDA graphs (--compile-mode reduce-overhead) at
 #              GPU_CHECK_ACCEPT_GRAPH_SHAPES (the three smallest), autotuned kernels
 #              (max-autotune-no-cudagraphs) at GPU_CHECK_ACCEPT_AUTOTUNE_SHAPES (the three
 #              largest, largest first). On an H200
@@ -45,7 +47,8 @@
 # numbers for the card: H100, H200), and the goals met or missed (also in
 # $WORK/compare-reference.md, compare-accept.md).
 # A task lent a device gets 15 device minutes in all, machine starts (1-2 min) and idle waits
-# (30 s after each call) included, so plan two calls, both `timeout_s: 600, carry: [".whl"]`:
+# (30 s after each call) included, so plan two calls, both `timeout_s: 600, carry: [".whl"]`
+# (and ".gpu_cache_in" when an earlier session's compile-cache.tgz.part-* are copied there):
 #   1. bash scripts/gpu_check.sh accept
 #   2. at once after it, while the machine is warm (a fresh start costs 1-2 min and loses the
 #      caches), with budget_left_s from `status`:
@@ -53,7 +56,8 @@
 #      to finish what the first left; then give_back. With more time: reference baseline chunk,
 #      ladder, autotune or copies (timings compare only within one machine).
 # Everything a step writes goes to $GPU_CHECK_WORK (.gpu_check/), re-packed into
-# $OUT/results.tgz after every step; the console goes to $OUT/log.txt. Steps share a deadline
+# $OUT/results.tgz after every step; the console goes to $OUT/log.txt; the compile caches to
+# $OUT/compile-cache.tgz.part-* at the end (see pack_cache). Steps share a deadline
 # (GPU_CHECK_DEADLINE_S=570 s after the start): a step that would run past it is stopped, the
 # rest are skipped, and what finished still comes back. A failed step does not stop the others.
 # With a shorter call limit than 600 s, lower GPU_CHECK_DEADLINE_S to match (keep ~30 s spare).
@@ -100,6 +104,9 @@ ACCEPT_ATTENTION_SHAPES=${GPU_CHECK_ACCEPT_ATTENTION_SHAPES-6,256,4}
 ACCEPT_NANOGPT_PROFILE_SHAPES=${GPU_CHECK_ACCEPT_NANOGPT_PROFILE_SHAPES-12,768,12}
 ACCEPT_GRAPH_SHAPES=${GPU_CHECK_ACCEPT_GRAPH_SHAPES-4,128,2 6,256,4 8,384,6}
 ACCEPT_AUTOTUNE_SHAPES=${GPU_CHECK_ACCEPT_AUTOTUNE_SHAPES-24,1024,16 12,768,12 12,512,8}
+# Coordinate-descent tuning of inductor's own (pointwise and reduction) kernels alone, without
+# max-autotune's slow matmul search: at 12x768 those kernels took about 30 % of the step
+ACCEPT_TUNED_SHAPES=${GPU_CHECK_ACCEPT_TUNED_SHAPES-24,1024,16 12,768,12}
 # First the acceptance's correctness test; the bf16 run that logs MFU (Hydra, data, a compile:
 # about a minute) comes after the benches
 ACCEPT_PYTEST_K=${GPU_CHECK_ACCEPT_PYTEST_K:-compiled_bf16_step_matches or attention_loss_on_cuda}
@@ -122,6 +129,49 @@ mkdir -p "$OUT" "$WORK"
 
 FAILED=()
 pack() { tar czf "$OUT/results.tgz" -C "$(dirname "$WORK")" "$(basename "$WORK")"; }
+
+# The compile caches across device sessions: a fresh machine compiles every shape anew (14-49 s
+# each on an H200, a third of a call), but inductor's caches are keyed by the graph, torch and the
+# card, so a later session whose model code is unchanged can load them. The end of a call packs
+# .gpu_cache into $OUT/compile-cache.tgz.part-aa, -ab, ... (a returned file holds at most 16 MiB),
+# unless they would pass CACHE_MAX_MIB together (the wheels and the tree travel too: 64 MiB in
+# all); a later session copies those parts into .gpu_cache_in/ (git-ignored) and carries it, and
+# the first call there unpacks them where .gpu_cache does not exist yet.
+CACHE_IN=$PWD/.gpu_cache_in
+CACHE_MAX_MIB=${GPU_CHECK_CACHE_MAX_MIB:-30}
+unpack_cache() {
+  compgen -G "$CACHE_IN/compile-cache.tgz.part-*" >/dev/null || return 0
+  if [[ -d .gpu_cache ]]; then
+    echo "compile cache: .gpu_cache is there already (a warm machine); $CACHE_IN left unread"
+    return 0
+  fi
+  if cat "$CACHE_IN"/compile-cache.tgz.part-* | tar xzf -; then
+    echo "compile cache: unpacked $(du -sh .gpu_cache | cut -f1) from $CACHE_IN"
+  else
+    echo "compile cache: $CACHE_IN did not unpack; compiling anew"
+    rm -rf .gpu_cache
+  fi
+}
+pack_cache() {
+  [[ -d .gpu_cache ]] || return 0
+  # after the steps' deadline, within the 30 s a call keeps spare: gzip's fastest level
+  local tgz=/tmp/compile-cache.tgz mib left=$((DEADLINE_S + 20 - SECONDS))
+  rm -f "$OUT"/compile-cache.tgz.part-*
+  if ((left < 5)) || ! timeout "$left" bash -c 'tar cf - .gpu_cache | gzip -1 >"$1"' _ "$tgz"
+  then
+    echo "compile cache: no time left to pack it"
+    rm -f "$tgz"
+    return 0
+  fi
+  mib=$((($(stat -c %s "$tgz") + 1048575) / 1048576))
+  echo "compile cache: $(du -sh .gpu_cache | cut -f1) in .gpu_cache, ${mib} MiB packed"
+  if ((mib > CACHE_MAX_MIB)); then
+    echo "compile cache: over GPU_CHECK_CACHE_MAX_MIB=$CACHE_MAX_MIB, not returned"
+  else
+    split -b 15m "$tgz" "$OUT/compile-cache.tgz.part-"
+  fi
+  rm -f "$tgz"
+}
 
 # step NAME CMD...: run CMD within the shared deadline, time it, record its status; returns CMD's
 # (1 when skipped).
@@ -231,6 +281,9 @@ once_pytest() {
 # GPT at one shape, which would stand in for the card's stored nanoGPT numbers at every shape).
 accept_unit() { unit accept "$@"; }
 profile_unit() { unit profile "$@"; }
+# UNIT_ENV (an array of NAME=VALUE) is set in the unit's environment: inductor's switches, which
+# sweep.bench records in its JSON and bench_compare names in the variant's label.
+UNIT_ENV=()
 unit() {
   local name="$1-$3-${2//,/x}" shape=$2
   shift 3
@@ -239,8 +292,8 @@ unit() {
     return
   fi
   # shellcheck disable=SC2086  # BENCH_ARGS is a list of flags
-  step "bench-$name" "$PY" -m sweep.bench --device "$DEVICE" --shape "$shape" "$@" \
-    $BENCH_ARGS --out "$WORK/bench-$name.json"
+  step "bench-$name" env "${UNIT_ENV[@]}" "$PY" -m sweep.bench --device "$DEVICE" \
+    --shape "$shape" "$@" $BENCH_ARGS --out "$WORK/bench-$name.json"
 }
 
 # baseline_needed: whether accept times nanoGPT's GPT here: GPU_CHECK_ACCEPT_BASELINE 1 or 0, or
@@ -271,7 +324,8 @@ stage_accept() {
   # shape on an H200 on 2026-12-04 (BENCHMARKS.md); the `chunk` stage and --loss-attention
   # redo them. Then the loss as attention at d 256, on cuDNN's kernel since (flash's before),
   # nanoGPT's GPT profiled where the gap to it is widest (to set its kernels
-  # beside ours), the run test that logs MFU, and the compile modes not timed yet: CUDA graphs
+  # beside ours), the run test that logs MFU, coordinate-descent tuning of inductor's own
+  # kernels at the two largest shapes, and the compile modes not timed yet: CUDA graphs
   # at the small shapes (the GPU idled a quarter of the 4x128 step), autotuned kernels at the
   # large ones (slow to compile: last).
   for shape in $ACCEPT_SHAPES; do
@@ -285,6 +339,11 @@ stage_accept() {
     profile_unit "$shape" nanogpt --arch nanogpt --profile "$PROFILE_ROWS"
   done
   once_pytest pytest-accept-run -k "$ACCEPT_LATE_PYTEST_K"
+  UNIT_ENV=(TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1)
+  for shape in $ACCEPT_TUNED_SHAPES; do
+    accept_unit "$shape" tuned --profile "$PROFILE_ROWS"
+  done
+  UNIT_ENV=()
   for shape in $ACCEPT_GRAPH_SHAPES; do
     accept_unit "$shape" graphs --compile-mode reduce-overhead
   done
@@ -350,6 +409,7 @@ main() {
     local wheels=(.whl/*.whl)
     echo "installed ${#wheels[@]} wheels into /tmp/site (PYTHONPATH) in ${SECONDS}s"
   fi
+  unpack_cache
   for stage in "$@"; do
     echo
     echo "##### stage $stage"
@@ -360,6 +420,7 @@ main() {
   compare reference "$WORK/bench-reference.json" "$WORK"/bench-reference-*.json
   compare accept "$WORK"/bench-accept-*.json
   pack
+  pack_cache
   echo
   echo "steps (name, rc, seconds):"
   cat "$WORK/steps.tsv" 2>/dev/null

@@ -45,6 +45,19 @@ from sweep.throughput import (
 
 TINY_SHAPES = ((2, 64, 2), (2, 128, 4))
 
+# Inductor's environment switches that only say where its caches live: not part of what is timed
+CACHE_ENV = ("TORCHINDUCTOR_CACHE_DIR", "TORCHINDUCTOR_FX_GRAPH_CACHE",
+             "TORCHINDUCTOR_AUTOGRAD_CACHE", "TRITON_CACHE_DIR")
+
+
+def inductor_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The TORCHINDUCTOR_* switches set for this process (cache locations left out): they change
+    the kernels torch.compile makes (e.g. TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1), so a
+    result records them and its comparison names them."""
+    environ = os.environ if environ is None else environ
+    return {k: v for k, v in sorted(environ.items())
+            if k.startswith("TORCHINDUCTOR_") and k not in CACHE_ENV}
+
 
 def ladder_shapes(config_dir: Path = CONFIGS) -> list[tuple[str, int, int, int]]:
     """(name, n_layer, d_model, n_head) of the ladder presets in configs/model/gpt_*.yaml."""
@@ -263,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
                   else "plain" if attention is False or args.arch == "nanogpt"
                   else "plain, or as attention where faster (auto)")
     arch_label = "nanoGPT's GPT" if args.arch == "nanogpt" else "this project's GPT"
+    tuning = inductor_env()
+    if tuning and hw.compile:
+        compile_label += ", " + " ".join(f"{k}={v}" for k, v in tuning.items())
     print(f"{arch_label} on {hw.device_name} ({hw.precision}, compile {compile_label}, loss "
           f"{loss_label}), torch {torch.__version__}; {protocol}")
     if args.copies > 1:
@@ -274,7 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     header = {
         "arch": args.arch,
         "device": hw.device_name, "precision": hw.precision, "compile": hw.compile,
-        "compile_mode": args.compile_mode, "loss_chunk_tokens": args.loss_chunk_tokens,
+        "compile_mode": args.compile_mode,
+        "inductor_env": tuning if hw.compile else {},
+        "loss_chunk_tokens": args.loss_chunk_tokens,
         # true, false or "auto" (each row says which loss it ran)
         "loss_attention": False if args.arch == "nanogpt" else attention,
         "copies": args.copies,

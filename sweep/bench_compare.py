@@ -53,6 +53,9 @@ def _label(report: dict[str, Any]) -> str:
     compile_ = "compile" if report["compile"] else "eager"
     if report.get("compile_mode"):
         compile_ += f" {report['compile_mode']}"
+    # Inductor switches set through the environment, e.g. COORDINATE_DESCENT_TUNING=1
+    for key, value in report.get("inductor_env", {}).items():
+        compile_ += f" {key.removeprefix('TORCHINDUCTOR_')}={value}"
     if report.get("arch") == "nanogpt":
         return f"nanoGPT's GPT, {compile_}"
     chunk = report.get("loss_chunk_tokens")

@@ -49,6 +49,7 @@ def test_tiny_cpu_bench_prints_a_table_and_writes_json_with_mfu_by_both_conventi
     assert (report["device"], report["precision"], report["compile"]) == ("cpu", "fp32", False)
     assert report["protocol"] == {"vocab_size": 512, "seq_len": 64, "batch_size": 4,
                                   "warmup_steps": 2, "timed_steps": 3}
+    assert report["inductor_env"] == {}  # eager: no compiler switch applies
     rows = report["rows"]
     assert [(r["n_layer"], r["d_model"], r["n_head"]) for r in rows] == [(2, 64, 2), (2, 128, 4)]
     for r in rows:
@@ -67,6 +68,14 @@ def test_tiny_cpu_bench_prints_a_table_and_writes_json_with_mfu_by_both_conventi
     assert report["loss_attention"] == "auto"
     assert "loss plain, or as attention where faster (auto)" in result.stdout.splitlines()[0]
     assert [r["loss_attention"] for r in rows] == [False, False]
+
+
+def test_inductor_switches_from_the_environment_are_recorded_without_cache_paths():
+    environ = {"TORCHINDUCTOR_COORDINATE_DESCENT_TUNING": "1", "TORCHINDUCTOR_CACHE_DIR": "/c",
+               "TRITON_CACHE_DIR": "/t", "TORCHINDUCTOR_FX_GRAPH_CACHE": "1", "PATH": "/bin",
+               "TORCHINDUCTOR_MAX_AUTOTUNE": "1"}
+    assert bench.inductor_env(environ) == {"TORCHINDUCTOR_COORDINATE_DESCENT_TUNING": "1",
+                                           "TORCHINDUCTOR_MAX_AUTOTUNE": "1"}
 
 
 def test_copies_of_a_chosen_shape_run_without_the_extras_too(tmp_path):

@@ -171,6 +171,19 @@ def test_the_loss_as_training_picks_it_is_labelled_auto(tmp_path, capsys):
         "| shape | L,d,h | nanoGPT table | compile, loss auto | best / nanoGPT |")
 
 
+def test_inductor_switches_make_a_variant_of_their_own(tmp_path, capsys):
+    """The same compile mode with coordinate-descent tuning on is another column, named so."""
+    default = write_report(tmp_path / "default.json", dict.fromkeys(SMALL, 1.0))
+    tuned = write_report(tmp_path / "tuned.json", dict.fromkeys(SMALL, 1.1))
+    report = json.loads(tuned.read_text())
+    report["inductor_env"] = {"TORCHINDUCTOR_COORDINATE_DESCENT_TUNING": "1"}
+    tuned.write_text(json.dumps(report))
+    assert main([str(default), str(tuned)]) == 0
+    assert capsys.readouterr().out.splitlines()[2].startswith(
+        "| shape | L,d,h | nanoGPT table | compile, loss plain | compile "
+        "COORDINATE_DESCENT_TUNING=1, loss plain | best / nanoGPT |")
+
+
 def test_files_of_one_variant_at_other_shapes_are_merged(tmp_path, capsys):
     """gpu_check.sh times each shape in a process of its own: one file per variant and shape."""
     paths = []
