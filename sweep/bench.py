@@ -25,6 +25,7 @@ import torch
 from sweep.errors import ConfigError, OneLineParser
 from sweep.hardware import (
     COMPILE_MODES,
+    inductor_env,
     out_of_memory,
     resolve_hardware,
     resolve_loss_attention,
@@ -44,20 +45,6 @@ from sweep.throughput import (
 )
 
 TINY_SHAPES = ((2, 64, 2), (2, 128, 4))
-
-# Inductor's environment switches that only say where its caches live: not part of what is timed
-CACHE_ENV = ("TORCHINDUCTOR_CACHE_DIR", "TORCHINDUCTOR_FX_GRAPH_CACHE",
-             "TORCHINDUCTOR_AUTOGRAD_CACHE", "TRITON_CACHE_DIR")
-
-
-def inductor_env(environ: dict[str, str] | None = None) -> dict[str, str]:
-    """The TORCHINDUCTOR_* switches set for this process (cache locations left out): they change
-    the kernels torch.compile makes (e.g. TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1), so a
-    result records them and its comparison names them."""
-    environ = os.environ if environ is None else environ
-    return {k: v for k, v in sorted(environ.items())
-            if k.startswith("TORCHINDUCTOR_") and k not in CACHE_ENV}
-
 
 def ladder_shapes(config_dir: Path = CONFIGS) -> list[tuple[str, int, int, int]]:
     """(name, n_layer, d_model, n_head) of the ladder presets in configs/model/gpt_*.yaml."""

@@ -6,6 +6,8 @@ MFU needs the device's dense bf16 peak; an unknown device reports MFU as null, n
 from __future__ import annotations
 
 import contextlib
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +41,20 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 # micro-batch's backward leaves in it is overwritten by the next replay before it is summed
 # (pytorch#169545), so under these, a CUDA run cannot accumulate gradients.
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+
+# Inductor's environment switches that only say where its caches live, not which kernels it makes
+CACHE_ENV = ("TORCHINDUCTOR_CACHE_DIR", "TORCHINDUCTOR_FX_GRAPH_CACHE",
+             "TORCHINDUCTOR_AUTOGRAD_CACHE")
+
+
+def inductor_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The TORCHINDUCTOR_* switches set for this process, cache locations left out: they change
+    the kernels torch.compile makes (e.g. TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1), so a bench
+    result and a run's config.yaml record them."""
+    environ = os.environ if environ is None else environ
+    return {k: v for k, v in sorted(environ.items())
+            if k.startswith("TORCHINDUCTOR_") and k not in CACHE_ENV}
 
 
 @dataclass(frozen=True)

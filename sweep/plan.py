@@ -126,7 +126,7 @@ def plan_run(
         check_epochs(run_id, budget.tokens, dataset, max_epochs)
     # The device last, and torch (~2 s to import) with it: every check above is a fraction of a
     # second, so a typo is reported before torch loads.
-    from sweep.hardware import resolve_hardware, resolve_loss_attention
+    from sweep.hardware import inductor_env, resolve_hardware, resolve_loss_attention
 
     hardware = resolve_hardware(
         train.device, train.precision, train.compile, train.peak_flops, train.compile_mode
@@ -161,6 +161,8 @@ def plan_run(
         "device": str(hardware.device),
         "precision": hardware.precision,
         "loss_attention": loss_attention,  # train.loss_attention as it resolved here
+        # TORCHINDUCTOR_* switches in the environment, which change the compiled kernels
+        "inductor_env": inductor_env() if hardware.compile else {},
     }
     return RunPlan(
         run_id=run_id,

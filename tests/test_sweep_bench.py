@@ -70,14 +70,6 @@ def test_tiny_cpu_bench_prints_a_table_and_writes_json_with_mfu_by_both_conventi
     assert [r["loss_attention"] for r in rows] == [False, False]
 
 
-def test_inductor_switches_from_the_environment_are_recorded_without_cache_paths():
-    environ = {"TORCHINDUCTOR_COORDINATE_DESCENT_TUNING": "1", "TORCHINDUCTOR_CACHE_DIR": "/c",
-               "TRITON_CACHE_DIR": "/t", "TORCHINDUCTOR_FX_GRAPH_CACHE": "1", "PATH": "/bin",
-               "TORCHINDUCTOR_MAX_AUTOTUNE": "1"}
-    assert bench.inductor_env(environ) == {"TORCHINDUCTOR_COORDINATE_DESCENT_TUNING": "1",
-                                           "TORCHINDUCTOR_MAX_AUTOTUNE": "1"}
-
-
 def test_copies_of_a_chosen_shape_run_without_the_extras_too(tmp_path):
     """--shape alone times only that shape; --copies trains it in two processes at once, also
     with the GPU image's packages (spawned copies import the project's modules only)."""

@@ -7,6 +7,7 @@ import models.attention_loss
 from sweep.errors import ConfigError
 from sweep.hardware import (
     Hardware,
+    inductor_env,
     out_of_memory,
     peak_flops_for,
     resolve_hardware,
@@ -157,3 +158,11 @@ def test_loss_attention_auto_asks_where_it_pays_for_a_model_that_allows_it(monke
     assert resolve_loss_attention("auto", cpu, 128, True, None) is False
     assert resolve_loss_attention("auto", cpu, 128, False, 512) is False
     assert len(asked) == 2
+
+
+def test_inductor_switches_from_the_environment_are_recorded_without_cache_paths():
+    environ = {"TORCHINDUCTOR_COORDINATE_DESCENT_TUNING": "1", "TORCHINDUCTOR_CACHE_DIR": "/c",
+               "TRITON_CACHE_DIR": "/t", "TORCHINDUCTOR_FX_GRAPH_CACHE": "1", "PATH": "/bin",
+               "TORCHINDUCTOR_MAX_AUTOTUNE": "1"}
+    assert inductor_env(environ) == {"TORCHINDUCTOR_COORDINATE_DESCENT_TUNING": "1",
+                                           "TORCHINDUCTOR_MAX_AUTOTUNE": "1"}

@@ -167,6 +167,22 @@ def test_loss_attention_auto_resolves_on_the_device_and_config_yaml_says_how(
         assert plan_run(cfg, [override]).loss_attention is False
 
 
+def test_inductor_switches_in_the_environment_go_into_config_yaml_not_the_run_id(
+    synthetic_root, monkeypatch
+):
+    eager = plan_run(compose_train(synthetic_root, "budget.tokens=2e4", "train.compile=true"))
+    assert eager.config["resolved"]["inductor_env"] == {}
+    monkeypatch.setenv("TORCHINDUCTOR_COORDINATE_DESCENT_TUNING", "1")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/tmp/elsewhere")  # where, not which kernels
+    tuned = plan_run(compose_train(synthetic_root, "budget.tokens=2e4", "train.compile=true"))
+    assert tuned.config["resolved"]["inductor_env"] == {
+        "TORCHINDUCTOR_COORDINATE_DESCENT_TUNING": "1"}
+    assert tuned.run_id == eager.run_id
+    # Without torch.compile they change nothing, so none is recorded
+    plain = plan_run(compose_train(synthetic_root, "budget.tokens=2e4", "train.compile=false"))
+    assert plain.config["resolved"]["inductor_env"] == {}
+
+
 def test_rules_choose_lr_batch_and_warmup_and_the_record_says_so(synthetic_root):
     plan = plan_run(compose_train(synthetic_root, *RULES, "budget.tokens=1e5"))
     # gpt_1m: N = 1,328,448, C = 6 N 1e5 = 7.97e11. LR 0.3118 C^-0.125 = 1.01e-2, clamped to 3e-3;
