@@ -23,20 +23,27 @@ Rope = tuple[torch.Tensor, torch.Tensor] | None  # (cos, sin) tables, None for l
 
 
 def rope_tables(seq_len: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of shape [seq_len, head_dim // 2] for rotating channel pairs (i, i + half)."""
+    """cos and signed sin of shape [seq_len, head_dim] for rotating channel pairs (i, i + half):
+    cos is [cos, cos] and sin is [-sin, sin] over the pairs' frequencies, as apply_rope wants."""
     half = head_dim // 2
     inv_freq = ROPE_BASE ** (-torch.arange(half, dtype=torch.float32) / half)
     angles = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv_freq)
-    return angles.cos(), angles.sin()
+    cos, sin = angles.cos(), angles.sin()
+    return torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x [B, T, ..., head_dim] by position (dim 1); cos/sin are [T, head_dim // 2]."""
-    x1, x2 = x.chunk(2, dim=-1)
-    # [T, half] -> [T, 1, ..., half]: one row per position, shared by every head (and q and k)
+    """Rotate x [B, T, ..., head_dim] by position (dim 1); cos/sin are rope_tables' [T, head_dim].
+
+    Pair (x1, x2) becomes (x1 cos - x2 sin, x2 cos + x1 sin): x * cos + roll(x) * sin, where the
+    roll by half a head swaps the halves. One elementwise expression, with no concatenation: its
+    backward (the same roll) then fuses into the kernel that assembles the qkv projection's
+    gradient. The split-and-concatenate form cost a second pass over that gradient (BENCHMARKS.md).
+    """
+    # [T, D] -> [T, 1, ..., D]: one row per position, shared by every head (and q and k)
     shape = (cos.shape[0],) + (1,) * (x.dim() - 3) + (cos.shape[1],)
     cos, sin = cos.to(x.dtype).view(shape), sin.to(x.dtype).view(shape)
-    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+    return x * cos + torch.roll(x, x.shape[-1] // 2, dims=-1) * sin
 
 
 class CausalSelfAttention(nn.Module):

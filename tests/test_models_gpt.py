@@ -113,7 +113,8 @@ def test_tie_embeddings_shares_storage() -> None:
 
 def test_rope_tables_are_buffers_not_parameters_or_state() -> None:
     model = make_model(positions="rope", max_seq_len=32)
-    assert model.rope_cos.shape == (32, 8)  # head_dim 16 -> 8 rotation frequencies
+    # head_dim 16 -> 8 rotation frequencies, each for both channels of its pair
+    assert model.rope_cos.shape == model.rope_sin.shape == (32, 16)
     names = {name for name, _ in model.named_parameters()}
     assert not any("rope" in name for name in names)
     assert not any("rope" in key for key in model.state_dict())
@@ -145,10 +146,13 @@ def test_rope_in_projection_layout_matches_rotating_each_head() -> None:
     cos, sin = rope_tables(16, D)
     qk = torch.randn(B, T, 2, H, D)
     got = apply_rope(qk, cos[:T], sin[:T])
+    # the angles, as rope_tables makes them: frequency base^(-i / (D/2)) at each position
+    freq = 10_000.0 ** (-torch.arange(D // 2) / (D // 2))
+    angles = torch.arange(T)[:, None] * freq
+    c, s = angles.cos(), angles.sin()
     for which in range(2):
         x = qk[:, :, which].transpose(1, 2)  # [B, H, T, D]
         x1, x2 = x[..., : D // 2], x[..., D // 2 :]
-        c, s = cos[:T], sin[:T]
         want = torch.cat((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1)
         assert torch.equal(got[:, :, which].transpose(1, 2), want)
     # the norm of each head's vector is kept: a rotation
