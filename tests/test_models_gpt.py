@@ -202,3 +202,39 @@ def test_adamw_overfits_one_batch(positions: str) -> None:
         losses.append(loss.item())
     assert losses[0] == pytest.approx(math.log(64), abs=0.1)
     assert losses[-1] < 0.5  # random targets: only memorisation gets here
+
+
+def _compiled_step_bytes(positions: str, n_layer: int) -> float:
+    """Bytes the kernels of one compiled bf16 training step (forward and backward) read and
+    write, by inductor's own count of its buffers: a measure of memory traffic any device shares.
+    """
+    import torch._inductor.metrics as metrics
+
+    model = make_model(positions=positions, n_layer=n_layer, d_model=128, n_head=2,
+                       vocab_size=256, max_seq_len=128).to(torch.bfloat16)
+    idx, targets = torch.randint(0, 256, (2, 2, 128))
+    torch._dynamo.reset()
+    metrics.reset()
+    torch._logging.set_logs(inductor_metrics=True)  # inductor counts bytes only when logging them
+    try:
+        with torch._inductor.config.patch(fx_graph_cache=False), \
+                torch._functorch.config.patch(enable_autograd_cache=False):
+            torch.compile(model)(idx, targets).backward()
+    finally:
+        torch._logging.set_logs()
+        torch._dynamo.reset()
+    return metrics.num_bytes_accessed
+
+
+def test_rotary_adds_no_pass_over_the_qkv_gradient_in_a_compiled_step() -> None:
+    """Rotary's memory traffic beyond learned positions', a layer, in [batch, seq, d_model] bf16
+    tensors by inductor's count: 8.0 (its forward reads q and k and writes them rotated; its
+    backward rides in the one kernel that assembles the qkv gradient; the count takes the roll's
+    second read of each tensor as a read of its own, which on a GPU its caches serve). The
+    split-and-concatenate form counted 11.5: a second pass over that gradient (in an H200's
+    profile of the 24x1024 step the two kernels that assembled it took 3.9 %, BENCHMARKS.md)."""
+    unit = 2 * 128 * 128 * 2
+    beyond = [(_compiled_step_bytes("rope", n) - _compiled_step_bytes("learned", n)) / unit
+              for n in (1, 2)]
+    per_layer = beyond[1] - beyond[0]  # the position tables' own share cancels
+    assert per_layer == pytest.approx(8.0, abs=1.0)
