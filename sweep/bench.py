@@ -46,6 +46,7 @@ from sweep.throughput import (
 
 TINY_SHAPES = ((2, 64, 2), (2, 128, 4))
 
+
 def ladder_shapes(config_dir: Path = CONFIGS) -> list[tuple[str, int, int, int]]:
     """(name, n_layer, d_model, n_head) of the ladder presets in configs/model/gpt_*.yaml."""
     shapes = []
