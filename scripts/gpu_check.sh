@@ -17,7 +17,7 @@
 #              profiled at GPU_CHECK_ACCEPT_NANOGPT_PROFILE_SHAPES (12,768,12), the CUDA run test
 #              (MFU logged), coordinate-descent tuning of inductor's own kernels
 #              (TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1) at GPU_CHECK_ACCEPT_TUNED_SHAPES
-#              (24,1024,16 12,768,12), CUDA graphs (--compile-mode reduce-overhead) at
+#              (24,1024,16 6,256,4 12,768,12), CUDA graphs (--compile-mode reduce-overhead) at
 #              GPU_CHECK_ACCEPT_GRAPH_SHAPES (the three smallest), autotuned kernels
 #              (max-autotune-no-cudagraphs) at GPU_CHECK_ACCEPT_AUTOTUNE_SHAPES (the three
 #              largest, largest first). On an H200
@@ -105,8 +105,10 @@ ACCEPT_NANOGPT_PROFILE_SHAPES=${GPU_CHECK_ACCEPT_NANOGPT_PROFILE_SHAPES-12,768,1
 ACCEPT_GRAPH_SHAPES=${GPU_CHECK_ACCEPT_GRAPH_SHAPES-4,128,2 6,256,4 8,384,6}
 ACCEPT_AUTOTUNE_SHAPES=${GPU_CHECK_ACCEPT_AUTOTUNE_SHAPES-24,1024,16 12,768,12 12,512,8}
 # Coordinate-descent tuning of inductor's own (pointwise and reduction) kernels alone, without
-# max-autotune's slow matmul search: at 12x768 those kernels took about 30 % of the step
-ACCEPT_TUNED_SHAPES=${GPU_CHECK_ACCEPT_TUNED_SHAPES-24,1024,16 12,768,12}
+# max-autotune's slow matmul search: at 12x768 those kernels took about 30 % of the step, and at
+# 6x256 the log-softmax's two took 24 % (its forward read the logits at a third of the H200's
+# memory bandwidth)
+ACCEPT_TUNED_SHAPES=${GPU_CHECK_ACCEPT_TUNED_SHAPES-24,1024,16 6,256,4 12,768,12}
 # First the acceptance's correctness test; the bf16 run that logs MFU (Hydra, data, a compile:
 # about a minute) comes after the benches
 ACCEPT_PYTEST_K=${GPU_CHECK_ACCEPT_PYTEST_K:-compiled_bf16_step_matches or attention_loss_on_cuda}
@@ -323,11 +325,11 @@ stage_accept() {
   # has whole comparisons. The plain, chunked and attention losses were each timed at every
   # shape on an H200 on 2026-12-04 (BENCHMARKS.md); the `chunk` stage and --loss-attention
   # redo them. Then the loss as attention at d 256, on cuDNN's kernel since (flash's before),
-  # nanoGPT's GPT profiled where the gap to it is widest (to set its kernels
-  # beside ours), the run test that logs MFU, coordinate-descent tuning of inductor's own
-  # kernels at the two largest shapes, and the compile modes not timed yet: CUDA graphs
-  # at the small shapes (the GPU idled a quarter of the 4x128 step), autotuned kernels at the
-  # large ones (slow to compile: last).
+  # nanoGPT's GPT profiled where the gap to it is widest (to set its kernels beside ours), the
+  # run test that logs MFU, coordinate-descent tuning of inductor's own kernels at 24x1024 (the
+  # MFU goal), 6x256 (the loss's kernels) and 12x768, and the compile modes not timed yet: CUDA
+  # graphs at the small shapes (the GPU idled a quarter of the 4x128 step), autotuned kernels
+  # at the large ones (slow to compile: last).
   for shape in $ACCEPT_SHAPES; do
     accept_unit "$shape" default --profile "$PROFILE_ROWS"
     ((baseline)) && accept_unit "$shape" nanogpt --arch nanogpt
