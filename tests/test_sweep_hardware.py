@@ -165,4 +165,4 @@ def test_inductor_switches_from_the_environment_are_recorded_without_cache_paths
                "TRITON_CACHE_DIR": "/t", "TORCHINDUCTOR_FX_GRAPH_CACHE": "1", "PATH": "/bin",
                "TORCHINDUCTOR_MAX_AUTOTUNE": "1"}
     assert inductor_env(environ) == {"TORCHINDUCTOR_COORDINATE_DESCENT_TUNING": "1",
-                                           "TORCHINDUCTOR_MAX_AUTOTUNE": "1"}
+                                     "TORCHINDUCTOR_MAX_AUTOTUNE": "1"}

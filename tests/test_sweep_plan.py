@@ -4,6 +4,7 @@ The run id hashes what the run resolved to (shape, data, tokens, hyperparameters
 """
 
 import dataclasses
+import os
 import re
 
 import pytest
@@ -170,14 +171,16 @@ def test_loss_attention_auto_resolves_on_the_device_and_config_yaml_says_how(
 def test_inductor_switches_in_the_environment_go_into_config_yaml_not_the_run_id(
     synthetic_root, monkeypatch
 ):
-    eager = plan_run(compose_train(synthetic_root, "budget.tokens=2e4", "train.compile=true"))
-    assert eager.config["resolved"]["inductor_env"] == {}
+    for key in [k for k in os.environ if k.startswith("TORCHINDUCTOR_")]:
+        monkeypatch.delenv(key)  # whatever the shell running the tests set
+    default = plan_run(compose_train(synthetic_root, "budget.tokens=2e4", "train.compile=true"))
+    assert default.config["resolved"]["inductor_env"] == {}
     monkeypatch.setenv("TORCHINDUCTOR_COORDINATE_DESCENT_TUNING", "1")
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/tmp/elsewhere")  # where, not which kernels
     tuned = plan_run(compose_train(synthetic_root, "budget.tokens=2e4", "train.compile=true"))
     assert tuned.config["resolved"]["inductor_env"] == {
         "TORCHINDUCTOR_COORDINATE_DESCENT_TUNING": "1"}
-    assert tuned.run_id == eager.run_id
+    assert tuned.run_id == default.run_id
     # Without torch.compile they change nothing, so none is recorded
     plain = plan_run(compose_train(synthetic_root, "budget.tokens=2e4", "train.compile=false"))
     assert plain.config["resolved"]["inductor_env"] == {}
