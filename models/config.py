@@ -9,6 +9,9 @@ import math
 from dataclasses import dataclass
 
 POSITION_KINDS = ("rope", "learned")
+# How a training forward computes the cross-entropy (GPT's loss_kernel, train.loss_kernel): plain is
+# the head, then F.cross_entropy and its own backward; fused is models/fused_loss.py
+LOSS_KERNELS = ("plain", "fused")
 
 
 def _divisors(n: int) -> list[int]:

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.attention_loss import attention_cross_entropy, token_attention_cross_entropy
-from models.config import GPTConfig
+from models.config import LOSS_KERNELS, GPTConfig
+from models.fused_loss import fused_cross_entropy
 from models.loss import check_chunk_tokens, linear_cross_entropy, token_cross_entropy
 
 # The usual RoPE base (Su et al. 2021); contexts of a few thousand tokens give no reason to tune it.
@@ -111,22 +112,37 @@ class GPT(nn.Module):
     loss_attention: instead, the head and the cross-entropy run as two calls of the fused
     attention kernels (models/attention_loss.py), which never write the logits out; a head
     without bias only.
+    loss_kernel "fused": a training forward computes the logits whole, then each token's loss and
+    the logits' gradient in one kernel (models/fused_loss.py), which the backward pass only feeds
+    to the head's matmuls; "plain": F.cross_entropy and its own backward.
     """
 
     def __init__(
-        self, config: GPTConfig, loss_chunk_tokens: int | None = None, loss_attention: bool = False
+        self,
+        config: GPTConfig,
+        loss_chunk_tokens: int | None = None,
+        loss_attention: bool = False,
+        loss_kernel: str = "plain",
     ) -> None:
         super().__init__()
         if loss_chunk_tokens is not None:
             check_chunk_tokens(loss_chunk_tokens, "loss_chunk_tokens")
-        if loss_attention and loss_chunk_tokens is not None:
-            raise ValueError(f"loss_attention and loss_chunk_tokens={loss_chunk_tokens} are two "
-                             "ways to fuse the head and loss: choose one")
+        if loss_kernel not in LOSS_KERNELS:
+            raise ValueError(f"loss_kernel={loss_kernel!r} is unknown: use one of "
+                             f"{', '.join(LOSS_KERNELS)}")
+        fusions = [name for name, on in (("loss_attention", loss_attention),
+                                         (f"loss_chunk_tokens={loss_chunk_tokens}",
+                                          loss_chunk_tokens is not None),
+                                         ("loss_kernel=fused", loss_kernel == "fused")) if on]
+        if len(fusions) > 1:
+            raise ValueError(f"{' and '.join(fusions)} are different ways to fuse the head and "
+                             "loss: choose one")
         if loss_attention and config.bias:
             raise ValueError("loss_attention needs an output head without bias: set bias=False")
         self.config = config
         self.loss_chunk_tokens = loss_chunk_tokens
         self.loss_attention = loss_attention
+        self.loss_kernel = loss_kernel
         self.wte = nn.Embedding(config.vocab_size, config.d_model)
         self.wpe = (
             nn.Embedding(config.max_seq_len, config.d_model)
@@ -202,6 +218,9 @@ class GPT(nn.Module):
                 return per_token.mean() if reduction == "mean" else per_token
             if reduction == "mean":
                 return linear_cross_entropy(x, *head, targets, self.loss_chunk_tokens)
+        if (targets is not None and self.loss_kernel == "fused" and reduction == "mean"
+                and torch.is_grad_enabled()):
+            return fused_cross_entropy(x, self.lm_head.weight, self.lm_head.bias, targets)
         logits = self.lm_head(x)
         if targets is None:
             return logits

@@ -12,7 +12,9 @@
 #              its own as this project's GPT trains by default (the loss train.loss_attention=auto
 #              picks, with a profile) and, on a card that sweep/nanogpt.py has no nanoGPT numbers
 #              for (GPU_CHECK_ACCEPT_BASELINE=auto; 1 or 0 to force), as nanoGPT's GPT (--arch
-#              nanogpt, the same-card baseline); then the loss as attention at
+#              nanogpt, the same-card baseline); then the fused loss kernel (--loss-kernel fused)
+#              at GPU_CHECK_ACCEPT_FUSED_SHAPES (6,256,4 8,384,6 24,1024,16 4,128,2), the loss as
+#              attention at
 #              GPU_CHECK_ACCEPT_ATTENTION_SHAPES (6,256,4: cuDNN's kernel at d 256), nanoGPT's GPT
 #              profiled at GPU_CHECK_ACCEPT_NANOGPT_PROFILE_SHAPES (12,768,12), the CUDA run test
 #              (MFU logged), coordinate-descent tuning of inductor's own kernels
@@ -101,6 +103,10 @@ ACCEPT_SHAPES=${GPU_CHECK_ACCEPT_SHAPES:-4,128,2 6,256,4 8,384,6 12,512,8 12,768
 # accept's later steps: the loss as attention where cuDNN now runs it at d 256 (flash did, 0.87x
 # the plain loss), nanoGPT's GPT profiled, CUDA graphs (reduce-overhead), autotuned kernels
 ACCEPT_ATTENTION_SHAPES=${GPU_CHECK_ACCEPT_ATTENTION_SHAPES-6,256,4}
+# The fused loss kernel (train.loss_kernel=fused: loss and gradient in one pass over the logits,
+# one pass fewer) where the loss's kernels weigh most (24 % of the 6x256 step), and at 24x1024
+# for the MFU goal
+ACCEPT_FUSED_SHAPES=${GPU_CHECK_ACCEPT_FUSED_SHAPES-6,256,4 8,384,6 24,1024,16 4,128,2}
 ACCEPT_NANOGPT_PROFILE_SHAPES=${GPU_CHECK_ACCEPT_NANOGPT_PROFILE_SHAPES-12,768,12}
 ACCEPT_GRAPH_SHAPES=${GPU_CHECK_ACCEPT_GRAPH_SHAPES-4,128,2 6,256,4 8,384,6}
 ACCEPT_AUTOTUNE_SHAPES=${GPU_CHECK_ACCEPT_AUTOTUNE_SHAPES-24,1024,16 12,768,12 12,512,8}
@@ -111,7 +117,7 @@ ACCEPT_AUTOTUNE_SHAPES=${GPU_CHECK_ACCEPT_AUTOTUNE_SHAPES-24,1024,16 12,768,12 1
 ACCEPT_TUNED_SHAPES=${GPU_CHECK_ACCEPT_TUNED_SHAPES-24,1024,16 6,256,4 12,768,12}
 # First the acceptance's correctness test; the bf16 run that logs MFU (Hydra, data, a compile:
 # about a minute) comes after the benches
-ACCEPT_PYTEST_K=${GPU_CHECK_ACCEPT_PYTEST_K:-compiled_bf16_step_matches or attention_loss_on_cuda}
+ACCEPT_PYTEST_K=${GPU_CHECK_ACCEPT_PYTEST_K:-compiled_bf16_step_matches or attention_loss_on_cuda or autotuned_kernel_on_cuda}
 ACCEPT_LATE_PYTEST_K=${GPU_CHECK_ACCEPT_LATE_PYTEST_K:-cuda_run_uses_bf16}
 PYTEST_K=${GPU_CHECK_PYTEST_K:-cuda or gpu or bf16 or compiled}
 SUITE_ARGS=${GPU_CHECK_SUITE_ARGS:--n 8}
@@ -324,7 +330,8 @@ stage_accept() {
   # of where its time goes, and the baseline where it is needed; so a call stopped midway still
   # has whole comparisons. The plain, chunked and attention losses were each timed at every
   # shape on an H200 on 2026-12-04 (BENCHMARKS.md); the `chunk` stage and --loss-attention
-  # redo them. Then the loss as attention at d 256, on cuDNN's kernel since (flash's before),
+  # redo them. Then the fused loss kernel (one pass over the logits fewer), the loss as
+  # attention at d 256, on cuDNN's kernel since (flash's before),
   # nanoGPT's GPT profiled where the gap to it is widest (to set its kernels beside ours), the
   # run test that logs MFU, coordinate-descent tuning of inductor's own kernels at 24x1024 (the
   # MFU goal), 6x256 (the loss's kernels) and 12x768, and the compile modes not timed yet: CUDA
@@ -333,6 +340,9 @@ stage_accept() {
   for shape in $ACCEPT_SHAPES; do
     accept_unit "$shape" default --profile "$PROFILE_ROWS"
     ((baseline)) && accept_unit "$shape" nanogpt --arch nanogpt
+  done
+  for shape in $ACCEPT_FUSED_SHAPES; do
+    accept_unit "$shape" fused --loss-kernel fused --profile "$PROFILE_ROWS"
   done
   for shape in $ACCEPT_ATTENTION_SHAPES; do
     accept_unit "$shape" attention --loss-attention --profile "$PROFILE_ROWS"

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from models.config import LOSS_KERNELS
 from sweep.errors import ConfigError, OneLineParser
 from sweep.hardware import (
     COMPILE_MODES,
@@ -94,6 +95,7 @@ def shape_failure(
     loss_chunk_tokens: int | None,
     err: Exception,
     loss_attention: bool = False,
+    loss_kernel: str = "plain",
 ) -> str:
     """One line saying which shape failed, why, and what to change."""
     if isinstance(err, BenchFailed):
@@ -102,6 +104,8 @@ def shape_failure(
     # The protocol allows no gradient accumulation, so the fixes are a smaller head or more memory
     if loss_attention:  # the head and loss hold no logits already
         smaller = ""
+    elif loss_kernel == "fused":  # it makes the whole logits, as the plain loss
+        smaller = "use --loss-chunk-tokens 4096 instead of --loss-kernel fused or "
     elif loss_chunk_tokens is None:
         smaller = "fuse the head and loss with --loss-chunk-tokens 4096 or "
     else:
@@ -160,6 +164,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="the output head and the loss as two fused attention calls (the logits "
                         "never written out), as train.loss_attention; auto (the default, as in "
                         "training): per shape, where it is the faster loss; bare: true")
+    p.add_argument("--loss-kernel", choices=LOSS_KERNELS, default="plain",
+                   help="fused: one kernel writes each token's loss and the logits' gradient in "
+                        "the forward pass, as train.loss_kernel (default: plain)")
     p.add_argument("--peak-flops", type=float, default=None,
                    help="the device's peak FLOP/s for MFU (default: the known-device table)")
     p.add_argument("--profile", type=int, default=0, metavar="ROWS",
@@ -199,6 +206,12 @@ def argument_problem(args: argparse.Namespace) -> str | None:
     if args.loss_attention == "true" and args.loss_chunk_tokens is not None:
         return (f"--loss-attention and --loss-chunk-tokens={args.loss_chunk_tokens} are two ways "
                 "to fuse the head and loss: give one")
+    if args.loss_kernel == "fused" and (args.loss_attention == "true"
+                                        or args.loss_chunk_tokens is not None):
+        other = ("--loss-attention" if args.loss_attention == "true"
+                 else f"--loss-chunk-tokens={args.loss_chunk_tokens}")
+        return (f"--loss-kernel fused and {other} are two ways to fuse the head and loss: "
+                "give one")
     if args.profile < 0:
         return f"--profile={args.profile} must be a number of rows (0: no profile)"
     if not args.out.parent.is_dir():
@@ -212,6 +225,7 @@ def argument_problem(args: argparse.Namespace) -> str | None:
         # The baseline is nanoGPT's own step: one run, torch.compile's default, the plain loss
         for flag, value, off in (("--loss-chunk-tokens", args.loss_chunk_tokens, None),
                                  ("--loss-attention", args.loss_attention == "true", False),
+                                 ("--loss-kernel", args.loss_kernel, "plain"),
                                  ("--compile-mode", args.compile_mode, None),
                                  ("--copies", args.copies, 1)):
             if value != off:
@@ -260,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     compile_label = f"{hw.compile}" + (f" {args.compile_mode}" if args.compile_mode else "")
     attention = {"auto": "auto", "true": True, "false": False}[args.loss_attention]
     loss_label = (f"fused in chunks of {args.loss_chunk_tokens} tokens"
-                  if args.loss_chunk_tokens else "as attention" if attention is True
+                  if args.loss_chunk_tokens else "fused kernel" if args.loss_kernel == "fused"
+                  else "as attention" if attention is True
                   else "plain" if attention is False or args.arch == "nanogpt"
                   else "plain, or as attention where faster (auto)")
     arch_label = "nanoGPT's GPT" if args.arch == "nanogpt" else "this project's GPT"
@@ -283,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         "loss_chunk_tokens": args.loss_chunk_tokens,
         # true, false or "auto" (each row says which loss it ran)
         "loss_attention": False if args.arch == "nanogpt" else attention,
+        "loss_kernel": args.loss_kernel,
         "copies": args.copies,
         "peak_flops": hw.peak_flops, "torch": torch.__version__,
         "python": platform.python_version(),
@@ -293,19 +309,20 @@ def main(argv: list[str] | None = None) -> int:
         failure = None
         config = model_config(shape, protocol, args.arch)
         as_attention = resolve_loss_attention(attention, hw, config.d_model, config.bias,
-                                              args.loss_chunk_tokens)
+                                              args.loss_chunk_tokens, args.loss_kernel)
         try:
             if args.copies > 1:
                 rows.append(measure_copies(name, shape, protocol, hw, args.copies,
-                                           args.loss_chunk_tokens, args.arch, as_attention))
+                                           args.loss_chunk_tokens, args.arch, as_attention,
+                                           args.loss_kernel))
             else:
                 rows.append(measure(name, shape, protocol, hw, args.loss_chunk_tokens,
-                                    args.profile, args.arch, as_attention))
+                                    args.profile, args.arch, as_attention, args.loss_kernel))
         except Exception as err:  # a failed shape or out of memory; the rest re-raise
             if not isinstance(err, BenchFailed) and not out_of_memory(err):
                 raise
             failure = shape_failure(name, shape, protocol, args.loss_chunk_tokens, err,
-                                    as_attention)
+                                    as_attention, args.loss_kernel)
         if failure is None:
             print(format_table(rows)[-1], flush=True)
             if attention == "auto" and as_attention:

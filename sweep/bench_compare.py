@@ -60,7 +60,8 @@ def _label(report: dict[str, Any]) -> str:
         return f"nanoGPT's GPT, {compile_}"
     chunk = report.get("loss_chunk_tokens")
     attention = report.get("loss_attention")  # true, false, or "auto": each row says which ran
-    loss = ("chunks of " + str(chunk) if chunk else "auto" if attention == "auto"
+    loss = ("chunks of " + str(chunk) if chunk else "fused kernel"
+            if report.get("loss_kernel") == "fused" else "auto" if attention == "auto"
             else "as attention" if attention else "plain")
     label = f"{compile_}, loss {loss}"
     copies = report.get("copies", 1)

@@ -214,15 +214,20 @@ def resolve_hardware(
 
 
 def resolve_loss_attention(
-    setting: str | bool, hw: Hardware, d_model: int, bias: bool, loss_chunk_tokens: int | None
+    setting: str | bool,
+    hw: Hardware,
+    d_model: int,
+    bias: bool,
+    loss_chunk_tokens: int | None,
+    loss_kernel: str = "plain",
 ) -> bool:
     """Whether a run's head and loss run as attention (train.loss_attention): true and false as
-    given (plan.py refuses true with a bias or loss chunks), auto where it is the faster path on
-    this device (models.attention_loss.pays) and the model allows it: no bias, no loss chunks
-    asked for."""
+    given (plan.py refuses true with a bias, loss chunks or the fused loss kernel), auto where it
+    is the faster path on this device (models.attention_loss.pays) and the model allows it: no
+    bias, no loss chunks nor loss_kernel=fused asked for."""
     if setting != "auto":
         return bool(setting)
-    if bias or loss_chunk_tokens is not None:
+    if bias or loss_chunk_tokens is not None or loss_kernel != "plain":
         return False
     from models.attention_loss import pays
 

@@ -17,6 +17,7 @@ from data import TokenDataset
 from data.config import TRAIN_WINDOW_ORDERS
 from data.prepare import check_tokenizer
 from models import FlopsPerToken, GPTConfig, ParamCounts, count_params, flops_per_token
+from models.config import LOSS_KERNELS
 from sweep.budget import Budget
 from sweep.checks import check_data_overrides, check_epochs, model_config
 from sweep.errors import ConfigError, finite_number, whole_number
@@ -132,7 +133,7 @@ def plan_run(
         train.device, train.precision, train.compile, train.peak_flops, train.compile_mode
     )
     loss_attention = resolve_loss_attention(train.loss_attention, hardware, model.d_model,
-                                            model.bias, train.loss_chunk_tokens)
+                                            model.bias, train.loss_chunk_tokens, train.loss_kernel)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     # config.yaml holds the numbers the run used (a rerun from it is the same run);
     # resolved.hparams.from_rule records which of them a rule chose.
@@ -217,6 +218,17 @@ def _check_train(train: DictConfig, model: GPTConfig) -> None:
             "train.loss_attention=true needs an output head without bias: set model.bias=false "
             "or train.loss_attention=false"
         )
+    kernel = train.loss_kernel
+    if kernel not in LOSS_KERNELS:
+        raise ConfigError(f"train.loss_kernel={kernel!r} is unknown: use one of "
+                          f"{', '.join(LOSS_KERNELS)}")
+    if kernel == "fused" and (chunk is not None or attention is True):
+        other = f"loss_chunk_tokens={chunk}" if chunk is not None else "loss_attention=true"
+        off = "null" if chunk is not None else "false"
+        raise ConfigError(
+            f"train.loss_kernel=fused and train.{other} are different ways to fuse the head and "
+            f"loss: set loss_kernel=plain or {other.split('=')[0]}={off}"
+        )
     if train.data_parallel not in ("ddp", "fsdp"):
         raise ConfigError(
             f"train.data_parallel={train.data_parallel!r} is unknown: use ddp (replicated) or "
@@ -286,8 +298,8 @@ def _evaluation(eval_cfg: DictConfig) -> dict[str, int]:
 
 # Where and how fast a run trains: not part of its identity (the run id)
 _TRAIN_COSMETIC = ("micro_batch_size", "min_micro_batch_size", "loss_chunk_tokens",
-                   "loss_attention", "data_parallel", "device", "precision", "compile",
-                   "compile_mode", "peak_flops")
+                   "loss_attention", "loss_kernel", "data_parallel", "device", "precision",
+                   "compile", "compile_mode", "peak_flops")
 
 
 def _train_identity(train: DictConfig) -> dict[str, Any]:

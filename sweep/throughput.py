@@ -76,6 +76,7 @@ class Row:
     # step at speed (the slowest copy's with copies > 1).
     warmup_s: float | None = None
     loss_attention: bool = False  # the head and loss ran as attention (--loss-attention)
+    loss_kernel: str = "plain"  # plain or fused (--loss-kernel)
 
 
 def _scalar(text: str) -> int | float | bool | str | None:
@@ -146,13 +147,14 @@ def _timed(
     before_timing: Callable[[], object],
     arch: str,
     loss_attention: bool = False,
+    loss_kernel: str = "plain",
 ) -> tuple[Row, float, float]:
     """measure(), also returning the timed window's ends on time.monotonic(), which every
     process of the machine shares; before_timing() runs between the warm-up and the window."""
     config = model_config(shape, protocol, arch)
     torch.manual_seed(0)
-    model = GPT(config, loss_chunk_tokens=loss_chunk_tokens,
-                loss_attention=loss_attention).to(hw.device)
+    model = GPT(config, loss_chunk_tokens=loss_chunk_tokens, loss_attention=loss_attention,
+                loss_kernel=loss_kernel).to(hw.device)
     step_model = hw.compiled(model)
     optimizer = build_optimizer(model, **OPTIMIZER, fused=hw.device.type == "cuda")
     tokens = torch.randint(protocol.vocab_size, (protocol.batch_size, protocol.seq_len + 1),
@@ -191,6 +193,7 @@ def _timed(
         profile=profile,
         warmup_s=warmup_s,
         loss_attention=loss_attention,
+        loss_kernel=loss_kernel,
     )
     return row, start, end
 
@@ -204,12 +207,15 @@ def measure(
     profile_rows: int = 0,
     arch: str = "project",
     loss_attention: bool = False,
+    loss_kernel: str = "plain",
 ) -> Row:
     """Time the training step (forward, backward, clip, AdamW) of one shape on random tokens,
-    compiled as hw says; loss_chunk_tokens and loss_attention as train.*; arch one of ARCHES.
-    profile_rows > 0: then profile three more steps and keep that many top ops by device time."""
+    compiled as hw says; loss_chunk_tokens, loss_attention and loss_kernel as train.*; arch one
+    of ARCHES. profile_rows > 0: then profile three more steps and keep that many top ops by
+    device time."""
     return _timed(name, shape, protocol, hw, loss_chunk_tokens, profile_rows,
-                  before_timing=lambda: None, arch=arch, loss_attention=loss_attention)[0]
+                  before_timing=lambda: None, arch=arch, loss_attention=loss_attention,
+                  loss_kernel=loss_kernel)[0]
 
 
 def _profile(train_step: Callable[[], torch.Tensor], hw: Hardware, rows: int) -> str:
@@ -235,13 +241,13 @@ def _copy(
     results: multiprocessing.Queue,
 ) -> None:
     """One copy's process: warm up, wait for every copy, time; reports (index, result or why)."""
-    name, shape, protocol, hw, loss_chunk_tokens, arch, loss_attention = args
+    name, shape, protocol, hw, loss_chunk_tokens, arch, loss_attention, loss_kernel = args
     try:
         # TF32 and the like are per process: resolve the hardware again here.
         hw = resolve_hardware(str(hw.device), hw.precision, hw.compile, hw.peak_flops,
                               hw.compile_mode)
         results.put((index, _timed(name, shape, protocol, hw, loss_chunk_tokens, 0,
-                                   barrier.wait, arch, loss_attention)))
+                                   barrier.wait, arch, loss_attention, loss_kernel)))
     except threading.BrokenBarrierError:
         results.put((index, ANOTHER_FAILED))
     except Exception as exc:  # reported to the parent, which names it in one line
@@ -259,6 +265,7 @@ def measure_copies(
     loss_chunk_tokens: int | None = None,
     arch: str = "project",
     loss_attention: bool = False,
+    loss_kernel: str = "plain",
 ) -> Row:
     """Train `copies` copies of one shape at once on the device, each in its own process (as a
     sweep running several runs per GPU does); they start timing together, after every copy's
@@ -267,7 +274,7 @@ def measure_copies(
     context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
     barrier = context.Barrier(copies)
     results = context.Queue()
-    args = (name, shape, protocol, hw, loss_chunk_tokens, arch, loss_attention)
+    args = (name, shape, protocol, hw, loss_chunk_tokens, arch, loss_attention, loss_kernel)
     workers = [context.Process(target=_copy, args=(i, args, barrier, results), daemon=True)
                for i in range(copies)]
     for worker in workers:
@@ -315,4 +322,5 @@ def measure_copies(
         copies=copies,
         warmup_s=max(row.warmup_s for row in rows),
         loss_attention=loss_attention,
+        loss_kernel=loss_kernel,
     )

@@ -127,6 +127,21 @@ def test_the_loss_as_attention_is_timed_and_recorded(tmp_path):
     assert row["tokens_per_s"] > 0 and 5.0 < row["loss"] < 6.24
 
 
+def test_the_fused_loss_kernel_is_timed_and_recorded_with_the_plain_loss(tmp_path, capsys):
+    losses = {}
+    for kernel in ("plain", "fused"):
+        out = tmp_path / f"{kernel}.json"
+        assert bench.main(["--device", "cpu", "--tiny", "--shape", "2,64,2", "--loss-kernel",
+                           kernel, "--loss-attention", "false", "--out", str(out)]) == 0
+        report = json.loads(out.read_text())
+        [row] = report["rows"]
+        assert report["loss_kernel"] == row["loss_kernel"] == kernel
+        losses[kernel] = row["loss"]
+    assert "loss fused kernel)" in capsys.readouterr().out
+    # the same seed and batch: the same loss after 5 steps, to float32 rounding
+    assert losses["fused"] == pytest.approx(losses["plain"], rel=1e-5)
+
+
 def test_auto_times_the_loss_as_attention_where_it_pays_and_says_so(tmp_path, capsys,
                                                                     monkeypatch):
     # As on a GPU where it is the faster loss: only the widths it pays at take it
@@ -173,6 +188,17 @@ def test_auto_times_the_loss_as_attention_where_it_pays_and_says_so(tmp_path, ca
     (["--device", "cpu", "--loss-attention", "--loss-chunk-tokens", "512"],
      "error: --loss-attention and --loss-chunk-tokens=512 are two ways to fuse the head and "
      "loss: give one"),
+    (["--device", "cpu", "--loss-kernel", "fused", "--loss-chunk-tokens", "512"],
+     "error: --loss-kernel fused and --loss-chunk-tokens=512 are two ways to fuse the head and "
+     "loss: give one"),
+    (["--device", "cpu", "--loss-kernel", "fused", "--loss-attention"],
+     "error: --loss-kernel fused and --loss-attention are two ways to fuse the head and loss: "
+     "give one"),
+    (["--device", "cpu", "--loss-kernel", "triton"],
+     "error: argument --loss-kernel: invalid choice: 'triton'"),
+    (["--device", "cpu", "--arch", "nanogpt", "--loss-kernel", "fused"],
+     "error: --loss-kernel=fused is not nanoGPT's step, which --arch nanogpt times as it is: "
+     "leave out --loss-kernel there"),
     (["--device", "cpu", "--arch", "nanogpt", "--compile", "true", "--compile-mode",
       "max-autotune"], "error: --compile-mode=max-autotune is not nanoGPT's step"),
     (["--device", "cpu", "--arch", "nanogpt", "--copies", "2"],
@@ -285,6 +311,7 @@ def test_ladder_shapes_are_the_model_presets_smallest_first():
 @pytest.mark.parametrize(("d_model", "loss"), [
     (256, {}),
     (256, {"loss_chunk_tokens": 3000}),  # 3000: chunks of uneven size
+    (256, {"loss_kernel": "fused"}),  # the Triton kernel, autotuned at vocab 32768
     (128, {"loss_attention": True}),  # cuDNN's kernels on a Hopper GPU, else flash
     (256, {"loss_attention": True}),  # the flash kernels
     (384, {"loss_attention": True}),  # wider than they take: the memory-efficient kernels

@@ -17,7 +17,7 @@ H100 = "NVIDIA H100 80GB HBM3"
 
 def write_report(path: Path, ratios: dict, *, chunk=None, device=H100, mfu_302m=0.52,
                  failed=(), copies=1, arch=None, date=None, table=REFERENCE,
-                 attention=False) -> Path:
+                 attention=False, kernel=None) -> Path:
     """A sweep.bench JSON whose rows run at `ratios` x nanoGPT's tokens/s (table), shape by
     shape; its rows carry that reference where sweep.nanogpt has numbers for the device."""
     rows = []
@@ -38,7 +38,7 @@ def write_report(path: Path, ratios: dict, *, chunk=None, device=H100, mfu_302m=
         "compile_mode": None, "loss_chunk_tokens": chunk, "loss_attention": attention,
         "copies": copies, "rows": rows,
         "failed": failures, "pending": [], **({"arch": arch} if arch else {}),
-        **({"date": date} if date else {}),
+        **({"date": date} if date else {}), **({"loss_kernel": kernel} if kernel else {}),
     }))
     return path
 
@@ -162,6 +162,14 @@ def test_the_loss_as_attention_is_a_variant_of_its_own(tmp_path, capsys):
                              "loss as attention | best / nanoGPT |")
     assert out[4] == ("| nanogpt-0 | 4,128,2 | 3.720M | 3.720M | **5.208M** | 1.40x | 30.0% | "
                       "≥1.30x met |")
+
+
+def test_the_fused_loss_kernel_is_a_variant_of_its_own(tmp_path, capsys):
+    plain = write_report(tmp_path / "plain.json", dict.fromkeys(SMALL, 1.0), kernel="plain")
+    fused = write_report(tmp_path / "fused.json", dict.fromkeys(SMALL, 1.1), kernel="fused")
+    assert main([str(plain), str(fused)]) == 0
+    assert capsys.readouterr().out.splitlines()[2].startswith(
+        "| shape | L,d,h | nanoGPT table | compile, loss plain | compile, loss fused kernel |")
 
 
 def test_the_loss_as_training_picks_it_is_labelled_auto(tmp_path, capsys):

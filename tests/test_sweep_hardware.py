@@ -89,13 +89,15 @@ def test_every_model_compiles_past_dynamos_recompile_limit(monkeypatch):
     real_compile = torch.compile
     monkeypatch.setattr(torch, "compile", lambda module, mode=None, dynamic=None: real_compile(
         module, mode=mode, dynamic=dynamic, backend=backend))
-    # 2 instead of the default 8 keeps this fast: the third depth would be the first left eager.
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)
     hw = resolve_hardware("cpu", "fp32", True, None)
     x = torch.randint(64, (2, 16))
-    for n_layer in (1, 2, 3, 4):  # each depth fails the last one's guards, like the ladder
-        model = GPT(gpt_config(n_layer=n_layer, d_model=32, n_head=2, vocab_size=64))
-        hw.compiled(model)(x, x).backward()
+    # 2 instead of the default 8 keeps this fast: the third depth would be the first left eager.
+    # config.patch, not monkeypatch, whose undo deletes the setting: torch 2.13 then hides it,
+    # and the next recompile anywhere in the process fails on its lookup.
+    with torch._dynamo.config.patch(recompile_limit=2):
+        for n_layer in (1, 2, 3, 4):  # each depth fails the last one's guards, like the ladder
+            model = GPT(gpt_config(n_layer=n_layer, d_model=32, n_head=2, vocab_size=64))
+            hw.compiled(model)(x, x).backward()
     assert graphs == [1, 2, 3, 4]  # without the reset: [1, 2]
 
 
@@ -154,9 +156,10 @@ def test_loss_attention_auto_asks_where_it_pays_for_a_model_that_allows_it(monke
     bf16 = Hardware(torch.device("cpu"), "cpu", "bf16", False, None)
     assert resolve_loss_attention("auto", bf16, 64, False, None) is True
     assert asked == [(torch.float32, 128), (torch.bfloat16, 64)]  # the step's compute dtype
-    # A bias or loss chunks rule it out: auto keeps the plain or chunked loss, no error
+    # A bias, loss chunks or the fused loss kernel rule it out: auto keeps that loss, no error
     assert resolve_loss_attention("auto", cpu, 128, True, None) is False
     assert resolve_loss_attention("auto", cpu, 128, False, 512) is False
+    assert resolve_loss_attention("auto", cpu, 128, False, None, "fused") is False
     assert len(asked) == 2
 
 

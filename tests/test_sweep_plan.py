@@ -140,6 +140,14 @@ def test_target_params_refuses_pinned_shape_keys(synthetic_root):
     (["train.loss_attention=true", "train.loss_chunk_tokens=512"],
      "train.loss_attention=true and train.loss_chunk_tokens=512 are two ways to fuse the head and "
      "loss: set loss_chunk_tokens=null or loss_attention=false"),
+    (["train.loss_kernel=triton"],
+     "train.loss_kernel='triton' is unknown: use one of plain, fused"),
+    (["train.loss_kernel=fused", "train.loss_chunk_tokens=512"],
+     "train.loss_kernel=fused and train.loss_chunk_tokens=512 are different ways to fuse the head "
+     "and loss: set loss_kernel=plain or loss_chunk_tokens=null"),
+    (["train.loss_kernel=fused", "train.loss_attention=true"],
+     "train.loss_kernel=fused and train.loss_attention=true are different ways to fuse the head "
+     "and loss: set loss_kernel=plain or loss_attention=false"),
     (["train.loss_attention=true", "model.bias=true"],
      "train.loss_attention=true needs an output head without bias: set model.bias=false or "
      "train.loss_attention=false"),
@@ -250,7 +258,7 @@ RUN_CHANGES = [
 ]
 COSMETIC = [
     "train.micro_batch_size=4", "train.loss_chunk_tokens=256", "train.loss_attention=true",
-    "train.device=cpu",
+    "train.loss_kernel=fused", "train.device=cpu",
     "train.precision=fp32", "train.compile=false",
     "train.compile=true train.compile_mode=max-autotune",  # a mode needs compile on
     "train.peak_flops=1e12", "logging.interval=3", "logging.progress=true",
