@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from models.loss import compute_dtype
+from models.loss import compute_dtype, torch_cross_entropy
 
 try:
     import triton
@@ -104,18 +104,6 @@ def triton_cross_entropy(
     else:
         _cross_entropy_rows[(rows,)](*args, BLOCK=block)
     return losses, grad
-
-
-def torch_cross_entropy(
-    logits: torch.Tensor, targets: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """triton_cross_entropy's outputs by torch ops: float32 (float64 for float64 logits)."""
-    x = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    lse = torch.logsumexp(x, dim=-1)
-    losses = lse - x.gather(1, targets[:, None]).squeeze(1)
-    p = torch.exp(x - lse[:, None])
-    p = p.scatter_add(1, targets[:, None], p.new_full((p.shape[0], 1), -1.0))
-    return losses.to(torch.promote_types(logits.dtype, torch.float32)), p.to(logits.dtype)
 
 
 @torch.library.custom_op("scaling_sweep::cross_entropy_with_grad", mutates_args=())

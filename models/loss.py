@@ -19,6 +19,19 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
+def torch_cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per-row losses, softmax - one_hot in logits' dtype) of 2-D logits [rows, vocab]: the
+    losses in float32 (float64 for float64 logits), as models.fused_loss's kernel gives them."""
+    x = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    lse = torch.logsumexp(x, dim=-1)
+    losses = lse - x.gather(1, targets[:, None]).squeeze(1)
+    p = torch.exp(x - lse[:, None])
+    p = p.scatter_add(1, targets[:, None], p.new_full((p.shape[0], 1), -1.0))
+    return losses, p.to(logits.dtype)
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
@@ -50,16 +63,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 t = targets[start : start + chunk_tokens]
                 # addmm, as F.linear: the bias is added before the one rounding to dtype
                 logits = h @ w.t() if b is None else torch.addmm(b, h, w.t())
-                # float32 log-sum-exp, as the plain path's logits.float() gives
-                logits = logits.to(acc)
-                lse = torch.logsumexp(logits, dim=-1)
-                loss_sum = loss_sum + (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
-                # d(sum of losses)/d(logits) = softmax - one_hot(target)
-                grad = torch.exp(logits - lse[:, None])
-                grad = grad.scatter_add(1, t[:, None], grad.new_full((t.shape[0], 1), -1.0))
+                # float32 log-sum-exp, as the plain path's logits.float() gives, and
+                # d(sum of losses)/d(logits) = softmax - one_hot(target), rounded to dtype
+                losses, grad = torch_cross_entropy(logits, t)
+                loss_sum = loss_sum + losses.sum()
                 if grad_bias is not None:
-                    grad_bias = grad_bias + grad.sum(0)
-                grad = grad.to(dtype)
+                    grad_bias = grad_bias + grad.sum(0, dtype=acc)
                 grad_hidden[start : start + chunk_tokens] = grad @ w
                 grad_weight = grad_weight + (grad.t() @ h).to(acc)
         ctx.tokens = tokens

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from models import GPT
-from models.fused_loss import cross_entropy_with_grad, fused_cross_entropy, torch_cross_entropy
+from models.fused_loss import cross_entropy_with_grad, fused_cross_entropy
+from models.loss import torch_cross_entropy
 from tests.helpers import gpt_config
 from tests.test_models_loss import assert_compiled_matches_eager, grads, leaves, plain
 
@@ -166,7 +167,8 @@ def test_the_op_compiles_without_a_graph_break():
 # Runs in a process of its own: Triton reads TRITON_INTERPRET when a kernel is defined.
 KERNEL_CHECK = textwrap.dedent("""
     import torch
-    from models.fused_loss import torch_cross_entropy, triton_cross_entropy
+    from models.fused_loss import triton_cross_entropy
+    from models.loss import torch_cross_entropy
 
     g = torch.Generator().manual_seed(0)
     for dtype in (torch.float32, torch.bfloat16):
