@@ -3,7 +3,8 @@
 `python tests/faults.py FAULT [FAULT ...] -- MODULE [ARGS ...]` installs each FAULT, then runs
 `python -m MODULE ARGS` in this process. Faults (N counts calls from 1):
   kill@step=N        SIGKILL during optimizer step N (after its backward, before the update)
-  kill1@step=N       the same in rank 1 only (RANK=1): a data-parallel run losing one rank
+  kill1@step=N       the same in rank 1 only (RANK=1), after a pause of LOST_RANK_PAUSE_S: a
+                     data-parallel run losing one rank while the other waits for it
   kill@eval=N        SIGKILL halfway through the N-th evaluation
   kill@metrics=N     SIGKILL after writing half of the N-th metrics.jsonl line (a torn line)
   kill@checkpoint=N  SIGKILL between writing the N-th checkpoint's temp file and its rename
@@ -23,6 +24,7 @@ import os
 import runpy
 import signal
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -46,10 +48,22 @@ def _on_call(n: int, action: Callable[[], None]) -> Callable[[], None]:
     return tick
 
 
-def _kill_step(n: int) -> None:
+# How long rank 1 pauses before kill1@step dies: rank 0 meanwhile reaches its next collective and
+# waits in it, so the death breaks that collective at once. Without the pause rank 0 may still be
+# computing when torchrun, which polls its ranks every 0.1 s, sends it SIGTERM: an interruption
+# too, but not the lost-rank error under test (a flake under load).
+LOST_RANK_PAUSE_S = 2.0
+
+
+def _pause_then_die() -> None:
+    time.sleep(LOST_RANK_PAUSE_S)
+    _die()
+
+
+def _kill_step(n: int, action: Callable[[], None] = _die) -> None:
     import torch
 
-    tick = _on_call(n, _die)
+    tick = _on_call(n, action)
     original = torch.optim.AdamW.step
 
     def step(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -191,7 +205,8 @@ def install(fault: str) -> None:
     n = int(arg)
     installers: dict[str, Callable[[int], None]] = {
         "kill@step": _kill_step,
-        "kill1@step": lambda k: _kill_step(k) if os.environ.get("RANK") == "1" else None,
+        "kill1@step": lambda k: (_kill_step(k, _pause_then_die) if os.environ.get("RANK") == "1"
+                                 else None),
         "kill@eval": _kill_eval,
         "kill@metrics": _kill_metrics,
         "kill@checkpoint": lambda k: _before_rename(
