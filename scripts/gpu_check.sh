@@ -13,7 +13,8 @@
 #              picks, with a profile) and, on a card that sweep/nanogpt.py has no nanoGPT numbers
 #              for (GPU_CHECK_ACCEPT_BASELINE=auto; 1 or 0 to force), as nanoGPT's GPT (--arch
 #              nanogpt, the same-card baseline); then the fused loss kernel (--loss-kernel fused)
-#              at GPU_CHECK_ACCEPT_FUSED_SHAPES (6,256,4 8,384,6 24,1024,16 4,128,2), the loss as
+#              at GPU_CHECK_ACCEPT_FUSED_SHAPES (6,256,4 8,384,6 24,1024,16 4,128,2) if its CUDA
+#              test passes (GPU_CHECK_ACCEPT_FUSED_PYTEST_K, run just before), the loss as
 #              attention at
 #              GPU_CHECK_ACCEPT_ATTENTION_SHAPES (6,256,4: cuDNN's kernel at d 256), nanoGPT's GPT
 #              profiled at GPU_CHECK_ACCEPT_NANOGPT_PROFILE_SHAPES (12,768,12), the CUDA run test
@@ -117,7 +118,10 @@ ACCEPT_AUTOTUNE_SHAPES=${GPU_CHECK_ACCEPT_AUTOTUNE_SHAPES-24,1024,16 12,768,12 1
 ACCEPT_TUNED_SHAPES=${GPU_CHECK_ACCEPT_TUNED_SHAPES-24,1024,16 6,256,4 12,768,12}
 # First the acceptance's correctness test; the bf16 run that logs MFU (Hydra, data, a compile:
 # about a minute) comes after the benches
-ACCEPT_PYTEST_K=${GPU_CHECK_ACCEPT_PYTEST_K:-compiled_bf16_step_matches or attention_loss_on_cuda or autotuned_kernel_on_cuda}
+ACCEPT_PYTEST_K=${GPU_CHECK_ACCEPT_PYTEST_K:-compiled_bf16_step_matches or attention_loss_on_cuda}
+# The fused loss kernel's own CUDA test, just before its units, which run only if it passed: a
+# kernel that fails on this card's Triton would fail each unit after its compile (~30 s a shape)
+ACCEPT_FUSED_PYTEST_K=${GPU_CHECK_ACCEPT_FUSED_PYTEST_K:-autotuned_kernel_on_cuda}
 ACCEPT_LATE_PYTEST_K=${GPU_CHECK_ACCEPT_LATE_PYTEST_K:-cuda_run_uses_bf16}
 PYTEST_K=${GPU_CHECK_PYTEST_K:-cuda or gpu or bf16 or compiled}
 SUITE_ARGS=${GPU_CHECK_SUITE_ARGS:--n 8}
@@ -341,9 +345,16 @@ stage_accept() {
     accept_unit "$shape" default --profile "$PROFILE_ROWS"
     ((baseline)) && accept_unit "$shape" nanogpt --arch nanogpt
   done
-  for shape in $ACCEPT_FUSED_SHAPES; do
-    accept_unit "$shape" fused --loss-kernel fused --profile "$PROFILE_ROWS"
-  done
+  if [[ -n $ACCEPT_FUSED_SHAPES ]]; then
+    once_pytest pytest-fused-kernel -k "$ACCEPT_FUSED_PYTEST_K"
+    if [[ $(cat "$WORK/pytest-fused-kernel.rc" 2>/dev/null) == 0 ]]; then
+      for shape in $ACCEPT_FUSED_SHAPES; do
+        accept_unit "$shape" fused --loss-kernel fused --profile "$PROFILE_ROWS"
+      done
+    else
+      echo "=== the fused loss's units skipped: its kernel's test failed or did not finish"
+    fi
+  fi
   for shape in $ACCEPT_ATTENTION_SHAPES; do
     accept_unit "$shape" attention --loss-attention --profile "$PROFILE_ROWS"
   done
