@@ -9,10 +9,11 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet -c constraints.txt torch
 .venv/bin/python -m pip install --quiet -c constraints.txt -e ".[dev]"
-# Triton: a CUDA build of torch brings its own; a CPU build none, and the fused loss's kernel is
-# then tested by Triton's CPU interpreter: this release (not in constraints.txt, where it would
-# clash with the triton a CUDA torch requires).
-if ! .venv/bin/python -c "import triton" 2>/dev/null; then
-    .venv/bin/python -m pip install --quiet "triton==3.6.0"
+# Triton: a CUDA build of torch brings its own. With a CPU build the fused loss's kernel is
+# tested by Triton's CPU interpreter, from this release installed beside the environment, not in
+# it: torch imports any Triton it finds, which would change every process the tests start (and
+# in constraints.txt it would clash with the Triton a CUDA torch requires).
+if ! .venv/bin/python -c "import triton" 2>/dev/null && [ ! -d .venv/triton-interpreter/triton ]; then
+    .venv/bin/python -m pip install --quiet --target .venv/triton-interpreter "triton==3.6.0"
 fi
 echo "ready: source .venv/bin/activate"
