@@ -223,11 +223,11 @@ def _check_train(train: DictConfig, model: GPTConfig) -> None:
         raise ConfigError(f"train.loss_kernel={kernel!r} is unknown: use one of "
                           f"{', '.join(LOSS_KERNELS)}")
     if kernel == "fused" and (chunk is not None or attention is True):
-        other = f"loss_chunk_tokens={chunk}" if chunk is not None else "loss_attention=true"
-        off = "null" if chunk is not None else "false"
+        key, given, off = (("loss_chunk_tokens", chunk, "null") if chunk is not None
+                           else ("loss_attention", "true", "false"))
         raise ConfigError(
-            f"train.loss_kernel=fused and train.{other} are different ways to fuse the head and "
-            f"loss: set loss_kernel=plain or {other.split('=')[0]}={off}"
+            f"train.loss_kernel=fused and train.{key}={given} are different ways to fuse the head "
+            f"and loss: set loss_kernel=plain or {key}={off}"
         )
     if train.data_parallel not in ("ddp", "fsdp"):
         raise ConfigError(
