@@ -83,10 +83,11 @@ class _HeadCrossEntropy(torch.autograd.Function):
         hidden_dtype, weight_dtype, bias_dtype = ctx.dtypes
         # The kernel wrote the gradient of the summed losses; the mean's 1/tokens and the upstream
         # gradient scale the two small products, not the [tokens, vocab] gradient (no extra pass)
+        # (a 0-dim tensor: a product with it keeps the other factor's floating dtype)
         scale = grad_loss.to(torch.promote_types(grad_loss.dtype, torch.float32)) / ctx.tokens
         with torch.autocast(grad.device.type, enabled=False):
-            grad_hidden = ((grad @ w).to(hidden_dtype) * scale).to(hidden_dtype)
-            grad_weight = ((grad.t() @ h).to(weight_dtype) * scale).to(weight_dtype)
+            grad_hidden = (grad @ w).to(hidden_dtype) * scale
+            grad_weight = (grad.t() @ h).to(weight_dtype) * scale
             grad_bias = None
             if bias_dtype is not None:
                 grad_bias = (grad.sum(0, dtype=scale.dtype) * scale).to(bias_dtype)
