@@ -14,6 +14,39 @@ POSITION_KINDS = ("rope", "learned")
 LOSS_KERNELS = ("plain", "fused")
 
 
+def loss_fusions(
+    chunk_tokens: int | None, attention: bool, kernel: str
+) -> list[tuple[str, str, str]]:
+    """Each way of fusing the head and loss that these train.* settings ask for, as (key, value,
+    the value that turns it off) in the configs' spelling; two or more cannot run together."""
+    asked = (("loss_chunk_tokens", chunk_tokens is not None, f"{chunk_tokens}", "null"),
+             ("loss_attention", attention is True, "true", "false"),
+             ("loss_kernel", kernel == "fused", "fused", "plain"))
+    return [(key, value, off) for key, on, value, off in asked if on]
+
+
+@dataclass(frozen=True)
+class LossChoice:
+    """How a training forward computes the output head and its cross-entropy: plain, in chunks
+    of chunk_tokens, as attention or with the fused kernel (train.loss_*, attention resolved)."""
+
+    chunk_tokens: int | None = None
+    attention: bool = False
+    kernel: str = "plain"
+
+    def __post_init__(self) -> None:
+        if self.chunk_tokens is not None:
+            check_positive_int("loss_chunk_tokens", self.chunk_tokens)
+        _check_bool("loss_attention", self.attention)
+        if self.kernel not in LOSS_KERNELS:
+            raise ValueError(f"loss_kernel={self.kernel!r} is unknown: use one of "
+                             f"{', '.join(LOSS_KERNELS)}")
+        fusions = loss_fusions(self.chunk_tokens, self.attention, self.kernel)
+        if len(fusions) > 1:
+            asked = " and ".join(f"{key}={value}" for key, value, _ in fusions)
+            raise ValueError(f"{asked} are different ways to fuse the head and loss: choose one")
+
+
 def _divisors(n: int) -> list[int]:
     return [k for k in range(1, n + 1) if n % k == 0]
 

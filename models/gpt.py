@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.attention_loss import attention_cross_entropy, token_attention_cross_entropy
-from models.config import LOSS_KERNELS, GPTConfig
+from models.config import GPTConfig, LossChoice
 from models.fused_loss import fused_cross_entropy
-from models.loss import check_chunk_tokens, linear_cross_entropy, token_cross_entropy
+from models.loss import linear_cross_entropy, token_cross_entropy
 
 # The usual RoPE base (Su et al. 2021); contexts of a few thousand tokens give no reason to tune it.
 ROPE_BASE = 10_000.0
@@ -125,24 +125,10 @@ class GPT(nn.Module):
         loss_kernel: str = "plain",
     ) -> None:
         super().__init__()
-        if loss_chunk_tokens is not None:
-            check_chunk_tokens(loss_chunk_tokens, "loss_chunk_tokens")
-        if loss_kernel not in LOSS_KERNELS:
-            raise ValueError(f"loss_kernel={loss_kernel!r} is unknown: use one of "
-                             f"{', '.join(LOSS_KERNELS)}")
-        fusions = [name for name, on in (("loss_attention", loss_attention),
-                                         (f"loss_chunk_tokens={loss_chunk_tokens}",
-                                          loss_chunk_tokens is not None),
-                                         ("loss_kernel=fused", loss_kernel == "fused")) if on]
-        if len(fusions) > 1:
-            raise ValueError(f"{' and '.join(fusions)} are different ways to fuse the head and "
-                             "loss: choose one")
+        self.loss = LossChoice(loss_chunk_tokens, loss_attention, loss_kernel)
         if loss_attention and config.bias:
             raise ValueError("loss_attention needs an output head without bias: set bias=False")
         self.config = config
-        self.loss_chunk_tokens = loss_chunk_tokens
-        self.loss_attention = loss_attention
-        self.loss_kernel = loss_kernel
         self.wte = nn.Embedding(config.vocab_size, config.d_model)
         self.wpe = (
             nn.Embedding(config.max_seq_len, config.d_model)
@@ -204,21 +190,21 @@ class GPT(nn.Module):
         x = self.ln_f(x)
         if reduction not in ("mean", "none"):
             raise ValueError(f"reduction={reduction!r} is unknown: use 'mean' or 'none'")
-        if targets is not None and self.loss_attention:
+        if targets is not None and self.loss.attention:
             if not torch.is_grad_enabled():
                 per_token = token_attention_cross_entropy(x, self.lm_head.weight, targets)
                 return per_token.mean() if reduction == "mean" else per_token
             if reduction == "mean":
                 return attention_cross_entropy(x, self.lm_head.weight, targets)
-        if targets is not None and self.loss_chunk_tokens is not None:
+        if targets is not None and self.loss.chunk_tokens is not None:
             head = (self.lm_head.weight, self.lm_head.bias)
             if not torch.is_grad_enabled():
                 # evaluation: per-token losses a chunk at a time, never the whole logits
-                per_token = token_cross_entropy(x, *head, targets, self.loss_chunk_tokens)
+                per_token = token_cross_entropy(x, *head, targets, self.loss.chunk_tokens)
                 return per_token.mean() if reduction == "mean" else per_token
             if reduction == "mean":
-                return linear_cross_entropy(x, *head, targets, self.loss_chunk_tokens)
-        if (targets is not None and self.loss_kernel == "fused" and reduction == "mean"
+                return linear_cross_entropy(x, *head, targets, self.loss.chunk_tokens)
+        if (targets is not None and self.loss.kernel == "fused" and reduction == "mean"
                 and torch.is_grad_enabled()):
             return fused_cross_entropy(x, self.lm_head.weight, self.lm_head.bias, targets)
         logits = self.lm_head(x)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from models.config import LOSS_KERNELS
+from models.config import LOSS_KERNELS, LossChoice, loss_fusions
 from sweep.errors import ConfigError, OneLineParser
 from sweep.hardware import (
     COMPILE_MODES,
@@ -92,24 +92,22 @@ def shape_failure(
     name: str,
     shape: tuple[int, int, int],
     protocol: Protocol,
-    loss_chunk_tokens: int | None,
+    loss: LossChoice,
     err: Exception,
-    loss_attention: bool = False,
-    loss_kernel: str = "plain",
 ) -> str:
     """One line saying which shape failed, why, and what to change."""
     if isinstance(err, BenchFailed):
         return str(err)  # it names the shape already
     label = f"{name} ({shape[0]},{shape[1]},{shape[2]})"
     # The protocol allows no gradient accumulation, so the fixes are a smaller head or more memory
-    if loss_attention:  # the head and loss hold no logits already
+    if loss.attention:  # the head and loss hold no logits already
         smaller = ""
-    elif loss_kernel == "fused":  # it makes the whole logits, as the plain loss
+    elif loss.kernel == "fused":  # it makes the whole logits, as the plain loss
         smaller = "use --loss-chunk-tokens 4096 instead of --loss-kernel fused or "
-    elif loss_chunk_tokens is None:
+    elif loss.chunk_tokens is None:
         smaller = "fuse the head and loss with --loss-chunk-tokens 4096 or "
     else:
-        smaller = f"use smaller chunks than --loss-chunk-tokens {loss_chunk_tokens} or "
+        smaller = f"use smaller chunks than --loss-chunk-tokens {loss.chunk_tokens} or "
     return (f"{label} ran out of device memory at {protocol.batch_size} sequences of "
             f"{protocol.seq_len} tokens: {smaller}use a device with more memory")
 
@@ -198,20 +196,20 @@ def named_shapes(
     return shapes
 
 
+# How each train.loss_* setting of models.config.loss_fusions is given here
+_LOSS_FLAGS = {"loss_chunk_tokens": "--loss-chunk-tokens={}", "loss_attention": "--loss-attention",
+               "loss_kernel": "--loss-kernel {}"}
+
+
 def argument_problem(args: argparse.Namespace) -> str | None:
     """The first flag that cannot be run as given, as one line saying how to fix it."""
     if args.loss_chunk_tokens is not None and args.loss_chunk_tokens < 1:
         return (f"--loss-chunk-tokens={args.loss_chunk_tokens} must be a positive number of "
                 "tokens: leave it out for the plain head and loss")
-    if args.loss_attention == "true" and args.loss_chunk_tokens is not None:
-        return (f"--loss-attention and --loss-chunk-tokens={args.loss_chunk_tokens} are two ways "
-                "to fuse the head and loss: give one")
-    if args.loss_kernel == "fused" and (args.loss_attention == "true"
-                                        or args.loss_chunk_tokens is not None):
-        other = ("--loss-attention" if args.loss_attention == "true"
-                 else f"--loss-chunk-tokens={args.loss_chunk_tokens}")
-        return (f"--loss-kernel fused and {other} are two ways to fuse the head and loss: "
-                "give one")
+    fusions = loss_fusions(args.loss_chunk_tokens, args.loss_attention == "true", args.loss_kernel)
+    if len(fusions) > 1:
+        asked = " and ".join(_LOSS_FLAGS[key].format(value) for key, value, _ in fusions)
+        return f"{asked} are different ways to fuse the head and loss: give one"
     if args.profile < 0:
         return f"--profile={args.profile} must be a number of rows (0: no profile)"
     if not args.out.parent.is_dir():
@@ -310,22 +308,20 @@ def main(argv: list[str] | None = None) -> int:
         config = model_config(shape, protocol, args.arch)
         as_attention = resolve_loss_attention(attention, hw, config.d_model, config.bias,
                                               args.loss_chunk_tokens, args.loss_kernel)
+        loss = LossChoice(args.loss_chunk_tokens, as_attention, args.loss_kernel)
         try:
             if args.copies > 1:
-                rows.append(measure_copies(name, shape, protocol, hw, args.copies,
-                                           args.loss_chunk_tokens, args.arch, as_attention,
-                                           args.loss_kernel))
+                rows.append(measure_copies(name, shape, protocol, hw, args.copies, loss,
+                                           args.arch))
             else:
-                rows.append(measure(name, shape, protocol, hw, args.loss_chunk_tokens,
-                                    args.profile, args.arch, as_attention, args.loss_kernel))
+                rows.append(measure(name, shape, protocol, hw, loss, args.profile, args.arch))
         except Exception as err:  # a failed shape or out of memory; the rest re-raise
             if not isinstance(err, BenchFailed) and not out_of_memory(err):
                 raise
-            failure = shape_failure(name, shape, protocol, args.loss_chunk_tokens, err,
-                                    as_attention, args.loss_kernel)
+            failure = shape_failure(name, shape, protocol, loss, err)
         if failure is None:
             print(format_table(rows)[-1], flush=True)
-            if attention == "auto" and as_attention:
+            if attention == "auto" and loss.attention:
                 print(f"{'':<16} (the loss as attention: auto found it faster here)", flush=True)
             if rows[-1].profile:
                 print(rows[-1].profile, flush=True)

@@ -17,7 +17,7 @@ from data import TokenDataset
 from data.config import TRAIN_WINDOW_ORDERS
 from data.prepare import check_tokenizer
 from models import FlopsPerToken, GPTConfig, ParamCounts, count_params, flops_per_token
-from models.config import LOSS_KERNELS
+from models.config import LOSS_KERNELS, loss_fusions
 from sweep.budget import Budget
 from sweep.checks import check_data_overrides, check_epochs, model_config
 from sweep.errors import ConfigError, finite_number, whole_number
@@ -208,11 +208,6 @@ def _check_train(train: DictConfig, model: GPTConfig) -> None:
     attention = train.loss_attention
     if attention != "auto" and not isinstance(attention, bool):
         raise ConfigError(f"train.loss_attention={attention!r} must be auto, true or false")
-    if attention is True and chunk is not None:
-        raise ConfigError(
-            f"train.loss_attention=true and train.loss_chunk_tokens={chunk} are two ways to fuse "
-            "the head and loss: set loss_chunk_tokens=null or loss_attention=false"
-        )
     if attention is True and model.bias:
         raise ConfigError(
             "train.loss_attention=true needs an output head without bias: set model.bias=false "
@@ -222,13 +217,13 @@ def _check_train(train: DictConfig, model: GPTConfig) -> None:
     if kernel not in LOSS_KERNELS:
         raise ConfigError(f"train.loss_kernel={kernel!r} is unknown: use one of "
                           f"{', '.join(LOSS_KERNELS)}")
-    if kernel == "fused" and (chunk is not None or attention is True):
-        key, given, off = (("loss_chunk_tokens", chunk, "null") if chunk is not None
-                           else ("loss_attention", "true", "false"))
-        raise ConfigError(
-            f"train.loss_kernel=fused and train.{key}={given} are different ways to fuse the head "
-            f"and loss: set loss_kernel=plain or {key}={off}"
-        )
+    fusions = loss_fusions(chunk, attention, kernel)
+    if len(fusions) > 1:
+        asked = " and ".join(f"train.{key}={value}" for key, value, _ in fusions)
+        offs = [f"{key}={off}" for key, _, off in fusions]
+        fix = (f"set {' or '.join(offs)}" if len(offs) == 2
+               else f"keep one and set the others off ({', '.join(offs)})")
+        raise ConfigError(f"{asked} are different ways to fuse the head and loss: {fix}")
     if train.data_parallel not in ("ddp", "fsdp"):
         raise ConfigError(
             f"train.data_parallel={train.data_parallel!r} is unknown: use ddp (replicated) or "

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from models import GPT, GPTConfig, count_params, flops_per_token
+from models.config import LossChoice
 from sweep.hardware import Hardware, resolve_hardware
 from sweep.nanogpt import ARCHITECTURE, PROTOCOL, reference_for
 from sweep.step import accumulate_gradients, apply_gradients, build_optimizer
@@ -32,6 +33,8 @@ ARCHES = ("project", "nanogpt")
 # image cannot compose it: no Hydra). The LR is the rules' business and does not change the time.
 OPTIMIZER = {"lr": 3e-4, "weight_decay": 0.1, "betas": (0.9, 0.95), "eps": 1e-8}
 GRAD_CLIP = 1.0
+# The plain head and F.cross_entropy, as train.yaml's defaults (frozen, so one serves all)
+PLAIN_LOSS = LossChoice()
 
 
 class BenchFailed(RuntimeError):
@@ -142,19 +145,17 @@ def _timed(
     shape: tuple[int, int, int],
     protocol: Protocol,
     hw: Hardware,
-    loss_chunk_tokens: int | None,
+    loss: LossChoice,
     profile_rows: int,
     before_timing: Callable[[], object],
     arch: str,
-    loss_attention: bool = False,
-    loss_kernel: str = "plain",
 ) -> tuple[Row, float, float]:
     """measure(), also returning the timed window's ends on time.monotonic(), which every
     process of the machine shares; before_timing() runs between the warm-up and the window."""
     config = model_config(shape, protocol, arch)
     torch.manual_seed(0)
-    model = GPT(config, loss_chunk_tokens=loss_chunk_tokens, loss_attention=loss_attention,
-                loss_kernel=loss_kernel).to(hw.device)
+    model = GPT(config, loss_chunk_tokens=loss.chunk_tokens, loss_attention=loss.attention,
+                loss_kernel=loss.kernel).to(hw.device)
     step_model = hw.compiled(model)
     optimizer = build_optimizer(model, **OPTIMIZER, fused=hw.device.type == "cuda")
     tokens = torch.randint(protocol.vocab_size, (protocol.batch_size, protocol.seq_len + 1),
@@ -163,9 +164,9 @@ def _timed(
 
     def train_step() -> torch.Tensor:
         # The loop's own step: one micro-batch of the whole batch, clip, AdamW.
-        loss = accumulate_gradients(step_model, xs, ys, protocol.batch_size, hw)
+        step_loss = accumulate_gradients(step_model, xs, ys, protocol.batch_size, hw)
         apply_gradients(model, optimizer, grad_clip=GRAD_CLIP)
-        return loss
+        return step_loss
 
     warmup_start = time.monotonic()
     for _ in range(protocol.warmup_steps):
@@ -177,7 +178,7 @@ def _timed(
         torch.cuda.reset_peak_memory_stats(hw.device)
     start = time.monotonic()
     for _ in range(protocol.timed_steps):
-        loss = train_step()
+        last_loss = train_step()
     hw.synchronize()
     end = time.monotonic()
     # The timed window's peak, before the profiled steps add theirs
@@ -189,11 +190,11 @@ def _timed(
         tokens_per_s=protocol.timed_steps * protocol.batch_size * protocol.seq_len / elapsed,
         step_time_s=elapsed / protocol.timed_steps,
         peak_memory_bytes=peak,
-        loss=float(loss),
+        loss=float(last_loss),
         profile=profile,
         warmup_s=warmup_s,
-        loss_attention=loss_attention,
-        loss_kernel=loss_kernel,
+        loss_attention=loss.attention,
+        loss_kernel=loss.kernel,
     )
     return row, start, end
 
@@ -203,19 +204,15 @@ def measure(
     shape: tuple[int, int, int],
     protocol: Protocol,
     hw: Hardware,
-    loss_chunk_tokens: int | None = None,
+    loss: LossChoice = PLAIN_LOSS,
     profile_rows: int = 0,
     arch: str = "project",
-    loss_attention: bool = False,
-    loss_kernel: str = "plain",
 ) -> Row:
     """Time the training step (forward, backward, clip, AdamW) of one shape on random tokens,
-    compiled as hw says; loss_chunk_tokens, loss_attention and loss_kernel as train.*; arch one
-    of ARCHES. profile_rows > 0: then profile three more steps and keep that many top ops by
-    device time."""
-    return _timed(name, shape, protocol, hw, loss_chunk_tokens, profile_rows,
-                  before_timing=lambda: None, arch=arch, loss_attention=loss_attention,
-                  loss_kernel=loss_kernel)[0]
+    compiled as hw says, with the head and loss as `loss` says; arch one of ARCHES.
+    profile_rows > 0: then profile three more steps and keep that many top ops by device time."""
+    return _timed(name, shape, protocol, hw, loss, profile_rows, before_timing=lambda: None,
+                  arch=arch)[0]
 
 
 def _profile(train_step: Callable[[], torch.Tensor], hw: Hardware, rows: int) -> str:
@@ -241,13 +238,12 @@ def _copy(
     results: multiprocessing.Queue,
 ) -> None:
     """One copy's process: warm up, wait for every copy, time; reports (index, result or why)."""
-    name, shape, protocol, hw, loss_chunk_tokens, arch, loss_attention, loss_kernel = args
+    name, shape, protocol, hw, loss, arch = args
     try:
         # TF32 and the like are per process: resolve the hardware again here.
         hw = resolve_hardware(str(hw.device), hw.precision, hw.compile, hw.peak_flops,
                               hw.compile_mode)
-        results.put((index, _timed(name, shape, protocol, hw, loss_chunk_tokens, 0,
-                                   barrier.wait, arch, loss_attention, loss_kernel)))
+        results.put((index, _timed(name, shape, protocol, hw, loss, 0, barrier.wait, arch)))
     except threading.BrokenBarrierError:
         results.put((index, ANOTHER_FAILED))
     except Exception as exc:  # reported to the parent, which names it in one line
@@ -262,10 +258,8 @@ def measure_copies(
     protocol: Protocol,
     hw: Hardware,
     copies: int,
-    loss_chunk_tokens: int | None = None,
+    loss: LossChoice = PLAIN_LOSS,
     arch: str = "project",
-    loss_attention: bool = False,
-    loss_kernel: str = "plain",
 ) -> Row:
     """Train `copies` copies of one shape at once on the device, each in its own process (as a
     sweep running several runs per GPU does); they start timing together, after every copy's
@@ -274,7 +268,7 @@ def measure_copies(
     context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
     barrier = context.Barrier(copies)
     results = context.Queue()
-    args = (name, shape, protocol, hw, loss_chunk_tokens, arch, loss_attention, loss_kernel)
+    args = (name, shape, protocol, hw, loss, arch)
     workers = [context.Process(target=_copy, args=(i, args, barrier, results), daemon=True)
                for i in range(copies)]
     for worker in workers:
@@ -321,6 +315,6 @@ def measure_copies(
         loss=rows[0].loss,
         copies=copies,
         warmup_s=max(row.warmup_s for row in rows),
-        loss_attention=loss_attention,
-        loss_kernel=loss_kernel,
+        loss_attention=loss.attention,
+        loss_kernel=loss.kernel,
     )

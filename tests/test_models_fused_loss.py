@@ -108,9 +108,11 @@ def test_gpt_training_forward_uses_the_fused_loss_and_matches_the_plain_model(ti
     ({"loss_kernel": "fused", "loss_chunk_tokens": 64},
      "loss_chunk_tokens=64 and loss_kernel=fused are different ways to fuse the head and loss"),
     ({"loss_kernel": "fused", "loss_attention": True},
-     "loss_attention and loss_kernel=fused are different ways"),
+     "loss_attention=true and loss_kernel=fused are different ways"),
+    ({"loss_chunk_tokens": 0}, "loss_chunk_tokens=0 must be a positive integer"),
+    ({"loss_attention": "yes"}, "loss_attention='yes' must be true or false"),
 ])
-def test_unknown_or_doubled_loss_kernels_are_refused(loss, message):
+def test_unknown_or_doubled_loss_settings_are_refused(loss, message):
     with pytest.raises(ValueError, match=message):
         GPT(gpt_config(), **loss)
 

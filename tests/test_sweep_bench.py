@@ -183,17 +183,17 @@ def test_auto_times_the_loss_as_attention_where_it_pays_and_says_so(tmp_path, ca
     (["--device", "cpu", "--loss-attention", "maybe"],
      "error: argument --loss-attention: invalid choice: 'maybe'"),
     (["--device", "cpu", "--loss-attention", "true", "--loss-chunk-tokens", "512"],
-     "error: --loss-attention and --loss-chunk-tokens=512 are two ways to fuse the head and "
-     "loss: give one"),
+     "error: --loss-chunk-tokens=512 and --loss-attention are different ways to fuse the head "
+     "and loss: give one"),
     (["--device", "cpu", "--loss-attention", "--loss-chunk-tokens", "512"],
-     "error: --loss-attention and --loss-chunk-tokens=512 are two ways to fuse the head and "
-     "loss: give one"),
+     "error: --loss-chunk-tokens=512 and --loss-attention are different ways to fuse the head "
+     "and loss: give one"),
     (["--device", "cpu", "--loss-kernel", "fused", "--loss-chunk-tokens", "512"],
-     "error: --loss-kernel fused and --loss-chunk-tokens=512 are two ways to fuse the head and "
-     "loss: give one"),
+     "error: --loss-chunk-tokens=512 and --loss-kernel fused are different ways to fuse the "
+     "head and loss: give one"),
     (["--device", "cpu", "--loss-kernel", "fused", "--loss-attention"],
-     "error: --loss-kernel fused and --loss-attention are two ways to fuse the head and loss: "
-     "give one"),
+     "error: --loss-attention and --loss-kernel fused are different ways to fuse the head and "
+     "loss: give one"),
     (["--device", "cpu", "--loss-kernel", "triton"],
      "error: argument --loss-kernel: invalid choice: 'triton'"),
     (["--device", "cpu", "--arch", "nanogpt", "--loss-kernel", "fused"],

@@ -138,16 +138,20 @@ def test_target_params_refuses_pinned_shape_keys(synthetic_root):
 @pytest.mark.parametrize(("overrides", "message"), [
     (["train.loss_attention=yes"], "train.loss_attention='yes' must be auto, true or false"),
     (["train.loss_attention=true", "train.loss_chunk_tokens=512"],
-     "train.loss_attention=true and train.loss_chunk_tokens=512 are two ways to fuse the head and "
-     "loss: set loss_chunk_tokens=null or loss_attention=false"),
+     "train.loss_chunk_tokens=512 and train.loss_attention=true are different ways to fuse the "
+     "head and loss: set loss_chunk_tokens=null or loss_attention=false"),
     (["train.loss_kernel=triton"],
      "train.loss_kernel='triton' is unknown: use one of plain, fused"),
     (["train.loss_kernel=fused", "train.loss_chunk_tokens=512"],
-     "train.loss_kernel=fused and train.loss_chunk_tokens=512 are different ways to fuse the head "
-     "and loss: set loss_kernel=plain or loss_chunk_tokens=null"),
+     "train.loss_chunk_tokens=512 and train.loss_kernel=fused are different ways to fuse the "
+     "head and loss: set loss_chunk_tokens=null or loss_kernel=plain"),
     (["train.loss_kernel=fused", "train.loss_attention=true"],
-     "train.loss_kernel=fused and train.loss_attention=true are different ways to fuse the head "
-     "and loss: set loss_kernel=plain or loss_attention=false"),
+     "train.loss_attention=true and train.loss_kernel=fused are different ways to fuse the head "
+     "and loss: set loss_attention=false or loss_kernel=plain"),
+    (["train.loss_kernel=fused", "train.loss_attention=true", "train.loss_chunk_tokens=512"],
+     "train.loss_chunk_tokens=512 and train.loss_attention=true and train.loss_kernel=fused are "
+     "different ways to fuse the head and loss: keep one and set the others off "
+     "(loss_chunk_tokens=null, loss_attention=false, loss_kernel=plain)"),
     (["train.loss_attention=true", "model.bias=true"],
      "train.loss_attention=true needs an output head without bias: set model.bias=false or "
      "train.loss_attention=false"),

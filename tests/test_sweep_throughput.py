@@ -13,6 +13,7 @@ import time
 import pytest
 
 from models import GPT, count_params
+from models.config import LossChoice
 from sweep.bench import TINY_SHAPES
 from sweep.hardware import Hardware, peak_flops_for, resolve_hardware
 from sweep.throughput import (
@@ -40,8 +41,8 @@ def test_the_bench_steps_with_the_optimizer_settings_of_train_yaml(synthetic_roo
 
 def test_the_fused_losses_time_the_same_training():
     plain = measure("tiny", TINY_SHAPES[0], TINY, CPU)
-    chunked = measure("tiny", TINY_SHAPES[0], TINY, CPU, loss_chunk_tokens=100)
-    attention = measure("tiny", TINY_SHAPES[0], TINY, CPU, loss_attention=True)
+    chunked = measure("tiny", TINY_SHAPES[0], TINY, CPU, LossChoice(chunk_tokens=100))
+    attention = measure("tiny", TINY_SHAPES[0], TINY, CPU, LossChoice(attention=True))
     assert chunked.loss == pytest.approx(plain.loss, rel=1e-5)  # 5 AdamW steps, same batches
     assert attention.loss == pytest.approx(plain.loss, rel=1e-5)
 
