@@ -15,10 +15,11 @@ LOSS_KERNELS = ("plain", "fused")
 
 
 def loss_fusions(
-    chunk_tokens: int | None, attention: bool, kernel: str
+    chunk_tokens: int | None, attention: bool | str, kernel: str
 ) -> list[tuple[str, str, str]]:
     """Each way of fusing the head and loss that these train.* settings ask for, as (key, value,
-    the value that turns it off) in the configs' spelling; two or more cannot run together."""
+    the value that turns it off) in the configs' spelling; two or more cannot run together.
+    attention "auto" asks for nothing: it resolves to false beside the other two."""
     asked = (("loss_chunk_tokens", chunk_tokens is not None, f"{chunk_tokens}", "null"),
              ("loss_attention", attention is True, "true", "false"),
              ("loss_kernel", kernel == "fused", "fused", "plain"))
