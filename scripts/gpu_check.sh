@@ -14,7 +14,9 @@
 #              for (GPU_CHECK_ACCEPT_BASELINE=auto; 1 or 0 to force), as nanoGPT's GPT (--arch
 #              nanogpt, the same-card baseline); then the fused loss kernel (--loss-kernel fused)
 #              at GPU_CHECK_ACCEPT_FUSED_SHAPES (6,256,4 8,384,6 24,1024,16 4,128,2) if its CUDA
-#              test passes (GPU_CHECK_ACCEPT_FUSED_PYTEST_K, run just before), the loss as
+#              test passes (GPU_CHECK_ACCEPT_FUSED_PYTEST_K, run just before), FP8 matmuls
+#              (--precision fp8) at GPU_CHECK_ACCEPT_FP8_SHAPES (24,1024,16 12,768,12 12,512,8
+#              6,256,4) if their CUDA test passes (GPU_CHECK_ACCEPT_FP8_PYTEST_K), the loss as
 #              attention at
 #              GPU_CHECK_ACCEPT_ATTENTION_SHAPES (6,256,4: cuDNN's kernel at d 256), nanoGPT's GPT
 #              profiled at GPU_CHECK_ACCEPT_NANOGPT_PROFILE_SHAPES (12,768,12), the CUDA run test
@@ -108,6 +110,9 @@ ACCEPT_ATTENTION_SHAPES=${GPU_CHECK_ACCEPT_ATTENTION_SHAPES-6,256,4}
 # one pass fewer) where the loss's kernels weigh most (24 % of the 6x256 step), and at 24x1024
 # for the MFU goal
 ACCEPT_FUSED_SHAPES=${GPU_CHECK_ACCEPT_FUSED_SHAPES-6,256,4 8,384,6 24,1024,16 4,128,2}
+# FP8 matmuls (train.precision=fp8) where the matmuls weigh most (58 % of the 24x1024 step in
+# aten::mm), and at 6x256 for the head's
+ACCEPT_FP8_SHAPES=${GPU_CHECK_ACCEPT_FP8_SHAPES-24,1024,16 12,768,12 12,512,8 6,256,4}
 ACCEPT_NANOGPT_PROFILE_SHAPES=${GPU_CHECK_ACCEPT_NANOGPT_PROFILE_SHAPES-12,768,12}
 ACCEPT_GRAPH_SHAPES=${GPU_CHECK_ACCEPT_GRAPH_SHAPES-4,128,2 6,256,4 8,384,6}
 ACCEPT_AUTOTUNE_SHAPES=${GPU_CHECK_ACCEPT_AUTOTUNE_SHAPES-24,1024,16 12,768,12 12,512,8}
@@ -122,6 +127,8 @@ ACCEPT_PYTEST_K=${GPU_CHECK_ACCEPT_PYTEST_K:-compiled_bf16_step_matches or atten
 # The fused loss kernel's own CUDA test, just before its units, which run only if it passed: a
 # kernel that fails on this card's Triton would fail each unit after its compile (~30 s a shape)
 ACCEPT_FUSED_PYTEST_K=${GPU_CHECK_ACCEPT_FUSED_PYTEST_K:-autotuned_kernel_on_cuda}
+# FP8's own CUDA test (the operand layouts _scaled_mm takes, a compiled fp8 step against float32)
+ACCEPT_FP8_PYTEST_K=${GPU_CHECK_ACCEPT_FP8_PYTEST_K:-cuda_fp8_matmuls}
 ACCEPT_LATE_PYTEST_K=${GPU_CHECK_ACCEPT_LATE_PYTEST_K:-cuda_run_uses_bf16}
 PYTEST_K=${GPU_CHECK_PYTEST_K:-cuda or gpu or bf16 or compiled}
 SUITE_ARGS=${GPU_CHECK_SUITE_ARGS:--n 8}
@@ -334,8 +341,8 @@ stage_accept() {
   # of where its time goes, and the baseline where it is needed; so a call stopped midway still
   # has whole comparisons. The plain, chunked and attention losses were each timed at every
   # shape on an H200 on 2026-12-04 (BENCHMARKS.md); the `chunk` stage and --loss-attention
-  # redo them. Then the fused loss kernel (one pass over the logits fewer), the loss as
-  # attention at d 256, on cuDNN's kernel since (flash's before),
+  # redo them. Then the fused loss kernel (one pass over the logits fewer), FP8 matmuls, the
+  # loss as attention at d 256, on cuDNN's kernel since (flash's before),
   # nanoGPT's GPT profiled where the gap to it is widest (to set its kernels beside ours), the
   # run test that logs MFU, coordinate-descent tuning of inductor's own kernels at 24x1024 (the
   # MFU goal), 6x256 (the loss's kernels) and 12x768, and the compile modes not timed yet: CUDA
@@ -353,6 +360,16 @@ stage_accept() {
       done
     else
       echo "=== the fused loss's units skipped: its kernel's test failed or did not finish"
+    fi
+  fi
+  if [[ -n $ACCEPT_FP8_SHAPES ]]; then
+    once_pytest pytest-fp8 -k "$ACCEPT_FP8_PYTEST_K"
+    if [[ $(cat "$WORK/pytest-fp8.rc" 2>/dev/null) == 0 ]]; then
+      for shape in $ACCEPT_FP8_SHAPES; do
+        accept_unit "$shape" fp8 --precision fp8 --profile "$PROFILE_ROWS"
+      done
+    else
+      echo "=== the fp8 units skipped: its CUDA test failed or did not finish"
     fi
   fi
   for shape in $ACCEPT_ATTENTION_SHAPES; do

@@ -26,6 +26,7 @@ from models.config import LOSS_KERNELS, LossChoice, loss_fusions
 from sweep.errors import ConfigError, OneLineParser
 from sweep.hardware import (
     COMPILE_MODES,
+    PRECISIONS,
     inductor_env,
     out_of_memory,
     resolve_hardware,
@@ -153,7 +154,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="torch.compile (auto: on CUDA)")
     p.add_argument("--compile-mode", default=None, choices=COMPILE_MODES,
                    help="torch.compile's mode, as train.compile_mode (default: torch's default)")
-    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto")
+    p.add_argument("--precision", choices=("auto", *PRECISIONS), default="auto",
+                   help="as train.precision: auto (bf16 on CUDA, fp32 on the CPU), bf16, fp32, "
+                        "or fp8 (the Linear layers' matmuls in FP8, MFU against FP8's peak)")
     p.add_argument("--loss-chunk-tokens", type=int, default=None, metavar="N",
                    help="fuse the output head and the loss over chunks of N tokens, as "
                         "train.loss_chunk_tokens=N (default: the plain head and loss)")
@@ -230,6 +233,9 @@ def argument_problem(args: argparse.Namespace) -> str | None:
                 given = flag if value is True else f"{flag}={value}"  # a switch, or a value
                 return (f"{given} is not nanoGPT's step, which --arch nanogpt times as "
                         f"it is: leave out {flag} there")
+    if args.arch == "nanogpt" and args.precision == "fp8":
+        return ("--precision=fp8 is not nanoGPT's step, which --arch nanogpt times in bf16: "
+                "leave out --precision there")
     if args.copies > 1 and args.profile:
         return (f"--profile={args.profile} profiles one process: leave it out with "
                 f"--copies={args.copies}")
@@ -282,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
         compile_label += ", " + " ".join(f"{k}={v}" for k, v in tuning.items())
     print(f"{arch_label} on {hw.device_name} ({hw.precision}, compile {compile_label}, loss "
           f"{loss_label}), torch {torch.__version__}; {protocol}")
+    if hw.precision == "fp8":
+        peak = "unknown" if hw.peak_flops is None else f"{hw.peak_flops / 1e12:.1f} TFLOP/s"
+        print(f"fp8: MFU is against FP8's peak ({peak}), not bf16's")
     if args.copies > 1:
         print(f"{args.copies} copies of each shape at once: tokens/s and MFU are the copies' "
               "together, step ms one copy's, memory all copies'")

@@ -5,8 +5,9 @@ nanoGPT and this project's throughput goals (`--check-goals` exits 1 when one is
 Each file holds one variant (the loss plain, in chunks or as attention, a compile mode, copies, or
 nanoGPT's GPT timed by `sweep.bench --arch nanogpt`), at some shapes: files of one variant at other
 shapes are merged.
-They must share the device, torch release, protocol, precision and MFU peak, or the comparison
-would mean nothing.
+They must share the device, torch release and protocol, and files of one precision their MFU peak,
+or the comparison would mean nothing; a precision other than bf16 (fp8, fp32) is a variant of its
+own, whose MFU is against its own peak (FP8's for fp8).
 nanoGPT's numbers are the ones timed on this card when given, else sweep/nanogpt.py's for the
 card (its H100 table, or its architecture timed earlier on the card, as on an H200).
 """
@@ -23,8 +24,9 @@ from typing import Any
 from sweep.errors import OneLineParser
 from sweep.nanogpt import MFU_GOALS, PROTOCOL, RATIO_GOALS, reference_for
 
-# What results must share to be compared (MFU divides by peak_flops; precision is the step's)
-SHARED = ("device", "torch", "protocol", "precision", "peak_flops")
+# What results must share to be compared; files of one precision share peak_flops too (MFU divides
+# by it), while fp8's is FP8's own peak
+SHARED = ("device", "torch", "protocol")
 
 
 class CompareError(ValueError):
@@ -56,6 +58,8 @@ def _label(report: dict[str, Any]) -> str:
     # Inductor switches set through the environment, e.g. COORDINATE_DESCENT_TUNING=1
     for key, value in report.get("inductor_env", {}).items():
         compile_ += f" {key.removeprefix('TORCHINDUCTOR_')}={value}"
+    if report.get("precision", "bf16") != "bf16":
+        compile_ = f"{report['precision']}, {compile_}"
     if report.get("arch") == "nanogpt":
         return f"nanoGPT's GPT, {compile_}"
     chunk = report.get("loss_chunk_tokens")
@@ -95,18 +99,27 @@ def read_variant(path: Path) -> Variant:
 
 def combine(variants: list[Variant]) -> list[Variant]:
     """The files as variants, those of one variant (say one file per shape) merged into one.
-    CompareError unless every file was taken on one device, torch release, protocol, precision
-    and peak, each shape of a variant is in one file only, and there is at most one nanoGPT
-    baseline."""
+    CompareError unless every file was taken on one device, torch release and protocol, those of
+    one precision with one peak, each shape of a variant is in one file only, and there is at
+    most one nanoGPT baseline."""
     first = variants[0]
     for v in variants[1:]:
         for key in SHARED:
             if v.report.get(key) != first.report.get(key):
                 raise CompareError(
                     f"{v.path} has {key}={v.report.get(key)!r} but {first.path} has "
-                    f"{first.report.get(key)!r}: compare results of one device, torch, "
-                    "protocol, precision and peak"
+                    f"{first.report.get(key)!r}: compare results of one device, torch "
+                    "and protocol"
                 )
+    peaks: dict[str, Variant] = {}
+    for v in variants:
+        precision = v.report.get("precision")
+        same = peaks.setdefault(precision, v)
+        if v.report.get("peak_flops") != same.report.get("peak_flops"):
+            raise CompareError(
+                f"{v.path} has peak_flops={v.report.get('peak_flops')!r} but {same.path} has "
+                f"{same.report.get('peak_flops')!r} at precision {precision}: compare results "
+                "whose MFU divides by one peak (sweep.bench --peak-flops)")
     merged: dict[str, Variant] = {}
     where: dict[tuple[str, tuple[int, int, int]], Path] = {}
     for v in variants:
@@ -193,7 +206,7 @@ def compare(variants: list[Variant]) -> Comparison:
         f"(copies measure a sweep, not a run); best / nanoGPT is against {against}.",
         "",
         "| shape | L,d,h | nanoGPT table | " + " | ".join(v.label for v in variants)
-        + " | best / nanoGPT | best MFU 6N | goal |",
+        + " | best / nanoGPT | highest MFU 6N | goal |",
         "| --- " * (len(variants) + 6) + "|",
     ]
     missed: list[str] = []
@@ -218,7 +231,9 @@ def compare(variants: list[Variant]) -> Comparison:
         else:
             reference = table
         ratio = best["tokens_per_s"] / reference if best and reference else None
-        mfu = best["mfu_6n"] if best else None
+        # The best utilisation of any variant: an fp8 one is judged against FP8's peak, so the
+        # fastest need not be the best used
+        mfu = max((row["mfu_6n"] for row in single if row["mfu_6n"] is not None), default=None)
         goal_cells: list[str] = []
         # The goals hold for the reference protocol only (a --tiny baseline sets none)
         if (baseline is not None or table is not None) and first["protocol"] == PROTOCOL:

@@ -1,6 +1,7 @@
 """Device, precision and peak-throughput facts for a run: where it trains and how MFU is judged.
 
-MFU needs the device's dense bf16 peak; an unknown device reports MFU as null, never a guess.
+MFU needs the device's dense bf16 peak (FP8's under train.precision=fp8); an unknown device
+reports MFU as null, never a guess.
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ PEAK_BF16_FLOPS = (
     ("RTX 3090", 71.0e12),
     ("V100", 125.0e12),  # fp16: V100 has no bf16 tensor cores
 )
+# Dense FP8 tensor-core peak over dense bf16's on every card above that has FP8 (Ada, Hopper,
+# Blackwell data sheets): the peak an FP8 run's MFU is judged against
+FP8_OVER_BF16_PEAK = 2.0
+# train.precision's values: bf16 autocast, float32, or bf16 autocast with FP8 Linear matmuls
+PRECISIONS = ("bf16", "fp32", "fp8")
 
 # torch.compile's modes (None: its default). reduce-overhead adds CUDA graphs, max-autotune
 # benchmarks kernel choices at compile time (slow to compile, sometimes faster to run) and adds
@@ -63,7 +69,7 @@ class Hardware:
 
     device: torch.device
     device_name: str
-    precision: str  # "bf16" (autocast) or "fp32"
+    precision: str  # "bf16" (autocast), "fp32" or "fp8" (bf16 autocast, FP8 Linear matmuls)
     compile: bool
     peak_flops: float | None
     compile_mode: str | None = None  # torch.compile's mode when compile is on
@@ -92,9 +98,23 @@ class Hardware:
             self.compile_mode in CUDA_GRAPH_MODES
         )
 
+    @property
+    def autocast_dtype(self) -> torch.dtype:
+        """The dtype autocast computes in: bf16, also under fp8 (all but the Linear matmuls)."""
+        return torch.float32 if self.precision == "fp32" else torch.bfloat16
+
+    def place(self, model: torch.nn.Module) -> torch.nn.Module:
+        """model on this device, its Linear layers' matmuls in FP8 under precision fp8; the
+        parameters stay the same objects, so checkpoints and optimizer state are unchanged."""
+        if self.precision == "fp8":
+            from models.fp8 import use_fp8_matmuls
+
+            use_fp8_matmuls(model)
+        return model.to(self.device)
+
     def autocast(self) -> contextlib.AbstractContextManager:
-        """bf16 autocast on CUDA; a no-op context in float32."""
-        if self.precision == "bf16":
+        """bf16 autocast (precision bf16 or fp8); a no-op context in float32."""
+        if self.precision != "fp32":
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -175,8 +195,14 @@ def resolve_hardware(
 
     if precision == "auto":
         precision = "bf16" if dev.type == "cuda" else "fp32"
-    if precision not in ("bf16", "fp32"):
-        raise ConfigError(f"train.precision={precision!r} is unknown: use auto, bf16 or fp32")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"train.precision={precision!r} is unknown: use auto, "
+                          f"{', '.join(PRECISIONS)}")
+    if precision == "fp8":
+        from models.fp8 import fp8_supported
+
+        if (why := fp8_supported(dev)) is not None:
+            raise ConfigError(f"train.precision=fp8 but {why}: use train.precision=bf16")
 
     if compile_ == "auto":
         compile_ = dev.type == "cuda"
@@ -207,6 +233,9 @@ def resolve_hardware(
         if finite_number("train.peak_flops", peak_flops, rule) <= 0:
             raise ConfigError(f"train.peak_flops={peak_flops!r} {rule}")
     peak = float(peak_flops) if peak_flops else peak_flops_for(name)
+    if precision == "fp8" and peak and not peak_flops:
+        # judged against the FP8 peak it runs at, so FP8's speed cannot pass for utilisation
+        peak *= FP8_OVER_BF16_PEAK
     return Hardware(
         device=dev, device_name=name, precision=precision, compile=compile_, peak_flops=peak,
         compile_mode=compile_mode,
@@ -231,5 +260,4 @@ def resolve_loss_attention(
         return False
     from models.attention_loss import pays
 
-    dtype = torch.bfloat16 if hw.precision == "bf16" else torch.float32
-    return pays(hw.device, dtype, d_model)
+    return pays(hw.device, hw.autocast_dtype, d_model)

@@ -87,9 +87,9 @@ def run(plan: RunPlan, rerun_failed: bool = False, dist: Distributed = SINGLE) -
     cfg = plan.config
     hw = plan.hardware
     torch.manual_seed(cfg["seed"])
-    model = GPT(plan.model, loss_chunk_tokens=cfg["train"]["loss_chunk_tokens"],
-                loss_attention=plan.loss_attention,
-                loss_kernel=cfg["train"]["loss_kernel"]).to(hw.device)
+    model = hw.place(GPT(plan.model, loss_chunk_tokens=cfg["train"]["loss_chunk_tokens"],
+                         loss_attention=plan.loss_attention,
+                         loss_kernel=cfg["train"]["loss_kernel"]))
     # The loader draws a whole optimizer step's batch, which the loop splits into micro-batches:
     # the windows a step sees depend on the step alone, never on the micro-batch size.
     batches = train_windows(

@@ -154,8 +154,8 @@ def _timed(
     process of the machine shares; before_timing() runs between the warm-up and the window."""
     config = model_config(shape, protocol, arch)
     torch.manual_seed(0)
-    model = GPT(config, loss_chunk_tokens=loss.chunk_tokens, loss_attention=loss.attention,
-                loss_kernel=loss.kernel).to(hw.device)
+    model = hw.place(GPT(config, loss_chunk_tokens=loss.chunk_tokens,
+                         loss_attention=loss.attention, loss_kernel=loss.kernel))
     step_model = hw.compiled(model)
     optimizer = build_optimizer(model, **OPTIMIZER, fused=hw.device.type == "cuda")
     tokens = torch.randint(protocol.vocab_size, (protocol.batch_size, protocol.seq_len + 1),

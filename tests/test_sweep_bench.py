@@ -142,6 +142,22 @@ def test_the_fused_loss_kernel_is_timed_and_recorded_with_the_plain_loss(tmp_pat
     assert losses["fused"] == pytest.approx(losses["plain"], rel=1e-5)
 
 
+@pytest.mark.skipif(__import__("models.fp8").fp8.fp8_supported(torch.device("cpu")) is not None,
+                    reason="this torch has no FP8 matmuls on the CPU")
+def test_fp8_is_timed_recorded_and_its_mfu_peak_named(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert bench.main(["--device", "cpu", "--tiny", "--shape", "2,64,2", "--precision", "fp8",
+                       "--peak-flops", "1e12", "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("this project's GPT on cpu (fp8, compile False")
+    assert lines[1] == "fp8: MFU is against FP8's peak (1.0 TFLOP/s), not bf16's"
+    report = json.loads(out.read_text())
+    [row] = report["rows"]
+    assert report["precision"] == "fp8" and report["peak_flops"] == 1e12
+    # random tokens: ln 512 = 6.24 at the start, a little below after 5 steps on one batch
+    assert 5.0 < row["loss"] < 6.24
+
+
 def test_auto_times_the_loss_as_attention_where_it_pays_and_says_so(tmp_path, capsys,
                                                                     monkeypatch):
     # As on a GPU where it is the faster loss: only the widths it pays at take it
@@ -203,6 +219,9 @@ def test_auto_times_the_loss_as_attention_where_it_pays_and_says_so(tmp_path, ca
       "max-autotune"], "error: --compile-mode=max-autotune is not nanoGPT's step"),
     (["--device", "cpu", "--arch", "nanogpt", "--copies", "2"],
      "error: --copies=2 is not nanoGPT's step"),
+    (["--device", "cpu", "--arch", "nanogpt", "--precision", "fp8"],
+     "error: --precision=fp8 is not nanoGPT's step, which --arch nanogpt times in bf16: leave "
+     "out --precision there"),
     (["--device", "cpu", "--arch", "gpt2"], "error: argument --arch: invalid choice: 'gpt2'"),
     (["--device", "cpu", "--out", "no-such-folder/bench.json"],
      "error: --out=no-such-folder/bench.json: the folder no-such-folder does not exist"),

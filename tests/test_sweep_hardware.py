@@ -46,7 +46,8 @@ def test_user_peak_gives_mfu():
     ("args", "needle"),
     [
         (("tpu", "auto", "auto", None), "train.device='tpu'"),
-        (("cpu", "fp16", "auto", None), "train.precision='fp16'"),
+        (("cpu", "fp16", "auto", None), "train.precision='fp16' is unknown: use auto, bf16, "
+                                        "fp32, fp8"),
         (("cpu", "auto", "maybe", None), "train.compile='maybe'"),
         (("cpu", "auto", False, -3), "train.peak_flops=-3"),
         (("cpu", "auto", True, None, "fast"), "train.compile_mode='fast' is unknown: use null or "
@@ -59,6 +60,39 @@ def test_user_peak_gives_mfu():
 def test_bad_hardware_settings(args, needle):
     with pytest.raises(ConfigError, match=needle.replace("(", r"\(")):
         resolve_hardware(*args)
+
+
+def test_fp8_is_bf16_autocast_with_fp8_linears_judged_against_fp8s_peak(monkeypatch):
+    import models.fp8
+
+    if models.fp8.fp8_supported(torch.device("cpu")) is not None:
+        pytest.skip("this torch has no FP8 matmuls on the CPU")
+    hw = resolve_hardware("cpu", "fp8", False, None)
+    assert hw.precision == "fp8" and hw.autocast_dtype == torch.bfloat16
+    with hw.autocast():
+        assert torch.is_autocast_enabled("cpu")
+    model = hw.place(torch.nn.Sequential(torch.nn.Linear(16, 16)))
+    assert isinstance(model[0], models.fp8.Float8Linear)
+    assert isinstance(resolve_hardware("cpu", "bf16", False, None).place(
+        torch.nn.Sequential(torch.nn.Linear(16, 16)))[0], torch.nn.Linear)
+    # A card's table peak is bf16's; fp8 runs at twice it, and its MFU is judged against that.
+    # A peak the user gives is taken as given.
+    monkeypatch.setattr("sweep.hardware.peak_flops_for", lambda name: 989.4e12)
+    assert resolve_hardware("cpu", "fp8", False, None).peak_flops == 2 * 989.4e12
+    assert resolve_hardware("cpu", "bf16", False, None).peak_flops == 989.4e12
+    assert resolve_hardware("cpu", "fp8", False, 1e15).peak_flops == 1e15
+
+
+def test_fp8_where_torch_cannot_run_it_is_one_line(monkeypatch):
+    def no_fp8(*args, **kwargs):
+        raise RuntimeError("_scaled_mm is not implemented for this device\nmore detail")
+
+    monkeypatch.setattr(torch, "_scaled_mm", no_fp8)
+    with pytest.raises(ConfigError) as info:
+        resolve_hardware("cpu", "fp8", False, None)
+    assert str(info.value) == (
+        f"train.precision=fp8 but torch {torch.__version__} cannot run FP8 matmuls on cpu: "
+        "_scaled_mm is not implemented for this device: use train.precision=bf16")
 
 
 def test_compile_mode_reaches_torch_compile(monkeypatch):
