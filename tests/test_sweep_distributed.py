@@ -114,6 +114,24 @@ def test_sharded_ranks_train_with_a_fused_loss(tmp_path, synthetic_root, single,
         assert train2 == (None if train1 is None else pytest.approx(train1, rel=1e-5))
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(__import__("models.fp8").fp8.fp8_supported(torch.device("cpu")) is not None,
+                    reason="this torch has no FP8 matmuls on the CPU")
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_ranks_train_in_fp8(tmp_path, synthetic_root, single, strategy):
+    """train.precision=fp8 under DDP and FSDP2 (which gathers each FP8 layer's weight before its
+    matmul): the run finishes and follows one float32 process's within FP8's rounding (each
+    rank scales its own half of the batch, so not to float32 rounding)."""
+    root = linked_root(tmp_path, synthetic_root, "root")
+    result = _run(root, *_torchrun("-m"), extra=(f"train.data_parallel={strategy}",
+                                                 "train.precision=fp8"))
+    assert result.returncode == 0, result.stderr
+    run_dir, rows, summary = _record(root)
+    assert summary["status"] == "finished" and summary["precision"] == "fp8"
+    for (_, _, val1), (_, _, val2) in zip(_losses(single[1]), _losses(rows), strict=True):
+        assert val2 == pytest.approx(val1, rel=5e-3)
+
+
 # DDP's variant is slow-only (13 s; CI's 10 minutes are nearly spent): FSDP's takes the same path
 # through the kill and the resume, with the gathered state on top.
 @pytest.mark.parametrize("two_ranks", ["fsdp", pytest.param("ddp", marks=pytest.mark.slow)],
