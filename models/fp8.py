@@ -34,8 +34,9 @@ def _column_major(x: torch.Tensor) -> torch.Tensor:
 
 
 class _Float8Matmul(torch.autograd.Function):
-    """x [M, K] @ weight[N, K].T in FP8, forward and both gradients; the FP8 operands, not the
-    inputs, are saved for the backward pass (half the bytes of bf16 activations)."""
+    """x [M, K] @ weight[N, K].T in FP8, forward and both gradients. Eager, the FP8 operands are
+    what the backward pass keeps; under torch.compile the partitioner decides, and keeps x in bf16
+    to cast again there (on the CPU its graphs did so, reading x once more)."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -87,7 +88,12 @@ def fp8_linear(
     if not fp8_eligible(x, weight):
         return F.linear(x, weight, bias)
     kind = x.device.type
-    out_dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
+    out_dtype = x.dtype
+    if torch.is_autocast_enabled(kind):
+        # x in autocast's dtype first, as F.linear would take it: a LayerNorm's float32 output is
+        # then written in bf16 by its own kernel, not kept in float32 for the amax and the cast
+        out_dtype = torch.get_autocast_dtype(kind)
+        x = x.to(out_dtype)
     # autocast off inside: the Function casts its operands itself, and its output keeps out_dtype
     with torch.autocast(kind, enabled=False):
         y = _Float8Matmul.apply(x.reshape(-1, x.shape[-1]), weight, out_dtype)
