@@ -13,10 +13,11 @@
 #              picks, with a profile) and, on a card that sweep/nanogpt.py has no nanoGPT numbers
 #              for (GPU_CHECK_ACCEPT_BASELINE=auto; 1 or 0 to force), as nanoGPT's GPT (--arch
 #              nanogpt, the same-card baseline); then the fused loss kernel (--loss-kernel fused)
-#              at GPU_CHECK_ACCEPT_FUSED_SHAPES (6,256,4 8,384,6 24,1024,16 4,128,2) if its CUDA
+#              at GPU_CHECK_ACCEPT_FUSED_SHAPES (6,256,4 8,384,6 24,1024,16 12,768,12) if its CUDA
 #              test passes (GPU_CHECK_ACCEPT_FUSED_PYTEST_K, run just before), FP8 matmuls
 #              (--precision fp8) at GPU_CHECK_ACCEPT_FP8_SHAPES (24,1024,16 12,768,12 12,512,8
-#              6,256,4) if their CUDA test passes (GPU_CHECK_ACCEPT_FP8_PYTEST_K), the loss as
+#              6,256,4) if their CUDA test passes (GPU_CHECK_ACCEPT_FP8_PYTEST_K), both at
+#              GPU_CHECK_ACCEPT_FP8_FUSED_SHAPES (24,1024,16 12,768,12), the loss as
 #              attention at
 #              GPU_CHECK_ACCEPT_ATTENTION_SHAPES (6,256,4: cuDNN's kernel at d 256), nanoGPT's GPT
 #              profiled at GPU_CHECK_ACCEPT_NANOGPT_PROFILE_SHAPES (12,768,12), the CUDA run test
@@ -108,11 +109,13 @@ ACCEPT_SHAPES=${GPU_CHECK_ACCEPT_SHAPES:-4,128,2 6,256,4 8,384,6 12,512,8 12,768
 ACCEPT_ATTENTION_SHAPES=${GPU_CHECK_ACCEPT_ATTENTION_SHAPES-6,256,4}
 # The fused loss kernel (train.loss_kernel=fused: loss and gradient in one pass over the logits,
 # one pass fewer) where the loss's kernels weigh most (24 % of the 6x256 step), and at 24x1024
-# for the MFU goal
-ACCEPT_FUSED_SHAPES=${GPU_CHECK_ACCEPT_FUSED_SHAPES-6,256,4 8,384,6 24,1024,16 4,128,2}
+# and 12x768 for the MFU and 1.05x goals
+ACCEPT_FUSED_SHAPES=${GPU_CHECK_ACCEPT_FUSED_SHAPES-6,256,4 8,384,6 24,1024,16 12,768,12}
 # FP8 matmuls (train.precision=fp8) where the matmuls weigh most (58 % of the 24x1024 step in
 # aten::mm), and at 6x256 for the head's
 ACCEPT_FP8_SHAPES=${GPU_CHECK_ACCEPT_FP8_SHAPES-24,1024,16 12,768,12 12,512,8 6,256,4}
+# FP8 with the fused loss kernel (its head's matmuls then bf16) at the 1.05x and MFU goals' shapes
+ACCEPT_FP8_FUSED_SHAPES=${GPU_CHECK_ACCEPT_FP8_FUSED_SHAPES-24,1024,16 12,768,12}
 ACCEPT_NANOGPT_PROFILE_SHAPES=${GPU_CHECK_ACCEPT_NANOGPT_PROFILE_SHAPES-12,768,12}
 ACCEPT_GRAPH_SHAPES=${GPU_CHECK_ACCEPT_GRAPH_SHAPES-4,128,2 6,256,4 8,384,6}
 ACCEPT_AUTOTUNE_SHAPES=${GPU_CHECK_ACCEPT_AUTOTUNE_SHAPES-24,1024,16 12,768,12 12,512,8}
@@ -368,6 +371,13 @@ stage_accept() {
       for shape in $ACCEPT_FP8_SHAPES; do
         accept_unit "$shape" fp8 --precision fp8 --profile "$PROFILE_ROWS"
       done
+      # both together where each may pay, if the fused kernel's test passed too
+      if [[ $(cat "$WORK/pytest-fused-kernel.rc" 2>/dev/null) == 0 ]]; then
+        for shape in $ACCEPT_FP8_FUSED_SHAPES; do
+          accept_unit "$shape" fp8-fused --precision fp8 --loss-kernel fused \
+            --profile "$PROFILE_ROWS"
+        done
+      fi
     else
       echo "=== the fp8 units skipped: its CUDA test failed or did not finish"
     fi
