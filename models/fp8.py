@@ -131,19 +131,3 @@ def use_fp8_matmuls(model: nn.Module) -> int:
                 swapped += 1
     return swapped
 
-
-def fp8_supported(device: torch.device) -> str | None:
-    """None when this device can run the FP8 matmuls, else why not (one line)."""
-    if device.type == "cuda":
-        major, minor = torch.cuda.get_device_capability(device)
-        if (major, minor) < (8, 9):
-            return (f"{torch.cuda.get_device_name(device)} (compute capability {major}.{minor}) "
-                    "has no FP8 matmuls, which need 8.9 or newer (Ada, Hopper, Blackwell)")
-    try:
-        a = torch.zeros(FP8_ALIGN, FP8_ALIGN, device=device).to(E4M3)
-        one = torch.ones((), device=device)
-        torch._scaled_mm(a, a.t(), scale_a=one, scale_b=one, out_dtype=torch.bfloat16)
-    except (RuntimeError, NotImplementedError, AttributeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        return f"torch {torch.__version__} cannot run FP8 matmuls on {device.type}: {first}"
-    return None

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from sweep.errors import ConfigError, finite_number
+from models.fp8 import E4M3, FP8_ALIGN, use_fp8_matmuls
+from sweep.errors import ConfigError, finite_number, first_line
 
 # Dense (no sparsity) bf16 tensor-core peaks in FLOP/s from the vendors' data sheets. Matched by
 # substring of torch.cuda.get_device_name(), most specific first.
@@ -107,8 +108,6 @@ class Hardware:
         """model on this device, its Linear layers' matmuls in FP8 under precision fp8; the
         parameters stay the same objects, so checkpoints and optimizer state are unchanged."""
         if self.precision == "fp8":
-            from models.fp8 import use_fp8_matmuls
-
             use_fp8_matmuls(model)
         return model.to(self.device)
 
@@ -162,6 +161,23 @@ def peak_flops_for(device_name: str) -> float | None:
     return None
 
 
+def fp8_supported(device: torch.device) -> str | None:
+    """None when this device can run the FP8 matmuls, else why not (one line)."""
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        if (major, minor) < (8, 9):
+            return (f"{torch.cuda.get_device_name(device)} (compute capability {major}.{minor}) "
+                    "has no FP8 matmuls, which need 8.9 or newer (Ada, Hopper, Blackwell)")
+    try:
+        a = torch.zeros(FP8_ALIGN, FP8_ALIGN, device=device).to(E4M3)
+        one = torch.ones((), device=device)
+        torch._scaled_mm(a, a.t(), scale_a=one, scale_b=one, out_dtype=torch.bfloat16)
+    except (RuntimeError, NotImplementedError, AttributeError) as err:
+        return (f"torch {torch.__version__} cannot run FP8 matmuls on {device.type}: "
+                f"{first_line(err)}")
+    return None
+
+
 def resolve_hardware(
     device: str,
     precision: str,
@@ -198,11 +214,8 @@ def resolve_hardware(
     if precision not in PRECISIONS:
         raise ConfigError(f"train.precision={precision!r} is unknown: use auto, "
                           f"{', '.join(PRECISIONS)}")
-    if precision == "fp8":
-        from models.fp8 import fp8_supported
-
-        if (why := fp8_supported(dev)) is not None:
-            raise ConfigError(f"train.precision=fp8 but {why}: use train.precision=bf16")
+    if precision == "fp8" and (why := fp8_supported(dev)) is not None:
+        raise ConfigError(f"train.precision=fp8 but {why}: use train.precision=bf16")
 
     if compile_ == "auto":
         compile_ = dev.type == "cuda"

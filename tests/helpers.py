@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from models import GPTConfig
 
 # A small valid model; tests override only what they are about. The YAML holds the real defaults.
@@ -25,3 +27,14 @@ def linked_root(parent: Path, synthetic_root: Path, name: str) -> Path:
     root.mkdir()
     (root / "data_cache").symlink_to(synthetic_root / "data_cache")
     return root
+
+
+def needs_cpu_fp8() -> pytest.MarkDecorator:
+    """skipif this torch cannot run FP8 matmuls on the CPU (train.precision=fp8's tests there).
+    A function, so this module imports torch only for the tests that use it."""
+    import torch
+
+    from sweep.hardware import fp8_supported
+
+    return pytest.mark.skipif(fp8_supported(torch.device("cpu")) is not None,
+                              reason="this torch has no FP8 matmuls on the CPU")

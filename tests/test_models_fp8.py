@@ -15,16 +15,14 @@ from models.fp8 import (
     _cast,
     fp8_eligible,
     fp8_linear,
-    fp8_supported,
     use_fp8_matmuls,
 )
 from models.gpt import GPT
 from sweep.hardware import resolve_hardware
 from sweep.step import accumulate_gradients
-from tests.helpers import gpt_config
+from tests.helpers import gpt_config, needs_cpu_fp8
 
-pytestmark = pytest.mark.skipif(fp8_supported(torch.device("cpu")) is not None,
-                                reason="this torch has no FP8 matmuls on the CPU")
+pytestmark = needs_cpu_fp8()
 
 
 def relative(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -21,6 +21,7 @@ from sweep.nanogpt import REFERENCE
 from sweep.step import accumulate_gradients
 from sweep.throughput import BenchFailed, measure
 from tests.conftest import PYTHON
+from tests.helpers import needs_cpu_fp8
 
 REPO = Path(__file__).resolve().parent.parent
 # The GPU image has torch but none of these: the benchmark must run without them.
@@ -142,8 +143,7 @@ def test_the_fused_loss_kernel_is_timed_and_recorded_with_the_plain_loss(tmp_pat
     assert losses["fused"] == pytest.approx(losses["plain"], rel=1e-5)
 
 
-@pytest.mark.skipif(__import__("models.fp8").fp8.fp8_supported(torch.device("cpu")) is not None,
-                    reason="this torch has no FP8 matmuls on the CPU")
+@needs_cpu_fp8()
 def test_fp8_is_timed_recorded_and_its_mfu_peak_named(tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert bench.main(["--device", "cpu", "--tiny", "--shape", "2,64,2", "--precision", "fp8",

@@ -19,7 +19,7 @@ from sweep.checkpoint import latest_checkpoint, resume_training_state
 from sweep.distributed import SINGLE, Distributed, check_batch
 from sweep.errors import ConfigError
 from tests.conftest import PYTHON, SMALL_RUN
-from tests.helpers import linked_root
+from tests.helpers import linked_root, needs_cpu_fp8
 
 REPO = Path(__file__).resolve().parent.parent
 FAULTS = REPO / "tests" / "faults.py"
@@ -115,8 +115,7 @@ def test_sharded_ranks_train_with_a_fused_loss(tmp_path, synthetic_root, single,
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(__import__("models.fp8").fp8.fp8_supported(torch.device("cpu")) is not None,
-                    reason="this torch has no FP8 matmuls on the CPU")
+@needs_cpu_fp8()
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_ranks_train_in_fp8(tmp_path, synthetic_root, single, strategy):
     """train.precision=fp8 under DDP and FSDP2 (which gathers each FP8 layer's weight before its

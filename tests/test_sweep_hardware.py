@@ -13,6 +13,7 @@ from sweep.hardware import (
     resolve_hardware,
     resolve_loss_attention,
 )
+from tests.helpers import needs_cpu_fp8
 
 
 def test_cpu_auto_is_float32_uncompiled_and_has_no_mfu():
@@ -62,11 +63,10 @@ def test_bad_hardware_settings(args, needle):
         resolve_hardware(*args)
 
 
+@needs_cpu_fp8()
 def test_fp8_is_bf16_autocast_with_fp8_linears_judged_against_fp8s_peak(monkeypatch):
     import models.fp8
 
-    if models.fp8.fp8_supported(torch.device("cpu")) is not None:
-        pytest.skip("this torch has no FP8 matmuls on the CPU")
     hw = resolve_hardware("cpu", "fp8", False, None)
     assert hw.precision == "fp8" and hw.autocast_dtype == torch.bfloat16
     with hw.autocast():

@@ -35,6 +35,7 @@ from sweep.loop import eval_steps
 from sweep.plan import plan_run
 from sweep.records import METRIC_KEYS, RunRecord
 from tests.conftest import CONFIGS, FIXED_HPARAMS, PYTHON, compose_train
+from tests.helpers import needs_cpu_fp8
 
 REPO = Path(__file__).resolve().parent.parent
 # A one-layer model and 12 steps of 1024 tokens: evals at 0, 1, 3, 12; loss syncs (and, with
@@ -355,8 +356,7 @@ def test_fused_losses_train_the_same_run(synthetic_root, monkeypatch):
         assert fused["train_loss"] == pytest.approx(plain["train_loss"], rel=1e-4)
 
 
-@pytest.mark.skipif(__import__("models.fp8").fp8.fp8_supported(torch.device("cpu")) is not None,
-                    reason="this torch has no FP8 matmuls on the CPU")
+@needs_cpu_fp8()
 def test_an_fp8_run_learns_as_the_float32_one_does(synthetic_root, monkeypatch):
     """train.precision=fp8 on the CPU (FP8 matmuls, bf16 autocast): the run records its precision,
     its matmuls ran in FP8, and its learning curve follows float32's within FP8's rounding."""
