@@ -28,6 +28,12 @@ def _cast(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tens
     return cast, scale.reciprocal()
 
 
+def _row_major(x: torch.Tensor) -> torch.Tensor:
+    """x [r, c] in row-major memory, as _scaled_mm's first operand: cuBLAS's FP8 matmul takes no
+    other layout, and a cast keeps its input's strides (the CPU's kernel takes any)."""
+    return x.contiguous()
+
+
 def _column_major(x: torch.Tensor) -> torch.Tensor:
     """x [r, c] with the same values in column-major memory, as _scaled_mm's second operand."""
     return x.t().contiguous().t()
@@ -45,8 +51,8 @@ class _Float8Matmul(torch.autograd.Function):
         weight: torch.Tensor,
         out_dtype: torch.dtype,
     ) -> torch.Tensor:
-        x8, x_inv = _cast(x, E4M3)
-        w8, w_inv = _cast(weight, E4M3)
+        x8, x_inv = _cast(_row_major(x), E4M3)
+        w8, w_inv = _cast(_row_major(weight), E4M3)
         ctx.save_for_backward(x8, x_inv, w8, w_inv)
         ctx.dtypes = (x.dtype, weight.dtype)
         # fast accumulation in the forward only, as torchao does: the gradients' sums keep
@@ -60,12 +66,12 @@ class _Float8Matmul(torch.autograd.Function):
     ) -> tuple[torch.Tensor, torch.Tensor, None]:
         x8, x_inv, w8, w_inv = ctx.saved_tensors
         x_dtype, w_dtype = ctx.dtypes
-        g8, g_inv = _cast(grad, E5M2)
+        g8, g_inv = _cast(_row_major(grad), E5M2)
         # dx [M, K] = g [M, N] @ w [N, K]; dw [N, K] = g.T [N, M] @ x [M, K]. _scaled_mm takes a
         # row-major first and a column-major second operand, hence the transposed copies
         grad_x = torch._scaled_mm(g8, _column_major(w8), scale_a=g_inv, scale_b=w_inv,
                                   out_dtype=x_dtype)
-        grad_w = torch._scaled_mm(g8.t().contiguous(), _column_major(x8), scale_a=g_inv,
+        grad_w = torch._scaled_mm(_row_major(g8.t()), _column_major(x8), scale_a=g_inv,
                                   scale_b=x_inv, out_dtype=w_dtype)
         return grad_x, grad_w, None
 

@@ -82,6 +82,34 @@ def test_forward_and_gradients_are_the_float64_ones_within_fp8_rounding():
     assert relative(x32.grad, x.grad) > 0.01
 
 
+def test_scaled_mm_gets_row_major_then_column_major_operands_from_any_strides(monkeypatch):
+    """cuBLAS's FP8 matmul takes only a row-major first and a column-major second operand (the
+    CPU's kernel takes any, so this checks the layouts themselves): a column-major input and a
+    transposed output gradient are laid out so, and the numbers are the contiguous inputs' ones."""
+    layouts = []
+    real = torch._scaled_mm
+
+    def recording(a, b, **kwargs):
+        layouts.append((a.stride(), a.shape[1], b.stride(), b.shape[0]))
+        return real(a, b, **kwargs)
+
+    x, w, _, grad = operands()
+    x_cols = x.float().t().contiguous().t()  # the same [64, 128] values, column-major
+    grad_t = grad.float().t().contiguous().t()
+    x_cols.requires_grad_(True)
+    monkeypatch.setattr(torch, "_scaled_mm", recording)
+    y = fp8_linear(x_cols, w.float())
+    y.backward(grad_t)
+    assert len(layouts) == 3  # the forward, then the input's and the weight's gradients
+    for a_stride, a_cols, b_stride, b_rows in layouts:
+        assert a_stride == (a_cols, 1) and b_stride == (1, b_rows)
+    monkeypatch.setattr(torch, "_scaled_mm", real)
+    x_rows = x.float().requires_grad_(True)
+    y_rows = fp8_linear(x_rows, w.float())
+    y_rows.backward(grad.float())
+    assert torch.equal(y, y_rows) and torch.equal(x_cols.grad, x_rows.grad)
+
+
 def test_shapes_fp8_cannot_run_take_the_plain_linear():
     x, w, b, _ = operands(rows=64, k=20, n=96)
     assert not fp8_eligible(x, w)
