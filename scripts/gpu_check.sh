@@ -7,33 +7,33 @@
 # Usage: bash scripts/gpu_check.sh STAGE [STAGE ...]   (in the repo root; run scripts/gpu_wheels.sh
 # here first so .whl/ holds the packages the image lacks). Stages, with rough H100 times (a fresh
 # machine compiles every shape anew, ~30-60 s each; the log prints each step's real time):
-#   accept     issue 7's acceptance in the least device time, the goals still open first:
-#              versions and the compiled-bf16-vs-fp32 CUDA test, then at the three largest of
-#              nanoGPT's shapes (GPU_CHECK_ACCEPT_SHAPES: 24,1024,16 12,768,12 12,512,8; the 1.05x
-#              and MFU goals), each timed in a process of its own: this project's GPT as it trains
-#              by default (with a profile) and, on a card that sweep/nanogpt.py has no nanoGPT
-#              numbers for (GPU_CHECK_ACCEPT_BASELINE=auto; 1 or 0 to force), nanoGPT's GPT (--arch
-#              nanogpt, the same-card baseline); the fused loss kernel (--loss-kernel fused) at
+#   accept     issue 7's acceptance in the least device time, the goals still open first: versions
+#              and the compiled-bf16-vs-fp32 CUDA test, then at the three largest of nanoGPT's
+#              shapes (GPU_CHECK_ACCEPT_SHAPES: 24,1024,16 12,768,12 12,512,8; the 1.05x and MFU
+#              goals), each timed in a process of its own: this project's GPT as it trains by
+#              default (with a profile) and, on a card that sweep/nanogpt.py has no nanoGPT numbers
+#              for (GPU_CHECK_ACCEPT_BASELINE=auto; 1 or 0 to force), nanoGPT's GPT (--arch nanogpt,
+#              the same-card baseline); the fused loss kernel (--loss-kernel fused) at
 #              GPU_CHECK_ACCEPT_FUSED_SHAPES (the same three) if its CUDA test passes
 #              (GPU_CHECK_ACCEPT_FUSED_PYTEST_K, run just before), FP8 matmuls (--precision fp8) at
 #              GPU_CHECK_ACCEPT_FP8_SHAPES (the same three) if their CUDA test passes
-#              (GPU_CHECK_ACCEPT_FP8_PYTEST_K), both at GPU_CHECK_ACCEPT_FP8_FUSED_SHAPES
-#              (24,1024,16 12,768,12), coordinate-descent tuning of inductor's own kernels
+#              (GPU_CHECK_ACCEPT_FP8_PYTEST_K), coordinate-descent tuning of inductor's own kernels
 #              (TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1) at GPU_CHECK_ACCEPT_TUNED_SHAPES
-#              (24,1024,16 12,768,12); then the three smallest shapes
-#              (GPU_CHECK_ACCEPT_SMALL_SHAPES, after the loss as attention's kernel tests: it is
-#              4x128's default loss) and the fused
-#              kernel at GPU_CHECK_ACCEPT_SMALL_FUSED_SHAPES (6,256,4 8,384,6); the loss as
-#              attention at GPU_CHECK_ACCEPT_ATTENTION_SHAPES (6,256,4: cuDNN's kernel at d 256),
-#              nanoGPT's GPT profiled at GPU_CHECK_ACCEPT_NANOGPT_PROFILE_SHAPES (12,768,12), the
-#              CUDA run test (MFU logged), CUDA graphs (--compile-mode reduce-overhead) at
-#              GPU_CHECK_ACCEPT_GRAPH_SHAPES (the three smallest), autotuned kernels
-#              (max-autotune-no-cudagraphs) at GPU_CHECK_ACCEPT_AUTOTUNE_SHAPES (the three
-#              largest, largest first). On an H200 (2026-12-04) a shape took 27-79 s with the
-#              default compile, its compile included, so two calls reach about the tuned units.
-#              Resumable: a rerun on the same (warm) machine skips what is done (state in
-#              .gpu_check/, compile caches in .gpu_cache/, both git-ignored and kept there
-#              between calls; delete .gpu_check/ to start over)   ~10 min to the first pass's end
+#              (24,1024,16 12,768,12), FP8 with the fused kernel at
+#              GPU_CHECK_ACCEPT_FP8_FUSED_SHAPES (24,1024,16 12,768,12); then the three smallest
+#              shapes (GPU_CHECK_ACCEPT_SMALL_SHAPES, after the loss as attention's kernel tests: it
+#              is 4x128's default loss) and the fused kernel at GPU_CHECK_ACCEPT_SMALL_FUSED_SHAPES
+#              (6,256,4 8,384,6); the loss as attention at GPU_CHECK_ACCEPT_ATTENTION_SHAPES
+#              (6,256,4: cuDNN's kernel at d 256), nanoGPT's GPT profiled at
+#              GPU_CHECK_ACCEPT_NANOGPT_PROFILE_SHAPES (12,768,12), the CUDA run test (MFU logged),
+#              CUDA graphs (--compile-mode reduce-overhead) at GPU_CHECK_ACCEPT_GRAPH_SHAPES (the
+#              three smallest), autotuned kernels (max-autotune-no-cudagraphs) at
+#              GPU_CHECK_ACCEPT_AUTOTUNE_SHAPES (the three largest, largest first). On an H200
+#              (2026-12-04) a shape took 27-79 s with the default compile, its compile included, so
+#              two calls reach about FP8 with the fused kernel. Resumable: a rerun on the same
+#              (warm) machine skips what is done (state in .gpu_check/, compile caches in
+#              .gpu_cache/, both git-ignored and kept there between calls; delete .gpu_check/ to
+#              start over)   ~10 min to the first pass's end
 #   tests      nvidia-smi, versions, imports, the CUDA tests (-k), then sweep.train on the synthetic
 #              corpus plain and under 1-GPU torchrun, with both tokens/s          ~5-6 min
 #   reference  sweep.bench --shapes reference (6 shapes)                          ~4-6 min
@@ -355,28 +355,30 @@ stage_accept() {
   # FP8 matmuls, both, inductor's kernels tuned), each after its own CUDA test passes.
   accept_defaults "$baseline" $ACCEPT_SHAPES
   accept_fused $ACCEPT_FUSED_SHAPES
+  local fp8=0
   if [[ -n $ACCEPT_FP8_SHAPES ]]; then
     once_pytest pytest-fp8 -k "$ACCEPT_FP8_PYTEST_K"
     if passed pytest-fp8; then
+      fp8=1
       for shape in $ACCEPT_FP8_SHAPES; do
         accept_unit "$shape" fp8 --precision fp8 --profile "$PROFILE_ROWS"
       done
-      # both together where each may pay, if the fused kernel's test passed too
-      if passed pytest-fused-kernel; then
-        for shape in $ACCEPT_FP8_FUSED_SHAPES; do
-          accept_unit "$shape" fp8-fused --precision fp8 --loss-kernel fused \
-            --profile "$PROFILE_ROWS"
-        done
-      fi
     else
       echo "=== the fp8 units skipped: its CUDA test failed or did not finish"
     fi
   fi
+  # the tuned kernels before FP8 with the fused loss: the MFU goal is bf16's
   UNIT_ENV=(TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1)
   for shape in $ACCEPT_TUNED_SHAPES; do
     accept_unit "$shape" tuned --profile "$PROFILE_ROWS"
   done
   UNIT_ENV=()
+  # both together where each may pay, if both tests passed
+  if ((fp8)) && passed pytest-fused-kernel; then
+    for shape in $ACCEPT_FP8_FUSED_SHAPES; do
+      accept_unit "$shape" fp8-fused --precision fp8 --loss-kernel fused --profile "$PROFILE_ROWS"
+    done
+  fi
   # The small shapes: the loss as attention's kernel tests first (it is 4x128's default loss)
   [[ -n $ACCEPT_SMALL_SHAPES ]] && once_pytest pytest-attention -k "$ACCEPT_ATTENTION_PYTEST_K"
   accept_defaults "$baseline" $ACCEPT_SMALL_SHAPES
