@@ -115,6 +115,12 @@ class GPT(nn.Module):
     loss_kernel "fused": a training forward computes the logits whole, then each token's loss and
     the logits' gradient in one kernel (models/fused_loss.py), which the backward pass only feeds
     to the head's matmuls; "plain": F.cross_entropy and its own backward.
+    residual_dtype: the residual stream's dtype under autocast. float32 (autocast's own, and
+    nanoGPT's): the embedding's float32 output, to which every block adds its bf16 branches in
+    float32. bfloat16: the embedding's output cast to it, so the stream, the sums the blocks
+    add and their gradients stay in bf16 (nanochat's and Megatron-LM's default): less memory
+    traffic a layer, the same LayerNorms (autocast computes them in float32). Without autocast
+    the stream keeps the weights' dtype whatever this says.
     """
 
     def __init__(
@@ -123,9 +129,14 @@ class GPT(nn.Module):
         loss_chunk_tokens: int | None = None,
         loss_attention: bool = False,
         loss_kernel: str = "plain",
+        residual_dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__()
         self.loss = LossChoice(loss_chunk_tokens, loss_attention, loss_kernel)
+        if residual_dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"residual_dtype={residual_dtype} is unsupported: use torch.float32 "
+                             "or torch.bfloat16")
+        self.residual_dtype = residual_dtype
         if loss_attention and config.bias:
             raise ValueError("loss_attention needs an output head without bias: set bias=False")
         self.config = config
@@ -184,6 +195,9 @@ class GPT(nn.Module):
             x = x + self.wpe(torch.arange(seq_len, device=idx.device))
         else:
             rope = (self.rope_cos[:seq_len], self.rope_sin[:seq_len])
+        if self.residual_dtype == torch.bfloat16 and torch.is_autocast_enabled(x.device.type):
+            # autocast leaves the embedding's output in float32; a bf16 stream is cast here once
+            x = x.to(torch.bfloat16)
         x = self.drop(x)
         for block in self.blocks:
             x = block(x, rope)

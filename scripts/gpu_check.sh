@@ -13,27 +13,28 @@
 #              goals), each timed in a process of its own: this project's GPT as it trains by
 #              default (with a profile) and, on a card that sweep/nanogpt.py has no nanoGPT numbers
 #              for (GPU_CHECK_ACCEPT_BASELINE=auto; 1 or 0 to force), nanoGPT's GPT (--arch nanogpt,
-#              the same-card baseline); the fused loss kernel (--loss-kernel fused) at
-#              GPU_CHECK_ACCEPT_FUSED_SHAPES (the same three) if its CUDA test passes
-#              (GPU_CHECK_ACCEPT_FUSED_PYTEST_K, run just before), FP8 matmuls (--precision fp8) at
-#              GPU_CHECK_ACCEPT_FP8_SHAPES (the same three) if their CUDA test passes
-#              (GPU_CHECK_ACCEPT_FP8_PYTEST_K), coordinate-descent tuning of inductor's own kernels
-#              (TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1) at GPU_CHECK_ACCEPT_TUNED_SHAPES
-#              (24,1024,16 12,768,12), FP8 with the fused kernel at
-#              GPU_CHECK_ACCEPT_FP8_FUSED_SHAPES (24,1024,16 12,768,12); then the three smallest
-#              shapes (GPU_CHECK_ACCEPT_SMALL_SHAPES, after the loss as attention's kernel tests: it
-#              is 4x128's default loss) and the fused kernel at GPU_CHECK_ACCEPT_SMALL_FUSED_SHAPES
-#              (6,256,4 8,384,6); the loss as attention at GPU_CHECK_ACCEPT_ATTENTION_SHAPES
-#              (6,256,4: cuDNN's kernel at d 256), nanoGPT's GPT profiled at
-#              GPU_CHECK_ACCEPT_NANOGPT_PROFILE_SHAPES (12,768,12), the CUDA run test (MFU logged),
-#              CUDA graphs (--compile-mode reduce-overhead) at GPU_CHECK_ACCEPT_GRAPH_SHAPES (the
-#              three smallest), autotuned kernels (max-autotune-no-cudagraphs) at
-#              GPU_CHECK_ACCEPT_AUTOTUNE_SHAPES (the three largest, largest first). On an H200
-#              (2026-12-04) a shape took 27-79 s with the default compile, its compile included, so
-#              two calls reach about FP8 with the fused kernel. Resumable: a rerun on the same
-#              (warm) machine skips what is done (state in .gpu_check/, compile caches in
-#              .gpu_cache/, both git-ignored and kept there between calls; delete .gpu_check/ to
-#              start over)   ~10 min to the first pass's end
+#              the same-card baseline); the "lean" step (a bf16 residual stream, --residual-dtype
+#              bf16, and the fused loss kernel, --loss-kernel fused, if its CUDA test
+#              GPU_CHECK_ACCEPT_FUSED_PYTEST_K passes, run just before) at
+#              GPU_CHECK_ACCEPT_LEAN_SHAPES (the same three); FP8 matmuls on top of it
+#              (--precision fp8) at GPU_CHECK_ACCEPT_FP8_SHAPES (the same three) if FP8's CUDA test
+#              passes (GPU_CHECK_ACCEPT_FP8_PYTEST_K); coordinate-descent tuning of inductor's own
+#              kernels (TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1) on top of it at
+#              GPU_CHECK_ACCEPT_TUNED_SHAPES (24,1024,16 12,768,12); the fused kernel alone at
+#              GPU_CHECK_ACCEPT_FUSED_SHAPES (the same three: what the bf16 stream adds); then the
+#              three smallest shapes (GPU_CHECK_ACCEPT_SMALL_SHAPES, after the loss as attention's
+#              kernel tests: it is 4x128's default loss) and the lean step at
+#              GPU_CHECK_ACCEPT_SMALL_LEAN_SHAPES (6,256,4 8,384,6); the loss as attention at
+#              GPU_CHECK_ACCEPT_ATTENTION_SHAPES (6,256,4: cuDNN's kernel at d 256), nanoGPT's GPT
+#              profiled at GPU_CHECK_ACCEPT_NANOGPT_PROFILE_SHAPES (12,768,12), the CUDA run test
+#              (MFU logged), CUDA graphs (--compile-mode reduce-overhead) at
+#              GPU_CHECK_ACCEPT_GRAPH_SHAPES (the three smallest), autotuned kernels
+#              (max-autotune-no-cudagraphs) at GPU_CHECK_ACCEPT_AUTOTUNE_SHAPES (the three largest,
+#              largest first). On an H200 (2026-12-04) a shape took 27-79 s with the default
+#              compile, its compile included, so two calls reach about the tuned units. Resumable:
+#              a rerun on the same (warm) machine skips what is done (state in .gpu_check/,
+#              compile caches in .gpu_cache/, both git-ignored and kept there between calls;
+#              delete .gpu_check/ to start over)   ~10 min to the first pass's end
 #   tests      nvidia-smi, versions, imports, the CUDA tests (-k), then sweep.train on the synthetic
 #              corpus plain and under 1-GPU torchrun, with both tokens/s          ~5-6 min
 #   reference  sweep.bench --shapes reference (6 shapes)                          ~4-6 min
@@ -112,20 +113,22 @@ COPIES=${GPU_CHECK_COPIES-2 4}
 # as attention; 6x256 and 8x384 cannot, BENCHMARKS.md), then the diagnoses and the slow compiles.
 ACCEPT_SHAPES=${GPU_CHECK_ACCEPT_SHAPES-24,1024,16 12,768,12 12,512,8}
 ACCEPT_SMALL_SHAPES=${GPU_CHECK_ACCEPT_SMALL_SHAPES-4,128,2 6,256,4 8,384,6}
-# The fused loss kernel (train.loss_kernel=fused: loss and gradient in one pass over the logits,
-# one pass fewer) at the large shapes, then where the loss's kernels weigh most (24 % of the
-# 6x256 step)
-ACCEPT_FUSED_SHAPES=${GPU_CHECK_ACCEPT_FUSED_SHAPES-24,1024,16 12,768,12 12,512,8}
-ACCEPT_SMALL_FUSED_SHAPES=${GPU_CHECK_ACCEPT_SMALL_FUSED_SHAPES-6,256,4 8,384,6}
-# FP8 matmuls (train.precision=fp8) where the matmuls weigh most (58 % of the 24x1024 step in
-# aten::mm)
+# The lean step: everything that cuts memory traffic without another kernel library, together.
+# A bf16 residual stream (train.residual_dtype=bf16: 25 of the 147 [batch, seq, d] tensors a layer
+# moves, by inductor's count) and the fused loss kernel (train.loss_kernel=fused: one pass over the
+# logits fewer). At the large shapes, then the small ones but 4x128 (whose loss is attention)
+ACCEPT_LEAN_SHAPES=${GPU_CHECK_ACCEPT_LEAN_SHAPES-24,1024,16 12,768,12 12,512,8}
+ACCEPT_SMALL_LEAN_SHAPES=${GPU_CHECK_ACCEPT_SMALL_LEAN_SHAPES-6,256,4 8,384,6}
+# FP8 matmuls (train.precision=fp8) on top of the lean step, where the matmuls weigh most (58 %
+# of the 24x1024 step in aten::mm)
 ACCEPT_FP8_SHAPES=${GPU_CHECK_ACCEPT_FP8_SHAPES-24,1024,16 12,768,12 12,512,8}
-# FP8 with the fused loss kernel (its head's matmuls then bf16) at the 1.05x and MFU goals' shapes
-ACCEPT_FP8_FUSED_SHAPES=${GPU_CHECK_ACCEPT_FP8_FUSED_SHAPES-24,1024,16 12,768,12}
-# Coordinate-descent tuning of inductor's own (pointwise and reduction) kernels alone, without
-# max-autotune's slow matmul search: at 12x768 those kernels took about 30 % of the step, and the
-# H200 ran the GELU and rotary kernels of the 24x1024 step at about 2.5 TB/s, half its bandwidth
+# Coordinate-descent tuning of inductor's own (pointwise and reduction) kernels on top of the
+# lean step, without max-autotune's slow matmul search: at 12x768 those kernels took about 30 % of
+# the step, and the H200 ran the GELU and rotary kernels of the 24x1024 step at about 2.5 TB/s,
+# half its bandwidth
 ACCEPT_TUNED_SHAPES=${GPU_CHECK_ACCEPT_TUNED_SHAPES-24,1024,16 12,768,12}
+# The fused loss kernel alone (what the lean step owes to the bf16 stream), after the goals' units
+ACCEPT_FUSED_SHAPES=${GPU_CHECK_ACCEPT_FUSED_SHAPES-24,1024,16 12,768,12 12,512,8}
 # accept's later steps: the loss as attention where cuDNN now runs it at d 256 (flash did, 0.87x
 # the plain loss), nanoGPT's GPT profiled, CUDA graphs (reduce-overhead), autotuned kernels
 ACCEPT_ATTENTION_SHAPES=${GPU_CHECK_ACCEPT_ATTENTION_SHAPES-6,256,4}
@@ -351,38 +354,26 @@ stage_accept() {
     "has its numbers for this card, or GPU_CHECK_ACCEPT_BASELINE=0")"
   # Shape by shape, this project's GPT as it trains by default (the loss auto picks: as attention
   # on cuDNN's kernel at d_model <= 128, else plain), with a profile of where its time goes, and
-  # the baseline where it is needed; then each variant that may meet a goal (the fused loss kernel,
-  # FP8 matmuls, both, inductor's kernels tuned), each after its own CUDA test passes.
+  # the baseline where it is needed; then the variants that may meet a goal: the lean step, FP8
+  # matmuls and inductor's kernels tuned on top of it, each after its own CUDA test passes.
   accept_defaults "$baseline" $ACCEPT_SHAPES
-  accept_fused $ACCEPT_FUSED_SHAPES
-  local fp8=0
+  accept_lean "" $ACCEPT_LEAN_SHAPES
   if [[ -n $ACCEPT_FP8_SHAPES ]]; then
     once_pytest pytest-fp8 -k "$ACCEPT_FP8_PYTEST_K"
     if passed pytest-fp8; then
-      fp8=1
-      for shape in $ACCEPT_FP8_SHAPES; do
-        accept_unit "$shape" fp8 --precision fp8 --profile "$PROFILE_ROWS"
-      done
+      accept_lean fp8 $ACCEPT_FP8_SHAPES
     else
       echo "=== the fp8 units skipped: its CUDA test failed or did not finish"
     fi
   fi
-  # the tuned kernels before FP8 with the fused loss: the MFU goal is bf16's
   UNIT_ENV=(TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1)
-  for shape in $ACCEPT_TUNED_SHAPES; do
-    accept_unit "$shape" tuned --profile "$PROFILE_ROWS"
-  done
+  accept_lean tuned $ACCEPT_TUNED_SHAPES
   UNIT_ENV=()
-  # both together where each may pay, if both tests passed
-  if ((fp8)) && passed pytest-fused-kernel; then
-    for shape in $ACCEPT_FP8_FUSED_SHAPES; do
-      accept_unit "$shape" fp8-fused --precision fp8 --loss-kernel fused --profile "$PROFILE_ROWS"
-    done
-  fi
+  accept_fused $ACCEPT_FUSED_SHAPES
   # The small shapes: the loss as attention's kernel tests first (it is 4x128's default loss)
   [[ -n $ACCEPT_SMALL_SHAPES ]] && once_pytest pytest-attention -k "$ACCEPT_ATTENTION_PYTEST_K"
   accept_defaults "$baseline" $ACCEPT_SMALL_SHAPES
-  accept_fused $ACCEPT_SMALL_FUSED_SHAPES
+  accept_lean "" $ACCEPT_SMALL_LEAN_SHAPES
   for shape in $ACCEPT_ATTENTION_SHAPES; do
     accept_unit "$shape" attention --loss-attention --profile "$PROFILE_ROWS"
   done
@@ -412,13 +403,39 @@ accept_defaults() {
   done
 }
 
-# accept_fused SHAPE...: the fused loss kernel at each shape, once its CUDA test has passed
-accept_fused() {
-  (($#)) || return 0
-  # once a call: a second look would report (and count) a failure twice
+# test_fused: the fused loss kernel's CUDA test, once a call (a second look would report, and
+# count, a failure twice); true when it passed, in this call or an earlier one
+test_fused() {
   [[ -n ${FUSED_TESTED:-} ]] || once_pytest pytest-fused-kernel -k "$ACCEPT_FUSED_PYTEST_K"
   FUSED_TESTED=1
-  if ! passed pytest-fused-kernel; then
+  passed pytest-fused-kernel
+}
+
+# accept_lean PREFIX SHAPE...: the lean step at each shape (a bf16 residual stream, with the fused
+# loss kernel once its CUDA test has passed, else without), profiled; PREFIX "fp8" adds FP8
+# matmuls, and names the variant (fp8-lean, tuned-lean-nofused, ...), as UNIT_ENV's switches do
+accept_lean() {
+  local prefix=$1 shape name=lean
+  shift
+  (($#)) || return 0
+  local args=(--residual-dtype bf16 --profile "$PROFILE_ROWS")
+  if test_fused; then
+    args+=(--loss-kernel fused)
+  else
+    name=lean-nofused
+    echo "=== $name: the fused loss kernel left out: its test failed or did not finish"
+  fi
+  [[ $prefix == fp8 ]] && args+=(--precision fp8)
+  [[ -n $prefix ]] && name=$prefix-$name
+  for shape in "$@"; do
+    accept_unit "$shape" "$name" "${args[@]}"
+  done
+}
+
+# accept_fused SHAPE...: the fused loss kernel alone at each shape, once its CUDA test has passed
+accept_fused() {
+  (($#)) || return 0
+  if ! test_fused; then
     echo "=== the fused loss's units skipped: its kernel's test failed or did not finish"
     return 0
   fi

@@ -27,6 +27,7 @@ from sweep.errors import ConfigError, OneLineParser
 from sweep.hardware import (
     COMPILE_MODES,
     PRECISIONS,
+    RESIDUAL_DTYPES,
     inductor_env,
     out_of_memory,
     resolve_hardware,
@@ -157,6 +158,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=("auto", *PRECISIONS), default="auto",
                    help="as train.precision: auto (bf16 on CUDA, fp32 on the CPU), bf16, fp32, "
                         "or fp8 (the Linear layers' matmuls in FP8, MFU against FP8's peak)")
+    p.add_argument("--residual-dtype", choices=tuple(RESIDUAL_DTYPES), default="float32",
+                   help="as train.residual_dtype: the residual stream's dtype under bf16 "
+                        "autocast, float32 (the default, nanoGPT's) or bf16")
     p.add_argument("--loss-chunk-tokens", type=int, default=None, metavar="N",
                    help="fuse the output head and the loss over chunks of N tokens, as "
                         "train.loss_chunk_tokens=N (default: the plain head and loss)")
@@ -236,6 +240,9 @@ def argument_problem(args: argparse.Namespace) -> str | None:
     if args.arch == "nanogpt" and args.precision == "fp8":
         return ("--precision=fp8 is not nanoGPT's step, which --arch nanogpt times in bf16: "
                 "leave out --precision there")
+    if args.arch == "nanogpt" and args.residual_dtype != "float32":
+        return (f"--residual-dtype={args.residual_dtype} is not nanoGPT's step, whose residual "
+                "stream is float32: leave out --residual-dtype there")
     if args.copies > 1 and args.profile:
         return (f"--profile={args.profile} profiles one process: leave it out with "
                 f"--copies={args.copies}")
@@ -247,11 +254,12 @@ def main(argv: list[str] | None = None) -> int:
     compile_ = {"auto": "auto", "true": True, "false": False}[args.compile]
     try:
         hw = resolve_hardware(args.device, args.precision, compile_, args.peak_flops,
-                              args.compile_mode)
+                              args.compile_mode, args.residual_dtype)
     except ConfigError as err:
         # The config's names, as this CLI's flags
         message = str(err)
-        for key in ("compile_mode", "peak_flops", "device", "precision", "compile"):
+        for key in ("compile_mode", "peak_flops", "device", "precision", "compile",
+                    "residual_dtype"):
             message = message.replace(f"train.{key}", f"--{key.replace('_', '-')}")
         print(f"error: {message}", file=sys.stderr)
         return 2
@@ -286,7 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     tuning = inductor_env()
     if tuning and hw.compile:
         compile_label += ", " + " ".join(f"{k}={v}" for k, v in tuning.items())
-    print(f"{arch_label} on {hw.device_name} ({hw.precision}, compile {compile_label}, loss "
+    precision_label = hw.precision + (", bf16 residual stream" if hw.residual_dtype == "bf16"
+                                      else "")
+    print(f"{arch_label} on {hw.device_name} ({precision_label}, compile {compile_label}, loss "
           f"{loss_label}), torch {torch.__version__}; {protocol}")
     if hw.precision == "fp8":
         peak = "unknown" if hw.peak_flops is None else f"{hw.peak_flops / 1e12:.1f} TFLOP/s"
@@ -300,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     header = {
         "arch": args.arch,
         "device": hw.device_name, "precision": hw.precision, "compile": hw.compile,
+        "residual_dtype": hw.residual_dtype,
         "compile_mode": args.compile_mode,
         "inductor_env": tuning if hw.compile else {},
         "loss_chunk_tokens": args.loss_chunk_tokens,

@@ -39,6 +39,8 @@ PEAK_BF16_FLOPS = (
 FP8_OVER_BF16_PEAK = 2.0
 # train.precision's values: bf16 autocast, float32, or bf16 autocast with FP8 Linear matmuls
 PRECISIONS = ("bf16", "fp32", "fp8")
+# train.residual_dtype's values: the residual stream's dtype under autocast (models.gpt.GPT)
+RESIDUAL_DTYPES = {"float32": torch.float32, "bf16": torch.bfloat16}
 
 # torch.compile's modes (None: its default). reduce-overhead adds CUDA graphs, max-autotune
 # benchmarks kernel choices at compile time (slow to compile, sometimes faster to run) and adds
@@ -74,6 +76,12 @@ class Hardware:
     compile: bool
     peak_flops: float | None
     compile_mode: str | None = None  # torch.compile's mode when compile is on
+    residual_dtype: str = "float32"  # the residual stream's under autocast: float32 or bf16
+
+    @property
+    def residual_torch_dtype(self) -> torch.dtype:
+        """train.residual_dtype as the dtype GPT takes."""
+        return RESIDUAL_DTYPES[self.residual_dtype]
 
     def compiled(self, module: torch.nn.Module) -> torch.nn.Module:
         """module under torch.compile (in compile_mode) when compile is on, else module itself.
@@ -184,9 +192,10 @@ def resolve_hardware(
     compile_: str | bool,
     peak_flops: float | None,
     compile_mode: str | None = None,
+    residual_dtype: str = "float32",
 ) -> Hardware:
-    """Validate `train.device/precision/compile/peak_flops/compile_mode` against what this
-    machine has."""
+    """Validate `train.device/precision/compile/peak_flops/compile_mode/residual_dtype` against
+    what this machine has."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -216,6 +225,14 @@ def resolve_hardware(
                           f"{', '.join(PRECISIONS)}")
     if precision == "fp8" and (why := fp8_supported(dev)) is not None:
         raise ConfigError(f"train.precision=fp8 but {why}: use train.precision=bf16")
+    if residual_dtype not in RESIDUAL_DTYPES:
+        raise ConfigError(f"train.residual_dtype={residual_dtype!r} is unknown: use "
+                          f"{' or '.join(RESIDUAL_DTYPES)}")
+    if residual_dtype == "bf16" and precision == "fp32":
+        raise ConfigError(
+            f"train.residual_dtype=bf16 needs bf16 autocast, which precision fp32 (on {dev.type}) "
+            "does not run: set train.precision=bf16 or train.residual_dtype=float32"
+        )
 
     if compile_ == "auto":
         compile_ = dev.type == "cuda"
@@ -251,7 +268,7 @@ def resolve_hardware(
         peak *= FP8_OVER_BF16_PEAK
     return Hardware(
         device=dev, device_name=name, precision=precision, compile=compile_, peak_flops=peak,
-        compile_mode=compile_mode,
+        compile_mode=compile_mode, residual_dtype=residual_dtype,
     )
 
 

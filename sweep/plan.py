@@ -130,7 +130,8 @@ def plan_run(
     from sweep.hardware import inductor_env, resolve_hardware, resolve_loss_attention
 
     hardware = resolve_hardware(
-        train.device, train.precision, train.compile, train.peak_flops, train.compile_mode
+        train.device, train.precision, train.compile, train.peak_flops, train.compile_mode,
+        train.residual_dtype,
     )
     loss_attention = resolve_loss_attention(train.loss_attention, hardware, model.d_model,
                                             model.bias, train.loss_chunk_tokens, train.loss_kernel)
@@ -161,6 +162,7 @@ def plan_run(
         "grad_accum": hp.grad_accum,  # also under hparams; kept here for existing readers
         "device": str(hardware.device),
         "precision": hardware.precision,
+        "residual_dtype": hardware.residual_dtype,
         "loss_attention": loss_attention,  # train.loss_attention as it resolved here
         # TORCHINDUCTOR_* switches in the environment, which change the compiled kernels
         "inductor_env": inductor_env() if hardware.compile else {},
@@ -294,7 +296,7 @@ def _evaluation(eval_cfg: DictConfig) -> dict[str, int]:
 # Where and how fast a run trains: not part of its identity (the run id)
 _TRAIN_COSMETIC = ("micro_batch_size", "min_micro_batch_size", "loss_chunk_tokens",
                    "loss_attention", "loss_kernel", "data_parallel", "device", "precision",
-                   "compile", "compile_mode", "peak_flops")
+                   "compile", "compile_mode", "peak_flops", "residual_dtype")
 
 
 def _train_identity(train: DictConfig) -> dict[str, Any]:

@@ -160,6 +160,7 @@ def build_summary(plan: RunPlan, status: str, window_floor: WindowFloor | None =
         },
         "device": plan.hardware.device_name,
         "precision": plan.hardware.precision,
+        "residual_dtype": plan.hardware.residual_dtype,  # train.residual_dtype: float32 or bf16
         "seed": plan.config["seed"],
         "config_hash": plan.config_hash,
         # The identity without the seed: runs that share it differ in their seed alone

@@ -89,7 +89,8 @@ def run(plan: RunPlan, rerun_failed: bool = False, dist: Distributed = SINGLE) -
     torch.manual_seed(cfg["seed"])
     model = hw.place(GPT(plan.model, loss_chunk_tokens=cfg["train"]["loss_chunk_tokens"],
                          loss_attention=plan.loss_attention,
-                         loss_kernel=cfg["train"]["loss_kernel"]))
+                         loss_kernel=cfg["train"]["loss_kernel"],
+                         residual_dtype=hw.residual_torch_dtype))
     # The loader draws a whole optimizer step's batch, which the loop splits into micro-batches:
     # the windows a step sees depend on the step alone, never on the micro-batch size.
     batches = train_windows(

@@ -155,7 +155,8 @@ def _timed(
     config = model_config(shape, protocol, arch)
     torch.manual_seed(0)
     model = hw.place(GPT(config, loss_chunk_tokens=loss.chunk_tokens,
-                         loss_attention=loss.attention, loss_kernel=loss.kernel))
+                         loss_attention=loss.attention, loss_kernel=loss.kernel,
+                         residual_dtype=hw.residual_torch_dtype))
     step_model = hw.compiled(model)
     optimizer = build_optimizer(model, **OPTIMIZER, fused=hw.device.type == "cuda")
     tokens = torch.randint(protocol.vocab_size, (protocol.batch_size, protocol.seq_len + 1),
@@ -242,7 +243,7 @@ def _copy(
     try:
         # TF32 and the like are per process: resolve the hardware again here.
         hw = resolve_hardware(str(hw.device), hw.precision, hw.compile, hw.peak_flops,
-                              hw.compile_mode)
+                              hw.compile_mode, hw.residual_dtype)
         results.put((index, _timed(name, shape, protocol, hw, loss, 0, barrier.wait, arch)))
     except threading.BrokenBarrierError:
         results.put((index, ANOTHER_FAILED))

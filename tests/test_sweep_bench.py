@@ -143,6 +143,24 @@ def test_the_fused_loss_kernel_is_timed_and_recorded_with_the_plain_loss(tmp_pat
     assert losses["fused"] == pytest.approx(losses["plain"], rel=1e-5)
 
 
+def test_a_bf16_residual_stream_is_timed_and_recorded(tmp_path, capsys):
+    losses = {}
+    for dtype in ("float32", "bf16"):
+        out = tmp_path / f"{dtype}.json"
+        assert bench.main(["--device", "cpu", "--tiny", "--shape", "2,64,2", "--precision",
+                           "bf16", "--residual-dtype", dtype, "--out", str(out)]) == 0
+        report = json.loads(out.read_text())
+        assert report["residual_dtype"] == dtype
+        [row] = report["rows"]
+        losses[dtype] = row["loss"]
+    lines = capsys.readouterr().out.splitlines()
+    assert [line for line in lines if line.startswith("this project's GPT")][1].startswith(
+        "this project's GPT on cpu (bf16, bf16 residual stream, compile False")
+    # the same seed and batch after 5 steps: the same loss within bf16 rounding, not the same bits
+    assert losses["bf16"] == pytest.approx(losses["float32"], rel=1e-2)
+    assert losses["bf16"] != losses["float32"]
+
+
 @needs_cpu_fp8()
 def test_fp8_is_timed_recorded_and_its_mfu_peak_named(tmp_path, capsys):
     out = tmp_path / "bench.json"
@@ -222,6 +240,12 @@ def test_auto_times_the_loss_as_attention_where_it_pays_and_says_so(tmp_path, ca
     (["--device", "cpu", "--arch", "nanogpt", "--precision", "fp8"],
      "error: --precision=fp8 is not nanoGPT's step, which --arch nanogpt times in bf16: leave "
      "out --precision there"),
+    (["--device", "cpu", "--arch", "nanogpt", "--precision", "bf16", "--residual-dtype", "bf16"],
+     "error: --residual-dtype=bf16 is not nanoGPT's step, whose residual stream is float32: "
+     "leave out --residual-dtype there"),
+    (["--device", "cpu", "--residual-dtype", "bf16"],
+     "error: --residual-dtype=bf16 needs bf16 autocast, which precision fp32 (on cpu) does not "
+     "run: set --precision=bf16 or --residual-dtype=float32"),
     (["--device", "cpu", "--arch", "gpt2"], "error: argument --arch: invalid choice: 'gpt2'"),
     (["--device", "cpu", "--out", "no-such-folder/bench.json"],
      "error: --out=no-such-folder/bench.json: the folder no-such-folder does not exist"),
@@ -331,6 +355,7 @@ def test_ladder_shapes_are_the_model_presets_smallest_first():
     (256, {}),
     (256, {"loss_chunk_tokens": 3000}),  # 3000: chunks of uneven size
     (256, {"loss_kernel": "fused"}),  # the Triton kernel, autotuned at vocab 32768
+    (256, {"residual_dtype": torch.bfloat16}),  # the residual stream and its gradient in bf16
     (128, {"loss_attention": True}),  # cuDNN's kernels on a Hopper GPU, else flash
     (256, {"loss_attention": True}),  # the flash kernels
     (384, {"loss_attention": True}),  # wider than they take: the memory-efficient kernels

@@ -188,6 +188,17 @@ def test_the_fused_loss_kernel_is_a_variant_of_its_own(tmp_path, capsys):
         "| shape | L,d,h | nanoGPT table | compile, loss plain | compile, loss fused kernel |")
 
 
+def test_a_bf16_residual_stream_is_a_variant_of_its_own(tmp_path, capsys):
+    default = write_report(tmp_path / "default.json", dict.fromkeys(LARGE, 1.0))
+    bf16 = write_report(tmp_path / "bf16.json", dict.fromkeys(LARGE, 1.1))
+    bf16.write_text(json.dumps({**json.loads(bf16.read_text()), "residual_dtype": "bf16"}))
+    assert main([str(default), str(bf16)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[2].startswith("| shape | L,d,h | nanoGPT table | compile, loss plain | bf16 "
+                             "residual, compile, loss plain | best / nanoGPT |")
+    assert out[-1].startswith("| nanogpt-5 | 24,1024,16 | 0.205M | 0.205M | **0.226M** | 1.10x |")
+
+
 def test_the_loss_as_training_picks_it_is_labelled_auto(tmp_path, capsys):
     auto = write_report(tmp_path / "auto.json", dict.fromkeys(SMALL, 1.3), attention="auto")
     assert main([str(auto)]) == 0

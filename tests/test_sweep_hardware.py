@@ -1,5 +1,7 @@
 """Tests for sweep.hardware: device resolution on the CPU and the MFU peak table."""
 
+import re
+
 import pytest
 import torch
 
@@ -56,10 +58,16 @@ def test_user_peak_gives_mfu():
         (("cpu", "auto", "auto", None, "max-autotune"),
          "train.compile_mode=max-autotune needs torch.compile, which is off on cpu: set "
          "train.compile=true"),
+        (("cpu", "bf16", False, None, None, "fp16"),
+         "train.residual_dtype='fp16' is unknown: use float32 or bf16"),
+        # auto on the CPU is float32, which has no autocast to keep a bf16 stream in
+        (("cpu", "auto", False, None, None, "bf16"),
+         "train.residual_dtype=bf16 needs bf16 autocast, which precision fp32 (on cpu) does not "
+         "run: set train.precision=bf16 or train.residual_dtype=float32"),
     ],
 )
 def test_bad_hardware_settings(args, needle):
-    with pytest.raises(ConfigError, match=needle.replace("(", r"\(")):
+    with pytest.raises(ConfigError, match=re.escape(needle)):
         resolve_hardware(*args)
 
 

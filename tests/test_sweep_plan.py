@@ -264,6 +264,7 @@ COSMETIC = [
     "train.micro_batch_size=4", "train.loss_chunk_tokens=256", "train.loss_attention=true",
     "train.loss_kernel=fused", "train.device=cpu",
     "train.precision=fp32", "train.compile=false",
+    "train.precision=bf16 train.residual_dtype=bf16",
     "train.compile=true train.compile_mode=max-autotune",  # a mode needs compile on
     "train.peak_flops=1e12", "logging.interval=3", "logging.progress=true",
     "logging.wandb.mode=offline", "checkpoint.interval_s=60", "checkpoint.keep=3",

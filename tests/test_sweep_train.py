@@ -382,6 +382,26 @@ def test_an_fp8_run_learns_as_the_float32_one_does(synthetic_root, monkeypatch):
     np.testing.assert_allclose(curves[1], curves[0], rtol=2e-3)
 
 
+def test_a_bf16_residual_run_learns_as_the_float32_residual_one_and_says_so(synthetic_root):
+    """train.residual_dtype=bf16 (bf16 autocast on the CPU): its config.yaml records it, and its
+    learning curve follows the float32 stream's within bf16 rounding."""
+    curves, configs = [], []
+    for dtype in ("float32", "bf16"):
+        plan = plan_run(tiny_cfg(synthetic_root, f"residual-{dtype}", "train.precision=bf16",
+                                 f"train.residual_dtype={dtype}"))
+        summary = start_module.run(plan)
+        assert summary["status"] == "finished" and summary["precision"] == "bf16"
+        curves.append([json.loads(line)["val_loss"]
+                       for line in (plan.run_dir / "metrics.jsonl").read_text().splitlines()])
+        configs.append(yaml.safe_load((plan.run_dir / "config.yaml").read_text()))
+        assert summary["residual_dtype"] == dtype
+    assert [(c["train"]["residual_dtype"], c["resolved"]["residual_dtype"])
+            for c in configs] == [("float32", "float32"), ("bf16", "bf16")]
+    assert curves[1][-1] < curves[1][0] - 0.3  # it learned
+    assert curves[1] != curves[0]  # another rounding, so not the same bits
+    np.testing.assert_allclose(curves[1], curves[0], rtol=5e-3)
+
+
 def test_a_batch_the_loss_as_attention_cannot_hold_ends_the_run_diverged(
     synthetic_root, monkeypatch
 ):

@@ -24,8 +24,8 @@ SAME_LOSS_RTOL = 1e-4
 # (hparams_*: summary.json's hparams, flattened by sweep.collect.)
 DESCRIBING = ("experiment", "seed", "hparams_lr", "hparams_warmup_steps", "hparams_schedule",
               "hparams_windows", "lr", "learning_rate", "batch_tokens", "config_hash",
-              "code_version", "budget_kind", "budget_value", "precision", "device", "world_size",
-              "torch_version")
+              "code_version", "budget_kind", "budget_value", "precision", "residual_dtype",
+              "device", "world_size", "torch_version")
 # What runs of one WSD trajectory share, where no stable_hash says so: all but the budget and
 # what rules derive from it (the LR and warmup of sweep.hparams), so a size's runs of a WSD
 # horizons sweep trained apart still make one curve of finished runs. An LR probe across budgets
