@@ -9,17 +9,18 @@
 # machine compiles every shape anew, ~30-60 s each; the log prints each step's real time):
 #   accept     issue 7's acceptance in the least device time, the goals still open first: versions
 #              and the compiled-bf16-vs-fp32 CUDA test, then at the three largest of nanoGPT's
-#              shapes (GPU_CHECK_ACCEPT_SHAPES: 24,1024,16 12,768,12 12,512,8; the 1.05x and MFU
-#              goals), each timed in a process of its own: this project's GPT as it trains by
-#              default (with a profile) and, on a card that sweep/nanogpt.py has no nanoGPT numbers
-#              for (GPU_CHECK_ACCEPT_BASELINE=auto; 1 or 0 to force), nanoGPT's GPT (--arch nanogpt,
-#              the same-card baseline); the "lean" step (a bf16 residual stream, --residual-dtype
-#              bf16, and the fused loss kernel, --loss-kernel fused, if its CUDA test
+#              shapes (the 1.05x and MFU goals), each timed in a process of its own with a
+#              profile: the "lean" step (a bf16 residual stream, --residual-dtype bf16, with the
+#              fused loss kernel, --loss-kernel fused, if its CUDA test
 #              GPU_CHECK_ACCEPT_FUSED_PYTEST_K passes, run just before) at
-#              GPU_CHECK_ACCEPT_LEAN_SHAPES (the same three); FP8 matmuls on top of it
-#              (--precision fp8) at GPU_CHECK_ACCEPT_FP8_SHAPES (the same three) if FP8's CUDA test
-#              passes (GPU_CHECK_ACCEPT_FP8_PYTEST_K); coordinate-descent tuning of inductor's own
-#              kernels (TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1) on top of it at
+#              GPU_CHECK_ACCEPT_LEAN_SHAPES (24,1024,16 12,768,12 12,512,8); FP8 matmuls on top of
+#              it (--precision fp8) at GPU_CHECK_ACCEPT_FP8_SHAPES (the same three) if FP8's CUDA
+#              test passes (GPU_CHECK_ACCEPT_FP8_PYTEST_K); this project's GPT as it trains by
+#              default at GPU_CHECK_ACCEPT_SHAPES (the same three) and, on a card that
+#              sweep/nanogpt.py has no nanoGPT numbers for (GPU_CHECK_ACCEPT_BASELINE=auto; 1 or 0
+#              to force), nanoGPT's GPT (--arch nanogpt, the same-card baseline);
+#              coordinate-descent tuning of inductor's own kernels
+#              (TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1) on top of the lean step at
 #              GPU_CHECK_ACCEPT_TUNED_SHAPES (24,1024,16 12,768,12); the fused kernel alone at
 #              GPU_CHECK_ACCEPT_FUSED_SHAPES (the same three: what the bf16 stream adds); then the
 #              three smallest shapes (GPU_CHECK_ACCEPT_SMALL_SHAPES, after the loss as attention's
@@ -352,11 +353,11 @@ stage_accept() {
   baseline_needed && baseline=1
   echo "=== nanoGPT's GPT timed here: $( ((baseline)) && echo yes || echo "no: sweep/nanogpt.py" \
     "has its numbers for this card, or GPU_CHECK_ACCEPT_BASELINE=0")"
-  # Shape by shape, this project's GPT as it trains by default (the loss auto picks: as attention
-  # on cuDNN's kernel at d_model <= 128, else plain), with a profile of where its time goes, and
-  # the baseline where it is needed; then the variants that may meet a goal: the lean step, FP8
-  # matmuls and inductor's kernels tuned on top of it, each after its own CUDA test passes.
-  accept_defaults "$baseline" $ACCEPT_SHAPES
+  # The variants that may meet a goal first, each shape in a process of its own with a profile of
+  # where its time goes: the lean step, FP8 matmuls on top of it (each after its own CUDA test
+  # passes); then this project's GPT as it trains by default (the loss auto picks: as attention
+  # on cuDNN's kernel at d_model <= 128, else plain), and the baseline where it is needed; then
+  # inductor's kernels tuned on top of the lean step, and the fused kernel alone.
   accept_lean "" $ACCEPT_LEAN_SHAPES
   if [[ -n $ACCEPT_FP8_SHAPES ]]; then
     once_pytest pytest-fp8 -k "$ACCEPT_FP8_PYTEST_K"
@@ -366,6 +367,7 @@ stage_accept() {
       echo "=== the fp8 units skipped: its CUDA test failed or did not finish"
     fi
   fi
+  accept_defaults "$baseline" $ACCEPT_SHAPES
   UNIT_ENV=(TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1)
   accept_lean tuned $ACCEPT_TUNED_SHAPES
   UNIT_ENV=()
