@@ -7,6 +7,7 @@ Positions are rotary (applied to q and k) or a learned table; the output head is
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -201,9 +202,26 @@ class GPT(nn.Module):
         x = self.drop(x)
         for block in self.blocks:
             x = block(x, rope)
-        x = self.ln_f(x)
         if reduction not in ("mean", "none"):
             raise ValueError(f"reduction={reduction!r} is unknown: use 'mean' or 'none'")
+        return self._output(x, targets, reduction)
+
+    def compile_regions(self, **options: Any) -> None:
+        """torch.compile (with `options`) each block and the output (final LayerNorm, head and
+        loss) instead of the whole model: the blocks are alike, so one graph serves them all and
+        a deep model compiles in about the time of one block and the output (on the CPU, 12
+        layers: 7.0 s against 20.6 s whole). The embedding runs eager, as do the few ops between
+        the regions."""
+        for block in self.blocks:
+            block.compile(**options)
+        # an instance attribute in front of the method: the model's state and state_dict as before
+        self._output = torch.compile(self._output, **options)
+
+    def _output(
+        self, x: torch.Tensor, targets: torch.Tensor | None, reduction: str
+    ) -> torch.Tensor:
+        """The last block's output -> logits, or the loss (forward's `targets` and `reduction`)."""
+        x = self.ln_f(x)
         if targets is not None and self.loss.attention:
             if not torch.is_grad_enabled():
                 per_token = token_attention_cross_entropy(x, self.lm_head.weight, targets)

@@ -13,10 +13,12 @@
 #              profile: the "lean" step (a bf16 residual stream, --residual-dtype bf16, with the
 #              fused loss kernel, --loss-kernel fused, if its CUDA test
 #              GPU_CHECK_ACCEPT_FUSED_PYTEST_K passes, run just before) at
-#              GPU_CHECK_ACCEPT_LEAN_SHAPES (24,1024,16 12,768,12 12,512,8); FP8 matmuls on top of
-#              it (--precision fp8) at GPU_CHECK_ACCEPT_FP8_SHAPES (the same three) if FP8's CUDA
-#              test passes (GPU_CHECK_ACCEPT_FP8_PYTEST_K); this project's GPT as it trains by
-#              default at GPU_CHECK_ACCEPT_SHAPES (the same three) and, on a card that
+#              GPU_CHECK_ACCEPT_LEAN_SHAPES (24,1024,16 12,768,12 12,512,8); the same compiled by
+#              blocks (--compile-scope blocks) at GPU_CHECK_ACCEPT_BLOCKS_SHAPES (24,1024,16); FP8
+#              matmuls on top of the lean step (--precision fp8) at GPU_CHECK_ACCEPT_FP8_SHAPES (the
+#              same three) if FP8's CUDA test passes (GPU_CHECK_ACCEPT_FP8_PYTEST_K); this
+#              project's GPT as it trains by default at GPU_CHECK_ACCEPT_SHAPES (the same three)
+#              and, on a card that
 #              sweep/nanogpt.py has no nanoGPT numbers for (GPU_CHECK_ACCEPT_BASELINE=auto; 1 or 0
 #              to force), nanoGPT's GPT (--arch nanogpt, the same-card baseline);
 #              coordinate-descent tuning of inductor's own kernels
@@ -120,6 +122,10 @@ ACCEPT_SMALL_SHAPES=${GPU_CHECK_ACCEPT_SMALL_SHAPES-4,128,2 6,256,4 8,384,6}
 # logits fewer). At the large shapes, then the small ones but 4x128 (whose loss is attention)
 ACCEPT_LEAN_SHAPES=${GPU_CHECK_ACCEPT_LEAN_SHAPES-24,1024,16 12,768,12 12,512,8}
 ACCEPT_SMALL_LEAN_SHAPES=${GPU_CHECK_ACCEPT_SMALL_LEAN_SHAPES-6,256,4 8,384,6}
+# The lean step compiled by blocks (train.compile_scope=blocks: one graph for all the blocks): its
+# compile and its speed at the deepest shape. If it runs as fast, later sessions can time every
+# unit so, and spend the compile time saved (a third of the warm-up on the CPU) on more units
+ACCEPT_BLOCKS_SHAPES=${GPU_CHECK_ACCEPT_BLOCKS_SHAPES-24,1024,16}
 # FP8 matmuls (train.precision=fp8) on top of the lean step, where the matmuls weigh most (58 %
 # of the 24x1024 step in aten::mm)
 ACCEPT_FP8_SHAPES=${GPU_CHECK_ACCEPT_FP8_SHAPES-24,1024,16 12,768,12 12,512,8}
@@ -359,6 +365,7 @@ stage_accept() {
   # on cuDNN's kernel at d_model <= 128, else plain), and the baseline where it is needed; then
   # inductor's kernels tuned on top of the lean step, and the fused kernel alone.
   accept_lean "" $ACCEPT_LEAN_SHAPES
+  accept_lean blocks $ACCEPT_BLOCKS_SHAPES
   if [[ -n $ACCEPT_FP8_SHAPES ]]; then
     once_pytest pytest-fp8 -k "$ACCEPT_FP8_PYTEST_K"
     if passed pytest-fp8; then
@@ -415,7 +422,8 @@ test_fused() {
 
 # accept_lean PREFIX SHAPE...: the lean step at each shape (a bf16 residual stream, with the fused
 # loss kernel once its CUDA test has passed, else without), profiled; PREFIX "fp8" adds FP8
-# matmuls, and names the variant (fp8-lean, tuned-lean-nofused, ...), as UNIT_ENV's switches do
+# matmuls, "blocks" compiles the blocks and the output apart (--compile-scope blocks), and names
+# the variant (fp8-lean, tuned-lean-nofused, ...), as UNIT_ENV's switches do
 accept_lean() {
   local prefix=$1 shape name=lean
   shift
@@ -427,7 +435,10 @@ accept_lean() {
     name=lean-nofused
     echo "=== $name: the fused loss kernel left out: its test failed or did not finish"
   fi
-  [[ $prefix == fp8 ]] && args+=(--precision fp8)
+  case $prefix in
+    fp8) args+=(--precision fp8) ;;
+    blocks) args+=(--compile-scope blocks) ;;
+  esac
   [[ -n $prefix ]] && name=$prefix-$name
   for shape in "$@"; do
     accept_unit "$shape" "$name" "${args[@]}"

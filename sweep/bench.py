@@ -26,6 +26,7 @@ from models.config import LOSS_KERNELS, LossChoice, loss_fusions
 from sweep.errors import ConfigError, OneLineParser
 from sweep.hardware import (
     COMPILE_MODES,
+    COMPILE_SCOPES,
     PRECISIONS,
     RESIDUAL_DTYPES,
     inductor_env,
@@ -155,6 +156,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="torch.compile (auto: on CUDA)")
     p.add_argument("--compile-mode", default=None, choices=COMPILE_MODES,
                    help="torch.compile's mode, as train.compile_mode (default: torch's default)")
+    p.add_argument("--compile-scope", default="model", choices=COMPILE_SCOPES,
+                   help="as train.compile_scope: compile the whole model (the default) or each "
+                        "block and the output apart (blocks: a deep model compiles faster)")
     p.add_argument("--precision", choices=("auto", *PRECISIONS), default="auto",
                    help="as train.precision: auto (bf16 on CUDA, fp32 on the CPU), bf16, fp32, "
                         "or fp8 (the Linear layers' matmuls in FP8, MFU against FP8's peak)")
@@ -232,6 +236,7 @@ def argument_problem(args: argparse.Namespace) -> str | None:
                                  ("--loss-attention", args.loss_attention == "true", False),
                                  ("--loss-kernel", args.loss_kernel, "plain"),
                                  ("--compile-mode", args.compile_mode, None),
+                                 ("--compile-scope", args.compile_scope, "model"),
                                  ("--copies", args.copies, 1)):
             if value != off:
                 given = flag if value is True else f"{flag}={value}"  # a switch, or a value
@@ -254,12 +259,12 @@ def main(argv: list[str] | None = None) -> int:
     compile_ = {"auto": "auto", "true": True, "false": False}[args.compile]
     try:
         hw = resolve_hardware(args.device, args.precision, compile_, args.peak_flops,
-                              args.compile_mode, args.residual_dtype)
+                              args.compile_mode, args.residual_dtype, args.compile_scope)
     except ConfigError as err:
         # The config's names, as this CLI's flags
         message = str(err)
-        for key in ("compile_mode", "peak_flops", "device", "precision", "compile",
-                    "residual_dtype"):
+        for key in ("compile_mode", "compile_scope", "peak_flops", "device", "precision",
+                    "compile", "residual_dtype"):
             message = message.replace(f"train.{key}", f"--{key.replace('_', '-')}")
         print(f"error: {message}", file=sys.stderr)
         return 2
@@ -284,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     which = args.shapes or ("custom" if shapes else "tiny" if args.tiny else "all")
     shapes = named_shapes(which, shapes)
     compile_label = f"{hw.compile}" + (f" {args.compile_mode}" if args.compile_mode else "")
+    if hw.compile and hw.compile_scope != "model":
+        compile_label += f" by {hw.compile_scope}"
     attention = {"auto": "auto", "true": True, "false": False}[args.loss_attention]
     loss_label = (f"fused in chunks of {args.loss_chunk_tokens} tokens"
                   if args.loss_chunk_tokens else "fused kernel" if args.loss_kernel == "fused"
@@ -312,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": hw.device_name, "precision": hw.precision, "compile": hw.compile,
         "residual_dtype": hw.residual_dtype,
         "compile_mode": args.compile_mode,
+        "compile_scope": hw.compile_scope,
         "inductor_env": tuning if hw.compile else {},
         "loss_chunk_tokens": args.loss_chunk_tokens,
         # true, false or "auto" (each row says which loss it ran)

@@ -2,9 +2,9 @@
 by side, shape by shape, as a Markdown table for BENCHMARKS.md, with the best variant's ratio to
 nanoGPT and this project's throughput goals (`--check-goals` exits 1 when one is missed).
 
-Each file holds one variant (the loss plain, in chunks or as attention, a compile mode, a bf16
-residual stream, copies, or nanoGPT's GPT timed by `sweep.bench --arch nanogpt`), at some shapes:
-files of one variant at other shapes are merged.
+Each file holds one variant (the loss plain, in chunks or as attention, a compile mode or scope, a
+bf16 residual stream, copies, or nanoGPT's GPT timed by `sweep.bench --arch nanogpt`), at some
+shapes: files of one variant at other shapes are merged.
 They must share the device, torch release and protocol, and files of one precision their MFU peak,
 or the comparison would mean nothing; a precision other than bf16 (fp8, fp32) is a variant of its
 own, whose MFU is against its own peak (FP8's for fp8).
@@ -55,6 +55,8 @@ def _label(report: dict[str, Any]) -> str:
     compile_ = "compile" if report["compile"] else "eager"
     if report.get("compile_mode"):
         compile_ += f" {report['compile_mode']}"
+    if report.get("compile_scope", "model") != "model":
+        compile_ += f" by {report['compile_scope']}"
     # Inductor switches set through the environment, e.g. COORDINATE_DESCENT_TUNING=1
     for key, value in report.get("inductor_env", {}).items():
         compile_ += f" {key.removeprefix('TORCHINDUCTOR_')}={value}"

@@ -50,6 +50,9 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 # micro-batch's backward leaves in it is overwritten by the next replay before it is summed
 # (pytorch#169545), so under these, a CUDA run cannot accumulate gradients.
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+# train.compile_scope's values: torch.compile over the whole model, or over each block and the
+# output apart (models.gpt.GPT.compile_regions: one graph for all the blocks, compiled once)
+COMPILE_SCOPES = ("model", "blocks")
 
 
 # Inductor's environment switches that only say where its caches live, not which kernels it makes
@@ -77,6 +80,7 @@ class Hardware:
     peak_flops: float | None
     compile_mode: str | None = None  # torch.compile's mode when compile is on
     residual_dtype: str = "float32"  # the residual stream's under autocast: float32 or bf16
+    compile_scope: str = "model"  # what torch.compile takes: the whole model, or its "blocks"
 
     @property
     def residual_torch_dtype(self) -> torch.dtype:
@@ -91,6 +95,8 @@ class Hardware:
         bench's next shape) is a recompile of GPT.forward, and past dynamo's recompile limit (8
         per function) it runs eager with only a log warning: the bench's ladder from its 9th
         rung (gpt_135m) on would have been timed uncompiled.
+        Under compile_scope "blocks", module (a GPT) compiles its regions in place and is
+        returned itself.
         """
         if not self.compile:
             return module
@@ -98,6 +104,9 @@ class Hardware:
         # Static shapes: after an out-of-memory back-off, the smaller micro-batch gets a graph
         # of its own (one per halving), not a dynamic-batch graph with slower kernels for the
         # rest of the run, as dynamo's automatic dynamic shapes would make.
+        if self.compile_scope == "blocks":
+            module.compile_regions(mode=self.compile_mode, dynamic=False)
+            return module
         return torch.compile(module, mode=self.compile_mode, dynamic=False)
 
     @property
@@ -193,9 +202,10 @@ def resolve_hardware(
     peak_flops: float | None,
     compile_mode: str | None = None,
     residual_dtype: str = "float32",
+    compile_scope: str = "model",
 ) -> Hardware:
-    """Validate `train.device/precision/compile/peak_flops/compile_mode/residual_dtype` against
-    what this machine has."""
+    """Validate `train.device/precision/compile/peak_flops/compile_mode/residual_dtype/
+    compile_scope` against what this machine has."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -248,6 +258,21 @@ def resolve_hardware(
             f"train.compile_mode={compile_mode} needs torch.compile, which is off on "
             f"{dev.type}: set train.compile=true or leave train.compile_mode null"
         )
+    if compile_scope not in COMPILE_SCOPES:
+        raise ConfigError(f"train.compile_scope={compile_scope!r} is unknown: use "
+                          f"{' or '.join(COMPILE_SCOPES)}")
+    if compile_scope != "model" and not compile_:
+        raise ConfigError(
+            f"train.compile_scope={compile_scope} needs torch.compile, which is off on "
+            f"{dev.type}: set train.compile=true or leave train.compile_scope=model"
+        )
+    if compile_scope != "model" and compile_mode in CUDA_GRAPH_MODES:
+        # one CUDA graph per region, each replaying into its own memory, is untested here
+        raise ConfigError(
+            f"train.compile_scope={compile_scope} with train.compile_mode={compile_mode} (CUDA "
+            "graphs) is untested: use train.compile_scope=model with it, or "
+            "compile_mode=max-autotune-no-cudagraphs or null"
+        )
 
     if dev.type == "cuda":
         name = torch.cuda.get_device_name(dev)
@@ -268,7 +293,7 @@ def resolve_hardware(
         peak *= FP8_OVER_BF16_PEAK
     return Hardware(
         device=dev, device_name=name, precision=precision, compile=compile_, peak_flops=peak,
-        compile_mode=compile_mode, residual_dtype=residual_dtype,
+        compile_mode=compile_mode, residual_dtype=residual_dtype, compile_scope=compile_scope,
     )
 
 

@@ -131,7 +131,7 @@ def plan_run(
 
     hardware = resolve_hardware(
         train.device, train.precision, train.compile, train.peak_flops, train.compile_mode,
-        train.residual_dtype,
+        train.residual_dtype, train.compile_scope,
     )
     loss_attention = resolve_loss_attention(train.loss_attention, hardware, model.d_model,
                                             model.bias, train.loss_chunk_tokens, train.loss_kernel)
@@ -296,7 +296,8 @@ def _evaluation(eval_cfg: DictConfig) -> dict[str, int]:
 # Where and how fast a run trains: not part of its identity (the run id)
 _TRAIN_COSMETIC = ("micro_batch_size", "min_micro_batch_size", "loss_chunk_tokens",
                    "loss_attention", "loss_kernel", "data_parallel", "device", "precision",
-                   "compile", "compile_mode", "peak_flops", "residual_dtype")
+                   "compile", "compile_mode", "peak_flops", "residual_dtype",
+                   "compile_scope")
 
 
 def _train_identity(train: DictConfig) -> dict[str, Any]:

@@ -79,6 +79,12 @@ def run(plan: RunPlan, rerun_failed: bool = False, dist: Distributed = SINGLE) -
     calls this; rank 0 alone takes the lock and writes.
     """
     policy = checkpoint_policy(plan.config.get("checkpoint"))
+    if dist.enabled and plan.hardware.compile and plan.hardware.compile_scope != "model":
+        # DDP's hooks and FSDP's sharding around compiled regions are untested here
+        raise ConfigError(
+            f"train.compile_scope={plan.hardware.compile_scope} compiles a single process's "
+            f"model, and this run has {dist.world_size} ranks: use train.compile_scope=model"
+        )
     record = RunRecord(plan.run_dir)
     # Every rank reads the same summary here, before any of them writes.
     if _skip(plan, previous := record.read_summary(), rerun_failed, dist.say):

@@ -243,7 +243,7 @@ def _copy(
     try:
         # TF32 and the like are per process: resolve the hardware again here.
         hw = resolve_hardware(str(hw.device), hw.precision, hw.compile, hw.peak_flops,
-                              hw.compile_mode, hw.residual_dtype)
+                              hw.compile_mode, hw.residual_dtype, hw.compile_scope)
         results.put((index, _timed(name, shape, protocol, hw, loss, 0, barrier.wait, arch)))
     except threading.BrokenBarrierError:
         results.put((index, ANOTHER_FAILED))

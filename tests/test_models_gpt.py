@@ -296,3 +296,28 @@ def test_an_unsupported_residual_dtype_is_refused() -> None:
     with pytest.raises(ValueError, match="residual_dtype=torch.float16 is unsupported: use "
                                          "torch.float32 or torch.bfloat16"):
         GPT(gpt_config(), residual_dtype=torch.float16)
+
+
+def test_compiled_regions_share_one_graph_for_the_blocks_and_give_the_eager_loss() -> None:
+    """compile_regions: the blocks are one graph, compiled once, the output another; the loss,
+    gradients and state_dict are the eager model's. Nine blocks, past dynamo's recompile limit
+    (8 a function): were each block a compile of its own, the last would run eager."""
+    from torch._dynamo.utils import counters
+
+    eager = make_model(n_layer=9)
+    regional = make_model(n_layer=9)
+    regional.compile_regions(dynamic=False)
+    assert regional.state_dict().keys() == eager.state_dict().keys()
+    idx, targets = torch.randint(0, 101, (2, 4, 16))
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        losses = [m(idx, targets) for m in (eager, regional)]
+        for loss in losses:
+            loss.backward()
+        assert counters["stats"]["unique_graphs"] == 2  # one block graph for nine blocks
+    finally:
+        torch._dynamo.reset()
+    assert losses[1].item() == pytest.approx(losses[0].item(), rel=1e-6)
+    for (name, p), q in zip(eager.named_parameters(), regional.parameters(), strict=True):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)

@@ -143,6 +143,21 @@ def test_the_fused_loss_kernel_is_timed_and_recorded_with_the_plain_loss(tmp_pat
     assert losses["fused"] == pytest.approx(losses["plain"], rel=1e-5)
 
 
+def test_compiled_regions_are_timed_recorded_and_train_as_eager_does(tmp_path, capsys):
+    losses = {}
+    for scope, extra in (("eager", ["--compile", "false"]),
+                         ("blocks", ["--compile", "true", "--compile-scope", "blocks"])):
+        out = tmp_path / f"{scope}.json"
+        assert bench.main(["--device", "cpu", "--tiny", "--shape", "2,64,2", *extra,
+                           "--out", str(out)]) == 0
+        report = json.loads(out.read_text())
+        assert report["compile_scope"] == ("blocks" if scope == "blocks" else "model")
+        losses[scope] = report["rows"][0]["loss"]
+    assert "compile True by blocks" in capsys.readouterr().out
+    # the same seed and batch after 5 steps: compiled float32 kernels round a little differently
+    assert losses["blocks"] == pytest.approx(losses["eager"], rel=1e-5)
+
+
 def test_a_bf16_residual_stream_is_timed_and_recorded(tmp_path, capsys):
     losses = {}
     for dtype in ("float32", "bf16"):
@@ -246,6 +261,12 @@ def test_auto_times_the_loss_as_attention_where_it_pays_and_says_so(tmp_path, ca
     (["--device", "cpu", "--residual-dtype", "bf16"],
      "error: --residual-dtype=bf16 needs bf16 autocast, which precision fp32 (on cpu) does not "
      "run: set --precision=bf16 or --residual-dtype=float32"),
+    (["--device", "cpu", "--arch", "nanogpt", "--compile", "true", "--compile-scope", "blocks"],
+     "error: --compile-scope=blocks is not nanoGPT's step, which --arch nanogpt times as it is: "
+     "leave out --compile-scope there"),
+    (["--device", "cpu", "--compile-scope", "blocks"],
+     "error: --compile-scope=blocks needs torch.compile, which is off on cpu: set "
+     "--compile=true or leave --compile-scope=model"),
     (["--device", "cpu", "--arch", "gpt2"], "error: argument --arch: invalid choice: 'gpt2'"),
     (["--device", "cpu", "--out", "no-such-folder/bench.json"],
      "error: --out=no-such-folder/bench.json: the folder no-such-folder does not exist"),
@@ -356,17 +377,22 @@ def test_ladder_shapes_are_the_model_presets_smallest_first():
     (256, {"loss_chunk_tokens": 3000}),  # 3000: chunks of uneven size
     (256, {"loss_kernel": "fused"}),  # the Triton kernel, autotuned at vocab 32768
     (256, {"residual_dtype": torch.bfloat16}),  # the residual stream and its gradient in bf16
+    # the lean step that gpu_check times, compiled by blocks (train.compile_scope=blocks)
+    (256, {"residual_dtype": torch.bfloat16, "loss_kernel": "fused", "regions": True}),
     (128, {"loss_attention": True}),  # cuDNN's kernels on a Hopper GPU, else flash
     (256, {"loss_attention": True}),  # the flash kernels
     (384, {"loss_attention": True}),  # wider than they take: the memory-efficient kernels
 ])
 def test_compiled_bf16_step_matches_the_float32_eager_step(d_model, loss):
     """The CUDA training step (torch.compile, bf16 autocast) gives the float32 eager loss and
-    gradients on the same batch, within bf16 tolerance, whichever way the head and loss run."""
+    gradients on the same batch, within bf16 tolerance, whichever way the head and loss run, with
+    a bf16 residual stream too, and compiled whole or by blocks."""
     config = GPTConfig(n_layer=4, d_model=d_model, n_head=4, vocab_size=32768, max_seq_len=1024,
                        positions="rope", tie_embeddings=False, bias=False, mlp_ratio=4,
                        dropout=0.0, init_std=0.02)
     torch.manual_seed(0)
+    loss = dict(loss)
+    regions = loss.pop("regions", False)
     eager = GPT(config).cuda()
     fast = GPT(config, **loss).cuda()
     fast.load_state_dict(eager.state_dict())
@@ -380,7 +406,9 @@ def test_compiled_bf16_step_matches_the_float32_eager_step(d_model, loss):
         loss32 = accumulate_gradients(eager, xs, ys, 8, fp32)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    loss16 = accumulate_gradients(torch.compile(fast), xs, ys, 8, bf16)
+    if regions:
+        fast.compile_regions()
+    loss16 = accumulate_gradients(fast if regions else torch.compile(fast), xs, ys, 8, bf16)
     assert loss16.item() == pytest.approx(loss32.item(), rel=1e-2)
     for (name, p32), p16 in zip(eager.named_parameters(), fast.parameters(), strict=True):
         cosine = torch.nn.functional.cosine_similarity(

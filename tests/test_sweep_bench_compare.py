@@ -188,6 +188,15 @@ def test_the_fused_loss_kernel_is_a_variant_of_its_own(tmp_path, capsys):
         "| shape | L,d,h | nanoGPT table | compile, loss plain | compile, loss fused kernel |")
 
 
+def test_a_compile_scope_is_a_variant_of_its_own(tmp_path, capsys):
+    default = write_report(tmp_path / "default.json", dict.fromkeys(SMALL, 1.0))
+    blocks = write_report(tmp_path / "blocks.json", dict.fromkeys(SMALL, 1.0))
+    blocks.write_text(json.dumps({**json.loads(blocks.read_text()), "compile_scope": "blocks"}))
+    assert main([str(default), str(blocks)]) == 0
+    assert capsys.readouterr().out.splitlines()[2].startswith(
+        "| shape | L,d,h | nanoGPT table | compile, loss plain | compile by blocks, loss plain |")
+
+
 def test_a_bf16_residual_stream_is_a_variant_of_its_own(tmp_path, capsys):
     default = write_report(tmp_path / "default.json", dict.fromkeys(LARGE, 1.0))
     bf16 = write_report(tmp_path / "bf16.json", dict.fromkeys(LARGE, 1.1))

@@ -58,6 +58,14 @@ def test_user_peak_gives_mfu():
         (("cpu", "auto", "auto", None, "max-autotune"),
          "train.compile_mode=max-autotune needs torch.compile, which is off on cpu: set "
          "train.compile=true"),
+        (("cpu", "auto", True, None, None, "float32", "layers"),
+         "train.compile_scope='layers' is unknown: use model or blocks"),
+        (("cpu", "auto", False, None, None, "float32", "blocks"),
+         "train.compile_scope=blocks needs torch.compile, which is off on cpu: set "
+         "train.compile=true or leave train.compile_scope=model"),
+        (("cpu", "auto", True, None, "reduce-overhead", "float32", "blocks"),
+         "train.compile_scope=blocks with train.compile_mode=reduce-overhead (CUDA graphs) is "
+         "untested: use train.compile_scope=model with it"),
         (("cpu", "bf16", False, None, None, "fp16"),
          "train.residual_dtype='fp16' is unknown: use float32 or bf16"),
         # auto on the CPU is float32, which has no autocast to keep a bf16 stream in

@@ -265,6 +265,7 @@ COSMETIC = [
     "train.loss_kernel=fused", "train.device=cpu",
     "train.precision=fp32", "train.compile=false",
     "train.precision=bf16 train.residual_dtype=bf16",
+    "train.compile=true train.compile_scope=blocks",
     "train.compile=true train.compile_mode=max-autotune",  # a mode needs compile on
     "train.peak_flops=1e12", "logging.interval=3", "logging.progress=true",
     "logging.wandb.mode=offline", "checkpoint.interval_s=60", "checkpoint.keep=3",

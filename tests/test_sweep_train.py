@@ -29,7 +29,8 @@ from data.synthetic_floor import window_floor
 from models import GPT, GPTConfig
 from models.attention_loss import DIVERGED_HINT
 from sweep.checkpoint import list_checkpoints
-from sweep.errors import RunFailed
+from sweep.distributed import Distributed
+from sweep.errors import ConfigError, RunFailed
 from sweep.lock import RunLocked, is_locked
 from sweep.loop import eval_steps
 from sweep.plan import plan_run
@@ -400,6 +401,33 @@ def test_a_bf16_residual_run_learns_as_the_float32_residual_one_and_says_so(synt
     assert curves[1][-1] < curves[1][0] - 0.3  # it learned
     assert curves[1] != curves[0]  # another rounding, so not the same bits
     np.testing.assert_allclose(curves[1], curves[0], rtol=5e-3)
+
+
+def test_a_run_compiled_by_blocks_trains_as_the_eager_run(synthetic_root):
+    """train.compile_scope=blocks through sweep.start: the blocks and the output compiled apart,
+    training and evaluation, gives the eager run's curve (compiled kernels round a little
+    differently)."""
+    curves = []
+    for name, overrides in (("eager", ["train.compile=false"]),
+                            ("blocks", ["train.compile=true", "train.compile_scope=blocks"])):
+        plan = plan_run(tiny_cfg(synthetic_root, f"scope-{name}", *overrides))
+        assert start_module.run(plan)["status"] == "finished"
+        curves.append([json.loads(line)["val_loss"]
+                       for line in (plan.run_dir / "metrics.jsonl").read_text().splitlines()])
+    np.testing.assert_allclose(curves[1], curves[0], rtol=1e-4)
+
+
+def test_compiled_regions_under_several_ranks_are_refused_before_anything_is_written(
+    synthetic_root,
+):
+    plan = plan_run(tiny_cfg(synthetic_root, "scope-ranks", "train.compile=true",
+                             "train.compile_scope=blocks"))
+    with pytest.raises(ConfigError) as info:
+        start_module.run(plan, dist=Distributed(rank=0, world_size=2))
+    assert str(info.value) == (
+        "train.compile_scope=blocks compiles a single process's model, and this run has 2 "
+        "ranks: use train.compile_scope=model")
+    assert not plan.run_dir.exists()
 
 
 def test_a_batch_the_loss_as_attention_cannot_hold_ends_the_run_diverged(
