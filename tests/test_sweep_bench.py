@@ -376,8 +376,8 @@ def test_ladder_shapes_are_the_model_presets_smallest_first():
     (256, {}),
     (256, {"loss_chunk_tokens": 3000}),  # 3000: chunks of uneven size
     (256, {"loss_kernel": "fused"}),  # the Triton kernel, autotuned at vocab 32768
-    (256, {"residual_dtype": torch.bfloat16}),  # the residual stream and its gradient in bf16
-    # the lean step that gpu_check times, compiled by blocks (train.compile_scope=blocks)
+    # the lean step that gpu_check times (the residual stream and its gradient in bf16, the fused
+    # loss kernel), compiled by blocks (train.compile_scope=blocks)
     (256, {"residual_dtype": torch.bfloat16, "loss_kernel": "fused", "regions": True}),
     (128, {"loss_attention": True}),  # cuDNN's kernels on a Hopper GPU, else flash
     (256, {"loss_attention": True}),  # the flash kernels
