@@ -271,7 +271,7 @@ def resolve_hardware(
         raise ConfigError(
             f"train.compile_scope={compile_scope} with train.compile_mode={compile_mode} (CUDA "
             "graphs) is untested: use train.compile_scope=model with it, or "
-            "compile_mode=max-autotune-no-cudagraphs or null"
+            "train.compile_mode=max-autotune-no-cudagraphs or null"
         )
 
     if dev.type == "cuda":
