@@ -17,9 +17,10 @@ H100 = "NVIDIA H100 80GB HBM3"
 
 def write_report(path: Path, ratios: dict, *, chunk=None, device=H100, mfu_302m=0.52,
                  failed=(), copies=1, arch=None, date=None, table=REFERENCE,
-                 attention=False, kernel=None) -> Path:
+                 attention=False, kernel=None, **fields) -> Path:
     """A sweep.bench JSON whose rows run at `ratios` x nanoGPT's tokens/s (table), shape by
-    shape; its rows carry that reference where sweep.nanogpt has numbers for the device."""
+    shape; its rows carry that reference where sweep.nanogpt has numbers for the device.
+    `fields`: more of the header's keys (precision, compile_scope, ...)."""
     rows = []
     for i, (shape, reference) in enumerate(table.items()):
         if shape in failed or shape not in ratios:
@@ -39,6 +40,7 @@ def write_report(path: Path, ratios: dict, *, chunk=None, device=H100, mfu_302m=
         "copies": copies, "rows": rows,
         "failed": failures, "pending": [], **({"arch": arch} if arch else {}),
         **({"date": date} if date else {}), **({"loss_kernel": kernel} if kernel else {}),
+        **fields,
     }))
     return path
 
@@ -68,11 +70,10 @@ def test_the_best_variant_per_shape_meets_the_goals(tmp_path, capsys):
 def test_fp8_is_a_variant_of_its_own_judged_against_its_own_peak(tmp_path, capsys):
     # fp8 is the fastest at 24x1024, but its MFU against FP8's peak is low: the MFU goal takes
     # the highest MFU of any variant, the bf16 one's here
-    bf16 = write_report(tmp_path / "bf16.json", dict.fromkeys(LARGE, 1.0), mfu_302m=0.51)
-    fp8 = write_report(tmp_path / "fp8.json", dict.fromkeys(LARGE, 1.2), mfu_302m=0.3)
-    for path, precision, peak in ((bf16, "bf16", 989.4e12), (fp8, "fp8", 1978.8e12)):
-        path.write_text(json.dumps({**json.loads(path.read_text()), "precision": precision,
-                                    "peak_flops": peak}))
+    bf16 = write_report(tmp_path / "bf16.json", dict.fromkeys(LARGE, 1.0), mfu_302m=0.51,
+                        precision="bf16", peak_flops=989.4e12)
+    fp8 = write_report(tmp_path / "fp8.json", dict.fromkeys(LARGE, 1.2), mfu_302m=0.3,
+                       precision="fp8", peak_flops=1978.8e12)
     assert main([str(bf16), str(fp8), "--check-goals"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[2] == ("| shape | L,d,h | nanoGPT table | compile, loss plain | fp8, compile, loss "
@@ -190,8 +191,8 @@ def test_the_fused_loss_kernel_is_a_variant_of_its_own(tmp_path, capsys):
 
 def test_a_compile_scope_is_a_variant_of_its_own(tmp_path, capsys):
     default = write_report(tmp_path / "default.json", dict.fromkeys(SMALL, 1.0))
-    blocks = write_report(tmp_path / "blocks.json", dict.fromkeys(SMALL, 1.0))
-    blocks.write_text(json.dumps({**json.loads(blocks.read_text()), "compile_scope": "blocks"}))
+    blocks = write_report(tmp_path / "blocks.json", dict.fromkeys(SMALL, 1.0),
+                          compile_scope="blocks")
     assert main([str(default), str(blocks)]) == 0
     assert capsys.readouterr().out.splitlines()[2].startswith(
         "| shape | L,d,h | nanoGPT table | compile, loss plain | compile by blocks, loss plain |")
@@ -199,8 +200,7 @@ def test_a_compile_scope_is_a_variant_of_its_own(tmp_path, capsys):
 
 def test_a_bf16_residual_stream_is_a_variant_of_its_own(tmp_path, capsys):
     default = write_report(tmp_path / "default.json", dict.fromkeys(LARGE, 1.0))
-    bf16 = write_report(tmp_path / "bf16.json", dict.fromkeys(LARGE, 1.1))
-    bf16.write_text(json.dumps({**json.loads(bf16.read_text()), "residual_dtype": "bf16"}))
+    bf16 = write_report(tmp_path / "bf16.json", dict.fromkeys(LARGE, 1.1), residual_dtype="bf16")
     assert main([str(default), str(bf16)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[2].startswith("| shape | L,d,h | nanoGPT table | compile, loss plain | bf16 "
@@ -218,10 +218,8 @@ def test_the_loss_as_training_picks_it_is_labelled_auto(tmp_path, capsys):
 def test_inductor_switches_make_a_variant_of_their_own(tmp_path, capsys):
     """The same compile mode with coordinate-descent tuning on is another column, named so."""
     default = write_report(tmp_path / "default.json", dict.fromkeys(SMALL, 1.0))
-    tuned = write_report(tmp_path / "tuned.json", dict.fromkeys(SMALL, 1.1))
-    report = json.loads(tuned.read_text())
-    report["inductor_env"] = {"TORCHINDUCTOR_COORDINATE_DESCENT_TUNING": "1"}
-    tuned.write_text(json.dumps(report))
+    tuned = write_report(tmp_path / "tuned.json", dict.fromkeys(SMALL, 1.1),
+                         inductor_env={"TORCHINDUCTOR_COORDINATE_DESCENT_TUNING": "1"})
     assert main([str(default), str(tuned)]) == 0
     assert capsys.readouterr().out.splitlines()[2].startswith(
         "| shape | L,d,h | nanoGPT table | compile, loss plain | compile "
