@@ -27,7 +27,9 @@
 #              GPU_CHECK_ACCEPT_FUSED_SHAPES (the same three: what the bf16 stream adds); then the
 #              three smallest shapes (GPU_CHECK_ACCEPT_SMALL_SHAPES, after the loss as attention's
 #              kernel tests: it is 4x128's default loss) and the lean step at
-#              GPU_CHECK_ACCEPT_SMALL_LEAN_SHAPES (6,256,4 8,384,6); the loss as attention at
+#              GPU_CHECK_ACCEPT_SMALL_LEAN_SHAPES (6,256,4 8,384,6), then with CUDA graphs
+#              (--compile-mode reduce-overhead) at GPU_CHECK_ACCEPT_SMALL_LEAN_GRAPH_SHAPES (the
+#              same two); the loss as attention at
 #              GPU_CHECK_ACCEPT_ATTENTION_SHAPES (6,256,4: cuDNN's kernel at d 256), nanoGPT's GPT
 #              profiled at GPU_CHECK_ACCEPT_NANOGPT_PROFILE_SHAPES (12,768,12), the CUDA run test
 #              (MFU logged), CUDA graphs (--compile-mode reduce-overhead) at
@@ -122,6 +124,9 @@ ACCEPT_SMALL_SHAPES=${GPU_CHECK_ACCEPT_SMALL_SHAPES-4,128,2 6,256,4 8,384,6}
 # logits fewer). At the large shapes, then the small ones but 4x128 (whose loss is attention)
 ACCEPT_LEAN_SHAPES=${GPU_CHECK_ACCEPT_LEAN_SHAPES-24,1024,16 12,768,12 12,512,8}
 ACCEPT_SMALL_LEAN_SHAPES=${GPU_CHECK_ACCEPT_SMALL_LEAN_SHAPES-6,256,4 8,384,6}
+# ... and with CUDA graphs: at 6x256 the H200 idled about 0.9 ms of the 21.7 ms step between
+# kernels, which the lean step's ~17 ms leaves nearer 1.3x nanoGPT's 20.6 ms (BENCHMARKS.md)
+ACCEPT_SMALL_LEAN_GRAPH_SHAPES=${GPU_CHECK_ACCEPT_SMALL_LEAN_GRAPH_SHAPES-6,256,4 8,384,6}
 # The lean step compiled by blocks (train.compile_scope=blocks: one graph for all the blocks): its
 # compile and its speed at the deepest shape. If it runs as fast, later sessions can time every
 # unit so, and spend the compile time saved (a third of the warm-up on the CPU) on more units
@@ -383,6 +388,7 @@ stage_accept() {
   [[ -n $ACCEPT_SMALL_SHAPES ]] && once_pytest pytest-attention -k "$ACCEPT_ATTENTION_PYTEST_K"
   accept_defaults "$baseline" $ACCEPT_SMALL_SHAPES
   accept_lean "" $ACCEPT_SMALL_LEAN_SHAPES
+  accept_lean graphs $ACCEPT_SMALL_LEAN_GRAPH_SHAPES
   for shape in $ACCEPT_ATTENTION_SHAPES; do
     accept_unit "$shape" attention --loss-attention --profile "$PROFILE_ROWS"
   done
@@ -422,8 +428,9 @@ test_fused() {
 
 # accept_lean PREFIX SHAPE...: the lean step at each shape (a bf16 residual stream, with the fused
 # loss kernel once its CUDA test has passed, else without), profiled; PREFIX "fp8" adds FP8
-# matmuls, "blocks" compiles the blocks and the output apart (--compile-scope blocks), and names
-# the variant (fp8-lean, tuned-lean-nofused, ...), as UNIT_ENV's switches do
+# matmuls, "blocks" compiles the blocks and the output apart (--compile-scope blocks), "graphs"
+# replays CUDA graphs (--compile-mode reduce-overhead); PREFIX names the variant (fp8-lean,
+# tuned-lean-nofused, ...), as UNIT_ENV's switches do
 accept_lean() {
   local prefix=$1 shape name=lean
   shift
@@ -438,6 +445,7 @@ accept_lean() {
   case $prefix in
     fp8) args+=(--precision fp8) ;;
     blocks) args+=(--compile-scope blocks) ;;
+    graphs) args+=(--compile-mode reduce-overhead) ;;
   esac
   [[ -n $prefix ]] && name=$prefix-$name
   for shape in "$@"; do
