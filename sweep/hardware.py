@@ -195,6 +195,15 @@ def fp8_supported(device: torch.device) -> str | None:
     return None
 
 
+def use_tf32() -> None:
+    """TF32 for any float32 matmul that autocast leaves behind (e.g. in the optimizer), in this
+    process: the switches are per process. The legacy flags on purpose: torch 2.9-2.11's inductor
+    reads them, and setting the new fp32_precision API instead makes torch.compile fail on a "mix
+    of legacy and new APIs"."""
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+
 def resolve_hardware(
     device: str,
     precision: str,
@@ -276,11 +285,7 @@ def resolve_hardware(
 
     if dev.type == "cuda":
         name = torch.cuda.get_device_name(dev)
-        # TF32 for any float32 matmul that autocast leaves behind (e.g. in the optimizer). The
-        # legacy flags on purpose: torch 2.9-2.11's inductor reads them, and setting the new
-        # fp32_precision API instead makes torch.compile fail on a "mix of legacy and new APIs".
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        use_tf32()
     else:
         name = "cpu"
     if peak_flops is not None:

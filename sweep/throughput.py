@@ -21,7 +21,7 @@ import torch
 
 from models import GPT, GPTConfig, count_params, flops_per_token
 from models.config import LossChoice
-from sweep.hardware import Hardware, resolve_hardware
+from sweep.hardware import Hardware, use_tf32
 from sweep.nanogpt import ARCHITECTURE, PROTOCOL, reference_for
 from sweep.step import accumulate_gradients, apply_gradients, build_optimizer
 
@@ -241,9 +241,9 @@ def _copy(
     """One copy's process: warm up, wait for every copy, time; reports (index, result or why)."""
     name, shape, protocol, hw, loss, arch = args
     try:
-        # TF32 and the like are per process: resolve the hardware again here.
-        hw = resolve_hardware(str(hw.device), hw.precision, hw.compile, hw.peak_flops,
-                              hw.compile_mode, hw.residual_dtype, hw.compile_scope)
+        # hw was resolved in the parent; TF32, a per-process switch, is set again here
+        if hw.device.type == "cuda":
+            use_tf32()
         results.put((index, _timed(name, shape, protocol, hw, loss, 0, barrier.wait, arch)))
     except threading.BrokenBarrierError:
         results.put((index, ANOTHER_FAILED))
