@@ -79,7 +79,7 @@ def run(plan: RunPlan, rerun_failed: bool = False, dist: Distributed = SINGLE) -
     calls this; rank 0 alone takes the lock and writes.
     """
     policy = checkpoint_policy(plan.config.get("checkpoint"))
-    if dist.enabled and plan.hardware.compile and plan.hardware.compile_scope != "model":
+    if dist.enabled and plan.hardware.compile_scope != "model":
         # DDP's hooks and FSDP's sharding around compiled regions are untested here
         raise ConfigError(
             f"train.compile_scope={plan.hardware.compile_scope} compiles a single process's "
