@@ -18,6 +18,7 @@ from data.hydra_guard import run_hydra, unknown_choice
 from sweep.distributed import SINGLE, check_batch, init_distributed, leave, rank_device
 from sweep.errors import (
     ConfigError,
+    MainStopped,
     OutOfMemory,
     RankLost,
     RunFailed,
@@ -101,6 +102,15 @@ def main(cfg: DictConfig) -> float | None:
     except (ConfigError, DataError) as err:
         stop(str(err), 2, err)
     except RankLost as err:
+        if isinstance(err, MainStopped) and not dist.is_main:
+            # rank 0 stopped, and is writing its summary and error line: a non-zero exit here
+            # would have the launcher kill it first (torchrun: "error: interrupted (SIGTERM)"
+            # and no summary). Rank 0's exit code is the job's.
+            if multirun:
+                return None
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)  # as stop() exits: no teardown of a process group rank 0 is leaving
         # No failed summary: a relaunch resumes the run. Rank 0 says it, or, when rank 0 is the
         # one that stopped, it has said why.
         stop(f"{f'run {plan.run_id}' if plan else 'the run'} interrupted: {err}", 1, err)

@@ -13,6 +13,8 @@
   oom@micro_batch=B  every training forward/backward of more than B sequences raises torch's
                      out-of-memory error (B=0: nothing fits)
   nan@d_model=W      training losses of every model with d_model W become NaN from its 3rd step
+  slow@summary=MS    every summary.json write starts with a pause of MS milliseconds (a slow
+                     disk, or a loaded machine)
   erofs=DIR          DIR is on a read-only file system: creating anything in it fails with EROFS
                      (tests run as root here, where chmod cannot make a directory read-only)
 """
@@ -175,6 +177,18 @@ def _nan_d_model(width: int) -> None:
     gpt.GPT.forward = forward
 
 
+def _slow_summary(ms: int) -> None:
+    from sweep.records import RunRecord
+
+    original = RunRecord.write_summary
+
+    def write_summary(self: Any, summary: Any) -> None:
+        time.sleep(ms / 1000)
+        original(self, summary)
+
+    RunRecord.write_summary = write_summary
+
+
 def _read_only(directory: str) -> None:
     root = os.path.realpath(directory)
     original_mkdir, original_open = os.mkdir, os.open
@@ -218,6 +232,7 @@ def install(fault: str) -> None:
         "enospc@checkpoint": _enospc_checkpoint,
         "oom@micro_batch": _oom_above,
         "nan@d_model": _nan_d_model,
+        "slow@summary": _slow_summary,
     }
     if kind not in installers:
         raise ValueError(f"unknown fault {fault!r}: one of {sorted(installers)}")

@@ -180,9 +180,12 @@ def test_a_lost_rank_interrupts_the_run_and_a_relaunch_resumes_it(tmp_path, synt
 def test_a_rank_0_that_fails_alone_stops_the_others_without_a_traceback(tmp_path,
                                                                           synthetic_root):
     """Rank 0 alone cannot write its 2nd checkpoint (disk full): rank 1 learns it at once
-    (under NCCL it would wait in its next collective until the timeout) and exits quietly."""
+    (under NCCL it would wait in its next collective until the timeout) and exits quietly, with
+    code 0, while rank 0 records the failure and says it. Its summary written half a second late
+    (as on a loaded machine): had rank 1 exited non-zero, torchrun would have killed rank 0
+    within 0.1 s, before either ("error: interrupted (SIGTERM)", no summary)."""
     root = linked_root(tmp_path, synthetic_root, "enospc")
-    result = _run(root, *_torchrun(str(FAULTS), "enospc@checkpoint=2", "--"))
+    result = _run(root, *_torchrun(str(FAULTS), "enospc@checkpoint=2", "slow@summary=500", "--"))
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "failed: No space left on device" in errors[0]
