@@ -73,6 +73,17 @@ def main(cfg: DictConfig) -> float | None:
             os._exit(code)
         raise SystemExit(code)
 
+    def leave_to_rank_0() -> None:
+        """A rank but 0 whose run stopped where rank 0's did too: rank 0 writes the summary, says
+        why and exits with the job's code. This rank exits 0 (in a multirun: returns), since a
+        non-zero exit would have the launcher kill rank 0 first (torchrun within 0.1 s: "error:
+        interrupted (SIGTERM)" and no summary)."""
+        if multirun:
+            return
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)  # as stop() exits: no teardown of a process group rank 0 is leaving
+
     plan: RunPlan | None = None
     dist = SINGLE
     try:
@@ -103,14 +114,8 @@ def main(cfg: DictConfig) -> float | None:
         stop(str(err), 2, err)
     except RankLost as err:
         if isinstance(err, MainStopped) and not dist.is_main:
-            # rank 0 stopped, and is writing its summary and error line: a non-zero exit here
-            # would have the launcher kill it first (torchrun: "error: interrupted (SIGTERM)"
-            # and no summary). Rank 0's exit code is the job's.
-            if multirun:
-                return None
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(0)  # as stop() exits: no teardown of a process group rank 0 is leaving
+            leave_to_rank_0()
+            return None
         # No failed summary: a relaunch resumes the run. Rank 0 says it, or, when rank 0 is the
         # one that stopped, it has said why.
         stop(f"{f'run {plan.run_id}' if plan else 'the run'} interrupted: {err}", 1, err)
@@ -131,6 +136,10 @@ def main(cfg: DictConfig) -> float | None:
     finally:
         leave(dist)
     if summary["status"] != "finished":
+        if not dist.is_main:
+            # diverged: every rank saw the same all-reduced losses, so rank 0 stopped too
+            leave_to_rank_0()
+            return None
         stop(f"run {plan.run_id} {summary['status']}: {summary.get('error')}", 1)
     return summary["val_loss"]
 

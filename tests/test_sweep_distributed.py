@@ -194,6 +194,20 @@ def test_a_rank_0_that_fails_alone_stops_the_others_without_a_traceback(tmp_path
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "failed"
 
 
+def test_a_diverging_run_under_torchrun_is_recorded_before_the_ranks_exit(tmp_path,
+                                                                          synthetic_root):
+    """Every rank sees the NaN loss (it is all-reduced) and stops; rank 0 writes the diverged
+    summary half a second late, yet it is written and said: the other rank exits 0, so torchrun
+    does not kill rank 0 first."""
+    root = linked_root(tmp_path, synthetic_root, "diverged")
+    result = _run(root, *_torchrun(str(FAULTS), "nan@d_model=64", "slow@summary=500", "--"))
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "diverged: non-finite training loss by step 3" in errors[0]
+    run_dir = next((root / "runs" / "default").iterdir())
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "diverged"
+
+
 def test_a_two_task_submitit_job_is_two_ranks_without_torchrun(tmp_path, synthetic_root, single):
     """hydra/launcher=submitit_local with tasks_per_node=2 runs the SLURM code path: each task
     joins the process group from submitit's environment."""
