@@ -58,13 +58,6 @@ class RankLost(RuntimeError):
     interrupted, not failed, and resumes from its last checkpoint when relaunched."""
 
 
-class MainStopped(RankLost):
-    """Raised on the other ranks when rank 0 stopped on an error of its own, which it reports and
-    records: they leave with exit code 0, since a launcher that ends a job once one of its
-    processes fails (torchrun within 0.1 s, srun --kill-on-bad-exit) would otherwise kill rank 0
-    before its summary and its error line are written."""
-
-
 class OutOfMemory(RuntimeError):
     """A training step ran out of memory even at the smallest micro-batch allowed."""
 

@@ -24,7 +24,7 @@ from sweep.checkpoint import (
     save_training_state,
 )
 from sweep.distributed import Distributed, full_states, no_sync
-from sweep.errors import MainStopped, OutOfMemory, RankLost, first_line
+from sweep.errors import OutOfMemory, RankLost, first_line
 from sweep.evaluate import evaluate
 from sweep.hardware import out_of_memory
 from sweep.lock import signals_deferred
@@ -160,8 +160,8 @@ def train_loop(
         if not dist.from_main(error is None):
             if error is not None:
                 raise error
-            raise MainStopped(f"rank 0 could not write the checkpoint of step {loop.step}; it "
-                              "says why")
+            raise RankLost(f"rank 0 could not write the checkpoint of step {loop.step}; it "
+                           "says why")
 
     def finish(status: str, error: str | None) -> dict[str, Any]:
         tokens = loop.step * batch_tokens

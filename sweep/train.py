@@ -18,7 +18,6 @@ from data.hydra_guard import run_hydra, unknown_choice
 from sweep.distributed import SINGLE, check_batch, init_distributed, leave, rank_device
 from sweep.errors import (
     ConfigError,
-    MainStopped,
     OutOfMemory,
     RankLost,
     RunFailed,
@@ -67,22 +66,15 @@ def main(cfg: DictConfig) -> float | None:
             # Exit at once: tearing the process group down after an error, by hand or in the
             # interpreter's exit, involves ranks that may be gone or exiting too, and gloo then
             # aborts the process (std::terminate) instead of exiting with this code. The run's
-            # records are on disk already; the lock goes with the process.
+            # records are on disk already; the lock goes with the process. The other ranks exit
+            # 0: rank 0 stops too (the same config and losses, or its own error, which it shares)
+            # or is gone, and its exit code is the job's. Theirs non-zero, a launcher that ends a
+            # job once one process fails (torchrun within 0.1 s) could kill rank 0 before it has
+            # written its summary and said why ("error: interrupted (SIGTERM)").
             sys.stdout.flush()
             sys.stderr.flush()
-            os._exit(code)
+            os._exit(code if dist.is_main else 0)
         raise SystemExit(code)
-
-    def leave_to_rank_0() -> None:
-        """A rank but 0 whose run stopped where rank 0's did too: rank 0 writes the summary, says
-        why and exits with the job's code. This rank exits 0 (in a multirun: returns), since a
-        non-zero exit would have the launcher kill rank 0 first (torchrun within 0.1 s: "error:
-        interrupted (SIGTERM)" and no summary)."""
-        if multirun:
-            return
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)  # as stop() exits: no teardown of a process group rank 0 is leaving
 
     plan: RunPlan | None = None
     dist = SINGLE
@@ -113,9 +105,6 @@ def main(cfg: DictConfig) -> float | None:
     except (ConfigError, DataError) as err:
         stop(str(err), 2, err)
     except RankLost as err:
-        if isinstance(err, MainStopped) and not dist.is_main:
-            leave_to_rank_0()
-            return None
         # No failed summary: a relaunch resumes the run. Rank 0 says it, or, when rank 0 is the
         # one that stopped, it has said why.
         stop(f"{f'run {plan.run_id}' if plan else 'the run'} interrupted: {err}", 1, err)
@@ -136,10 +125,6 @@ def main(cfg: DictConfig) -> float | None:
     finally:
         leave(dist)
     if summary["status"] != "finished":
-        if not dist.is_main:
-            # diverged: every rank saw the same all-reduced losses, so rank 0 stopped too
-            leave_to_rank_0()
-            return None
         stop(f"run {plan.run_id} {summary['status']}: {summary.get('error')}", 1)
     return summary["val_loss"]
 
