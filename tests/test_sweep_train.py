@@ -347,8 +347,7 @@ def test_fused_losses_train_the_same_run(synthetic_root, monkeypatch):
         summaries.append(start_module.run(plan))
         # the loss as attention trained that run, and only that one (auto is false on a CPU)
         assert (len(calls) > before) is (experiment == "attention")
-        curves.append([json.loads(line)["val_loss"]
-                       for line in (plan.run_dir / "metrics.jsonl").read_text().splitlines()])
+        curves.append([row["val_loss"] for row in RunRecord(plan.run_dir).read_metrics()])
     plain = summaries[0]
     for fused, curve in zip(summaries[1:], curves[1:], strict=True):
         assert plain["run_id"] == fused["run_id"] and fused["status"] == "finished"
@@ -372,8 +371,7 @@ def test_an_fp8_run_learns_as_the_float32_one_does(synthetic_root, monkeypatch):
         plan = plan_run(tiny_cfg(synthetic_root, f"precision-{precision}",
                                  f"train.precision={precision}"))
         summaries.append(start_module.run(plan))
-        curves.append([json.loads(line)["val_loss"]
-                       for line in (plan.run_dir / "metrics.jsonl").read_text().splitlines()])
+        curves.append([row["val_loss"] for row in RunRecord(plan.run_dir).read_metrics()])
     fp8 = summaries[1]
     assert fp8["status"] == "finished" and fp8["precision"] == "fp8"
     # 4 Linear layers and the head a forward, in training and evaluation
@@ -392,8 +390,7 @@ def test_a_bf16_residual_run_learns_as_the_float32_residual_one_and_says_so(synt
                                  f"train.residual_dtype={dtype}"))
         summary = start_module.run(plan)
         assert summary["status"] == "finished" and summary["precision"] == "bf16"
-        curves.append([json.loads(line)["val_loss"]
-                       for line in (plan.run_dir / "metrics.jsonl").read_text().splitlines()])
+        curves.append([row["val_loss"] for row in RunRecord(plan.run_dir).read_metrics()])
         configs.append(yaml.safe_load((plan.run_dir / "config.yaml").read_text()))
         assert summary["residual_dtype"] == dtype
     assert [(c["train"]["residual_dtype"], c["resolved"]["residual_dtype"])
@@ -412,8 +409,7 @@ def test_a_run_compiled_by_blocks_trains_as_the_eager_run(synthetic_root):
                             ("blocks", ["train.compile=true", "train.compile_scope=blocks"])):
         plan = plan_run(tiny_cfg(synthetic_root, f"scope-{name}", *overrides))
         assert start_module.run(plan)["status"] == "finished"
-        curves.append([json.loads(line)["val_loss"]
-                       for line in (plan.run_dir / "metrics.jsonl").read_text().splitlines()])
+        curves.append([row["val_loss"] for row in RunRecord(plan.run_dir).read_metrics()])
     np.testing.assert_allclose(curves[1], curves[0], rtol=1e-4)
 
 
