@@ -369,11 +369,11 @@ stage_accept() {
   # The bf16 variants that may meet a goal first, each shape in a process of its own with a
   # profile of where its time goes: the lean step at the three largest shapes, then at 6x256 and
   # 8x384 without and with CUDA graphs (at 6x256 predicted 1.20x and 1.26x nanoGPT's GPT,
-  # BENCHMARKS.md), then inductor's kernels tuned on top of it; then what cannot meet a goal alone: the lean step
-  # compiled by blocks (its compile time), FP8 matmuls on top of it (after FP8's CUDA test; its
-  # MFU is against FP8's peak), this project's GPT as it trains by default (the loss auto picks:
-  # as attention on cuDNN's kernel at d_model <= 128, else plain) with the baseline where it is
-  # needed, and the fused kernel alone.
+  # BENCHMARKS.md), then inductor's kernels tuned on top of it. Then what cannot meet a goal
+  # alone: the lean step compiled by blocks (its compile time), FP8 matmuls on top of it (after
+  # FP8's CUDA test; its MFU is against FP8's peak), this project's GPT as it trains by default
+  # (the loss auto picks: as attention on cuDNN's kernel at d_model <= 128, else plain) with the
+  # baseline where it is needed, and the fused kernel alone.
   accept_lean "" $ACCEPT_LEAN_SHAPES
   accept_lean "" $ACCEPT_SMALL_LEAN_SHAPES
   accept_lean graphs $ACCEPT_SMALL_LEAN_GRAPH_SHAPES
