@@ -374,8 +374,7 @@ stage_accept() {
   # FP8's CUDA test; its MFU is against FP8's peak), this project's GPT as it trains by default
   # (the loss auto picks: as attention on cuDNN's kernel at d_model <= 128, else plain) with the
   # baseline where it is needed, and the fused kernel alone.
-  accept_lean "" $ACCEPT_LEAN_SHAPES
-  accept_lean "" $ACCEPT_SMALL_LEAN_SHAPES
+  accept_lean "" $ACCEPT_LEAN_SHAPES $ACCEPT_SMALL_LEAN_SHAPES
   accept_lean graphs $ACCEPT_SMALL_LEAN_GRAPH_SHAPES
   UNIT_ENV=(TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1)
   accept_lean tuned $ACCEPT_TUNED_SHAPES
@@ -437,23 +436,23 @@ test_fused() {
 # replays CUDA graphs (--compile-mode reduce-overhead); PREFIX names the variant (fp8-lean,
 # tuned-lean-nofused, ...), as UNIT_ENV's switches do
 accept_lean() {
-  local prefix=$1 shape name=lean
+  local prefix=$1 shape name=lean precision=bf16 more=()
   shift
   (($#)) || return 0
+  case $prefix in
+    fp8) precision=fp8 ;;
+    blocks) more=(--compile-scope blocks) ;;
+    graphs) more=(--compile-mode reduce-overhead) ;;
+  esac
   # bf16 named, though auto picks it on a GPU: a bf16 stream needs it, and a CPU dry run's auto is
-  # fp32 (fp8 below comes later on the line, and argparse takes the last)
-  local args=(--precision bf16 --residual-dtype bf16 --profile "$PROFILE_ROWS")
+  # fp32
+  local args=(--precision "$precision" --residual-dtype bf16 --profile "$PROFILE_ROWS" "${more[@]}")
   if test_fused; then
     args+=(--loss-kernel fused)
   else
     name=lean-nofused
     echo "=== $name: the fused loss kernel left out: its test failed or did not finish"
   fi
-  case $prefix in
-    fp8) args+=(--precision fp8) ;;
-    blocks) args+=(--compile-scope blocks) ;;
-    graphs) args+=(--compile-mode reduce-overhead) ;;
-  esac
   [[ -n $prefix ]] && name=$prefix-$name
   for shape in "$@"; do
     accept_unit "$shape" "$name" "${args[@]}"
