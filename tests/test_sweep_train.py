@@ -50,6 +50,11 @@ def tiny_cfg(root: Path, experiment: str, *overrides: str):
     return compose_train(root, *TINY, f"experiment_name={experiment}", *overrides)
 
 
+def val_curve(run_dir: Path) -> list[float]:
+    """The run's validation losses, in the order it evaluated them."""
+    return [row["val_loss"] for row in RunRecord(run_dir).read_metrics()]
+
+
 def on_loader_step(monkeypatch: pytest.MonkeyPatch, step: int, action) -> None:
     """Call `action()` (which raises) when the training loader is asked for batch `step`."""
     original = TrainWindows.__next__
@@ -347,7 +352,7 @@ def test_fused_losses_train_the_same_run(synthetic_root, monkeypatch):
         summaries.append(start_module.run(plan))
         # the loss as attention trained that run, and only that one (auto is false on a CPU)
         assert (len(calls) > before) is (experiment == "attention")
-        curves.append([row["val_loss"] for row in RunRecord(plan.run_dir).read_metrics()])
+        curves.append(val_curve(plan.run_dir))
     plain = summaries[0]
     for fused, curve in zip(summaries[1:], curves[1:], strict=True):
         assert plain["run_id"] == fused["run_id"] and fused["status"] == "finished"
@@ -371,7 +376,7 @@ def test_an_fp8_run_learns_as_the_float32_one_does(synthetic_root, monkeypatch):
         plan = plan_run(tiny_cfg(synthetic_root, f"precision-{precision}",
                                  f"train.precision={precision}"))
         summaries.append(start_module.run(plan))
-        curves.append([row["val_loss"] for row in RunRecord(plan.run_dir).read_metrics()])
+        curves.append(val_curve(plan.run_dir))
     fp8 = summaries[1]
     assert fp8["status"] == "finished" and fp8["precision"] == "fp8"
     # 4 Linear layers and the head a forward, in training and evaluation
@@ -390,7 +395,7 @@ def test_a_bf16_residual_run_learns_as_the_float32_residual_one_and_says_so(synt
                                  f"train.residual_dtype={dtype}"))
         summary = start_module.run(plan)
         assert summary["status"] == "finished" and summary["precision"] == "bf16"
-        curves.append([row["val_loss"] for row in RunRecord(plan.run_dir).read_metrics()])
+        curves.append(val_curve(plan.run_dir))
         configs.append(yaml.safe_load((plan.run_dir / "config.yaml").read_text()))
         assert summary["residual_dtype"] == dtype
     assert [(c["train"]["residual_dtype"], c["resolved"]["residual_dtype"])
@@ -409,7 +414,7 @@ def test_a_run_compiled_by_blocks_trains_as_the_eager_run(synthetic_root):
                             ("blocks", ["train.compile=true", "train.compile_scope=blocks"])):
         plan = plan_run(tiny_cfg(synthetic_root, f"scope-{name}", *overrides))
         assert start_module.run(plan)["status"] == "finished"
-        curves.append([row["val_loss"] for row in RunRecord(plan.run_dir).read_metrics()])
+        curves.append(val_curve(plan.run_dir))
     np.testing.assert_allclose(curves[1], curves[0], rtol=1e-4)
 
 
