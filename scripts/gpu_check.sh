@@ -113,11 +113,10 @@ PROFILE_ROWS=${GPU_CHECK_PROFILE_ROWS:-40}
 CHUNKS=${GPU_CHECK_CHUNKS-8192 16384}
 COMPILE_MODES=${GPU_CHECK_COMPILE_MODES-max-autotune-no-cudagraphs}
 COPIES=${GPU_CHECK_COPIES-2 4}
-# accept's order, for a device session of 15 minutes (machine start included), which does not
-# reach the end: first the bf16 variants that may meet a goal still open, at the three largest
-# shapes (1.05x nanoGPT, and MFU 50 % at 24x1024), then at 6x256 and 8x384 (1.3x; 4x128 met it
-# with the loss as attention), then what meets none alone (FP8, the defaults, the fused kernel
-# alone), then the diagnoses and the slow compiles.
+# accept's units, in the header's order (the goals still open first: a device session of 15
+# minutes, machine start included, does not reach the end). This project's GPT as it trains by
+# default at the three largest shapes (1.05x nanoGPT, and MFU 50 % at 24x1024) and the three
+# smallest (1.3x; 4x128 met it with the loss as attention)
 ACCEPT_SHAPES=${GPU_CHECK_ACCEPT_SHAPES-24,1024,16 12,768,12 12,512,8}
 ACCEPT_SMALL_SHAPES=${GPU_CHECK_ACCEPT_SMALL_SHAPES-4,128,2 6,256,4 8,384,6}
 # The lean step: everything that cuts memory traffic without another kernel library, together.
@@ -366,14 +365,9 @@ stage_accept() {
   baseline_needed && baseline=1
   echo "=== nanoGPT's GPT timed here: $( ((baseline)) && echo yes || echo "no: sweep/nanogpt.py" \
     "has its numbers for this card, or GPU_CHECK_ACCEPT_BASELINE=0")"
-  # The bf16 variants that may meet a goal first, each shape in a process of its own with a
-  # profile of where its time goes: the lean step at the three largest shapes, then at 6x256 and
-  # 8x384 without and with CUDA graphs (at 6x256 predicted 1.20x and 1.26x nanoGPT's GPT,
-  # BENCHMARKS.md), then inductor's kernels tuned on top of it. Then what cannot meet a goal
-  # alone: the lean step compiled by blocks (its compile time), FP8 matmuls on top of it (after
-  # FP8's CUDA test; its MFU is against FP8's peak), this project's GPT as it trains by default
-  # (the loss auto picks: as attention on cuDNN's kernel at d_model <= 128, else plain) with the
-  # baseline where it is needed, and the fused kernel alone.
+  # The units in the header's order, each unit's why beside its variable above. FP8's MFU is
+  # against FP8's peak; the defaults' loss is what auto picks (as attention on cuDNN's kernel at
+  # d_model <= 128, else plain).
   accept_lean "" $ACCEPT_LEAN_SHAPES $ACCEPT_SMALL_LEAN_SHAPES
   accept_lean graphs $ACCEPT_SMALL_LEAN_GRAPH_SHAPES
   UNIT_ENV=(TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1)
