@@ -370,9 +370,7 @@ stage_accept() {
   # d_model <= 128, else plain).
   accept_lean "" $ACCEPT_LEAN_SHAPES $ACCEPT_SMALL_LEAN_SHAPES
   accept_lean graphs $ACCEPT_SMALL_LEAN_GRAPH_SHAPES
-  UNIT_ENV=(TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1)
   accept_lean tuned $ACCEPT_TUNED_SHAPES
-  UNIT_ENV=()
   accept_lean blocks $ACCEPT_BLOCKS_SHAPES
   if [[ -n $ACCEPT_FP8_SHAPES ]]; then
     once_pytest pytest-fp8 -k "$ACCEPT_FP8_PYTEST_K"
@@ -427,13 +425,15 @@ test_fused() {
 # accept_lean PREFIX SHAPE...: the lean step at each shape (a bf16 residual stream, with the fused
 # loss kernel once its CUDA test has passed, else without), profiled; PREFIX "fp8" adds FP8
 # matmuls, "blocks" compiles the blocks and the output apart (--compile-scope blocks), "graphs"
-# replays CUDA graphs (--compile-mode reduce-overhead); PREFIX names the variant (fp8-lean,
-# tuned-lean-nofused, ...), as UNIT_ENV's switches do
+# replays CUDA graphs (--compile-mode reduce-overhead), "tuned" tunes inductor's kernels by
+# coordinate descent (UNIT_ENV, local here so that it ends with the call); PREFIX names the
+# variant (fp8-lean, tuned-lean-nofused, ...)
 accept_lean() {
-  local prefix=$1 shape name=lean precision=bf16 more=()
+  local prefix=$1 shape name=lean precision=bf16 more=() UNIT_ENV=()
   shift
   (($#)) || return 0
   case $prefix in
+    tuned) UNIT_ENV=(TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1) ;;
     fp8) precision=fp8 ;;
     blocks) more=(--compile-scope blocks) ;;
     graphs) more=(--compile-mode reduce-overhead) ;;
